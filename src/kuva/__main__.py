@@ -1,0 +1,3 @@
+from kuva.cli import main
+
+main()

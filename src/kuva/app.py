@@ -1,0 +1,143 @@
+"""Composition root: builds storage, index, services and adapters from the settings."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+import uvicorn
+
+from kuva import metrics
+from kuva.config import Settings
+from kuva.dicom.commitment import StorageCommitmentSCP
+from kuva.dicom.server import DicomServer
+from kuva.dicom.storage_scp import StorageSCP
+from kuva.index.database import make_engine, migrate, ping
+from kuva.index.group_commit import GroupCommitter
+from kuva.index.outbox import STATUSES
+from kuva.index.uow import UnitOfWork
+from kuva.services import commitment
+from kuva.services.commitment import CommitmentService
+from kuva.services.ingest import IngestService
+from kuva.storage.filesystem import FileBlobStore
+from kuva.tasks.worker import TaskWorkers
+from kuva.web.app import create_app
+
+log = logging.getLogger(__name__)
+
+
+class Archive:
+    """Every part of a running archive, wired together."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.archive.data_dir.mkdir(parents=True, exist_ok=True)
+        self.engine = make_engine(settings.archive.resolved_database_url())
+        migrate(self.engine)
+        self.blobs = FileBlobStore(settings.archive.resolved_blob_dir())
+        self.blobs.clean_partial()
+        self.committer = GroupCommitter(self.engine)
+        self.ingest = IngestService(self.engine, self.blobs, self.committer)
+        self.commitment = CommitmentService(
+            self.engine, self.blobs, max_attempts=settings.tasks.max_attempts
+        )
+        self.workers = TaskWorkers(
+            self.engine,
+            settings.tasks,
+            {commitment.TASK_KIND: self.commitment.run_task},
+        )
+        self.commitment.on_enqueued = self.workers.wake
+        self.commitment_scp = StorageCommitmentSCP(settings, self.commitment)
+        self.commitment.sender = self.commitment_scp
+        self.dicom = DicomServer(
+            settings,
+            StorageSCP(settings, self.ingest, self.blobs),
+            self.commitment_scp,
+            self.blobs,
+        )
+        self.http_app = create_app(
+            {"index": lambda: ping(self.engine), "blobs": self.blobs.check},
+            refresh_metrics=self.refresh_task_metrics,
+        )
+        self._http: uvicorn.Server | None = None
+        self._http_thread: threading.Thread | None = None
+
+    def refresh_task_metrics(self) -> None:
+        with UnitOfWork(self.engine, write=False) as uow:
+            counts = uow.tasks.counts()
+        kinds = {kind for kind, _ in counts} | {commitment.TASK_KIND}
+        for kind in kinds:
+            for status in STATUSES:
+                metrics.tasks.labels(kind, status).set(counts.get((kind, status), 0))
+
+    def start(self) -> None:
+        if self.settings.open_access:
+            log.warning(
+                "no [[nodes]] configured: any calling AE title is accepted into one local "
+                "organisation - fine for a first try, never for production"
+            )
+        self.workers.start()
+        host, port = self.dicom.start()
+        log.info("ready: DICOM %s on %s:%d", self.settings.dicom.ae_title, host, port)
+        self._start_http()
+        log.info("ready: HTTP on %s:%d (/healthz, /metrics)",
+                 self.settings.http.host, self.settings.http.port)
+
+    def _start_http(self) -> None:
+        config = uvicorn.Config(
+            self.http_app,
+            host=self.settings.http.host,
+            port=self.settings.http.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+        self._http = uvicorn.Server(config)
+        self._http_thread = threading.Thread(target=self._http.run, name="kuva-http",
+                                             daemon=True)
+        self._http_thread.start()
+        ready = threading.Event()
+        for _ in range(200):
+            if self._http.started:
+                ready.set()
+                break
+            if not self._http_thread.is_alive():
+                break
+            threading.Event().wait(0.05)
+        if not ready.is_set():
+            raise RuntimeError(
+                f"HTTP listener could not start on {self.settings.http.host}:"
+                f"{self.settings.http.port}"
+            )
+
+    def stop(self) -> None:
+        """Stop listening, finish in-flight work, close everything."""
+        log.info("stopping")
+        self.dicom.stop()
+        if self._http is not None:
+            self._http.should_exit = True
+            if self._http_thread is not None:
+                self._http_thread.join(timeout=10)
+        self.workers.stop()
+        self.committer.close()
+        self.engine.dispose()
+        log.info("stopped")
+
+
+def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then stop cleanly."""
+    archive = Archive(settings)
+    stop = threading.Event()
+
+    def _signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _signal)
+    signal.signal(signal.SIGINT, _signal)
+    archive.start()
+    while not stop.is_set():
+        stop.wait(1.0)
+    archive.stop()

@@ -1,0 +1,142 @@
+"""The ``kuva`` command line (CONTRACT.md): serve, tasks, db."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kuva.config import Settings, load_settings
+from kuva.index.database import make_engine, migrate
+from kuva.index.outbox import STATUSES
+from kuva.index.uow import UnitOfWork
+from kuva.model.clock import utcnow
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="kuva medical image archive")
+tasks_app = typer.Typer(no_args_is_help=True, help="The outbox: follow-up work and its state.")
+db_app = typer.Typer(no_args_is_help=True, help="The index database.")
+app.add_typer(tasks_app, name="tasks")
+app.add_typer(db_app, name="db")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML config file (default: embedded default)"),
+]
+console = Console()
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except Exception as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # pynetdicom logs every message at INFO and data sets at DEBUG: keep it quiet
+    # unless asked, for speed and because data sets hold patient data.
+    if level.upper() != "DEBUG":
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
+) -> None:
+    """Run every listener of the archive and its workers until SIGTERM/SIGINT."""
+    _logging(log_level)
+    settings = _settings(config)
+    from kuva.app import serve as run
+
+    run(settings)
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Bring the index schema to the newest migration (serve does this at start)."""
+    settings = _settings(config)
+    migrate(make_engine(settings.archive.resolved_database_url()))
+    console.print("index schema is up to date")
+
+
+def _age(then: datetime, now: datetime) -> str:
+    seconds = int((now - then).total_seconds())
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+@tasks_app.command("list")
+def tasks_list(
+    config: ConfigOption = None,
+    status: Annotated[str | None, typer.Option(help="/".join(STATUSES))] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="only failed tasks")] = False,
+    kind: Annotated[str | None, typer.Option(help="task kind")] = None,
+    subject: Annotated[str | None, typer.Option(help="study / transaction UID")] = None,
+    limit: int = 100,
+) -> None:
+    """Show tasks: kind, subject, status, attempts, age, next attempt, last error."""
+    settings = _settings(config)
+    if failed:
+        status = "failed"
+    if status is not None and status not in STATUSES:
+        console.print(f"[red]unknown status {status}[/red]")
+        raise typer.Exit(2)
+    engine = make_engine(settings.archive.resolved_database_url())
+    migrate(engine)
+    with UnitOfWork(engine, write=False) as uow:
+        rows = uow.tasks.list(status=status, kind=kind, subject=subject, limit=limit)
+        counts = uow.tasks.counts()
+    now = utcnow()
+    table = Table(title="tasks")
+    for column in ("id", "kind", "subject", "status", "attempts", "age", "next", "last error"):
+        table.add_column(column)
+    for t in rows:
+        table.add_row(
+            str(t.pk), t.kind, t.subject, t.status, f"{t.attempts}/{t.max_attempts}",
+            _age(t.created_at, now),
+            t.next_attempt_at.isoformat(timespec="seconds") if t.status == "pending" else "",
+            (t.last_error or "")[:80],
+        )
+    console.print(table)
+    summary = ", ".join(f"{k} {s}: {n}" for (k, s), n in sorted(counts.items())) or "none"
+    console.print(f"totals: {summary}")
+
+
+@tasks_app.command("retry")
+def tasks_retry(
+    ids: Annotated[list[int] | None, typer.Argument(help="task ids (default: all failed)")] = None,
+    config: ConfigOption = None,
+    kind: Annotated[str | None, typer.Option(help="only failed tasks of this kind")] = None,
+) -> None:
+    """Make failed tasks due again now (attempts start over)."""
+    settings = _settings(config)
+    engine = make_engine(settings.archive.resolved_database_url())
+    migrate(engine)
+    with UnitOfWork(engine) as uow:
+        count = uow.tasks.retry(now=utcnow(), pks=ids or None, kind=kind)
+        uow.commit()
+    console.print(f"{count} task(s) scheduled again")
+    if ids and count < len(ids):
+        console.print("[yellow]some ids were not failed tasks and were left alone[/yellow]")
+
+
+def main() -> None:
+    app()

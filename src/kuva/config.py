@@ -1,0 +1,194 @@
+"""Configuration: a TOML file plus ``KUVA_<SECTION>__<KEY>`` environment overrides.
+
+Every key has a default, so the archive runs with no file at all on its embedded
+default (SQLite + a local folder). The shape follows the outside contract
+(CONTRACT.md, "kuva serve --config FILE").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from kuva.model.uids import is_valid_uid
+
+DEFAULT_DATA_DIR = "var/kuva"
+
+
+class ArchiveSettings(BaseModel):
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    database_url: str = ""  # "" = SQLite in data_dir
+    blob_url: str = ""  # "" = data_dir/blobs
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
+
+    def resolved_blob_dir(self) -> Path:
+        if not self.blob_url:
+            return self.data_dir / "blobs"
+        if self.blob_url.startswith("file://"):
+            return Path(self.blob_url.removeprefix("file://"))
+        raise ValueError(
+            f"blob_url {self.blob_url!r}: only local folders (file://) are supported so far"
+        )
+
+
+class DicomSettings(BaseModel):
+    ae_title: str = "KUVA"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    # A large maximum PDU means fewer, bigger reads per object (PS3.8 9.3.1).
+    max_pdu: int = 4 * 1024 * 1024
+    max_associations: int = 64
+    network_timeout: float = 60.0
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae_title(cls, value: str) -> str:
+        if not value or len(value) > 16 or "\\" in value:
+            raise ValueError("AE title must be 1-16 characters without backslash")
+        return value
+
+
+class HttpSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+class Hl7Settings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 2575
+
+
+class RegistrationSettings(BaseModel):
+    stable_seconds: int = 60
+
+
+class TaskSettings(BaseModel):
+    """The outbox workers (tasks/)."""
+
+    workers: int = 2
+    poll_seconds: float = 1.0
+    max_attempts: int = 10
+    backoff_base_seconds: float = 2.0
+    backoff_max_seconds: float = 600.0
+    lease_seconds: float = 300.0
+
+
+class OrganizationSettings(BaseModel):
+    oid: str
+    name: str
+
+    @field_validator("oid")
+    @classmethod
+    def _oid(cls, value: str) -> str:
+        if not is_valid_uid(value):
+            raise ValueError(f"organization oid {value!r} is not a valid OID")
+        return value
+
+
+class NodeSettings(BaseModel):
+    ae_title: str
+    host: str = "127.0.0.1"
+    port: int = 104
+    organization: str = ""
+    ian: bool = False
+
+
+LOCAL_ORGANIZATION_OID = "1.2.246.10.0.10"
+
+
+class Settings(BaseSettings):
+    """All of kuva's settings. See CONTRACT.md for the meaning of each key."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KUVA_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    hl7: Hl7Settings = Field(default_factory=Hl7Settings)
+    registration: RegistrationSettings = Field(default_factory=RegistrationSettings)
+    tasks: TaskSettings = Field(default_factory=TaskSettings)
+    organizations: list[OrganizationSettings] = Field(default_factory=list)
+    nodes: list[NodeSettings] = Field(default_factory=list)
+
+    _toml_file: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = _CONFIG_FILE.get("path")
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @property
+    def open_access(self) -> bool:
+        """True on the embedded default: no nodes configured, any calling AE accepted."""
+        return not self.nodes
+
+    def node(self, ae_title: str) -> NodeSettings | None:
+        for node in self.nodes:
+            if node.ae_title == ae_title:
+                return node
+        return None
+
+    def organization_of(self, ae_title: str) -> str | None:
+        """The OID of the organisation (register holder) a calling AE belongs to."""
+        node = self.node(ae_title)
+        if node is not None:
+            return node.organization or LOCAL_ORGANIZATION_OID
+        if self.open_access:
+            return LOCAL_ORGANIZATION_OID
+        return None
+
+
+_CONFIG_FILE: dict[str, Path | None] = {"path": None}
+
+
+def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
+    """Read settings from ``path`` (TOML) and the environment; environment wins."""
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+    _CONFIG_FILE["path"] = path
+    try:
+        settings = Settings(**overrides)
+    finally:
+        _CONFIG_FILE["path"] = None
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    known = {org.oid for org in settings.organizations}
+    for node in settings.nodes:
+        if node.organization and known and node.organization not in known:
+            raise ValueError(
+                f"node {node.ae_title}: organization {node.organization} is not configured"
+            )
+    titles = [node.ae_title for node in settings.nodes]
+    if len(titles) != len(set(titles)):
+        raise ValueError("node AE titles must be unique")

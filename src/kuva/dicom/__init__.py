@@ -1,0 +1,1 @@
+"""The DICOM adapter (pynetdicom): SCP handlers, SCU, file format helpers."""

@@ -1,0 +1,228 @@
+"""DICOM file format (PS3.10) as kuva stores it, and reading what the index needs.
+
+A stored object is kuva's *canonical* File Meta Information followed by the data
+set exactly as received (never re-encoded). The file meta holds only what is fixed
+by the object itself (SOP Class, SOP Instance, Transfer Syntax) and kuva's fixed
+implementation identity, so the same data set always gives the same bytes and
+the same SHA-256, whichever association, version or interface brought it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+
+from kuva.model.instance import (
+    InstanceAttributes,
+    PatientAttributes,
+    SeriesAttributes,
+    StudyAttributes,
+)
+from kuva.model.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from kuva.storage import BlobWriter
+
+log = logging.getLogger(__name__)
+
+PREAMBLE = b"\x00" * 128 + b"DICM"
+# Binary values longer than this are left out of the index's DICOM JSON and
+# referenced instead (PS3.18 F.2.6 BulkDataURI).
+BULK_DATA_THRESHOLD = 1024
+
+
+def canonical_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information group (PS3.10 7.1)."""
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    buffer = DicomBytesIO()
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return PREAMBLE + buffer.getvalue()
+
+
+class Part10Rewriter:
+    """A file-like that pynetdicom writes a received C-STORE object into.
+
+    pynetdicom writes a preamble, its own file meta and then the data set
+    fragments as they arrive. This writer replaces that file meta with kuva's
+    canonical one and streams everything into a ``BlobWriter``, which hashes on
+    the way: the object is stored in one pass with no copy in memory.
+    """
+
+    def __init__(self, blob: BlobWriter) -> None:
+        self.blob = blob
+        self.name = blob.name
+        self.file = self  # pynetdicom calls ``.file.flush()``
+        self._head = bytearray()
+        self._meta_end: int | None = None  # offset where the data set starts
+        self._passthrough = False
+        self.sop_class_uid = ""
+        self.sop_instance_uid = ""
+        self.transfer_syntax_uid = ""
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._passthrough:
+            return self.blob.write(data)
+        self._head += data
+        if self._meta_end is None and len(self._head) >= 144:
+            # (0002,0000) UL group length is the first element after the preamble.
+            group_length = int.from_bytes(self._head[140:144], "little")
+            self._meta_end = 144 + group_length
+        if self._meta_end is not None and len(self._head) >= self._meta_end:
+            self._rewrite_meta()
+        return len(data)
+
+    def _rewrite_meta(self) -> None:
+        assert self._meta_end is not None
+        meta = dcmread(io.BytesIO(bytes(self._head[: self._meta_end])), force=True).file_meta
+        self.sop_class_uid = str(meta.MediaStorageSOPClassUID)
+        self.sop_instance_uid = str(meta.MediaStorageSOPInstanceUID)
+        self.transfer_syntax_uid = str(meta.TransferSyntaxUID)
+        self.blob.write(
+            canonical_file_meta(
+                self.sop_class_uid, self.sop_instance_uid, self.transfer_syntax_uid
+            )
+        )
+        rest = self._head[self._meta_end :]
+        if rest:
+            self.blob.write(rest)
+        self._head = bytearray()
+        self._passthrough = True
+
+    @property
+    def complete(self) -> bool:
+        """True once the file meta was replaced (every data set byte reached the blob)."""
+        return self._passthrough
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.blob.close()
+
+
+def read_header(path: Path | str) -> Dataset:
+    """Read a stored or received object up to (not including) its pixel data."""
+    return dcmread(path, stop_before_pixels=True)
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        return ""
+    if value is None:
+        return ""
+    return str(value).strip()
+
+
+def _int(ds: Dataset, keyword: str, problems: list[str]) -> int | None:
+    try:
+        value = ds.get(keyword)
+    except Exception:
+        problems.append(f"{keyword} unreadable")
+        return None
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _bulk_uri(element: DataElement) -> str:
+    return f"bulk:{element.tag:08X}"
+
+
+def dataset_json(ds: Dataset) -> str:
+    """DICOM JSON of ``ds`` (PS3.18 F.2) with bulk data as ``bulk:<tag>`` references.
+
+    An element whose value cannot be converted is left out (and logged at DEBUG):
+    the stored bytes keep it; the JSON is the index's copy for metadata responses.
+    """
+    import json
+
+    result: dict[str, Any] = {}
+    for element in ds:
+        key = f"{element.tag:08X}"
+        try:
+            result[key] = element.to_json_dict(
+                bulk_data_element_handler=_bulk_uri, bulk_data_threshold=BULK_DATA_THRESHOLD
+            )
+        except Exception as exc:
+            log.debug("element %s left out of the index JSON: %s", key, exc)
+    if "Rows" in ds and "7FE00010" not in result:
+        # Read with stop_before_pixels: the pixel data is referenced, never copied.
+        vr = "OW" if ds.get("BitsAllocated", 8) > 8 and not _compressed(ds) else "OB"
+        result["7FE00010"] = {"vr": vr, "BulkDataURI": "bulk:7FE00010"}
+    return json.dumps(result, separators=(",", ":"), ensure_ascii=False)
+
+
+def _compressed(ds: Dataset) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    return bool(ts is not None and UID(ts).is_compressed)
+
+
+def extract_attributes(ds: Dataset, transfer_syntax_uid: str) -> InstanceAttributes:
+    """What the index keeps of ``ds``, at every level of the study tree."""
+    problems: list[str] = []
+    text: Callable[[str], str] = lambda keyword: _text(ds, keyword)  # noqa: E731
+    try:
+        json_text = dataset_json(ds)
+    except Exception as exc:  # pragma: no cover - dataset_json guards each element
+        log.warning("could not build DICOM JSON: %s", exc)
+        json_text = "{}"
+    return InstanceAttributes(
+        sop_class_uid=text("SOPClassUID"),
+        sop_instance_uid=text("SOPInstanceUID"),
+        transfer_syntax_uid=transfer_syntax_uid,
+        patient=PatientAttributes(
+            patient_id=text("PatientID"),
+            issuer=text("IssuerOfPatientID"),
+            name=text("PatientName"),
+            birth_date=text("PatientBirthDate"),
+            sex=text("PatientSex"),
+        ),
+        study=StudyAttributes(
+            study_instance_uid=text("StudyInstanceUID"),
+            study_date=text("StudyDate"),
+            study_time=text("StudyTime"),
+            accession_number=text("AccessionNumber"),
+            study_id=text("StudyID"),
+            description=text("StudyDescription"),
+            referring_physician_name=text("ReferringPhysicianName"),
+        ),
+        series=SeriesAttributes(
+            series_instance_uid=text("SeriesInstanceUID"),
+            modality=text("Modality"),
+            series_number=_int(ds, "SeriesNumber", problems),
+            description=text("SeriesDescription"),
+            body_part_examined=text("BodyPartExamined"),
+            series_date=text("SeriesDate"),
+            series_time=text("SeriesTime"),
+            institution_name=text("InstitutionName"),
+            station_name=text("StationName"),
+        ),
+        instance_number=_int(ds, "InstanceNumber", problems),
+        content_date=text("ContentDate"),
+        content_time=text("ContentTime"),
+        number_of_frames=_int(ds, "NumberOfFrames", problems),
+        rows=_int(ds, "Rows", problems),
+        columns=_int(ds, "Columns", problems),
+        dataset_json=json_text,
+        parse_problems=tuple(problems),
+    )

@@ -1,0 +1,116 @@
+"""The DICOM listener: one pynetdicom application entity with kuva's services.
+
+Accepts C-ECHO, C-STORE for every storage SOP class of the standard and the
+Storage Commitment Push Model. Only configured nodes may associate (A-ASSOCIATE-RJ,
+reason "calling AE title not recognized", PS3.8 9.3.4); with no nodes configured
+(the embedded default) any calling AE title is accepted into the local organisation.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+
+from kuva import metrics
+from kuva.config import Settings
+from kuva.dicom import status as st
+from kuva.dicom.commitment import StorageCommitmentSCP
+from kuva.dicom.contexts import (
+    BASIC_TRANSFER_SYNTAXES,
+    STORAGE_COMMITMENT_PUSH_MODEL,
+    STORAGE_TRANSFER_SYNTAXES,
+    VERIFICATION,
+    storage_sop_classes,
+)
+from kuva.dicom.network import AssociationServer
+from kuva.dicom.storage_scp import StorageSCP, install_streaming_receive
+from kuva.storage import BlobStore
+
+log = logging.getLogger(__name__)
+
+
+class DicomServer:
+    def __init__(
+        self,
+        settings: Settings,
+        storage: StorageSCP,
+        commitment: StorageCommitmentSCP,
+        blobs: BlobStore,
+    ) -> None:
+        self._settings = settings
+        self._storage = storage
+        self._commitment = commitment
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        dicom = settings.dicom
+        ae = AE(ae_title=dicom.ae_title)
+        ae.maximum_pdu_size = dicom.max_pdu
+        ae.maximum_associations = dicom.max_associations
+        ae.network_timeout = dicom.network_timeout
+        ae.acse_timeout = dicom.acse_timeout
+        ae.dimse_timeout = dicom.dimse_timeout
+        ae.require_called_aet = True
+        if settings.nodes:
+            ae.require_calling_aet = [node.ae_title for node in settings.nodes]
+        ae.add_supported_context(VERIFICATION, list(BASIC_TRANSFER_SYNTAXES))
+        ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, list(BASIC_TRANSFER_SYNTAXES))
+        for uid in storage_sop_classes():
+            ae.add_supported_context(uid, list(STORAGE_TRANSFER_SYNTAXES))
+        install_streaming_receive(ae, blobs)
+        self.ae = ae
+
+    def handlers(self) -> list[Any]:
+        return [
+            (evt.EVT_C_ECHO, self._handle_echo),
+            (evt.EVT_C_STORE, self._storage.handle_store),
+            (evt.EVT_N_ACTION, self._commitment.handle_n_action),
+            (evt.EVT_RELEASED, self._commitment.forget_association),
+            (evt.EVT_ABORTED, self._commitment.forget_association),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
+
+    def start(self) -> tuple[str, int]:
+        dicom = self._settings.dicom
+        self._server = self.ae.make_server(
+            (dicom.host, dicom.port),
+            evt_handlers=self.handlers(),
+            server_class=AssociationServer,
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="kuva-dicom-acceptor", daemon=True
+        )
+        self._thread.start()
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def stop(self) -> None:
+        """Stop accepting; let running associations finish (bounded), then close."""
+        if self._server is None:
+            return
+        self._server.shutdown()
+        for assoc in list(self._server.active_associations):
+            assoc.join(timeout=10)
+        self._server.server_close()
+        self._server = None
+
+    @staticmethod
+    def _handle_echo(event: Event) -> Dataset:
+        return st.status(st.SUCCESS)
+
+    @staticmethod
+    def _on_accepted(event: Event) -> None:
+        metrics.associations.labels("accepted").inc()
+        log.info("association from %s (%s) accepted",
+                 event.assoc.requestor.ae_title, event.assoc.requestor.address)
+
+    @staticmethod
+    def _on_rejected(event: Event) -> None:
+        metrics.associations.labels("rejected").inc()
+        log.warning("association from %s (%s) rejected",
+                    event.assoc.requestor.ae_title, event.assoc.requestor.address)

@@ -1,0 +1,30 @@
+"""DIMSE status codes kuva answers with (PS3.7 Annex C, PS3.4 B.2.3 / J.3.2)."""
+
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+
+SUCCESS = 0x0000
+# C-STORE (PS3.4 Table B.2-1)
+OUT_OF_RESOURCES = 0xA700
+DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000  # invalid object: missing or malformed required attributes
+# kuva-specific code in the "Cannot understand" family (Cxxx): the SOP Instance UID
+# is already archived with other content. Corrections go through IOCM.
+DUPLICATE_WITH_OTHER_CONTENT = 0xC001
+# N-ACTION (PS3.7 C.4.2.1.x / PS3.4 J.3.2.1.2)
+PROCESSING_FAILURE = 0x0110
+NO_SUCH_ACTION_TYPE = 0x0123
+INVALID_ARGUMENT_VALUE = 0x0115
+MISSING_ATTRIBUTE = 0x0120
+
+ERROR_COMMENT_MAX = 64  # Error Comment (0000,0902) is LO
+
+
+def status(code: int, comment: str = "") -> Dataset:
+    """A status data set with an Error Comment cut to its 64 characters."""
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment[:ERROR_COMMENT_MAX]
+    return ds

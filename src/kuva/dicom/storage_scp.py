@@ -1,0 +1,145 @@
+"""Storage SCP: C-STORE (PS3.4 Annex B) into the ingest service.
+
+Received data sets are streamed straight into the blob store while their P-DATA
+arrives: pynetdicom's chunked receive mode (``STORE_RECV_CHUNKED_DATASET``) writes
+each fragment to a temporary file, and kuva hands it a ``Part10Rewriter`` around a
+blob writer instead (``install_streaming_receive``), which hashes on the way. The
+handler then only reads the header (up to the pixel data) for validation and the
+index.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import _config, dimse_messages
+from pynetdicom.events import Event
+
+from kuva.config import Settings
+from kuva.dicom import status as st
+from kuva.dicom.part10 import Part10Rewriter, canonical_file_meta, extract_attributes, read_header
+from kuva.services.ingest import IncomingInstance, IngestService, StoreStatus
+from kuva.storage import BlobStore
+
+log = logging.getLogger(__name__)
+
+# Attribute on pynetdicom's ApplicationEntity through which a receiving association
+# finds the blob store to stream into.
+_AE_BLOB_STORE = "_kuva_blob_store"
+
+_ORIGINAL_TEMPFILE = dimse_messages.NamedTemporaryFile
+_install_lock = threading.Lock()
+
+
+def _receive_file(*args: Any, **kwargs: Any) -> Any:
+    """Stand-in for ``NamedTemporaryFile`` in pynetdicom's C-STORE receive path.
+
+    It is called in the association's DUL thread; when that association belongs
+    to a kuva storage SCP, the data set goes into a blob writer. Anything else
+    (pynetdicom used as a client in the same process) gets the usual file.
+    """
+    assoc = getattr(threading.current_thread(), "assoc", None)
+    store = getattr(getattr(assoc, "ae", None), _AE_BLOB_STORE, None)
+    if isinstance(store, BlobStore):
+        return Part10Rewriter(store.open_writer())
+    return _ORIGINAL_TEMPFILE(*args, **kwargs)
+
+
+def install_streaming_receive(ae: Any, blobs: BlobStore) -> None:
+    """Make C-STORE data sets received by ``ae`` stream into ``blobs``."""
+    with _install_lock:
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        dimse_messages.NamedTemporaryFile = _receive_file
+    setattr(ae, _AE_BLOB_STORE, blobs)
+
+
+class StorageSCP:
+    def __init__(self, settings: Settings, ingest: IngestService, blobs: BlobStore) -> None:
+        self._settings = settings
+        self._ingest = ingest
+        self._blobs = blobs
+
+    def handle_store(self, event: Event) -> Dataset:
+        """EVT_C_STORE handler. Returns the status data set of the C-STORE-RSP."""
+        request = event.request
+        calling_ae = event.assoc.requestor.ae_title
+        organization = self._settings.organization_of(calling_ae)
+        writer = getattr(request, "_dataset_file", None)
+        if not isinstance(writer, Part10Rewriter):
+            writer = self._copy_received(event)
+        if organization is None:  # the association check lets no such AE in
+            writer.blob.discard()
+            return st.status(st.CANNOT_UNDERSTAND, "calling AE title not recognized")
+        if not writer.complete:
+            writer.blob.discard()
+            return st.status(st.CANNOT_UNDERSTAND, "no data set received")
+        try:
+            header = read_header(writer.name)
+        except Exception as exc:
+            writer.blob.discard()
+            log.warning("C-STORE from %s: data set cannot be parsed: %s", calling_ae, exc)
+            return st.status(st.CANNOT_UNDERSTAND, "data set cannot be parsed")
+
+        attrs = extract_attributes(header, writer.transfer_syntax_uid)
+        affected_class = str(request.AffectedSOPClassUID)
+        affected_instance = str(request.AffectedSOPInstanceUID)
+        if attrs.sop_class_uid and attrs.sop_class_uid != affected_class:
+            writer.blob.discard()
+            return st.status(
+                st.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOPClassUID differs from Affected SOP Class UID",
+            )
+        if attrs.sop_instance_uid and attrs.sop_instance_uid != affected_instance:
+            writer.blob.discard()
+            return st.status(
+                st.CANNOT_UNDERSTAND, "SOPInstanceUID differs from Affected SOP Instance UID"
+            )
+
+        outcome = self._ingest.store(
+            IncomingInstance(
+                attributes=attrs,
+                blob=writer.blob,
+                source_ae=calling_ae,
+                organization_oid=organization,
+            )
+        )
+        if outcome.ok:
+            return st.status(st.SUCCESS)
+        code = {
+            StoreStatus.INVALID: st.CANNOT_UNDERSTAND,
+            StoreStatus.CONFLICT: st.DUPLICATE_WITH_OTHER_CONTENT,
+            StoreStatus.FAILED: st.OUT_OF_RESOURCES,
+        }[outcome.status]
+        return st.status(code, outcome.message)
+
+    def _copy_received(self, event: Event) -> Part10Rewriter:
+        """Fallback when pynetdicom did not stream into kuva (another receive path).
+
+        Costs a second pass over the bytes; logged so that it does not go unseen.
+        """
+        log.warning("C-STORE data set was not streamed into the blob store; copying it")
+        request = event.request
+        writer = Part10Rewriter(self._blobs.open_writer())
+        path = getattr(request, "_dataset_path", None)
+        if path is not None:
+            with open(path, "rb") as source:
+                shutil.copyfileobj(source, writer, 1024 * 1024)
+            return writer
+        context = event.context
+        writer.write(
+            canonical_file_meta(
+                str(request.AffectedSOPClassUID),
+                str(request.AffectedSOPInstanceUID),
+                str(context.transfer_syntax),
+            )
+        )
+        with tempfile.SpooledTemporaryFile() as spool:
+            spool.write(request.DataSet.getvalue())
+            spool.seek(0)
+            shutil.copyfileobj(spool, writer, 1024 * 1024)
+        return writer

@@ -1,0 +1,1 @@
+"""The index: SQLAlchemy schema, repositories, unit of work, migrations."""

@@ -1,0 +1,237 @@
+"""Repository of the study tree: patient, study, series, instance rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from typing import Any
+
+from sqlalchemy import Connection, String, Table, func, select, update
+
+from kuva.index.dialect import insert_ignoring_conflict as _insert_ignoring_conflict
+from kuva.index.schema import instance, patient, series, study
+from kuva.model.instance import InstanceAttributes
+
+
+def _fit(table: Table, values: dict[str, Any]) -> dict[str, Any]:
+    """Cut strings to their column's length: the index keeps what it can, the blob all."""
+    fitted = dict(values)
+    for name, value in values.items():
+        column_type = table.c[name].type
+        if isinstance(value, str) and isinstance(column_type, String) and column_type.length:
+            fitted[name] = value[: column_type.length]
+    return fitted
+
+
+def insert_ignoring_conflict(
+    conn: Connection, table: Table, values: dict[str, Any], conflict_columns: list[str]
+) -> Any:
+    return _insert_ignoring_conflict(conn, table, _fit(table, values), conflict_columns)
+
+
+class TreeConflict(Exception):
+    """The instance contradicts the stored study tree (a UID already placed elsewhere)."""
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    pk: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+    size: int
+    sha256: str
+    organization_oid: str
+
+
+@dataclass(frozen=True)
+class NewInstance:
+    attributes: InstanceAttributes
+    blob_key: str
+    size: int
+    sha256: str
+    received_at: datetime
+    source_ae: str
+    organization_oid: str
+
+
+_STORED_COLUMNS = (
+    instance.c.pk,
+    instance.c.sop_instance_uid,
+    instance.c.sop_class_uid,
+    series.c.series_instance_uid,
+    study.c.study_instance_uid,
+    instance.c.transfer_syntax_uid,
+    instance.c.blob_key,
+    instance.c.size,
+    instance.c.sha256,
+    instance.c.organization_oid,
+)
+
+
+class InstanceRepository:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def _stored_query(self):  # type: ignore[no-untyped-def]
+        return select(*_STORED_COLUMNS).select_from(
+            instance.join(series, instance.c.series_pk == series.c.pk).join(
+                study, series.c.study_pk == study.c.pk
+            )
+        )
+
+    def get(self, sop_instance_uid: str) -> StoredInstance | None:
+        row = self.conn.execute(
+            self._stored_query().where(instance.c.sop_instance_uid == sop_instance_uid)
+        ).one_or_none()
+        return StoredInstance(*row) if row is not None else None
+
+    def get_many(self, sop_instance_uids: Iterable[str]) -> dict[str, StoredInstance]:
+        """Stored instances by SOP Instance UID, looked up in index-sized chunks."""
+        found: dict[str, StoredInstance] = {}
+        uids = list(dict.fromkeys(sop_instance_uids))
+        for start in range(0, len(uids), 500):
+            chunk = uids[start : start + 500]
+            for row in self.conn.execute(
+                self._stored_query().where(instance.c.sop_instance_uid.in_(chunk))
+            ):
+                stored = StoredInstance(*row)
+                found[stored.sop_instance_uid] = stored
+        return found
+
+    def count(self) -> int:
+        return int(self.conn.execute(select(func.count()).select_from(instance)).scalar_one())
+
+    def add(self, new: NewInstance) -> int | None:
+        """Insert the instance and the patient/study/series it belongs to.
+
+        Returns the new instance's key, or None when an instance with the same SOP
+        Instance UID is already indexed (the caller decides what that means).
+        Patient, study and series rows are created on first sight and otherwise
+        left as they are (corrections are a later, explicit step).
+        """
+        attrs = new.attributes
+        patient_pk = self._patient_pk(attrs, new.received_at)
+        study_pk = self._study_pk(attrs, patient_pk, new)
+        series_pk = self._series_pk(attrs, study_pk, new.received_at)
+        pk = insert_ignoring_conflict(
+            self.conn,
+            instance,
+            {
+                "sop_instance_uid": attrs.sop_instance_uid,
+                "series_pk": series_pk,
+                "sop_class_uid": attrs.sop_class_uid,
+                "instance_number": attrs.instance_number,
+                "content_date": attrs.content_date,
+                "content_time": attrs.content_time,
+                "number_of_frames": attrs.number_of_frames,
+                "rows": attrs.rows,
+                "columns": attrs.columns,
+                "transfer_syntax_uid": attrs.transfer_syntax_uid,
+                "blob_key": new.blob_key,
+                "size": new.size,
+                "sha256": new.sha256,
+                "received_at": new.received_at,
+                "source_ae": new.source_ae,
+                "organization_oid": new.organization_oid,
+                "dataset_json": attrs.dataset_json,
+            },
+            ["sop_instance_uid"],
+        )
+        if pk is not None:
+            self.conn.execute(
+                update(study)
+                .where(study.c.pk == study_pk)
+                .values(last_received_at=new.received_at)
+            )
+        return int(pk) if pk is not None else None
+
+    def _patient_pk(self, attrs: InstanceAttributes, now: datetime) -> int:
+        p = attrs.patient
+        where = (patient.c.patient_id == p.patient_id) & (patient.c.issuer == p.issuer)
+        pk = self.conn.execute(select(patient.c.pk).where(where)).scalar_one_or_none()
+        if pk is None:
+            pk = insert_ignoring_conflict(
+                self.conn,
+                patient,
+                {
+                    "patient_id": p.patient_id,
+                    "issuer": p.issuer,
+                    "patient_name": p.name,
+                    "patient_name_norm": p.name.upper(),
+                    "birth_date": p.birth_date,
+                    "sex": p.sex,
+                    "created_at": now,
+                },
+                ["patient_id", "issuer"],
+            )
+            if pk is None:  # created concurrently by another node
+                pk = self.conn.execute(select(patient.c.pk).where(where)).scalar_one()
+        return int(pk)
+
+    def _study_pk(self, attrs: InstanceAttributes, patient_pk: int, new: NewInstance) -> int:
+        s = attrs.study
+        where = study.c.study_instance_uid == s.study_instance_uid
+        row = self.conn.execute(select(study.c.pk, study.c.patient_pk).where(where)).one_or_none()
+        if row is not None and row.patient_pk != patient_pk:
+            raise TreeConflict(
+                "Study Instance UID is already archived for another patient"
+            )
+        pk = row.pk if row is not None else None
+        if pk is None:
+            pk = insert_ignoring_conflict(
+                self.conn,
+                study,
+                {
+                    "study_instance_uid": s.study_instance_uid,
+                    "patient_pk": patient_pk,
+                    "study_date": s.study_date,
+                    "study_time": s.study_time,
+                    "accession_number": s.accession_number,
+                    "study_id": s.study_id,
+                    "study_description": s.description,
+                    "referring_physician_name": s.referring_physician_name,
+                    "organization_oid": new.organization_oid,
+                    "created_at": new.received_at,
+                    "last_received_at": new.received_at,
+                },
+                ["study_instance_uid"],
+            )
+            if pk is None:
+                pk = self.conn.execute(select(study.c.pk).where(where)).scalar_one()
+        return int(pk)
+
+    def _series_pk(self, attrs: InstanceAttributes, study_pk: int, now: datetime) -> int:
+        s = attrs.series
+        where = series.c.series_instance_uid == s.series_instance_uid
+        row = self.conn.execute(select(series.c.pk, series.c.study_pk).where(where)).one_or_none()
+        if row is not None and row.study_pk != study_pk:
+            raise TreeConflict("Series Instance UID is already archived in another study")
+        pk = row.pk if row is not None else None
+        if pk is None:
+            pk = insert_ignoring_conflict(
+                self.conn,
+                series,
+                {
+                    "series_instance_uid": s.series_instance_uid,
+                    "study_pk": study_pk,
+                    "modality": s.modality,
+                    "series_number": s.series_number,
+                    "series_description": s.description,
+                    "body_part_examined": s.body_part_examined,
+                    "series_date": s.series_date,
+                    "series_time": s.series_time,
+                    "institution_name": s.institution_name,
+                    "station_name": s.station_name,
+                    "created_at": now,
+                },
+                ["series_instance_uid"],
+            )
+            if pk is None:
+                pk = self.conn.execute(select(series.c.pk).where(where)).scalar_one()
+        return int(pk)

@@ -1,0 +1,195 @@
+"""Repository of the outbox: the durable task table (DESIGN.md principle 3).
+
+A task is added in the same transaction as the change that causes it. Workers
+claim due tasks with row locks (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite
+has a single writer), under a lease: a task whose worker died is claimed again
+when its lease runs out. Failure schedules a retry with exponential backoff until
+``max_attempts``, after which the task stays ``failed`` for an operator.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, or_, select, update
+
+from kuva.index.schema import task
+
+PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+STATUSES = (PENDING, RUNNING, DONE, FAILED)
+
+
+@dataclass(frozen=True)
+class Task:
+    pk: int
+    kind: str
+    subject: str
+    payload: dict[str, Any]
+    status: str
+    attempts: int
+    max_attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+_COLUMNS = (
+    task.c.pk,
+    task.c.kind,
+    task.c.subject,
+    task.c.payload,
+    task.c.status,
+    task.c.attempts,
+    task.c.max_attempts,
+    task.c.next_attempt_at,
+    task.c.last_error,
+    task.c.created_at,
+    task.c.updated_at,
+)
+
+
+def _task(row: Any) -> Task:
+    values = list(row)
+    values[3] = json.loads(values[3])
+    return Task(*values)
+
+
+class TaskRepository:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def add(
+        self,
+        kind: str,
+        *,
+        subject: str,
+        payload: dict[str, Any],
+        now: datetime,
+        max_attempts: int,
+        run_at: datetime | None = None,
+    ) -> int:
+        result = self.conn.execute(
+            task.insert()
+            .values(
+                kind=kind,
+                subject=subject,
+                payload=json.dumps(payload, separators=(",", ":")),
+                status=PENDING,
+                attempts=0,
+                max_attempts=max_attempts,
+                next_attempt_at=run_at or now,
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(task.c.pk)
+        )
+        return int(result.scalar_one())
+
+    def claim(
+        self, *, worker: str, now: datetime, lease: timedelta, limit: int,
+        kinds: Sequence[str] | None = None, pk: int | None = None,
+    ) -> list[Task]:
+        """Take up to ``limit`` due tasks for ``worker``, locked for ``lease``."""
+        due = or_(
+            and_(task.c.status == PENDING, task.c.next_attempt_at <= now),
+            and_(task.c.status == RUNNING, task.c.locked_until < now),
+        )
+        query = select(task.c.pk).where(due)
+        if kinds is not None:
+            query = query.where(task.c.kind.in_(kinds))
+        if pk is not None:
+            query = query.where(task.c.pk == pk)
+        query = (
+            query.order_by(task.c.next_attempt_at, task.c.pk)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        pks = list(self.conn.execute(query).scalars())
+        if not pks:
+            return []
+        self.conn.execute(
+            update(task)
+            .where(task.c.pk.in_(pks))
+            .values(
+                status=RUNNING,
+                locked_by=worker,
+                locked_until=now + lease,
+                attempts=task.c.attempts + 1,
+                updated_at=now,
+            )
+        )
+        rows = self.conn.execute(
+            select(*_COLUMNS).where(task.c.pk.in_(pks)).order_by(task.c.pk)
+        )
+        return [_task(row) for row in rows]
+
+    def complete(self, pk: int, *, now: datetime) -> None:
+        self.conn.execute(
+            update(task)
+            .where(task.c.pk == pk)
+            .values(status=DONE, locked_by=None, locked_until=None, last_error=None,
+                    updated_at=now)
+        )
+
+    def fail(self, pk: int, *, error: str, now: datetime, retry_at: datetime | None) -> None:
+        """Record a failed attempt: retry at ``retry_at``, or give up when None."""
+        values: dict[str, Any] = {
+            "locked_by": None,
+            "locked_until": None,
+            "last_error": error[:4000],
+            "updated_at": now,
+        }
+        if retry_at is None:
+            values["status"] = FAILED
+        else:
+            values["status"] = PENDING
+            values["next_attempt_at"] = retry_at
+        self.conn.execute(update(task).where(task.c.pk == pk).values(**values))
+
+    def retry(self, *, now: datetime, pks: Sequence[int] | None = None,
+              kind: str | None = None) -> int:
+        """Operator retry: failed tasks (all, by key or by kind) become due now."""
+        query = update(task).where(task.c.status == FAILED)
+        if pks is not None:
+            query = query.where(task.c.pk.in_(pks))
+        if kind is not None:
+            query = query.where(task.c.kind == kind)
+        result = self.conn.execute(
+            query.values(status=PENDING, attempts=0, next_attempt_at=now, updated_at=now)
+        )
+        return int(result.rowcount)
+
+    def set_payload(self, pk: int, payload: dict[str, Any]) -> None:
+        self.conn.execute(
+            update(task)
+            .where(task.c.pk == pk)
+            .values(payload=json.dumps(payload, separators=(",", ":")))
+        )
+
+    def get(self, pk: int) -> Task | None:
+        row = self.conn.execute(select(*_COLUMNS).where(task.c.pk == pk)).one_or_none()
+        return _task(row) if row is not None else None
+
+    def list(self, *, status: str | None = None, kind: str | None = None,
+             subject: str | None = None, limit: int = 100) -> list[Task]:
+        query = select(*_COLUMNS)
+        if status is not None:
+            query = query.where(task.c.status == status)
+        if kind is not None:
+            query = query.where(task.c.kind == kind)
+        if subject is not None:
+            query = query.where(task.c.subject == subject)
+        query = query.order_by(task.c.pk.desc()).limit(limit)
+        return [_task(row) for row in self.conn.execute(query)]
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Number of tasks by (kind, status)."""
+        rows = self.conn.execute(
+            select(task.c.kind, task.c.status, func.count()).group_by(task.c.kind, task.c.status)
+        )
+        return {(kind, status): int(n) for kind, status, n in rows}

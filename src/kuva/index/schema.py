@@ -1,0 +1,190 @@
+"""The index schema: patient -> study -> series -> instance, and the outbox.
+
+Every attribute a C-FIND matches on (PS3.4 C.6.1 / C.6.2 key tables) is a real
+column with an index where it is a usual search key; the full attribute set of each
+instance is kept as DICOM JSON (PS3.18 F.2, bulk data left out) so that metadata
+responses never open a blob. Times are UTC.
+
+Migrations (index/migrations) are the source of truth for the database; this module
+must describe the same schema (a test compares them).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A UTC instant: stored as naive UTC, returned timezone-aware (UTC)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+UID = String(64)
+# 64-bit keys on PostgreSQL; INTEGER PRIMARY KEY (the rowid) on SQLite.
+PK = BigInteger().with_variant(Integer, "sqlite")
+
+patient = Table(
+    "patient",
+    metadata,
+    Column("pk", PK, primary_key=True),
+    Column("patient_id", String(64), nullable=False),
+    # Issuer of Patient ID (0010,0021); "" when the sender gave none.
+    Column("issuer", String(64), nullable=False, server_default=""),
+    Column("patient_name", String(324), nullable=False, server_default=""),
+    # Upper-cased, for case-insensitive person name matching (PS3.4 C.2.2.2.1).
+    Column("patient_name_norm", String(324), nullable=False, server_default=""),
+    Column("birth_date", String(8), nullable=False, server_default=""),
+    Column("sex", String(16), nullable=False, server_default=""),
+    Column("created_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("patient_id", "issuer"),
+    Index(None, "patient_name_norm"),
+)
+
+study = Table(
+    "study",
+    metadata,
+    Column("pk", PK, primary_key=True),
+    Column("study_instance_uid", UID, nullable=False, unique=True),
+    Column("patient_pk", ForeignKey("patient.pk"), nullable=False, index=True),
+    Column("study_date", String(8), nullable=False, server_default=""),
+    Column("study_time", String(16), nullable=False, server_default=""),
+    Column("accession_number", String(16), nullable=False, server_default=""),
+    Column("study_id", String(16), nullable=False, server_default=""),
+    Column("study_description", String(64), nullable=False, server_default=""),
+    Column("referring_physician_name", String(324), nullable=False, server_default=""),
+    # Register holder: the organisation whose node archived the study.
+    Column("organization_oid", String(64), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("last_received_at", UtcDateTime(), nullable=False),
+    Index(None, "study_date"),
+    Index(None, "accession_number"),
+    Index(None, "organization_oid"),
+    Index(None, "last_received_at"),
+)
+
+series = Table(
+    "series",
+    metadata,
+    Column("pk", PK, primary_key=True),
+    Column("series_instance_uid", UID, nullable=False, unique=True),
+    Column("study_pk", ForeignKey("study.pk"), nullable=False, index=True),
+    Column("modality", String(16), nullable=False, server_default=""),
+    Column("series_number", Integer, nullable=True),
+    Column("series_description", String(64), nullable=False, server_default=""),
+    Column("body_part_examined", String(16), nullable=False, server_default=""),
+    Column("series_date", String(8), nullable=False, server_default=""),
+    Column("series_time", String(16), nullable=False, server_default=""),
+    Column("institution_name", String(64), nullable=False, server_default=""),
+    Column("station_name", String(16), nullable=False, server_default=""),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index(None, "modality"),
+)
+
+instance = Table(
+    "instance",
+    metadata,
+    Column("pk", PK, primary_key=True),
+    Column("sop_instance_uid", UID, nullable=False, unique=True),
+    Column("series_pk", ForeignKey("series.pk"), nullable=False, index=True),
+    Column("sop_class_uid", UID, nullable=False, index=True),
+    Column("instance_number", Integer, nullable=True),
+    Column("content_date", String(8), nullable=False, server_default=""),
+    Column("content_time", String(16), nullable=False, server_default=""),
+    Column("number_of_frames", Integer, nullable=True),
+    Column("rows", Integer, nullable=True),
+    Column("columns", Integer, nullable=True),
+    Column("transfer_syntax_uid", UID, nullable=False),
+    # The stored object: kuva's canonical file meta + the data set as received.
+    Column("blob_key", String(128), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Column("source_ae", String(16), nullable=False),
+    Column("organization_oid", String(64), nullable=False),
+    # DICOM JSON (PS3.18 F.2) of the data set, bulk data as BulkDataURI references.
+    Column("dataset_json", Text, nullable=False),
+    Index(None, "received_at"),
+)
+
+# Storage Commitment Push Model requests (PS3.4 J.3). One row per Transaction UID.
+storage_commitment = Table(
+    "storage_commitment",
+    metadata,
+    Column("pk", PK, primary_key=True),
+    Column("transaction_uid", UID, nullable=False, unique=True),
+    Column("requester_ae", String(16), nullable=False),
+    Column("organization_oid", String(64), nullable=False),
+    Column("requested_at", UtcDateTime(), nullable=False),
+    Column("instance_count", Integer, nullable=False),
+    # "pending" until verified, then "success" (event type 1) or "failure" (type 2).
+    Column("outcome", String(16), nullable=False, server_default="pending"),
+    Column("failed_count", Integer, nullable=False, server_default="0"),
+    Column("verified_at", UtcDateTime(), nullable=True),
+    # JSON: {"success": [[class, instance], ...], "failed": [[class, instance, reason]...]}
+    Column("result_json", Text, nullable=True),
+    Column("reported_at", UtcDateTime(), nullable=True),
+)
+
+# The outbox (DESIGN.md principle 3): follow-up work committed with its cause.
+task = Table(
+    "task",
+    metadata,
+    Column("pk", PK, primary_key=True),
+    Column("kind", String(64), nullable=False),
+    # What the task is about (a study UID, a transaction UID ...), for operators.
+    Column("subject", String(128), nullable=False, server_default=""),
+    Column("payload", Text, nullable=False, server_default="{}"),
+    # pending -> running -> done | failed (after max_attempts); failed -> pending on retry.
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("max_attempts", Integer, nullable=False),
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
+    Column("locked_by", String(64), nullable=True),
+    Column("locked_until", UtcDateTime(), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Index(None, "status", "next_attempt_at"),
+    Index(None, "kind", "status"),
+    Index(None, "subject"),
+)

@@ -1,0 +1,58 @@
+"""Unit of work: one transaction, with the repositories that work inside it."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from sqlalchemy import Connection, Engine
+
+from kuva.index.commitments import CommitmentRepository
+from kuva.index.database import WRITE_OPTION
+from kuva.index.instances import InstanceRepository
+from kuva.index.outbox import TaskRepository
+
+
+class UnitOfWork:
+    """``with UnitOfWork(engine) as uow: ...; uow.commit()`` - rolled back unless committed."""
+
+    def __init__(self, engine: Engine, *, write: bool = True) -> None:
+        self._engine = engine
+        self._write = write
+        self._conn: Connection | None = None
+
+    @property
+    def conn(self) -> Connection:
+        if self._conn is None:
+            raise RuntimeError("unit of work not entered")
+        return self._conn
+
+    def __enter__(self) -> UnitOfWork:
+        conn = self._engine.connect()
+        if self._write:
+            conn = conn.execution_options(**{WRITE_OPTION: True})
+        conn.begin()
+        self._conn = conn
+        self.instances = InstanceRepository(conn)
+        self.tasks = TaskRepository(conn)
+        self.commitments = CommitmentRepository(conn)
+        return self
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def rollback(self) -> None:
+        self.conn.rollback()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn = self.conn
+        try:
+            if conn.in_transaction():
+                conn.rollback()
+        finally:
+            conn.close()
+            self._conn = None

@@ -1,0 +1,1 @@
+"""Pure domain: identifiers, the study tree, rules. No I/O."""

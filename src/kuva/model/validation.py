@@ -1,0 +1,30 @@
+"""The rules an instance must meet to be archived (the storage issue's minimum).
+
+SOP Class, SOP Instance, Series and Study Instance UIDs present and well formed,
+and a Patient ID present. Each problem is a sentence naming the attribute, for the
+DICOM Error Comment (at most 64 characters there) and the log.
+"""
+
+from __future__ import annotations
+
+from kuva.model.instance import InstanceAttributes
+from kuva.model.uids import uid_problem
+
+
+def instance_problems(attrs: InstanceAttributes) -> list[str]:
+    problems: list[str] = []
+    for label, value in (
+        ("SOPClassUID", attrs.sop_class_uid),
+        ("SOPInstanceUID", attrs.sop_instance_uid),
+        ("SeriesInstanceUID", attrs.series.series_instance_uid),
+        ("StudyInstanceUID", attrs.study.study_instance_uid),
+    ):
+        problem = uid_problem(value)
+        if problem is not None:
+            problems.append(f"{label} {problem}")
+    if not attrs.patient.patient_id.strip():
+        problems.append("PatientID missing")
+    elif len(attrs.patient.patient_id) > 64:
+        problems.append("PatientID longer than 64 characters")
+    problems.extend(attrs.parse_problems)
+    return problems

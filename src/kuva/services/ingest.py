@@ -1,0 +1,157 @@
+"""Ingest: archive one received instance, durably, exactly as received.
+
+The adapter has already streamed the object's bytes into a blob writer (hashing on
+the way). Here the archive decides:
+
+* an instance that breaks the rules (model.validation) is refused, nothing stored;
+* the same SOP Instance UID again with the same bytes is a success, nothing new;
+* the same SOP Instance UID with other bytes is refused: stored objects are never
+  replaced, corrections go through IOCM (rejection + replacement instances);
+* otherwise the blob is made durable (fsync), then its index row is committed
+  (group commit), and only then is success reported (DESIGN.md principle 2).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+from sqlalchemy import Engine
+
+from kuva import metrics
+from kuva.index.group_commit import GroupCommitter
+from kuva.index.instances import NewInstance, StoredInstance, TreeConflict
+from kuva.index.uow import UnitOfWork
+from kuva.model.clock import Clock, utcnow
+from kuva.model.instance import InstanceAttributes
+from kuva.model.validation import instance_problems
+from kuva.storage import BlobStore, BlobWriter
+
+log = logging.getLogger(__name__)
+
+
+class StoreStatus(Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # same instance, same bytes: success, nothing new
+    INVALID = "invalid"  # breaks the rules: nothing stored
+    CONFLICT = "conflict"  # same SOP Instance UID, other content: refused
+    FAILED = "failed"  # the archive could not store it (disk, database)
+
+
+@dataclass(frozen=True)
+class IncomingInstance:
+    attributes: InstanceAttributes
+    blob: BlobWriter  # the object's bytes, written but not yet committed
+    source_ae: str
+    organization_oid: str
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    status: StoreStatus
+    message: str = ""
+    sha256: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (StoreStatus.STORED, StoreStatus.DUPLICATE)
+
+
+CONFLICT_MESSAGE = (
+    "SOP Instance UID already archived with other content; "
+    "corrections go through IOCM (rejection note + new instance)"
+)
+
+
+class IngestService:
+    def __init__(
+        self, engine: Engine, blobs: BlobStore, committer: GroupCommitter,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._engine = engine
+        self._blobs = blobs
+        self._committer = committer
+        self._clock = clock
+
+    def store(self, incoming: IncomingInstance) -> StoreOutcome:
+        started = time.perf_counter()
+        outcome = self._store(incoming)
+        metrics.instances_received.labels(outcome.status.value).inc()
+        if outcome.status is StoreStatus.STORED:
+            metrics.store_seconds.observe(time.perf_counter() - started)
+        return outcome
+
+    def _store(self, incoming: IncomingInstance) -> StoreOutcome:
+        attrs = incoming.attributes
+        blob = incoming.blob
+        problems = instance_problems(attrs)
+        if problems:
+            blob.discard()
+            log.warning(
+                "refused instance %s from %s: %s",
+                attrs.sop_instance_uid or "(no SOP Instance UID)",
+                incoming.source_ae,
+                "; ".join(problems),
+            )
+            return StoreOutcome(StoreStatus.INVALID, "; ".join(problems))
+
+        with UnitOfWork(self._engine, write=False) as uow:
+            existing = uow.instances.get(attrs.sop_instance_uid)
+        if existing is not None:
+            blob.discard()
+            return self._resent(incoming, existing, blob.hexdigest())
+
+        try:
+            ref = blob.commit()
+        except OSError as exc:
+            log.error("could not store blob of %s: %s", attrs.sop_instance_uid, exc)
+            return StoreOutcome(StoreStatus.FAILED, f"storage failure: {exc.strerror or exc}")
+
+        new = NewInstance(
+            attributes=attrs,
+            blob_key=ref.key,
+            size=ref.size,
+            sha256=ref.sha256,
+            received_at=self._clock(),
+            source_ae=incoming.source_ae,
+            organization_oid=incoming.organization_oid,
+        )
+        try:
+            pk = self._committer.run(lambda uow: uow.instances.add(new))
+        except TreeConflict as exc:
+            log.warning("refused instance %s: %s", attrs.sop_instance_uid, exc)
+            return StoreOutcome(StoreStatus.INVALID, f"{exc}; corrections go through IOCM")
+        except Exception as exc:
+            log.exception("could not index instance %s", attrs.sop_instance_uid)
+            return StoreOutcome(StoreStatus.FAILED, f"index failure: {type(exc).__name__}")
+        if pk is None:
+            # Another association indexed the same SOP Instance UID meanwhile.
+            with UnitOfWork(self._engine, write=False) as uow:
+                existing = uow.instances.get(attrs.sop_instance_uid)
+            if existing is None:  # pragma: no cover - the row cannot vanish
+                return StoreOutcome(StoreStatus.FAILED, "index race, try again")
+            return self._resent(incoming, existing, ref.sha256)
+        if ref.created:
+            metrics.bytes_stored.inc(ref.size)
+        log.info(
+            "stored %s (%d bytes, %s) from %s",
+            attrs.sop_instance_uid, ref.size, ref.sha256[:12], incoming.source_ae,
+        )
+        return StoreOutcome(StoreStatus.STORED, sha256=ref.sha256)
+
+    def _resent(
+        self, incoming: IncomingInstance, existing: StoredInstance, sha256: str
+    ) -> StoreOutcome:
+        uid = existing.sop_instance_uid
+        if existing.sha256 == sha256:
+            log.info("instance %s received again from %s, identical: kept",
+                     uid, incoming.source_ae)
+            return StoreOutcome(StoreStatus.DUPLICATE, sha256=sha256)
+        log.warning(
+            "refused instance %s from %s: already archived with other content "
+            "(stored sha256 %s, received %s)",
+            uid, incoming.source_ae, existing.sha256[:12], sha256[:12],
+        )
+        return StoreOutcome(StoreStatus.CONFLICT, CONFLICT_MESSAGE, sha256=sha256)

@@ -1,0 +1,93 @@
+"""The blob store interface.
+
+A blob is addressed by the SHA-256 of its bytes: key ``sha256/ab/cd/abcd...``.
+It is written once and never overwritten; the digest is computed while the bytes
+stream in, so storing an object reads it exactly once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+
+def blob_key(sha256_hex: str) -> str:
+    """The storage key of a blob with the given SHA-256 (lower-case hex)."""
+    return f"sha256/{sha256_hex[0:2]}/{sha256_hex[2:4]}/{sha256_hex}"
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    key: str
+    sha256: str
+    size: int
+    created: bool  # False when an identical blob was already stored
+
+
+class BlobExistsError(Exception):
+    """Raised when a key would be overwritten with other bytes (never allowed)."""
+
+
+class BlobWriter(ABC):
+    """A blob being written: a binary file-like that hashes as it goes.
+
+    ``commit`` makes it durable and visible under its content address;
+    ``discard`` throws it away. Until ``commit`` returns, nothing is visible.
+    """
+
+    name: str  # where the partial bytes live (for diagnostics)
+
+    @abstractmethod
+    def write(self, data: bytes | bytearray | memoryview) -> int: ...
+
+    def flush(self) -> None:
+        """Writes go straight to the operating system; durability comes with commit."""
+
+    @property
+    @abstractmethod
+    def size(self) -> int: ...
+
+    @abstractmethod
+    def hexdigest(self) -> str: ...
+
+    @abstractmethod
+    def commit(self) -> BlobRef: ...
+
+    @abstractmethod
+    def discard(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close without deciding; a closed, uncommitted writer is discarded."""
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class BlobStore(ABC):
+    @abstractmethod
+    def open_writer(self) -> BlobWriter: ...
+
+    @abstractmethod
+    def open(self, key: str) -> BinaryIO:
+        """Open a stored blob for reading (raises FileNotFoundError when absent)."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def size(self, key: str) -> int: ...
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise when the store cannot be written (for /healthz)."""
+
+    def iter_chunks(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        with self.open(key) as f:
+            while chunk := f.read(chunk_size):
+                yield chunk

@@ -1,0 +1,156 @@
+"""Blob store on a local (or mounted) filesystem.
+
+Durability (DESIGN.md, Data): a blob is written to a temporary name in ``tmp/``,
+fsynced, linked to its final name ``sha256/ab/cd/<digest>`` and the folder fsynced.
+``os.link`` fails when the name exists, so an object is never overwritten; a final
+name only ever appears for complete, fsynced bytes. Files are made read-only.
+Leftovers in ``tmp/`` (a crash mid-write) are removed at start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import BinaryIO
+
+from kuva.storage.base import BlobExistsError, BlobRef, BlobStore, BlobWriter, blob_key
+
+log = logging.getLogger(__name__)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileBlobWriter(BlobWriter):
+    def __init__(self, store: FileBlobStore) -> None:
+        self._store = store
+        self._path = store.tmp_dir / f"{uuid.uuid4().hex}.part"
+        self.name = str(self._path)
+        self._fd: int | None = os.open(
+            self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+        )
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._done = False
+        # pynetdicom calls ``.file.flush()`` on the temporary file it writes to.
+        self.file = self
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._fd is None:
+            raise ValueError("write to a closed blob writer")
+        view = memoryview(data)
+        self._hash.update(view)
+        total = 0
+        while total < len(view):
+            total += os.write(self._fd, view[total:])
+        self._size += total
+        return total
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+    def commit(self) -> BlobRef:
+        if self._fd is None or self._done:
+            raise ValueError("blob writer already closed")
+        digest = self._hash.hexdigest()
+        key = blob_key(digest)
+        final = self._store.path_of(key)
+        try:
+            os.fdatasync(self._fd)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+        self._done = True
+        created = True
+        try:
+            self._store.ensure_parent(final)
+            os.chmod(self._path, 0o444)
+            os.link(self._path, final)
+        except FileExistsError:
+            created = False
+            if final.stat().st_size != self._size:
+                raise BlobExistsError(f"{key} exists with another size") from None
+        finally:
+            self._path.unlink(missing_ok=True)
+        if created:
+            _fsync_dir(final.parent)
+        return BlobRef(key=key, sha256=digest, size=self._size, created=created)
+
+    def discard(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if not self._done:
+            self._done = True
+            self._path.unlink(missing_ok=True)
+
+
+class FileBlobStore(BlobStore):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp_dir = root / "tmp"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        (root / "sha256").mkdir(exist_ok=True)
+        self._known_dirs: set[Path] = set()
+
+    def clean_partial(self) -> int:
+        """Remove partial blobs left by a crash; they were never visible."""
+        count = 0
+        for leftover in self.tmp_dir.iterdir():
+            leftover.unlink(missing_ok=True)
+            count += 1
+        if count:
+            log.warning("removed %d partial blob(s) left from an interrupted write", count)
+        return count
+
+    def path_of(self, key: str) -> Path:
+        if not key.startswith("sha256/") or ".." in key:
+            raise ValueError(f"not a blob key: {key!r}")
+        return self.root / key
+
+    def ensure_parent(self, path: Path) -> None:
+        parent = path.parent
+        if parent in self._known_dirs:
+            return
+        if not parent.is_dir():
+            # Create level by level and fsync each new folder's parent, so that the
+            # new names survive a crash too.
+            for level in (parent.parent, parent):
+                if not level.is_dir():
+                    try:
+                        level.mkdir()
+                    except FileExistsError:
+                        pass
+                    _fsync_dir(level.parent)
+        self._known_dirs.add(parent)
+
+    def open_writer(self) -> FileBlobWriter:
+        return FileBlobWriter(self)
+
+    def open(self, key: str) -> BinaryIO:
+        return open(self.path_of(key), "rb")
+
+    def exists(self, key: str) -> bool:
+        return self.path_of(key).is_file()
+
+    def size(self, key: str) -> int:
+        return self.path_of(key).stat().st_size
+
+    def check(self) -> None:
+        if not os.access(self.tmp_dir, os.W_OK):
+            raise OSError(f"blob store {self.root} is not writable")

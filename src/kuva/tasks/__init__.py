@@ -1,0 +1,1 @@
+"""The outbox workers: take due tasks, run their handlers, retry with backoff."""

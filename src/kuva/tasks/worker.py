@@ -1,0 +1,143 @@
+"""Outbox worker threads (DESIGN.md principle 3).
+
+Each worker claims one due task at a time (row lock + lease, index/outbox), runs
+the handler registered for its kind and records the result. A handler that raises
+is retried with exponential backoff (base * 2^(attempt-1), capped, with jitter)
+until the task's ``max_attempts``; then the task stays ``failed`` until an
+operator retries it (``kuva tasks retry``). Delivery is at least once: handlers
+must be idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy import Engine
+
+from kuva import metrics
+from kuva.config import TaskSettings
+from kuva.index.outbox import Task
+from kuva.index.uow import UnitOfWork
+from kuva.model.clock import Clock, utcnow
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Task], None]
+
+
+class PermanentFailure(Exception):
+    """A handler's way of saying: retrying will not help."""
+
+
+def backoff_delay(attempts: int, settings: TaskSettings, rng: random.Random | None = None) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt."""
+    delay = min(settings.backoff_base_seconds * 2 ** max(attempts - 1, 0),
+                settings.backoff_max_seconds)
+    jitter = (rng or random).uniform(0.9, 1.1)
+    return float(delay * jitter)
+
+
+class TaskWorkers:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: TaskSettings,
+        handlers: dict[str, Handler],
+        *,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._handlers = handlers
+        self._clock = clock
+        self._name = f"{socket.gethostname()}:{os.getpid()}"
+        self._wake = threading.Condition()
+        self._pending_wakes = 0
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for n in range(self._settings.workers):
+            thread = threading.Thread(target=self._loop, name=f"kuva-task-worker-{n}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wake(self, _task_pk: int | None = None) -> None:
+        """Look for due work now instead of at the next poll."""
+        with self._wake:
+            self._pending_wakes += 1
+            self._wake.notify()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stopping.set()
+        with self._wake:
+            self._wake.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=timeout)
+        self._threads.clear()
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                worked = self.run_once()
+            except Exception:
+                log.exception("task worker: could not take work from the outbox")
+                worked = False
+            if not worked:
+                with self._wake:
+                    if self._pending_wakes == 0 and not self._stopping.is_set():
+                        self._wake.wait(self._settings.poll_seconds)
+                    self._pending_wakes = 0
+
+    def run_once(self) -> bool:
+        """Claim and run one due task; False when there was none."""
+        now = self._clock()
+        with UnitOfWork(self._engine) as uow:
+            claimed = uow.tasks.claim(
+                worker=self._name,
+                now=now,
+                lease=timedelta(seconds=self._settings.lease_seconds),
+                limit=1,
+                kinds=list(self._handlers),
+            )
+            uow.commit()
+        if not claimed:
+            return False
+        self._run(claimed[0])
+        return True
+
+    def _run(self, task: Task) -> None:
+        handler = self._handlers[task.kind]
+        try:
+            handler(task)
+        except Exception as exc:
+            permanent = isinstance(exc, PermanentFailure)
+            retry_at = None
+            if not permanent and task.attempts < task.max_attempts:
+                retry_at = self._clock() + timedelta(
+                    seconds=backoff_delay(task.attempts, self._settings)
+                )
+            error = f"{type(exc).__name__}: {exc}"
+            with UnitOfWork(self._engine) as uow:
+                uow.tasks.fail(task.pk, error=error, now=self._clock(), retry_at=retry_at)
+                uow.commit()
+            metrics.task_runs.labels(task.kind, "error").inc()
+            if retry_at is None:
+                log.error("task %d (%s %s) failed for good after %d attempt(s): %s",
+                          task.pk, task.kind, task.subject, task.attempts, error)
+            else:
+                log.warning("task %d (%s %s) attempt %d failed, retry at %s: %s",
+                            task.pk, task.kind, task.subject, task.attempts,
+                            retry_at.isoformat(timespec="seconds"), error)
+            return
+        with UnitOfWork(self._engine) as uow:
+            uow.tasks.complete(task.pk, now=self._clock())
+            uow.commit()
+        metrics.task_runs.labels(task.kind, "done").inc()

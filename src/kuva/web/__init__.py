@@ -1,0 +1,1 @@
+"""The HTTP listener: health, metrics; later DICOMweb and the XDS endpoints."""

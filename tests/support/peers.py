@@ -1,0 +1,491 @@
+"""Real DICOM peers run as subprocesses on loopback, for tests and benchmarks.
+
+* :class:`StoreSCP`: dcmtk ``storescp`` writing what it receives to a folder.
+* :class:`Orthanc`: an Orthanc server with its own temporary configuration,
+  storage and ports.
+* :func:`storescu` / :func:`echoscu`: run the dcmtk SCUs against a peer.
+
+dcmtk programs get ``TCP_NODELAY=1`` in their environment (dcmtk then disables
+Nagle's algorithm on its sockets). Every server is started in a new process
+group and stopped by signalling that group only, so ``storescp --fork`` children
+go away with their parent.
+
+pynetdicom installs Python scripts also called ``storescu``, ``storescp`` and
+``echoscu`` into the virtual environment; :func:`dcmtk_tool` skips those so the
+real dcmtk binaries are used even when the environment's ``bin`` is on PATH.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+
+__all__ = [
+    "LOOPBACK",
+    "Orthanc",
+    "PeerStartError",
+    "StoreSCP",
+    "dcmtk_available",
+    "dcmtk_env",
+    "dcmtk_tool",
+    "echoscu",
+    "free_port",
+    "orthanc_available",
+    "store_response_counts",
+    "storescu",
+    "storescu_command",
+]
+
+StrPath = str | os.PathLike[str]
+
+LOOPBACK = "127.0.0.1"
+
+
+class PeerStartError(RuntimeError):
+    """A peer process exited or did not become ready in time."""
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def free_port() -> int:
+    """Return a TCP port on loopback that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _is_script(path: Path) -> bool:
+    """True if ``path`` starts with ``#!`` (an interpreted script, not a binary)."""
+    with path.open("rb") as fp:
+        return fp.read(2) == b"#!"
+
+
+@functools.cache
+def dcmtk_tool(name: str) -> str | None:
+    """Absolute path of dcmtk program ``name`` on PATH, skipping Python scripts."""
+    for folder in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        candidate = Path(folder or ".") / name
+        if candidate.is_file() and os.access(candidate, os.X_OK) and not _is_script(candidate):
+            return str(candidate.resolve())
+    return None
+
+
+def _require_dcmtk(name: str) -> str:
+    """Like :func:`dcmtk_tool` but raise FileNotFoundError when it is missing."""
+    path = dcmtk_tool(name)
+    if path is None:
+        raise FileNotFoundError(f"dcmtk program {name!r} not found on PATH")
+    return path
+
+
+def dcmtk_available() -> bool:
+    """True if the dcmtk programs the tests drive are installed."""
+    return all(dcmtk_tool(name) for name in ("storescu", "storescp", "echoscu", "dcmdump"))
+
+
+def orthanc_available() -> bool:
+    """True if an ``Orthanc`` server binary is on PATH."""
+    return shutil.which("Orthanc") is not None
+
+
+def dcmtk_env() -> dict[str, str]:
+    """The current environment plus ``TCP_NODELAY=1`` for dcmtk programs."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+# --------------------------------------------------------------------------- process plumbing
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait until something accepts TCP connections on loopback ``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise PeerStartError(f"process exited with {process.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 0.2):
+            return
+        time.sleep(0.05)
+    raise PeerStartError(f"nothing listening on port {port} after {timeout:.0f} s")
+
+
+def _stop_group(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM the process group led by ``process``; SIGKILL it if it lingers."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout)
+    # Children (storescp --fork) may outlive a leader that already exited.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _start(command: Sequence[str], log: IO[bytes], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """Start ``command`` in its own process group, output to ``log``."""
+    return subprocess.Popen(
+        list(command),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(env),
+        start_new_session=True,
+    )
+
+
+class _ServerProcess:
+    """Shared start/stop/log handling of the server context managers."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        """Process id of the running server (also its process group id)."""
+        if self._process is None:
+            raise RuntimeError("server is not running")
+        return self._process.pid
+
+    def log_text(self) -> str:
+        """Everything the server printed so far."""
+        if self._log is None:
+            return ""
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
+
+    def _launch(self, command: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        self._log = tempfile.TemporaryFile(prefix="kuva-peer-log-")
+        self._process = _start(command, self._log, env)
+        return self._process
+
+    def _failed_start(self, error: Exception) -> PeerStartError:
+        self._shutdown(5.0)
+        return PeerStartError(f"{error}\n--- server output ---\n{self.log_text()[-4000:]}")
+
+    def _shutdown(self, timeout: float) -> None:
+        if self._process is not None:
+            _stop_group(self._process, timeout)
+            self._process = None
+
+
+# --------------------------------------------------------------------------- storescp
+
+
+class StoreSCP(_ServerProcess):
+    """dcmtk ``storescp`` on loopback, storing received objects under ``directory``.
+
+    Use as a context manager::
+
+        with StoreSCP(tmp_path / "in") as scp:
+            storescu(files, LOOPBACK, scp.port, aec=scp.aet)
+            assert len(scp.received()) == len(files)
+
+    ``fork=True`` adds ``--fork`` (one child process per association) so several
+    associations are served at once; ``extra_args`` are passed to storescp as is.
+    """
+
+    def __init__(
+        self,
+        directory: StrPath,
+        *,
+        port: int | None = None,
+        aet: str = "STORESCP",
+        fork: bool = False,
+        extra_args: Sequence[str] = (),
+        startup_timeout: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.directory = Path(directory)
+        self.port = port or free_port()
+        self.aet = aet
+        self.fork = fork
+        self.extra_args = tuple(extra_args)
+        self.startup_timeout = startup_timeout
+
+    @property
+    def command(self) -> list[str]:
+        """The storescp command line."""
+        fork = ["--fork"] if self.fork else []
+        return [
+            _require_dcmtk("storescp"),
+            *fork,
+            "-aet",
+            self.aet,
+            "-od",
+            str(self.directory),
+            *self.extra_args,
+            str(self.port),
+        ]
+
+    def __enter__(self) -> Self:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        process = self._launch(self.command, dcmtk_env())
+        try:
+            _wait_for_port(self.port, process, self.startup_timeout)
+        except PeerStartError as error:
+            raise self._failed_start(error) from None
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._shutdown(10.0)
+
+    def received(self) -> list[Path]:
+        """Files stored so far (storescp names them ``<modality>.<SOP Instance UID>``)."""
+        return sorted(p for p in self.directory.rglob("*") if p.is_file())
+
+
+# --------------------------------------------------------------------------- Orthanc
+
+
+class Orthanc(_ServerProcess):
+    """An Orthanc server with a temporary JSON configuration, on loopback.
+
+    Storage and index live in ``workdir`` (a temporary directory removed on exit
+    when not given). ``modalities`` become ``DicomModalities``: name ->
+    (AE title, host, port). ``extra_config`` entries override the defaults.
+    The server accepts C-STORE from any AE (``DicomAlwaysAllowStore``), serves
+    REST on loopback only without authentication and stores files uncompressed.
+
+    Example::
+
+        with Orthanc(modalities={"kuva": ("KUVA", LOOPBACK, 11112)}) as orthanc:
+            storescu(files, LOOPBACK, orthanc.dicom_port, aec=orthanc.aet)
+            assert orthanc.instance_count() == len(files)
+    """
+
+    def __init__(
+        self,
+        workdir: StrPath | None = None,
+        *,
+        aet: str = "ORTHANC",
+        dicom_port: int | None = None,
+        http_port: int | None = None,
+        modalities: Mapping[str, tuple[str, str, int]] | None = None,
+        extra_config: Mapping[str, Any] | None = None,
+        startup_timeout: float = 60.0,
+    ) -> None:
+        super().__init__()
+        self._given_workdir = Path(workdir) if workdir is not None else None
+        self._tempdir: tempfile.TemporaryDirectory[str] | None = None
+        self.aet = aet
+        self.dicom_port = dicom_port or free_port()
+        self.http_port = http_port or free_port()
+        self.modalities = dict(modalities or {})
+        self.extra_config = dict(extra_config or {})
+        self.startup_timeout = startup_timeout
+        self.workdir = self._given_workdir or Path()
+
+    @property
+    def url(self) -> str:
+        """Base URL of the REST API."""
+        return f"http://{LOOPBACK}:{self.http_port}"
+
+    @property
+    def config_path(self) -> Path:
+        """Where the JSON configuration is written."""
+        return self.workdir / "orthanc.json"
+
+    @property
+    def storage_dir(self) -> Path:
+        """Orthanc's StorageDirectory (received files)."""
+        return self.workdir / "storage"
+
+    def config(self) -> dict[str, Any]:
+        """The configuration written for this server."""
+        config: dict[str, Any] = {
+            "Name": "kuva-test-orthanc",
+            "StorageDirectory": str(self.storage_dir),
+            "IndexDirectory": str(self.workdir / "index"),
+            "StorageCompression": False,
+            "Plugins": [],
+            "DicomServerEnabled": True,
+            "DicomAet": self.aet,
+            "DicomPort": self.dicom_port,
+            "DicomModalities": {
+                name: [aet, host, port] for name, (aet, host, port) in self.modalities.items()
+            },
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowEcho": True,
+            "HttpServerEnabled": True,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "SslEnabled": False,
+            "SaveJobs": False,
+        }
+        config.update(self.extra_config)
+        return config
+
+    def __enter__(self) -> Self:
+        if self._given_workdir is None:
+            self._tempdir = tempfile.TemporaryDirectory(prefix="kuva-orthanc-")
+            self.workdir = Path(self._tempdir.name)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(self.config(), indent=2))
+        orthanc = shutil.which("Orthanc")
+        if orthanc is None:
+            raise FileNotFoundError("Orthanc is not installed")
+        process = self._launch([orthanc, str(self.config_path)], os.environ)
+        try:
+            self._wait_ready(process)
+        except PeerStartError as error:
+            self._cleanup()
+            raise self._failed_start(error) from None
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._shutdown(30.0)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._tempdir is not None:
+            self._tempdir.cleanup()
+            self._tempdir = None
+
+    def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
+        """Wait until ``GET /system`` answers and the DICOM port accepts connections."""
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise PeerStartError(f"Orthanc exited with {process.returncode}")
+            with contextlib.suppress(OSError, urllib.error.URLError):
+                self.rest_get("/system", timeout=1.0)
+                _wait_for_port(self.dicom_port, process, max(deadline - time.monotonic(), 0.1))
+                return
+            time.sleep(0.1)
+        raise PeerStartError(f"Orthanc did not answer /system within {self.startup_timeout} s")
+
+    def rest_get(self, path: str, *, timeout: float = 30.0) -> Any:
+        """GET ``path`` from the REST API and decode the JSON answer."""
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def rest_post(self, path: str, body: Any, *, timeout: float = 60.0) -> Any:
+        """POST JSON ``body`` to ``path`` and decode the JSON answer."""
+        request = urllib.request.Request(
+            self.url + path,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read() or b"null")
+
+    def instance_count(self) -> int:
+        """Number of instances Orthanc holds (``/statistics`` CountInstances)."""
+        return int(self.rest_get("/statistics")["CountInstances"])
+
+
+# --------------------------------------------------------------------------- SCUs
+
+
+def _as_paths(files_or_dir: StrPath | Sequence[StrPath]) -> list[str]:
+    if isinstance(files_or_dir, str | os.PathLike):
+        return [os.fspath(files_or_dir)]
+    return [os.fspath(p) for p in files_or_dir]
+
+
+def storescu_command(
+    files_or_dir: StrPath | Sequence[StrPath],
+    host: str,
+    port: int,
+    aet: str = "STORESCU",
+    aec: str = "ANY-SCP",
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The dcmtk storescu command line :func:`storescu` runs.
+
+    Directories among the inputs make storescu scan them recursively (``+sd +r``).
+    """
+    paths = _as_paths(files_or_dir)
+    scan = ["+sd", "+r"] if any(Path(p).is_dir() for p in paths) else []
+    return [
+        _require_dcmtk("storescu"),
+        *scan,
+        "-aet",
+        aet,
+        "-aec",
+        aec,
+        *extra_args,
+        host,
+        str(port),
+        *paths,
+    ]
+
+
+def storescu(
+    files_or_dir: StrPath | Sequence[StrPath],
+    host: str,
+    port: int,
+    aet: str = "STORESCU",
+    aec: str = "ANY-SCP",
+    extra_args: Sequence[str] = (),
+    *,
+    timeout: float | None = 600.0,
+) -> subprocess.CompletedProcess[str]:
+    """Send files (or a directory, recursively) with dcmtk storescu in one association.
+
+    Runs with ``TCP_NODELAY=1``; output is captured as text and the exit status
+    is not checked (storescu exits 1 when a file cannot be sent or the peer
+    answers a failure status). Add ``-v`` to ``extra_args`` to get one
+    "Received Store Response" line per file, see :func:`store_response_counts`.
+    """
+    command = storescu_command(files_or_dir, host, port, aet, aec, extra_args)
+    return subprocess.run(
+        command, capture_output=True, text=True, env=dcmtk_env(), timeout=timeout, check=False
+    )
+
+
+def echoscu(
+    host: str, port: int, aet: str = "ECHOSCU", aec: str = "ANY-SCP", *, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """C-ECHO the peer with dcmtk echoscu; exit status 0 means success."""
+    command = [_require_dcmtk("echoscu"), "-aet", aet, "-aec", aec, host, str(port)]
+    return subprocess.run(
+        command, capture_output=True, text=True, env=dcmtk_env(), timeout=timeout, check=False
+    )
+
+
+_STORE_RESPONSE = re.compile(r"Received Store Response \(([^)]*)\)")
+
+
+def store_response_counts(output: str) -> Counter[str]:
+    """Count C-STORE response statuses in verbose (``-v``) storescu output.
+
+    Keys are the words storescu prints, e.g. ``{"Success": 299, "Warning": 1}``;
+    failures appear as e.g. ``"Failure"`` or ``"Error: ..."`` depending on status.
+    """
+    return Counter(match.group(1).strip() for match in _STORE_RESPONSE.finditer(output))
