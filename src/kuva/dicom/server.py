@@ -82,6 +82,8 @@ class DicomServer:
             evt_handlers=self.handlers(),
             server_class=AssociationServer,
         )
+        # As AE.start_server does: the AE's list of servers is what shutdown() expects.
+        self.ae._servers.append(self._server)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="kuva-dicom-acceptor", daemon=True
         )

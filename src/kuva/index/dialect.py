@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, Table
 from sqlalchemy.dialects import postgresql, sqlite
 
 
+@cache
+def _insert_ignoring_conflict(dialect: str, table: Table, conflict_columns: tuple[str, ...]) -> Any:
+    module: Any = {"postgresql": postgresql, "sqlite": sqlite}.get(dialect)
+    if module is None:  # pragma: no cover - make_engine refuses other databases
+        raise ValueError(f"unsupported dialect {dialect}")
+    return (
+        module.insert(table)
+        .on_conflict_do_nothing(index_elements=list(conflict_columns))
+        .returning(table.c.pk)
+    )
+
+
 def insert_ignoring_conflict(
     conn: Connection, table: Table, values: dict[str, Any], conflict_columns: list[str]
 ) -> Any:
-    """``INSERT ... ON CONFLICT (cols) DO NOTHING RETURNING pk``; None on conflict."""
-    dialect = conn.dialect.name
-    stmt: Any
-    if dialect == "postgresql":
-        stmt = postgresql.insert(table)
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(table)
-    else:  # pragma: no cover - make_engine refuses other databases
-        raise ValueError(f"unsupported dialect {dialect}")
-    stmt = stmt.values(**values).on_conflict_do_nothing(index_elements=conflict_columns)
-    return conn.execute(stmt.returning(table.c.pk)).scalar_one_or_none()
+    """``INSERT ... ON CONFLICT (cols) DO NOTHING RETURNING pk``; None on conflict.
+
+    The statement is built once per table; values go as parameters, so the
+    compiled form is reused (this runs for every received instance).
+    """
+    stmt = _insert_ignoring_conflict(conn.dialect.name, table, tuple(conflict_columns))
+    return conn.execute(stmt, values).scalar_one_or_none()

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from typing import Any
 
-from sqlalchemy import Connection, String, Table, func, select, update
+from sqlalchemy import Connection, String, Table, bindparam, func, select, update
 
 from kuva.index.dialect import insert_ignoring_conflict as _insert_ignoring_conflict
 from kuva.index.schema import instance, patient, series, study
@@ -74,21 +74,34 @@ _STORED_COLUMNS = (
 )
 
 
+_STORED = select(*_STORED_COLUMNS).select_from(
+    instance.join(series, instance.c.series_pk == series.c.pk).join(
+        study, series.c.study_pk == study.c.pk
+    )
+)
+_GET_STORED = _STORED.where(instance.c.sop_instance_uid == bindparam("uid"))
+_PATIENT_PK = select(patient.c.pk).where(
+    (patient.c.patient_id == bindparam("patient_id")) & (patient.c.issuer == bindparam("issuer"))
+)
+_STUDY_ROW = select(study.c.pk, study.c.patient_pk).where(
+    study.c.study_instance_uid == bindparam("uid")
+)
+_SERIES_ROW = select(series.c.pk, series.c.study_pk).where(
+    series.c.series_instance_uid == bindparam("uid")
+)
+_TOUCH_STUDY = (
+    update(study)
+    .where(study.c.pk == bindparam("study_pk"))
+    .values(last_received_at=bindparam("received_at"))
+)
+
+
 class InstanceRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def _stored_query(self):  # type: ignore[no-untyped-def]
-        return select(*_STORED_COLUMNS).select_from(
-            instance.join(series, instance.c.series_pk == series.c.pk).join(
-                study, series.c.study_pk == study.c.pk
-            )
-        )
-
     def get(self, sop_instance_uid: str) -> StoredInstance | None:
-        row = self.conn.execute(
-            self._stored_query().where(instance.c.sop_instance_uid == sop_instance_uid)
-        ).one_or_none()
+        row = self.conn.execute(_GET_STORED, {"uid": sop_instance_uid}).one_or_none()
         return StoredInstance(*row) if row is not None else None
 
     def get_many(self, sop_instance_uids: Iterable[str]) -> dict[str, StoredInstance]:
@@ -98,7 +111,7 @@ class InstanceRepository:
         for start in range(0, len(uids), 500):
             chunk = uids[start : start + 500]
             for row in self.conn.execute(
-                self._stored_query().where(instance.c.sop_instance_uid.in_(chunk))
+                _STORED.where(instance.c.sop_instance_uid.in_(chunk))
             ):
                 stored = StoredInstance(*row)
                 found[stored.sop_instance_uid] = stored
@@ -145,16 +158,14 @@ class InstanceRepository:
         )
         if pk is not None:
             self.conn.execute(
-                update(study)
-                .where(study.c.pk == study_pk)
-                .values(last_received_at=new.received_at)
+                _TOUCH_STUDY, {"study_pk": study_pk, "received_at": new.received_at}
             )
         return int(pk) if pk is not None else None
 
     def _patient_pk(self, attrs: InstanceAttributes, now: datetime) -> int:
         p = attrs.patient
-        where = (patient.c.patient_id == p.patient_id) & (patient.c.issuer == p.issuer)
-        pk = self.conn.execute(select(patient.c.pk).where(where)).scalar_one_or_none()
+        key = {"patient_id": p.patient_id[:64], "issuer": p.issuer[:64]}
+        pk = self.conn.execute(_PATIENT_PK, key).scalar_one_or_none()
         if pk is None:
             pk = insert_ignoring_conflict(
                 self.conn,
@@ -171,13 +182,13 @@ class InstanceRepository:
                 ["patient_id", "issuer"],
             )
             if pk is None:  # created concurrently by another node
-                pk = self.conn.execute(select(patient.c.pk).where(where)).scalar_one()
+                pk = self.conn.execute(_PATIENT_PK, key).scalar_one()
         return int(pk)
 
     def _study_pk(self, attrs: InstanceAttributes, patient_pk: int, new: NewInstance) -> int:
         s = attrs.study
-        where = study.c.study_instance_uid == s.study_instance_uid
-        row = self.conn.execute(select(study.c.pk, study.c.patient_pk).where(where)).one_or_none()
+        key = {"uid": s.study_instance_uid}
+        row = self.conn.execute(_STUDY_ROW, key).one_or_none()
         if row is not None and row.patient_pk != patient_pk:
             raise TreeConflict(
                 "Study Instance UID is already archived for another patient"
@@ -203,13 +214,13 @@ class InstanceRepository:
                 ["study_instance_uid"],
             )
             if pk is None:
-                pk = self.conn.execute(select(study.c.pk).where(where)).scalar_one()
+                pk = self.conn.execute(_STUDY_ROW, key).one().pk
         return int(pk)
 
     def _series_pk(self, attrs: InstanceAttributes, study_pk: int, now: datetime) -> int:
         s = attrs.series
-        where = series.c.series_instance_uid == s.series_instance_uid
-        row = self.conn.execute(select(series.c.pk, series.c.study_pk).where(where)).one_or_none()
+        key = {"uid": s.series_instance_uid}
+        row = self.conn.execute(_SERIES_ROW, key).one_or_none()
         if row is not None and row.study_pk != study_pk:
             raise TreeConflict("Series Instance UID is already archived in another study")
         pk = row.pk if row is not None else None
@@ -233,5 +244,5 @@ class InstanceRepository:
                 ["series_instance_uid"],
             )
             if pk is None:
-                pk = self.conn.execute(select(series.c.pk).where(where)).scalar_one()
+                pk = self.conn.execute(_SERIES_ROW, key).one().pk
         return int(pk)

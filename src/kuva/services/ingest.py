@@ -59,10 +59,9 @@ class StoreOutcome:
         return self.status in (StoreStatus.STORED, StoreStatus.DUPLICATE)
 
 
-CONFLICT_MESSAGE = (
-    "SOP Instance UID already archived with other content; "
-    "corrections go through IOCM (rejection note + new instance)"
-)
+# Fits the 64 characters of a DICOM Error Comment. Corrections are a rejection
+# note (IOCM) plus a new instance with a new SOP Instance UID.
+CONFLICT_MESSAGE = "SOP Instance already archived, other content; correct via IOCM"
 
 
 class IngestService:

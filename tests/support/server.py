@@ -1,0 +1,150 @@
+"""Run ``kuva serve`` as a real subprocess on loopback, the way an operator does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_config(
+    path: Path,
+    sections: dict[str, dict[str, Any]],
+    nodes: list[dict[str, Any]],
+    organizations: list[dict[str, Any]],
+) -> None:
+    lines: list[str] = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+        lines.append("")
+    for org in organizations:
+        lines.append("[[organizations]]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in org.items())
+        lines.append("")
+    for node in nodes:
+        lines.append("[[nodes]]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in node.items())
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+@dataclass
+class KuvaServer:
+    """A kuva process with its own data folder, ports and (optionally) PostgreSQL database."""
+
+    workdir: Path
+    database_url: str = ""
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    organizations: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ae_title: str = "KUVA"
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.workdir / "data"
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.hl7_port = free_port()
+        self.config_path = self.workdir / "kuva.toml"
+        self.log_path = self.workdir / "kuva.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        sections: dict[str, dict[str, Any]] = {
+            "archive": {"data_dir": str(self.data_dir), "database_url": self.database_url},
+            "dicom": {"ae_title": self.ae_title, "host": "127.0.0.1", "port": self.dicom_port},
+            "http": {"host": "127.0.0.1", "port": self.http_port},
+            "hl7": {"host": "127.0.0.1", "port": self.hl7_port},
+            "tasks": {"poll_seconds": 0.2, "backoff_base_seconds": 0.2, "backoff_max_seconds": 1.0},
+        }
+        for name, values in self.extra.items():
+            sections.setdefault(name, {}).update(values)
+        write_config(self.config_path, sections, self.nodes, self.organizations)
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 30.0) -> KuvaServer:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kuva", "serve", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"kuva exited at start:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.http}/healthz", timeout=1) as response:
+                    if response.status == 200 and "ready: DICOM" in self.log():
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"kuva did not become ready:\n{self.log()}")
+
+    def log(self) -> str:
+        return (
+            self.log_path.read_text(encoding="utf-8", errors="replace")
+            if (self.log_path.exists())
+            else ""
+        )
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.process is None:
+            return 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case."""
+        if self.process is not None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+            self.process = None
+
+    def kuva(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run another kuva command (tasks, db ...) against this server's config."""
+        return subprocess.run(
+            [sys.executable, "-m", "kuva", *args, "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            check=check,
+            cwd=self.workdir,
+            env={**os.environ, "COLUMNS": "200"},
+        )
