@@ -91,6 +91,7 @@ def tasks_list(
     kind: Annotated[str | None, typer.Option(help="task kind")] = None,
     subject: Annotated[str | None, typer.Option(help="study / transaction UID")] = None,
     limit: int = 100,
+    plain: Annotated[bool, typer.Option("--plain", help="tab-separated, for scripts")] = False,
 ) -> None:
     """Show tasks: kind, subject, status, attempts, age, next attempt, last error."""
     settings = _settings(config)
@@ -105,6 +106,15 @@ def tasks_list(
         rows = uow.tasks.list(status=status, kind=kind, subject=subject, limit=limit)
         counts = uow.tasks.counts()
     now = utcnow()
+    if plain:
+        for t in rows:
+            print("\t".join((
+                str(t.pk), t.kind, t.subject, t.status, str(t.attempts),
+                t.created_at.isoformat(timespec="seconds"),
+                t.next_attempt_at.isoformat(timespec="seconds"),
+                (t.last_error or "").replace("\t", " ").replace("\n", " "),
+            )))
+        return
     table = Table(title="tasks")
     for column in ("id", "kind", "subject", "status", "attempts", "age", "next", "last error"):
         table.add_column(column)

@@ -170,23 +170,24 @@ def _phantom_slice(
     hu = np.where(body & lungs, -850.0, hu)
     hu = np.where(spine, 700.0, hu)
     hu = hu + rng.normal(0.0, 12.0, size=(rows, cols))
-    return np.clip(hu + _HU_OFFSET, 0, max_value).astype(np.uint16)
+    stored: Pixels = np.clip(hu + _HU_OFFSET, 0, max_value).astype(np.uint16)
+    return stored
 
 
 # --------------------------------------------------------------------------- datasets
 
 
 def _ds(value: float) -> str:
-    """Format a number for a DS element (at most 16 characters)."""
-    return f"{value:.10g}"[:16]
+    """Format a number for a DS element (8 significant digits fit in 16 characters)."""
+    return f"{value + 0.0:.8g}"  # + 0.0 turns -0.0 into 0
 
 
 def _file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> FileMetaDataset:
     """File meta information for a Part 10 file."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = transfer_syntax
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax)
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = _IMPLEMENTATION_VERSION
     return meta
@@ -361,9 +362,7 @@ def make_ct_series(
         base, rows=rows, cols=cols, bits_stored=bits_stored, slice_thickness=slice_thickness
     )
     rng = np.random.default_rng(seed)
-    return [
-        _ct_instance(template, index, n, when, rng, slice_thickness) for index in range(n)
-    ]
+    return [_ct_instance(template, index, n, when, rng, slice_thickness) for index in range(n)]
 
 
 def _ct_instance(
@@ -382,7 +381,7 @@ def _ct_instance(
     ds.InstanceCreationDate = f"{when:%Y%m%d}"
     ds.InstanceCreationTime = f"{acquired:%H%M%S}"
     ds.SOPInstanceUID = sop_instance_uid
-    ds.AcquisitionTime = ds.ContentTime = f"{acquired:%H%M%S.%f}"[:13]
+    ds.AcquisitionTime = ds.ContentTime = f"{acquired:%H%M%S.%f}"[:10]  # milliseconds
     ds.InstanceNumber = index + 1
     z = -slice_thickness * index
     ds.ImagePositionPatient = [
@@ -458,7 +457,7 @@ def _encode_to(ds: Dataset, transfer_syntax: str, target: Path, scratch: Path) -
     if transfer_syntax in _PYDICOM_ENCODERS:
         ds.compress(UID(transfer_syntax), encoding_plugin=_PYDICOM_ENCODERS[transfer_syntax])
     else:
-        ds.file_meta.TransferSyntaxUID = transfer_syntax
+        ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
     ds.save_as(target, enforce_file_format=True)
 
 
@@ -485,6 +484,11 @@ def make_transfer_syntax_files(
     one series with distinct SOP Instance UIDs, so all can be stored together.
     The JPEG and JPEG-LS files need dcmtk (``dcmcjpeg``, ``dcmcjpls``); without it
     :class:`ToolMissingError` is raised.
+
+    To keep each syntax on the wire, send each file with its own storescu call
+    and the option from ``peers.storescu_propose_args(path)`` (``-xy`` for JPEG
+    Baseline, ``-xs``, ``-xt``, ``-xv``, ``-xr``, ``-xd``, ``-xi``); without it
+    storescu proposes only uncompressed syntaxes and fails on the JPEG files.
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
