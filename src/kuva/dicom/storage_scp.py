@@ -78,6 +78,8 @@ class StorageSCP:
         if not writer.complete:
             writer.blob.discard()
             return st.status(st.CANNOT_UNDERSTAND, "no data set received")
+        # Flush to disk while the header is parsed and checked.
+        writer.blob.start_sync()
         try:
             header = read_header(writer.name)
         except Exception as exc:

@@ -45,6 +45,9 @@ class BlobWriter(ABC):
     def flush(self) -> None:
         """Writes go straight to the operating system; durability comes with commit."""
 
+    def start_sync(self) -> None:
+        """Optionally begin making the bytes durable ahead of ``commit``."""
+
     @property
     @abstractmethod
     def size(self) -> int: ...

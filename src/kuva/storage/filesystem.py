@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,6 +41,7 @@ class FileBlobWriter(BlobWriter):
         self._hash = hashlib.sha256()
         self._size = 0
         self._done = False
+        self._sync: Future[None] | None = None
         # pynetdicom calls ``.file.flush()`` on the temporary file it writes to.
         self.file = self
 
@@ -61,6 +63,12 @@ class FileBlobWriter(BlobWriter):
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
 
+    def start_sync(self) -> None:
+        """Begin flushing the bytes to disk in the background (the GIL is released),
+        so that the caller can parse and validate meanwhile; ``commit`` waits for it."""
+        if self._fd is not None and self._sync is None:
+            self._sync = self._store.sync_pool.submit(os.fdatasync, self._fd)
+
     def commit(self) -> BlobRef:
         if self._fd is None or self._done:
             raise ValueError("blob writer already closed")
@@ -68,7 +76,10 @@ class FileBlobWriter(BlobWriter):
         key = blob_key(digest)
         final = self._store.path_of(key)
         try:
-            os.fdatasync(self._fd)
+            if self._sync is not None:
+                self._sync.result()
+            else:
+                os.fdatasync(self._fd)
         finally:
             os.close(self._fd)
             self._fd = None
@@ -92,12 +103,23 @@ class FileBlobWriter(BlobWriter):
         self.close()
 
     def close(self) -> None:
+        if self._sync is not None:
+            self._sync.exception()  # never close the descriptor under a running fdatasync
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
         if not self._done:
             self._done = True
             self._path.unlink(missing_ok=True)
+
+    def __del__(self) -> None:
+        # An association aborted mid-transfer leaves its writer behind: free the
+        # descriptor and the partial file.
+        if not self._done:
+            try:
+                self.close()
+            except Exception:
+                log.debug("could not clean an abandoned blob writer", exc_info=True)
 
 
 class FileBlobStore(BlobStore):
@@ -107,6 +129,7 @@ class FileBlobStore(BlobStore):
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         (root / "sha256").mkdir(exist_ok=True)
         self._known_dirs: set[Path] = set()
+        self.sync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kuva-fsync")
 
     def clean_partial(self) -> int:
         """Remove partial blobs left by a crash; they were never visible."""

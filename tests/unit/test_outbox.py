@@ -1,0 +1,434 @@
+"""The outbox on SQLite and PostgreSQL: TaskRepository and the worker loop."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from kuva.config import TaskSettings
+from kuva.index.database import make_engine, migrate
+from kuva.index.outbox import DONE, FAILED, PENDING, RUNNING, Task
+from kuva.index.uow import UnitOfWork
+from kuva.tasks.worker import PermanentFailure, TaskWorkers, backoff_delay
+
+START = datetime(2026, 3, 14, 9, 0, tzinfo=UTC)
+LEASE = timedelta(minutes=5)
+
+
+class FakeClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: datetime = START) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """A migrated engine on a fresh database."""
+    engine = make_engine(database_url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
+
+
+def add_task(
+    engine: Engine,
+    kind: str = "demo",
+    *,
+    subject: str = "s",
+    now: datetime = START,
+    max_attempts: int = 3,
+    run_at: datetime | None = None,
+    payload: dict[str, Any] | None = None,
+) -> int:
+    """Add one task in its own transaction."""
+    with UnitOfWork(engine) as uow:
+        pk = uow.tasks.add(
+            kind, subject=subject, payload=payload or {"n": 1}, now=now,
+            max_attempts=max_attempts, run_at=run_at,
+        )
+        uow.commit()
+    return pk
+
+
+def claim(
+    engine: Engine, now: datetime, *, limit: int = 10, kinds: list[str] | None = None,
+    worker: str = "w1",
+) -> list[Task]:
+    """Claim due tasks in their own transaction."""
+    with UnitOfWork(engine) as uow:
+        tasks = uow.tasks.claim(worker=worker, now=now, lease=LEASE, limit=limit, kinds=kinds)
+        uow.commit()
+    return tasks
+
+
+def get(engine: Engine, pk: int) -> Task:
+    """The task with key ``pk`` (it must exist)."""
+    with UnitOfWork(engine, write=False) as uow:
+        task = uow.tasks.get(pk)
+    assert task is not None
+    return task
+
+
+def test_add_and_get(engine: Engine) -> None:
+    """A new task is pending, due at once, with its payload round-tripped."""
+    pk = add_task(engine, subject="1.2.3", payload={"uids": ["1.2.3"], "ä": "ö"})
+    task = get(engine, pk)
+    assert task.kind == "demo"
+    assert task.subject == "1.2.3"
+    assert task.payload == {"uids": ["1.2.3"], "ä": "ö"}
+    assert task.status == PENDING
+    assert task.attempts == 0
+    assert task.max_attempts == 3
+    assert task.next_attempt_at == START
+    assert task.created_at == START == task.updated_at
+    assert task.last_error is None
+    with UnitOfWork(engine, write=False) as uow:
+        assert uow.tasks.get(pk + 1000) is None
+
+
+def test_claim_only_due_tasks(engine: Engine) -> None:
+    """Claim takes due tasks only, marks them running and counts the attempt."""
+    due = add_task(engine)
+    later = add_task(engine, run_at=START + timedelta(minutes=2))
+    claimed = claim(engine, START)
+    assert [t.pk for t in claimed] == [due]
+    assert claimed[0].status == RUNNING
+    assert claimed[0].attempts == 1
+    assert get(engine, later).status == PENDING
+    assert claim(engine, START + timedelta(minutes=1)) == []  # the running one is leased
+    claimed = claim(engine, START + timedelta(minutes=2))  # the first is still leased
+    assert [t.pk for t in claimed] == [later]
+
+
+def test_claim_orders_and_limits(engine: Engine) -> None:
+    """The longest-due tasks come first, at most ``limit`` at a time."""
+    pks = [add_task(engine, run_at=START - timedelta(minutes=n)) for n in range(4)]
+    first = claim(engine, START, limit=2)
+    assert {t.pk for t in first} == {pks[3], pks[2]}
+    second = claim(engine, START, limit=10)
+    assert {t.pk for t in second} == {pks[1], pks[0]}
+
+
+def test_expired_lease_is_claimed_again(engine: Engine) -> None:
+    """A running task whose worker vanished is claimed again after its lease."""
+    pk = add_task(engine)
+    assert [t.pk for t in claim(engine, START, worker="dead")] == [pk]
+    assert claim(engine, START + LEASE - timedelta(seconds=1), worker="w2") == []
+    again = claim(engine, START + LEASE + timedelta(seconds=1), worker="w2")
+    assert [t.pk for t in again] == [pk]
+    assert again[0].attempts == 2
+    assert again[0].status == RUNNING
+
+
+def test_complete(engine: Engine) -> None:
+    """A completed task is done and never claimed again."""
+    pk = add_task(engine)
+    claim(engine, START)
+    with UnitOfWork(engine) as uow:
+        uow.tasks.complete(pk, now=START + timedelta(seconds=2))
+        uow.commit()
+    task = get(engine, pk)
+    assert task.status == DONE
+    assert task.updated_at == START + timedelta(seconds=2)
+    assert claim(engine, START + timedelta(days=1)) == []
+
+
+def test_fail_with_retry_schedules_later(engine: Engine) -> None:
+    """fail() with retry_at makes the task pending, not claimable before then."""
+    pk = add_task(engine)
+    claim(engine, START)
+    retry_at = START + timedelta(seconds=30)
+    with UnitOfWork(engine) as uow:
+        uow.tasks.fail(pk, error="peer refused", now=START, retry_at=retry_at)
+        uow.commit()
+    task = get(engine, pk)
+    assert task.status == PENDING
+    assert task.next_attempt_at == retry_at
+    assert task.last_error == "peer refused"
+    assert claim(engine, retry_at - timedelta(seconds=1)) == []
+    claimed = claim(engine, retry_at)
+    assert [t.pk for t in claimed] == [pk]
+    assert claimed[0].attempts == 2
+
+
+def test_fail_for_good(engine: Engine) -> None:
+    """fail() without retry_at leaves the task failed; long errors are cut."""
+    pk = add_task(engine)
+    claim(engine, START)
+    with UnitOfWork(engine) as uow:
+        uow.tasks.fail(pk, error="x" * 5000, now=START, retry_at=None)
+        uow.commit()
+    task = get(engine, pk)
+    assert task.status == FAILED
+    assert task.last_error == "x" * 4000
+    assert claim(engine, START + timedelta(days=365)) == []
+
+
+def test_retry_failed_tasks(engine: Engine) -> None:
+    """Operator retry makes failed tasks pending and due now, attempts reset."""
+    failed = [add_task(engine, kind=k) for k in ("a", "a", "b")]
+    untouched = add_task(engine, kind="a", run_at=START + timedelta(days=1))
+    claim(engine, START)
+    with UnitOfWork(engine) as uow:
+        for pk in failed:
+            uow.tasks.fail(pk, error="boom", now=START, retry_at=None)
+        uow.commit()
+    later = START + timedelta(hours=2)
+    with UnitOfWork(engine) as uow:
+        assert uow.tasks.retry(now=later, pks=[failed[0]]) == 1
+        assert uow.tasks.retry(now=later, kind="b") == 1
+        assert uow.tasks.retry(now=later) == 1
+        assert uow.tasks.retry(now=later) == 0
+        uow.commit()
+    for pk in failed:
+        task = get(engine, pk)
+        assert (task.status, task.attempts, task.next_attempt_at) == (PENDING, 0, later)
+    assert get(engine, untouched).next_attempt_at == START + timedelta(days=1)
+    assert {t.pk for t in claim(engine, later)} == set(failed)
+
+
+def test_kinds_filter(engine: Engine) -> None:
+    """Claim with kinds takes only tasks of those kinds."""
+    a = add_task(engine, kind="a")
+    b = add_task(engine, kind="b")
+    c = add_task(engine, kind="c")
+    assert [t.pk for t in claim(engine, START, kinds=["b"])] == [b]
+    assert {t.pk for t in claim(engine, START, kinds=["a", "c"])} == {a, c}
+    assert claim(engine, START, kinds=["b"]) == []
+
+
+def test_concurrent_claims_take_each_task_once(engine: Engine) -> None:
+    """Workers claiming at the same time never get the same task."""
+    pks = {add_task(engine) for _ in range(40)}
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        while True:
+            tasks = claim(engine, START, limit=2, worker=name)
+            if not tasks:
+                return
+            with lock:
+                claimed.extend(t.pk for t in tasks)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(claimed) == sorted(pks)
+    with UnitOfWork(engine, write=False) as uow:
+        assert uow.tasks.counts() == {("demo", RUNNING): 40}
+        assert {t.attempts for t in uow.tasks.list(limit=100)} == {1}
+
+
+def test_claim_by_pk(engine: Engine) -> None:
+    """A specific task can be claimed by its key."""
+    add_task(engine)
+    wanted = add_task(engine)
+    with UnitOfWork(engine) as uow:
+        claimed = uow.tasks.claim(worker="w", now=START, lease=LEASE, limit=5, pk=wanted)
+        uow.commit()
+    assert [t.pk for t in claimed] == [wanted]
+
+
+def test_list_and_counts(engine: Engine) -> None:
+    """list() filters by status, kind and subject, newest first; counts() groups."""
+    a1 = add_task(engine, kind="a", subject="x")
+    a2 = add_task(engine, kind="a", subject="y")
+    b1 = add_task(engine, kind="b", subject="x")
+    claim(engine, START, kinds=["b"])
+    with UnitOfWork(engine, write=False) as uow:
+        assert [t.pk for t in uow.tasks.list()] == [b1, a2, a1]
+        assert [t.pk for t in uow.tasks.list(status=PENDING)] == [a2, a1]
+        assert [t.pk for t in uow.tasks.list(kind="a", subject="x")] == [a1]
+        assert [t.pk for t in uow.tasks.list(subject="x")] == [b1, a1]
+        assert [t.pk for t in uow.tasks.list(limit=1)] == [b1]
+        assert uow.tasks.counts() == {("a", PENDING): 2, ("b", RUNNING): 1}
+
+
+def test_set_payload(engine: Engine) -> None:
+    """A handler can keep state in the payload."""
+    pk = add_task(engine, payload={"a": 1})
+    with UnitOfWork(engine) as uow:
+        uow.tasks.set_payload(pk, {"a": 1, "result": [1, 2]})
+        uow.commit()
+    assert get(engine, pk).payload == {"a": 1, "result": [1, 2]}
+
+
+# The worker loop ----------------------------------------------------------------------
+
+
+SETTINGS = TaskSettings(
+    workers=1, poll_seconds=0.01, backoff_base_seconds=2.0, backoff_max_seconds=60.0,
+    lease_seconds=300.0,
+)
+
+
+def workers(engine: Engine, handlers: dict[str, Callable[[Task], None]],
+            clock: FakeClock) -> TaskWorkers:
+    """Task workers (not started: the test calls run_once)."""
+    return TaskWorkers(engine, SETTINGS, handlers, clock=clock)
+
+
+def test_run_once_success(engine: Engine) -> None:
+    """A handler that returns marks the task done."""
+    clock = FakeClock()
+    seen: list[Task] = []
+    pk = add_task(engine, payload={"x": 42})
+    w = workers(engine, {"demo": seen.append}, clock)
+    assert w.run_once() is True
+    assert [(t.pk, t.payload, t.attempts) for t in seen] == [(pk, {"x": 42}, 1)]
+    task = get(engine, pk)
+    assert task.status == DONE
+    assert task.last_error is None
+    assert w.run_once() is False
+
+
+def test_run_once_nothing_due(engine: Engine) -> None:
+    """With nothing due, run_once returns False and calls no handler."""
+    clock = FakeClock()
+    calls: list[Task] = []
+    add_task(engine, run_at=START + timedelta(minutes=1))
+    add_task(engine, kind="other")  # no handler for this kind
+    w = workers(engine, {"demo": calls.append}, clock)
+    assert w.run_once() is False
+    assert calls == []
+    clock.advance(minutes=1)
+    assert w.run_once() is True
+    assert len(calls) == 1
+
+
+def failing(message: str = "peer unreachable") -> Callable[[Task], None]:
+    """A handler that always raises ConnectionError."""
+
+    def handler(task: Task) -> None:
+        raise ConnectionError(message)
+
+    return handler
+
+
+def test_failure_is_retried_later(engine: Engine) -> None:
+    """A raising handler leaves the task pending with a later attempt and the error."""
+    clock = FakeClock()
+    pk = add_task(engine, max_attempts=3)
+    w = workers(engine, {"demo": failing()}, clock)
+    assert w.run_once() is True
+    task = get(engine, pk)
+    assert task.status == PENDING
+    assert task.attempts == 1
+    assert task.last_error == "ConnectionError: peer unreachable"
+    delay = (task.next_attempt_at - START).total_seconds()
+    assert 0.9 * 2.0 <= delay <= 1.1 * 2.0
+    assert w.run_once() is False  # not due yet
+    clock.now = task.next_attempt_at
+    assert w.run_once() is True
+    task = get(engine, pk)
+    assert task.attempts == 2
+    delay = (task.next_attempt_at - clock.now).total_seconds()
+    assert 0.9 * 4.0 <= delay <= 1.1 * 4.0
+
+
+def test_failed_after_max_attempts(engine: Engine) -> None:
+    """After max_attempts failed attempts the task is failed for good."""
+    clock = FakeClock()
+    pk = add_task(engine, max_attempts=3)
+    w = workers(engine, {"demo": failing()}, clock)
+    for attempt in (1, 2, 3):
+        assert w.run_once() is True
+        task = get(engine, pk)
+        assert task.attempts == attempt
+        clock.now = task.next_attempt_at + timedelta(seconds=1)
+    task = get(engine, pk)
+    assert task.status == FAILED
+    assert task.last_error == "ConnectionError: peer unreachable"
+    clock.advance(days=30)
+    assert w.run_once() is False
+
+
+def test_permanent_failure_fails_at_once(engine: Engine) -> None:
+    """PermanentFailure ends the task on its first attempt."""
+    clock = FakeClock()
+    pk = add_task(engine, max_attempts=10)
+
+    def handler(task: Task) -> None:
+        raise PermanentFailure("unknown peer")
+
+    w = workers(engine, {"demo": handler}, clock)
+    assert w.run_once() is True
+    task = get(engine, pk)
+    assert (task.status, task.attempts) == (FAILED, 1)
+    assert task.last_error == "PermanentFailure: unknown peer"
+
+
+def test_retry_after_failure_runs_again(engine: Engine) -> None:
+    """An operator retry of a failed task lets the worker run it again."""
+    clock = FakeClock()
+    pk = add_task(engine, max_attempts=1)
+    outcomes: list[bool] = [False, True]
+
+    def handler(task: Task) -> None:
+        if not outcomes.pop(0):
+            raise ConnectionError("down")
+
+    w = workers(engine, {"demo": handler}, clock)
+    w.run_once()
+    assert get(engine, pk).status == FAILED
+    with UnitOfWork(engine) as uow:
+        uow.tasks.retry(now=clock())
+        uow.commit()
+    assert w.run_once() is True
+    assert get(engine, pk).status == DONE
+
+
+def test_started_workers_drain_due_tasks(engine: Engine) -> None:
+    """Started worker threads run due tasks without run_once being called."""
+    clock = FakeClock()
+    done: list[int] = []
+    pks = {add_task(engine) for _ in range(3)}
+    w = workers(engine, {"demo": lambda task: done.append(task.pk)}, clock)
+    w.start()
+    try:
+        deadline = datetime.now(UTC) + timedelta(seconds=20)
+        while len(done) < 3 and datetime.now(UTC) < deadline:
+            w.wake()
+            time.sleep(0.01)
+    finally:
+        w.stop()
+    assert set(done) == pks
+    assert {get(engine, pk).status for pk in pks} == {DONE}
+
+
+def test_backoff_grows_exponentially_and_is_capped() -> None:
+    """base * 2^(attempts-1) with +-10 % jitter, never beyond the cap (+ jitter)."""
+    settings = TaskSettings(backoff_base_seconds=2.0, backoff_max_seconds=100.0)
+    rng = random.Random(7)
+    for attempts, nominal in [(0, 2.0), (1, 2.0), (2, 4.0), (3, 8.0), (5, 32.0), (6, 64.0)]:
+        delay = backoff_delay(attempts, settings, rng)
+        assert 0.9 * nominal <= delay <= 1.1 * nominal, (attempts, delay)
+    for attempts in (7, 10, 50, 1000):
+        delay = backoff_delay(attempts, settings, rng)
+        assert 90.0 <= delay <= 110.0, (attempts, delay)
+
+
+def test_backoff_jitter_is_reproducible() -> None:
+    """The jitter comes from the given random generator."""
+    settings = TaskSettings()
+    first = [backoff_delay(n, settings, random.Random(1)) for n in range(1, 6)]
+    second = [backoff_delay(n, settings, random.Random(1)) for n in range(1, 6)]
+    assert first == second
+    assert first == sorted(first)
