@@ -48,9 +48,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def kuva_server(
-    tmp_path: Path, database_url: str
-) -> Iterator[Callable[..., KuvaServer]]:
+def kuva_server(tmp_path: Path, database_url: str) -> Iterator[Callable[..., KuvaServer]]:
     """Factory: ``kuva_server(nodes=[...], extra={...})`` starts a real kuva process."""
     servers: list[KuvaServer] = []
 

@@ -82,8 +82,11 @@ class Archive:
         host, port = self.dicom.start()
         log.info("ready: DICOM %s on %s:%d", self.settings.dicom.ae_title, host, port)
         self._start_http()
-        log.info("ready: HTTP on %s:%d (/healthz, /metrics)",
-                 self.settings.http.host, self.settings.http.port)
+        log.info(
+            "ready: HTTP on %s:%d (/healthz, /metrics)",
+            self.settings.http.host,
+            self.settings.http.port,
+        )
 
     def _start_http(self) -> None:
         config = uvicorn.Config(
@@ -95,8 +98,7 @@ class Archive:
             lifespan="off",
         )
         self._http = uvicorn.Server(config)
-        self._http_thread = threading.Thread(target=self._http.run, name="kuva-http",
-                                             daemon=True)
+        self._http_thread = threading.Thread(target=self._http.run, name="kuva-http", daemon=True)
         self._http_thread.start()
         ready = threading.Event()
         for _ in range(200):

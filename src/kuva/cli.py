@@ -108,19 +108,31 @@ def tasks_list(
     now = utcnow()
     if plain:
         for t in rows:
-            print("\t".join((
-                str(t.pk), t.kind, t.subject, t.status, str(t.attempts),
-                t.created_at.isoformat(timespec="seconds"),
-                t.next_attempt_at.isoformat(timespec="seconds"),
-                (t.last_error or "").replace("\t", " ").replace("\n", " "),
-            )))
+            print(
+                "\t".join(
+                    (
+                        str(t.pk),
+                        t.kind,
+                        t.subject,
+                        t.status,
+                        str(t.attempts),
+                        t.created_at.isoformat(timespec="seconds"),
+                        t.next_attempt_at.isoformat(timespec="seconds"),
+                        (t.last_error or "").replace("\t", " ").replace("\n", " "),
+                    )
+                )
+            )
         return
     table = Table(title="tasks")
     for column in ("id", "kind", "subject", "status", "attempts", "age", "next", "last error"):
         table.add_column(column)
     for t in rows:
         table.add_row(
-            str(t.pk), t.kind, t.subject, t.status, f"{t.attempts}/{t.max_attempts}",
+            str(t.pk),
+            t.kind,
+            t.subject,
+            t.status,
+            f"{t.attempts}/{t.max_attempts}",
             _age(t.created_at, now),
             t.next_attempt_at.isoformat(timespec="seconds") if t.status == "pending" else "",
             (t.last_error or "")[:80],

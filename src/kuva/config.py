@@ -113,9 +113,7 @@ LOCAL_ORGANIZATION_OID = "1.2.246.10.0.10"
 class Settings(BaseSettings):
     """All of kuva's settings. See CONTRACT.md for the meaning of each key."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="KUVA_", env_nested_delimiter="__", extra="forbid"
-    )
+    model_config = SettingsConfigDict(env_prefix="KUVA_", env_nested_delimiter="__", extra="forbid")
 
     archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     dicom: DicomSettings = Field(default_factory=DicomSettings)

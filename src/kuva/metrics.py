@@ -12,9 +12,7 @@ instances_received = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
-bytes_stored = Counter(
-    "kuva_bytes_stored", "Bytes of new blobs made durable", registry=REGISTRY
-)
+bytes_stored = Counter("kuva_bytes_stored", "Bytes of new blobs made durable", registry=REGISTRY)
 store_seconds = Histogram(
     "kuva_store_seconds",
     "Time from the end of a C-STORE data set to its durable index row",

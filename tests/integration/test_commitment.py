@@ -48,8 +48,12 @@ def test_report_on_same_association_with_failures(
     assoc = scu.associate(server.dicom_port)
     status, transaction = scu.request(
         assoc,
-        [*refs(good), *refs([corrupted]), (str(MRImageStorage), wrong_class.SOPInstanceUID),
-         unknown],
+        [
+            *refs(good),
+            *refs([corrupted]),
+            (str(MRImageStorage), wrong_class.SOPInstanceUID),
+            unknown,
+        ],
     )
     assert status == 0x0000
     event_type, info, where = scu.wait_report()
@@ -155,8 +159,11 @@ def test_report_survives_restart_and_down_peer(
     assert (event_type, where) == (1, "new")
     assert info.TransactionUID == transaction
     assert committed(info) == {ds.SOPInstanceUID for ds in datasets}
-    _wait_for(lambda: "\tdone\t" in server.kuva(
-        "tasks", "list", "--subject", transaction, "--plain").stdout)
+    _wait_for(
+        lambda: (
+            "\tdone\t" in server.kuva("tasks", "list", "--subject", transaction, "--plain").stdout
+        )
+    )
 
 
 def test_failed_delivery_visible_and_retried_by_operator(

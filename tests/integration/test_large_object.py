@@ -48,9 +48,11 @@ def test_large_multiframe_streamed(
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     result = subprocess.run(
-        ["storescu", "-aet", "BIG", "-aec", "KUVA", "127.0.0.1", str(server.dicom_port),
-         str(path)],
-        capture_output=True, text=True, env=dcmtk_env(), timeout=300,
+        ["storescu", "-aet", "BIG", "-aec", "KUVA", "127.0.0.1", str(server.dicom_port), str(path)],
+        capture_output=True,
+        text=True,
+        env=dcmtk_env(),
+        timeout=300,
     )
     done.set()
     sampler.join()
@@ -63,8 +65,9 @@ def test_large_multiframe_streamed(
     stored = server.blob_dir / row.blob_key
     assert row.size == stored.stat().st_size
     # Compare without loading both whole: head, then the tail.
-    expected = expected_blob(path, ds.SOPClassUID, ds.SOPInstanceUID,
-                             ds.file_meta.TransferSyntaxUID)
+    expected = expected_blob(
+        path, ds.SOPClassUID, ds.SOPInstanceUID, ds.file_meta.TransferSyntaxUID
+    )
     assert stored.stat().st_size == len(expected)
     with open(stored, "rb") as f:
         assert f.read(65536) == expected[:65536]

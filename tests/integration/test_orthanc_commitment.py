@@ -77,9 +77,16 @@ def peers(
 ) -> Iterator[Peers]:
     """Orthanc with kuva as modality ``kuva``; kuva with Orthanc as its only node."""
     orthanc_port = free_port()
-    kuva = kuva_server(nodes=[{
-        "ae_title": ORTHANC_AET, "host": LOOPBACK, "port": orthanc_port, "organization": "",
-    }])
+    kuva = kuva_server(
+        nodes=[
+            {
+                "ae_title": ORTHANC_AET,
+                "host": LOOPBACK,
+                "port": orthanc_port,
+                "organization": "",
+            }
+        ]
+    )
     engine = sa.create_engine(database_url)
     try:
         with Orthanc(
@@ -127,8 +134,10 @@ def _wait_report(peers: Peers, transaction_uid: str) -> dict[str, Any]:
         if report.get("Status") != "Pending":
             return report
         if time.monotonic() > deadline:
-            pytest.fail(f"Orthanc report still Pending after {REPORT_TIMEOUT:.0f} s: "
-                        f"{report}{peers.diagnostics()}")
+            pytest.fail(
+                f"Orthanc report still Pending after {REPORT_TIMEOUT:.0f} s: "
+                f"{report}{peers.diagnostics()}"
+            )
         time.sleep(0.2)
 
 
@@ -141,9 +150,11 @@ def _stored(peers: Peers) -> dict[str, sa.RowMapping]:
     """kuva's index rows of stored instances, by SOP Instance UID."""
     c = instance.c
     with peers.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(c.sop_instance_uid, c.sop_class_uid, c.blob_key, c.source_ae)
-        ).mappings().all()
+        rows = (
+            conn.execute(sa.select(c.sop_instance_uid, c.sop_class_uid, c.blob_key, c.source_ae))
+            .mappings()
+            .all()
+        )
     return {row["sop_instance_uid"]: row for row in rows}
 
 
@@ -153,16 +164,19 @@ def _commitment(peers: Peers, transaction_uid: str) -> sa.RowMapping:
     deadline = time.monotonic() + REPORT_TIMEOUT
     while True:
         with peers.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(c.requester_ae, c.instance_count, c.outcome, c.failed_count,
-                          c.reported_at)
-                .where(c.transaction_uid == transaction_uid)
-            ).mappings().one_or_none()
+            row = (
+                conn.execute(
+                    sa.select(
+                        c.requester_ae, c.instance_count, c.outcome, c.failed_count, c.reported_at
+                    ).where(c.transaction_uid == transaction_uid)
+                )
+                .mappings()
+                .one_or_none()
+            )
         if row is not None and row["reported_at"] is not None:
             return row
         if time.monotonic() > deadline:
-            pytest.fail(f"kuva did not mark {transaction_uid} reported: {row}"
-                        f"{peers.diagnostics()}")
+            pytest.fail(f"kuva did not mark {transaction_uid} reported: {row}{peers.diagnostics()}")
         time.sleep(0.1)
 
 

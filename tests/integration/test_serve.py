@@ -51,8 +51,12 @@ def test_embedded_default_with_environment_overrides(tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "kuva", "serve"], cwd=tmp_path, env=env,
-            stdout=out, stderr=subprocess.STDOUT, text=True,
+            [sys.executable, "-m", "kuva", "serve"],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
     try:
         text = wait_ready(process, log)
@@ -105,13 +109,19 @@ def test_bad_config_is_reported(tmp_path: Path) -> None:
     config.write_text('[dicom]\nae_title = "THIS-TITLE-IS-FAR-TOO-LONG"\n')
     result = subprocess.run(
         [sys.executable, "-m", "kuva", "serve", "--config", str(config)],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     assert result.returncode == 2
     assert "configuration error" in result.stdout + result.stderr
     missing = subprocess.run(
         [sys.executable, "-m", "kuva", "serve", "--config", str(tmp_path / "none.toml")],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
     )
     assert missing.returncode == 2
     assert "not found" in missing.stdout + missing.stderr

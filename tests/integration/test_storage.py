@@ -54,10 +54,21 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, env=dcmtk_env(), timeout=120)
 
 
-def storescu(server: KuvaServer, *paths: Path, aet: str = "MODALITY1",
-             options: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
-    return run("storescu", "-v", "-aet", aet, "-aec", server.ae_title, *options,
-               "127.0.0.1", str(server.dicom_port), *map(str, paths))
+def storescu(
+    server: KuvaServer, *paths: Path, aet: str = "MODALITY1", options: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    return run(
+        "storescu",
+        "-v",
+        "-aet",
+        aet,
+        "-aec",
+        server.ae_title,
+        *options,
+        "127.0.0.1",
+        str(server.dicom_port),
+        *map(str, paths),
+    )
 
 
 def assert_stored_as_sent(server: KuvaServer, database_url: str, files: list[Path]) -> None:
@@ -79,12 +90,14 @@ def test_echo_and_unknown_calling_ae(kuva_server: Callable[..., KuvaServer]) -> 
     server = kuva_server(nodes=NODES)
     ok = run("echoscu", "-aet", "MODALITY1", "-aec", "KUVA", "127.0.0.1", str(server.dicom_port))
     assert ok.returncode == 0, ok.stderr
-    stranger = run("echoscu", "-v", "-aet", "STRANGER", "-aec", "KUVA",
-                   "127.0.0.1", str(server.dicom_port))
+    stranger = run(
+        "echoscu", "-v", "-aet", "STRANGER", "-aec", "KUVA", "127.0.0.1", str(server.dicom_port)
+    )
     assert stranger.returncode != 0
     assert "Calling AE Title Not Recognized" in stranger.stdout + stranger.stderr
-    wrong_called = run("echoscu", "-v", "-aet", "MODALITY1", "-aec", "OTHER",
-                       "127.0.0.1", str(server.dicom_port))
+    wrong_called = run(
+        "echoscu", "-v", "-aet", "MODALITY1", "-aec", "OTHER", "127.0.0.1", str(server.dicom_port)
+    )
     assert wrong_called.returncode != 0
     assert "Called AE Title Not Recognized" in wrong_called.stdout + wrong_called.stderr
     assert "rejected" in server.log()
@@ -235,8 +248,9 @@ def test_open_access_default_accepts_any_ae(
     kuva_server: Callable[..., KuvaServer], database_url: str, tmp_path: Path
 ) -> None:
     server = kuva_server()  # no nodes: the embedded default
-    files = write_series(make_ct_series(2, rows=32, cols=32, study_uid=generate_uid()),
-                         tmp_path / "ct")
+    files = write_series(
+        make_ct_series(2, rows=32, cols=32, study_uid=generate_uid()), tmp_path / "ct"
+    )
     assert storescu(server, *files, aet="ANYONE").returncode == 0
     assert len(index_rows(database_url)) == 2
     assert "any calling AE title is accepted" in server.log()

@@ -123,8 +123,13 @@ def store(archive: Archive, n: int, *, organization: str = ORG) -> Reference:
     with UnitOfWork(archive.engine) as uow:
         pk = uow.instances.add(
             NewInstance(
-                attributes=attrs, blob_key=ref.key, size=ref.size, sha256=ref.sha256,
-                received_at=START, source_ae="CT1", organization_oid=organization,
+                attributes=attrs,
+                blob_key=ref.key,
+                size=ref.size,
+                sha256=ref.sha256,
+                received_at=START,
+                source_ae="CT1",
+                organization_oid=organization,
             )
         )
         uow.commit()
@@ -132,11 +137,14 @@ def store(archive: Archive, n: int, *, organization: str = ORG) -> Reference:
     return Reference(CTImageStorage, sop_uid)
 
 
-def request(*refs: Reference, transaction: str = f"{ROOT}.99.1",
-            organization: str = ORG) -> CommitmentRequest:
+def request(
+    *refs: Reference, transaction: str = f"{ROOT}.99.1", organization: str = ORG
+) -> CommitmentRequest:
     """A commitment request from CT1 for ``refs``."""
     return CommitmentRequest(
-        transaction_uid=transaction, requester_ae="CT1", organization_oid=organization,
+        transaction_uid=transaction,
+        requester_ae="CT1",
+        organization_oid=organization,
         references=tuple(refs),
     )
 
@@ -199,9 +207,7 @@ def test_instance_of_another_organization(archive: Archive) -> None:
     assert report.failed == (
         FailedReference(theirs.sop_class_uid, theirs.sop_instance_uid, 0x0112),
     )
-    assert archive.service.verify(request(theirs, organization=OTHER_ORG)).committed == (
-        theirs,
-    )
+    assert archive.service.verify(request(theirs, organization=OTHER_ORG)).committed == (theirs,)
 
 
 def test_sop_class_mismatch(archive: Archive) -> None:
@@ -363,7 +369,8 @@ def test_run_task_without_sender_fails(archive: Archive) -> None:
 def test_report_json_round_trip() -> None:
     """The stored form of a report gives back the same report."""
     report = CommitmentReport(
-        transaction_uid="1.2.3", requester_ae="CT1",
+        transaction_uid="1.2.3",
+        requester_ae="CT1",
         committed=(Reference("1.2", "1.2.3.1"),),
         failed=(FailedReference("1.2", "1.2.3.2", 0x0110),),
     )

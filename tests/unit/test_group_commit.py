@@ -100,9 +100,7 @@ def test_many_threads_all_committed(engine: Engine, committer: GroupCommitter) -
     assert subjects(engine) == [f"s{i:03d}" for i in range(n)]
 
 
-def test_concurrent_work_shares_one_transaction(
-    engine: Engine, committer: GroupCommitter
-) -> None:
+def test_concurrent_work_shares_one_transaction(engine: Engine, committer: GroupCommitter) -> None:
     """Work queued while a commit is under way runs together, in one transaction."""
     n = 20
     seen: list[int] = []
@@ -139,8 +137,7 @@ def test_failure_raises_only_in_its_caller(engine: Engine, committer: GroupCommi
     held = HeldBatch(committer, n)
     with ThreadPoolExecutor(max_workers=n) as pool:
         futures = [
-            pool.submit(committer.run, failing if i == bad else add_task(f"s{i}"))
-            for i in range(n)
+            pool.submit(committer.run, failing if i == bad else add_task(f"s{i}")) for i in range(n)
         ]
         held.release()
         outcomes: list[Any] = []
@@ -191,9 +188,7 @@ def test_failure_alone(engine: Engine, committer: GroupCommitter) -> None:
     assert subjects(engine) == ["after"]
 
 
-def test_batch_failure_reaches_every_caller(
-    engine: Engine, committer: GroupCommitter
-) -> None:
+def test_batch_failure_reaches_every_caller(engine: Engine, committer: GroupCommitter) -> None:
     """When the shared transaction breaks, no waiter of the batch is told success."""
 
     def break_transaction(uow: UnitOfWork) -> None:

@@ -259,9 +259,7 @@ def test_series_uid_under_another_study(engine: Engine) -> None:
     """A series UID already placed in one study cannot appear in another."""
     add(engine, new_instance(attributes(1, study=f"{ROOT}.1", series=f"{ROOT}.1.1")))
     with UnitOfWork(engine) as uow, pytest.raises(TreeConflict, match="another study"):
-        uow.instances.add(
-            new_instance(attributes(2, study=f"{ROOT}.2", series=f"{ROOT}.1.1"))
-        )
+        uow.instances.add(new_instance(attributes(2, study=f"{ROOT}.2", series=f"{ROOT}.1.1")))
     assert row_counts(engine) == {"patient": 1, "study": 1, "series": 1, "instance": 1}
 
 
@@ -355,9 +353,7 @@ def test_integer_beyond_column_range_is_not_an_index_failure(
         writer = blobs.open_writer()
         writer.write(b"synthetic object bytes")
         outcome = IngestService(engine, blobs, committer).store(
-            IncomingInstance(
-                attributes=attrs, blob=writer, source_ae="CT1", organization_oid=ORG
-            )
+            IncomingInstance(attributes=attrs, blob=writer, source_ae="CT1", organization_oid=ORG)
         )
         assert outcome.status in (StoreStatus.STORED, StoreStatus.INVALID), outcome
     finally:

@@ -57,15 +57,23 @@ def add_task(
     """Add one task in its own transaction."""
     with UnitOfWork(engine) as uow:
         pk = uow.tasks.add(
-            kind, subject=subject, payload=payload or {"n": 1}, now=now,
-            max_attempts=max_attempts, run_at=run_at,
+            kind,
+            subject=subject,
+            payload=payload or {"n": 1},
+            now=now,
+            max_attempts=max_attempts,
+            run_at=run_at,
         )
         uow.commit()
     return pk
 
 
 def claim(
-    engine: Engine, now: datetime, *, limit: int = 10, kinds: list[str] | None = None,
+    engine: Engine,
+    now: datetime,
+    *,
+    limit: int = 10,
+    kinds: list[str] | None = None,
     worker: str = "w1",
 ) -> list[Task]:
     """Claim due tasks in their own transaction."""
@@ -274,13 +282,17 @@ def test_set_payload(engine: Engine) -> None:
 
 
 SETTINGS = TaskSettings(
-    workers=1, poll_seconds=0.01, backoff_base_seconds=2.0, backoff_max_seconds=60.0,
+    workers=1,
+    poll_seconds=0.01,
+    backoff_base_seconds=2.0,
+    backoff_max_seconds=60.0,
     lease_seconds=300.0,
 )
 
 
-def workers(engine: Engine, handlers: dict[str, Callable[[Task], None]],
-            clock: FakeClock) -> TaskWorkers:
+def workers(
+    engine: Engine, handlers: dict[str, Callable[[Task], None]], clock: FakeClock
+) -> TaskWorkers:
     """Task workers (not started: the test calls run_once)."""
     return TaskWorkers(engine, SETTINGS, handlers, clock=clock)
 

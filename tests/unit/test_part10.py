@@ -176,7 +176,8 @@ def test_rewriter_fed_like_pynetdicom(tmp_path: Path) -> None:
     rewriter.write(b"DICM")
     assert not rewriter.complete
     meta = create_file_meta(
-        sop_class_uid=CTImageStorage, sop_instance_uid=UID(SOP_UID),
+        sop_class_uid=CTImageStorage,
+        sop_instance_uid=UID(SOP_UID),
         transfer_syntax=ExplicitVRLittleEndian,
     )
     assert meta.ImplementationClassUID == PYNETDICOM_IMPLEMENTATION_UID
@@ -206,9 +207,10 @@ def test_rewriter_any_split(tmp_path: Path, chunk: int) -> None:
     feed(rewriter, pynetdicom_stream(dataset_bytes), chunk)
     assert rewriter.complete
     content = commit(rewriter, store)
-    assert content == canonical_file_meta(
-        CTImageStorage, SOP_UID, ExplicitVRLittleEndian
-    ) + dataset_bytes
+    assert (
+        content
+        == canonical_file_meta(CTImageStorage, SOP_UID, ExplicitVRLittleEndian) + dataset_bytes
+    )
 
 
 def test_rewriter_implicit_vr_data_set(tmp_path: Path) -> None:
@@ -218,9 +220,10 @@ def test_rewriter_implicit_vr_data_set(tmp_path: Path) -> None:
     rewriter = Part10Rewriter(store.open_writer())
     feed(rewriter, pynetdicom_stream(dataset_bytes, ImplicitVRLittleEndian), 333)
     content = commit(rewriter, store)
-    assert content == canonical_file_meta(
-        CTImageStorage, SOP_UID, ImplicitVRLittleEndian
-    ) + dataset_bytes
+    assert (
+        content
+        == canonical_file_meta(CTImageStorage, SOP_UID, ImplicitVRLittleEndian) + dataset_bytes
+    )
     assert dcmread(io.BytesIO(content)).PatientID == "010181-900C"
 
 
@@ -233,9 +236,11 @@ def test_same_data_set_same_blob(tmp_path: Path) -> None:
     ref1 = first.blob.commit()
 
     meta = create_file_meta(
-        sop_class_uid=CTImageStorage, sop_instance_uid=UID(SOP_UID),
+        sop_class_uid=CTImageStorage,
+        sop_instance_uid=UID(SOP_UID),
         transfer_syntax=ExplicitVRLittleEndian,
-        implementation_uid=UID("1.2.3.4.5.6"), implementation_version="OTHER_SCU_9",
+        implementation_uid=UID("1.2.3.4.5.6"),
+        implementation_version="OTHER_SCU_9",
     )
     other_meta = DicomBytesIO()
     write_file_meta_info(other_meta, meta)
@@ -263,8 +268,7 @@ def stored_file(tmp_path: Path, ds: Dataset) -> Path:
     """A Part 10 file as kuva stores it: canonical meta + the data set."""
     path = tmp_path / "object.dcm"
     path.write_bytes(
-        canonical_file_meta(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian)
-        + encode(ds)
+        canonical_file_meta(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian) + encode(ds)
     )
     return path
 
@@ -279,22 +283,35 @@ def test_extract_attributes(tmp_path: Path) -> None:
     assert attrs.transfer_syntax_uid == ExplicitVRLittleEndian
     p = attrs.patient
     assert (p.patient_id, p.issuer, p.name, p.birth_date, p.sex) == (
-        "010181-900C", "1.2.246.21", FINNISH_NAME, "19810101", "F",
+        "010181-900C",
+        "1.2.246.21",
+        FINNISH_NAME,
+        "19810101",
+        "F",
     )
     s = attrs.study
     assert s.study_instance_uid == STUDY_UID
     assert (s.study_date, s.study_time, s.accession_number, s.study_id) == (
-        "20260314", "092653", "A20260314", "1",
+        "20260314",
+        "092653",
+        "A20260314",
+        "1",
     )
     assert s.description == "TT thorax"
     assert s.referring_physician_name == "Lääkäri^Testi"
     r = attrs.series
     assert r.series_instance_uid == SERIES_UID
     assert (r.modality, r.series_number, r.description, r.body_part_examined) == (
-        "CT", 3, "Aksiaali", "CHEST",
+        "CT",
+        3,
+        "Aksiaali",
+        "CHEST",
     )
     assert (r.series_date, r.series_time, r.institution_name, r.station_name) == (
-        "20260314", "092700", "Testisairaala", "CT01",
+        "20260314",
+        "092700",
+        "Testisairaala",
+        "CT01",
     )
     assert attrs.instance_number == 7
     assert (attrs.content_date, attrs.content_time) == ("20260314", "092701.123456")

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import N_ACTION
 from pynetdicom.events import Event
 
 from kuva.config import Settings
@@ -55,8 +56,10 @@ def parse_action_information(ds: Dataset) -> tuple[str, list[Reference]] | tuple
     for number, item in enumerate(items, start=1):
         sop_class = str(item.get("ReferencedSOPClassUID", "") or "").strip()
         sop_instance = str(item.get("ReferencedSOPInstanceUID", "") or "").strip()
-        for label, value in (("ReferencedSOPClassUID", sop_class),
-                             ("ReferencedSOPInstanceUID", sop_instance)):
+        for label, value in (
+            ("ReferencedSOPClassUID", sop_class),
+            ("ReferencedSOPInstanceUID", sop_instance),
+        ):
             problem = uid_problem(value)
             if problem is not None:
                 code = st.MISSING_ATTRIBUTE if problem == "missing" else st.INVALID_ARGUMENT_VALUE
@@ -99,7 +102,7 @@ class StorageCommitmentSCP:
 
     # -- N-ACTION (PS3.4 J.3.2) ------------------------------------------------
     def handle_n_action(self, event: Event) -> tuple[Dataset | int, Dataset | None]:
-        request = event.request
+        request = cast(N_ACTION, event.request)
         calling_ae = event.assoc.requestor.ae_title
         if str(request.RequestedSOPClassUID) != STORAGE_COMMITMENT_PUSH_MODEL:
             return st.status(st.PROCESSING_FAILURE, "not a storage commitment request"), None
@@ -126,7 +129,7 @@ class StorageCommitmentSCP:
                     transaction_uid=str(transaction_uid),
                     requester_ae=calling_ae,
                     organization_oid=organization,
-                    references=tuple(references),  # type: ignore[arg-type]
+                    references=tuple(references),
                 )
             )
         except Exception:
@@ -154,8 +157,9 @@ class StorageCommitmentSCP:
                         self._open.pop(report.transaction_uid, None)
                     return
             except Exception as exc:  # the peer released meanwhile: use a new association
-                log.info("report %s: requesting association unusable (%s)",
-                         report.transaction_uid, exc)
+                log.info(
+                    "report %s: requesting association unusable (%s)", report.transaction_uid, exc
+                )
         node = self._settings.node(report.requester_ae)
         if node is None:
             raise ConnectionError(
@@ -169,7 +173,10 @@ class StorageCommitmentSCP:
         ae.add_requested_context(STORAGE_COMMITMENT_PUSH_MODEL, list(BASIC_TRANSFER_SYNTAXES))
         role = build_role(STORAGE_COMMITMENT_PUSH_MODEL, scp_role=True)
         new_assoc = ae.associate(
-            node.host, node.port, ae_title=node.ae_title, ext_neg=[role],
+            node.host,
+            node.port,
+            ae_title=node.ae_title,
+            ext_neg=[role],
             evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay_handler)],
         )
         if not new_assoc.is_established:

@@ -92,9 +92,7 @@ class Part10Rewriter:
         self.sop_instance_uid = str(meta.MediaStorageSOPInstanceUID)
         self.transfer_syntax_uid = str(meta.TransferSyntaxUID)
         self.blob.write(
-            canonical_file_meta(
-                self.sop_class_uid, self.sop_instance_uid, self.transfer_syntax_uid
-            )
+            canonical_file_meta(self.sop_class_uid, self.sop_instance_uid, self.transfer_syntax_uid)
         )
         rest = self._head[self._meta_end :]
         if rest:

@@ -108,11 +108,17 @@ class DicomServer:
     @staticmethod
     def _on_accepted(event: Event) -> None:
         metrics.associations.labels("accepted").inc()
-        log.info("association from %s (%s) accepted",
-                 event.assoc.requestor.ae_title, event.assoc.requestor.address)
+        log.info(
+            "association from %s (%s) accepted",
+            event.assoc.requestor.ae_title,
+            event.assoc.requestor.address,
+        )
 
     @staticmethod
     def _on_rejected(event: Event) -> None:
         metrics.associations.labels("rejected").inc()
-        log.warning("association from %s (%s) rejected",
-                    event.assoc.requestor.ae_title, event.assoc.requestor.address)
+        log.warning(
+            "association from %s (%s) rejected",
+            event.assoc.requestor.ae_title,
+            event.assoc.requestor.address,
+        )

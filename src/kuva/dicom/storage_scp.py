@@ -14,10 +14,11 @@ import logging
 import shutil
 import tempfile
 import threading
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pynetdicom import _config, dimse_messages
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
 from kuva.config import Settings
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 # finds the blob store to stream into.
 _AE_BLOB_STORE = "_kuva_blob_store"
 
-_ORIGINAL_TEMPFILE = dimse_messages.NamedTemporaryFile
+_ORIGINAL_TEMPFILE = getattr(dimse_messages, "NamedTemporaryFile")  # noqa: B009
 _install_lock = threading.Lock()
 
 
@@ -54,7 +55,7 @@ def install_streaming_receive(ae: Any, blobs: BlobStore) -> None:
     """Make C-STORE data sets received by ``ae`` stream into ``blobs``."""
     with _install_lock:
         _config.STORE_RECV_CHUNKED_DATASET = True
-        dimse_messages.NamedTemporaryFile = _receive_file
+        setattr(dimse_messages, "NamedTemporaryFile", _receive_file)  # noqa: B010
     setattr(ae, _AE_BLOB_STORE, blobs)
 
 
@@ -66,7 +67,7 @@ class StorageSCP:
 
     def handle_store(self, event: Event) -> Dataset:
         """EVT_C_STORE handler. Returns the status data set of the C-STORE-RSP."""
-        request = event.request
+        request = cast(C_STORE, event.request)
         calling_ae = event.assoc.requestor.ae_title
         organization = self._settings.organization_of(calling_ae)
         writer = getattr(request, "_dataset_file", None)
@@ -125,7 +126,7 @@ class StorageSCP:
         Costs a second pass over the bytes; logged so that it does not go unseen.
         """
         log.warning("C-STORE data set was not streamed into the blob store; copying it")
-        request = event.request
+        request = cast(C_STORE, event.request)
         writer = Part10Rewriter(self._blobs.open_writer())
         path = getattr(request, "_dataset_path", None)
         if path is not None:
@@ -141,7 +142,8 @@ class StorageSCP:
             )
         )
         with tempfile.SpooledTemporaryFile() as spool:
-            spool.write(request.DataSet.getvalue())
+            data = request.DataSet
+            spool.write(data.getvalue() if data is not None else b"")
             spool.seek(0)
             shutil.copyfileobj(spool, writer, 1024 * 1024)
         return writer

@@ -31,8 +31,15 @@ class CommitmentRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def add(self, *, transaction_uid: str, requester_ae: str, organization_oid: str,
-            requested_at: datetime, instance_count: int) -> bool:
+    def add(
+        self,
+        *,
+        transaction_uid: str,
+        requester_ae: str,
+        organization_oid: str,
+        requested_at: datetime,
+        instance_count: int,
+    ) -> bool:
         """Record a request; False when the Transaction UID was already used."""
         pk = insert_ignoring_conflict(
             self.conn,
@@ -51,10 +58,18 @@ class CommitmentRepository:
     def get(self, transaction_uid: str) -> CommitmentRecord | None:
         c = storage_commitment.c
         row = self.conn.execute(
-            select(c.transaction_uid, c.requester_ae, c.organization_oid, c.requested_at,
-                   c.instance_count, c.outcome, c.failed_count, c.verified_at,
-                   c.result_json, c.reported_at)
-            .where(c.transaction_uid == transaction_uid)
+            select(
+                c.transaction_uid,
+                c.requester_ae,
+                c.organization_oid,
+                c.requested_at,
+                c.instance_count,
+                c.outcome,
+                c.failed_count,
+                c.verified_at,
+                c.result_json,
+                c.reported_at,
+            ).where(c.transaction_uid == transaction_uid)
         ).one_or_none()
         if row is None:
             return None
@@ -62,13 +77,24 @@ class CommitmentRepository:
         values[8] = json.loads(values[8]) if values[8] else None
         return CommitmentRecord(*values)
 
-    def record_result(self, transaction_uid: str, *, outcome: str, failed_count: int,
-                      result: dict[str, Any], verified_at: datetime) -> None:
+    def record_result(
+        self,
+        transaction_uid: str,
+        *,
+        outcome: str,
+        failed_count: int,
+        result: dict[str, Any],
+        verified_at: datetime,
+    ) -> None:
         self.conn.execute(
             update(storage_commitment)
             .where(storage_commitment.c.transaction_uid == transaction_uid)
-            .values(outcome=outcome, failed_count=failed_count, verified_at=verified_at,
-                    result_json=json.dumps(result, separators=(",", ":")))
+            .values(
+                outcome=outcome,
+                failed_count=failed_count,
+                verified_at=verified_at,
+                result_json=json.dumps(result, separators=(",", ":")),
+            )
         )
 
     def mark_reported(self, transaction_uid: str, *, reported_at: datetime) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-
 from typing import Any
 
 from sqlalchemy import Connection, String, Table, bindparam, func, select, update
@@ -102,7 +101,7 @@ class InstanceRepository:
 
     def get(self, sop_instance_uid: str) -> StoredInstance | None:
         row = self.conn.execute(_GET_STORED, {"uid": sop_instance_uid}).one_or_none()
-        return StoredInstance(*row) if row is not None else None
+        return StoredInstance(**row._asdict()) if row is not None else None
 
     def get_many(self, sop_instance_uids: Iterable[str]) -> dict[str, StoredInstance]:
         """Stored instances by SOP Instance UID, looked up in index-sized chunks."""
@@ -110,10 +109,8 @@ class InstanceRepository:
         uids = list(dict.fromkeys(sop_instance_uids))
         for start in range(0, len(uids), 500):
             chunk = uids[start : start + 500]
-            for row in self.conn.execute(
-                _STORED.where(instance.c.sop_instance_uid.in_(chunk))
-            ):
-                stored = StoredInstance(*row)
+            for row in self.conn.execute(_STORED.where(instance.c.sop_instance_uid.in_(chunk))):
+                stored = StoredInstance(**row._asdict())
                 found[stored.sop_instance_uid] = stored
         return found
 
@@ -157,9 +154,7 @@ class InstanceRepository:
             ["sop_instance_uid"],
         )
         if pk is not None:
-            self.conn.execute(
-                _TOUCH_STUDY, {"study_pk": study_pk, "received_at": new.received_at}
-            )
+            self.conn.execute(_TOUCH_STUDY, {"study_pk": study_pk, "received_at": new.received_at})
         return int(pk) if pk is not None else None
 
     def _patient_pk(self, attrs: InstanceAttributes, now: datetime) -> int:
@@ -190,9 +185,7 @@ class InstanceRepository:
         key = {"uid": s.study_instance_uid}
         row = self.conn.execute(_STUDY_ROW, key).one_or_none()
         if row is not None and row.patient_pk != patient_pk:
-            raise TreeConflict(
-                "Study Instance UID is already archived for another patient"
-            )
+            raise TreeConflict("Study Instance UID is already archived for another patient")
         pk = row.pk if row is not None else None
         if pk is None:
             pk = insert_ignoring_conflict(

@@ -91,8 +91,14 @@ class TaskRepository:
         return int(result.scalar_one())
 
     def claim(
-        self, *, worker: str, now: datetime, lease: timedelta, limit: int,
-        kinds: Sequence[str] | None = None, pk: int | None = None,
+        self,
+        *,
+        worker: str,
+        now: datetime,
+        lease: timedelta,
+        limit: int,
+        kinds: Sequence[str] | None = None,
+        pk: int | None = None,
     ) -> list[Task]:
         """Take up to ``limit`` due tasks for ``worker``, locked for ``lease``."""
         due = or_(
@@ -123,17 +129,14 @@ class TaskRepository:
                 updated_at=now,
             )
         )
-        rows = self.conn.execute(
-            select(*_COLUMNS).where(task.c.pk.in_(pks)).order_by(task.c.pk)
-        )
+        rows = self.conn.execute(select(*_COLUMNS).where(task.c.pk.in_(pks)).order_by(task.c.pk))
         return [_task(row) for row in rows]
 
     def complete(self, pk: int, *, now: datetime) -> None:
         self.conn.execute(
             update(task)
             .where(task.c.pk == pk)
-            .values(status=DONE, locked_by=None, locked_until=None, last_error=None,
-                    updated_at=now)
+            .values(status=DONE, locked_by=None, locked_until=None, last_error=None, updated_at=now)
         )
 
     def fail(self, pk: int, *, error: str, now: datetime, retry_at: datetime | None) -> None:
@@ -151,8 +154,9 @@ class TaskRepository:
             values["next_attempt_at"] = retry_at
         self.conn.execute(update(task).where(task.c.pk == pk).values(**values))
 
-    def retry(self, *, now: datetime, pks: Sequence[int] | None = None,
-              kind: str | None = None) -> int:
+    def retry(
+        self, *, now: datetime, pks: Sequence[int] | None = None, kind: str | None = None
+    ) -> int:
         """Operator retry: failed tasks (all, by key or by kind) become due now."""
         query = update(task).where(task.c.status == FAILED)
         if pks is not None:
@@ -175,8 +179,14 @@ class TaskRepository:
         row = self.conn.execute(select(*_COLUMNS).where(task.c.pk == pk)).one_or_none()
         return _task(row) if row is not None else None
 
-    def list(self, *, status: str | None = None, kind: str | None = None,
-             subject: str | None = None, limit: int = 100) -> list[Task]:
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        kind: str | None = None,
+        subject: str | None = None,
+        limit: int = 100,
+    ) -> list[Task]:
         query = select(*_COLUMNS)
         if status is not None:
             query = query.where(task.c.status == status)

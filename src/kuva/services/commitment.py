@@ -77,8 +77,9 @@ class CommitmentReport:
         }
 
     @classmethod
-    def from_json(cls, transaction_uid: str, requester_ae: str,
-                  data: dict[str, Any]) -> CommitmentReport:
+    def from_json(
+        cls, transaction_uid: str, requester_ae: str, data: dict[str, Any]
+    ) -> CommitmentReport:
         return cls(
             transaction_uid=transaction_uid,
             requester_ae=requester_ae,
@@ -124,8 +125,11 @@ class CommitmentService:
                 instance_count=len(request.references),
             )
             if not first:
-                log.info("storage commitment %s requested again by %s",
-                         request.transaction_uid, request.requester_ae)
+                log.info(
+                    "storage commitment %s requested again by %s",
+                    request.transaction_uid,
+                    request.requester_ae,
+                )
             task_pk = uow.tasks.add(
                 TASK_KIND,
                 subject=request.transaction_uid,
@@ -141,8 +145,12 @@ class CommitmentService:
                 max_attempts=self._max_attempts,
             )
             uow.commit()
-        log.info("storage commitment %s from %s: %d instance(s) to verify",
-                 request.transaction_uid, request.requester_ae, len(request.references))
+        log.info(
+            "storage commitment %s from %s: %d instance(s) to verify",
+            request.transaction_uid,
+            request.requester_ae,
+            len(request.references),
+        )
         if self.on_enqueued is not None:
             self.on_enqueued(task_pk)
         return task_pk
@@ -205,8 +213,12 @@ class CommitmentService:
         with UnitOfWork(self._engine) as uow:
             uow.commitments.mark_reported(request.transaction_uid, reported_at=self._clock())
             uow.commit()
-        log.info("storage commitment %s reported to %s (event type %d)",
-                 request.transaction_uid, request.requester_ae, report.event_type)
+        log.info(
+            "storage commitment %s reported to %s (event type %d)",
+            request.transaction_uid,
+            request.requester_ae,
+            report.event_type,
+        )
 
     def _verified_report(self, task: Task, request: CommitmentRequest) -> CommitmentReport:
         # The result of a verification is kept with the task: a retried delivery
@@ -229,7 +241,10 @@ class CommitmentService:
             uow.tasks.set_payload(task.pk, {**task.payload, "result": report.to_json()})
             uow.commit()
         if report.failed:
-            log.warning("storage commitment %s: %d of %d instance(s) failed",
-                        request.transaction_uid, len(report.failed),
-                        len(request.references))
+            log.warning(
+                "storage commitment %s: %d of %d instance(s) failed",
+                request.transaction_uid,
+                len(report.failed),
+                len(request.references),
+            )
         return report

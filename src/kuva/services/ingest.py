@@ -66,7 +66,10 @@ CONFLICT_MESSAGE = "SOP Instance already archived, other content; correct via IO
 
 class IngestService:
     def __init__(
-        self, engine: Engine, blobs: BlobStore, committer: GroupCommitter,
+        self,
+        engine: Engine,
+        blobs: BlobStore,
+        committer: GroupCommitter,
         clock: Clock = utcnow,
     ) -> None:
         self._engine = engine
@@ -136,7 +139,10 @@ class IngestService:
             metrics.bytes_stored.inc(ref.size)
         log.info(
             "stored %s (%d bytes, %s) from %s",
-            attrs.sop_instance_uid, ref.size, ref.sha256[:12], incoming.source_ae,
+            attrs.sop_instance_uid,
+            ref.size,
+            ref.sha256[:12],
+            incoming.source_ae,
         )
         return StoreOutcome(StoreStatus.STORED, sha256=ref.sha256)
 
@@ -145,12 +151,14 @@ class IngestService:
     ) -> StoreOutcome:
         uid = existing.sop_instance_uid
         if existing.sha256 == sha256:
-            log.info("instance %s received again from %s, identical: kept",
-                     uid, incoming.source_ae)
+            log.info("instance %s received again from %s, identical: kept", uid, incoming.source_ae)
             return StoreOutcome(StoreStatus.DUPLICATE, sha256=sha256)
         log.warning(
             "refused instance %s from %s: already archived with other content "
             "(stored sha256 %s, received %s)",
-            uid, incoming.source_ae, existing.sha256[:12], sha256[:12],
+            uid,
+            incoming.source_ae,
+            existing.sha256[:12],
+            sha256[:12],
         )
         return StoreOutcome(StoreStatus.CONFLICT, CONFLICT_MESSAGE, sha256=sha256)

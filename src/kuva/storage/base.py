@@ -42,10 +42,10 @@ class BlobWriter(ABC):
     @abstractmethod
     def write(self, data: bytes | bytearray | memoryview) -> int: ...
 
-    def flush(self) -> None:
+    def flush(self) -> None:  # noqa: B027 - a no-op unless a store buffers
         """Writes go straight to the operating system; durability comes with commit."""
 
-    def start_sync(self) -> None:
+    def start_sync(self) -> None:  # noqa: B027 - optional optimisation
         """Optionally begin making the bytes durable ahead of ``commit``."""
 
     @property

@@ -9,6 +9,7 @@ Leftovers in ``tmp/`` (a crash mid-write) are removed at start.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -155,10 +156,8 @@ class FileBlobStore(BlobStore):
             # new names survive a crash too.
             for level in (parent.parent, parent):
                 if not level.is_dir():
-                    try:
+                    with contextlib.suppress(FileExistsError):
                         level.mkdir()
-                    except FileExistsError:
-                        pass
                     _fsync_dir(level.parent)
         self._known_dirs.add(parent)
 

@@ -37,8 +37,9 @@ class PermanentFailure(Exception):
 
 def backoff_delay(attempts: int, settings: TaskSettings, rng: random.Random | None = None) -> float:
     """Seconds to wait after the ``attempts``-th failed attempt."""
-    delay = min(settings.backoff_base_seconds * 2 ** max(attempts - 1, 0),
-                settings.backoff_max_seconds)
+    delay = min(
+        settings.backoff_base_seconds * 2 ** max(attempts - 1, 0), settings.backoff_max_seconds
+    )
     jitter = (rng or random).uniform(0.9, 1.1)
     return float(delay * jitter)
 
@@ -64,8 +65,7 @@ class TaskWorkers:
 
     def start(self) -> None:
         for n in range(self._settings.workers):
-            thread = threading.Thread(target=self._loop, name=f"kuva-task-worker-{n}",
-                                      daemon=True)
+            thread = threading.Thread(target=self._loop, name=f"kuva-task-worker-{n}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -130,12 +130,24 @@ class TaskWorkers:
                 uow.commit()
             metrics.task_runs.labels(task.kind, "error").inc()
             if retry_at is None:
-                log.error("task %d (%s %s) failed for good after %d attempt(s): %s",
-                          task.pk, task.kind, task.subject, task.attempts, error)
+                log.error(
+                    "task %d (%s %s) failed for good after %d attempt(s): %s",
+                    task.pk,
+                    task.kind,
+                    task.subject,
+                    task.attempts,
+                    error,
+                )
             else:
-                log.warning("task %d (%s %s) attempt %d failed, retry at %s: %s",
-                            task.pk, task.kind, task.subject, task.attempts,
-                            retry_at.isoformat(timespec="seconds"), error)
+                log.warning(
+                    "task %d (%s %s) attempt %d failed, retry at %s: %s",
+                    task.pk,
+                    task.kind,
+                    task.subject,
+                    task.attempts,
+                    retry_at.isoformat(timespec="seconds"),
+                    error,
+                )
             return
         with UnitOfWork(self._engine) as uow:
             uow.tasks.complete(task.pk, now=self._clock())

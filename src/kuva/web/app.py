@@ -38,8 +38,12 @@ def create_app(
             return JSONResponse(
                 status_code=503,
                 media_type="application/problem+json",
-                content={"type": "about:blank", "title": "Service Unavailable",
-                         "status": 503, "detail": problems},
+                content={
+                    "type": "about:blank",
+                    "title": "Service Unavailable",
+                    "status": 503,
+                    "detail": problems,
+                },
             )
         return JSONResponse({"status": "ok", "checks": sorted(health_checks)})
 
