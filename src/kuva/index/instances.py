@@ -7,20 +7,28 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, String, Table, bindparam, func, select, update
+from sqlalchemy import Connection, Integer, String, Table, bindparam, func, select, update
 
 from kuva.index.dialect import insert_ignoring_conflict as _insert_ignoring_conflict
 from kuva.index.schema import instance, patient, series, study
 from kuva.model.instance import InstanceAttributes
 
+_INT32 = range(-(2**31), 2**31)
+
 
 def _fit(table: Table, values: dict[str, Any]) -> dict[str, Any]:
-    """Cut strings to their column's length: the index keeps what it can, the blob all."""
+    """Fit values to their columns: the index keeps what it can, the blob keeps all.
+
+    Strings are cut to the column's length; an integer outside the 32-bit range of
+    an Integer column (malformed IS, PS3.5 6.2) is left out (NULL).
+    """
     fitted = dict(values)
     for name, value in values.items():
         column_type = table.c[name].type
         if isinstance(value, str) and isinstance(column_type, String) and column_type.length:
             fitted[name] = value[: column_type.length]
+        elif isinstance(value, int) and type(column_type) is Integer and value not in _INT32:
+            fitted[name] = None
     return fitted
 
 

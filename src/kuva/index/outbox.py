@@ -132,14 +132,27 @@ class TaskRepository:
         rows = self.conn.execute(select(*_COLUMNS).where(task.c.pk.in_(pks)).order_by(task.c.pk))
         return [_task(row) for row in rows]
 
-    def complete(self, pk: int, *, now: datetime) -> None:
-        self.conn.execute(
-            update(task)
-            .where(task.c.pk == pk)
-            .values(status=DONE, locked_by=None, locked_until=None, last_error=None, updated_at=now)
+    def complete(self, pk: int, *, now: datetime, worker: str | None = None) -> bool:
+        """Mark done; with ``worker``, only while that worker still holds the task."""
+        query = update(task).where(task.c.pk == pk)
+        if worker is not None:
+            query = query.where(task.c.locked_by == worker)
+        result = self.conn.execute(
+            query.values(
+                status=DONE, locked_by=None, locked_until=None, last_error=None, updated_at=now
+            )
         )
+        return bool(result.rowcount)
 
-    def fail(self, pk: int, *, error: str, now: datetime, retry_at: datetime | None) -> None:
+    def fail(
+        self,
+        pk: int,
+        *,
+        error: str,
+        now: datetime,
+        retry_at: datetime | None,
+        worker: str | None = None,
+    ) -> bool:
         """Record a failed attempt: retry at ``retry_at``, or give up when None."""
         values: dict[str, Any] = {
             "locked_by": None,
@@ -152,7 +165,10 @@ class TaskRepository:
         else:
             values["status"] = PENDING
             values["next_attempt_at"] = retry_at
-        self.conn.execute(update(task).where(task.c.pk == pk).values(**values))
+        query = update(task).where(task.c.pk == pk)
+        if worker is not None:
+            query = query.where(task.c.locked_by == worker)
+        return bool(self.conn.execute(query.values(**values)).rowcount)
 
     def retry(
         self, *, now: datetime, pks: Sequence[int] | None = None, kind: str | None = None

@@ -37,11 +37,9 @@ class PermanentFailure(Exception):
 
 def backoff_delay(attempts: int, settings: TaskSettings, rng: random.Random | None = None) -> float:
     """Seconds to wait after the ``attempts``-th failed attempt."""
-    delay = min(
-        settings.backoff_base_seconds * 2 ** max(attempts - 1, 0), settings.backoff_max_seconds
-    )
+    delay = settings.backoff_base_seconds * 2 ** max(attempts - 1, 0)
     jitter = (rng or random).uniform(0.9, 1.1)
-    return float(delay * jitter)
+    return float(min(delay * jitter, settings.backoff_max_seconds))
 
 
 class TaskWorkers:
@@ -126,10 +124,18 @@ class TaskWorkers:
                 )
             error = f"{type(exc).__name__}: {exc}"
             with UnitOfWork(self._engine) as uow:
-                uow.tasks.fail(task.pk, error=error, now=self._clock(), retry_at=retry_at)
+                recorded = uow.tasks.fail(
+                    task.pk,
+                    error=error,
+                    now=self._clock(),
+                    retry_at=retry_at,
+                    worker=self._name,
+                )
                 uow.commit()
             metrics.task_runs.labels(task.kind, "error").inc()
-            if retry_at is None:
+            if not recorded:
+                log.warning("task %d: lease lost to another worker; its result stands", task.pk)
+            elif retry_at is None:
                 log.error(
                     "task %d (%s %s) failed for good after %d attempt(s): %s",
                     task.pk,
@@ -150,6 +156,8 @@ class TaskWorkers:
                 )
             return
         with UnitOfWork(self._engine) as uow:
-            uow.tasks.complete(task.pk, now=self._clock())
+            recorded = uow.tasks.complete(task.pk, now=self._clock(), worker=self._name)
             uow.commit()
+        if not recorded:
+            log.warning("task %d done after its lease ran out; another worker had it", task.pk)
         metrics.task_runs.labels(task.kind, "done").inc()
