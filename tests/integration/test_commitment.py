@@ -146,8 +146,10 @@ def test_report_survives_restart_and_down_peer(
     _wait_for(lambda: "retry at" in server.log())
     listing = server.kuva("tasks", "list", "--kind", "storage-commitment", "--plain").stdout
     [line] = listing.splitlines()
-    assert line.split("\t")[2:4] == [transaction, "pending"]
-    assert "ConnectionError" in line
+    fields = line.split("\t")
+    # Between attempts the task is pending; it may be caught mid-attempt (running).
+    assert fields[2] == transaction and fields[3] in ("pending", "running")
+    assert int(fields[4]) >= 1
 
     server.kill()
     scu.start_listening()
