@@ -39,18 +39,47 @@ PREAMBLE = b"\x00" * 128 + b"DICM"
 BULK_DATA_THRESHOLD = 1024
 
 
+def _element(group_element: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element with a 16-bit length (PS3.5 7.1.2)."""
+    return (
+        (group_element >> 16).to_bytes(2, "little")
+        + (group_element & 0xFFFF).to_bytes(2, "little")
+        + vr
+        + len(value).to_bytes(2, "little")
+        + value
+    )
+
+
+def _ui(uid: str) -> bytes:
+    value = uid.encode("ascii")
+    return value + b"\x00" if len(value) % 2 else value
+
+
+_VERSION = b"\x02\x00\x01\x00OB\x00\x00" + (2).to_bytes(4, "little") + b"\x00\x01"
+_IMPLEMENTATION = _element(0x00020012, b"UI", _ui(IMPLEMENTATION_CLASS_UID)) + _element(
+    0x00020013,
+    b"SH",
+    IMPLEMENTATION_VERSION_NAME.encode("ascii")
+    + (b" " if len(IMPLEMENTATION_VERSION_NAME) % 2 else b""),
+)
+
+
 def canonical_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
-    """Preamble, ``DICM`` and the File Meta Information group (PS3.10 7.1)."""
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax)
-    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    buffer = DicomBytesIO()
-    write_file_meta_info(buffer, meta, enforce_standard=True)
-    return PREAMBLE + buffer.getvalue()
+    """Preamble, ``DICM`` and the File Meta Information group (PS3.10 7.1).
+
+    Encoded by hand (explicit VR little endian, elements in tag order, UIDs padded
+    with NUL, SH with a space): this runs for every received object, and is the
+    same encoding pydicom's ``write_file_meta_info`` gives (a unit test holds it).
+    """
+    body = (
+        _VERSION
+        + _element(0x00020002, b"UI", _ui(sop_class_uid))
+        + _element(0x00020003, b"UI", _ui(sop_instance_uid))
+        + _element(0x00020010, b"UI", _ui(transfer_syntax))
+        + _IMPLEMENTATION
+    )
+    group_length = b"\x02\x00\x00\x00UL\x04\x00" + len(body).to_bytes(4, "little")
+    return PREAMBLE + group_length + body
 
 
 class Part10Rewriter:
@@ -72,6 +101,19 @@ class Part10Rewriter:
         self.sop_class_uid = ""
         self.sop_instance_uid = ""
         self.transfer_syntax_uid = ""
+
+    def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> None:
+        """Start the blob with kuva's file meta; what was written before is dropped.
+
+        The fast path: called in place of pynetdicom's file meta writing (see
+        dicom.storage_scp), so that nothing needs to be parsed back.
+        """
+        self.sop_class_uid = sop_class_uid
+        self.sop_instance_uid = sop_instance_uid
+        self.transfer_syntax_uid = transfer_syntax_uid
+        self.blob.write(canonical_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid))
+        self._head = bytearray()
+        self._passthrough = True
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._passthrough:

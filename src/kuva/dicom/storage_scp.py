@@ -4,8 +4,15 @@ Received data sets are streamed straight into the blob store while their P-DATA
 arrives: pynetdicom's chunked receive mode (``STORE_RECV_CHUNKED_DATASET``) writes
 each fragment to a temporary file, and kuva hands it a ``Part10Rewriter`` around a
 blob writer instead (``install_streaming_receive``), which hashes on the way. The
-handler then only reads the header (up to the pixel data) for validation and the
-index.
+file meta pynetdicom would build and write with pydicom is replaced by kuva's
+canonical one, taken straight from the three UIDs (this path runs per object and the
+pydicom route cost about a millisecond). The handler then only reads the header (up
+to the pixel data) for validation and the index.
+
+These hooks replace three names in ``pynetdicom.dimse_messages`` (pinned to
+pynetdicom 3.x in pyproject.toml); each falls back to pynetdicom's own behaviour
+for anything that is not a kuva storage association, and the C-STORE handler falls
+back to copying the received file when the hook did not apply.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import logging
 import shutil
 import tempfile
 import threading
+from dataclasses import dataclass
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
@@ -34,7 +42,44 @@ log = logging.getLogger(__name__)
 _AE_BLOB_STORE = "_kuva_blob_store"
 
 _ORIGINAL_TEMPFILE = getattr(dimse_messages, "NamedTemporaryFile")  # noqa: B009
+_ORIGINAL_CREATE_FILE_META = getattr(dimse_messages, "create_file_meta")  # noqa: B009
+_ORIGINAL_WRITE_FILE_META = getattr(dimse_messages, "write_file_meta_info")  # noqa: B009
 _install_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class _FileMetaRequest:
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+
+
+def _create_file_meta(
+    *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, **kwargs: Any
+) -> Any:
+    """Stand-in for pynetdicom's ``create_file_meta`` in the receive path: defer the work."""
+    if kwargs:
+        return _ORIGINAL_CREATE_FILE_META(
+            sop_class_uid=sop_class_uid,
+            sop_instance_uid=sop_instance_uid,
+            transfer_syntax=transfer_syntax,
+            **kwargs,
+        )
+    return _FileMetaRequest(str(sop_class_uid), str(sop_instance_uid), str(transfer_syntax))
+
+
+def _write_file_meta(fp: Any, file_meta: Any, *args: Any, **kwargs: Any) -> None:
+    """Stand-in for ``write_file_meta_info``: kuva's writer takes the three UIDs directly."""
+    if isinstance(file_meta, _FileMetaRequest):
+        if isinstance(fp, Part10Rewriter):
+            fp.begin(file_meta.sop_class_uid, file_meta.sop_instance_uid, file_meta.transfer_syntax)
+            return
+        file_meta = _ORIGINAL_CREATE_FILE_META(
+            sop_class_uid=file_meta.sop_class_uid,
+            sop_instance_uid=file_meta.sop_instance_uid,
+            transfer_syntax=file_meta.transfer_syntax,
+        )
+    _ORIGINAL_WRITE_FILE_META(fp, file_meta, *args, **kwargs)
 
 
 def _receive_file(*args: Any, **kwargs: Any) -> Any:
@@ -56,6 +101,8 @@ def install_streaming_receive(ae: Any, blobs: BlobStore) -> None:
     with _install_lock:
         _config.STORE_RECV_CHUNKED_DATASET = True
         setattr(dimse_messages, "NamedTemporaryFile", _receive_file)  # noqa: B010
+        setattr(dimse_messages, "create_file_meta", _create_file_meta)  # noqa: B010
+        setattr(dimse_messages, "write_file_meta_info", _write_file_meta)  # noqa: B010
     setattr(ae, _AE_BLOB_STORE, blobs)
 
 

@@ -130,7 +130,24 @@ class FileBlobStore(BlobStore):
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         (root / "sha256").mkdir(exist_ok=True)
         self._known_dirs: set[Path] = set()
+        self._prepare_fanout()
         self.sync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kuva-fsync")
+
+    def _prepare_fanout(self) -> None:
+        """Create the 256 first-level folders ``sha256/ab`` once, durably.
+
+        The second level (``ab/cd``, 65,536 folders) is created on first use: creating
+        it up front takes seconds, and an object landing in a new folder pays one
+        extra folder fsync only until the archive holds some 100,000 objects.
+        """
+        top = self.root / "sha256"
+        if (self.root / ".fanout").exists():
+            return
+        for a in range(256):
+            (top / f"{a:02x}").mkdir(exist_ok=True)
+        _fsync_dir(top)
+        (self.root / ".fanout").touch()
+        _fsync_dir(self.root)
 
     def clean_partial(self) -> int:
         """Remove partial blobs left by a crash; they were never visible."""
