@@ -13,21 +13,11 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 
-from kuva.index.database import make_engine, migrate
 from kuva.index.group_commit import GroupCommitter
 from kuva.index.schema import task
 from kuva.index.uow import UnitOfWork
 
 NOW = datetime(2026, 3, 14, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    """A migrated engine on a fresh database."""
-    engine = make_engine(database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -105,15 +104,6 @@ def row_counts(engine: Engine) -> dict[str, int]:
             table.name: len(conn.execute(select(table.c.pk)).all())
             for table in (schema.patient, schema.study, schema.series, schema.instance)
         }
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    """A migrated engine on a fresh database."""
-    engine = make_engine(database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 def test_migrate_creates_schema(database_url: str) -> None:

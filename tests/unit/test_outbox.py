@@ -5,15 +5,13 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine
 
 from kuva.config import TaskSettings
-from kuva.index.database import make_engine, migrate
 from kuva.index.outbox import DONE, FAILED, PENDING, RUNNING, Task
 from kuva.index.uow import UnitOfWork
 from kuva.tasks.worker import PermanentFailure, TaskWorkers, backoff_delay
@@ -33,15 +31,6 @@ class FakeClock:
 
     def advance(self, **delta: float) -> None:
         self.now += timedelta(**delta)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    """A migrated engine on a fresh database."""
-    engine = make_engine(database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 def add_task(

@@ -87,7 +87,7 @@ _STORED = select(*_STORED_COLUMNS).select_from(
     )
 )
 _GET_STORED = _STORED.where(instance.c.sop_instance_uid == bindparam("uid"))
-_PATIENT_PK = select(patient.c.pk).where(
+_PATIENT_ROW = select(patient.c.pk).where(
     (patient.c.patient_id == bindparam("patient_id")) & (patient.c.issuer == bindparam("issuer"))
 )
 _STUDY_ROW = select(study.c.pk, study.c.patient_pk).where(
@@ -165,85 +165,97 @@ class InstanceRepository:
             self.conn.execute(_TOUCH_STUDY, {"study_pk": study_pk, "received_at": new.received_at})
         return int(pk) if pk is not None else None
 
+    def _get_or_create(
+        self,
+        table: Table,
+        lookup: Any,
+        key: dict[str, Any],
+        values: dict[str, Any],
+        conflict_columns: list[str],
+        parent: tuple[str, int, str] | None = None,
+    ) -> int:
+        """The key of the row found by ``lookup``, created from ``values`` when absent.
+
+        ``parent`` = (column, expected key, message): a row found under another
+        parent is a TreeConflict. A row created meanwhile by another node (the insert
+        hit its unique constraint) is looked up again and checked the same way.
+        """
+        for attempt in range(2):
+            row = self.conn.execute(lookup, key).one_or_none()
+            if row is not None:
+                if parent is not None and getattr(row, parent[0]) != parent[1]:
+                    raise TreeConflict(parent[2])
+                return int(row.pk)
+            if attempt == 0:
+                pk = insert_ignoring_conflict(self.conn, table, values, conflict_columns)
+                if pk is not None:
+                    return int(pk)
+        raise RuntimeError(f"{table.name} row vanished while being created")  # pragma: no cover
+
     def _patient_pk(self, attrs: InstanceAttributes, now: datetime) -> int:
         p = attrs.patient
-        key = {"patient_id": p.patient_id[:64], "issuer": p.issuer[:64]}
-        pk = self.conn.execute(_PATIENT_PK, key).scalar_one_or_none()
-        if pk is None:
-            pk = insert_ignoring_conflict(
-                self.conn,
-                patient,
-                {
-                    "patient_id": p.patient_id,
-                    "issuer": p.issuer,
-                    "patient_name": p.name,
-                    "patient_name_norm": p.name.upper(),
-                    "birth_date": p.birth_date,
-                    "sex": p.sex,
-                    "created_at": now,
-                },
-                ["patient_id", "issuer"],
-            )
-            if pk is None:  # created concurrently by another node
-                pk = self.conn.execute(_PATIENT_PK, key).scalar_one()
-        return int(pk)
+        return self._get_or_create(
+            patient,
+            _PATIENT_ROW,
+            {"patient_id": p.patient_id[:64], "issuer": p.issuer[:64]},
+            {
+                "patient_id": p.patient_id,
+                "issuer": p.issuer,
+                "patient_name": p.name,
+                "patient_name_norm": p.name.upper(),
+                "birth_date": p.birth_date,
+                "sex": p.sex,
+                "created_at": now,
+            },
+            ["patient_id", "issuer"],
+        )
 
     def _study_pk(self, attrs: InstanceAttributes, patient_pk: int, new: NewInstance) -> int:
         s = attrs.study
-        key = {"uid": s.study_instance_uid}
-        row = self.conn.execute(_STUDY_ROW, key).one_or_none()
-        if row is not None and row.patient_pk != patient_pk:
-            raise TreeConflict("Study Instance UID is already archived for another patient")
-        pk = row.pk if row is not None else None
-        if pk is None:
-            pk = insert_ignoring_conflict(
-                self.conn,
-                study,
-                {
-                    "study_instance_uid": s.study_instance_uid,
-                    "patient_pk": patient_pk,
-                    "study_date": s.study_date,
-                    "study_time": s.study_time,
-                    "accession_number": s.accession_number,
-                    "study_id": s.study_id,
-                    "study_description": s.description,
-                    "referring_physician_name": s.referring_physician_name,
-                    "organization_oid": new.organization_oid,
-                    "created_at": new.received_at,
-                    "last_received_at": new.received_at,
-                },
-                ["study_instance_uid"],
-            )
-            if pk is None:
-                pk = self.conn.execute(_STUDY_ROW, key).one().pk
-        return int(pk)
+        return self._get_or_create(
+            study,
+            _STUDY_ROW,
+            {"uid": s.study_instance_uid},
+            {
+                "study_instance_uid": s.study_instance_uid,
+                "patient_pk": patient_pk,
+                "study_date": s.study_date,
+                "study_time": s.study_time,
+                "accession_number": s.accession_number,
+                "study_id": s.study_id,
+                "study_description": s.description,
+                "referring_physician_name": s.referring_physician_name,
+                "organization_oid": new.organization_oid,
+                "created_at": new.received_at,
+                "last_received_at": new.received_at,
+            },
+            ["study_instance_uid"],
+            (
+                "patient_pk",
+                patient_pk,
+                "Study Instance UID is already archived for another patient",
+            ),
+        )
 
     def _series_pk(self, attrs: InstanceAttributes, study_pk: int, now: datetime) -> int:
         s = attrs.series
-        key = {"uid": s.series_instance_uid}
-        row = self.conn.execute(_SERIES_ROW, key).one_or_none()
-        if row is not None and row.study_pk != study_pk:
-            raise TreeConflict("Series Instance UID is already archived in another study")
-        pk = row.pk if row is not None else None
-        if pk is None:
-            pk = insert_ignoring_conflict(
-                self.conn,
-                series,
-                {
-                    "series_instance_uid": s.series_instance_uid,
-                    "study_pk": study_pk,
-                    "modality": s.modality,
-                    "series_number": s.series_number,
-                    "series_description": s.description,
-                    "body_part_examined": s.body_part_examined,
-                    "series_date": s.series_date,
-                    "series_time": s.series_time,
-                    "institution_name": s.institution_name,
-                    "station_name": s.station_name,
-                    "created_at": now,
-                },
-                ["series_instance_uid"],
-            )
-            if pk is None:
-                pk = self.conn.execute(_SERIES_ROW, key).one().pk
-        return int(pk)
+        return self._get_or_create(
+            series,
+            _SERIES_ROW,
+            {"uid": s.series_instance_uid},
+            {
+                "series_instance_uid": s.series_instance_uid,
+                "study_pk": study_pk,
+                "modality": s.modality,
+                "series_number": s.series_number,
+                "series_description": s.description,
+                "body_part_examined": s.body_part_examined,
+                "series_date": s.series_date,
+                "series_time": s.series_time,
+                "institution_name": s.institution_name,
+                "station_name": s.station_name,
+                "created_at": now,
+            },
+            ["series_instance_uid"],
+            ("study_pk", study_pk, "Series Instance UID is already archived in another study"),
+        )
