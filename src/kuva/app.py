@@ -12,6 +12,7 @@ import uvicorn
 from kuva import metrics
 from kuva.config import Settings
 from kuva.dicom.commitment import StorageCommitmentSCP
+from kuva.dicom.find_scp import FindSCP
 from kuva.dicom.server import DicomServer
 from kuva.dicom.storage_scp import StorageSCP
 from kuva.index.database import make_engine, migrate, ping
@@ -21,6 +22,7 @@ from kuva.index.uow import UnitOfWork
 from kuva.services import commitment
 from kuva.services.commitment import CommitmentService
 from kuva.services.ingest import IngestService
+from kuva.services.query import QueryService
 from kuva.storage.filesystem import FileBlobStore
 from kuva.tasks.worker import TaskWorkers
 from kuva.web.app import create_app
@@ -56,6 +58,7 @@ class Archive:
             StorageSCP(settings, self.ingest, self.blobs),
             self.commitment_scp,
             self.blobs,
+            FindSCP(settings, QueryService(self.engine)),
         )
         self.http_app = create_app(
             {"index": lambda: ping(self.engine), "blobs": self.blobs.check},

@@ -1,9 +1,10 @@
 """The DICOM listener: one pynetdicom application entity with kuva's services.
 
-Accepts C-ECHO, C-STORE for every storage SOP class of the standard and the
-Storage Commitment Push Model. Only configured nodes may associate (A-ASSOCIATE-RJ,
-reason "calling AE title not recognized", PS3.8 9.3.4); with no nodes configured
-(the embedded default) any calling AE title is accepted into the local organisation.
+Accepts C-ECHO, C-STORE for every storage SOP class of the standard, the
+Storage Commitment Push Model and C-FIND (Patient Root and Study Root). Only
+configured nodes may associate (A-ASSOCIATE-RJ, reason "calling AE title not
+recognized", PS3.8 9.3.4); with no nodes configured (the embedded default) any
+calling AE title is accepted into the local organisation.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from kuva.dicom.contexts import (
     VERIFICATION,
     storage_sop_classes,
 )
+from kuva.dicom.find_scp import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, FindSCP
 from kuva.dicom.network import AssociationServer
 from kuva.dicom.storage_scp import StorageSCP, install_streaming_receive
 from kuva.storage import BlobStore
@@ -41,10 +43,12 @@ class DicomServer:
         storage: StorageSCP,
         commitment: StorageCommitmentSCP,
         blobs: BlobStore,
+        find: FindSCP,
     ) -> None:
         self._settings = settings
         self._storage = storage
         self._commitment = commitment
+        self._find = find
         self._server: Any = None
         self._thread: threading.Thread | None = None
         dicom = settings.dicom
@@ -61,6 +65,8 @@ class DicomServer:
         ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, list(BASIC_TRANSFER_SYNTAXES))
         for uid in storage_sop_classes():
             ae.add_supported_context(uid, list(STORAGE_TRANSFER_SYNTAXES))
+        for find_model in (PATIENT_ROOT_FIND, STUDY_ROOT_FIND):
+            ae.add_supported_context(find_model, list(BASIC_TRANSFER_SYNTAXES))
         install_streaming_receive(ae, blobs)
         self.ae = ae
 
@@ -69,6 +75,7 @@ class DicomServer:
             (evt.EVT_C_ECHO, self._handle_echo),
             (evt.EVT_C_STORE, self._storage.handle_store),
             (evt.EVT_N_ACTION, self._commitment.handle_n_action),
+            (evt.EVT_C_FIND, self._find.handle_find),
             (evt.EVT_RELEASED, self._commitment.forget_association),
             (evt.EVT_ABORTED, self._commitment.forget_association),
             (evt.EVT_ACCEPTED, self._on_accepted),

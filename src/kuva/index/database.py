@@ -60,6 +60,9 @@ def _sqlite_engine(url: str, database: str, pool_size: int) -> Engine:
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        # LIKE is case-sensitive, as on PostgreSQL; person names match on an
+        # upper-cased column instead (index/query.py).
+        cursor.execute("PRAGMA case_sensitive_like=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -10,6 +10,7 @@ from kuva.index.commitments import CommitmentRepository
 from kuva.index.database import WRITE_OPTION
 from kuva.index.instances import InstanceRepository
 from kuva.index.outbox import TaskRepository
+from kuva.index.query import QueryRepository
 
 
 class UnitOfWork:
@@ -35,6 +36,7 @@ class UnitOfWork:
         self.instances = InstanceRepository(conn)
         self.tasks = TaskRepository(conn)
         self.commitments = CommitmentRepository(conn)
+        self.query = QueryRepository(conn)
         return self
 
     def commit(self) -> None:

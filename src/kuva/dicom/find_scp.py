@@ -1,0 +1,176 @@
+"""Query/Retrieve C-FIND SCP (PS3.4 C.4.1): Patient Root and Study Root.
+
+Each identifier key is matched by the query service; every requested key is
+returned, empty when the index does not hold it (PS3.4 C.4.1.1.3.2). Responses
+are Pending (0xFF00) one per match; C-CANCEL ends the search with 0xFE00.
+Answers use the requester's character set when it can carry every value,
+otherwise UTF-8 (ISO_IR 192).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any, cast
+
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.events import Event
+
+from kuva.config import Settings
+from kuva.dicom import status as st
+from kuva.index.query import QueryResult
+from kuva.model.query import QueryError, QueryLevel
+from kuva.services.query import FindRequest, QueryService
+
+log = logging.getLogger(__name__)
+
+PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+LEVELS = {
+    PATIENT_ROOT_FIND: {QueryLevel.PATIENT, QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE},
+    STUDY_ROOT_FIND: {QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE},
+}
+PENDING = 0xFF00
+CANCEL = 0xFE00
+IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+UNABLE_TO_PROCESS = 0xC000
+_NOT_KEYS = {
+    "QueryRetrieveLevel",
+    "SpecificCharacterSet",
+    "RetrieveAETitle",
+    "InstanceAvailability",
+}
+
+
+def _value_text(element: DataElement) -> str:
+    value = element.value
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue | list):
+        return "\\".join(str(v) for v in value)
+    if isinstance(value, bytes):
+        return ""
+    return str(value)
+
+
+def _charset(query: Dataset, values: list[str]) -> str:
+    asked = query.get("SpecificCharacterSet", "")
+    asked = asked[0] if isinstance(asked, MultiValue | list) and asked else asked
+    if asked in ("", "ISO_IR 6"):
+        codec = "ascii"
+    elif asked == "ISO_IR 100":
+        codec = "latin-1"
+    else:
+        return "ISO_IR 192"
+    try:
+        for value in values:
+            value.encode(codec)
+    except UnicodeEncodeError:
+        return "ISO_IR 192"
+    return str(asked) if asked else ""
+
+
+class FindSCP:
+    def __init__(self, settings: Settings, query: QueryService) -> None:
+        self._settings = settings
+        self._query = query
+
+    def handle_find(self, event: Event) -> Iterator[tuple[Any, Dataset | None]]:
+        request = cast(C_FIND, event.request)
+        model = str(request.AffectedSOPClassUID)
+        try:
+            identifier = event.identifier
+        except Exception:
+            yield st.status(UNABLE_TO_PROCESS, "identifier cannot be parsed"), None
+            return
+        level_text = str(identifier.get("QueryRetrieveLevel", "")).strip()
+        try:
+            level = QueryLevel(level_text)
+        except ValueError:
+            yield (
+                st.status(
+                    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+                    f"QueryRetrieveLevel {level_text!r} not supported",
+                ),
+                None,
+            )
+            return
+        if level not in LEVELS.get(model, set()):
+            yield (
+                st.status(
+                    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+                    f"level {level.value} not in this information model",
+                ),
+                None,
+            )
+            return
+
+        elements = [e for e in identifier if e.keyword and e.keyword not in _NOT_KEYS]
+        keys = {e.keyword: _value_text(e) for e in elements if e.VR != "SQ"}
+        find = FindRequest(level=level, keys=keys, return_keys=tuple(e.keyword for e in elements))
+        try:
+            QueryService.matchers(find)  # refuse malformed keys before the first answer
+            results = self._query.find(find)
+            count = 0
+            for result in results:
+                if event.is_cancelled:
+                    log.info(
+                        "C-FIND cancelled by %s after %d match(es)",
+                        event.assoc.requestor.ae_title,
+                        count,
+                    )
+                    yield CANCEL, None
+                    return
+                count += 1
+                yield PENDING, self._answer(identifier, elements, level, result)
+        except QueryError as exc:
+            yield st.status(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
+            return
+        except Exception:
+            log.exception("C-FIND failed")
+            yield st.status(UNABLE_TO_PROCESS, "query failed"), None
+            return
+        log.info(
+            "C-FIND %s from %s: %d match(es)", level.value, event.assoc.requestor.ae_title, count
+        )
+
+    def _answer(
+        self, query: Dataset, elements: list[DataElement], level: QueryLevel, result: QueryResult
+    ) -> Dataset:
+        answer = Dataset()
+        texts: list[str] = []
+        extra: Dataset | None = None
+        if result.dataset_json is not None:
+            wanted = {f"{e.tag:08X}" for e in elements if e.keyword not in result.values}
+            extra = Dataset.from_json(
+                {tag: v for tag, v in result.dataset_json.items() if tag in wanted}
+            )
+        for element in elements:
+            if element.keyword in result.values:
+                value = result.values[element.keyword]
+                if value is None or value == "":
+                    answer.add_new(element.tag, element.VR, None)
+                    continue
+                if element.VR in ("IS", "US", "UL", "SS", "SL"):
+                    answer.add_new(element.tag, element.VR, int(value))
+                    continue
+                text = str(value)
+                texts.append(text)
+                answer.add_new(element.tag, element.VR, text.split("\\") if "\\" in text else text)
+            elif extra is not None and element.tag in extra:
+                answer.add(extra[element.tag])
+                texts.append(_value_text(extra[element.tag]))
+            elif element.VR == "SQ":
+                answer.add_new(element.tag, "SQ", Sequence())
+            else:
+                answer.add_new(element.tag, element.VR, None)
+        charset = _charset(query, texts)
+        if charset:
+            answer.SpecificCharacterSet = charset
+        answer.QueryRetrieveLevel = level.value
+        answer.RetrieveAETitle = self._settings.dicom.ae_title
+        return answer

@@ -1,0 +1,301 @@
+"""Query repository: C-FIND / QIDO-RS matching (PS3.4 C.2.2.2) as SQL on index columns.
+
+Every matchable attribute is a column (index/schema.py); a wildcard with a single
+trailing ``*`` becomes a range on the column so that the column's index answers it
+on SQLite and PostgreSQL alike. Person names match case-insensitively on their
+upper-cased copy (``patient_name_norm``), which also covers ä, ö and å. Computed
+attributes (PS3.4 C.3.4) are correlated counts over indexed foreign keys.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    and_,
+    distinct,
+    exists,
+    func,
+    literal,
+    select,
+)
+from sqlalchemy.sql.expression import ScalarSelect
+
+from kuva.index.schema import instance, patient, series, study
+from kuva.model.query import (
+    Matcher,
+    MatchKind,
+    QueryError,
+    QueryLevel,
+    like_pattern,
+    prefix_upper_bound,
+)
+
+LEVEL_ORDER = {
+    QueryLevel.PATIENT: 0,
+    QueryLevel.STUDY: 1,
+    QueryLevel.SERIES: 2,
+    QueryLevel.IMAGE: 3,
+}
+
+
+@dataclass(frozen=True)
+class Attribute:
+    keyword: str
+    vr: str
+    level: QueryLevel
+    column: Any  # the column holding the value returned
+    match: Any = None  # the column matched on when it differs (person names)
+
+
+P, ST, SE, IM = QueryLevel.PATIENT, QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE
+
+ATTRIBUTES: dict[str, Attribute] = {
+    a.keyword: a
+    for a in (
+        Attribute("PatientID", "LO", P, patient.c.patient_id),
+        Attribute("IssuerOfPatientID", "LO", P, patient.c.issuer),
+        Attribute("PatientName", "PN", P, patient.c.patient_name, patient.c.patient_name_norm),
+        Attribute("PatientBirthDate", "DA", P, patient.c.birth_date),
+        Attribute("PatientSex", "CS", P, patient.c.sex),
+        Attribute("StudyInstanceUID", "UI", ST, study.c.study_instance_uid),
+        Attribute("StudyDate", "DA", ST, study.c.study_date),
+        Attribute("StudyTime", "TM", ST, study.c.study_time),
+        Attribute("AccessionNumber", "SH", ST, study.c.accession_number),
+        Attribute("StudyID", "SH", ST, study.c.study_id),
+        Attribute("StudyDescription", "LO", ST, study.c.study_description),
+        Attribute("ReferringPhysicianName", "PN", ST, study.c.referring_physician_name),
+        Attribute("SeriesInstanceUID", "UI", SE, series.c.series_instance_uid),
+        Attribute("Modality", "CS", SE, series.c.modality),
+        Attribute("SeriesNumber", "IS", SE, series.c.series_number),
+        Attribute("SeriesDescription", "LO", SE, series.c.series_description),
+        Attribute("BodyPartExamined", "CS", SE, series.c.body_part_examined),
+        Attribute("SeriesDate", "DA", SE, series.c.series_date),
+        Attribute("SeriesTime", "TM", SE, series.c.series_time),
+        Attribute("InstitutionName", "LO", SE, series.c.institution_name),
+        Attribute("StationName", "SH", SE, series.c.station_name),
+        Attribute("SOPInstanceUID", "UI", IM, instance.c.sop_instance_uid),
+        Attribute("SOPClassUID", "UI", IM, instance.c.sop_class_uid),
+        Attribute("InstanceNumber", "IS", IM, instance.c.instance_number),
+        Attribute("ContentDate", "DA", IM, instance.c.content_date),
+        Attribute("ContentTime", "TM", IM, instance.c.content_time),
+        Attribute("NumberOfFrames", "IS", IM, instance.c.number_of_frames),
+        Attribute("Rows", "US", IM, instance.c.rows),
+        Attribute("Columns", "US", IM, instance.c.columns),
+    )
+}
+
+# Computed attributes (PS3.4 C.3.4 / C.6.1.1.x) and the level they are asked at.
+COMPUTED: dict[str, tuple[str, frozenset[QueryLevel]]] = {
+    "NumberOfPatientRelatedStudies": ("IS", frozenset({P})),
+    "NumberOfPatientRelatedSeries": ("IS", frozenset({P})),
+    "NumberOfPatientRelatedInstances": ("IS", frozenset({P})),
+    "NumberOfStudyRelatedSeries": ("IS", frozenset({ST})),
+    "NumberOfStudyRelatedInstances": ("IS", frozenset({ST})),
+    "ModalitiesInStudy": ("CS", frozenset({ST})),
+    "NumberOfSeriesRelatedInstances": ("IS", frozenset({SE})),
+}
+
+_ENTITY = {P: patient, ST: study, SE: series, IM: instance}
+
+
+def _from_clause(level: QueryLevel) -> Any:
+    if level is P:
+        return patient
+    joined = study.join(patient, study.c.patient_pk == patient.c.pk)
+    if level is ST:
+        return joined
+    joined = series.join(study, series.c.study_pk == study.c.pk).join(
+        patient, study.c.patient_pk == patient.c.pk
+    )
+    if level is SE:
+        return joined
+    return (
+        instance.join(series, instance.c.series_pk == series.c.pk)
+        .join(study, series.c.study_pk == study.c.pk)
+        .join(patient, study.c.patient_pk == patient.c.pk)
+    )
+
+
+def _condition(attr: Attribute, matcher: Matcher) -> ColumnElement[bool] | None:
+    column = attr.match if attr.match is not None else attr.column
+    person_name = attr.vr == "PN"
+
+    def norm(value: str) -> str:
+        return value.upper() if person_name else value
+
+    if matcher.kind is MatchKind.UNIVERSAL:
+        return None
+    if attr.vr in ("IS", "US"):
+        return _numeric_condition(attr, matcher)
+    if matcher.kind is MatchKind.SINGLE:
+        return column == norm(matcher.values[0])  # type: ignore[no-any-return]
+    if matcher.kind is MatchKind.LIST:
+        return column.in_([norm(v) for v in matcher.values])  # type: ignore[no-any-return]
+    if matcher.kind is MatchKind.RANGE:
+        parts = []
+        if matcher.low:
+            parts.append(column >= matcher.low)
+        if matcher.high:
+            # A high bound matches everything it starts (2024 covers 20241231, 10 covers 10:59).
+            parts.append(column <= matcher.high + "\uffff")
+        return and_(column != "", *parts)
+    prefix = matcher.prefix
+    if prefix is not None:
+        prefix = norm(prefix)
+        return and_(column >= prefix, column < prefix_upper_bound(prefix))
+    return column.like(like_pattern(norm(matcher.values[0])), escape="\\")  # type: ignore[no-any-return]
+
+
+def _numeric_condition(attr: Attribute, matcher: Matcher) -> ColumnElement[bool] | None:
+    try:
+        if matcher.kind is MatchKind.SINGLE:
+            return attr.column == int(matcher.values[0])  # type: ignore[no-any-return]
+        if matcher.kind is MatchKind.LIST:
+            return attr.column.in_([int(v) for v in matcher.values])  # type: ignore[no-any-return]
+    except ValueError:
+        raise QueryError(f"{attr.keyword}: not an integer") from None
+    raise QueryError(f"{attr.keyword}: wildcards and ranges do not apply to numbers")
+
+
+def _computed(keyword: str) -> ScalarSelect[Any]:
+    count = func.count()
+    if keyword == "NumberOfPatientRelatedStudies":
+        q = select(count).select_from(study).where(study.c.patient_pk == patient.c.pk)
+    elif keyword == "NumberOfPatientRelatedSeries":
+        q = (
+            select(count)
+            .select_from(series.join(study, series.c.study_pk == study.c.pk))
+            .where(study.c.patient_pk == patient.c.pk)
+        )
+    elif keyword == "NumberOfPatientRelatedInstances":
+        q = (
+            select(count)
+            .select_from(
+                instance.join(series, instance.c.series_pk == series.c.pk).join(
+                    study, series.c.study_pk == study.c.pk
+                )
+            )
+            .where(study.c.patient_pk == patient.c.pk)
+        )
+    elif keyword == "NumberOfStudyRelatedSeries":
+        q = select(count).select_from(series).where(series.c.study_pk == study.c.pk)
+    elif keyword == "NumberOfStudyRelatedInstances":
+        q = (
+            select(count)
+            .select_from(instance.join(series, instance.c.series_pk == series.c.pk))
+            .where(series.c.study_pk == study.c.pk)
+        )
+    elif keyword == "NumberOfSeriesRelatedInstances":
+        q = select(count).select_from(instance).where(instance.c.series_pk == series.c.pk)
+    else:
+        raise ValueError(f"not a computed count: {keyword}")
+    return q.scalar_subquery()
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    values: dict[str, Any]
+    # DICOM JSON of the instance (IMAGE level, when keys beyond the columns are asked).
+    dataset_json: dict[str, Any] | None = None
+
+
+class QueryRepository:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def statement(
+        self,
+        level: QueryLevel,
+        filters: Mapping[str, Matcher],
+        return_keys: list[str],
+        *,
+        with_json: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Select[Any]:
+        entity = _ENTITY[level]
+        columns: list[Any] = [entity.c.pk]
+        for keyword in return_keys:
+            if (
+                keyword in ATTRIBUTES
+                and LEVEL_ORDER[ATTRIBUTES[keyword].level] <= LEVEL_ORDER[level]
+            ):
+                columns.append(ATTRIBUTES[keyword].column.label(keyword))
+            elif keyword in COMPUTED and level in COMPUTED[keyword][1]:
+                columns.append(self._computed_column(keyword).label(keyword))
+        if with_json and level is IM:
+            columns.append(instance.c.dataset_json)
+        query = select(*columns).select_from(_from_clause(level))
+        for keyword, matcher in filters.items():
+            condition = self._filter(level, keyword, matcher)
+            if condition is not None:
+                query = query.where(condition)
+        query = query.order_by(entity.c.pk).offset(offset)
+        if limit is not None:
+            query = query.limit(limit)
+        return query
+
+    def _computed_column(self, keyword: str) -> Any:
+        if keyword != "ModalitiesInStudy":
+            return _computed(keyword)
+        # The study's distinct modalities joined by backslashes (a multi-valued CS).
+        # A correlated scalar subquery: aggregates over the study's series only.
+        modality = distinct(series.c.modality)
+        if self.conn.dialect.name == "sqlite":
+            # SQLite's DISTINCT aggregate takes no separator; CS values hold no comma.
+            joined = func.replace(func.group_concat(modality), ",", "\\")
+        else:
+            joined = func.string_agg(modality, literal("\\"))
+        return (
+            select(joined)
+            .where(series.c.study_pk == study.c.pk, series.c.modality != "")
+            .scalar_subquery()
+        )
+
+    def _filter(
+        self, level: QueryLevel, keyword: str, matcher: Matcher
+    ) -> ColumnElement[bool] | None:
+        if keyword == "ModalitiesInStudy" and level is ST:
+            if matcher.kind is MatchKind.UNIVERSAL:
+                return None
+            if matcher.kind not in (MatchKind.SINGLE, MatchKind.LIST):
+                raise QueryError("ModalitiesInStudy: only single values or lists")
+            return exists(
+                select(literal(1))
+                .select_from(series)
+                .where(series.c.study_pk == study.c.pk, series.c.modality.in_(matcher.values))
+            )
+        attr = ATTRIBUTES.get(keyword)
+        if attr is None:
+            return None  # not held by the index: universal (returned empty)
+        if LEVEL_ORDER[attr.level] > LEVEL_ORDER[level]:
+            if matcher.kind is MatchKind.UNIVERSAL:
+                return None
+            raise QueryError(f"{keyword} is a {attr.level.value} key, not {level.value}")
+        return _condition(attr, matcher)
+
+    def find(
+        self,
+        level: QueryLevel,
+        filters: Mapping[str, Matcher],
+        return_keys: list[str],
+        *,
+        with_json: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> Iterator[QueryResult]:
+        query = self.statement(
+            level, filters, return_keys, with_json=with_json, limit=limit, offset=offset
+        )
+        for row in self.conn.execute(query):
+            values = dict(row._mapping)
+            values.pop("pk", None)
+            raw_json = values.pop("dataset_json", None)
+            yield QueryResult(values, json.loads(raw_json) if raw_json else None)

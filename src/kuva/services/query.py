@@ -1,0 +1,63 @@
+"""Query: find patients, studies, series or instances from the index alone.
+
+Shared by C-FIND and QIDO-RS. Key values are matched as PS3.4 C.2.2.2 says
+(model.query); every key is answered from index columns, computed counts, or, at
+the IMAGE level, the instance's DICOM JSON kept in the index: no blob is opened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from kuva.index.query import ATTRIBUTES, COMPUTED, QueryResult
+from kuva.index.uow import UnitOfWork
+from kuva.model.query import Matcher, QueryLevel, parse_matcher
+
+
+@dataclass(frozen=True)
+class FindRequest:
+    level: QueryLevel
+    keys: Mapping[str, str]  # keyword -> value as received (decoded), "" = universal
+    return_keys: tuple[str, ...]  # every keyword to answer, in the asked order
+    limit: int | None = None
+    offset: int = 0
+
+
+def vr_of(keyword: str) -> str | None:
+    if keyword in ATTRIBUTES:
+        return ATTRIBUTES[keyword].vr
+    if keyword in COMPUTED:
+        return COMPUTED[keyword][0]
+    return None
+
+
+class QueryService:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @staticmethod
+    def matchers(request: FindRequest) -> dict[str, Matcher]:
+        """Parse every key the index can match on (raises QueryError)."""
+        filters: dict[str, Matcher] = {}
+        for keyword, value in request.keys.items():
+            vr = vr_of(keyword)
+            if vr is not None:
+                filters[keyword] = parse_matcher(value, vr, keyword=keyword)
+        return filters
+
+    def find(self, request: FindRequest) -> Iterator[QueryResult]:
+        """Matching entities, in index order; the read transaction lasts the iteration."""
+        filters = self.matchers(request)
+        extra = any(vr_of(k) is None for k in request.return_keys)
+        with UnitOfWork(self._engine, write=False) as uow:
+            yield from uow.query.find(
+                request.level,
+                filters,
+                list(request.return_keys),
+                with_json=extra and request.level is QueryLevel.IMAGE,
+                limit=request.limit,
+                offset=request.offset,
+            )

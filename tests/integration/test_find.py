@@ -1,0 +1,292 @@
+"""C-FIND (PS3.4 C.4.1) against a running kuva with dcmtk's findscu."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+
+from tests.support.peers import dcmtk_available, dcmtk_env
+from tests.support.server import KuvaServer
+from tests.support.synthetic import finnish_test_pic, make_ct_series
+
+pytestmark = [
+    pytest.mark.dcmtk,
+    pytest.mark.skipif(not dcmtk_available(), reason="dcmtk not installed"),
+]
+
+FINNISH_NAME = "Äijälä^Öljy"
+ALICE_ID = finnish_test_pic(dt.date(1981, 1, 1), 900)
+BOB_ID = finnish_test_pic(dt.date(1975, 5, 5), 913)
+
+
+@dataclass
+class Archive:
+    server: KuvaServer
+    studies: dict[str, list[Dataset]]  # name -> instances
+    tmp: Path
+
+    def find(
+        self, model: str, *keys: str | bytes, extra: tuple[str, ...] = ()
+    ) -> tuple[list[Dataset], str]:
+        out = self.tmp / f"rsp-{generate_uid()[-12:]}"
+        out.mkdir()
+        args: list[str | bytes] = [
+            "findscu",
+            model,
+            "-X",
+            "-od",
+            str(out),
+            *extra,
+            "-aet",
+            "FINDER",
+            "-aec",
+            "KUVA",
+            "127.0.0.1",
+            str(self.server.dicom_port),
+        ]
+        for key in keys:
+            args += ["-k", key]
+        result = subprocess.run(args, capture_output=True, env=dcmtk_env(), timeout=60)
+        text = (result.stdout + result.stderr).decode("utf-8", "replace")
+        responses = [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+        return responses, text
+
+
+def store(server: KuvaServer, datasets: list[Dataset]) -> None:
+    ae = AE(ae_title="MODALITY1")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="KUVA")
+    for ds in datasets:
+        assert assoc.send_c_store(ds).Status == 0
+    assoc.release()
+
+
+@pytest.fixture
+def archive(kuva_server: Callable[..., KuvaServer], tmp_path: Path) -> Iterator[Archive]:
+    server = kuva_server()
+    ct = make_ct_series(
+        3,
+        rows=16,
+        cols=16,
+        patient_id=ALICE_ID,
+        patient_name=FINNISH_NAME,
+        accession_number="ACC001",
+        study_datetime=dt.datetime(2024, 1, 15, 9, 30),
+    )
+    mr_study = generate_uid()
+    mr = make_ct_series(
+        2,
+        rows=16,
+        cols=16,
+        patient_id=ALICE_ID,
+        patient_name=FINNISH_NAME,
+        study_uid=mr_study,
+        accession_number="ACC002",
+        study_datetime=dt.datetime(2024, 6, 20, 14, 0),
+    )
+    for ds in mr:
+        ds.Modality = "MR"
+    sr = make_ct_series(
+        1,
+        rows=16,
+        cols=16,
+        patient_id=ALICE_ID,
+        patient_name=FINNISH_NAME,
+        study_uid=mr_study,
+        accession_number="ACC002",
+        series_number=2,
+        study_datetime=dt.datetime(2024, 6, 20, 14, 0),
+    )
+    sr[0].Modality = "OT"
+    bob = make_ct_series(
+        2,
+        rows=16,
+        cols=16,
+        patient_id=BOB_ID,
+        patient_name="Testinen^Matti",
+        accession_number="ACC003",
+        study_datetime=dt.datetime(2023, 12, 1, 8, 0),
+    )
+    studies = {"ct": ct, "mr": mr + sr, "bob": bob}
+    for datasets in studies.values():
+        store(server, datasets)
+    yield Archive(server, studies, tmp_path)
+
+
+def uids(responses: list[Dataset], keyword: str = "StudyInstanceUID") -> set[str]:
+    return {str(r.get(keyword)) for r in responses}
+
+
+def test_study_level_by_patient_id_with_computed_attributes(archive: Archive) -> None:
+    responses, _ = archive.find(
+        "-S",
+        "QueryRetrieveLevel=STUDY",
+        f"PatientID={ALICE_ID}",
+        "StudyInstanceUID",
+        "NumberOfStudyRelatedInstances",
+        "NumberOfStudyRelatedSeries",
+        "ModalitiesInStudy",
+        "AccessionNumber",
+        "PatientComments",
+    )
+    by_accession = {r.AccessionNumber: r for r in responses}
+    assert set(by_accession) == {"ACC001", "ACC002"}
+    mr = by_accession["ACC002"]
+    assert mr.NumberOfStudyRelatedInstances == 3
+    assert mr.NumberOfStudyRelatedSeries == 2
+    assert set(mr.ModalitiesInStudy) == {"MR", "OT"}
+    assert mr.RetrieveAETitle == "KUVA"
+    assert "PatientComments" in mr and mr.PatientComments in ("", None)  # unknown: empty
+
+
+def test_person_name_wildcards_case_insensitive(archive: Archive) -> None:
+    responses, _ = archive.find(
+        "-S", "QueryRetrieveLevel=STUDY", "PatientName=testinen*", "StudyInstanceUID"
+    )
+    assert uids(responses) == {archive.studies["bob"][0].StudyInstanceUID}
+    responses, _ = archive.find(
+        "-S", "QueryRetrieveLevel=STUDY", "PatientName=T?STINEN^MATTI", "StudyInstanceUID"
+    )
+    assert len(responses) == 1
+
+
+def test_finnish_name_in_utf8(archive: Archive) -> None:
+    responses, _ = archive.find(
+        "-S",
+        "SpecificCharacterSet=ISO_IR 192",
+        "QueryRetrieveLevel=STUDY",
+        "PatientName=äijälä*".encode(),
+        "StudyInstanceUID",
+    )
+    assert len(responses) == 2
+    assert {str(r.PatientName) for r in responses} == {FINNISH_NAME}
+
+
+def test_finnish_name_in_latin1(archive: Archive) -> None:
+    responses, _ = archive.find(
+        "-S",
+        "SpecificCharacterSet=ISO_IR 100",
+        "QueryRetrieveLevel=STUDY",
+        "PatientName=ÄIJÄLÄ^ÖLJY".encode("latin-1"),
+        "StudyInstanceUID",
+    )
+    assert len(responses) == 2
+    assert all(r.SpecificCharacterSet == "ISO_IR 100" for r in responses)
+    assert {str(r.PatientName) for r in responses} == {FINNISH_NAME}
+
+
+@pytest.mark.parametrize(
+    ("dates", "expected"),
+    [
+        ("20240101-20240331", {"ct"}),
+        ("-20231231", {"bob"}),
+        ("20240601-", {"mr"}),
+        ("20240115", {"ct"}),
+        ("20231201-20240620", {"ct", "mr", "bob"}),
+    ],
+)
+def test_study_date_ranges(archive: Archive, dates: str, expected: set[str]) -> None:
+    responses, _ = archive.find(
+        "-S", "QueryRetrieveLevel=STUDY", f"StudyDate={dates}", "StudyInstanceUID"
+    )
+    assert uids(responses) == {archive.studies[n][0].StudyInstanceUID for n in expected}
+
+
+def test_uid_list_and_accession(archive: Archive) -> None:
+    ct, bob = archive.studies["ct"][0].StudyInstanceUID, archive.studies["bob"][0].StudyInstanceUID
+    responses, _ = archive.find("-S", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={ct}\\{bob}")
+    assert uids(responses) == {ct, bob}
+    responses, _ = archive.find(
+        "-S", "QueryRetrieveLevel=STUDY", "AccessionNumber=ACC003", "StudyInstanceUID"
+    )
+    assert uids(responses) == {bob}
+
+
+def test_series_and_image_levels(archive: Archive) -> None:
+    study = archive.studies["mr"][0].StudyInstanceUID
+    responses, _ = archive.find(
+        "-S",
+        "QueryRetrieveLevel=SERIES",
+        f"StudyInstanceUID={study}",
+        "Modality=MR",
+        "SeriesInstanceUID",
+        "NumberOfSeriesRelatedInstances",
+    )
+    [series] = responses
+    assert series.SeriesInstanceUID == archive.studies["mr"][0].SeriesInstanceUID
+    assert series.NumberOfSeriesRelatedInstances == 2
+
+    ct = archive.studies["ct"]
+    responses, _ = archive.find(
+        "-S",
+        "QueryRetrieveLevel=IMAGE",
+        f"StudyInstanceUID={ct[0].StudyInstanceUID}",
+        f"SeriesInstanceUID={ct[0].SeriesInstanceUID}",
+        "SOPInstanceUID",
+        "InstanceNumber",
+        "SliceThickness",
+        "ImageType",
+    )
+    assert uids(responses, "SOPInstanceUID") == {ds.SOPInstanceUID for ds in ct}
+    for response in responses:
+        sent = next(ds for ds in ct if ds.SOPInstanceUID == response.SOPInstanceUID)
+        assert response.InstanceNumber == sent.InstanceNumber
+        # Not an index column: answered from the DICOM JSON kept in the index.
+        assert float(response.SliceThickness) == float(sent.SliceThickness)
+        assert list(response.ImageType) == list(sent.ImageType)
+
+
+def test_patient_root(archive: Archive) -> None:
+    responses, _ = archive.find(
+        "-P",
+        "QueryRetrieveLevel=PATIENT",
+        "PatientName=*",
+        "PatientID",
+        "NumberOfPatientRelatedStudies",
+        "NumberOfPatientRelatedInstances",
+    )
+    by_id = {r.PatientID: r for r in responses}
+    assert by_id[ALICE_ID].NumberOfPatientRelatedStudies == 2
+    assert by_id[ALICE_ID].NumberOfPatientRelatedInstances == 6
+    assert by_id[BOB_ID].NumberOfPatientRelatedStudies == 1
+    responses, _ = archive.find(
+        "-P", "QueryRetrieveLevel=STUDY", f"PatientID={BOB_ID}", "StudyInstanceUID"
+    )
+    assert uids(responses) == {archive.studies["bob"][0].StudyInstanceUID}
+
+
+def test_bad_queries_refused(archive: Archive) -> None:
+    refused = "DataSetDoesNotMatchSOPClass"
+    for keys in (
+        ("QueryRetrieveLevel=PATIENT", "PatientID"),  # no PATIENT level in Study Root
+        ("QueryRetrieveLevel=STUDY", "Modality=CT"),  # a SERIES key at STUDY level
+        ("QueryRetrieveLevel=STUDY", "StudyDate=2024x"),  # not a date
+        ("QueryRetrieveLevel=WARD", "PatientID"),
+    ):
+        responses, text = archive.find("-S", *keys, extra=("-v",))
+        assert responses == [], keys
+        assert refused in text, (keys, text)
+
+
+def test_cancel(archive: Archive) -> None:
+    """C-CANCEL after the first response ends the search with status Cancel (0xFE00)."""
+    many = make_ct_series(150, rows=8, cols=8, patient_id=BOB_ID, patient_name="Testinen^Matti")
+    store(archive.server, many)
+    responses, text = archive.find(
+        "-S",
+        "QueryRetrieveLevel=IMAGE",
+        f"StudyInstanceUID={many[0].StudyInstanceUID}",
+        "SOPInstanceUID",
+        extra=("--cancel", "1", "-v"),
+    )
+    assert 1 <= len(responses) < 150
+    assert "Received Final Find Response (Cancel" in text, text[-2000:]
