@@ -13,8 +13,11 @@ from kuva import metrics
 from kuva.config import Settings
 from kuva.dicom.commitment import StorageCommitmentSCP
 from kuva.dicom.find_scp import FindSCP
+from kuva.dicom.retrieve_scp import RetrieveSCP
 from kuva.dicom.server import DicomServer
 from kuva.dicom.storage_scp import StorageSCP
+from kuva.dicomweb.metadata import metadata_router
+from kuva.dicomweb.qido import qido_router
 from kuva.index.database import make_engine, migrate, ping
 from kuva.index.group_commit import GroupCommitter
 from kuva.index.outbox import STATUSES
@@ -23,6 +26,7 @@ from kuva.services import commitment
 from kuva.services.commitment import CommitmentService
 from kuva.services.ingest import IngestService
 from kuva.services.query import QueryService
+from kuva.services.retrieve import RetrieveService
 from kuva.storage.filesystem import FileBlobStore
 from kuva.tasks.worker import TaskWorkers
 from kuva.web.app import create_app
@@ -52,17 +56,24 @@ class Archive:
         )
         self.commitment.on_enqueued = self.workers.wake
         self.commitment_scp = StorageCommitmentSCP(settings, self.commitment)
+        self.retrieve = RetrieveService(self.engine, self.blobs)
+        self.query = QueryService(self.engine)
         self.commitment.sender = self.commitment_scp
         self.dicom = DicomServer(
             settings,
             StorageSCP(settings, self.ingest, self.blobs),
             self.commitment_scp,
             self.blobs,
-            FindSCP(settings, QueryService(self.engine)),
+            FindSCP(settings, self.query),
+            RetrieveSCP(settings, self.retrieve),
         )
         self.http_app = create_app(
             {"index": lambda: ping(self.engine), "blobs": self.blobs.check},
             refresh_metrics=self.refresh_task_metrics,
+            routers=[
+                ("/dicom-web", qido_router(self.query)),
+                ("/dicom-web", metadata_router(self.query)),
+            ],
         )
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None

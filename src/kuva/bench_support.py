@@ -2,8 +2,10 @@
 
 ``prefill_index`` writes synthetic study-tree rows through the index repository
 (the same ``InstanceRepository.add`` the ingest service uses), in large
-transactions. The rows reference blob keys that do not exist: the result is a
-benchmark index, never an archive. It refuses to touch an index that is not empty.
+transactions; with ``fast=True`` it writes the same rows with ``kuva.index.bulk``
+(many rows per statement), which is what an index of a million instances needs.
+The rows reference blob keys that do not exist: the result is a benchmark index,
+never an archive. It refuses to touch an index that is not empty.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from rich.progress import Progress
 
 from kuva.config import LOCAL_ORGANIZATION_OID, load_settings
+from kuva.index.bulk import bulk_add
 from kuva.index.database import make_engine, migrate
 from kuva.index.instances import NewInstance
 from kuva.index.uow import UnitOfWork
@@ -31,6 +34,8 @@ EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 INSTANCES_PER_SERIES = 100
 SERIES_PER_STUDY = 4
 STUDIES_PER_PATIENT = 3
+STUDY_INTERVAL = timedelta(minutes=1)  # between consecutive synthetic studies
+SYNTHETIC_BASE = datetime(2020, 1, 1, tzinfo=UTC)  # the first synthetic study
 
 
 def _test_identity_code(number: int) -> str:
@@ -44,11 +49,13 @@ def _test_identity_code(number: int) -> str:
     return f"{digits[:6]}-{individual}{check}"
 
 
-def synthetic_instance(n: int, base: datetime) -> NewInstance:
+def synthetic_instance(
+    n: int, base: datetime, *, study_interval: timedelta = STUDY_INTERVAL
+) -> NewInstance:
     series_n, _ = divmod(n, INSTANCES_PER_SERIES)
     study_n, _ = divmod(series_n, SERIES_PER_STUDY)
     patient_n, _ = divmod(study_n, STUDIES_PER_PATIENT)
-    when = base + timedelta(minutes=study_n)
+    when = base + study_interval * study_n
     digest = hashlib.sha256(f"bench-{n}".encode()).hexdigest()
     attributes = InstanceAttributes(
         sop_class_uid=CT_IMAGE_STORAGE,
@@ -91,21 +98,42 @@ def synthetic_instance(n: int, base: datetime) -> NewInstance:
     )
 
 
-def prefill_index(config_path: str, n: int, batch: int = 2000) -> None:
-    """Write ``n`` synthetic instances into the (empty) index of ``config_path``."""
+def prefill_index(
+    config_path: str,
+    n: int,
+    batch: int = 2000,
+    *,
+    fast: bool = False,
+    study_interval: timedelta = STUDY_INTERVAL,
+) -> None:
+    """Write ``n`` synthetic instances into the (empty) index of ``config_path``.
+
+    ``fast``: through ``kuva.index.bulk.bulk_add`` (same rows, many per statement)
+    rather than one ``InstanceRepository.add`` per instance.
+    """
     settings = load_settings(config_path)
     engine = make_engine(settings.archive.resolved_database_url())
     migrate(engine)
     with UnitOfWork(engine, write=False) as uow:
         if uow.instances.count():
             raise RuntimeError("prefill_index only fills an empty index")
-    base = datetime(2020, 1, 1, tzinfo=UTC)
+    base = SYNTHETIC_BASE
+    if fast:
+        with Progress() as progress:
+            bar = progress.add_task("prefill index (bulk)", total=n)
+            bulk_add(
+                engine,
+                (synthetic_instance(i, base, study_interval=study_interval) for i in range(n)),
+                progress=lambda done: progress.update(bar, advance=done),
+            )
+        engine.dispose()
+        return
     with Progress() as progress:
         bar = progress.add_task("prefill index", total=n)
         for start in range(0, n, batch):
             with UnitOfWork(engine) as uow:
                 for i in range(start, min(start + batch, n)):
-                    uow.instances.add(synthetic_instance(i, base))
+                    uow.instances.add(synthetic_instance(i, base, study_interval=study_interval))
                 uow.commit()
             progress.update(bar, advance=min(batch, n - start))
     engine.dispose()

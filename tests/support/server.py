@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -134,7 +135,8 @@ class KuvaServer:
     def kill(self) -> None:
         """SIGKILL: the crash case."""
         if self.process is not None:
-            os.kill(self.process.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait()
             self.process = None
 

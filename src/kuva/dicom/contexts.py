@@ -6,10 +6,13 @@ from pydicom.uid import UID
 from pynetdicom import sop_class
 
 # Every transfer syntax a storage SCP is asked to take in; objects are stored in
-# the transfer syntax they arrive in, never re-encoded.
+# the transfer syntax they arrive in, never re-encoded. pynetdicom accepts the
+# first of these that a proposed context lists, so Explicit VR Little Endian comes
+# first: it keeps the VRs, and it is what most objects are stored in, so a C-GET
+# peer proposing several uncompressed syntaxes gets stored objects unchanged.
 STORAGE_TRANSFER_SYNTAXES: tuple[str, ...] = (
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
     "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
     "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
     "1.2.840.10008.1.2.4.50",  # JPEG Baseline (Process 1)
@@ -44,6 +47,19 @@ VERIFICATION = UID("1.2.840.10008.1.1")
 STORAGE_COMMITMENT_PUSH_MODEL = UID("1.2.840.10008.1.20.1")
 # Well-known SOP Instance of the Storage Commitment Push Model (PS3.4 J.3.5).
 STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE = UID("1.2.840.10008.1.20.1.1")
+
+# Query/Retrieve, retrieve side: SOP classes of the Patient Root (PS3.4 C.6.1) and
+# Study Root (PS3.4 C.6.2) information models.
+PATIENT_ROOT_MOVE = UID("1.2.840.10008.5.1.4.1.2.1.2")
+PATIENT_ROOT_GET = UID("1.2.840.10008.5.1.4.1.2.1.3")
+STUDY_ROOT_MOVE = UID("1.2.840.10008.5.1.4.1.2.2.2")
+STUDY_ROOT_GET = UID("1.2.840.10008.5.1.4.1.2.2.3")
+RETRIEVE_SOP_CLASSES: tuple[UID, ...] = (
+    PATIENT_ROOT_GET,
+    STUDY_ROOT_GET,
+    PATIENT_ROOT_MOVE,
+    STUDY_ROOT_MOVE,
+)
 
 
 def storage_sop_classes() -> list[UID]:

@@ -1,10 +1,10 @@
 """The DICOM listener: one pynetdicom application entity with kuva's services.
 
 Accepts C-ECHO, C-STORE for every storage SOP class of the standard, the
-Storage Commitment Push Model and C-FIND (Patient Root and Study Root). Only
-configured nodes may associate (A-ASSOCIATE-RJ, reason "calling AE title not
-recognized", PS3.8 9.3.4); with no nodes configured (the embedded default) any
-calling AE title is accepted into the local organisation.
+Storage Commitment Push Model, C-FIND, C-GET and C-MOVE (Patient Root and Study
+Root). Only configured nodes may associate (A-ASSOCIATE-RJ, reason "calling AE
+title not recognized", PS3.8 9.3.4); with no nodes configured (the embedded
+default) any calling AE title is accepted into the local organisation.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from kuva.dicom import status as st
 from kuva.dicom.commitment import StorageCommitmentSCP
 from kuva.dicom.contexts import (
     BASIC_TRANSFER_SYNTAXES,
+    RETRIEVE_SOP_CLASSES,
     STORAGE_COMMITMENT_PUSH_MODEL,
     STORAGE_TRANSFER_SYNTAXES,
     VERIFICATION,
@@ -30,6 +31,7 @@ from kuva.dicom.contexts import (
 )
 from kuva.dicom.find_scp import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, FindSCP
 from kuva.dicom.network import AssociationServer
+from kuva.dicom.retrieve_scp import RetrieveSCP, install_retrieve
 from kuva.dicom.storage_scp import StorageSCP, install_streaming_receive
 from kuva.storage import BlobStore
 
@@ -44,6 +46,7 @@ class DicomServer:
         commitment: StorageCommitmentSCP,
         blobs: BlobStore,
         find: FindSCP,
+        retrieve: RetrieveSCP,
     ) -> None:
         self._settings = settings
         self._storage = storage
@@ -64,10 +67,18 @@ class DicomServer:
         ae.add_supported_context(VERIFICATION, list(BASIC_TRANSFER_SYNTAXES))
         ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, list(BASIC_TRANSFER_SYNTAXES))
         for uid in storage_sop_classes():
-            ae.add_supported_context(uid, list(STORAGE_TRANSFER_SYNTAXES))
+            # Either role: a C-GET requester proposes the SCP role for the storage
+            # SOP classes it wants its objects in (SCP/SCU Role Selection, PS3.7 D.3.3.4).
+            ae.add_supported_context(
+                uid, list(STORAGE_TRANSFER_SYNTAXES), scu_role=True, scp_role=True
+            )
         for find_model in (PATIENT_ROOT_FIND, STUDY_ROOT_FIND):
             ae.add_supported_context(find_model, list(BASIC_TRANSFER_SYNTAXES))
         install_streaming_receive(ae, blobs)
+        # C-GET and C-MOVE (PS3.4 C.4.2, C.4.3): served by kuva's RetrieveSCP.
+        for retrieve_model in RETRIEVE_SOP_CLASSES:
+            ae.add_supported_context(retrieve_model, list(BASIC_TRANSFER_SYNTAXES))
+        install_retrieve(ae, retrieve)
         self.ae = ae
 
     def handlers(self) -> list[Any]:

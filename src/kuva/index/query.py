@@ -222,7 +222,7 @@ class QueryRepository:
     ) -> Select[Any]:
         entity = _ENTITY[level]
         columns: list[Any] = [entity.c.pk]
-        for keyword in return_keys:
+        for keyword in dict.fromkeys(return_keys):
             if (
                 keyword in ATTRIBUTES
                 and LEVEL_ORDER[ATTRIBUTES[keyword].level] <= LEVEL_ORDER[level]

@@ -11,6 +11,7 @@ from kuva.index.database import WRITE_OPTION
 from kuva.index.instances import InstanceRepository
 from kuva.index.outbox import TaskRepository
 from kuva.index.query import QueryRepository
+from kuva.index.retrieval import RetrievalRepository
 
 
 class UnitOfWork:
@@ -37,6 +38,7 @@ class UnitOfWork:
         self.tasks = TaskRepository(conn)
         self.commitments = CommitmentRepository(conn)
         self.query = QueryRepository(conn)
+        self.retrieval = RetrievalRepository(conn)
         return self
 
     def commit(self) -> None:

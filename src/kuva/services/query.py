@@ -7,7 +7,7 @@ the IMAGE level, the instance's DICOM JSON kept in the index: no blob is opened.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -48,10 +48,16 @@ class QueryService:
                 filters[keyword] = parse_matcher(value, vr, keyword=keyword)
         return filters
 
-    def find(self, request: FindRequest) -> Iterator[QueryResult]:
-        """Matching entities, in index order; the read transaction lasts the iteration."""
+    def find(
+        self, request: FindRequest, *, with_json: bool = False
+    ) -> Generator[QueryResult, None, None]:
+        """Matching entities, in index order; the read transaction lasts the iteration.
+
+        At the IMAGE level the instance's DICOM JSON comes along when a key beyond
+        the index columns is asked for, or when ``with_json`` says so.
+        """
         filters = self.matchers(request)
-        extra = any(vr_of(k) is None for k in request.return_keys)
+        extra = with_json or any(vr_of(k) is None for k in request.return_keys)
         with UnitOfWork(self._engine, write=False) as uow:
             yield from uow.query.find(
                 request.level,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 
@@ -89,6 +90,14 @@ class BlobStore(ABC):
     @abstractmethod
     def check(self) -> None:
         """Raise when the store cannot be written (for /healthz)."""
+
+    def local_path(self, key: str) -> Path | None:
+        """The blob as a file on a local filesystem, when the store keeps it as one.
+
+        Lets a sender hand the file to the network layer to read in chunks; a store
+        without local files returns None and the caller reads ``open`` instead.
+        """
+        return None
 
     def iter_chunks(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
         with self.open(key) as f:

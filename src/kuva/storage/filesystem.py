@@ -184,6 +184,9 @@ class FileBlobStore(BlobStore):
     def open(self, key: str) -> BinaryIO:
         return open(self.path_of(key), "rb")
 
+    def local_path(self, key: str) -> Path:
+        return self.path_of(key)
+
     def exists(self, key: str) -> bool:
         return self.path_of(key).is_file()
 

@@ -1,7 +1,8 @@
 """The ASGI application on the HTTP port (CONTRACT.md, "HTTP paths").
 
-``/healthz`` answers 200 when the index and the blob store answer, 503 with a JSON
-problem body otherwise; ``/metrics`` is the Prometheus text format.
+DICOMweb lives under ``/dicom-web`` (kuva.dicomweb). ``/healthz`` answers 200
+when the index and the blob store answer, 503 with a JSON problem body otherwise;
+``/metrics`` is the Prometheus text format.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from fastapi import FastAPI, Response
+from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -22,8 +23,11 @@ log = logging.getLogger(__name__)
 def create_app(
     health_checks: dict[str, Callable[[], None]],
     refresh_metrics: Callable[[], None] | None = None,
+    routers: list[tuple[str, APIRouter]] | None = None,
 ) -> FastAPI:
     app = FastAPI(title="kuva", version=__version__, docs_url=None, redoc_url=None)
+    for prefix, router in routers or []:
+        app.include_router(router, prefix=prefix)
 
     @app.get("/healthz")
     def healthz() -> Response:

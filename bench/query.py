@@ -1,0 +1,832 @@
+"""Query benchmark: study-level C-FIND and QIDO-RS on an index of a million instances.
+
+Usage::
+
+    .venv/bin/python bench/query.py [--instances N] [--database sqlite|postgresql|both]
+                                    [--queries Q] [--quick] [--explain]
+
+For each database (SQLite in a temporary folder; PostgreSQL at 127.0.0.1:5432 in a
+fresh ``kuva_bench_<random>`` database, dropped at the end):
+
+1. Prefill: N synthetic instances (1,000,000 by default; ``--quick`` 20,000) from
+   ``kuva.bench_support.synthetic_instance`` - 100 instances per series, 4 series
+   per study, 3 studies per patient - are written into the index without sending
+   any pixel data. By default with ``kuva.index.bulk.bulk_add`` (``--prefill
+   bulk``): the same patient/study/series/instance rows, with the same values and
+   keys, that ``InstanceRepository.add`` - the repository the ingest service
+   writes through - produces, but many rows per statement. A self-check at the
+   start writes a small index both ways and compares every row. ``--prefill
+   service`` writes through ``InstanceRepository.add`` itself (about 1 ms per
+   instance). Consecutive studies are ``--study-interval-hours`` apart (6), so a
+   one-week date range matches about 28 studies whatever N is. Then
+   ``kuva.index.bulk.analyze``: SQLite ``ANALYZE`` + ``PRAGMA optimize``,
+   PostgreSQL ``VACUUM (ANALYZE)`` (statistics, and the visibility map that
+   autovacuum would otherwise set in the middle of the measurement).
+2. A real ``kuva serve`` (tests.support.server.KuvaServer) is started on that index.
+3. Each query kind - PatientID, PatientName prefix (``Testinen^Potilas12*``,
+   matching about ten patients), StudyDate range of one week, AccessionNumber -
+   is asked Q times (200; ``--quick`` 40) with values drawn from the synthetic
+   data (seeded, the same values for every interface), after 10 warm-up queries:
+
+   * C-FIND, Study Root, STUDY level, with pynetdicom as the SCU on one open
+     association (TCP_NODELAY on, as kuva sets it on its sockets); each request
+     is timed until its final response, and separately until its first response.
+     Keys: StudyInstanceUID, PatientName, PatientID, StudyDate, AccessionNumber,
+     NumberOfStudyRelatedInstances, ModalitiesInStudy. One more row shows an SCU
+     that leaves Nagle's algorithm on.
+   * QIDO-RS ``GET /dicom-web/studies?<key>=<value>`` with httpx on one kept-alive
+     connection (the study attributes QIDO-RS returns by default). When the
+     server answers 404/405/501 the rows say "QIDO-RS: not available".
+   * service: the same C-FIND request to ``QueryService.find`` in this process,
+     no network - what the database and the query service take by themselves.
+
+   Every answer is checked against the synthetic data: the Study Instance UIDs
+   returned and the NumberOfStudyRelatedInstances of each must be exactly what
+   the generator implies ("answers" column; the first differences are printed),
+   so no timing is of an empty or wrong answer. Floors: C-ECHO on the same
+   association and ``GET /healthz``.
+
+The target is p95 < 20 ms for each query kind (C-FIND and QIDO-RS rows). The plan
+(SQLite ``EXPLAIN QUERY PLAN``, PostgreSQL ``EXPLAIN (ANALYZE, BUFFERS)``) of the
+C-FIND statement is printed for every kind that misses it, or for all with
+``--explain``. Nothing is written to the repository. The exit status is 1 when
+an answer was wrong, 0 otherwise (a missed target is a FAIL in the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import os
+import platform
+import random
+import re
+import secrets
+import shlex
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+for _path in (REPO, REPO / "src"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))  # tests.support (and kuva when not installed)
+
+import httpx  # noqa: E402
+from pydicom.dataset import Dataset  # noqa: E402
+from pynetdicom import AE, evt  # noqa: E402
+from pynetdicom.association import Association  # noqa: E402
+from pynetdicom.sop_class import (  # noqa: E402
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
+from sqlalchemy import Engine, create_engine, func, select, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+from tests.support.server import KuvaServer  # noqa: E402
+
+from kuva.bench_support import (  # noqa: E402
+    INSTANCES_PER_SERIES,
+    SERIES_PER_STUDY,
+    SYNTHETIC_BASE,
+    prefill_index,
+    synthetic_instance,
+)
+from kuva.config import load_settings  # noqa: E402
+from kuva.dicom.network import set_nodelay_handler  # noqa: E402
+from kuva.index.bulk import analyze, bulk_add  # noqa: E402
+from kuva.index.database import make_engine, migrate  # noqa: E402
+from kuva.index.schema import instance, patient, series, study  # noqa: E402
+from kuva.index.uow import UnitOfWork  # noqa: E402
+from kuva.model.query import QueryLevel  # noqa: E402
+from kuva.services.query import FindRequest, QueryService  # noqa: E402
+
+TARGET_P95_MS = 20.0
+WARMUP = 10
+SEED = 20_240_101
+CALLING_AET = "BENCH"
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+INSTANCES_PER_STUDY = INSTANCES_PER_SERIES * SERIES_PER_STUDY
+PENDING = (0xFF00, 0xFF01)
+CFIND_KEYS = (
+    "StudyInstanceUID",
+    "PatientName",
+    "PatientID",
+    "StudyDate",
+    "AccessionNumber",
+    "NumberOfStudyRelatedInstances",
+    "ModalitiesInStudy",
+)
+NUMBER_OF_STUDY_RELATED_INSTANCES = "00201208"
+STUDY_INSTANCE_UID = "0020000D"
+QIDO_UNAVAILABLE = (404, 405, 501)
+KINDS = ("PatientID", "PatientName prefix", "StudyDate 1 week", "AccessionNumber")
+
+# --------------------------------------------------------------------------- synthetic data
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """What the prefill wrote for one study (derived from the same generator)."""
+
+    uid: str
+    patient_id: str
+    patient_name: str
+    date: str
+    accession: str
+    instances: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    """One query: a key and its value, and what the answer must be."""
+
+    kind: str
+    keyword: str
+    value: str
+    expected: tuple[tuple[str, int], ...]  # (Study Instance UID, instances) of each match
+
+
+def synthetic_studies(instances: int, interval: timedelta) -> list[Study]:
+    """Every study ``prefill_index(config, instances)`` writes, in order."""
+    studies = []
+    for first in range(0, instances, INSTANCES_PER_STUDY):
+        attrs = synthetic_instance(first, SYNTHETIC_BASE, study_interval=interval).attributes
+        studies.append(
+            Study(
+                uid=attrs.study.study_instance_uid,
+                patient_id=attrs.patient.patient_id,
+                patient_name=attrs.patient.name,
+                date=attrs.study.study_date,
+                accession=attrs.study.accession_number,
+                instances=min(INSTANCES_PER_STUDY, instances - first),
+            )
+        )
+    return studies
+
+
+def _expect(kind: str, keyword: str, value: str, matching: Sequence[Study]) -> Query:
+    return Query(kind, keyword, value, tuple(sorted((s.uid, s.instances) for s in matching)))
+
+
+def make_queries(
+    studies: Sequence[Study], kind: str, count: int, rng: random.Random
+) -> list[Query]:
+    """``count`` queries of ``kind`` with values drawn from ``studies``."""
+    queries = []
+    candidates: list[str] = []
+    if kind == "PatientName prefix":
+        # Keep as many digits of the patient number as make ~10 patients match.
+        numbered = [(re.fullmatch(r"(.*?)(\d+)", s.patient_name), s) for s in studies]
+        top = max(int(m.group(2)) for m, _ in numbered if m)
+        digits = max(1, len(str(top)) - 1)
+        candidates = [
+            m.group(1) + m.group(2)[:digits] for m, _ in numbered if m and len(m.group(2)) >= digits
+        ]
+    for _ in range(count):
+        pick = rng.choice(studies)
+        if kind == "PatientID":
+            matching = [s for s in studies if s.patient_id == pick.patient_id]
+            queries.append(_expect(kind, "PatientID", pick.patient_id, matching))
+        elif kind == "PatientName prefix":
+            prefix = rng.choice(candidates)
+            matching = [s for s in studies if s.patient_name.upper().startswith(prefix.upper())]
+            queries.append(_expect(kind, "PatientName", prefix + "*", matching))
+        elif kind == "StudyDate 1 week":
+            low = pick.date
+            high = (datetime.strptime(low, "%Y%m%d") + timedelta(days=6)).strftime("%Y%m%d")
+            matching = [s for s in studies if low <= s.date <= high]
+            queries.append(_expect(kind, "StudyDate", f"{low}-{high}", matching))
+        elif kind == "AccessionNumber":
+            matching = [s for s in studies if s.accession == pick.accession]
+            queries.append(_expect(kind, "AccessionNumber", pick.accession, matching))
+        else:
+            raise ValueError(kind)
+    return queries
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclasses.dataclass
+class Row:
+    """One query kind on one interface."""
+
+    kind: str
+    interface: str
+    latencies_ms: list[float] = dataclasses.field(default_factory=list)
+    matches: list[int] = dataclasses.field(default_factory=list)
+    wrong: list[str] = dataclasses.field(default_factory=list)
+    note: str = ""
+    targeted: bool = True
+
+    def percentile(self, p: int) -> float:
+        if len(self.latencies_ms) < 2:
+            return self.latencies_ms[0] if self.latencies_ms else float("nan")
+        return statistics.quantiles(self.latencies_ms, n=100, method="inclusive")[p - 1]
+
+    @property
+    def slow(self) -> bool:
+        return self.targeted and bool(self.latencies_ms) and self.percentile(95) > TARGET_P95_MS
+
+
+@dataclasses.dataclass
+class DatabaseRun:
+    """Everything measured on one database."""
+
+    database: str
+    version: str = ""
+    prefill_s: float = 0.0
+    analyze_s: float = 0.0
+    counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    size_mb: float = 0.0
+    rows: list[Row] = dataclasses.field(default_factory=list)
+    plans: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    server_command: str = ""
+    server_problems: list[str] = dataclasses.field(default_factory=list)
+    note: str = ""
+
+
+# A runner asks one query; it answers (Study Instance UID, NumberOfStudyRelatedInstances)
+# of every match, or None when it has nothing to check (the floors).
+Runner = Callable[[Query], list[tuple[str, int]] | None]
+
+
+def _difference(query: Query, answer: list[tuple[str, int]]) -> str:
+    got, expected = sorted(answer), list(query.expected)
+    missing = [uid for uid, _ in expected if uid not in {u for u, _ in got}]
+    extra = [uid for uid, _ in got if uid not in {u for u, _ in expected}]
+    counts = [f"{u}: {n}" for u, n in got if (u, n) not in expected and u not in extra]
+    return (
+        f"{query.keyword}={query.value}: {len(got)} matches, expected {len(expected)}; "
+        f"missing {missing[:3]}, unexpected {extra[:3]}, wrong counts {counts[:3]}"
+    )
+
+
+def measure(
+    kind: str, interface: str, queries: Sequence[Query], warmup: Sequence[Query], run: Runner
+) -> Row:
+    """Time ``run`` on each query after the warm-up ones; check every answer."""
+    row = Row(kind, interface)
+    try:
+        for query in warmup:
+            run(query)
+        for query in queries:
+            started = time.perf_counter()
+            answer = run(query)
+            row.latencies_ms.append((time.perf_counter() - started) * 1000)
+            if answer is None:
+                continue
+            row.matches.append(len(answer))
+            if sorted(answer) != list(query.expected):
+                row.wrong.append(_difference(query, answer))
+    except Exception as error:  # a broken interface is a row note, not a crash
+        row.note = f"{type(error).__name__}: {error}"
+    return row
+
+
+# --------------------------------------------------------------------------- interfaces
+
+
+def _identifier(query: Query) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = ""
+    ds.PatientName = ""
+    ds.PatientID = ""
+    ds.StudyDate = ""
+    ds.AccessionNumber = ""
+    ds.add_new(0x00201208, "IS", None)  # NumberOfStudyRelatedInstances
+    ds.ModalitiesInStudy = ""
+    setattr(ds, query.keyword, query.value)
+    return ds
+
+
+def open_association(server: KuvaServer, *, nodelay: bool) -> Association | None:
+    """An association for C-FIND and C-ECHO; ``nodelay``: TCP_NODELAY on our socket,
+    as kuva sets it on its own (kuva.dicom.network)."""
+    ae = AE(ae_title=CALLING_AET)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_requested_context(Verification)
+    ae.dimse_timeout = ae.network_timeout = 120
+    handlers = [(evt.EVT_CONN_OPEN, set_nodelay_handler)] if nodelay else []
+    assoc = ae.associate(
+        "127.0.0.1", server.dicom_port, ae_title=server.ae_title, evt_handlers=handlers
+    )
+    return assoc if assoc.is_established else None
+
+
+def cfind_runner(assoc: Association, first_ms: list[float] | None = None) -> Runner:
+    """C-FIND on ``assoc``; ``first_ms`` collects the time to each first response."""
+
+    def run(query: Query) -> list[tuple[str, int]]:
+        matches: list[tuple[str, int]] = []
+        final = None
+        started = time.perf_counter()
+        for status, answer in assoc.send_c_find(
+            _identifier(query), StudyRootQueryRetrieveInformationModelFind
+        ):
+            if not status:
+                raise RuntimeError("C-FIND: no response (association aborted or timed out)")
+            if first_ms is not None and not matches:
+                first_ms.append((time.perf_counter() - started) * 1000)
+            if status.Status in PENDING:
+                uid = str(answer.get("StudyInstanceUID", "")) if answer else ""
+                value = answer.get("NumberOfStudyRelatedInstances") if answer else None
+                matches.append((uid, int(value) if value not in (None, "") else 0))
+            else:
+                final = status.Status
+        if final != 0x0000:
+            raise RuntimeError(f"C-FIND final status 0x{final or 0:04X}")
+        return matches
+
+    return run
+
+
+def cecho_runner(assoc: Association) -> Runner:
+    def run(query: Query) -> None:
+        status = assoc.send_c_echo()
+        if not status or status.Status != 0x0000:
+            raise RuntimeError("C-ECHO failed")
+
+    return run
+
+
+def qido_runner(client: httpx.Client) -> Runner:
+    def run(query: Query) -> list[tuple[str, int]]:
+        response = client.get("/dicom-web/studies", params={query.keyword: query.value})
+        if response.status_code == 204:
+            return []
+        if response.status_code != 200:
+            raise RuntimeError(f"QIDO-RS answered {response.status_code}: {response.text[:200]}")
+        matches = []
+        for item in response.json():
+            uid = (item.get(STUDY_INSTANCE_UID, {}).get("Value") or [""])[0]
+            count = (item.get(NUMBER_OF_STUDY_RELATED_INSTANCES, {}).get("Value") or [0])[0]
+            matches.append((str(uid), int(count)))
+        return matches
+
+    return run
+
+
+def healthz_runner(client: httpx.Client) -> Runner:
+    def run(query: Query) -> None:
+        client.get("/healthz").raise_for_status()
+
+    return run
+
+
+def service_runner(service: QueryService) -> Runner:
+    def run(query: Query) -> list[tuple[str, int]]:
+        request = FindRequest(
+            level=QueryLevel.STUDY,
+            keys={key: (query.value if key == query.keyword else "") for key in CFIND_KEYS},
+            return_keys=CFIND_KEYS,
+        )
+        return [
+            (
+                str(result.values["StudyInstanceUID"]),
+                int(result.values.get("NumberOfStudyRelatedInstances") or 0),
+            )
+            for result in service.find(request)
+        ]
+
+    return run
+
+
+def qido_available(client: httpx.Client, probe: Query) -> tuple[bool, str]:
+    """(usable, reason): 404/405/501 mean QIDO-RS is not there (yet)."""
+    try:
+        response = client.get("/dicom-web/studies", params={probe.keyword: probe.value})
+    except httpx.HTTPError as error:
+        return False, f"QIDO-RS: not available ({type(error).__name__}: {error})"
+    if response.status_code in QIDO_UNAVAILABLE:
+        return False, f"QIDO-RS: not available (HTTP {response.status_code})"
+    return True, ""
+
+
+# --------------------------------------------------------------------------- plans
+
+
+def explain(engine: Engine, query: Query) -> list[str]:
+    """The plan of the statement the query service runs for ``query`` (C-FIND keys)."""
+    request = FindRequest(
+        level=QueryLevel.STUDY,
+        keys={key: (query.value if key == query.keyword else "") for key in CFIND_KEYS},
+        return_keys=CFIND_KEYS,
+    )
+    filters = QueryService.matchers(request)
+    with UnitOfWork(engine, write=False) as uow:
+        statement = uow.query.statement(QueryLevel.STUDY, filters, list(CFIND_KEYS))
+        compiled = statement.compile(dialect=engine.dialect)
+        params: Any = (
+            tuple(compiled.params[name] for name in compiled.positiontup or ())
+            if compiled.positional
+            else compiled.params
+        )
+        lines = [f"-- {query.keyword}={query.value}"]
+        if engine.dialect.name == "sqlite":
+            plan = uow.conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", params).all()
+            depth: dict[int, int] = {0: 0}
+            for node, parent, _, detail in plan:
+                depth[node] = depth.get(parent, 0) + 1
+                lines.append("  " * depth[node] + str(detail))
+        else:
+            plan = uow.conn.exec_driver_sql(f"EXPLAIN (ANALYZE, BUFFERS) {compiled}", params).all()
+            lines.extend(str(line) for (line,) in plan)
+        return lines
+
+
+# --------------------------------------------------------------------------- one database
+
+
+def bulk_self_check(scratch: Path, instances: int = 1_000) -> str:
+    """Write ``instances`` synthetic instances with bulk_add and with the repository;
+    compare every row of the four tables. Returns a one-line verdict."""
+    engines = {}
+    for way in ("repository", "bulk"):
+        engines[way] = engine = make_engine(f"sqlite:///{scratch / f'check-{way}.sqlite'}")
+        migrate(engine)
+        rows = (synthetic_instance(i, SYNTHETIC_BASE) for i in range(instances))
+        if way == "bulk":
+            bulk_add(engine, rows, chunk_size=150)  # chunks end inside studies and series
+        else:
+            with UnitOfWork(engine) as uow:
+                for new in rows:
+                    uow.instances.add(new)
+                uow.commit()
+    tables = {}
+    for way, engine in engines.items():
+        with engine.connect() as conn:
+            tables[way] = [
+                conn.execute(select(table).order_by(table.c.pk)).all()
+                for table in (patient, study, series, instance)
+            ]
+        engine.dispose()
+    same = tables["repository"] == tables["bulk"]
+    verdict = "identical" if same else "DIFFERENT"
+    return (
+        f"prefill self-check: bulk_add rows {verdict} to InstanceRepository.add rows "
+        f"({instances} instances)"
+    )
+
+
+def table_counts(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {
+            table.name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+            for table in (patient, study, series, instance)
+        }
+
+
+def database_size_mb(engine: Engine, sqlite_file: Path | None) -> float:
+    if sqlite_file is not None:
+        files = [sqlite_file, Path(f"{sqlite_file}-wal")]
+        return sum(f.stat().st_size for f in files if f.exists()) / 1e6
+    with engine.connect() as conn:
+        database = conn.execute(select(func.current_database())).scalar_one()
+        return int(conn.execute(select(func.pg_database_size(database))).scalar_one()) / 1e6
+
+
+def database_version(engine: Engine) -> str:
+    if engine.dialect.name == "sqlite":
+        return f"SQLite {sqlite3.sqlite_version}"
+    with engine.connect() as conn:
+        return " ".join(str(conn.execute(select(func.version())).scalar_one()).split()[:2])
+
+
+@contextlib.contextmanager
+def postgres_database(admin_url: str) -> Iterator[str]:
+    """A fresh database for the run (dropped afterwards); yields its URL."""
+    name = f"kuva_bench_{secrets.token_hex(4)}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def run_database(database: str, options: Options, studies: Sequence[Study]) -> DatabaseRun:
+    result = DatabaseRun(database)
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kuva-query-")))
+        url = ""
+        if database == "postgresql":
+            try:
+                url = stack.enter_context(postgres_database(options.pg_admin_url))
+            except Exception as error:
+                result.note = f"PostgreSQL not available: {type(error).__name__}: {error}"
+                return result
+        server = KuvaServer(workdir, database_url=url)
+        print(
+            f"[{database}] prefilling {options.instances} instances ({options.prefill}) ...",
+            flush=True,
+        )
+        started = time.perf_counter()
+        prefill_index(
+            str(server.config_path),
+            options.instances,
+            fast=options.prefill == "bulk",
+            study_interval=options.study_interval,
+        )
+        result.prefill_s = time.perf_counter() - started
+        engine = make_engine(load_settings(server.config_path).archive.resolved_database_url())
+        stack.callback(engine.dispose)
+        started = time.perf_counter()
+        analyze(engine)
+        result.analyze_s = time.perf_counter() - started
+        result.counts = table_counts(engine)
+        result.size_mb = database_size_mb(engine, None if url else server.data_dir / "index.sqlite")
+        result.version = database_version(engine)
+        print(
+            f"[{database}] prefill {result.prefill_s:.1f} s, ANALYZE {result.analyze_s:.1f} s, "
+            f"rows {result.counts}, {result.size_mb:.0f} MB",
+            flush=True,
+        )
+
+        rng = random.Random(SEED)
+        queries = {kind: make_queries(studies, kind, options.queries, rng) for kind in KINDS}
+        warmups = {kind: make_queries(studies, kind, WARMUP, rng) for kind in KINDS}
+
+        server.start(timeout=options.server_timeout)
+        stack.callback(server.stop)
+        result.server_command = shlex.join(
+            ["python", "-m", "kuva", "serve", "--config", "<tmp>/kuva.toml"]
+        )
+
+        assoc = open_association(server, nodelay=True)
+        if assoc is None:
+            result.note = "C-FIND: association refused or failed"
+            return result
+        stack.callback(assoc.release)
+        client = stack.enter_context(
+            httpx.Client(
+                base_url=server.http,
+                headers={"Accept": "application/dicom+json"},
+                timeout=120,
+            )
+        )
+        service = QueryService(engine)
+        qido_ok, qido_note = qido_available(client, queries["AccessionNumber"][0])
+        if not qido_ok:
+            print(f"[{database}] {qido_note}", flush=True)
+
+        for kind in KINDS:
+            print(f"[{database}] {kind} ...", flush=True)
+            first_ms: list[float] = []
+            runner = cfind_runner(assoc, first_ms)
+            cfind = measure(kind, "C-FIND", queries[kind], warmups[kind], runner)
+            result.rows.append(cfind)
+            first = Row(kind, "C-FIND, to 1st response", targeted=False)
+            first.latencies_ms = first_ms[-len(cfind.latencies_ms) :] if cfind.latencies_ms else []
+            result.rows.append(first)
+            if qido_ok:
+                result.rows.append(
+                    measure(kind, "QIDO-RS", queries[kind], warmups[kind], qido_runner(client))
+                )
+            else:
+                result.rows.append(Row(kind, "QIDO-RS", note=qido_note))
+            service_row = measure(
+                kind, "service", queries[kind], warmups[kind], service_runner(service)
+            )
+            service_row.targeted = False
+            result.rows.append(service_row)
+        floor = queries["AccessionNumber"]
+        nagle = open_association(server, nodelay=False)
+        if nagle is not None:
+            row = measure(
+                "AccessionNumber",
+                "C-FIND, SCU without TCP_NODELAY",
+                floor[: max(1, options.queries // 4)],
+                floor[:WARMUP],
+                cfind_runner(nagle),
+            )
+            nagle.release()
+            row.targeted = False
+            result.rows.append(row)
+        for interface, runner in (
+            ("C-ECHO", cecho_runner(assoc)),
+            ("GET /healthz", healthz_runner(client)),
+        ):
+            row = measure("floor", interface, floor, floor[:WARMUP], runner)
+            row.targeted = False
+            result.rows.append(row)
+
+        result.server_problems = [
+            line
+            for line in server.log().splitlines()
+            if (" WARNING " in line or " ERROR " in line) and "no [[nodes]]" not in line
+        ]
+        slow = {row.kind for row in result.rows if row.slow}
+        for kind in KINDS:
+            if options.explain or kind in slow:
+                try:
+                    result.plans[kind] = explain(engine, queries[kind][0])
+                except Exception as error:
+                    result.plans[kind] = [f"EXPLAIN failed: {type(error).__name__}: {error}"]
+    return result
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _print_rows(header: list[str], rows: list[list[str]]) -> None:
+    """Aligned columns; a row shorter than the header runs its last cell on."""
+    widths = [len(title) for title in header]
+    for row in rows:
+        if len(row) == len(header):
+            widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+        else:
+            widths = [max(w, len(c)) for w, c in zip(widths, row[:-1], strict=False)] + widths[
+                len(row) - 1 :
+            ]
+    print("  ".join(title.ljust(w) for title, w in zip(header, widths, strict=True)).rstrip())
+    for row in rows:
+        cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=False)]
+        print("  ".join([*cells, row[-1]]).rstrip())
+
+
+def print_report(run: DatabaseRun, options: Options) -> None:
+    print()
+    title = f"{run.database}" + (f" ({run.version})" if run.version else "")
+    print(f"== {title}: study-level queries, {options.instances} instances indexed ==")
+    if run.note and not run.rows:
+        print(run.note)
+        return
+    counts = ", ".join(f"{name} {count}" for name, count in run.counts.items())
+    print(
+        f"prefill ({options.prefill}): {run.prefill_s:.1f} s "
+        f"({options.instances / run.prefill_s:,.0f} instances/s), "
+        f"ANALYZE/VACUUM {run.analyze_s:.1f} s; "
+        f"rows: {counts}; database {run.size_mb:.0f} MB"
+    )
+    header = [
+        "query kind",
+        "interface",
+        "n",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "matches/query",
+        "answers",
+        f"p95 < {TARGET_P95_MS:.0f} ms",
+    ]
+    rows: list[list[str]] = []
+    for row in run.rows:
+        if not row.latencies_ms:
+            rows.append([row.kind, row.interface, row.note or "no measurement"])
+            continue
+        mean = f"{statistics.fmean(row.matches):.1f}" if row.matches else "-"
+        if row.matches and min(row.matches) == 0:
+            mean += f" ({row.matches.count(0)} empty)"
+        answers = f"{len(row.wrong)} WRONG" if row.wrong else ("ok" if row.matches else "-")
+        if row.note:
+            answers += f"; stopped: {row.note}"
+        check = ("pass" if not row.slow else "FAIL") if row.targeted else "-"
+        rows.append(
+            [
+                row.kind,
+                row.interface,
+                str(len(row.latencies_ms)),
+                f"{row.percentile(50):.2f}",
+                f"{row.percentile(95):.2f}",
+                f"{row.percentile(99):.2f}",
+                mean,
+                answers,
+                check,
+            ]
+        )
+    _print_rows(header, rows)
+    for row in run.rows:
+        for wrong in row.wrong[:3]:
+            print(f"  wrong answer ({row.kind}, {row.interface}): {wrong}")
+    if run.note:
+        print(f"note: {run.note}")
+    print(f"server: {run.server_command}")
+    if run.server_problems:
+        print(f"server log, {len(run.server_problems)} warning/error line(s), the first ones:")
+        for line in run.server_problems[:5]:
+            print(f"    {line}")
+    for kind, plan in run.plans.items():
+        slow = any(row.slow for row in run.rows if row.kind == kind)
+        print(f"plan for {kind}{' (p95 over target)' if slow else ''}:")
+        for line in plan:
+            print(f"    {line}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    instances: int
+    databases: tuple[str, ...]
+    queries: int
+    prefill: str
+    study_interval: timedelta
+    explain: bool
+    pg_admin_url: str
+    server_timeout: float
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--instances", type=int, help="instances indexed (1000000; --quick 20000)")
+    parser.add_argument(
+        "--database", choices=("sqlite", "postgresql", "both"), default="both", help="(both)"
+    )
+    parser.add_argument(
+        "--queries", type=int, help="queries per kind and interface (200; --quick 40)"
+    )
+    parser.add_argument(
+        "--prefill",
+        choices=("bulk", "service"),
+        default="bulk",
+        help="bulk: kuva.index.bulk (default); service: InstanceRepository.add per instance",
+    )
+    parser.add_argument(
+        "--study-interval-hours", type=float, default=6.0, help="between synthetic studies (6)"
+    )
+    parser.add_argument("--explain", action="store_true", help="print every kind's query plan")
+    parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL, help=f"({PG_ADMIN_URL})")
+    parser.add_argument("--server-timeout", type=float, default=120.0, help="kuva start (120 s)")
+    parser.add_argument("--quick", action="store_true", help="small run for a smoke test")
+    args = parser.parse_args(argv)
+
+    def pick(value: int | None, normal: int, quick: int) -> int:
+        return value if value is not None else (quick if args.quick else normal)
+
+    instances = pick(args.instances, 1_000_000, 20_000)
+    queries = pick(args.queries, 200, 40)
+    if instances < INSTANCES_PER_STUDY or queries < 1:
+        parser.error(f"--instances must be at least {INSTANCES_PER_STUDY}, --queries at least 1")
+    return Options(
+        instances=instances,
+        databases=("sqlite", "postgresql") if args.database == "both" else (args.database,),
+        queries=queries,
+        prefill=args.prefill,
+        study_interval=timedelta(hours=args.study_interval_hours),
+        explain=args.explain,
+        pg_admin_url=args.pg_admin_url,
+        server_timeout=args.server_timeout,
+    )
+
+
+def command_line() -> str:
+    python = sys.executable
+    with contextlib.suppress(ValueError):
+        relative = os.path.relpath(python)
+        if not relative.startswith(".."):
+            python = relative
+    return shlex.join([python, *sys.argv])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_args(argv)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    begun = time.perf_counter()
+    studies = synthetic_studies(options.instances, options.study_interval)
+    with tempfile.TemporaryDirectory(prefix="kuva-query-check-") as scratch:
+        check = bulk_self_check(Path(scratch))
+    print(check, flush=True)
+    runs = []
+    for database in options.databases:
+        try:
+            runs.append(run_database(database, options, studies))
+        except Exception as error:  # one database failing leaves the other's table
+            runs.append(DatabaseRun(database, note=f"failed: {type(error).__name__}: {error}"))
+    print()
+    print(f"command: {command_line()}")
+    print(
+        f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}; client and server on loopback"
+    )
+    print(
+        f"data: {options.instances} instances = {len(studies)} studies of up to "
+        f"{INSTANCES_PER_STUDY} instances ({SERIES_PER_STUDY} series), a study every "
+        f"{options.study_interval.total_seconds() / 3600:g} h from "
+        f"{studies[0].date} to {studies[-1].date}; {options.queries} timed queries per row "
+        f"after {WARMUP} warm-up ones; matches/query = studies per answer"
+    )
+    print(check)
+    for run in runs:
+        print_report(run, options)
+    print(f"\ntotal {time.perf_counter() - begun:.0f} s")
+    return 1 if any(row.wrong for run in runs for row in run.rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
