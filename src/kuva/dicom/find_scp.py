@@ -10,6 +10,7 @@ otherwise UTF-8 (ISO_IR 192).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -74,6 +75,18 @@ def _charset(query: Dataset, values: list[str]) -> str:
     return str(asked) if asked else ""
 
 
+def _wait_for_network(assoc: Any, backlog: int = 4) -> None:
+    """Hold back while responses wait to be sent.
+
+    pynetdicom's network thread reads from the peer only when it has nothing left
+    to send, so answers produced faster than they go out would both pile up in
+    memory and hide a C-CANCEL until the search is over.
+    """
+    pending = getattr(getattr(assoc, "dul", None), "to_provider_queue", None)
+    while pending is not None and pending.qsize() > backlog and assoc.is_established:
+        time.sleep(0.0005)
+
+
 class FindSCP:
     def __init__(self, settings: Settings, query: QueryService) -> None:
         self._settings = settings
@@ -117,6 +130,7 @@ class FindSCP:
             results = self._query.find(find)
             count = 0
             for result in results:
+                _wait_for_network(event.assoc)
                 if event.is_cancelled:
                     log.info(
                         "C-FIND cancelled by %s after %d match(es)",

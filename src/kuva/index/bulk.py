@@ -25,7 +25,15 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select, text, update
 
 from kuva.index.database import WRITE_OPTION
-from kuva.index.instances import NewInstance, TreeConflict, _fit
+from kuva.index.instances import (
+    NewInstance,
+    TreeConflict,
+    instance_row,
+    merge_modalities,
+    patient_row,
+    series_row,
+    study_row,
+)
 from kuva.index.schema import instance, patient, series, study
 
 PatientKey = tuple[str, str]
@@ -39,88 +47,6 @@ class BulkCounts:
     studies: int = 0
     series: int = 0
     instances: int = 0
-
-
-def patient_row(new: NewInstance) -> dict[str, Any]:
-    p = new.attributes.patient
-    return _fit(
-        patient,
-        {
-            "patient_id": p.patient_id,
-            "issuer": p.issuer,
-            "patient_name": p.name,
-            "patient_name_norm": p.name.upper(),
-            "birth_date": p.birth_date,
-            "sex": p.sex,
-            "created_at": new.received_at,
-        },
-    )
-
-
-def study_row(new: NewInstance, patient_pk: int) -> dict[str, Any]:
-    s = new.attributes.study
-    return _fit(
-        study,
-        {
-            "study_instance_uid": s.study_instance_uid,
-            "patient_pk": patient_pk,
-            "study_date": s.study_date,
-            "study_time": s.study_time,
-            "accession_number": s.accession_number,
-            "study_id": s.study_id,
-            "study_description": s.description,
-            "referring_physician_name": s.referring_physician_name,
-            "organization_oid": new.organization_oid,
-            "created_at": new.received_at,
-            "last_received_at": new.received_at,
-        },
-    )
-
-
-def series_row(new: NewInstance, study_pk: int) -> dict[str, Any]:
-    s = new.attributes.series
-    return _fit(
-        series,
-        {
-            "series_instance_uid": s.series_instance_uid,
-            "study_pk": study_pk,
-            "modality": s.modality,
-            "series_number": s.series_number,
-            "series_description": s.description,
-            "body_part_examined": s.body_part_examined,
-            "series_date": s.series_date,
-            "series_time": s.series_time,
-            "institution_name": s.institution_name,
-            "station_name": s.station_name,
-            "created_at": new.received_at,
-        },
-    )
-
-
-def instance_row(new: NewInstance, series_pk: int) -> dict[str, Any]:
-    a = new.attributes
-    return _fit(
-        instance,
-        {
-            "sop_instance_uid": a.sop_instance_uid,
-            "series_pk": series_pk,
-            "sop_class_uid": a.sop_class_uid,
-            "instance_number": a.instance_number,
-            "content_date": a.content_date,
-            "content_time": a.content_time,
-            "number_of_frames": a.number_of_frames,
-            "rows": a.rows,
-            "columns": a.columns,
-            "transfer_syntax_uid": a.transfer_syntax_uid,
-            "blob_key": new.blob_key,
-            "size": new.size,
-            "sha256": new.sha256,
-            "received_at": new.received_at,
-            "source_ae": new.source_ae,
-            "organization_oid": new.organization_oid,
-            "dataset_json": a.dataset_json,
-        },
-    )
 
 
 _TOUCH_STUDY = (
@@ -238,7 +164,45 @@ def bulk_add(
                 loader.load(chunk)
             if progress is not None:
                 progress(len(chunk))
+        with conn.begin():
+            recount(conn)
         return loader.counts
+
+
+def recount(conn: Connection) -> None:
+    """Set the study and series counters from the rows (the repository keeps them
+    one insert at a time; a bulk load sets them once at the end)."""
+    conn.execute(
+        update(series).values(
+            number_of_instances=select(func.count())
+            .select_from(instance)
+            .where(instance.c.series_pk == series.c.pk)
+            .scalar_subquery()
+        )
+    )
+    conn.execute(
+        update(study).values(
+            number_of_series=select(func.count())
+            .select_from(series)
+            .where(series.c.study_pk == study.c.pk)
+            .scalar_subquery(),
+            number_of_instances=select(func.coalesce(func.sum(series.c.number_of_instances), 0))
+            .where(series.c.study_pk == study.c.pk)
+            .scalar_subquery(),
+        )
+    )
+    modalities: dict[int, str] = {}
+    for study_pk, modality in conn.execute(
+        select(series.c.study_pk, series.c.modality).order_by(series.c.pk)
+    ):
+        modalities[study_pk] = merge_modalities(modalities.get(study_pk, ""), modality)
+    if modalities:
+        conn.execute(
+            update(study)
+            .where(study.c.pk == bindparam("study_pk"))
+            .values(modalities_in_study=bindparam("m")),
+            [{"study_pk": pk, "m": m} for pk, m in modalities.items()],
+        )
 
 
 def analyze(engine: Engine) -> None:

@@ -96,11 +96,120 @@ _STUDY_ROW = select(study.c.pk, study.c.patient_pk).where(
 _SERIES_ROW = select(series.c.pk, series.c.study_pk).where(
     series.c.series_instance_uid == bindparam("uid")
 )
-_TOUCH_STUDY = (
+# Counters kept with every insert (PS3.4 C.3.4 computed attributes, index/query.py).
+_COUNT_INSTANCE_IN_SERIES = (
+    update(series)
+    .where(series.c.pk == bindparam("series_pk"))
+    .values(number_of_instances=series.c.number_of_instances + 1)
+)
+_COUNT_INSTANCE_IN_STUDY = (
     update(study)
     .where(study.c.pk == bindparam("study_pk"))
-    .values(last_received_at=bindparam("received_at"))
+    .values(
+        number_of_instances=study.c.number_of_instances + 1,
+        last_received_at=bindparam("received_at"),
+    )
 )
+_STUDY_MODALITIES = select(study.c.modalities_in_study).where(study.c.pk == bindparam("pk"))
+_COUNT_SERIES_IN_STUDY = (
+    update(study)
+    .where(study.c.pk == bindparam("study_pk"))
+    .values(
+        number_of_series=study.c.number_of_series + 1,
+        modalities_in_study=bindparam("modalities"),
+    )
+)
+
+
+def merge_modalities(existing: str, modality: str) -> str:
+    """ModalitiesInStudy after a series of ``modality`` joins (sorted, backslashes)."""
+    values = {m for m in existing.split("\\") if m}
+    if modality:
+        values.add(modality)
+    return "\\".join(sorted(values))[:64]
+
+
+# The rows InstanceRepository.add writes (also used by index.bulk for benchmarks).
+def patient_row(new: NewInstance) -> dict[str, Any]:
+    p = new.attributes.patient
+    return _fit(
+        patient,
+        {
+            "patient_id": p.patient_id,
+            "issuer": p.issuer,
+            "patient_name": p.name,
+            "patient_name_norm": p.name.upper(),
+            "birth_date": p.birth_date,
+            "sex": p.sex,
+            "created_at": new.received_at,
+        },
+    )
+
+
+def study_row(new: NewInstance, patient_pk: int) -> dict[str, Any]:
+    s = new.attributes.study
+    return _fit(
+        study,
+        {
+            "study_instance_uid": s.study_instance_uid,
+            "patient_pk": patient_pk,
+            "study_date": s.study_date,
+            "study_time": s.study_time,
+            "accession_number": s.accession_number,
+            "study_id": s.study_id,
+            "study_description": s.description,
+            "referring_physician_name": s.referring_physician_name,
+            "organization_oid": new.organization_oid,
+            "created_at": new.received_at,
+            "last_received_at": new.received_at,
+        },
+    )
+
+
+def series_row(new: NewInstance, study_pk: int) -> dict[str, Any]:
+    s = new.attributes.series
+    return _fit(
+        series,
+        {
+            "series_instance_uid": s.series_instance_uid,
+            "study_pk": study_pk,
+            "modality": s.modality,
+            "series_number": s.series_number,
+            "series_description": s.description,
+            "body_part_examined": s.body_part_examined,
+            "series_date": s.series_date,
+            "series_time": s.series_time,
+            "institution_name": s.institution_name,
+            "station_name": s.station_name,
+            "created_at": new.received_at,
+        },
+    )
+
+
+def instance_row(new: NewInstance, series_pk: int) -> dict[str, Any]:
+    a = new.attributes
+    return _fit(
+        instance,
+        {
+            "sop_instance_uid": a.sop_instance_uid,
+            "series_pk": series_pk,
+            "sop_class_uid": a.sop_class_uid,
+            "instance_number": a.instance_number,
+            "content_date": a.content_date,
+            "content_time": a.content_time,
+            "number_of_frames": a.number_of_frames,
+            "rows": a.rows,
+            "columns": a.columns,
+            "transfer_syntax_uid": a.transfer_syntax_uid,
+            "blob_key": new.blob_key,
+            "size": new.size,
+            "sha256": new.sha256,
+            "received_at": new.received_at,
+            "source_ae": new.source_ae,
+            "organization_oid": new.organization_oid,
+            "dataset_json": a.dataset_json,
+        },
+    )
 
 
 class InstanceRepository:
@@ -131,39 +240,58 @@ class InstanceRepository:
         Returns the new instance's key, or None when an instance with the same SOP
         Instance UID is already indexed (the caller decides what that means).
         Patient, study and series rows are created on first sight and otherwise
-        left as they are (corrections are a later, explicit step).
+        left as they are (corrections are a later, explicit step); the study's and
+        series' counters are kept in the same transaction.
         """
-        attrs = new.attributes
-        patient_pk = self._patient_pk(attrs, new.received_at)
-        study_pk = self._study_pk(attrs, patient_pk, new)
-        series_pk = self._series_pk(attrs, study_pk, new.received_at)
-        pk = insert_ignoring_conflict(
-            self.conn,
-            instance,
+        patient_pk, _ = self._get_or_create(
+            patient,
+            _PATIENT_ROW,
             {
-                "sop_instance_uid": attrs.sop_instance_uid,
-                "series_pk": series_pk,
-                "sop_class_uid": attrs.sop_class_uid,
-                "instance_number": attrs.instance_number,
-                "content_date": attrs.content_date,
-                "content_time": attrs.content_time,
-                "number_of_frames": attrs.number_of_frames,
-                "rows": attrs.rows,
-                "columns": attrs.columns,
-                "transfer_syntax_uid": attrs.transfer_syntax_uid,
-                "blob_key": new.blob_key,
-                "size": new.size,
-                "sha256": new.sha256,
-                "received_at": new.received_at,
-                "source_ae": new.source_ae,
-                "organization_oid": new.organization_oid,
-                "dataset_json": attrs.dataset_json,
+                "patient_id": new.attributes.patient.patient_id[:64],
+                "issuer": new.attributes.patient.issuer[:64],
             },
-            ["sop_instance_uid"],
+            patient_row(new),
+            ["patient_id", "issuer"],
         )
-        if pk is not None:
-            self.conn.execute(_TOUCH_STUDY, {"study_pk": study_pk, "received_at": new.received_at})
-        return int(pk) if pk is not None else None
+        study_pk, _ = self._get_or_create(
+            study,
+            _STUDY_ROW,
+            {"uid": new.attributes.study.study_instance_uid},
+            study_row(new, patient_pk),
+            ["study_instance_uid"],
+            (
+                "patient_pk",
+                patient_pk,
+                "Study Instance UID is already archived for another patient",
+            ),
+        )
+        series_pk, new_series = self._get_or_create(
+            series,
+            _SERIES_ROW,
+            {"uid": new.attributes.series.series_instance_uid},
+            series_row(new, study_pk),
+            ["series_instance_uid"],
+            ("study_pk", study_pk, "Series Instance UID is already archived in another study"),
+        )
+        pk = insert_ignoring_conflict(
+            self.conn, instance, instance_row(new, series_pk), ["sop_instance_uid"]
+        )
+        if pk is None:
+            return None
+        if new_series:
+            existing = self.conn.execute(_STUDY_MODALITIES, {"pk": study_pk}).scalar_one()
+            self.conn.execute(
+                _COUNT_SERIES_IN_STUDY,
+                {
+                    "study_pk": study_pk,
+                    "modalities": merge_modalities(existing, new.attributes.series.modality),
+                },
+            )
+        self.conn.execute(_COUNT_INSTANCE_IN_SERIES, {"series_pk": series_pk})
+        self.conn.execute(
+            _COUNT_INSTANCE_IN_STUDY, {"study_pk": study_pk, "received_at": new.received_at}
+        )
+        return int(pk)
 
     def _get_or_create(
         self,
@@ -173,8 +301,8 @@ class InstanceRepository:
         values: dict[str, Any],
         conflict_columns: list[str],
         parent: tuple[str, int, str] | None = None,
-    ) -> int:
-        """The key of the row found by ``lookup``, created from ``values`` when absent.
+    ) -> tuple[int, bool]:
+        """(key, created) of the row found by ``lookup``, created from ``values`` when absent.
 
         ``parent`` = (column, expected key, message): a row found under another
         parent is a TreeConflict. A row created meanwhile by another node (the insert
@@ -185,77 +313,9 @@ class InstanceRepository:
             if row is not None:
                 if parent is not None and getattr(row, parent[0]) != parent[1]:
                     raise TreeConflict(parent[2])
-                return int(row.pk)
+                return int(row.pk), False
             if attempt == 0:
                 pk = insert_ignoring_conflict(self.conn, table, values, conflict_columns)
                 if pk is not None:
-                    return int(pk)
+                    return int(pk), True
         raise RuntimeError(f"{table.name} row vanished while being created")  # pragma: no cover
-
-    def _patient_pk(self, attrs: InstanceAttributes, now: datetime) -> int:
-        p = attrs.patient
-        return self._get_or_create(
-            patient,
-            _PATIENT_ROW,
-            {"patient_id": p.patient_id[:64], "issuer": p.issuer[:64]},
-            {
-                "patient_id": p.patient_id,
-                "issuer": p.issuer,
-                "patient_name": p.name,
-                "patient_name_norm": p.name.upper(),
-                "birth_date": p.birth_date,
-                "sex": p.sex,
-                "created_at": now,
-            },
-            ["patient_id", "issuer"],
-        )
-
-    def _study_pk(self, attrs: InstanceAttributes, patient_pk: int, new: NewInstance) -> int:
-        s = attrs.study
-        return self._get_or_create(
-            study,
-            _STUDY_ROW,
-            {"uid": s.study_instance_uid},
-            {
-                "study_instance_uid": s.study_instance_uid,
-                "patient_pk": patient_pk,
-                "study_date": s.study_date,
-                "study_time": s.study_time,
-                "accession_number": s.accession_number,
-                "study_id": s.study_id,
-                "study_description": s.description,
-                "referring_physician_name": s.referring_physician_name,
-                "organization_oid": new.organization_oid,
-                "created_at": new.received_at,
-                "last_received_at": new.received_at,
-            },
-            ["study_instance_uid"],
-            (
-                "patient_pk",
-                patient_pk,
-                "Study Instance UID is already archived for another patient",
-            ),
-        )
-
-    def _series_pk(self, attrs: InstanceAttributes, study_pk: int, now: datetime) -> int:
-        s = attrs.series
-        return self._get_or_create(
-            series,
-            _SERIES_ROW,
-            {"uid": s.series_instance_uid},
-            {
-                "series_instance_uid": s.series_instance_uid,
-                "study_pk": study_pk,
-                "modality": s.modality,
-                "series_number": s.series_number,
-                "series_description": s.description,
-                "body_part_examined": s.body_part_examined,
-                "series_date": s.series_date,
-                "series_time": s.series_time,
-                "institution_name": s.institution_name,
-                "station_name": s.station_name,
-                "created_at": now,
-            },
-            ["series_instance_uid"],
-            ("study_pk", study_pk, "Series Instance UID is already archived in another study"),
-        )

@@ -4,7 +4,8 @@ Every matchable attribute is a column (index/schema.py); a wildcard with a singl
 trailing ``*`` becomes a range on the column so that the column's index answers it
 on SQLite and PostgreSQL alike. Person names match case-insensitively on their
 upper-cased copy (``patient_name_norm``), which also covers ä, ö and å. Computed
-attributes (PS3.4 C.3.4) are correlated counts over indexed foreign keys.
+attributes (PS3.4 C.3.4) are counters the index keeps with every insert (study and
+series rows); the patient-level ones sum the patient's studies.
 """
 
 from __future__ import annotations
@@ -19,13 +20,11 @@ from sqlalchemy import (
     Connection,
     Select,
     and_,
-    distinct,
     exists,
     func,
     literal,
     select,
 )
-from sqlalchemy.sql.expression import ScalarSelect
 
 from kuva.index.schema import instance, patient, series, study
 from kuva.model.query import (
@@ -164,39 +163,27 @@ def _numeric_condition(attr: Attribute, matcher: Matcher) -> ColumnElement[bool]
     raise QueryError(f"{attr.keyword}: wildcards and ranges do not apply to numbers")
 
 
-def _computed(keyword: str) -> ScalarSelect[Any]:
-    count = func.count()
+def _computed(keyword: str) -> Any:
+    """Computed attributes from the counters kept with every insert (index/instances.py)."""
+    if keyword == "NumberOfStudyRelatedSeries":
+        return study.c.number_of_series
+    if keyword == "NumberOfStudyRelatedInstances":
+        return study.c.number_of_instances
+    if keyword == "ModalitiesInStudy":
+        return study.c.modalities_in_study
+    if keyword == "NumberOfSeriesRelatedInstances":
+        return series.c.number_of_instances
     if keyword == "NumberOfPatientRelatedStudies":
-        q = select(count).select_from(study).where(study.c.patient_pk == patient.c.pk)
+        total: Any = func.count()
     elif keyword == "NumberOfPatientRelatedSeries":
-        q = (
-            select(count)
-            .select_from(series.join(study, series.c.study_pk == study.c.pk))
-            .where(study.c.patient_pk == patient.c.pk)
-        )
+        total = func.coalesce(func.sum(study.c.number_of_series), 0)
     elif keyword == "NumberOfPatientRelatedInstances":
-        q = (
-            select(count)
-            .select_from(
-                instance.join(series, instance.c.series_pk == series.c.pk).join(
-                    study, series.c.study_pk == study.c.pk
-                )
-            )
-            .where(study.c.patient_pk == patient.c.pk)
-        )
-    elif keyword == "NumberOfStudyRelatedSeries":
-        q = select(count).select_from(series).where(series.c.study_pk == study.c.pk)
-    elif keyword == "NumberOfStudyRelatedInstances":
-        q = (
-            select(count)
-            .select_from(instance.join(series, instance.c.series_pk == series.c.pk))
-            .where(series.c.study_pk == study.c.pk)
-        )
-    elif keyword == "NumberOfSeriesRelatedInstances":
-        q = select(count).select_from(instance).where(instance.c.series_pk == series.c.pk)
+        total = func.coalesce(func.sum(study.c.number_of_instances), 0)
     else:
-        raise ValueError(f"not a computed count: {keyword}")
-    return q.scalar_subquery()
+        raise ValueError(f"not a computed attribute: {keyword}")
+    return (
+        select(total).select_from(study).where(study.c.patient_pk == patient.c.pk)
+    ).scalar_subquery()
 
 
 @dataclass(frozen=True)
@@ -229,7 +216,7 @@ class QueryRepository:
             ):
                 columns.append(ATTRIBUTES[keyword].column.label(keyword))
             elif keyword in COMPUTED and level in COMPUTED[keyword][1]:
-                columns.append(self._computed_column(keyword).label(keyword))
+                columns.append(_computed(keyword).label(keyword))
         if with_json and level is IM:
             columns.append(instance.c.dataset_json)
         query = select(*columns).select_from(_from_clause(level))
@@ -241,23 +228,6 @@ class QueryRepository:
         if limit is not None:
             query = query.limit(limit)
         return query
-
-    def _computed_column(self, keyword: str) -> Any:
-        if keyword != "ModalitiesInStudy":
-            return _computed(keyword)
-        # The study's distinct modalities joined by backslashes (a multi-valued CS).
-        # A correlated scalar subquery: aggregates over the study's series only.
-        modality = distinct(series.c.modality)
-        if self.conn.dialect.name == "sqlite":
-            # SQLite's DISTINCT aggregate takes no separator; CS values hold no comma.
-            joined = func.replace(func.group_concat(modality), ",", "\\")
-        else:
-            joined = func.string_agg(modality, literal("\\"))
-        return (
-            select(joined)
-            .where(series.c.study_pk == study.c.pk, series.c.modality != "")
-            .scalar_subquery()
-        )
 
     def _filter(
         self, level: QueryLevel, keyword: str, matcher: Matcher

@@ -95,6 +95,11 @@ study = Table(
     Column("referring_physician_name", String(324), nullable=False, server_default=""),
     # Register holder: the organisation whose node archived the study.
     Column("organization_oid", String(64), nullable=False),
+    # Kept with every insert (same transaction), so that C-FIND / QIDO-RS answer
+    # NumberOfStudyRelated* and ModalitiesInStudy without counting (PS3.4 C.3.4).
+    Column("number_of_series", Integer, nullable=False, server_default="0"),
+    Column("number_of_instances", Integer, nullable=False, server_default="0"),
+    Column("modalities_in_study", String(64), nullable=False, server_default=""),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("last_received_at", UtcDateTime(), nullable=False),
     Index(None, "study_date"),
@@ -117,6 +122,7 @@ series = Table(
     Column("series_time", String(16), nullable=False, server_default=""),
     Column("institution_name", String(64), nullable=False, server_default=""),
     Column("station_name", String(16), nullable=False, server_default=""),
+    Column("number_of_instances", Integer, nullable=False, server_default="0"),
     Column("created_at", UtcDateTime(), nullable=False),
     Index(None, "modality"),
 )

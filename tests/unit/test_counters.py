@@ -1,0 +1,91 @@
+"""Study and series counters: kept with every insert, backfilled by migration 0002."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, insert, select
+
+from kuva.bench_support import synthetic_instance
+from kuva.index import schema
+from kuva.index.database import downgrade, make_engine, migrate
+from kuva.index.instances import (
+    instance_row,
+    merge_modalities,
+    patient_row,
+    series_row,
+    study_row,
+)
+from kuva.index.uow import UnitOfWork
+
+BASE = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def counters(engine: Engine) -> tuple[list[tuple[int, int, str]], list[int]]:
+    with engine.connect() as conn:
+        studies = conn.execute(
+            select(
+                schema.study.c.number_of_series,
+                schema.study.c.number_of_instances,
+                schema.study.c.modalities_in_study,
+            ).order_by(schema.study.c.pk)
+        ).all()
+        series = (
+            conn.execute(select(schema.series.c.number_of_instances).order_by(schema.series.c.pk))
+            .scalars()
+            .all()
+        )
+    return [tuple(row) for row in studies], list(series)  # type: ignore[misc]
+
+
+def test_merge_modalities() -> None:
+    assert merge_modalities("", "CT") == "CT"
+    assert merge_modalities("CT", "MR") == "CT\\MR"
+    assert merge_modalities("CT\\MR", "CT") == "CT\\MR"
+    assert merge_modalities("MR", "") == "MR"
+
+
+def test_counters_kept_with_each_insert(engine: Engine) -> None:
+    instances = [synthetic_instance(n, BASE) for n in range(0, 450)]  # 5 series, 2 studies
+    with UnitOfWork(engine) as uow:
+        for new in instances:
+            assert uow.instances.add(new) is not None
+        assert uow.instances.add(instances[0]) is None  # a duplicate counts nothing
+        uow.commit()
+    studies, series = counters(engine)
+    assert studies == [(4, 400, "CT"), (1, 50, "CT")]
+    assert series == [100, 100, 100, 100, 50]
+
+
+def test_migration_backfills_counters(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        migrate(engine)
+        downgrade(engine, "0001")
+        with engine.begin() as conn:  # rows as version 0001 knew them
+            old_study = {c.name for c in schema.study.c} - {
+                "number_of_series",
+                "number_of_instances",
+                "modalities_in_study",
+            }
+            for n in range(0, 150):
+                new = synthetic_instance(n, BASE)
+                if n == 0:
+                    p = conn.execute(
+                        insert(schema.patient).values(patient_row(new))
+                    ).inserted_primary_key[0]
+                    row = {k: v for k, v in study_row(new, p).items() if k in old_study}
+                    s = conn.execute(insert(schema.study).values(row)).inserted_primary_key[0]
+                if n % 100 == 0:
+                    srow = series_row(new, s)
+                    if n == 100:
+                        srow["modality"] = "MR"
+                    se = conn.execute(insert(schema.series).values(srow)).inserted_primary_key[0]
+                conn.execute(insert(schema.instance).values(instance_row(new, se)))
+        migrate(engine)
+        studies, series = counters(engine)
+        assert series == [100, 50]
+        assert studies[0][:2] == (2, 150)
+        assert set(studies[0][2].split("\\")) == {"CT", "MR"}
+    finally:
+        engine.dispose()
