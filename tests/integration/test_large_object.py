@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,18 +10,12 @@ import pydicom
 import pytest
 
 from tests.support.archive import expected_blob, index_rows
+from tests.support.memory import PeakRss
 from tests.support.peers import dcmtk_available, dcmtk_env
 from tests.support.server import KuvaServer
 from tests.support.synthetic import make_multiframe
 
 SIZE = 400 * 1024 * 1024
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 @pytest.mark.skipif(not dcmtk_available(), reason="dcmtk not installed")
@@ -34,30 +26,26 @@ def test_large_multiframe_streamed(
         pytest.skip("streaming does not depend on the index database")
     server = kuva_server()
     assert server.process is not None
-    pid = server.process.pid
     path = make_multiframe(tmp_path / "big.dcm", SIZE)
-    baseline = rss_kib(pid)
-    peak = [baseline]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_kib(pid))
-            time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    result = subprocess.run(
-        ["storescu", "-aet", "BIG", "-aec", "KUVA", "127.0.0.1", str(server.dicom_port), str(path)],
-        capture_output=True,
-        text=True,
-        env=dcmtk_env(),
-        timeout=300,
-    )
-    done.set()
-    sampler.join()
+    with PeakRss(server.process.pid) as rss:
+        result = subprocess.run(
+            [
+                "storescu",
+                "-aet",
+                "BIG",
+                "-aec",
+                "KUVA",
+                "127.0.0.1",
+                str(server.dicom_port),
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            env=dcmtk_env(),
+            timeout=300,
+        )
     assert result.returncode == 0, result.stdout + result.stderr
-    growth_mib = (peak[0] - baseline) / 1024
+    growth_mib = rss.growth_mib
     assert growth_mib < 100, f"server grew by {growth_mib:.0f} MiB receiving {SIZE >> 20} MiB"
 
     ds = pydicom.dcmread(path, stop_before_pixels=True)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import io
 import subprocess
-import threading
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,6 +37,7 @@ from pynetdicom.sop_class import (
 )
 
 from tests.support.archive import dataset_bytes, index_rows
+from tests.support.memory import PeakRss
 from tests.support.peers import (
     LOOPBACK,
     Orthanc,
@@ -574,13 +573,6 @@ def test_move_to_orthanc(
 LARGE = 300 * 1024 * 1024
 
 
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 def same_data_set(a: Path, b: Path) -> bool:
     """Compare the data sets of two Part 10 files in chunks (never whole in memory)."""
 
@@ -618,32 +610,19 @@ def test_get_large_object_streamed(
     [row] = index_rows(database_url).values()
     ds = pydicom.dcmread(path, stop_before_pixels=True)
 
-    pid = server.process.pid
-    baseline = rss_kib(pid)
-    peak = [baseline]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_kib(pid))
-            time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     out = tmp_path / "out"
-    result = getscu(
-        server,
-        out,
-        "-S",
-        QueryRetrieveLevel="IMAGE",
-        StudyInstanceUID=ds.StudyInstanceUID,
-        SeriesInstanceUID=ds.SeriesInstanceUID,
-        SOPInstanceUID=row.sop_instance_uid,
-    )
-    done.set()
-    sampler.join()
+    with PeakRss(server.process.pid) as rss:
+        result = getscu(
+            server,
+            out,
+            "-S",
+            QueryRetrieveLevel="IMAGE",
+            StudyInstanceUID=ds.StudyInstanceUID,
+            SeriesInstanceUID=ds.SeriesInstanceUID,
+            SOPInstanceUID=row.sop_instance_uid,
+        )
     assert result.returncode == 0, result.stdout + result.stderr
-    growth_mib = (peak[0] - baseline) / 1024
+    growth_mib = rss.growth_mib
     assert growth_mib < 100, f"server grew by {growth_mib:.0f} MiB sending {LARGE >> 20} MiB"
     [received] = sorted(out.iterdir())
     assert same_data_set(received, path)
