@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Integer, String, Table, bindparam, func, select, update
 
-from kuva.index.dialect import insert_ignoring_conflict as _insert_ignoring_conflict
+from kuva.index.dialect import insert_ignoring_conflict
 from kuva.index.schema import instance, patient, series, study
 from kuva.model.instance import InstanceAttributes
 
@@ -30,12 +30,6 @@ def _fit(table: Table, values: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(value, int) and type(column_type) is Integer and value not in _INT32:
             fitted[name] = None
     return fitted
-
-
-def insert_ignoring_conflict(
-    conn: Connection, table: Table, values: dict[str, Any], conflict_columns: list[str]
-) -> Any:
-    return _insert_ignoring_conflict(conn, table, _fit(table, values), conflict_columns)
 
 
 class TreeConflict(Exception):
