@@ -18,6 +18,8 @@ from kuva.dicom.server import DicomServer
 from kuva.dicom.storage_scp import StorageSCP
 from kuva.dicomweb.metadata import metadata_router
 from kuva.dicomweb.qido import qido_router
+from kuva.dicomweb.wado import wado_router
+from kuva.dicomweb.wado_uri import wado_uri_router
 from kuva.index.database import make_engine, migrate, ping
 from kuva.index.group_commit import GroupCommitter
 from kuva.index.outbox import STATUSES
@@ -73,8 +75,11 @@ class Archive:
             routers=[
                 ("/dicom-web", qido_router(self.query)),
                 ("/dicom-web", metadata_router(self.query)),
+                ("/dicom-web", wado_router(self.retrieve)),
+                ("", wado_uri_router(self.retrieve)),
             ],
         )
+        self.http_app.state.public_base_url = settings.http.base_url
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
 

@@ -65,6 +65,15 @@ class DicomSettings(BaseModel):
 class HttpSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8080
+    # The URL clients reach this listener at (e.g. behind a reverse proxy), used
+    # in RetrieveURL and BulkDataURI values; "" = taken from each request.
+    base_url: str = ""
+    # The organisation (register holder) that HTTP clients store for (STOW-RS).
+    # Plain HTTP carries no client identity; until mutual TLS maps certificates to
+    # organisations, one organisation is configured here. "" = the local
+    # organisation on the embedded default (no [[nodes]]); with nodes configured
+    # and this empty, STOW-RS is refused (403).
+    organization: str = ""
 
 
 class Hl7Settings(BaseModel):
@@ -161,6 +170,14 @@ class Settings(BaseSettings):
             return LOCAL_ORGANIZATION_OID
         return None
 
+    def http_organization(self) -> str | None:
+        """The organisation an HTTP client stores for, or None when none is configured."""
+        if self.http.organization:
+            return self.http.organization
+        if self.open_access:
+            return LOCAL_ORGANIZATION_OID
+        return None
+
 
 _CONFIG_FILE: dict[str, Path | None] = {"path": None}
 
@@ -187,6 +204,8 @@ def _check(settings: Settings) -> None:
             raise ValueError(
                 f"node {node.ae_title}: organization {node.organization} is not configured"
             )
+    if settings.http.organization and known and settings.http.organization not in known:
+        raise ValueError(f"http.organization {settings.http.organization} is not configured")
     titles = [node.ae_title for node in settings.nodes]
     if len(titles) != len(set(titles)):
         raise ValueError("node AE titles must be unique")

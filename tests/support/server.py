@@ -63,6 +63,9 @@ class KuvaServer:
     organizations: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     ae_title: str = "KUVA"
+    # Set [http] base_url to this server's own URL (for clients whose Host header
+    # carries no port, such as dicomweb-client).
+    public_url: bool = False
 
     def __post_init__(self) -> None:
         self.data_dir = self.workdir / "data"
@@ -79,6 +82,8 @@ class KuvaServer:
             "hl7": {"host": "127.0.0.1", "port": self.hl7_port},
             "tasks": {"poll_seconds": 0.2, "backoff_base_seconds": 0.2, "backoff_max_seconds": 1.0},
         }
+        if self.public_url:
+            sections["http"]["base_url"] = self.http
         for name, values in self.extra.items():
             sections.setdefault(name, {}).update(values)
         write_config(self.config_path, sections, self.nodes, self.organizations)

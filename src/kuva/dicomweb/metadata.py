@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from kuva.dicomweb.qido import DICOM_JSON, problem
+from kuva.dicomweb.urls import dicomweb_root
 from kuva.index.query import QueryResult
 from kuva.model.query import QueryLevel
 from kuva.services.query import FindRequest, QueryService
@@ -58,7 +59,7 @@ def metadata_router(query: QueryService) -> APIRouter:
         if first is None:
             results.close()
             return problem(404, "Not Found", "no such instances")
-        base = str(request.base_url).rstrip("/") + "/dicom-web"
+        base = dicomweb_root(request)
 
         def body() -> Iterator[bytes]:
             try:

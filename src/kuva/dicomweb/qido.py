@@ -16,6 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
+from kuva.dicomweb.urls import dicomweb_root
 from kuva.index.query import QueryResult
 from kuva.model.query import QueryError, QueryLevel
 from kuva.services.query import FindRequest, QueryService, vr_of
@@ -225,7 +226,7 @@ def qido_router(query: QueryService) -> APIRouter:
                 return problem(404, "Not Found", f"no such {level_of.value.lower()}")
         include_all = "all" in ",".join(request.query_params.getlist("includefield")).split(",")
         extra_keys = include_all and level is QueryLevel.IMAGE
-        base = str(request.base_url).rstrip("/") + "/dicom-web"
+        base = dicomweb_root(request)
         try:
             results = [
                 to_json(r, find.return_keys, include_all, base)
