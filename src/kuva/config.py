@@ -134,6 +134,7 @@ class Settings(BaseSettings):
     nodes: list[NodeSettings] = Field(default_factory=list)
 
     _toml_file: Path | None = None
+    _nodes_by_title: dict[str, NodeSettings] = {}
 
     @classmethod
     def settings_customise_sources(
@@ -155,11 +156,12 @@ class Settings(BaseSettings):
         """True on the embedded default: no nodes configured, any calling AE accepted."""
         return not self.nodes
 
+    def model_post_init(self, context: Any, /) -> None:
+        # Looked up on every association and every C-STORE: a dict, not a scan.
+        self._nodes_by_title = {node.ae_title: node for node in self.nodes}
+
     def node(self, ae_title: str) -> NodeSettings | None:
-        for node in self.nodes:
-            if node.ae_title == ae_title:
-                return node
-        return None
+        return self._nodes_by_title.get(ae_title)
 
     def organization_of(self, ae_title: str) -> str | None:
         """The OID of the organisation (register holder) a calling AE belongs to."""

@@ -23,8 +23,7 @@ from pynetdicom.events import Event
 
 from kuva.config import Settings
 from kuva.dicom import status as st
-from kuva.index.query import QueryResult
-from kuva.model.query import QueryError, QueryLevel
+from kuva.model.query import QueryError, QueryLevel, QueryResult
 from kuva.services.query import FindRequest, QueryService
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from kuva.dicomweb.qido import DICOM_JSON, problem
 from kuva.dicomweb.urls import dicomweb_root
-from kuva.index.query import QueryResult
-from kuva.model.query import QueryLevel
+from kuva.model.query import QueryLevel, QueryResult
 from kuva.services.query import FindRequest, QueryService
 
 _KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")

@@ -17,8 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from kuva.dicomweb.urls import dicomweb_root
-from kuva.index.query import QueryResult
-from kuva.model.query import QueryError, QueryLevel
+from kuva.model.query import QueryError, QueryLevel, QueryResult
 from kuva.services.query import FindRequest, QueryService, vr_of
 
 DICOM_JSON = "application/dicom+json"

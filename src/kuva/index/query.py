@@ -32,6 +32,7 @@ from kuva.model.query import (
     MatchKind,
     QueryError,
     QueryLevel,
+    QueryResult,
     like_pattern,
     prefix_upper_bound,
 )
@@ -184,13 +185,6 @@ def _computed(keyword: str) -> Any:
     return (
         select(total).select_from(study).where(study.c.patient_pk == patient.c.pk)
     ).scalar_subquery()
-
-
-@dataclass(frozen=True)
-class QueryResult:
-    values: dict[str, Any]
-    # DICOM JSON of the instance (IMAGE level, when keys beyond the columns are asked).
-    dataset_json: dict[str, Any] | None = None
 
 
 class QueryRepository:

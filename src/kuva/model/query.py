@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 
 class QueryLevel(Enum):
@@ -110,3 +111,12 @@ def like_pattern(pattern: str) -> str:
 def prefix_upper_bound(prefix: str) -> str:
     """The smallest string greater than every string starting with ``prefix``."""
     return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """One match of a query: the requested keys' values, from the index."""
+
+    values: dict[str, Any]
+    # DICOM JSON of the instance (IMAGE level, when keys beyond the columns are asked).
+    dataset_json: dict[str, Any] | None = None

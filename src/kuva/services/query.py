@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from kuva.index.query import ATTRIBUTES, COMPUTED, QueryResult
+from kuva.index.query import ATTRIBUTES, COMPUTED
 from kuva.index.uow import UnitOfWork
-from kuva.model.query import Matcher, QueryLevel, parse_matcher
+from kuva.model.query import Matcher, QueryLevel, QueryResult, parse_matcher
 
 
 @dataclass(frozen=True)
