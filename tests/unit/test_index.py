@@ -118,7 +118,7 @@ def test_migrate_creates_schema(database_url: str) -> None:
         assert "alembic_version" in tables
         migrate(engine)  # a second run is a no-op
         with engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_revision() == "0002"
+            assert MigrationContext.configure(conn).get_current_revision() == "0003"
     finally:
         engine.dispose()
 
@@ -355,3 +355,25 @@ def test_naive_datetime_is_refused(engine: Engine) -> None:
     """Registry times must be timezone-aware (UTC)."""
     with UnitOfWork(engine) as uow, pytest.raises(StatementError, match="naive datetime"):
         uow.instances.add(new_instance(attributes(1), received_at=datetime(2026, 1, 1)))
+
+
+def test_name_and_accession_prefix_use_the_index(engine: Engine) -> None:
+    """LIKE 'prefix%' can use the index on every database (migration 0003)."""
+    from sqlalchemy import text
+
+    queries = {
+        "ix_patient_patient_name_norm": (
+            "SELECT pk FROM patient WHERE patient_name_norm LIKE 'ÄIJ%'"
+        ),
+        "ix_study_accession_number": "SELECT pk FROM study WHERE accession_number LIKE 'ACC1%'",
+    }
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SET enable_seqscan = off"))
+            explain, ranged = "EXPLAIN ", "Index Cond"
+        else:
+            explain, ranged = "EXPLAIN QUERY PLAN ", "SEARCH"
+        for index, query in queries.items():
+            plan = " ".join(str(row) for row in conn.execute(text(explain + query)))
+            # A range on the index, not a full index scan with a filter.
+            assert index in plan and ranged in plan, plan

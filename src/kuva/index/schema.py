@@ -78,7 +78,9 @@ patient = Table(
     Column("sex", String(16), nullable=False, server_default=""),
     Column("created_at", UtcDateTime(), nullable=False),
     UniqueConstraint("patient_id", "issuer"),
-    Index(None, "patient_name_norm"),
+    # Pattern operators on PostgreSQL: a name prefix (``ÄIJ*``, LIKE 'ÄIJ%') uses the
+    # index under any database collation, and equality still does.
+    Index(None, "patient_name_norm", postgresql_ops={"patient_name_norm": "varchar_pattern_ops"}),
 )
 
 study = Table(
@@ -103,7 +105,7 @@ study = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("last_received_at", UtcDateTime(), nullable=False),
     Index(None, "study_date"),
-    Index(None, "accession_number"),
+    Index(None, "accession_number", postgresql_ops={"accession_number": "varchar_pattern_ops"}),
     Index(None, "organization_oid"),
     Index(None, "last_received_at"),
 )
