@@ -18,6 +18,7 @@ from kuva.dicom.server import DicomServer
 from kuva.dicom.storage_scp import StorageSCP
 from kuva.dicomweb.metadata import metadata_router
 from kuva.dicomweb.qido import qido_router
+from kuva.dicomweb.stow import stow_router
 from kuva.dicomweb.wado import wado_router
 from kuva.dicomweb.wado_uri import wado_uri_router
 from kuva.index.database import make_engine, migrate, ping
@@ -75,6 +76,7 @@ class Archive:
             routers=[
                 ("/dicom-web", qido_router(self.query)),
                 ("/dicom-web", metadata_router(self.query)),
+                ("/dicom-web", stow_router(self.ingest, self.blobs, settings.http_organization())),
                 ("/dicom-web", wado_router(self.retrieve)),
                 ("", wado_uri_router(self.retrieve)),
             ],

@@ -23,11 +23,13 @@ sees a broken multipart body rather than a complete-looking partial one.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import chain
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
@@ -36,6 +38,7 @@ from pydicom.uid import UID
 from kuva.dicom.bulkdata import (
     PIXEL_DATA,
     BulkDataError,
+    PixelData,
     check_frames,
     decoded_frames,
     element_value,
@@ -210,19 +213,7 @@ class Wado:
             pixels = check_frames(pixels, numbers)
         except BulkDataError as exc:
             raise WadoProblem(404, "Not Found", str(exc), "frames") from exc
-        try:
-            encoding = frame_encoding(str(pixels.transfer_syntax), pixels.encapsulated, accept)
-        except NotAcceptable as exc:
-            raise WadoProblem(406, "Not Acceptable", str(exc)) from exc
-        readable = pixels.encapsulated or pixels.native_little_endian
-        frames = (
-            stored_frames(obj.stream, pixels, numbers)
-            if encoding.as_stored and readable
-            else decoded_frames(obj.stream, pixels, numbers)
-        )
-        part_type = f"{encoding.media_type}; transfer-syntax={encoding.transfer_syntax}"
-        parts = (Part(part_type, (frame,), len(frame)) for frame in frames)
-        return _multipart(encoding.media_type, _first_then_rest(parts), encoding.transfer_syntax)
+        return _frames(obj, pixels, numbers, accept)
 
     def bulk(self, request: Request, keys: dict[str, str], tag_text: str) -> Response:
         if not _TAG.match(tag_text):
@@ -246,22 +237,44 @@ class Wado:
             _, pixels = read_header(stream)
         if pixels is None:
             raise WadoProblem(404, "Not Found", "the instance has no pixel data", "tag")
-        try:
-            encoding = frame_encoding(str(pixels.transfer_syntax), pixels.encapsulated, accept)
-        except NotAcceptable as exc:
-            raise WadoProblem(406, "Not Acceptable", str(exc)) from exc
         if pixels.native_little_endian and pixels.length is not None:
+            if not any(entry.accepts_part(OCTET_STREAM) for entry in accept):
+                raise WadoProblem(406, "Not Acceptable", f"native pixel data is {OCTET_STREAM}")
             part = Part(OCTET_STREAM, native_pixel_chunks(obj.stream, pixels), pixels.length)
             return _multipart(OCTET_STREAM, iter((part,)))
-        numbers = list(range(1, pixels.number_of_frames + 1))
-        frames = (
-            stored_frames(obj.stream, pixels, numbers)
-            if encoding.as_stored and pixels.encapsulated
-            else decoded_frames(obj.stream, pixels, numbers)
-        )
-        part_type = f"{encoding.media_type}; transfer-syntax={encoding.transfer_syntax}"
-        parts = (Part(part_type, (frame,), len(frame)) for frame in frames)
-        return _multipart(encoding.media_type, _first_then_rest(parts), encoding.transfer_syntax)
+        return _frames(obj, pixels, list(range(1, pixels.number_of_frames + 1)), accept)
+
+
+def _frames(
+    obj: StoredObject, pixels: PixelData, numbers: list[int], accept: list[Acceptable]
+) -> Response:
+    """Frames, one part each: as stored where the client takes that, else decoded."""
+    try:
+        encoding = frame_encoding(str(pixels.transfer_syntax), pixels.encapsulated, accept)
+    except NotAcceptable as exc:
+        raise WadoProblem(406, "Not Acceptable", str(exc)) from exc
+    readable = pixels.encapsulated or pixels.native_little_endian
+    frames = (
+        stored_frames(obj.stream, pixels, numbers)
+        if encoding.as_stored and readable
+        else decoded_frames(obj.stream, pixels, numbers)
+    )
+    part_type = f"{encoding.media_type}; transfer-syntax={encoding.transfer_syntax}"
+    parts = (Part(part_type, (frame,), len(frame)) for frame in frames)
+    return _multipart(encoding.media_type, _first_then_rest(parts), encoding.transfer_syntax)
+
+
+def answering_problems(endpoint: Callable[..., Response]) -> Callable[..., Response]:
+    """Turn a WadoProblem raised by ``endpoint`` into its JSON problem answer."""
+
+    @functools.wraps(endpoint)
+    def wrapper(*args: Any, **kwargs: Any) -> Response:
+        try:
+            return endpoint(*args, **kwargs)
+        except WadoProblem as exc:
+            return exc.response()
+
+    return wrapper
 
 
 def wado_router(retrieve: RetrieveService) -> APIRouter:
@@ -272,39 +285,29 @@ def wado_router(retrieve: RetrieveService) -> APIRouter:
         return {"StudyInstanceUID": study, "SeriesInstanceUID": series, "SOPInstanceUID": instance}
 
     @router.get("/studies/{study}")
+    @answering_problems
     def study(request: Request, study: str) -> Response:
-        try:
-            return wado.instances(request, QueryLevel.STUDY, {"StudyInstanceUID": study})
-        except WadoProblem as exc:
-            return exc.response()
+        return wado.instances(request, QueryLevel.STUDY, {"StudyInstanceUID": study})
 
     @router.get("/studies/{study}/series/{series}")
+    @answering_problems
     def series(request: Request, study: str, series: str) -> Response:
         keys = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
-        try:
-            return wado.instances(request, QueryLevel.SERIES, keys)
-        except WadoProblem as exc:
-            return exc.response()
+        return wado.instances(request, QueryLevel.SERIES, keys)
 
     @router.get("/studies/{study}/series/{series}/instances/{instance}")
+    @answering_problems
     def instance(request: Request, study: str, series: str, instance: str) -> Response:
-        try:
-            return wado.instances(request, QueryLevel.IMAGE, instance_keys(study, series, instance))
-        except WadoProblem as exc:
-            return exc.response()
+        return wado.instances(request, QueryLevel.IMAGE, instance_keys(study, series, instance))
 
     @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}")
+    @answering_problems
     def frames(request: Request, study: str, series: str, instance: str, frames: str) -> Response:
-        try:
-            return wado.frames(request, instance_keys(study, series, instance), frames)
-        except WadoProblem as exc:
-            return exc.response()
+        return wado.frames(request, instance_keys(study, series, instance), frames)
 
     @router.get("/studies/{study}/series/{series}/instances/{instance}/bulk/{tag}")
+    @answering_problems
     def bulk(request: Request, study: str, series: str, instance: str, tag: str) -> Response:
-        try:
-            return wado.bulk(request, instance_keys(study, series, instance), tag)
-        except WadoProblem as exc:
-            return exc.response()
+        return wado.bulk(request, instance_keys(study, series, instance), tag)
 
     return router

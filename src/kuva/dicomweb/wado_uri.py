@@ -24,7 +24,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydicom.uid import ExplicitVRLittleEndian
 
 from kuva.dicomweb.media import AS_STORED, DICOM, Acceptable, NotAcceptable, dicom_transfer_syntax
-from kuva.dicomweb.wado import WadoProblem, object_bytes, resolve
+from kuva.dicomweb.wado import WadoProblem, answering_problems, object_bytes, resolve
 from kuva.model.query import QueryLevel
 from kuva.model.uids import uid_problem
 from kuva.services.retrieve import RetrieveService
@@ -93,20 +93,18 @@ def wado_uri_router(retrieve: RetrieveService) -> APIRouter:
     router = APIRouter()
 
     @router.get("/wado")
+    @answering_problems
     def wado(request: Request) -> Response:
+        keys = _check(request)
+        instance = resolve(retrieve, QueryLevel.IMAGE, keys)[0]
+        wanted = request.query_params.get("transferSyntax") or ExplicitVRLittleEndian
         try:
-            keys = _check(request)
-            instance = resolve(retrieve, QueryLevel.IMAGE, keys)[0]
-            wanted = request.query_params.get("transferSyntax") or ExplicitVRLittleEndian
-            try:
-                target = dicom_transfer_syntax(
-                    instance.transfer_syntax_uid, [Acceptable(DICOM, DICOM, wanted, 1.0)]
-                )
-            except NotAcceptable as exc:
-                raise WadoProblem(406, "Not Acceptable", str(exc), "transferSyntax") from exc
-            chunks, length = object_bytes(retrieve.open(instance), target)
-        except WadoProblem as exc:
-            return exc.response()
+            target = dicom_transfer_syntax(
+                instance.transfer_syntax_uid, [Acceptable(DICOM, DICOM, wanted, 1.0)]
+            )
+        except NotAcceptable as exc:
+            raise WadoProblem(406, "Not Acceptable", str(exc), "transferSyntax") from exc
+        chunks, length = object_bytes(retrieve.open(instance), target)
         return StreamingResponse(
             chunks,
             media_type=DICOM,
