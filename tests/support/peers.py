@@ -2,7 +2,7 @@
 
 * :class:`StoreSCP`: dcmtk ``storescp`` writing what it receives to a folder.
 * :class:`Orthanc`: an Orthanc server with its own temporary configuration,
-  storage and ports.
+  storage and ports, optionally with its DICOMweb plugin loaded.
 * :func:`storescu` / :func:`echoscu`: run the dcmtk SCUs against a peer.
 
 dcmtk programs get ``TCP_NODELAY=1`` in their environment (dcmtk then disables
@@ -51,6 +51,7 @@ __all__ = [
     "free_port",
     "free_ports",
     "orthanc_available",
+    "orthanc_dicomweb_plugin",
     "stop_process_group",
     "store_response_counts",
     "storescu",
@@ -118,6 +119,32 @@ def dcmtk_available() -> bool:
 def orthanc_available() -> bool:
     """True if an ``Orthanc`` server binary is on PATH."""
     return shutil.which("Orthanc") is not None
+
+
+#: File name of Orthanc's DICOMweb plugin (Debian package ``orthanc-dicomweb``).
+_DICOMWEB_PLUGIN = "libOrthancDicomWeb.so"
+
+
+def orthanc_dicomweb_plugin() -> Path | None:
+    """The DICOMweb plugin of the installed Orthanc, or None when it is not installed.
+
+    Looked for where packages put Orthanc plugins relative to the ``Orthanc``
+    binary's prefix (``<prefix>/sbin/Orthanc``): ``<prefix>/share/orthanc/plugins``
+    (Debian's orthanc-dicomweb) and ``<prefix>/lib/orthanc``.
+    """
+    orthanc = shutil.which("Orthanc")
+    if orthanc is None:
+        return None
+    prefixes = dict.fromkeys([Path(orthanc).parent.parent, Path(orthanc).resolve().parent.parent])
+    for prefix in prefixes:
+        for folder in (prefix / "share" / "orthanc" / "plugins", prefix / "lib" / "orthanc"):
+            exact = folder / _DICOMWEB_PLUGIN
+            if exact.exists():
+                return exact
+            versioned = sorted(folder.glob(f"{_DICOMWEB_PLUGIN}.*"))
+            if versioned:
+                return versioned[-1]
+    return None
 
 
 def dcmtk_env() -> dict[str, str]:
@@ -304,6 +331,10 @@ class Orthanc(_ServerProcess):
     The server accepts C-STORE from any AE (``DicomAlwaysAllowStore``), serves
     REST on loopback only without authentication and stores files uncompressed.
 
+    ``dicomweb=True`` loads the DICOMweb plugin (:func:`orthanc_dicomweb_plugin`;
+    FileNotFoundError on entry when it is not installed) with its root at
+    ``/dicom-web/``: QIDO-RS, WADO-RS and STOW-RS (PS3.18) at :attr:`dicomweb_url`.
+
     Orthanc's DICOM side is dcmtk, which reads ``TCP_NODELAY`` from the
     environment too; without it each C-STORE response waits on Nagle's
     algorithm and a delayed ACK (about 20 instead of 140 CT slices/s measured
@@ -327,10 +358,12 @@ class Orthanc(_ServerProcess):
         modalities: Mapping[str, tuple[str, str, int]] | None = None,
         extra_config: Mapping[str, Any] | None = None,
         tcp_nodelay: bool = True,
+        dicomweb: bool = False,
         startup_timeout: float = 60.0,
     ) -> None:
         super().__init__()
         self.tcp_nodelay = tcp_nodelay
+        self.dicomweb = dicomweb
         self._given_workdir = Path(workdir) if workdir is not None else None
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
         self.aet = aet
@@ -347,6 +380,11 @@ class Orthanc(_ServerProcess):
     def url(self) -> str:
         """Base URL of the REST API."""
         return f"http://{LOOPBACK}:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """Root of the DICOMweb plugin's services (only served with ``dicomweb=True``)."""
+        return f"{self.url}/dicom-web"
 
     @property
     def config_path(self) -> Path:
@@ -381,6 +419,12 @@ class Orthanc(_ServerProcess):
             "SslEnabled": False,
             "SaveJobs": False,
         }
+        if self.dicomweb:
+            plugin = orthanc_dicomweb_plugin()
+            if plugin is None:
+                raise FileNotFoundError("Orthanc's DICOMweb plugin is not installed")
+            config["Plugins"] = [str(plugin)]
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "Ssl": False}
         config.update(self.extra_config)
         return config
 
@@ -389,10 +433,14 @@ class Orthanc(_ServerProcess):
             self._tempdir = tempfile.TemporaryDirectory(prefix="kuva-orthanc-")
             self.workdir = Path(self._tempdir.name)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(json.dumps(self.config(), indent=2))
         orthanc = shutil.which("Orthanc")
-        if orthanc is None:
-            raise FileNotFoundError("Orthanc is not installed")
+        try:
+            if orthanc is None:
+                raise FileNotFoundError("Orthanc is not installed")
+            self.config_path.write_text(json.dumps(self.config(), indent=2))
+        except FileNotFoundError:
+            self._cleanup()
+            raise
         env = dcmtk_env() if self.tcp_nodelay else os.environ
         process = self._launch([orthanc, str(self.config_path)], env)
         try:
@@ -444,6 +492,20 @@ class Orthanc(_ServerProcess):
         )
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read() or b"null")
+
+    def rest_put(self, path: str, body: bytes | str, *, timeout: float = 30.0) -> bytes:
+        """PUT a plain body to ``path`` (e.g. ``/tools/default-encoding``); return the answer."""
+        data = body.encode() if isinstance(body, str) else body
+        request = urllib.request.Request(self.url + path, data=data, method="PUT")
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            answer: bytes = response.read()
+            return answer
+
+    def rest_get_bytes(self, path: str, *, timeout: float = 60.0) -> bytes:
+        """GET ``path`` from the REST API; the raw body (e.g. of ``/instances/{id}/file``)."""
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+            body: bytes = response.read()
+            return body
 
     def instance_count(self) -> int:
         """Number of instances Orthanc holds (``/statistics`` CountInstances)."""
