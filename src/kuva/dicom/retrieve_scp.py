@@ -66,7 +66,7 @@ from kuva.dicom.contexts import (
     STUDY_ROOT_GET,
     STUDY_ROOT_MOVE,
 )
-from kuva.dicom.network import set_nodelay_handler
+from kuva.dicom.network import busy_polling, set_nodelay_handler
 from kuva.dicom.status import ERROR_COMMENT_MAX, SUCCESS
 from kuva.dicom.transcode import TranscodeError, choose, transcode
 from kuva.index.instances import StoredInstance
@@ -577,6 +577,19 @@ class RetrieveSCP:
     ) -> _Progress:
         """The C-STORE sub-operations, a Pending response after each, then the final one."""
         progress = _Progress(remaining=len(instances))
+        with busy_polling(service.assoc, sub_operations.assoc):
+            self._sub_operations(service, req, responder, sub_operations, instances, progress)
+        return progress
+
+    def _sub_operations(
+        self,
+        service: QueryRetrieveServiceClass,
+        req: C_GET | C_MOVE,
+        responder: _Responder,
+        sub_operations: _SubOperations,
+        instances: list[StoredInstance],
+        progress: _Progress,
+    ) -> None:
         assoc = service.assoc
         request_id = int(req.MessageID or 0)
         same_association = sub_operations.assoc is assoc
@@ -584,9 +597,9 @@ class RetrieveSCP:
             if service.is_cancelled(request_id):
                 log.info("retrieve %d cancelled by the peer (C-CANCEL)", request_id)
                 responder.final(CANCEL, progress)
-                return progress
+                return
             if not assoc.is_established:
-                return progress  # the requester went away: nobody to answer
+                return  # the requester went away: nobody to answer
             # Sub-operation Message IDs differ from the request's on the same association.
             msg_id = (request_id + index + 1) % 65536 if same_association else index + 1
             outcome, reason = sub_operations.store(instance, msg_id)
@@ -602,4 +615,3 @@ class RetrieveSCP:
                 responder.pending(progress)
         if assoc.is_established:
             responder.final(progress.final_status(), progress)
-        return progress
