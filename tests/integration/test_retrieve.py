@@ -570,7 +570,7 @@ def test_move_to_orthanc(
 
 # -- streaming ------------------------------------------------------------------------
 
-LARGE = 300 * 1024 * 1024
+LARGE = 1024 * 1024 * 1024  # the issue's 1 GB object
 
 
 def same_data_set(a: Path, b: Path) -> bool:
@@ -598,31 +598,36 @@ def same_data_set(a: Path, b: Path) -> bool:
         left, right = left[n:], right[n:]
 
 
-def test_get_large_object_streamed(
-    kuva_server: Callable[..., KuvaServer], database_url: str, tmp_path: Path
+@pytest.mark.parametrize("operation", ["get", "move"])
+def test_large_object_streamed(
+    kuva_server: Callable[..., KuvaServer], database_url: str, tmp_path: Path, operation: str
 ) -> None:
+    """A 1 GB object goes out by C-GET and by C-MOVE without being held in memory."""
     if not database_url.startswith("sqlite"):
         pytest.skip("streaming does not depend on the index database")
-    server = start(kuva_server)
-    assert server.process is not None
-    path = make_multiframe(tmp_path / "big.dcm", LARGE)
-    store(server, [path])
-    [row] = index_rows(database_url).values()
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-
     out = tmp_path / "out"
-    with PeakRss(server.process.pid) as rss:
-        result = getscu(
-            server,
-            out,
-            "-S",
-            QueryRetrieveLevel="IMAGE",
-            StudyInstanceUID=ds.StudyInstanceUID,
-            SeriesInstanceUID=ds.SeriesInstanceUID,
-            SOPInstanceUID=row.sop_instance_uid,
-        )
-    assert result.returncode == 0, result.stdout + result.stderr
+    out.mkdir()
+    with StoreSCP(out, aet=DESTINATION) as destination:
+        server = start(kuva_server, destination_port=destination.port)
+        assert server.process is not None
+        path = make_multiframe(tmp_path / "big.dcm", LARGE)
+        store(server, [path])
+        [row] = index_rows(database_url).values()
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        query = {
+            "QueryRetrieveLevel": "IMAGE",
+            "StudyInstanceUID": ds.StudyInstanceUID,
+            "SeriesInstanceUID": ds.SeriesInstanceUID,
+            "SOPInstanceUID": row.sop_instance_uid,
+        }
+        with PeakRss(server.process.pid) as rss:
+            if operation == "get":
+                result = getscu(server, out, "-S", **query)
+            else:
+                result = movescu(server, DESTINATION, "-S", **query)
+        assert result.returncode == 0, result.stdout + result.stderr
+        received = destination.received() if operation == "move" else sorted(out.iterdir())
     growth_mib = rss.growth_mib
     assert growth_mib < 100, f"server grew by {growth_mib:.0f} MiB sending {LARGE >> 20} MiB"
-    [received] = sorted(out.iterdir())
-    assert same_data_set(received, path)
+    [got] = received
+    assert same_data_set(got, path)
