@@ -81,6 +81,23 @@ class Hl7Settings(BaseModel):
     port: int = 2575
 
 
+class XdsSettings(BaseModel):
+    """XDS.b registry/repository and XDS-I.b imaging document source (kuva.xds)."""
+
+    # Repository Unique ID (ITI TF-3 4.2.3.2.18) of kuva's document repository, and
+    # the Retrieve Location UID of its imaging document source (RAD TF-3 4.68.4.1.2.3).
+    repository_unique_id: str = "1.2.246.10.0.10.1.1"
+    imaging_source_unique_id: str = "1.2.246.10.0.10.1.2"
+    home_community_id: str = "urn:oid:1.2.246.10.0.10.1"
+    # A patient is known to the registry (else XDSUnknownPatientId) when the index
+    # holds them, or when their assigning authority is one of these: the national
+    # identity register stands in for a patient identity feed. 1.2.246.21 = the
+    # Finnish personal identity code.
+    trusted_assigning_authorities: list[str] = Field(default_factory=lambda: ["1.2.246.21"])
+    # Largest SOAP request accepted (bytes); larger ones get a SOAP fault.
+    max_request_bytes: int = 64 * 1024 * 1024
+
+
 class RegistrationSettings(BaseModel):
     stable_seconds: int = 60
 
@@ -129,6 +146,7 @@ class Settings(BaseSettings):
     http: HttpSettings = Field(default_factory=HttpSettings)
     hl7: Hl7Settings = Field(default_factory=Hl7Settings)
     registration: RegistrationSettings = Field(default_factory=RegistrationSettings)
+    xds: XdsSettings = Field(default_factory=XdsSettings)
     tasks: TaskSettings = Field(default_factory=TaskSettings)
     organizations: list[OrganizationSettings] = Field(default_factory=list)
     nodes: list[NodeSettings] = Field(default_factory=list)
