@@ -24,7 +24,6 @@ sees a broken multipart body rather than a complete-looking partial one.
 from __future__ import annotations
 
 import functools
-import io
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -46,7 +45,8 @@ from kuva.dicom.bulkdata import (
     read_header,
     stored_frames,
 )
-from kuva.dicom.transcode import TranscodeError, transcode
+from kuva.dicom.outgoing import encoded
+from kuva.dicom.transcode import TranscodeError
 from kuva.dicomweb.media import (
     DICOM,
     OCTET_STREAM,
@@ -64,7 +64,6 @@ from kuva.services.retrieve import RetrieveError, RetrieveService, StoredObject,
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1024 * 1024
 _FRAME_LIST = re.compile(r"^\d+(,\d+)*$")
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 # Path parameters by the attribute they carry, to name them in a 400 answer.
@@ -113,33 +112,12 @@ def accepted(request: Request, default_part_type: str) -> list[Acceptable]:
         raise WadoProblem(400, "Bad Request", str(exc), "Accept") from exc
 
 
-def _blob_chunks(obj: StoredObject) -> Iterator[bytes]:
-    with obj.stream() as stream:
-        while chunk := stream.read(CHUNK):
-            yield chunk
-
-
-def object_bytes(obj: StoredObject, target: UID) -> tuple[Iterator[bytes], int]:
-    """The object as it goes out in ``target``: its chunks and its length.
-
-    As stored when nothing changes (streamed); otherwise decoded, coerced and
-    converted in memory (one object at a time).
-    """
-    if obj.verbatim and target == obj.instance.transfer_syntax_uid:
-        return _blob_chunks(obj), obj.instance.size
-    ds = transcode(obj.dataset(), target)
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    data = out.getvalue()
-    return iter((data,)), len(data)
-
-
 def object_parts(
     retrieve: RetrieveService, plan: list[tuple[StoredInstance, UID]]
 ) -> Iterator[Part]:
     for instance, target in plan:
         try:
-            chunks, length = object_bytes(retrieve.open(instance), target)
+            chunks, length = encoded(retrieve.open(instance), target)
         except (OSError, TranscodeError) as exc:
             log.error("WADO-RS: instance %s cannot be sent: %s", instance.sop_instance_uid, exc)
             raise

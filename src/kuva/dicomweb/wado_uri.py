@@ -23,8 +23,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydicom.uid import ExplicitVRLittleEndian
 
+from kuva.dicom.outgoing import encoded
 from kuva.dicomweb.media import AS_STORED, DICOM, Acceptable, NotAcceptable, dicom_transfer_syntax
-from kuva.dicomweb.wado import WadoProblem, answering_problems, object_bytes, resolve
+from kuva.dicomweb.wado import WadoProblem, answering_problems, resolve
 from kuva.model.query import QueryLevel
 from kuva.model.uids import uid_problem
 from kuva.services.retrieve import RetrieveService
@@ -104,7 +105,7 @@ def wado_uri_router(retrieve: RetrieveService) -> APIRouter:
             )
         except NotAcceptable as exc:
             raise WadoProblem(406, "Not Acceptable", str(exc), "transferSyntax") from exc
-        chunks, length = object_bytes(retrieve.open(instance), target)
+        chunks, length = encoded(retrieve.open(instance), target)
         return StreamingResponse(
             chunks,
             media_type=DICOM,
