@@ -86,3 +86,20 @@ class SoapResponse:
 
 
 Handler = Callable[[SoapRequest], SoapResponse]
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """One XDS transaction an endpoint serves, by its WS-Addressing action.
+
+    ``payload``: the payload element expected, in Clark notation (``{ns}local``).
+    ``handle``: answers a request whose payload is that element and valid per the
+    XDS schemas. ``invalid``: answers a request whose payload breaks the schemas
+    (the list holds the validation messages) with the transaction's own error
+    response (e.g. a RegistryResponse with XDSRegistryMetadataError), not a fault.
+    """
+
+    action: str
+    payload: str
+    handle: Handler
+    invalid: Callable[[SoapRequest, list[str]], SoapResponse]
