@@ -9,6 +9,7 @@ from sqlalchemy import Connection, Engine
 from kuva.index.commitments import CommitmentRepository
 from kuva.index.database import WRITE_OPTION
 from kuva.index.instances import InstanceRepository
+from kuva.index.manifests import ManifestRepository
 from kuva.index.outbox import TaskRepository
 from kuva.index.query import QueryRepository
 from kuva.index.retrieval import RetrievalRepository
@@ -39,6 +40,7 @@ class UnitOfWork:
         self.commitments = CommitmentRepository(conn)
         self.query = QueryRepository(conn)
         self.retrieval = RetrievalRepository(conn)
+        self.manifests = ManifestRepository(conn)
         return self
 
     def commit(self) -> None:
