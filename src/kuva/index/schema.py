@@ -197,3 +197,142 @@ task = Table(
     Index(None, "kind", "status"),
     Index(None, "subject"),
 )
+
+# --- XDS.b Document Registry (ITI TF-3 4.1-4.3; kuva.index.registry) ---
+#
+# Every registry object (DocumentEntry, SubmissionSet, Folder, Association) is a
+# row of xds_object, with its ebRIM XML as registered (answers of ITI-18 LeafClass
+# queries are made of it) and what the registry's rules look it up by. The
+# attributes the stored queries match on (ITI TF-2a 3.18.4.1.2.3.7) are columns
+# of one table per kind, sharing xds_object's pk; multi-valued ones are rows of
+# child tables. FindDocuments (patient, and often classCode and a creationTime
+# range) reads one composite index led by the patient id. Status values, object
+# types and association types are the full URNs of the standard. DTM attributes
+# are 14 digits, UTC, the first second of the period sent (model.xds.dtm_instant),
+# so that they order as instants.
+
+LONG_NAME = 256  # ebRIM 3.0 LongName (rim.xsd): codes, schemes, slot values
+OID = 64
+UUID_URN = 64  # "urn:uuid:" + 36
+DTM = 14
+
+xds_object = Table(
+    "xds_object",
+    metadata,
+    Column("pk", PK, primary_key=True),
+    Column("entry_uuid", String(UUID_URN), nullable=False, unique=True),
+    # DocumentEntry | SubmissionSet | Folder | Association (model.xds.ObjectKind).
+    Column("kind", String(16), nullable=False),
+    Column("object_type", String(128), nullable=False),  # ebRIM objectType
+    Column("logical_id", String(UUID_URN), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("status", String(64), nullable=False),  # availabilityStatus URN
+    Column("unique_id", String(128), nullable=True),  # not for Associations
+    # CX.1 and the CX.4 OID of patientId; NULL for Associations.
+    Column("patient_id", String(64), nullable=True),
+    Column("patient_authority", String(OID), nullable=True),
+    Column("organization_oid", String(OID), nullable=False),  # register holder
+    Column("ebxml", Text, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_xds_object_unique_id", "unique_id"),
+    Index("ix_xds_object_patient", "patient_id", "patient_authority", "kind"),
+)
+
+xds_document_entry = Table(
+    "xds_document_entry",
+    metadata,
+    Column("pk", PK, ForeignKey("xds_object.pk"), primary_key=True),
+    Column("patient_id", String(64), nullable=False),
+    Column("patient_authority", String(OID), nullable=False),
+    Column("class_code", String(LONG_NAME), nullable=False),
+    Column("class_code_scheme", String(LONG_NAME), nullable=False),
+    Column("type_code", String(LONG_NAME), nullable=False),
+    Column("type_code_scheme", String(LONG_NAME), nullable=False),
+    Column("practice_setting_code", String(LONG_NAME), nullable=False),
+    Column("practice_setting_code_scheme", String(LONG_NAME), nullable=False),
+    Column("healthcare_facility_type_code", String(LONG_NAME), nullable=False),
+    Column("healthcare_facility_type_code_scheme", String(LONG_NAME), nullable=False),
+    Column("format_code", String(LONG_NAME), nullable=False),
+    Column("format_code_scheme", String(LONG_NAME), nullable=False),
+    Column("creation_time", String(DTM), nullable=False),
+    Column("service_start_time", String(DTM), nullable=True),
+    Column("service_stop_time", String(DTM), nullable=True),
+    Column("mime_type", String(LONG_NAME), nullable=False),
+    Column("hash", String(40), nullable=False),  # SHA-1, lower-case hex
+    Column("size", BigInteger, nullable=False),
+    Column("repository_unique_id", String(OID), nullable=False),
+    Column("document_availability", String(64), nullable=False),
+    Column("language_code", String(LONG_NAME), nullable=False),
+    Index(
+        "ix_xds_document_entry_find",
+        "patient_id",
+        "patient_authority",
+        "class_code",
+        "creation_time",
+    ),
+)
+
+# Multi-valued codes: eventCodeList and confidentialityCode of DocumentEntries,
+# codeList of Folders; ``kind`` is the attribute's name.
+xds_code = Table(
+    "xds_code",
+    metadata,
+    Column("pk", PK, primary_key=True),
+    Column("object_pk", ForeignKey("xds_object.pk"), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("code", String(LONG_NAME), nullable=False),
+    Column("scheme", String(LONG_NAME), nullable=False),
+    Index("ix_xds_code_object", "object_pk", "kind", "code"),
+)
+
+# authorPerson of DocumentEntries and SubmissionSets (one row per author).
+xds_author = Table(
+    "xds_author",
+    metadata,
+    Column("pk", PK, primary_key=True),
+    Column("object_pk", ForeignKey("xds_object.pk"), nullable=False),
+    Column("person", String(LONG_NAME), nullable=False),
+    Index("ix_xds_author_object", "object_pk"),
+)
+
+# referenceIdList values (CXi, ITI TF-3 4.2.3.2.28), as sent.
+xds_reference_id = Table(
+    "xds_reference_id",
+    metadata,
+    Column("pk", PK, primary_key=True),
+    Column("object_pk", ForeignKey("xds_object.pk"), nullable=False),
+    Column("value", String(LONG_NAME), nullable=False),
+    Index("ix_xds_reference_id_object", "object_pk"),
+    Index("ix_xds_reference_id_value", "value"),
+)
+
+xds_submission_set = Table(
+    "xds_submission_set",
+    metadata,
+    Column("pk", PK, ForeignKey("xds_object.pk"), primary_key=True),
+    Column("submission_time", String(DTM), nullable=False),
+    Column("source_id", String(OID), nullable=False),
+    Column("content_type_code", String(LONG_NAME), nullable=False),
+    Column("content_type_code_scheme", String(LONG_NAME), nullable=False),
+)
+
+xds_folder = Table(
+    "xds_folder",
+    metadata,
+    Column("pk", PK, ForeignKey("xds_object.pk"), primary_key=True),
+    # Set by the registry when the Folder is created and whenever a document is
+    # added to it (ITI TF-3 4.2.3.4.5).
+    Column("last_update_time", String(DTM), nullable=False),
+)
+
+xds_association = Table(
+    "xds_association",
+    metadata,
+    Column("pk", PK, ForeignKey("xds_object.pk"), primary_key=True),
+    Column("association_type", String(128), nullable=False),
+    Column("source_object", String(UUID_URN), nullable=False),
+    Column("target_object", String(UUID_URN), nullable=False),
+    Column("submission_set_status", String(16), nullable=True),
+    Index("ix_xds_association_source", "source_object", "association_type"),
+    Index("ix_xds_association_target", "target_object", "association_type"),
+)

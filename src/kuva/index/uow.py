@@ -12,6 +12,7 @@ from kuva.index.instances import InstanceRepository
 from kuva.index.manifests import ManifestRepository
 from kuva.index.outbox import TaskRepository
 from kuva.index.query import QueryRepository
+from kuva.index.registry import RegistryRepository
 from kuva.index.retrieval import RetrievalRepository
 
 
@@ -40,6 +41,7 @@ class UnitOfWork:
         self.commitments = CommitmentRepository(conn)
         self.query = QueryRepository(conn)
         self.retrieval = RetrievalRepository(conn)
+        self.registry = RegistryRepository(conn)
         self.manifests = ManifestRepository(conn)
         return self
 
