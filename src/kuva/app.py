@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from dataclasses import dataclass
 from types import FrameType
 
 import uvicorn
+from fastapi import APIRouter
+from sqlalchemy import Engine
 
 from kuva import metrics
 from kuva.config import Settings
@@ -27,14 +30,78 @@ from kuva.index.outbox import STATUSES
 from kuva.index.uow import UnitOfWork
 from kuva.services import commitment
 from kuva.services.commitment import CommitmentService
+from kuva.services.disclosure import DisclosureLog
+from kuva.services.imaging_source import ImagingDocumentSource
 from kuva.services.ingest import IngestService
 from kuva.services.query import QueryService
+from kuva.services.registry import RegistryService
+from kuva.services.repository import RepositoryService
 from kuva.services.retrieve import RetrieveService
+from kuva.storage import BlobStore
 from kuva.storage.filesystem import FileBlobStore
 from kuva.tasks.worker import TaskWorkers
 from kuva.web.app import create_app
+from kuva.xds import ebrim
+from kuva.xds.endpoint import soap_router
+from kuva.xds.iti42 import register_document_set
+from kuva.xds.rad69 import retrieve_imaging_document_set
+from kuva.xds.repository import provide_and_register, retrieve_document_set
+from kuva.xds.schema import compiled_schema
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class XdsServices:
+    """The XDS.b registry and repository and the XDS-I.b Imaging Document Source."""
+
+    registry: RegistryService
+    repository: RepositoryService
+    imaging_source: ImagingDocumentSource
+
+
+def build_xds(
+    settings: Settings,
+    engine: Engine,
+    blobs: BlobStore,
+    ingest: IngestService,
+    retrieve: RetrieveService,
+) -> XdsServices:
+    """The XDS services on one index and blob store (``kuva serve`` and ``kuva xds``)."""
+    disclosures = DisclosureLog(engine)
+    registry = RegistryService(
+        engine,
+        trusted_assigning_authorities=settings.xds.trusted_assigning_authorities,
+        render=ebrim.render,
+    )
+    repository = RepositoryService(
+        engine,
+        blobs,
+        registry,
+        repository_unique_id=settings.xds.repository_unique_id,
+        home_community_id=settings.xds.home_community_id,
+        with_slots=ebrim.with_slots,
+        disclosures=disclosures,
+    )
+    imaging_source = ImagingDocumentSource(
+        engine, retrieve, settings, ingest=ingest, repository=repository, disclosures=disclosures
+    )
+    return XdsServices(registry, repository, imaging_source)
+
+
+def xds_router(settings: Settings, xds: XdsServices) -> APIRouter:
+    """The SOAP endpoints of CONTRACT.md ("HTTP paths"), by WS-Addressing action."""
+    return soap_router(
+        {
+            "/xds/registry": [register_document_set(xds.registry, settings)],
+            "/xds/repository": [
+                provide_and_register(xds.repository, settings),
+                retrieve_document_set(xds.repository, settings),
+            ],
+            "/xds/imaging": [retrieve_imaging_document_set(xds.imaging_source, settings)],
+        },
+        settings.xds.max_request_bytes,
+    )
 
 
 class Archive:
@@ -61,6 +128,8 @@ class Archive:
         self.commitment_scp = StorageCommitmentSCP(settings, self.commitment)
         self.retrieve = RetrieveService(self.engine, self.blobs)
         self.query = QueryService(self.engine)
+        self.xds = build_xds(settings, self.engine, self.blobs, self.ingest, self.retrieve)
+        compiled_schema()  # built now (about 0.6 s), not on the first XDS request
         self.commitment.sender = self.commitment_scp
         self.dicom = DicomServer(
             settings,
@@ -79,6 +148,7 @@ class Archive:
                 ("/dicom-web", stow_router(self.ingest, self.blobs, settings.http_organization())),
                 ("/dicom-web", wado_router(self.retrieve)),
                 ("", wado_uri_router(self.retrieve)),
+                ("", xds_router(settings, self.xds)),
             ],
         )
         self.http_app.state.public_base_url = settings.http.base_url
@@ -104,7 +174,8 @@ class Archive:
         log.info("ready: DICOM %s on %s:%d", self.settings.dicom.ae_title, host, port)
         self._start_http()
         log.info(
-            "ready: HTTP on %s:%d (/healthz, /metrics)",
+            "ready: HTTP on %s:%d (/dicom-web, /wado, /xds/registry, /xds/repository, "
+            "/xds/imaging, /healthz, /metrics)",
             self.settings.http.host,
             self.settings.http.port,
         )

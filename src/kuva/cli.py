@@ -1,4 +1,4 @@
-"""The ``kuva`` command line (CONTRACT.md): serve, tasks, db."""
+"""The ``kuva`` command line (CONTRACT.md): serve, tasks, db, xds."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kuva.config import Settings, load_settings
@@ -21,8 +22,10 @@ from kuva.model.clock import utcnow
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="kuva medical image archive")
 tasks_app = typer.Typer(no_args_is_help=True, help="The outbox: follow-up work and its state.")
 db_app = typer.Typer(no_args_is_help=True, help="The index database.")
+xds_app = typer.Typer(no_args_is_help=True, help="XDS.b registry and XDS-I.b manifests.")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(db_app, name="db")
+app.add_typer(xds_app, name="xds")
 
 ConfigOption = Annotated[
     Path | None,
@@ -158,6 +161,44 @@ def tasks_retry(
     console.print(f"{count} task(s) scheduled again")
     if ids and count < len(ids):
         console.print("[yellow]some ids were not failed tasks and were left alone[/yellow]")
+
+
+@xds_app.command("publish")
+def xds_publish(
+    study_uid: Annotated[str, typer.Argument(help="Study Instance UID")],
+    config: ConfigOption = None,
+) -> None:
+    """Publish a study's XDS-I.b manifest: store it and register its DocumentEntry.
+
+    Prints the DocumentEntry's entryUUID. An earlier manifest of the study that
+    kuva published is replaced (RPLC). Safe to run while ``kuva serve`` runs.
+    """
+    _logging("WARNING")
+    settings = _settings(config)
+    from kuva.app import build_xds
+    from kuva.dicom.kos import ManifestError
+    from kuva.index.group_commit import GroupCommitter
+    from kuva.services.imaging_source import ManifestPublishError, UnknownStudy
+    from kuva.services.ingest import IngestService
+    from kuva.services.retrieve import RetrieveService
+    from kuva.storage.filesystem import FileBlobStore
+
+    engine = make_engine(settings.archive.resolved_database_url())
+    migrate(engine)
+    blobs = FileBlobStore(settings.archive.resolved_blob_dir())
+    committer = GroupCommitter(engine)
+    try:
+        ingest = IngestService(engine, blobs, committer)
+        xds = build_xds(settings, engine, blobs, ingest, RetrieveService(engine, blobs))
+        published = xds.imaging_source.publish_manifest(study_uid)
+    except (UnknownStudy, ManifestError, ManifestPublishError) as exc:
+        console.print(f"[red]not published:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from exc
+    finally:
+        committer.close()
+        blobs.sync_pool.shutdown()
+        engine.dispose()
+    print(published.entry_uuid)
 
 
 def main() -> None:

@@ -336,3 +336,54 @@ xds_association = Table(
     Index("ix_xds_association_source", "source_object", "association_type"),
     Index("ix_xds_association_target", "target_object", "association_type"),
 )
+
+# --- XDS.b Document Repository (ITI TF-2b 3.41, 3.43; kuva.index.repository) ---
+#
+# One row per document the repository holds, by its uniqueId: the bytes are a blob
+# (content-addressed, so a KOS manifest stored as a DICOM instance shares the
+# instance's blob), ``sha1`` is the registry's hash slot (ITI TF-3 4.2.3.2.11) and
+# ``sha256`` the blob's own address. ``organization_oid`` is the register holder;
+# the patient (CX.1 and the CX.4 OID) and, when known, the study are kept for the
+# disclosure log.
+
+xds_document = Table(
+    "xds_document",
+    metadata,
+    Column("pk", PK, primary_key=True),
+    Column("unique_id", String(128), nullable=False, unique=True),
+    Column("repository_unique_id", String(OID), nullable=False),
+    Column("mime_type", String(LONG_NAME), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha1", String(40), nullable=False),  # lower-case hex
+    Column("sha256", String(64), nullable=False),  # lower-case hex
+    Column("blob_key", String(128), nullable=False),
+    Column("organization_oid", String(OID), nullable=False),  # register holder
+    Column("patient_id", String(64), nullable=False),
+    Column("patient_authority", String(OID), nullable=False),
+    Column("study_instance_uid", UID, nullable=True),
+    Column("stored_at", UtcDateTime(), nullable=False),
+    Index(None, "study_instance_uid"),
+)
+
+# The disclosure log (luovutusloki; DESIGN.md principle 7): one row per document or
+# image handed out to another organisation than its register holder, written in
+# the transaction that decides the disclosure. ``recipient_organization`` "" =
+# unknown (no XUA assertion named one). ``patient_authority`` is the issuer of the
+# patient id as the index holds it. ``interface``: ITI-43, RAD-69.
+
+disclosure = Table(
+    "disclosure",
+    metadata,
+    Column("pk", PK, primary_key=True),
+    Column("disclosed_at", UtcDateTime(), nullable=False),
+    Column("recipient_organization", String(OID), nullable=False, server_default=""),
+    Column("register_holder", String(OID), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("patient_authority", String(64), nullable=False, server_default=""),
+    Column("study_instance_uid", UID, nullable=True),
+    Column("document_unique_id", String(128), nullable=False),
+    Column("interface", String(16), nullable=False),
+    Column("basis", Text, nullable=False),
+    Index("ix_disclosure_patient", "patient_id", "patient_authority", "disclosed_at"),
+    Index("ix_disclosure_disclosed_at", "disclosed_at"),
+)

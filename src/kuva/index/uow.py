@@ -13,6 +13,7 @@ from kuva.index.manifests import ManifestRepository
 from kuva.index.outbox import TaskRepository
 from kuva.index.query import QueryRepository
 from kuva.index.registry import RegistryRepository
+from kuva.index.repository import DisclosureRepository, DocumentRepository
 from kuva.index.retrieval import RetrievalRepository
 
 
@@ -43,6 +44,8 @@ class UnitOfWork:
         self.retrieval = RetrievalRepository(conn)
         self.registry = RegistryRepository(conn)
         self.manifests = ManifestRepository(conn)
+        self.documents = DocumentRepository(conn)
+        self.disclosures = DisclosureRepository(conn)
         return self
 
     def commit(self) -> None:

@@ -1,8 +1,12 @@
 """The XDS-I.b Imaging Document Source: a study's manifest, and RAD-69 retrieves.
 
 Manifest (RAD TF-3 4.68.4.1.2.3): ``manifest_for_study`` builds the Key Object
-Selection Document of a study from the index (kuva.dicom.kos). Storing it as an
-instance and registering it as a DocumentEntry is the registration service's part.
+Selection Document of a study from the index (kuva.dicom.kos); ``publish_manifest``
+stores it as an instance of the study (through the ingest service, as any received
+object) and, in one index transaction, records it as a document of kuva's Document
+Repository (pointing at the instance's blob) and registers its DocumentEntry and
+SubmissionSet (RAD-68 / ITI-41 semantics, done in-process) - see
+``publish_manifest`` for the metadata and its defaults.
 
 Retrieve Imaging Document Set (RAD-69, RAD TF-3 4.69): each requested document is
 one stored instance, named by Study, Series and SOP Instance UID
@@ -39,19 +43,24 @@ one object in memory at a time at most. A failure at that point (a codec
 error, a blob that vanished) can no longer change the response status: it is
 logged and raised to the transport, which has to abort the response.
 
-Not done here: the disclosure-log record of a retrieve by another organisation
-than the register holder (each returned document names its register holder for
-it); JPIP transfer syntaxes (RAD TF-3 4.69.4.2.3) are never chosen, as kuva
+Before the result is handed back, the disclosures among the returned instances
+(to another organisation than their register holder, or to an unknown one) are
+recorded in one transaction (kuva.services.disclosure); if that fails, nothing is
+returned. JPIP transfer syntaxes (RAD TF-3 4.69.4.2.3) are never chosen, as kuva
 cannot convert to them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from sqlalchemy import Engine
@@ -62,16 +71,47 @@ from kuva.dicom.kos import (
     ManifestInstance,
     ManifestStudy,
     build_manifest,
+    new_uid,
 )
 from kuva.dicom.outgoing import encoded
+from kuva.dicom.part10 import Part10Rewriter, extract_attributes
 from kuva.dicom.transcode import TranscodeError, choose
 from kuva.index.instances import StoredInstance
-from kuva.index.manifests import ListedInstance
+from kuva.index.manifests import ListedInstance, StudyListing
+from kuva.index.repository import StudyFacts
 from kuva.index.uow import UnitOfWork
+from kuva.model.clock import Clock, utcnow
+from kuva.model.instance import PatientAttributes
 from kuva.model.query import QueryLevel
 from kuva.model.uids import KUVA_UID_ROOT, uid_problem
-from kuva.model.xds import RegistryError, ResponseStatus, status_of
+from kuva.model.xds import (
+    ORIGINAL,
+    AssociationType,
+    Author,
+    AvailabilityStatus,
+    Code,
+    NewDocumentEntry,
+    NewSubmissionSet,
+    ObjectKind,
+    PatientId,
+    RegistryError,
+    ResponseStatus,
+    Submission,
+    format_dtm,
+    new_association,
+    oid_problem,
+    status_of,
+)
+from kuva.services.disclosure import UNKNOWN_RECIPIENT, DisclosureLog, Handout, Interface
+from kuva.services.ingest import IncomingInstance, IngestService
+from kuva.services.repository import (
+    ACCESSION_REFERENCE,
+    STUDY_INSTANCE_UID_REFERENCE,
+    RepositoryService,
+    StoredContent,
+)
 from kuva.services.retrieve import MAX_MATCHES, RetrieveService, StoredObject
+from kuva.storage import blob_key
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +125,110 @@ DOCUMENT_UNIQUE_ID_ERROR = "XDSDocumentUniqueIdError"
 REPOSITORY_ERROR = "XDSRepositoryError"
 
 
+# --- the manifest's DocumentEntry (publish_manifest) ---
+#
+# Codes an affinity domain agrees on; kuva's defaults until they become settings
+# (an ``[xds.manifest]`` block). LOINC 2.16.840.1.113883.6.1, SNOMED CT
+# 2.16.840.1.113883.6.96, HL7 v3 Confidentiality 2.16.840.1.113883.5.25.
+_LOINC = "2.16.840.1.113883.6.1"
+_SNOMED_CT = "2.16.840.1.113883.6.96"
+MANIFEST_CLASS_CODE = Code("18726-0", _LOINC, "Radiology studies (set)")
+MANIFEST_TYPE_CODE = Code("55113-5", _LOINC, "Key images Document Radiology")
+MANIFEST_PRACTICE_SETTING_CODE = Code("394914008", _SNOMED_CT, "Radiology")
+MANIFEST_HEALTHCARE_FACILITY_TYPE_CODE = Code("22232009", _SNOMED_CT, "Hospital")
+MANIFEST_CONFIDENTIALITY_CODE = Code("N", "2.16.840.1.113883.5.25", "normal")
+MANIFEST_CONTENT_TYPE_CODE = Code("18726-0", _LOINC, "Radiology studies (set)")
+MANIFEST_LANGUAGE_CODE = "fi-FI"
+MANIFEST_TITLE = "XDS-I.b manifest"
+# Fixed by XDS-I.b (RAD TF-3 4.68.4.1.2.3): the KOS SOP Class in the DICOM UID registry.
+MANIFEST_FORMAT_CODE = Code(
+    str(KEY_OBJECT_SELECTION_DOCUMENT_STORAGE),
+    "1.2.840.10008.2.6.1",
+    "Key Object Selection Document",
+)
+# eventCodeList: the study's modalities, DICOM CID 29 (coding scheme DCM).
+MODALITY_CODING_SCHEME = "1.2.840.10008.2.16.4"
+# Study Date and Time are local time without a zone: read in this one (to become
+# a setting). Without the zone database, serviceStartTime keeps the date only.
+STUDY_TIME_ZONE = "Europe/Helsinki"
+# instance.source_ae of stored manifests: where the object came from.
+MANIFEST_SOURCE = "XDS-I.b"
+
+
 class UnknownStudy(LookupError):
     """The index holds no study with the given Study Instance UID."""
+
+
+class ManifestPublishError(Exception):
+    """A study's manifest cannot be published; the message says why (no patient data)."""
+
+
+@dataclass(frozen=True)
+class PublishedManifest:
+    """``entry_uuid``: the DocumentEntry registered; ``document_unique_id``: its
+    uniqueId, the KOS's SOP Instance UID; ``replaced``: entryUUIDs of earlier
+    manifests of the study it replaced (now Deprecated)."""
+
+    entry_uuid: str
+    document_unique_id: str
+    submission_set_uuid: str
+    study_instance_uid: str
+    instances: int
+    replaced: tuple[str, ...] = ()
+
+
+def _patient_cx(patient: PatientAttributes) -> PatientId:
+    """The study's patient as an XDS patient id (CX, ITI TF-3 4.2.3.1.7)."""
+    problem = oid_problem(patient.issuer)
+    if problem is not None:
+        raise ManifestPublishError(
+            f"the study's Issuer of Patient ID is {problem}: an XDS patient id needs an OID "
+            "as its assigning authority (ITI TF-3 4.2.3.1.7)"
+        )
+    try:
+        return PatientId.parse(str(PatientId(patient.patient_id, patient.issuer)))
+    except ValueError as exc:
+        reason = str(exc).split(" '", 1)[0]  # the message may quote the id
+        raise ManifestPublishError(
+            f"the study's Patient ID is not usable in XDS: {reason}"
+        ) from exc
+
+
+def _source_patient_info(patient: PatientAttributes, cx: PatientId) -> tuple[str, ...]:
+    """sourcePatientInfo (ITI TF-3 4.2.3.2.24): PID-3, -5, -7 and -8 as known."""
+    values = [f"PID-3|{cx}"]
+    if patient.name:
+        values.append(f"PID-5|{patient.name}")
+    if patient.birth_date:
+        values.append(f"PID-7|{patient.birth_date}")
+    if patient.sex in ("M", "F", "O"):
+        values.append(f"PID-8|{patient.sex}")
+    return tuple(values)
+
+
+def service_start_time(study_date: str, study_time: str, zone: str = STUDY_TIME_ZONE) -> str:
+    """serviceStartTime (ITI TF-3 4.2.3.2.19) from Study Date and Time: UTC, to the
+    precision given; the date alone when the time is absent or unreadable or the
+    zone unknown; "" without a valid date."""
+    if len(study_date) != 8 or not study_date.isdigit():
+        return ""
+    try:
+        day = datetime.strptime(study_date, "%Y%m%d")
+    except ValueError:
+        return ""
+    digits = study_time.split(".", 1)[0].replace(":", "").strip()
+    if len(digits) not in (2, 4, 6) or not digits.isdigit():
+        return study_date
+    try:
+        local = day.replace(
+            hour=int(digits[0:2]),
+            minute=int(digits[2:4] or 0),
+            second=int(digits[4:6] or 0),
+            tzinfo=ZoneInfo(zone),
+        )
+    except (ValueError, ZoneInfoNotFoundError):
+        return study_date
+    return format_dtm(local.astimezone(UTC))[: 8 + len(digits)]
 
 
 @dataclass(frozen=True)
@@ -189,10 +331,28 @@ def _chunks(obj: StoredObject, target: UID) -> Iterator[bytes]:
 
 
 class ImagingDocumentSource:
-    def __init__(self, engine: Engine, retrieve: RetrieveService, settings: Settings) -> None:
+    """``ingest`` and ``repository``: needed to publish manifests only.
+    ``disclosures``: the disclosure log RAD-69 writes to (one on ``engine`` by default).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        retrieve: RetrieveService,
+        settings: Settings,
+        *,
+        ingest: IngestService | None = None,
+        repository: RepositoryService | None = None,
+        disclosures: DisclosureLog | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
         self._engine = engine
         self._retrieve = retrieve
         self._settings = settings
+        self._ingest = ingest
+        self._repository = repository
+        self._disclosures = disclosures or DisclosureLog(engine)
+        self._clock = clock
 
     @property
     def unique_id(self) -> str:
@@ -212,6 +372,9 @@ class ImagingDocumentSource:
             listing = uow.manifests.study(study_uid)
         if listing is None:
             raise UnknownStudy(f"no study {study_uid}")
+        return self._manifest(listing, now)
+
+    def _manifest(self, listing: StudyListing, now: datetime | None) -> Dataset:
         instances = [
             ManifestInstance(
                 series_instance_uid=listed.series_instance_uid,
@@ -231,12 +394,224 @@ class ImagingDocumentSource:
             now=now,
         )
 
+    # ------------------------------------------------------------------ publishing
+
+    def publish_manifest(self, study_uid: str, *, now: datetime | None = None) -> PublishedManifest:
+        """Publish the XDS-I.b manifest of a study (RAD TF-3 4.68, done in-process).
+
+        1. The manifest (``manifest_for_study``) is stored as an instance of the
+           study through the ingest service (blob fsynced, index row committed), for
+           the study's register holder.
+        2. In one index transaction: a Document Repository row for it (its uniqueId
+           the KOS's SOP Instance UID, RAD TF-3 4.68.4.1.2.3; its bytes the
+           instance's blob), and the registration of a DocumentEntry, a
+           SubmissionSet and their HasMember association
+           (``RepositoryService.register_within``: the registry's rules, all or
+           nothing). An earlier kuva manifest of the study that is still Approved is
+           replaced (RPLC, ITI TF-3 4.2.2.2.3): one current manifest per study.
+
+        The metadata (RAD TF-3 4.68.4.1.2.3; ITI TF-3 Table 4.3.1-3): patientId and
+        sourcePatientId the study's Patient ID in CX form, its Issuer of Patient ID
+        as the assigning authority (which must be an OID, else ManifestPublishError),
+        sourcePatientInfo (PID-3, -5, -7, -8); mimeType application/dicom; formatCode
+        the KOS SOP Class UID (1.2.840.10008.5.1.4.1.1.88.59, scheme
+        1.2.840.10008.2.6.1); eventCodeList the study's modalities (DCM); referenceIdList
+        the accession number (``urn:ihe:iti:xds:2013:accession``) and the Study
+        Instance UID (``urn:ihe:iti:xds:2016:studyInstanceUID``); serviceStartTime the
+        study date and time, read as ``STUDY_TIME_ZONE`` and given in UTC;
+        creationTime and submissionTime now (UTC); author institution the register
+        holder (XON); SubmissionSet sourceId this source's unique id. classCode,
+        typeCode, practiceSettingCode, healthcareFacilityTypeCode,
+        confidentialityCode, languageCode and contentTypeCode are the ``MANIFEST_*``
+        constants of this module (an affinity domain's choice: to become settings).
+
+        If the registration is refused, the stored instance stays in the study
+        (objects are never deleted); publishing again makes a new manifest.
+        Raises UnknownStudy, kuva.dicom.kos.ManifestError (nothing to list) or
+        ManifestPublishError. Error messages carry no patient data.
+        """
+        if self._ingest is None or self._repository is None:
+            raise RuntimeError("this Imaging Document Source is not set up to publish manifests")
+        repository = self._repository
+        now = now or self._clock()
+        with UnitOfWork(self._engine, write=False) as uow:
+            listing = uow.manifests.study(study_uid)
+            facts = uow.documents.study_facts(study_uid)
+        if listing is None or facts is None:
+            raise UnknownStudy(f"no study {study_uid}")
+        patient = _patient_cx(listing.patient)
+        manifest = self._manifest(listing, now)
+        content = self._store_instance(manifest, facts.organization_oid)
+        holder = facts.organization_oid
+        with UnitOfWork(self._engine) as uow:
+            replaced = self._current_manifests(uow, study_uid)
+            submission, entry_uuid, set_uuid = self._submission(
+                listing, facts, patient, manifest, content, replaced, now, repository.unique_id
+            )
+            outcome = repository.register_within(
+                uow, submission, {entry_uuid: content}, organization_oid=holder
+            )
+            if outcome.status is not ResponseStatus.SUCCESS:
+                log.warning(
+                    "manifest of study %s not registered: %s",
+                    study_uid,
+                    ", ".join(sorted({e.code for e in outcome.errors})),
+                )
+                raise ManifestPublishError(
+                    "the registry refused the manifest: "
+                    + "; ".join(f"{e.code}: {e.context}" for e in outcome.errors)
+                )
+            uow.commit()
+        log.info(
+            "published the manifest of study %s (%d instances)%s",
+            study_uid,
+            len(manifest.ContentSequence),
+            f", replacing {len(replaced)}" if replaced else "",
+        )
+        return PublishedManifest(
+            entry_uuid=entry_uuid,
+            document_unique_id=str(manifest.SOPInstanceUID),
+            submission_set_uuid=set_uuid,
+            study_instance_uid=study_uid,
+            instances=len(manifest.ContentSequence),
+            replaced=tuple(replaced),
+        )
+
+    def _store_instance(self, manifest: Dataset, organization_oid: str) -> StoredContent:
+        """Store the manifest as an instance, the way STOW-RS stores a Part 10 file
+        (kuva's canonical file meta, then the data set); its blob's hashes."""
+        assert self._ingest is not None
+        buffer = io.BytesIO()
+        manifest.save_as(buffer, enforce_file_format=True)
+        data = buffer.getvalue()
+        blobs = self._retrieve.blobs
+        writer = Part10Rewriter(blobs.open_writer())
+        try:
+            writer.write(data)
+            if not writer.complete:
+                raise ManifestPublishError("the manifest is not a complete Part 10 file")
+            header = dcmread(io.BytesIO(data), stop_before_pixels=True)
+            attributes = extract_attributes(header, writer.transfer_syntax_uid)
+        except BaseException:
+            writer.blob.discard()
+            raise
+        outcome = self._ingest.store(
+            IncomingInstance(
+                attributes=attributes,
+                blob=writer.blob,
+                source_ae=MANIFEST_SOURCE,
+                organization_oid=organization_oid,
+            )
+        )
+        if not outcome.ok:
+            raise ManifestPublishError(
+                f"the manifest could not be stored ({outcome.status.value}): {outcome.message}"
+            )
+        key = blob_key(outcome.sha256)
+        sha1 = hashlib.sha1()
+        size = 0
+        for chunk in blobs.iter_chunks(key):
+            sha1.update(chunk)
+            size += len(chunk)
+        return StoredContent(key, sha1.hexdigest(), outcome.sha256, size)
+
+    @staticmethod
+    def _current_manifests(uow: UnitOfWork, study_uid: str) -> list[str]:
+        """entryUUIDs of the Approved DocumentEntries of kuva's earlier manifests of a study."""
+        ours = [
+            document.unique_id
+            for document in uow.documents.of_study(study_uid, DICOM_MIME_TYPE)
+            if document.unique_id.startswith(KUVA_UID_ROOT + ".")
+        ]
+        if not ours:
+            return []
+        return sorted(
+            found.entry_uuid
+            for found in uow.registry.find_by_unique_ids(ours)
+            if found.kind is ObjectKind.DOCUMENT_ENTRY
+            and found.status is AvailabilityStatus.APPROVED
+        )
+
+    def _submission(
+        self,
+        listing: StudyListing,
+        facts: StudyFacts,
+        patient: PatientId,
+        manifest: Dataset,
+        content: StoredContent,
+        replaced: list[str],
+        now: datetime,
+        repository_unique_id: str,
+    ) -> tuple[Submission, str, str]:
+        """The manifest's DocumentEntry, its SubmissionSet and associations."""
+        study = listing.study
+        author = Author(institutions=(self._institution(facts.organization_oid),))
+        references = [f"{study.study_instance_uid}^^^^{STUDY_INSTANCE_UID_REFERENCE}"]
+        if study.accession_number:
+            references.insert(0, f"{study.accession_number}^^^^{ACCESSION_REFERENCE}")
+        created = format_dtm(now)
+        entry = NewDocumentEntry(
+            patient=patient,
+            unique_id=str(manifest.SOPInstanceUID),
+            mime_type=DICOM_MIME_TYPE,
+            class_code=MANIFEST_CLASS_CODE,
+            type_code=MANIFEST_TYPE_CODE,
+            format_code=MANIFEST_FORMAT_CODE,
+            healthcare_facility_type_code=MANIFEST_HEALTHCARE_FACILITY_TYPE_CODE,
+            practice_setting_code=MANIFEST_PRACTICE_SETTING_CODE,
+            confidentiality_codes=(MANIFEST_CONFIDENTIALITY_CODE,),
+            creation_time=created,
+            language_code=MANIFEST_LANGUAGE_CODE,
+            source_patient_id=str(patient),
+            hash=content.sha1,
+            size=content.size,
+            repository_unique_id=repository_unique_id,
+            event_codes=tuple(
+                Code(modality, MODALITY_CODING_SCHEME, modality)
+                for modality in facts.modalities_in_study
+            ),
+            reference_ids=tuple(references),
+            service_start_time=service_start_time(study.study_date, study.study_time),
+            source_patient_info=_source_patient_info(listing.patient, patient),
+            authors=(author,),
+            title=study.description or MANIFEST_TITLE,
+        ).build()
+        subset = NewSubmissionSet(
+            patient=patient,
+            unique_id=new_uid(),
+            source_id=self.unique_id,
+            submission_time=created,
+            content_type_code=MANIFEST_CONTENT_TYPE_CODE,
+            authors=(author,),
+            title=MANIFEST_TITLE,
+        ).build()
+        associations = [
+            new_association(
+                AssociationType.HAS_MEMBER, subset.id, entry.id, submission_set_status=ORIGINAL
+            ),
+            *(new_association(AssociationType.RPLC, entry.id, old) for old in replaced),
+        ]
+        submission = Submission(
+            submission_sets=(subset,),
+            document_entries=(entry,),
+            associations=tuple(associations),
+        )
+        return submission, entry.id, subset.id
+
+    def _institution(self, organization_oid: str) -> str:
+        """The register holder as an XON (ITI TF-3 4.2.3.1.7): name and OID (XON.10)."""
+        names = {org.oid: org.name for org in self._settings.organizations}
+        name = names.get(organization_oid, organization_oid).replace("^", " ").replace("&", " ")
+        return f"{name}^^^^^^^^^{organization_oid}"
+
     # ------------------------------------------------------------------ RAD-69
 
     def retrieve_imaging_document_set(
-        self, request: ImagingDocumentSetRequest
+        self, request: ImagingDocumentSetRequest, *, recipient: str = UNKNOWN_RECIPIENT
     ) -> ImagingDocumentSetResult:
-        """Answer a Retrieve Imaging Document Set request (RAD TF-3 4.69.4.2)."""
+        """Answer a Retrieve Imaging Document Set request (RAD TF-3 4.69.4.2) for
+        ``recipient`` (the requesting organisation, "" = unknown), its disclosures
+        recorded."""
         problems = request_errors(request)
         if problems:
             return ImagingDocumentSetResult(ResponseStatus.FAILURE, tuple(problems))
@@ -258,6 +633,16 @@ class ImagingDocumentSource:
                 errors.append(outcome)
             else:
                 documents.append(outcome)
+        if documents and not self._disclosed(recipient, documents):
+            errors.extend(
+                RegistryError(
+                    REPOSITORY_ERROR,
+                    "the instance cannot be handed out now (internal error)",
+                    document.document_unique_id,
+                )
+                for document in documents
+            )
+            documents = []
         status = status_of(errors, partial=bool(documents))
         log.info(
             "RAD-69: %d of %d documents returned (%s)",
@@ -266,6 +651,28 @@ class ImagingDocumentSource:
             status.name,
         )
         return ImagingDocumentSetResult(status, tuple(errors), tuple(documents))
+
+    def _disclosed(self, recipient: str, documents: list[ImagingDocument]) -> bool:
+        """Record the disclosures among ``documents``; False when that failed."""
+        try:
+            self._disclosures.record(
+                recipient,
+                [
+                    Handout(
+                        document_unique_id=document.document_unique_id,
+                        register_holder=document.register_holder,
+                        study_instance_uid=document.study_instance_uid,
+                    )
+                    for document in documents
+                ],
+                Interface.RAD_69,
+            )
+        except Exception as exc:
+            # Database errors quote their parameters (patient ids): DEBUG only.
+            log.error("RAD-69: the disclosure log could not be written: %s", type(exc).__name__)
+            log.debug("RAD-69 disclosure failure", exc_info=True)
+            return False
+        return True
 
     def _addressing_error(self, document: DocumentRequest) -> RegistryError | None:
         location = document.document_unique_id

@@ -7,7 +7,9 @@ TransferSyntaxUIDList. Response: ``xdsb:RetrieveDocumentSetResponse`` as in ITI-
 status and errors, then one xdsb:DocumentResponse per returned instance whose
 xdsb:Document is an ``xop:Include`` of an attachment that streams the object
 (application/dicom). What is returned is decided by
-kuva.services.imaging_source.
+kuva.services.imaging_source, for the organisation the request's XUA assertion
+names (kuva.xds.repository.requesting_organization), which the disclosure log
+records.
 
 A request that breaks the schema gets a Failure RegistryResponse with
 XDSIRequestError (as the NIST XDS Toolkit's RAD-69 request validator answers), not
@@ -40,6 +42,7 @@ from kuva.xds.namespaces import (
     XOP,
     q,
 )
+from kuva.xds.repository import requesting_organization
 from kuva.xds.rs import registry_response
 
 PAYLOAD = q("xdsi", "RetrieveImagingDocumentSetRequest")
@@ -127,7 +130,11 @@ def retrieve_imaging_document_set(source: ImagingDocumentSource, settings: Setti
     """
 
     def handle(request: SoapRequest) -> SoapResponse:
-        return response_for(source.retrieve_imaging_document_set(parse_request(request.body)))
+        return response_for(
+            source.retrieve_imaging_document_set(
+                parse_request(request.body), recipient=requesting_organization(request)
+            )
+        )
 
     def invalid(request: SoapRequest, messages: list[str]) -> SoapResponse:
         errors = [

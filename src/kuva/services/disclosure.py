@@ -1,0 +1,139 @@
+"""The disclosure log (luovutusloki): the one rule for every interface that hands out
+documents or images.
+
+The register holder (rekisterinpitäjä) owns what it archived; handing a document
+or an image to anyone else is a disclosure, and every disclosure is recorded in the
+transaction that decides it (DESIGN.md principle 7). The interfaces that hand
+documents out - ITI-43 Retrieve Document Set (kuva.services.repository) and RAD-69
+Retrieve Imaging Document Set (kuva.services.imaging_source) - decide what goes
+out, then call ``DisclosureLog.record`` once, before the response is sent: one
+record per returned document whose register holder is not the recipient, all in
+one transaction. If that transaction fails, nothing is handed out.
+
+Who the recipient is: until organisations are authenticated (mutual TLS, a later
+issue), the organisation the request's XUA assertion names (its
+``urn:oasis:names:tc:xspa:1.0:subject:organization-id`` attribute, read by the
+adapter), else unknown (""). An unknown recipient is never the register holder:
+the disclosure is recorded, as made to an unknown organisation.
+
+On what basis: no access rules exist yet (they come with the access-control issue),
+so every request is answered and every record says so
+(``BASIS_NO_ACCESS_RULES``); the access rules will record the rule that allowed it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+from sqlalchemy import Engine
+
+from kuva.index.repository import NewDisclosure
+from kuva.index.uow import UnitOfWork
+from kuva.model.clock import Clock, utcnow
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_RECIPIENT = ""
+BASIS_NO_ACCESS_RULES = "no access rules configured"
+# The width of disclosure.recipient_organization (an OID).
+_RECIPIENT_LENGTH = 64
+_URN_OID = "urn:oid:"
+
+
+class Interface(Enum):
+    """The interface a disclosure went through (``disclosure.interface``)."""
+
+    ITI_43 = "ITI-43"
+    RAD_69 = "RAD-69"
+
+
+@dataclass(frozen=True)
+class Handout:
+    """A document (or image) about to be returned.
+
+    ``patient``: (Patient ID, its assigning authority / issuer); when None it is
+    looked up from the index by ``study_instance_uid`` (an image's study).
+    """
+
+    document_unique_id: str
+    register_holder: str
+    study_instance_uid: str | None = None
+    patient: tuple[str, str] | None = None
+
+
+def recipient_of(claimed: str | None) -> str:
+    """The recipient organisation as recorded, from the id a request claims.
+
+    An XUA organization-id is a URI; ``urn:oid:`` (RFC 3061) is dropped so that it
+    compares with register holders' OIDs. None or blank: unknown (""). An id
+    longer than the column is recorded cut to it.
+    """
+    value = (claimed or "").strip()
+    if value[: len(_URN_OID)].lower() == _URN_OID:
+        value = value[len(_URN_OID) :]
+    return value[:_RECIPIENT_LENGTH]
+
+
+def is_disclosure(recipient: str, register_holder: str) -> bool:
+    """Whether handing a document of ``register_holder`` to ``recipient`` is a
+    disclosure: the recipient is another organisation, or unknown."""
+    return recipient == UNKNOWN_RECIPIENT or recipient != register_holder
+
+
+class DisclosureLog:
+    def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    def record(self, recipient: str, handouts: Iterable[Handout], interface: Interface) -> int:
+        """Record the disclosures among ``handouts`` in a transaction of its own,
+        committed when this returns; the number of records. Raises on a database
+        failure: the caller must then hand nothing out."""
+        due = [h for h in handouts if is_disclosure(recipient, h.register_holder)]
+        if not due:
+            return 0  # no transaction (and no write lock) for a register holder's own reads
+        with UnitOfWork(self._engine) as uow:
+            count = self._add(uow, recipient, due, interface)
+            uow.commit()
+        log.info(
+            "%s: %d disclosure(s) recorded to %s",
+            interface.value,
+            count,
+            recipient or "an unknown organisation",
+        )
+        return count
+
+    def _add(
+        self, uow: UnitOfWork, recipient: str, due: list[Handout], interface: Interface
+    ) -> int:
+        missing = {h.study_instance_uid for h in due if h.patient is None and h.study_instance_uid}
+        patients = uow.disclosures.patients_of_studies(missing) if missing else {}
+        now = self._clock()
+        records: list[NewDisclosure] = []
+        for handout in due:
+            found = handout.patient or patients.get(handout.study_instance_uid or "")
+            if found is None:
+                log.warning(
+                    "%s: the patient of document %s is unknown; recorded without",
+                    interface.value,
+                    handout.document_unique_id,
+                )
+                found = ("", "")
+            records.append(
+                NewDisclosure(
+                    disclosed_at=now,
+                    recipient_organization=recipient,
+                    register_holder=handout.register_holder,
+                    patient_id=found[0],
+                    patient_authority=found[1],
+                    study_instance_uid=handout.study_instance_uid,
+                    document_unique_id=handout.document_unique_id,
+                    interface=interface.value,
+                    basis=BASIS_NO_ACCESS_RULES,
+                )
+            )
+        uow.disclosures.add(records)
+        return len(records)
