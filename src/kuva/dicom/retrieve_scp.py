@@ -41,6 +41,7 @@ import queue
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -229,6 +230,10 @@ class _Progress:
         return SUB_OPERATIONS_WARNING
 
 
+# Least time between two Pending C-GET/C-MOVE responses (seconds).
+PENDING_INTERVAL = 0.25
+
+
 class _Responder:
     """Builds and sends the C-GET-RSP / C-MOVE-RSP messages of one request."""
 
@@ -239,6 +244,7 @@ class _Responder:
         self._req = req
         self._context_id = cast(int, context.context_id)
         self._syntax = UID(context.transfer_syntax[0])
+        self._last_pending: float | None = None
 
     def _response(self, status: int) -> C_GET | C_MOVE:
         rsp: C_GET | C_MOVE = C_MOVE() if isinstance(self._req, C_MOVE) else C_GET()
@@ -249,6 +255,17 @@ class _Responder:
         return rsp
 
     def pending(self, progress: _Progress) -> None:
+        """A Pending response with the counts so far (PS3.4 C.4.2.3.1, C.4.3.3.1).
+
+        Pending responses are optional; kuva sends one after the first sub-operation
+        and then at most every PENDING_INTERVAL seconds, so that a retrieve of
+        hundreds of small objects does not spend its time on progress messages
+        while the requester still sees progress several times a second.
+        """
+        now = time.monotonic()
+        if self._last_pending is not None and now - self._last_pending < PENDING_INTERVAL:
+            return
+        self._last_pending = now
         rsp = self._response(PENDING)
         rsp.NumberOfRemainingSuboperations = progress.remaining
         self._counts(rsp, progress)
