@@ -37,12 +37,14 @@ from kuva.services.query import QueryService
 from kuva.services.registry import RegistryService
 from kuva.services.repository import RepositoryService
 from kuva.services.retrieve import RetrieveService
+from kuva.services.stored_query import StoredQueryService
 from kuva.storage import BlobStore
 from kuva.storage.filesystem import FileBlobStore
 from kuva.tasks.worker import TaskWorkers
 from kuva.web.app import create_app
 from kuva.xds import ebrim
 from kuva.xds.endpoint import soap_router
+from kuva.xds.iti18 import registry_stored_query
 from kuva.xds.iti42 import register_document_set
 from kuva.xds.rad69 import retrieve_imaging_document_set
 from kuva.xds.repository import provide_and_register, retrieve_document_set
@@ -56,6 +58,7 @@ class XdsServices:
     """The XDS.b registry and repository and the XDS-I.b Imaging Document Source."""
 
     registry: RegistryService
+    stored_query: StoredQueryService
     repository: RepositoryService
     imaging_source: ImagingDocumentSource
 
@@ -86,14 +89,17 @@ def build_xds(
     imaging_source = ImagingDocumentSource(
         engine, retrieve, settings, ingest=ingest, repository=repository, disclosures=disclosures
     )
-    return XdsServices(registry, repository, imaging_source)
+    return XdsServices(registry, StoredQueryService(engine), repository, imaging_source)
 
 
 def xds_router(settings: Settings, xds: XdsServices) -> APIRouter:
     """The SOAP endpoints of CONTRACT.md ("HTTP paths"), by WS-Addressing action."""
     return soap_router(
         {
-            "/xds/registry": [register_document_set(xds.registry, settings)],
+            "/xds/registry": [
+                register_document_set(xds.registry, settings),
+                registry_stored_query(xds.stored_query, settings),
+            ],
             "/xds/repository": [
                 provide_and_register(xds.repository, settings),
                 retrieve_document_set(xds.repository, settings),

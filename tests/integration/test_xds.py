@@ -335,11 +335,15 @@ def test_xds_end_to_end(xds: Xds) -> None:
         )
     assert after.status is AvailabilityStatus.DEPRECATED
     assert [r.status for r in replacements] == [AvailabilityStatus.APPROVED]
-    approved = find_documents(xds)
-    if approved is not None:  # ITI-18 served at /xds/registry
-        assert original.entry_uuid not in approved
-        assert replacements[0].entry_uuid in approved
-        assert manifest_entry in approved
+    approved = find_documents(xds)  # ITI-18 FindDocuments, Approved only
+    assert original.entry_uuid not in approved
+    assert replacements[0].entry_uuid in approved
+    assert manifest_entry in approved
+    # ITI-18 GetRelatedDocuments: the replaced entry and its replacement, by RPLC.
+    assert related_documents(xds, original.entry_uuid) == {
+        original.entry_uuid,
+        replacements[0].entry_uuid,
+    }
 
     # --- an unknown document for another organisation: Failure, nothing recorded
     unknown = new_oid()
@@ -362,9 +366,28 @@ def test_xds_end_to_end(xds: Xds) -> None:
     assert (document.DocumentUniqueId, document.Document) == (second_uid, second_report)
 
 
-def find_documents(xds: Xds) -> set[str] | None:
-    """entryUUIDs of the patient's Approved DocumentEntries by ITI-18 FindDocuments,
-    or None while the registry endpoint does not serve ITI-18."""
+def related_documents(xds: Xds, entry_uuid: str) -> set[str]:
+    """entryUUIDs ITI-18 GetRelatedDocuments answers for ``entry_uuid`` (LeafClass)."""
+    query = sample_payload("iti18-GetRelatedDocuments-request.xml")
+    for value in query.iter(q("rim", "Value")):
+        if value.text and "urn:uuid:d90e5407" in value.text:
+            value.text = f"'{entry_uuid}'"
+    response = xds.client.post(
+        xds.server.http + "/xds/registry",
+        content=soap_envelope(REGISTRY_STORED_QUERY, query),
+        headers={"content-type": "application/soap+xml; charset=UTF-8"},
+    )
+    assert response.status_code == 200, response.text
+    payload, _ = answer_of(response)
+    assert payload.get("status") == SUCCESS, response.text
+    return {
+        element.get("id", "")
+        for element in payload.iterfind("rim:RegistryObjectList/rim:ExtrinsicObject", NSMAP)
+    }
+
+
+def find_documents(xds: Xds) -> set[str]:
+    """entryUUIDs of the patient's Approved DocumentEntries by ITI-18 FindDocuments."""
     query = sample_payload("iti18-FindDocuments-request.xml")
     for value in query.iter(q("rim", "Value")):
         if value.text and "$patient_id$" in value.text:
@@ -374,8 +397,6 @@ def find_documents(xds: Xds) -> set[str] | None:
         content=soap_envelope(REGISTRY_STORED_QUERY, query),
         headers={"content-type": "application/soap+xml; charset=UTF-8"},
     )
-    if response.status_code != 200 and b"ActionNotSupported" in response.content:
-        return None
     assert response.status_code == 200, response.text
     payload, _ = answer_of(response)
     assert payload.get("status") == SUCCESS

@@ -13,6 +13,7 @@ from kuva.index.manifests import ManifestRepository
 from kuva.index.outbox import TaskRepository
 from kuva.index.query import QueryRepository
 from kuva.index.registry import RegistryRepository
+from kuva.index.registry_query import RegistryQueryRepository
 from kuva.index.repository import DisclosureRepository, DocumentRepository
 from kuva.index.retrieval import RetrievalRepository
 
@@ -43,6 +44,7 @@ class UnitOfWork:
         self.query = QueryRepository(conn)
         self.retrieval = RetrievalRepository(conn)
         self.registry = RegistryRepository(conn)
+        self.registry_query = RegistryQueryRepository(conn)
         self.manifests = ManifestRepository(conn)
         self.documents = DocumentRepository(conn)
         self.disclosures = DisclosureRepository(conn)
