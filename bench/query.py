@@ -63,14 +63,12 @@ import os
 import platform
 import random
 import re
-import secrets
 import shlex
-import sqlite3
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -81,6 +79,13 @@ for _path in (REPO, REPO / "src"):
         sys.path.insert(0, str(_path))  # tests.support (and kuva when not installed)
 
 import httpx  # noqa: E402
+from bench.shared import (  # noqa: E402
+    command_line,
+    database_size_mb,
+    database_version,
+    postgres_database,
+    print_rows,
+)
 from pydicom.dataset import Dataset  # noqa: E402
 from pynetdicom import AE, evt  # noqa: E402
 from pynetdicom.association import Association  # noqa: E402
@@ -88,8 +93,7 @@ from pynetdicom.sop_class import (  # noqa: E402
     StudyRootQueryRetrieveInformationModelFind,
     Verification,
 )
-from sqlalchemy import Engine, create_engine, func, select, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import Engine, func, select  # noqa: E402
 from tests.support.server import KuvaServer  # noqa: E402
 
 from kuva.bench_support import (  # noqa: E402
@@ -486,39 +490,6 @@ def table_counts(engine: Engine) -> dict[str, int]:
         }
 
 
-def database_size_mb(engine: Engine, sqlite_file: Path | None) -> float:
-    if sqlite_file is not None:
-        files = [sqlite_file, Path(f"{sqlite_file}-wal")]
-        return sum(f.stat().st_size for f in files if f.exists()) / 1e6
-    with engine.connect() as conn:
-        database = conn.execute(select(func.current_database())).scalar_one()
-        return int(conn.execute(select(func.pg_database_size(database))).scalar_one()) / 1e6
-
-
-def database_version(engine: Engine) -> str:
-    if engine.dialect.name == "sqlite":
-        return f"SQLite {sqlite3.sqlite_version}"
-    with engine.connect() as conn:
-        return " ".join(str(conn.execute(select(func.version())).scalar_one()).split()[:2])
-
-
-@contextlib.contextmanager
-def postgres_database(admin_url: str) -> Iterator[str]:
-    """A fresh database for the run (dropped afterwards); yields its URL."""
-    name = f"kuva_bench_{secrets.token_hex(4)}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
-
-
 def run_database(database: str, options: Options, studies: Sequence[Study]) -> DatabaseRun:
     result = DatabaseRun(database)
     with contextlib.ExitStack() as stack:
@@ -643,22 +614,6 @@ def run_database(database: str, options: Options, studies: Sequence[Study]) -> D
 # --------------------------------------------------------------------------- report
 
 
-def _print_rows(header: list[str], rows: list[list[str]]) -> None:
-    """Aligned columns; a row shorter than the header runs its last cell on."""
-    widths = [len(title) for title in header]
-    for row in rows:
-        if len(row) == len(header):
-            widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
-        else:
-            widths = [max(w, len(c)) for w, c in zip(widths, row[:-1], strict=False)] + widths[
-                len(row) - 1 :
-            ]
-    print("  ".join(title.ljust(w) for title, w in zip(header, widths, strict=True)).rstrip())
-    for row in rows:
-        cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=False)]
-        print("  ".join([*cells, row[-1]]).rstrip())
-
-
 def print_report(run: DatabaseRun, options: Options) -> None:
     print()
     title = f"{run.database}" + (f" ({run.version})" if run.version else "")
@@ -709,7 +664,7 @@ def print_report(run: DatabaseRun, options: Options) -> None:
                 check,
             ]
         )
-    _print_rows(header, rows)
+    print_rows(header, rows)
     for row in run.rows:
         for wrong in row.wrong[:3]:
             print(f"  wrong answer ({row.kind}, {row.interface}): {wrong}")
@@ -783,15 +738,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         pg_admin_url=args.pg_admin_url,
         server_timeout=args.server_timeout,
     )
-
-
-def command_line() -> str:
-    python = sys.executable
-    with contextlib.suppress(ValueError):
-        relative = os.path.relpath(python)
-        if not relative.startswith(".."):
-            python = relative
-    return shlex.join([python, *sys.argv])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

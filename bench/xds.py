@@ -65,10 +65,8 @@ import os
 import platform
 import random
 import re
-import secrets
 import shlex
 import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -87,10 +85,16 @@ for _path in (REPO, REPO / "src"):
         sys.path.insert(0, str(_path))  # kuva when not installed
 
 import httpx  # noqa: E402
+from bench.shared import (  # noqa: E402
+    command_line,
+    database_size_mb,
+    database_version,
+    postgres_database,
+    print_rows,
+)
 from lxml import etree  # noqa: E402
 from rich.progress import Progress  # noqa: E402
-from sqlalchemy import Engine, create_engine, event, func, select, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import Engine, event, func, select  # noqa: E402
 
 from kuva.bench_support import ROOT, _test_identity_code  # noqa: E402
 from kuva.config import Settings  # noqa: E402
@@ -720,38 +724,6 @@ def table_counts(engine: Engine) -> dict[str, int]:
         }
 
 
-def database_size_mb(engine: Engine, sqlite_file: Path | None) -> float:
-    if sqlite_file is not None:
-        files = [sqlite_file, Path(f"{sqlite_file}-wal")]
-        return sum(f.stat().st_size for f in files if f.exists()) / 1e6
-    with engine.connect() as conn:
-        database = conn.execute(select(func.current_database())).scalar_one()
-        return int(conn.execute(select(func.pg_database_size(database))).scalar_one()) / 1e6
-
-
-def database_version(engine: Engine) -> str:
-    if engine.dialect.name == "sqlite":
-        return f"SQLite {sqlite3.sqlite_version}"
-    with engine.connect() as conn:
-        return " ".join(str(conn.execute(select(func.version())).scalar_one()).split()[:2])
-
-
-@contextlib.contextmanager
-def postgres_database(admin_url: str) -> Iterator[str]:
-    name = f"kuva_bench_{secrets.token_hex(4)}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
-
-
 def run_database(database: str, options: Options, synthetic: Synthetic) -> DatabaseRun:
     result = DatabaseRun(database)
     with contextlib.ExitStack() as stack:
@@ -831,17 +803,6 @@ def run_database(database: str, options: Options, synthetic: Synthetic) -> Datab
 # --------------------------------------------------------------------------- report
 
 
-def _print_rows(header: list[str], rows: list[list[str]]) -> None:
-    widths = [len(title) for title in header]
-    for row in rows:
-        if len(row) == len(header):
-            widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
-    print("  ".join(title.ljust(w) for title, w in zip(header, widths, strict=True)).rstrip())
-    for row in rows:
-        cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=False)]
-        print("  ".join([*cells, row[-1]]).rstrip())
-
-
 def print_report(run: DatabaseRun, options: Options, synthetic: Synthetic) -> None:
     print()
     title = run.database + (f" ({run.version})" if run.version else "")
@@ -890,7 +851,7 @@ def print_report(run: DatabaseRun, options: Options, synthetic: Synthetic) -> No
                 "FAIL" if row.slow else "pass",
             ]
         )
-    _print_rows(header, rows)
+    print_rows(header, rows)
     for row in run.rows:
         for wrong in row.wrong[:3]:
             print(f"  wrong answer ({row.kind}, {row.interface}): {wrong}")
@@ -961,15 +922,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Options | tuple[str, int]:
         http=not args.no_http,
         pg_admin_url=args.pg_admin_url,
     )
-
-
-def command_line() -> str:
-    python = sys.executable
-    with contextlib.suppress(ValueError):
-        relative = os.path.relpath(python)
-        if not relative.startswith(".."):
-            python = relative
-    return shlex.join([python, *sys.argv])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
