@@ -65,7 +65,7 @@ def status_of(errors: list[RegistryError], *, partial: bool = False) -> Response
 
 
 class ErrorCode:
-    """Error codes of ITI TF-3 Table 4.2.4.1-2 that the registry answers with."""
+    """Error codes of ITI TF-3 Table 4.2.4.1-2 (and RAD TF-3 for XDS-I.b) kuva answers with."""
 
     REGISTRY_METADATA_ERROR: Final = "XDSRegistryMetadataError"
     REGISTRY_ERROR: Final = "XDSRegistryError"
@@ -79,6 +79,19 @@ class ErrorCode:
     DEPRECATED_DOCUMENT: Final = "XDSRegistryDeprecatedDocumentError"
     # "The recipient cannot resolve an entryUUID reference in the transaction."
     UNRESOLVED_REFERENCE: Final = "UnresolvedReferenceException"
+    # Registry Stored Query (ITI-18).
+    STORED_QUERY_PARAM_NUMBER: Final = "XDSStoredQueryParamNumber"
+    TOO_MANY_RESULTS: Final = "XDSTooManyResults"
+    RESULT_NOT_SINGLE_PATIENT: Final = "XDSResultNotSinglePatient"
+    # Repository (ITI-41, ITI-43) and Imaging Document Source (RAD-69).
+    MISSING_DOCUMENT: Final = "XDSMissingDocument"
+    MISSING_DOCUMENT_METADATA: Final = "XDSMissingDocumentMetadata"
+    REPOSITORY_METADATA_ERROR: Final = "XDSRepositoryMetadataError"
+    REPOSITORY_ERROR: Final = "XDSRepositoryError"
+    UNKNOWN_REPOSITORY: Final = "XDSUnknownRepositoryId"
+    UNKNOWN_COMMUNITY: Final = "XDSUnknownCommunity"
+    DOCUMENT_UNIQUE_ID_ERROR: Final = "XDSDocumentUniqueIdError"
+    IMAGING_REQUEST_ERROR: Final = "XDSIRequestError"
 
 
 # --- vocabulary (ITI TF-3 4.2.5, Table 4.2.5-1 and the attribute tables of 4.2.3) ---

@@ -90,6 +90,7 @@ from kuva.model.xds import (
     Author,
     AvailabilityStatus,
     Code,
+    ErrorCode,
     NewDocumentEntry,
     NewSubmissionSet,
     ObjectKind,
@@ -118,11 +119,11 @@ log = logging.getLogger(__name__)
 DICOM_MIME_TYPE = "application/dicom"
 
 # Error codes (ITI TF-3 Table 4.2.4.1-2; XDSIRequestError: the NIST XDS Toolkit's).
-REQUEST_ERROR = "XDSIRequestError"
-UNKNOWN_REPOSITORY = "XDSUnknownRepositoryId"
-UNKNOWN_COMMUNITY = "XDSUnknownCommunity"
-DOCUMENT_UNIQUE_ID_ERROR = "XDSDocumentUniqueIdError"
-REPOSITORY_ERROR = "XDSRepositoryError"
+REQUEST_ERROR = ErrorCode.IMAGING_REQUEST_ERROR
+UNKNOWN_REPOSITORY = ErrorCode.UNKNOWN_REPOSITORY
+UNKNOWN_COMMUNITY = ErrorCode.UNKNOWN_COMMUNITY
+DOCUMENT_UNIQUE_ID_ERROR = ErrorCode.DOCUMENT_UNIQUE_ID_ERROR
+REPOSITORY_ERROR = ErrorCode.REPOSITORY_ERROR
 
 
 # --- the manifest's DocumentEntry (publish_manifest) ---

@@ -72,6 +72,7 @@ from kuva.model.clock import Clock, utcnow
 from kuva.model.uids import is_valid_uid
 from kuva.model.xds import (
     DocumentEntry,
+    ErrorCode,
     RegistryError,
     ResponseStatus,
     SlotName,
@@ -85,13 +86,13 @@ from kuva.storage import BlobStore
 log = logging.getLogger(__name__)
 
 # Error codes (ITI TF-3 Table 4.2.4.1-2).
-MISSING_DOCUMENT = "XDSMissingDocument"
-MISSING_DOCUMENT_METADATA = "XDSMissingDocumentMetadata"
-REPOSITORY_METADATA_ERROR = "XDSRepositoryMetadataError"
-REPOSITORY_ERROR = "XDSRepositoryError"
-UNKNOWN_REPOSITORY = "XDSUnknownRepositoryId"
-UNKNOWN_COMMUNITY = "XDSUnknownCommunity"
-DOCUMENT_UNIQUE_ID_ERROR = "XDSDocumentUniqueIdError"
+MISSING_DOCUMENT = ErrorCode.MISSING_DOCUMENT
+MISSING_DOCUMENT_METADATA = ErrorCode.MISSING_DOCUMENT_METADATA
+REPOSITORY_METADATA_ERROR = ErrorCode.REPOSITORY_METADATA_ERROR
+REPOSITORY_ERROR = ErrorCode.REPOSITORY_ERROR
+UNKNOWN_REPOSITORY = ErrorCode.UNKNOWN_REPOSITORY
+UNKNOWN_COMMUNITY = ErrorCode.UNKNOWN_COMMUNITY
+DOCUMENT_UNIQUE_ID_ERROR = ErrorCode.DOCUMENT_UNIQUE_ID_ERROR
 
 # referenceIdList id types (ITI TF-3 4.2.3.2.28, Table 4.2.3.2.28-1 / CP-ITI-1097).
 ACCESSION_REFERENCE = "urn:ihe:iti:xds:2013:accession"

@@ -145,12 +145,8 @@ from kuva.model.xds import (
 log = logging.getLogger(__name__)
 
 
-class QueryErrorCode:
-    """Error codes of ITI TF-3 Table 4.2.4.1-2 that only ITI-18 answers with."""
-
-    STORED_QUERY_PARAM_NUMBER: Final = "XDSStoredQueryParamNumber"
-    TOO_MANY_RESULTS: Final = "XDSTooManyResults"
-    RESULT_NOT_SINGLE_PATIENT: Final = "XDSResultNotSinglePatient"
+# The ITI-18 codes live with the others in model.xds.ErrorCode.
+QueryErrorCode = ErrorCode
 
 
 class ReturnType(Enum):
