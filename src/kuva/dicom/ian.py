@@ -1,0 +1,114 @@
+"""Instance Availability Notification SCU (PS3.4 Annex R): the N-CREATE and its sending.
+
+An IAN tells a peer which instances of a study the archive holds and whether they
+can be retrieved (PS3.3 C.4.23, Instance Availability Notification Module): the
+study, its series, and per instance its SOP Class and Instance UIDs, Instance
+Availability (ONLINE, or UNAVAILABLE for instances that were rejected) and the AE
+title to retrieve it from. Dates and names are not part of the notification.
+
+This module builds the data set and sends it on a new association; deciding when
+and to whom (the registration pipeline, its outbox task and retries) belongs to a
+service (the registration issue builds it on these two functions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import UID
+from pynetdicom import AE, evt
+
+from kuva.dicom.contexts import BASIC_TRANSFER_SYNTAXES
+from kuva.dicom.kos import new_uid
+from kuva.dicom.network import set_nodelay_handler
+
+# Instance Availability Notification SOP Class (PS3.4 R.3).
+INSTANCE_AVAILABILITY_NOTIFICATION = UID("1.2.840.10008.5.1.4.33")
+ONLINE = "ONLINE"
+UNAVAILABLE = "UNAVAILABLE"
+AVAILABILITIES = frozenset({"ONLINE", "NEARLINE", "OFFLINE", "UNAVAILABLE"})  # PS3.3 C.4.23.1.1
+
+
+@dataclass(frozen=True)
+class AvailableInstance:
+    series_instance_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    availability: str = ONLINE
+
+
+class IanDeliveryError(Exception):
+    """The peer could not be reached or did not answer Success (for the retry log)."""
+
+
+def notification(
+    study_instance_uid: str, instances: Iterable[AvailableInstance], retrieve_ae_title: str
+) -> Dataset:
+    """The N-CREATE data set of an IAN (PS3.3 C.4.23): one Referenced Series item per
+    series, in the order the series first appear in ``instances``."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.ReferencedPerformedProcedureStepSequence = DicomSequence()  # Type 2: none known
+    ds.StudyInstanceUID = study_instance_uid
+    by_series: dict[str, list[AvailableInstance]] = {}
+    for instance in instances:
+        by_series.setdefault(instance.series_instance_uid, []).append(instance)
+    series_items = []
+    for series_uid, members in by_series.items():
+        series = Dataset()
+        series.SeriesInstanceUID = series_uid
+        references = []
+        for member in members:
+            if member.availability not in AVAILABILITIES:
+                raise ValueError(f"Instance Availability {member.availability!r} is not defined")
+            item = Dataset()
+            item.ReferencedSOPClassUID = member.sop_class_uid
+            item.ReferencedSOPInstanceUID = member.sop_instance_uid
+            item.InstanceAvailability = member.availability
+            item.RetrieveAETitle = retrieve_ae_title
+            references.append(item)
+        series.ReferencedSOPSequence = DicomSequence(references)
+        series_items.append(series)
+    ds.ReferencedSeriesSequence = DicomSequence(series_items)
+    return ds
+
+
+def send_notification(
+    ds: Dataset,
+    *,
+    calling_ae_title: str,
+    host: str,
+    port: int,
+    called_ae_title: str,
+    timeout: float = 30.0,
+) -> str:
+    """Send ``ds`` as an N-CREATE to the peer; return the IAN's SOP Instance UID.
+
+    Raises IanDeliveryError when the association is refused or fails, or the
+    N-CREATE answers anything but Success (0x0000) - the caller retries later.
+    """
+    ae = AE(ae_title=calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(INSTANCE_AVAILABILITY_NOTIFICATION, BASIC_TRANSFER_SYNTAXES)
+    assoc = ae.associate(
+        host,
+        port,
+        ae_title=called_ae_title,
+        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay_handler)],
+    )
+    if not assoc.is_established:
+        raise IanDeliveryError(f"association with {called_ae_title} at {host}:{port} failed")
+    uid = new_uid()
+    try:
+        status, _ = assoc.send_n_create(ds, INSTANCE_AVAILABILITY_NOTIFICATION, uid)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    code = getattr(status, "Status", None)
+    if code != 0x0000:
+        shown = "no response" if code is None else f"status 0x{int(code):04X}"
+        raise IanDeliveryError(f"IAN to {called_ae_title}: {shown}")
+    return uid
