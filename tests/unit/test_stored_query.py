@@ -55,7 +55,6 @@ from kuva.model.xds import (
 from kuva.services.registry import RegistryService
 from kuva.services.stored_query import (
     QUERIES,
-    QueryErrorCode,
     QueryParameter,
     ReturnType,
     StoredQueryId,
@@ -559,7 +558,7 @@ def test_find_documents_by_reference_id(world: World, service: StoredQueryServic
         (f"{DE}PatientId", quoted(PATIENT)),
         (f"{DE}Status", BOTH),
     )
-    assert refused(missing) == {(QueryErrorCode.STORED_QUERY_PARAM_NUMBER, reference)}
+    assert refused(missing) == {(ErrorCode.STORED_QUERY_PARAM_NUMBER, reference)}
     unknown = ask(
         service,
         StoredQueryId.FIND_DOCUMENTS,
@@ -604,7 +603,7 @@ def test_find_submission_sets(world: World, service: StoredQueryService) -> None
         (f"{ss}Status", listed(APPROVED)),
         (f"{ss}AuthorPerson", listed("%a%", "%b%")),
     )
-    assert refused(many) == {(QueryErrorCode.STORED_QUERY_PARAM_NUMBER, f"{ss}AuthorPerson")}
+    assert refused(many) == {(ErrorCode.STORED_QUERY_PARAM_NUMBER, f"{ss}AuthorPerson")}
 
 
 def test_find_folders(world: World, service: StoredQueryService) -> None:
@@ -720,13 +719,13 @@ def test_get_documents(world: World, service: StoredQueryService) -> None:
         (f"{DE}UniqueId", listed(w.e1.unique_id)),
     )
     group = f"{DE}EntryUUID or {DE}UniqueId"
-    assert refused(both) == {(QueryErrorCode.STORED_QUERY_PARAM_NUMBER, group)}
+    assert refused(both) == {(ErrorCode.STORED_QUERY_PARAM_NUMBER, group)}
     assert refused(ask(service, StoredQueryId.GET_DOCUMENTS)) == {
-        (QueryErrorCode.STORED_QUERY_PARAM_NUMBER, group)
+        (ErrorCode.STORED_QUERY_PARAM_NUMBER, group)
     }
     # Two patients in one answer.
     mixed = ask(service, StoredQueryId.GET_DOCUMENTS, (f"{DE}EntryUUID", listed(w.e1.id, w.e4.id)))
-    assert refused(mixed) == {(QueryErrorCode.RESULT_NOT_SINGLE_PATIENT, "GetDocuments")}
+    assert refused(mixed) == {(ErrorCode.RESULT_NOT_SINGLE_PATIENT, "GetDocuments")}
     bad = ask(service, StoredQueryId.GET_DOCUMENTS, (f"{DE}EntryUUID", listed("Document01")))
     assert refused(bad) == {(ErrorCode.REGISTRY_ERROR, f"{DE}EntryUUID")}
 
@@ -740,7 +739,7 @@ def test_get_folders(world: World, service: StoredQueryService) -> None:
         ask(service, StoredQueryId.GET_FOLDERS, ("$XDSFolderUniqueId", listed(w.f1.unique_id)))
     ) == [w.f1.id]
     assert refused(ask(service, StoredQueryId.GET_FOLDERS)) == {
-        (QueryErrorCode.STORED_QUERY_PARAM_NUMBER, "$XDSFolderEntryUUID or $XDSFolderUniqueId")
+        (ErrorCode.STORED_QUERY_PARAM_NUMBER, "$XDSFolderEntryUUID or $XDSFolderUniqueId")
     }
 
 
@@ -751,7 +750,7 @@ def test_get_associations(world: World, service: StoredQueryService) -> None:
     found = ids(ask(service, StoredQueryId.GET_ASSOCIATIONS, ("$uuid", listed(w.f1.id, w.e4.id))))
     assert found == [w.ss1_f1.id, w.f1_e1.id, w.f1_e3, w.ss3_e4.id]
     assert refused(ask(service, StoredQueryId.GET_ASSOCIATIONS)) == {
-        (QueryErrorCode.STORED_QUERY_PARAM_NUMBER, "$uuid")
+        (ErrorCode.STORED_QUERY_PARAM_NUMBER, "$uuid")
     }
 
 
@@ -825,7 +824,7 @@ def test_get_submission_set_and_contents(world: World, service: StoredQueryServi
         StoredQueryId.GET_SUBMISSION_SET_AND_CONTENTS,
         (f"{ss}EntryUUID", listed(w.ss1.id, w.ss2.id)),
     )
-    assert refused(two) == {(QueryErrorCode.STORED_QUERY_PARAM_NUMBER, f"{ss}EntryUUID")}
+    assert refused(two) == {(ErrorCode.STORED_QUERY_PARAM_NUMBER, f"{ss}EntryUUID")}
 
 
 def test_get_folder_and_contents(world: World, service: StoredQueryService) -> None:
@@ -919,22 +918,22 @@ STATUS_PARAM = (f"{DE}Status", listed(APPROVED))
     ("params", "code", "location"),
     [
         # Required parameters missing.
-        ((PATIENT_PARAM,), QueryErrorCode.STORED_QUERY_PARAM_NUMBER, f"{DE}Status"),
-        ((STATUS_PARAM,), QueryErrorCode.STORED_QUERY_PARAM_NUMBER, f"{DE}PatientId"),
+        ((PATIENT_PARAM,), ErrorCode.STORED_QUERY_PARAM_NUMBER, f"{DE}Status"),
+        ((STATUS_PARAM,), ErrorCode.STORED_QUERY_PARAM_NUMBER, f"{DE}PatientId"),
         # One value where one is allowed.
         (
             ((f"{DE}PatientId", listed(PATIENT, OTHER)), STATUS_PARAM),
-            QueryErrorCode.STORED_QUERY_PARAM_NUMBER,
+            ErrorCode.STORED_QUERY_PARAM_NUMBER,
             f"{DE}PatientId",
         ),
         (
             ((f"{DE}PatientId", quoted(PATIENT), quoted(OTHER)), STATUS_PARAM),
-            QueryErrorCode.STORED_QUERY_PARAM_NUMBER,
+            ErrorCode.STORED_QUERY_PARAM_NUMBER,
             f"{DE}PatientId",
         ),
         (
             (PATIENT_PARAM, STATUS_PARAM, (f"{DE}CreationTimeFrom", "(2004, 2005)")),
-            QueryErrorCode.STORED_QUERY_PARAM_NUMBER,
+            ErrorCode.STORED_QUERY_PARAM_NUMBER,
             f"{DE}CreationTimeFrom",
         ),
         # Several Slots where AND/OR is not allowed.
@@ -945,7 +944,7 @@ STATUS_PARAM = (f"{DE}Status", listed(APPROVED))
                 (f"{DE}ClassCode", listed(str(REPORTS))),
                 (f"{DE}ClassCode", listed(str(IMAGES))),
             ),
-            QueryErrorCode.STORED_QUERY_PARAM_NUMBER,
+            ErrorCode.STORED_QUERY_PARAM_NUMBER,
             f"{DE}ClassCode",
         ),
         # Values not in their form.
@@ -1035,7 +1034,7 @@ def test_every_problem_is_reported(world: World, service: StoredQueryService) ->
     assert refused(result) == {
         (ErrorCode.REGISTRY_ERROR, f"{DE}PatientId"),
         (ErrorCode.REGISTRY_ERROR, f"{DE}ClassCode"),
-        (QueryErrorCode.STORED_QUERY_PARAM_NUMBER, f"{DE}Status"),
+        (ErrorCode.STORED_QUERY_PARAM_NUMBER, f"{DE}Status"),
     }
 
 
@@ -1091,7 +1090,7 @@ def test_too_many_results(world: World, engine: Engine) -> None:
     small = StoredQueryService(engine, leaf_class_limit=2, object_ref_limit=3)
     both = (f"{DE}Status", BOTH)
     result = find_with(small, PATIENT_PARAM, both)
-    assert refused(result) == {(QueryErrorCode.TOO_MANY_RESULTS, "FindDocuments")}
+    assert refused(result) == {(ErrorCode.TOO_MANY_RESULTS, "FindDocuments")}
     assert "ObjectRef" in result.errors[0].context
     refs = ask(small, StoredQueryId.FIND_DOCUMENTS, PATIENT_PARAM, both, return_type="ObjectRef")
     assert len(ids(refs)) == 3
@@ -1105,7 +1104,7 @@ def test_too_many_results(world: World, engine: Engine) -> None:
         ("$XDSFolderStatus", BOTH),
         return_type="ObjectRef",
     )
-    assert refused(everything) == {(QueryErrorCode.TOO_MANY_RESULTS, "GetAll")}
+    assert refused(everything) == {(ErrorCode.TOO_MANY_RESULTS, "GetAll")}
     assert ids(find_with(small, PATIENT_PARAM, STATUS_PARAM)) == [world.e2.id, world.e3.id]
     with pytest.raises(ValueError):
         StoredQueryService(engine, leaf_class_limit=0)
@@ -1211,7 +1210,7 @@ def test_request_samples(world: World, service: StoredQueryService) -> None:
         (
             "invalid-iti18-FindDocuments-missing-status.xml",
             {},
-            QueryErrorCode.STORED_QUERY_PARAM_NUMBER,
+            ErrorCode.STORED_QUERY_PARAM_NUMBER,
             f"{DE}Status",
         ),
         (

@@ -118,13 +118,6 @@ log = logging.getLogger(__name__)
 
 DICOM_MIME_TYPE = "application/dicom"
 
-# Error codes (ITI TF-3 Table 4.2.4.1-2; XDSIRequestError: the NIST XDS Toolkit's).
-REQUEST_ERROR = ErrorCode.IMAGING_REQUEST_ERROR
-UNKNOWN_REPOSITORY = ErrorCode.UNKNOWN_REPOSITORY
-UNKNOWN_COMMUNITY = ErrorCode.UNKNOWN_COMMUNITY
-DOCUMENT_UNIQUE_ID_ERROR = ErrorCode.DOCUMENT_UNIQUE_ID_ERROR
-REPOSITORY_ERROR = ErrorCode.REPOSITORY_ERROR
-
 
 # --- the manifest's DocumentEntry (publish_manifest) ---
 #
@@ -291,7 +284,9 @@ def request_errors(request: ImagingDocumentSetRequest) -> list[RegistryError]:
     """What makes a request malformed (XDSIRequestError), RAD TF-3 4.69.4.1.2."""
     errors: list[RegistryError] = []
     if not request.documents:
-        errors.append(RegistryError(REQUEST_ERROR, "no DocumentRequest in the request"))
+        errors.append(
+            RegistryError(ErrorCode.IMAGING_REQUEST_ERROR, "no DocumentRequest in the request")
+        )
     for document in request.documents:
         location = document.document_unique_id
         for name, value in (
@@ -301,11 +296,19 @@ def request_errors(request: ImagingDocumentSetRequest) -> list[RegistryError]:
         ):
             problem = uid_problem(value)
             if problem is not None:
-                errors.append(RegistryError(REQUEST_ERROR, f"{name} {problem}", location))
+                errors.append(
+                    RegistryError(ErrorCode.IMAGING_REQUEST_ERROR, f"{name} {problem}", location)
+                )
         if not document.repository_unique_id:
-            errors.append(RegistryError(REQUEST_ERROR, "RepositoryUniqueId missing", location))
+            errors.append(
+                RegistryError(
+                    ErrorCode.IMAGING_REQUEST_ERROR, "RepositoryUniqueId missing", location
+                )
+            )
     if not any(request.transfer_syntax_uids):
-        errors.append(RegistryError(REQUEST_ERROR, "no TransferSyntaxUID in the request"))
+        errors.append(
+            RegistryError(ErrorCode.IMAGING_REQUEST_ERROR, "no TransferSyntaxUID in the request")
+        )
     return errors
 
 
@@ -637,7 +640,7 @@ class ImagingDocumentSource:
         if documents and not self._disclosed(recipient, documents):
             errors.extend(
                 RegistryError(
-                    REPOSITORY_ERROR,
+                    ErrorCode.REPOSITORY_ERROR,
                     "the instance cannot be handed out now (internal error)",
                     document.document_unique_id,
                 )
@@ -679,10 +682,12 @@ class ImagingDocumentSource:
         location = document.document_unique_id
         home = document.home_community_id
         if home and home != self._settings.xds.home_community_id:
-            return RegistryError(UNKNOWN_COMMUNITY, f"unknown homeCommunityId {home}", location)
+            return RegistryError(
+                ErrorCode.UNKNOWN_COMMUNITY, f"unknown homeCommunityId {home}", location
+            )
         if document.repository_unique_id != self.unique_id:
             return RegistryError(
-                UNKNOWN_REPOSITORY,
+                ErrorCode.UNKNOWN_REPOSITORY,
                 f"RepositoryUniqueId {document.repository_unique_id} is not this "
                 f"Imaging Document Source ({self.unique_id})",
                 location,
@@ -708,14 +713,16 @@ class ImagingDocumentSource:
         location = document.document_unique_id
         if stored is None:
             return RegistryError(
-                DOCUMENT_UNIQUE_ID_ERROR, f"no instance {location} at this source", location
+                ErrorCode.DOCUMENT_UNIQUE_ID_ERROR,
+                f"no instance {location} at this source",
+                location,
             )
         if (stored.study_instance_uid, stored.series_instance_uid) != (
             document.study_instance_uid,
             document.series_instance_uid,
         ):
             return RegistryError(
-                DOCUMENT_UNIQUE_ID_ERROR,
+                ErrorCode.DOCUMENT_UNIQUE_ID_ERROR,
                 f"instance {location} is not in series {document.series_instance_uid} "
                 f"of study {document.study_instance_uid}",
                 location,
@@ -723,7 +730,7 @@ class ImagingDocumentSource:
         target = _target(stored.transfer_syntax_uid, request.transfer_syntax_uids)
         if target is None:
             return RegistryError(
-                REPOSITORY_ERROR,
+                ErrorCode.REPOSITORY_ERROR,
                 f"instance {location} is stored as {stored.transfer_syntax_uid} and cannot "
                 f"be sent in any requested transfer syntax "
                 f"({', '.join(s for s in request.transfer_syntax_uids if s)})",
@@ -733,7 +740,7 @@ class ImagingDocumentSource:
         if obj.path is not None and not obj.path.is_file():
             log.error("RAD-69: the blob of instance %s is missing", location)
             return RegistryError(
-                REPOSITORY_ERROR, f"instance {location} cannot be read now", location
+                ErrorCode.REPOSITORY_ERROR, f"instance {location} cannot be read now", location
             )
         as_stored = obj.verbatim and target == stored.transfer_syntax_uid
         return ImagingDocument(

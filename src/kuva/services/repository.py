@@ -85,14 +85,6 @@ from kuva.storage import BlobStore
 
 log = logging.getLogger(__name__)
 
-# Error codes (ITI TF-3 Table 4.2.4.1-2).
-MISSING_DOCUMENT = ErrorCode.MISSING_DOCUMENT
-MISSING_DOCUMENT_METADATA = ErrorCode.MISSING_DOCUMENT_METADATA
-REPOSITORY_METADATA_ERROR = ErrorCode.REPOSITORY_METADATA_ERROR
-REPOSITORY_ERROR = ErrorCode.REPOSITORY_ERROR
-UNKNOWN_REPOSITORY = ErrorCode.UNKNOWN_REPOSITORY
-UNKNOWN_COMMUNITY = ErrorCode.UNKNOWN_COMMUNITY
-DOCUMENT_UNIQUE_ID_ERROR = ErrorCode.DOCUMENT_UNIQUE_ID_ERROR
 
 # referenceIdList id types (ITI TF-3 4.2.3.2.28, Table 4.2.3.2.28-1 / CP-ITI-1097).
 ACCESSION_REFERENCE = "urn:ihe:iti:xds:2013:accession"
@@ -330,7 +322,7 @@ class RepositoryService:
                 log.debug("ITI-43 disclosure failure", exc_info=True)
                 errors.extend(
                     _error(
-                        REPOSITORY_ERROR,
+                        ErrorCode.REPOSITORY_ERROR,
                         "the document cannot be handed out now (internal error)",
                         document.document_unique_id,
                     )
@@ -347,10 +339,10 @@ class RepositoryService:
         location = request.document_unique_id
         home = request.home_community_id
         if home and home != self._home:
-            return _error(UNKNOWN_COMMUNITY, f"unknown homeCommunityId {home}", location)
+            return _error(ErrorCode.UNKNOWN_COMMUNITY, f"unknown homeCommunityId {home}", location)
         if request.repository_unique_id != self._unique_id:
             return _error(
-                UNKNOWN_REPOSITORY,
+                ErrorCode.UNKNOWN_REPOSITORY,
                 f"RepositoryUniqueId {request.repository_unique_id} is not this Document "
                 f"Repository ({self._unique_id})",
                 location,
@@ -363,11 +355,15 @@ class RepositoryService:
         location = request.document_unique_id
         if row is None:
             return _error(
-                DOCUMENT_UNIQUE_ID_ERROR, f"no document {location} in this repository", location
+                ErrorCode.DOCUMENT_UNIQUE_ID_ERROR,
+                f"no document {location} in this repository",
+                location,
             )
         if not self._blobs.exists(row.blob_key):
             log.error("ITI-43: the blob of document %s is missing", location)
-            return _error(REPOSITORY_ERROR, f"document {location} cannot be read now", location)
+            return _error(
+                ErrorCode.REPOSITORY_ERROR, f"document {location} cannot be read now", location
+            )
         document = RetrievedDocument(
             repository_unique_id=row.repository_unique_id,
             document_unique_id=row.unique_id,
@@ -389,7 +385,7 @@ def _paired(provided: ProvidedSubmission) -> tuple[dict[str, bytes], list[Regist
         if document.id in by_id:
             errors.append(
                 _error(
-                    REPOSITORY_METADATA_ERROR,
+                    ErrorCode.REPOSITORY_METADATA_ERROR,
                     f"two Document elements with the id {document.id}",
                     document.id,
                 )
@@ -404,7 +400,7 @@ def _paired(provided: ProvidedSubmission) -> tuple[dict[str, bytes], list[Regist
         if content is None:
             errors.append(
                 _error(
-                    MISSING_DOCUMENT,
+                    ErrorCode.MISSING_DOCUMENT,
                     f"DocumentEntry {name} has no Document in the request",
                     name,
                 )
@@ -414,7 +410,7 @@ def _paired(provided: ProvidedSubmission) -> tuple[dict[str, bytes], list[Regist
         contents[entry.id] = content
     errors.extend(
         _error(
-            MISSING_DOCUMENT_METADATA,
+            ErrorCode.MISSING_DOCUMENT_METADATA,
             f"Document {document_id} has no DocumentEntry in the metadata",
             document_id,
         )
@@ -433,7 +429,7 @@ def _submitted_values(entry: DocumentEntry, name: str, content: bytes) -> list[R
         if [value.lower() for value in hashes] != [actual]:
             errors.append(
                 _error(
-                    REPOSITORY_METADATA_ERROR,
+                    ErrorCode.REPOSITORY_METADATA_ERROR,
                     f"DocumentEntry {name}: hash {', '.join(hashes)!r} is not the SHA-1 of "
                     f"the document ({actual})",
                     name,
@@ -443,7 +439,7 @@ def _submitted_values(entry: DocumentEntry, name: str, content: bytes) -> list[R
     if sizes is not None and list(sizes) != [str(len(content))]:
         errors.append(
             _error(
-                REPOSITORY_METADATA_ERROR,
+                ErrorCode.REPOSITORY_METADATA_ERROR,
                 f"DocumentEntry {name}: size {', '.join(sizes)!r} is not the size of the "
                 f"document ({len(content)} bytes)",
                 name,

@@ -145,10 +145,6 @@ from kuva.model.xds import (
 log = logging.getLogger(__name__)
 
 
-# The ITI-18 codes live with the others in model.xds.ErrorCode.
-QueryErrorCode = ErrorCode
-
-
 class ReturnType(Enum):
     """ResponseOption/@returnType values ITI-18 allows (3.18.4.1.2.3.5)."""
 
@@ -979,7 +975,7 @@ class StoredQueryService:
         except _TooMany:
             log.info("ITI-18 %s: more than %d objects", query.name, limit)
             error = RegistryError(
-                QueryErrorCode.TOO_MANY_RESULTS,
+                ErrorCode.TOO_MANY_RESULTS,
                 f"the query matches more than {limit} objects, the most one "
                 f"{return_type.value} answer holds; narrow the query"
                 + (" or ask for ObjectRef" if leaf else ""),
@@ -991,7 +987,7 @@ class StoredQueryService:
         if len(patients) > 1:
             log.info("ITI-18 %s: objects of %d patients refused", query.name, len(patients))
             error = RegistryError(
-                QueryErrorCode.RESULT_NOT_SINGLE_PATIENT,
+                ErrorCode.RESULT_NOT_SINGLE_PATIENT,
                 f"the answer would hold objects of {len(patients)} patients",
                 query.name,
             )
@@ -1054,7 +1050,7 @@ def _check_parameters(
             continue
         if len(occurrences) > 1 and not spec.and_or:
             error(
-                QueryErrorCode.STORED_QUERY_PARAM_NUMBER,
+                ErrorCode.STORED_QUERY_PARAM_NUMBER,
                 name,
                 f"given in {len(occurrences)} Slots; it takes one",
             )
@@ -1069,7 +1065,7 @@ def _check_parameters(
                     scalars.extend(parse_value(text))
                 if len(scalars) > 1 and not spec.multiple:
                     error(
-                        QueryErrorCode.STORED_QUERY_PARAM_NUMBER,
+                        ErrorCode.STORED_QUERY_PARAM_NUMBER,
                         name,
                         f"{len(scalars)} values given; it takes one",
                     )
@@ -1083,7 +1079,7 @@ def _check_parameters(
     for spec in query.params:
         if spec.required and spec.name not in slots:
             error(
-                QueryErrorCode.STORED_QUERY_PARAM_NUMBER,
+                ErrorCode.STORED_QUERY_PARAM_NUMBER,
                 spec.name,
                 f"required by {query.name} and missing",
             )
@@ -1092,7 +1088,7 @@ def _check_parameters(
         if len(present) != 1:
             names = " or ".join(group)
             problem = "both given; they exclude each other" if present else "one is required"
-            error(QueryErrorCode.STORED_QUERY_PARAM_NUMBER, names, problem)
+            error(ErrorCode.STORED_QUERY_PARAM_NUMBER, names, problem)
     level = values.get(METADATA_LEVEL)
     if level and level[0][0] != 1:
         error(

@@ -25,9 +25,8 @@ from lxml import etree
 from lxml.etree import _Element as Element
 
 from kuva.config import Settings
-from kuva.model.xds import RegistryError, ResponseStatus
+from kuva.model.xds import ErrorCode, RegistryError, ResponseStatus
 from kuva.services.imaging_source import (
-    REQUEST_ERROR,
     DocumentRequest,
     ImagingDocument,
     ImagingDocumentSetRequest,
@@ -138,9 +137,15 @@ def retrieve_imaging_document_set(source: ImagingDocumentSource, settings: Setti
 
     def invalid(request: SoapRequest, messages: list[str]) -> SoapResponse:
         errors = [
-            RegistryError(REQUEST_ERROR, f"RetrieveImagingDocumentSetRequest: {message}")
+            RegistryError(
+                ErrorCode.IMAGING_REQUEST_ERROR, f"RetrieveImagingDocumentSetRequest: {message}"
+            )
             for message in messages
-        ] or [RegistryError(REQUEST_ERROR, "RetrieveImagingDocumentSetRequest is not valid")]
+        ] or [
+            RegistryError(
+                ErrorCode.IMAGING_REQUEST_ERROR, "RetrieveImagingDocumentSetRequest is not valid"
+            )
+        ]
         return SoapResponse(action=RESPONSE_ACTION, body=_response(ResponseStatus.FAILURE, errors))
 
     return Transaction(

@@ -35,11 +35,9 @@ from lxml import etree
 from lxml.etree import _Element as Element
 
 from kuva.config import Settings
-from kuva.model.xds import RegistryError, ResponseStatus
+from kuva.model.xds import ErrorCode, RegistryError, ResponseStatus
 from kuva.services.disclosure import recipient_of
 from kuva.services.repository import (
-    REPOSITORY_ERROR,
-    REPOSITORY_METADATA_ERROR,
     DocumentRequest,
     DocumentSetResult,
     ProvidedDocument,
@@ -102,13 +100,13 @@ def provide_and_register(service: RepositoryService, settings: Settings) -> Tran
         organization = settings.http_organization()
         if organization is None:
             return _failure(
-                REPOSITORY_ERROR,
+                ErrorCode.REPOSITORY_ERROR,
                 "no organisation (register holder) is configured for XDS submissions",
             )
         try:
             submission = ebrim.parse_submission(request.body)
         except ebrim.EbrimError as exc:
-            return _failure(REPOSITORY_METADATA_ERROR, str(exc))
+            return _failure(ErrorCode.REPOSITORY_METADATA_ERROR, str(exc))
         provided = ProvidedSubmission(submission, provided_documents(request.body, request))
         try:
             outcome = service.provide_and_register(provided, organization_oid=organization)
@@ -118,20 +116,27 @@ def provide_and_register(service: RepositoryService, settings: Settings) -> Tran
                 request.message_id,
                 exc.strerror or type(exc).__name__,
             )
-            return _failure(REPOSITORY_ERROR, "the document could not be stored; try again")
+            return _failure(
+                ErrorCode.REPOSITORY_ERROR, "the document could not be stored; try again"
+            )
         except Exception as exc:
             # Database errors quote their parameters (patient ids): the traceback
             # goes to DEBUG only.
             log.error("ITI-41 (message %s) failed: %s", request.message_id, type(exc).__name__)
             log.debug("ITI-41 failure", exc_info=True)
-            return _failure(REPOSITORY_ERROR, "internal error of the repository")
+            return _failure(ErrorCode.REPOSITORY_ERROR, "internal error of the repository")
         return _registry_answer(outcome.status, outcome.errors)
 
     def invalid(request: SoapRequest, problems: list[str]) -> SoapResponse:
-        errors = [RegistryError(REPOSITORY_METADATA_ERROR, problem) for problem in problems]
+        errors = [
+            RegistryError(ErrorCode.REPOSITORY_METADATA_ERROR, problem) for problem in problems
+        ]
         return _registry_answer(
             ResponseStatus.FAILURE,
-            errors or [RegistryError(REPOSITORY_METADATA_ERROR, "the request breaks the schema")],
+            errors
+            or [
+                RegistryError(ErrorCode.REPOSITORY_METADATA_ERROR, "the request breaks the schema")
+            ],
         )
 
     return Transaction(
@@ -207,9 +212,9 @@ def retrieve_document_set(service: RepositoryService, settings: Settings) -> Tra
 
     def invalid(request: SoapRequest, problems: list[str]) -> SoapResponse:
         errors = [
-            RegistryError(REPOSITORY_ERROR, f"RetrieveDocumentSetRequest: {problem}")
+            RegistryError(ErrorCode.REPOSITORY_ERROR, f"RetrieveDocumentSetRequest: {problem}")
             for problem in problems
-        ] or [RegistryError(REPOSITORY_ERROR, "RetrieveDocumentSetRequest is not valid")]
+        ] or [RegistryError(ErrorCode.REPOSITORY_ERROR, "RetrieveDocumentSetRequest is not valid")]
         return SoapResponse(
             action=RESPONSE_ACTIONS[RETRIEVE_DOCUMENT_SET],
             body=_retrieve_response(ResponseStatus.FAILURE, errors),
