@@ -80,7 +80,14 @@ class KuvaServer:
             "dicom": {"ae_title": self.ae_title, "host": "127.0.0.1", "port": self.dicom_port},
             "http": {"host": "127.0.0.1", "port": self.http_port},
             "hl7": {"host": "127.0.0.1", "port": self.hl7_port},
-            "tasks": {"poll_seconds": 0.2, "backoff_base_seconds": 0.2, "backoff_max_seconds": 1.0},
+            # A short lease: a task caught running by a SIGKILL is taken again within
+            # seconds (the default, 300 s, suits production, not a 30 s test wait).
+            "tasks": {
+                "poll_seconds": 0.2,
+                "backoff_base_seconds": 0.2,
+                "backoff_max_seconds": 1.0,
+                "lease_seconds": 10,
+            },
         }
         if self.public_url:
             sections["http"]["base_url"] = self.http
