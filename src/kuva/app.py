@@ -16,6 +16,7 @@ from kuva import metrics
 from kuva.config import Settings
 from kuva.dicom.commitment import StorageCommitmentSCP
 from kuva.dicom.find_scp import FindSCP
+from kuva.dicom.ian import IanSender
 from kuva.dicom.retrieve_scp import RetrieveSCP
 from kuva.dicom.server import DicomServer
 from kuva.dicom.storage_scp import StorageSCP
@@ -28,12 +29,13 @@ from kuva.index.database import make_engine, migrate, ping
 from kuva.index.group_commit import GroupCommitter
 from kuva.index.outbox import STATUSES
 from kuva.index.uow import UnitOfWork
-from kuva.services import commitment
+from kuva.services import commitment, registration
 from kuva.services.commitment import CommitmentService
 from kuva.services.disclosure import DisclosureLog
 from kuva.services.imaging_source import ImagingDocumentSource
 from kuva.services.ingest import IngestService
 from kuva.services.query import QueryService
+from kuva.services.registration import RegistrationService
 from kuva.services.registry import RegistryService
 from kuva.services.repository import RepositoryService
 from kuva.services.retrieve import RetrieveService
@@ -125,16 +127,27 @@ class Archive:
         self.commitment = CommitmentService(
             self.engine, self.blobs, max_attempts=settings.tasks.max_attempts
         )
-        self.workers = TaskWorkers(
-            self.engine,
-            settings.tasks,
-            {commitment.TASK_KIND: self.commitment.run_task},
-        )
-        self.commitment.on_enqueued = self.workers.wake
         self.commitment_scp = StorageCommitmentSCP(settings, self.commitment)
         self.retrieve = RetrieveService(self.engine, self.blobs)
         self.query = QueryService(self.engine)
         self.xds = build_xds(settings, self.engine, self.blobs, self.ingest, self.retrieve)
+        self.registration = RegistrationService(
+            self.engine, settings, self.xds.imaging_source, IanSender(settings)
+        )
+        if settings.registration.enabled:
+            self.ingest.on_indexed = self.registration.instance_indexed
+            self.commitment.on_verified = self.registration.commitment_verified
+        self.workers = TaskWorkers(
+            self.engine,
+            settings.tasks,
+            {
+                commitment.TASK_KIND: self.commitment.run_task,
+                registration.REGISTRATION_TASK: self.registration.run_registration,
+                registration.IAN_TASK: self.registration.run_ian,
+            },
+        )
+        self.commitment.on_enqueued = self.workers.wake
+        self.registration.on_enqueued = self.workers.wake
         compiled_schema()  # built now (about 0.6 s), not on the first XDS request
         self.commitment.sender = self.commitment_scp
         self.dicom = DicomServer(
@@ -164,7 +177,11 @@ class Archive:
     def refresh_task_metrics(self) -> None:
         with UnitOfWork(self.engine, write=False) as uow:
             counts = uow.tasks.counts()
-        kinds = {kind for kind, _ in counts} | {commitment.TASK_KIND}
+        kinds = {kind for kind, _ in counts} | {
+            commitment.TASK_KIND,
+            registration.REGISTRATION_TASK,
+            registration.IAN_TASK,
+        }
         for kind in kinds:
             for status in STATUSES:
                 metrics.tasks.labels(kind, status).set(counts.get((kind, status), 0))

@@ -176,7 +176,6 @@ def xds_publish(
     _logging("WARNING")
     settings = _settings(config)
     from kuva.app import build_xds
-    from kuva.dicom.kos import ManifestError
     from kuva.index.group_commit import GroupCommitter
     from kuva.services.imaging_source import ManifestPublishError, UnknownStudy
     from kuva.services.ingest import IngestService
@@ -191,7 +190,7 @@ def xds_publish(
         ingest = IngestService(engine, blobs, committer)
         xds = build_xds(settings, engine, blobs, ingest, RetrieveService(engine, blobs))
         published = xds.imaging_source.publish_manifest(study_uid)
-    except (UnknownStudy, ManifestError, ManifestPublishError) as exc:
+    except (UnknownStudy, ManifestPublishError) as exc:
         console.print(f"[red]not published:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc
     finally:

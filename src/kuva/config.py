@@ -99,7 +99,22 @@ class XdsSettings(BaseModel):
 
 
 class RegistrationSettings(BaseModel):
-    stable_seconds: int = 60
+    """Registration of studies and IAN (services/registration)."""
+
+    # false: studies are archived and retrievable only - no manifests, no IAN.
+    enabled: bool = True
+    # A study is registered this long after its last instance arrived (or at once
+    # when a storage commitment covered all of it).
+    stable_seconds: float = 60
+    # Modalities whose studies are published in the XDS registry (a study is when
+    # any of its series has one); [] = every study. Studies of other modalities
+    # are archived, retrievable and announced by IAN, but not published.
+    modalities: list[str] = Field(default_factory=list)
+
+    @field_validator("modalities")
+    @classmethod
+    def _modalities(cls, value: list[str]) -> list[str]:
+        return [modality.strip().upper() for modality in value if modality.strip()]
 
 
 class TaskSettings(BaseModel):
@@ -189,6 +204,14 @@ class Settings(BaseSettings):
         if self.open_access:
             return LOCAL_ORGANIZATION_OID
         return None
+
+    def ian_nodes(self, organization_oid: str) -> list[NodeSettings]:
+        """The nodes of an organisation that want Instance Availability Notifications."""
+        return [
+            node
+            for node in self.nodes
+            if node.ian and (node.organization or LOCAL_ORGANIZATION_OID) == organization_oid
+        ]
 
     def http_organization(self) -> str | None:
         """The organisation an HTTP client stores for, or None when none is configured."""

@@ -34,3 +34,16 @@ tasks = Gauge(
 task_runs = Counter(
     "kuva_task_runs", "Task attempts, by kind and result", ["kind", "result"], registry=REGISTRY
 )
+registrations = Counter(
+    "kuva_registrations",
+    "Study registrations, by outcome (published, unpublished: modality not on the list, "
+    "refused by the registry)",
+    ["outcome"],
+    registry=REGISTRY,
+)
+registration_latency = Histogram(
+    "kuva_registration_latency_seconds",
+    "Time from a study's last instance to an IAN of it acknowledged by a node",
+    buckets=(0.5, 1, 2, 3, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 21600, 86400),
+    registry=REGISTRY,
+)

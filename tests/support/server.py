@@ -88,6 +88,10 @@ class KuvaServer:
                 "backoff_max_seconds": 1.0,
                 "lease_seconds": 10,
             },
+            # Off unless a test is about it: a registration adds a manifest (an
+            # instance) to the study and tasks to the outbox, which tests of other
+            # things do not expect.
+            "registration": {"enabled": False},
         }
         if self.public_url:
             sections["http"]["base_url"] = self.http

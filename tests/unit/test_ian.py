@@ -5,18 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
-from pynetdicom.events import Event
 
 from kuva.dicom.ian import (
-    INSTANCE_AVAILABILITY_NOTIFICATION,
-    UNAVAILABLE,
-    AvailableInstance,
     IanDeliveryError,
     notification,
     send_notification,
 )
+from kuva.model.availability import UNAVAILABLE, AvailableInstance
+from tests.support.ian import IanReceiver
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 STUDY = "1.2.246.10.0.10.99.1"
@@ -25,28 +21,6 @@ INSTANCES = [
     AvailableInstance("1.2.246.10.0.10.99.2.2", CT, "1.2.246.10.0.10.99.3.3"),
     AvailableInstance("1.2.246.10.0.10.99.2.1", CT, "1.2.246.10.0.10.99.3.2", UNAVAILABLE),
 ]
-
-
-class IanReceiver:
-    """A pynetdicom IAN SCP that keeps what it receives and answers ``status``."""
-
-    def __init__(self, status: int = 0x0000) -> None:
-        self.status = status
-        self.received: list[tuple[str, Dataset]] = []
-        self.ae = AE(ae_title="IANSCP")
-        self.ae.add_supported_context(INSTANCE_AVAILABILITY_NOTIFICATION)
-        self.server = self.ae.start_server(
-            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_N_CREATE, self._on_create)]
-        )
-        self.port = int(self.server.server_address[1])
-
-    def _on_create(self, event: Event) -> tuple[int, Dataset | None]:
-        request = event.request
-        self.received.append((str(request.AffectedSOPInstanceUID), event.attribute_list))
-        return self.status, None
-
-    def close(self) -> None:
-        self.server.shutdown()
 
 
 @pytest.fixture
@@ -77,15 +51,10 @@ def test_sent_as_n_create_and_received_whole(receiver: IanReceiver) -> None:
     uid = send_notification(
         ds, calling_ae_title="KUVA", host="127.0.0.1", port=receiver.port, called_ae_title="IANSCP"
     )
-    [(affected, got)] = receiver.received
-    assert affected == uid
-    assert got.StudyInstanceUID == STUDY
-    references = [
-        item.ReferencedSOPInstanceUID
-        for series in got.ReferencedSeriesSequence
-        for item in series.ReferencedSOPSequence
-    ]
-    assert sorted(references) == sorted(i.sop_instance_uid for i in INSTANCES)
+    [got] = receiver.received
+    assert got.sop_instance_uid == uid
+    assert got.study_uid == STUDY
+    assert got.instances() == {i.sop_instance_uid: i.availability for i in INSTANCES}
 
 
 def test_failure_status_and_refused_association_raise() -> None:

@@ -6,38 +6,28 @@ study, its series, and per instance its SOP Class and Instance UIDs, Instance
 Availability (ONLINE, or UNAVAILABLE for instances that were rejected) and the AE
 title to retrieve it from. Dates and names are not part of the notification.
 
-This module builds the data set and sends it on a new association; deciding when
-and to whom (the registration pipeline, its outbox task and retries) belongs to a
-service (the registration issue builds it on these two functions).
+This module builds the data set and sends it on a new association
+(``IanSender``); deciding when and to whom (the registration pipeline, its outbox
+tasks and retries) belongs to services.registration.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID
 from pynetdicom import AE, evt
 
+from kuva.config import NodeSettings, Settings
 from kuva.dicom.contexts import BASIC_TRANSFER_SYNTAXES
-from kuva.dicom.kos import new_uid
 from kuva.dicom.network import set_nodelay_handler
+from kuva.model.availability import AVAILABILITIES, AvailableInstance
+from kuva.model.uids import new_uid
 
 # Instance Availability Notification SOP Class (PS3.4 R.3).
 INSTANCE_AVAILABILITY_NOTIFICATION = UID("1.2.840.10008.5.1.4.33")
-ONLINE = "ONLINE"
-UNAVAILABLE = "UNAVAILABLE"
-AVAILABILITIES = frozenset({"ONLINE", "NEARLINE", "OFFLINE", "UNAVAILABLE"})  # PS3.3 C.4.23.1.1
-
-
-@dataclass(frozen=True)
-class AvailableInstance:
-    series_instance_uid: str
-    sop_class_uid: str
-    sop_instance_uid: str
-    availability: str = ONLINE
 
 
 class IanDeliveryError(Exception):
@@ -112,3 +102,24 @@ def send_notification(
         shown = "no response" if code is None else f"status 0x{int(code):04X}"
         raise IanDeliveryError(f"IAN to {called_ae_title}: {shown}")
     return uid
+
+
+class IanSender:
+    """services.registration's AvailabilityNotifier over DICOM: kuva's own AE
+    title calls the node and names itself as the Retrieve AE Title."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._ae_title = settings.dicom.ae_title
+        self._timeout = settings.dicom.acse_timeout
+
+    def notify(
+        self, node: NodeSettings, study_instance_uid: str, instances: list[AvailableInstance]
+    ) -> None:
+        send_notification(
+            notification(study_instance_uid, instances, self._ae_title),
+            calling_ae_title=self._ae_title,
+            host=node.host,
+            port=node.port,
+            called_ae_title=node.ae_title,
+            timeout=self._timeout,
+        )

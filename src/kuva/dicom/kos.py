@@ -24,7 +24,6 @@ Object Description and observer context of TID 2010, and frame-level references.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,8 +35,8 @@ from kuva.model.instance import PatientAttributes, StudyAttributes
 from kuva.model.uids import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
-    KUVA_UID_ROOT,
     is_valid_uid,
+    new_uid,
 )
 
 # Key Object Selection Document Storage (PS3.4 B.5) and its value of Modality.
@@ -51,13 +50,6 @@ MANUFACTURER = "kuva"
 SERIES_NUMBER = 9999  # out of the way of the modality's series numbers
 SERIES_DESCRIPTION = "XDS-I.b manifest"
 UTF8 = "ISO_IR 192"
-
-# Generated UIDs: kuva's root, then one component of 19 digits starting with a
-# non-zero digit (the 64-character limit leaves 19 digits after the 44 of the
-# root). Structured arcs under the root (``.1`` = implementation class) stay
-# short, so the two never meet.
-_RANDOM_LOW = 10**18
-_RANDOM_SPAN = 9 * 10**18
 
 
 class ManifestError(ValueError):
@@ -86,11 +78,6 @@ class ManifestStudy:
     patient: PatientAttributes
     study: StudyAttributes
     instances: Sequence[ManifestInstance]
-
-
-def new_uid() -> str:
-    """A new UID under kuva's root (PS3.5 9.1; 2.25 arc, PS3.5 B.2)."""
-    return f"{KUVA_UID_ROOT}.{_RANDOM_LOW + secrets.randbelow(_RANDOM_SPAN)}"
 
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:

@@ -1,12 +1,14 @@
 """Repository for manifests: a study with its patient and every instance it holds.
 
-What an XDS-I.b manifest of a study lists (RAD TF-3 4.68.4.1.2.3), read from
-indexed columns only, so that building a manifest never opens a blob.
+What an XDS-I.b manifest of a study lists (RAD TF-3 4.68.4.1.2.3), and what its
+registration and Instance Availability Notifications need, read from indexed
+columns only, so that neither ever opens a blob.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, select
@@ -65,6 +67,43 @@ _INSTANCES = (
 )
 
 
+@dataclass(frozen=True)
+class HeldInstance:
+    """An instance of a study as its registration sees it."""
+
+    pk: int  # increases with arrival: a registration lists the instances up to one
+    series_instance_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    received_at: datetime
+    modality: str  # of its series
+
+
+@dataclass(frozen=True)
+class StudyHoldings:
+    study_instance_uid: str
+    organization_oid: str  # the register holder
+    instances: list[HeldInstance]  # in arrival (pk) order
+
+
+_HOLDINGS_STUDY = select(study.c.pk, study.c.organization_oid).where(
+    study.c.study_instance_uid == bindparam("uid")
+)
+_HOLDINGS = (
+    select(
+        instance.c.pk,
+        series.c.series_instance_uid,
+        instance.c.sop_class_uid,
+        instance.c.sop_instance_uid,
+        instance.c.received_at,
+        series.c.modality,
+    )
+    .select_from(instance.join(series, instance.c.series_pk == series.c.pk))
+    .where(series.c.study_pk == bindparam("study_pk"))
+    .order_by(instance.c.pk)
+)
+
+
 def _order(row: ListedInstance) -> tuple[Any, ...]:
     """Series (number, UID), instance (number, UID); unnumbered last.
 
@@ -109,4 +148,16 @@ class ManifestRepository:
                 referring_physician_name=head.referring_physician_name,
             ),
             instances=listed,
+        )
+
+    def holdings(self, study_instance_uid: str) -> StudyHoldings | None:
+        """The study's register holder and instances; None if unknown."""
+        head = self.conn.execute(_HOLDINGS_STUDY, {"uid": study_instance_uid}).first()
+        if head is None:
+            return None
+        rows = self.conn.execute(_HOLDINGS, {"study_pk": head.pk})
+        return StudyHoldings(
+            study_instance_uid=study_instance_uid,
+            organization_oid=head.organization_oid,
+            instances=[HeldInstance(*row) for row in rows],
         )

@@ -5,6 +5,11 @@ claim due tasks with row locks (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite
 has a single writer), under a lease: a task whose worker died is claimed again
 when its lease runs out. Failure schedules a retry with exponential backoff until
 ``max_attempts``, after which the task stays ``failed`` for an operator.
+
+Tasks that name the same ``queue`` run one at a time and in the order they were
+added: a task is not claimed while an earlier task of its queue is not done
+(pending, running, or failed and waiting for an operator). This is what keeps the
+registrations of a study, and its IANs to one node, in order.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select, update
+from sqlalchemy import Connection, and_, exists, func, or_, select, update
 
 from kuva.index.schema import task
 
@@ -72,12 +77,14 @@ class TaskRepository:
         now: datetime,
         max_attempts: int,
         run_at: datetime | None = None,
+        queue: str | None = None,
     ) -> int:
         result = self.conn.execute(
             task.insert()
             .values(
                 kind=kind,
                 subject=subject,
+                queue=queue,
                 payload=json.dumps(payload, separators=(",", ":")),
                 status=PENDING,
                 attempts=0,
@@ -105,7 +112,11 @@ class TaskRepository:
             and_(task.c.status == PENDING, task.c.next_attempt_at <= now),
             and_(task.c.status == RUNNING, task.c.locked_until < now),
         )
-        query = select(task.c.pk).where(due)
+        earlier = task.alias("earlier")
+        waiting = exists().where(
+            earlier.c.queue == task.c.queue, earlier.c.pk < task.c.pk, earlier.c.status != DONE
+        )
+        query = select(task.c.pk).where(due, or_(task.c.queue.is_(None), ~waiting))
         if kinds is not None:
             query = query.where(task.c.kind.in_(kinds))
         if pk is not None:
@@ -113,7 +124,7 @@ class TaskRepository:
         query = (
             query.order_by(task.c.next_attempt_at, task.c.pk)
             .limit(limit)
-            .with_for_update(skip_locked=True)
+            .with_for_update(skip_locked=True, of=task)
         )
         pks = list(self.conn.execute(query).scalars())
         if not pks:
@@ -169,6 +180,79 @@ class TaskRepository:
         if worker is not None:
             query = query.where(task.c.locked_by == worker)
         return bool(self.conn.execute(query.values(**values)).rowcount)
+
+    def schedule_once(
+        self,
+        kind: str,
+        *,
+        subject: str,
+        queue: str,
+        payload: dict[str, Any],
+        now: datetime,
+        run_at: datetime,
+        max_attempts: int,
+    ) -> int:
+        """Debounce: the one waiting task of ``kind`` for ``subject`` now runs at ``run_at``.
+
+        A pending task is moved; a failed one is taken up again from its first
+        attempt; either starts over with ``payload``. With neither (none yet, or
+        the last one running or done) a new task is added. A running task keeps
+        running: the new one waits behind it in ``queue``. Returns the task's key.
+        """
+        waiting = select(task.c.pk, task.c.status).where(
+            task.c.kind == kind, task.c.subject == subject, task.c.status.in_((PENDING, FAILED))
+        )
+        row = self.conn.execute(waiting.order_by(task.c.pk.desc()).limit(1)).first()
+        if row is not None:
+            values: dict[str, Any] = {
+                "status": PENDING,
+                "next_attempt_at": run_at,
+                "payload": json.dumps(payload, separators=(",", ":")),
+                "updated_at": now,
+            }
+            if row.status == FAILED:
+                values.update(attempts=0, last_error=None)
+            # Only while it is still waiting: a worker may have claimed it meanwhile.
+            moved = self.conn.execute(
+                update(task)
+                .where(task.c.pk == row.pk, task.c.status == row.status)
+                .values(**values)
+            )
+            if moved.rowcount:
+                return int(row.pk)
+        return self.add(
+            kind,
+            subject=subject,
+            payload=payload,
+            now=now,
+            max_attempts=max_attempts,
+            run_at=run_at,
+            queue=queue,
+        )
+
+    def bring_forward(self, kind: str, *, subject: str, now: datetime) -> bool:
+        """A pending task of ``kind`` for ``subject`` due later becomes due now."""
+        result = self.conn.execute(
+            update(task)
+            .where(
+                task.c.kind == kind,
+                task.c.subject == subject,
+                task.c.status == PENDING,
+                task.c.next_attempt_at > now,
+            )
+            .values(next_attempt_at=now, updated_at=now)
+        )
+        return bool(result.rowcount)
+
+    def next_due(self, after: datetime) -> datetime | None:
+        """When the earliest pending task due after ``after`` falls due (index on
+        status, next_attempt_at). Tasks already due are left out: those a worker
+        could not claim wait for an earlier task of their queue."""
+        return self.conn.execute(
+            select(func.min(task.c.next_attempt_at)).where(
+                task.c.status == PENDING, task.c.next_attempt_at > after
+            )
+        ).scalar()
 
     def retry(
         self, *, now: datetime, pks: Sequence[int] | None = None, kind: str | None = None

@@ -183,6 +183,9 @@ task = Table(
     # What the task is about (a study UID, a transaction UID ...), for operators.
     Column("subject", String(128), nullable=False, server_default=""),
     Column("payload", Text, nullable=False, server_default="{}"),
+    # Tasks with the same queue run one at a time, in the order they were added
+    # (index.outbox); NULL = no ordering.
+    Column("queue", String(200), nullable=True),
     # pending -> running -> done | failed (after max_attempts); failed -> pending on retry.
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, server_default="0"),
@@ -196,6 +199,7 @@ task = Table(
     Index(None, "status", "next_attempt_at"),
     Index(None, "kind", "status"),
     Index(None, "subject"),
+    Index(None, "queue", "pk"),
 )
 
 # --- XDS.b Document Registry (ITI TF-3 4.1-4.3; kuva.index.registry) ---

@@ -109,6 +109,10 @@ class CommitmentService:
         self._clock = clock
         self.on_enqueued = on_enqueued
         self.sender: ReportSender | None = None
+        # Runs in the transaction that records a verification, with the SOP
+        # Instance UIDs it committed (services.registration registers the studies
+        # it covers at once).
+        self.on_verified: Callable[[UnitOfWork, list[str]], None] | None = None
 
     def request(self, request: CommitmentRequest) -> int:
         """Record the request and its report task (one transaction); return the task key.
@@ -239,6 +243,8 @@ class CommitmentService:
                 verified_at=self._clock(),
             )
             uow.tasks.set_payload(task.pk, {**task.payload, "result": report.to_json()})
+            if self.on_verified is not None and report.committed:
+                self.on_verified(uow, [ref.sop_instance_uid for ref in report.committed])
             uow.commit()
         if report.failed:
             log.warning(

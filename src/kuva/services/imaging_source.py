@@ -68,10 +68,10 @@ from sqlalchemy import Engine
 from kuva.config import Settings
 from kuva.dicom.kos import (
     KEY_OBJECT_SELECTION_DOCUMENT_STORAGE,
+    ManifestError,
     ManifestInstance,
     ManifestStudy,
     build_manifest,
-    new_uid,
 )
 from kuva.dicom.outgoing import encoded
 from kuva.dicom.part10 import Part10Rewriter, extract_attributes
@@ -83,7 +83,7 @@ from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
 from kuva.model.instance import PatientAttributes
 from kuva.model.query import QueryLevel
-from kuva.model.uids import KUVA_UID_ROOT, uid_problem
+from kuva.model.uids import made_by_kuva, new_uid, uid_problem
 from kuva.model.xds import (
     ORIGINAL,
     AssociationType,
@@ -270,13 +270,22 @@ class ImagingDocumentSetResult:
     documents: tuple[ImagingDocument, ...] = field(default=())
 
 
+def _listed_count(manifest: Dataset) -> int:
+    """Instances a manifest lists (its Current Requested Procedure Evidence)."""
+    return sum(
+        len(series.ReferencedSOPSequence)
+        for study in manifest.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+    )
+
+
 def _is_kuva_kos(instance: ListedInstance) -> bool:
     """A Key Object Selection Document kuva made (a manifest or rejection note).
 
     A manifest lists the study's images, not earlier manifests of it.
     """
     return instance.sop_class_uid == KEY_OBJECT_SELECTION_DOCUMENT_STORAGE and (
-        instance.sop_instance_uid.startswith(KUVA_UID_ROOT + ".")
+        made_by_kuva(instance.sop_instance_uid)
     )
 
 
@@ -378,7 +387,9 @@ class ImagingDocumentSource:
             raise UnknownStudy(f"no study {study_uid}")
         return self._manifest(listing, now)
 
-    def _manifest(self, listing: StudyListing, now: datetime | None) -> Dataset:
+    def _manifest(
+        self, listing: StudyListing, now: datetime | None, sop_uid: str | None = None
+    ) -> Dataset:
         instances = [
             ManifestInstance(
                 series_instance_uid=listed.series_instance_uid,
@@ -396,11 +407,19 @@ class ImagingDocumentSource:
             retrieve_location_uid=self.unique_id,
             retrieve_url=f"{base_url.rstrip('/')}/dicom-web" if base_url else None,
             now=now,
+            sop_instance_uid=sop_uid,
         )
 
     # ------------------------------------------------------------------ publishing
 
-    def publish_manifest(self, study_uid: str, *, now: datetime | None = None) -> PublishedManifest:
+    def publish_manifest(
+        self,
+        study_uid: str,
+        *,
+        now: datetime | None = None,
+        manifest_uid: str | None = None,
+        within: Callable[[UnitOfWork, PublishedManifest], None] | None = None,
+    ) -> PublishedManifest:
         """Publish the XDS-I.b manifest of a study (RAD TF-3 4.68, done in-process).
 
         1. The manifest (``manifest_for_study``) is stored as an instance of the
@@ -429,10 +448,17 @@ class ImagingDocumentSource:
         confidentialityCode, languageCode and contentTypeCode are the ``MANIFEST_*``
         constants of this module (an affinity domain's choice: to become settings).
 
+        ``manifest_uid`` makes publishing safe to repeat (the registration task
+        gives the same one on every attempt): the manifest gets this SOP Instance
+        UID, and when an earlier attempt already stored it, that stored manifest is
+        registered instead of a new one, so a crash or a refusal between the two
+        steps leaves no second KOS behind. ``within`` runs inside the registering
+        transaction, before its commit: work that must commit together with the
+        registration (the registration pipeline schedules its IANs there).
+
         If the registration is refused, the stored instance stays in the study
-        (objects are never deleted); publishing again makes a new manifest.
-        Raises UnknownStudy, kuva.dicom.kos.ManifestError (nothing to list) or
-        ManifestPublishError. Error messages carry no patient data.
+        (objects are never deleted). Raises UnknownStudy or ManifestPublishError
+        (also when there is nothing to list). Error messages carry no patient data.
         """
         if self._ingest is None or self._repository is None:
             raise RuntimeError("this Imaging Document Source is not set up to publish manifests")
@@ -444,9 +470,17 @@ class ImagingDocumentSource:
         if listing is None or facts is None:
             raise UnknownStudy(f"no study {study_uid}")
         patient = _patient_cx(listing.patient)
-        manifest = self._manifest(listing, now)
-        content = self._store_instance(manifest, facts.organization_oid)
         holder = facts.organization_oid
+        stored = self._stored_manifest(manifest_uid) if manifest_uid else None
+        if stored is not None:
+            manifest, content = stored
+            log.info("registering manifest %s stored by an earlier attempt", manifest_uid)
+        else:
+            try:
+                manifest = self._manifest(listing, now, manifest_uid)
+            except ManifestError as exc:
+                raise ManifestPublishError(f"no manifest can be made: {exc}") from exc
+            content = self._store_instance(manifest, holder)
         with UnitOfWork(self._engine) as uow:
             replaced = self._current_manifests(uow, study_uid)
             submission, entry_uuid, set_uuid = self._submission(
@@ -465,21 +499,44 @@ class ImagingDocumentSource:
                     "the registry refused the manifest: "
                     + "; ".join(f"{e.code}: {e.context}" for e in outcome.errors)
                 )
+            published = PublishedManifest(
+                entry_uuid=entry_uuid,
+                document_unique_id=str(manifest.SOPInstanceUID),
+                submission_set_uuid=set_uuid,
+                study_instance_uid=study_uid,
+                instances=_listed_count(manifest),
+                replaced=tuple(replaced),
+            )
+            if within is not None:
+                within(uow, published)
             uow.commit()
         log.info(
             "published the manifest of study %s (%d instances)%s",
             study_uid,
-            len(manifest.ContentSequence),
+            published.instances,
             f", replacing {len(replaced)}" if replaced else "",
         )
-        return PublishedManifest(
-            entry_uuid=entry_uuid,
-            document_unique_id=str(manifest.SOPInstanceUID),
-            submission_set_uuid=set_uuid,
-            study_instance_uid=study_uid,
-            instances=len(manifest.ContentSequence),
-            replaced=tuple(replaced),
-        )
+        return published
+
+    def _stored_manifest(self, sop_uid: str) -> tuple[Dataset, StoredContent] | None:
+        """A manifest an earlier attempt stored under ``sop_uid``, with its hashes."""
+        with UnitOfWork(self._engine, write=False) as uow:
+            instance = uow.instances.get(sop_uid)
+        if instance is None:
+            return None
+        blobs = self._retrieve.blobs
+        with blobs.open(instance.blob_key) as stream:
+            manifest = dcmread(stream)
+        return manifest, self._content(instance.blob_key, instance.sha256)
+
+    def _content(self, key: str, sha256: str) -> StoredContent:
+        """A stored blob as repository content: its SHA-1 (XDS hash) read back."""
+        sha1 = hashlib.sha1()
+        size = 0
+        for chunk in self._retrieve.blobs.iter_chunks(key):
+            sha1.update(chunk)
+            size += len(chunk)
+        return StoredContent(key, sha1.hexdigest(), sha256, size)
 
     def _store_instance(self, manifest: Dataset, organization_oid: str) -> StoredContent:
         """Store the manifest as an instance, the way STOW-RS stores a Part 10 file
@@ -511,13 +568,7 @@ class ImagingDocumentSource:
             raise ManifestPublishError(
                 f"the manifest could not be stored ({outcome.status.value}): {outcome.message}"
             )
-        key = blob_key(outcome.sha256)
-        sha1 = hashlib.sha1()
-        size = 0
-        for chunk in blobs.iter_chunks(key):
-            sha1.update(chunk)
-            size += len(chunk)
-        return StoredContent(key, sha1.hexdigest(), outcome.sha256, size)
+        return self._content(blob_key(outcome.sha256), outcome.sha256)
 
     @staticmethod
     def _current_manifests(uow: UnitOfWork, study_uid: str) -> list[str]:
@@ -525,7 +576,7 @@ class ImagingDocumentSource:
         ours = [
             document.unique_id
             for document in uow.documents.of_study(study_uid, DICOM_MIME_TYPE)
-            if document.unique_id.startswith(KUVA_UID_ROOT + ".")
+            if made_by_kuva(document.unique_id)
         ]
         if not ours:
             return []

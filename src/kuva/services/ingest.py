@@ -9,13 +9,18 @@ the way). Here the archive decides:
   replaced, corrections go through IOCM (rejection + replacement instances);
 * otherwise the blob is made durable (fsync), then its index row is committed
   (group commit), and only then is success reported (DESIGN.md principle 2).
+
+``on_indexed`` runs inside the transaction that indexes a new instance, so that
+the work it causes commits with it (the study's registration, services.registration).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 
 from sqlalchemy import Engine
@@ -63,6 +68,9 @@ class StoreOutcome:
 # note (IOCM) plus a new instance with a new SOP Instance UID.
 CONFLICT_MESSAGE = "SOP Instance already archived, other content; correct via IOCM"
 
+# (unit of work, Study Instance UID, SOP Instance UID, received at)
+IndexedHook = Callable[[UnitOfWork, str, str, datetime], None]
+
 
 class IngestService:
     def __init__(
@@ -76,6 +84,7 @@ class IngestService:
         self._blobs = blobs
         self._committer = committer
         self._clock = clock
+        self.on_indexed: IndexedHook | None = None
 
     def store(self, incoming: IncomingInstance) -> StoreOutcome:
         started = time.perf_counter()
@@ -121,7 +130,7 @@ class IngestService:
             organization_oid=incoming.organization_oid,
         )
         try:
-            pk = self._committer.run(lambda uow: uow.instances.add(new))
+            pk = self._committer.run(lambda uow: self._index(uow, new))
         except TreeConflict as exc:
             log.warning("refused instance %s: %s", attrs.sop_instance_uid, exc)
             return StoreOutcome(StoreStatus.INVALID, f"{exc}; corrections go through IOCM")
@@ -145,6 +154,15 @@ class IngestService:
             incoming.source_ae,
         )
         return StoreOutcome(StoreStatus.STORED, sha256=ref.sha256)
+
+    def _index(self, uow: UnitOfWork, new: NewInstance) -> int | None:
+        pk = uow.instances.add(new)
+        if pk is not None and self.on_indexed is not None:
+            attrs = new.attributes
+            self.on_indexed(
+                uow, attrs.study.study_instance_uid, attrs.sop_instance_uid, new.received_at
+            )
+        return pk
 
     def _resent(
         self, incoming: IncomingInstance, existing: StoredInstance, sha256: str

@@ -89,10 +89,26 @@ class TaskWorkers:
                 log.exception("task worker: could not take work from the outbox")
                 worked = False
             if not worked:
+                idle = self._idle_seconds()
                 with self._wake:
                     if self._pending_wakes == 0 and not self._stopping.is_set():
-                        self._wake.wait(self._settings.poll_seconds)
+                        self._wake.wait(idle)
                     self._pending_wakes = 0
+
+    def _idle_seconds(self) -> float:
+        """Sleep until the next task falls due, at most ``poll_seconds``: a study
+        registered ``stable_seconds`` after its last instance is not late by a poll."""
+        poll = self._settings.poll_seconds
+        now = self._clock()
+        try:
+            with UnitOfWork(self._engine, write=False) as uow:
+                due = uow.tasks.next_due(after=now)
+        except Exception:
+            log.exception("task worker: could not read the next due time")
+            return poll
+        if due is None:
+            return poll
+        return min(poll, max((due - now).total_seconds(), 0.01))
 
     def run_once(self) -> bool:
         """Claim and run one due task; False when there was none."""

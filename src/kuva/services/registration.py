@@ -1,0 +1,270 @@
+"""Registration of studies and Instance Availability Notification: where the DICOM
+side of the archive hands a study over to the XDS side and tells the customer.
+
+A pipeline of outbox tasks (DESIGN.md principle 3), so that no step is lost when
+the process dies, a peer is down or a study keeps growing:
+
+1. **Trigger.** Every instance a customer stores schedules its study's
+   registration task ``[registration] stable_seconds`` after its arrival, in the
+   transaction that indexes it (``instance_indexed``; the one waiting task of a
+   study is moved, not multiplied). A storage commitment that covers every
+   instance of the study brings the task forward to now (``commitment_verified``).
+   A study that grows after its registration gets a new task: it is registered
+   again.
+2. **Registration task** (``REGISTRATION_TASK``). When one of the study's
+   modalities is on ``[registration] modalities`` (or that list is empty), the
+   study's XDS-I.b manifest is stored and registered
+   (``ImagingDocumentSource.publish_manifest``; an earlier manifest of the study is
+   replaced, RPLC, and Deprecated). Otherwise the study stays archived and
+   retrievable but unpublished, and the decision is logged. Either way, one IAN
+   task per node of the study's organisation with ``ian = true`` is added in the
+   same transaction as the registration, naming the instances it covers (those up
+   to the newest one when the registration ran).
+3. **IAN task** (``IAN_TASK``): the N-CREATE of PS3.4 Annex R to that node. A
+   failure is retried with the outbox's exponential backoff up to
+   ``[tasks] max_attempts``, then waits as a failed task for ``kuva tasks retry``.
+
+Order: the registrations of a study run one at a time, in order (outbox queue
+``registration:<study>``), and so do the IANs of a study to one node (queue
+``ian:<node>:<study>``): a node that was down receives every IAN it missed, in
+the order they were made. A failed IAN holds back the later ones of the same study
+to the same node until an operator retries it.
+
+Exactly once where it matters: the registration task keeps its manifest's SOP
+Instance UID in its payload before storing it, and marks itself done in the
+registering transaction, so a crash at any point leaves one manifest and one set
+of IAN tasks. An IAN may be delivered twice if the process dies between the
+peer's answer and the commit that records it (at least once, like every task).
+
+IANs list instances as ONLINE; instances rejected by IOCM are to be reported
+UNAVAILABLE once rejection exists. kuva's own manifests are never listed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Iterable
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import Engine
+
+from kuva import metrics
+from kuva.config import NodeSettings, Settings
+from kuva.index.manifests import HeldInstance, StudyHoldings
+from kuva.index.outbox import Task
+from kuva.index.uow import UnitOfWork
+from kuva.model.availability import AvailableInstance
+from kuva.model.clock import Clock, utcnow
+from kuva.model.uids import made_by_kuva, new_uid
+from kuva.services.imaging_source import (
+    ImagingDocumentSource,
+    ManifestPublishError,
+    PublishedManifest,
+    UnknownStudy,
+)
+from kuva.tasks.worker import PermanentFailure
+
+log = logging.getLogger(__name__)
+
+REGISTRATION_TASK = "study-registration"
+IAN_TASK = "instance-availability"
+
+
+class AvailabilityNotifier(Protocol):
+    """The DICOM adapter that sends an IAN (kuva.dicom.ian.IanSender)."""
+
+    def notify(
+        self, node: NodeSettings, study_instance_uid: str, instances: list[AvailableInstance]
+    ) -> None:
+        """Deliver the notification; raise when the node did not take it."""
+
+
+def _registration_queue(study_uid: str) -> str:
+    return f"registration:{study_uid}"
+
+
+def _ian_queue(node: str, study_uid: str) -> str:
+    return f"ian:{node}:{study_uid}"
+
+
+def customer_instances(holdings: StudyHoldings) -> list[HeldInstance]:
+    """The instances customers stored, without kuva's own manifests."""
+    return [held for held in holdings.instances if not made_by_kuva(held.sop_instance_uid)]
+
+
+class RegistrationService:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        imaging_source: ImagingDocumentSource,
+        notifier: AvailabilityNotifier,
+        *,
+        clock: Clock = utcnow,
+        on_enqueued: Callable[[int | None], None] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._imaging_source = imaging_source
+        self._notifier = notifier
+        self._clock = clock
+        self.on_enqueued = on_enqueued
+
+    # ------------------------------------------------------------------ triggers
+
+    def instance_indexed(self, uow: UnitOfWork, study_uid: str, sop_uid: str, at: datetime) -> None:
+        """Ingest hook, inside the transaction that indexes an instance: the study's
+        registration falls due ``stable_seconds`` after this arrival."""
+        if made_by_kuva(sop_uid):
+            return  # kuva's own manifest: registering it must not register again
+        uow.tasks.schedule_once(
+            REGISTRATION_TASK,
+            subject=study_uid,
+            queue=_registration_queue(study_uid),
+            payload={},
+            now=at,
+            run_at=at + timedelta(seconds=self._settings.registration.stable_seconds),
+            max_attempts=self._settings.tasks.max_attempts,
+        )
+
+    def commitment_verified(self, uow: UnitOfWork, committed: Iterable[str]) -> None:
+        """Storage commitment hook, inside the transaction that records its result:
+        a study all of whose instances are committed is registered now."""
+        now = self._clock()
+        committed_uids = set(committed)
+        studies = {
+            stored.study_instance_uid for stored in uow.instances.get_many(committed_uids).values()
+        }
+        for study_uid in sorted(studies):
+            holdings = uow.manifests.holdings(study_uid)
+            if holdings is None or not self._covered(holdings, committed_uids):
+                continue
+            if uow.tasks.bring_forward(REGISTRATION_TASK, subject=study_uid, now=now):
+                log.info("study %s: storage commitment covers it, registering now", study_uid)
+
+    @staticmethod
+    def _covered(holdings: StudyHoldings, committed: Collection[str]) -> bool:
+        return all(held.sop_instance_uid in committed for held in customer_instances(holdings))
+
+    # ------------------------------------------------------------------ registration
+
+    def run_registration(self, task: Task) -> None:
+        """Outbox handler of ``REGISTRATION_TASK``."""
+        if task.payload.get("done"):
+            return  # an earlier attempt committed its registration, then died
+        study_uid = task.subject
+        with UnitOfWork(self._engine, write=False) as uow:
+            holdings = uow.manifests.holdings(study_uid)
+        if holdings is None:
+            raise PermanentFailure(f"no study {study_uid} in the index")
+        held = customer_instances(holdings)
+        if not held:
+            log.info("study %s holds nothing to register", study_uid)
+            return
+        modalities = sorted({h.modality for h in held if h.modality})
+        covered = {
+            "up_to": max(h.pk for h in held),
+            "last_received_at": max(h.received_at for h in held).isoformat(),
+        }
+        wanted = self._settings.registration.modalities
+        if wanted and not set(modalities) & set(wanted):
+            log.info(
+                "study %s (%s) not published: no modality on the registration list (%s); "
+                "archived and retrievable, IAN only",
+                study_uid,
+                "/".join(modalities) or "no modality",
+                "/".join(wanted),
+            )
+            metrics.registrations.labels("unpublished").inc()
+            with UnitOfWork(self._engine) as uow:
+                self._registered(uow, task, holdings, covered, None)
+                uow.commit()
+            self._woken()
+            return
+        manifest_uid = task.payload.get("manifest_uid")
+        if manifest_uid is None:
+            # Kept before the manifest is stored: a retry registers that same one.
+            manifest_uid = new_uid()
+            with UnitOfWork(self._engine) as uow:
+                uow.tasks.set_payload(task.pk, {**task.payload, "manifest_uid": manifest_uid})
+                uow.commit()
+
+        def within(uow: UnitOfWork, published: PublishedManifest) -> None:
+            self._registered(uow, task, holdings, covered, published.document_unique_id)
+
+        try:
+            self._imaging_source.publish_manifest(
+                study_uid, manifest_uid=manifest_uid, within=within
+            )
+        except (UnknownStudy, ManifestPublishError) as exc:
+            # Refused by the registry's rules or not listable: trying again will not
+            # help until the study or the configuration changes (a new instance
+            # takes the task up again; so does ``kuva tasks retry``).
+            metrics.registrations.labels("refused").inc()
+            raise PermanentFailure(str(exc)) from exc
+        metrics.registrations.labels("published").inc()
+        self._woken()
+
+    def _registered(
+        self,
+        uow: UnitOfWork,
+        task: Task,
+        holdings: StudyHoldings,
+        covered: dict[str, Any],
+        manifest_uid: str | None,
+    ) -> None:
+        """In the registering transaction: the IAN tasks, and this task marked done."""
+        now = self._clock()
+        study_uid = holdings.study_instance_uid
+        nodes = self._settings.ian_nodes(holdings.organization_oid)
+        for node in nodes:
+            uow.tasks.add(
+                IAN_TASK,
+                subject=study_uid,
+                queue=_ian_queue(node.ae_title, study_uid),
+                payload={"node": node.ae_title, "manifest_uid": manifest_uid, **covered},
+                now=now,
+                max_attempts=self._settings.tasks.max_attempts,
+            )
+        uow.tasks.set_payload(task.pk, {**task.payload, "done": True})
+        log.info(
+            "study %s registered (%d instances); IAN to %s",
+            study_uid,
+            len(customer_instances(holdings)),
+            ", ".join(node.ae_title for node in nodes) or "no node",
+        )
+
+    def _woken(self) -> None:
+        if self.on_enqueued is not None:
+            self.on_enqueued(None)
+
+    # ------------------------------------------------------------------ IAN
+
+    def run_ian(self, task: Task) -> None:
+        """Outbox handler of ``IAN_TASK``: notify one node of one registration."""
+        payload = task.payload
+        study_uid = task.subject
+        node = self._settings.node(payload["node"])
+        if node is None or not node.ian:
+            raise PermanentFailure(f"node {payload['node']} is no longer configured for IAN")
+        with UnitOfWork(self._engine, write=False) as uow:
+            holdings = uow.manifests.holdings(study_uid)
+        if holdings is None:
+            raise PermanentFailure(f"no study {study_uid} in the index")
+        up_to = int(payload["up_to"])
+        instances = [
+            AvailableInstance(h.series_instance_uid, h.sop_class_uid, h.sop_instance_uid)
+            for h in customer_instances(holdings)
+            if h.pk <= up_to
+        ]
+        self._notifier.notify(node, study_uid, instances)
+        latency = self._clock() - datetime.fromisoformat(payload["last_received_at"])
+        metrics.registration_latency.observe(max(latency.total_seconds(), 0.0))
+        log.info(
+            "IAN of study %s (%d instances) acknowledged by %s, %.1f s after its last instance",
+            study_uid,
+            len(instances),
+            node.ae_title,
+            latency.total_seconds(),
+        )
