@@ -15,7 +15,7 @@ from rich.table import Table
 
 from kuva.config import Settings, load_settings
 from kuva.index.database import make_engine, migrate
-from kuva.index.outbox import STATUSES
+from kuva.index.outbox import STATUSES, Task
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import utcnow
 
@@ -86,6 +86,11 @@ def _age(then: datetime, now: datetime) -> str:
     return f"{seconds // 86400}d"
 
 
+def _peer(task: Task) -> str:
+    """The node a task delivers to (an IAN's node, a commitment report's requester)."""
+    return str(task.payload.get("node") or task.payload.get("requester_ae") or "")
+
+
 @tasks_app.command("list")
 def tasks_list(
     config: ConfigOption = None,
@@ -96,7 +101,12 @@ def tasks_list(
     limit: int = 100,
     plain: Annotated[bool, typer.Option("--plain", help="tab-separated, for scripts")] = False,
 ) -> None:
-    """Show tasks: kind, subject, status, attempts, age, next attempt, last error."""
+    """Show tasks: kind, subject (study / transaction UID), the node they deliver to,
+    status, attempts, age, next attempt, last error; then totals by kind and status.
+
+    ``--plain``: tab-separated id, kind, subject, status, attempts, created, next
+    attempt, last error, node.
+    """
     settings = _settings(config)
     if failed:
         status = "failed"
@@ -122,18 +132,21 @@ def tasks_list(
                         t.created_at.isoformat(timespec="seconds"),
                         t.next_attempt_at.isoformat(timespec="seconds"),
                         (t.last_error or "").replace("\t", " ").replace("\n", " "),
+                        _peer(t),
                     )
                 )
             )
         return
     table = Table(title="tasks")
-    for column in ("id", "kind", "subject", "status", "attempts", "age", "next", "last error"):
+    columns = ("id", "kind", "subject", "to", "status", "attempts", "age", "next", "last error")
+    for column in columns:
         table.add_column(column)
     for t in rows:
         table.add_row(
             str(t.pk),
             t.kind,
             t.subject,
+            _peer(t),
             t.status,
             f"{t.attempts}/{t.max_attempts}",
             _age(t.created_at, now),

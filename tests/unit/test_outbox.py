@@ -42,6 +42,7 @@ def add_task(
     max_attempts: int = 3,
     run_at: datetime | None = None,
     payload: dict[str, Any] | None = None,
+    queue: str | None = None,
 ) -> int:
     """Add one task in its own transaction."""
     with UnitOfWork(engine) as uow:
@@ -52,6 +53,7 @@ def add_task(
             now=now,
             max_attempts=max_attempts,
             run_at=run_at,
+            queue=queue,
         )
         uow.commit()
     return pk
@@ -433,3 +435,104 @@ def test_backoff_jitter_is_reproducible() -> None:
     second = [backoff_delay(n, settings, random.Random(1)) for n in range(1, 6)]
     assert first == second
     assert first == sorted(first)
+
+
+# ----------------------------------------------------------------------------- queues
+
+
+def finish(engine: Engine, pk: int, *, failed_for_good: bool = False) -> None:
+    with UnitOfWork(engine) as uow:
+        if failed_for_good:
+            uow.tasks.fail(pk, error="refused", now=START, retry_at=None)
+        else:
+            uow.tasks.complete(pk, now=START)
+        uow.commit()
+
+
+def test_a_queue_runs_one_task_at_a_time_in_order(engine: Engine) -> None:
+    first = add_task(engine, queue="ian:RIS:1.2.3")
+    second = add_task(engine, queue="ian:RIS:1.2.3")
+    other = add_task(engine, queue="ian:RIS:1.2.4")
+    loose = add_task(engine)
+    assert {t.pk for t in claim(engine, START)} == {first, other, loose}
+    assert claim(engine, START) == []  # second waits for first, which is running
+    finish(engine, first)
+    assert [t.pk for t in claim(engine, START)] == [second]
+
+
+def test_a_failed_task_holds_back_its_queue_until_retried(engine: Engine) -> None:
+    first = add_task(engine, queue="q", max_attempts=1)
+    second = add_task(engine, queue="q")
+    (claimed,) = claim(engine, START)
+    finish(engine, claimed.pk, failed_for_good=True)
+    assert get(engine, first).status == FAILED
+    assert claim(engine, START + timedelta(hours=1)) == []  # in order, even after a failure
+    with UnitOfWork(engine) as uow:
+        assert uow.tasks.retry(now=START, pks=[first]) == 1
+        uow.commit()
+    assert [t.pk for t in claim(engine, START)] == [first]
+    finish(engine, first)
+    assert [t.pk for t in claim(engine, START)] == [second]
+
+
+def test_an_expired_lease_in_a_queue_is_taken_again_first(engine: Engine) -> None:
+    first = add_task(engine, queue="q")
+    add_task(engine, queue="q")
+    claim(engine, START, worker="dead")
+    later = START + LEASE + timedelta(seconds=1)
+    assert [t.pk for t in claim(engine, later, worker="w2")] == [first]
+
+
+def schedule(engine: Engine, at: datetime, *, payload: dict[str, Any] | None = None) -> int:
+    with UnitOfWork(engine) as uow:
+        pk = uow.tasks.schedule_once(
+            "registration",
+            subject="1.2.3",
+            queue="registration:1.2.3",
+            payload=payload or {},
+            now=at,
+            run_at=at + timedelta(seconds=60),
+            max_attempts=3,
+        )
+        uow.commit()
+    return pk
+
+
+def test_schedule_once_moves_the_waiting_task(engine: Engine) -> None:
+    pk = schedule(engine, START)
+    assert schedule(engine, START + timedelta(seconds=30)) == pk
+    task = get(engine, pk)
+    assert (task.status, task.next_attempt_at) == (PENDING, START + timedelta(seconds=90))
+    assert claim(engine, START + timedelta(seconds=89)) == []
+    assert [t.pk for t in claim(engine, START + timedelta(seconds=90))] == [pk]
+
+
+def test_schedule_once_adds_behind_a_running_task_and_revives_a_failed_one(
+    engine: Engine,
+) -> None:
+    running = schedule(engine, START)
+    claim(engine, START + timedelta(minutes=2))
+    waiting = schedule(engine, START + timedelta(minutes=3), payload={"fresh": True})
+    assert waiting != running
+    assert claim(engine, START + timedelta(minutes=5)) == []  # behind the running one
+    with UnitOfWork(engine) as uow:
+        uow.tasks.set_payload(waiting, {"manifest_uid": "2.25.1"})
+        uow.commit()
+    finish(engine, running)
+    (taken,) = claim(engine, START + timedelta(minutes=10))
+    finish(engine, taken.pk, failed_for_good=True)
+    # New arrivals take the failed task up again, from its first attempt, afresh.
+    assert schedule(engine, START + timedelta(minutes=20)) == waiting
+    task = get(engine, waiting)
+    assert (task.status, task.attempts, task.payload) == (PENDING, 0, {})
+
+
+def test_bring_forward_and_next_due(engine: Engine) -> None:
+    pk = schedule(engine, START)
+    with UnitOfWork(engine) as uow:
+        assert uow.tasks.next_due(after=START) == START + timedelta(seconds=60)
+        assert uow.tasks.bring_forward("registration", subject="1.2.3", now=START)
+        assert not uow.tasks.bring_forward("registration", subject="1.2.3", now=START)
+        assert uow.tasks.next_due(after=START) is None  # due now: left to the claim
+        uow.commit()
+    assert [t.pk for t in claim(engine, START)] == [pk]
