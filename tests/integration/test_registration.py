@@ -27,10 +27,16 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage
 from sqlalchemy import Engine
 
+from kuva.app import build_xds
+from kuva.config import Settings
 from kuva.index.database import make_engine
+from kuva.index.group_commit import GroupCommitter
 from kuva.index.uow import UnitOfWork
-from kuva.model.uids import made_by_kuva
+from kuva.model.uids import made_by_kuva, new_uid
 from kuva.model.xds import AvailabilityStatus, ObjectKind, PatientId
+from kuva.services.ingest import IngestService
+from kuva.services.retrieve import RetrieveService
+from kuva.storage.filesystem import FileBlobStore
 from kuva.xds.namespaces import (
     NSMAP,
     REGISTRY_STORED_QUERY,
@@ -430,3 +436,37 @@ def test_failed_ian_is_listed_and_resent_by_the_operator(
     assert retried.returncode == 0, retried.stdout + retried.stderr
     (ian,) = ris.wait_for(1, timeout=20)
     assert ian.instances() == dict.fromkeys(sent, "ONLINE")
+
+
+def test_publishing_again_after_a_crash_registers_the_stored_manifest(
+    site_factory: Callable[..., Site], database_url: str
+) -> None:
+    """The registration task's manifest UID: an attempt that died between storing the
+    manifest and registering it leaves a KOS that the next attempt registers, not a
+    second one."""
+    site = site_factory(stable_seconds=3600)  # the server itself does not register
+    study_uid = pydicom.uid.generate_uid()
+    site.send(3, study_uid=study_uid)
+    settings = Settings(archive={"database_url": database_url})
+    blobs = FileBlobStore(site.server.blob_dir)
+    committer = GroupCommitter(site.engine)
+    try:
+        ingest = IngestService(site.engine, blobs, committer)
+        xds = build_xds(settings, site.engine, blobs, ingest, RetrieveService(site.engine, blobs))
+        manifest_uid = new_uid()
+
+        def crash(_uow: UnitOfWork, _published: object) -> None:
+            raise RuntimeError("the process died before the registry commit")
+
+        with pytest.raises(RuntimeError):
+            xds.imaging_source.publish_manifest(study_uid, manifest_uid=manifest_uid, within=crash)
+        assert site.kuva_instances(study_uid) == [manifest_uid]
+        assert site.manifests(study_uid) == {}
+        published = xds.imaging_source.publish_manifest(study_uid, manifest_uid=manifest_uid)
+    finally:
+        committer.close()
+        blobs.sync_pool.shutdown()
+    assert published.document_unique_id == manifest_uid
+    assert published.instances == 3
+    assert site.kuva_instances(study_uid) == [manifest_uid]
+    assert site.manifests(study_uid) == {manifest_uid: AvailabilityStatus.APPROVED}
