@@ -199,27 +199,25 @@ class TaskRepository:
         the last one running or done) a new task is added. A running task keeps
         running: the new one waits behind it in ``queue``. Returns the task's key.
         """
-        waiting = select(task.c.pk, task.c.status).where(
-            task.c.kind == kind, task.c.subject == subject, task.c.status.in_((PENDING, FAILED))
-        )
-        row = self.conn.execute(waiting.order_by(task.c.pk.desc()).limit(1)).first()
-        if row is not None:
-            values: dict[str, Any] = {
-                "status": PENDING,
-                "next_attempt_at": run_at,
-                "payload": json.dumps(payload, separators=(",", ":")),
-                "updated_at": now,
-            }
-            if row.status == FAILED:
-                values.update(attempts=0, last_error=None)
-            # Only while it is still waiting: a worker may have claimed it meanwhile.
-            moved = self.conn.execute(
-                update(task)
-                .where(task.c.pk == row.pk, task.c.status == row.status)
-                .values(**values)
-            )
-            if moved.rowcount:
-                return int(row.pk)
+        # One statement in the usual case (more instances of a study arriving):
+        # at most one task of a kind and subject is pending or failed.
+        restart = {
+            "status": PENDING,
+            "next_attempt_at": run_at,
+            "payload": json.dumps(payload, separators=(",", ":")),
+            "updated_at": now,
+        }
+        mine = update(task).where(task.c.kind == kind, task.c.subject == subject)
+        for status, values in (
+            (PENDING, restart),
+            (FAILED, {**restart, "attempts": 0, "last_error": None}),
+        ):
+            # Only while it is waiting: a worker may have claimed it meanwhile.
+            pk = self.conn.execute(
+                mine.where(task.c.status == status).values(**values).returning(task.c.pk)
+            ).scalar()
+            if pk is not None:
+                return int(pk)
         return self.add(
             kind,
             subject=subject,
