@@ -136,6 +136,7 @@ class Archive:
         )
         if settings.registration.enabled:
             self.ingest.on_indexed = self.registration.instance_indexed
+            self.ingest.on_changed = self.registration.content_changed
             self.commitment.on_verified = self.registration.commitment_verified
         self.workers = TaskWorkers(
             self.engine,

@@ -23,9 +23,11 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="kuva medical
 tasks_app = typer.Typer(no_args_is_help=True, help="The outbox: follow-up work and its state.")
 db_app = typer.Typer(no_args_is_help=True, help="The index database.")
 xds_app = typer.Typer(no_args_is_help=True, help="XDS.b registry and XDS-I.b manifests.")
+iocm_app = typer.Typer(no_args_is_help=True, help="IOCM rejections: corrections of content.")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(db_app, name="db")
 app.add_typer(xds_app, name="xds")
+app.add_typer(iocm_app, name="iocm")
 
 ConfigOption = Annotated[
     Path | None,
@@ -211,6 +213,35 @@ def xds_publish(
         blobs.sync_pool.shutdown()
         engine.dispose()
     print(published.entry_uuid)
+
+
+@iocm_app.command("revoke")
+def iocm_revoke(
+    note_uid: Annotated[str, typer.Argument(help="SOP Instance UID of the rejection note")],
+    config: ConfigOption = None,
+    by: Annotated[str, typer.Option(help="who revokes it, for the history")] = "operator",
+) -> None:
+    """Undo a rejection note: the instances it rejected are current again, their
+    studies registered again. The note stays stored; both steps stay in the history."""
+    settings = _settings(config)
+    from functools import partial
+
+    from kuva.services.iocm import RejectionService
+    from kuva.services.registration import register_again
+
+    engine = make_engine(settings.archive.resolved_database_url())
+    migrate(engine)
+    service = RejectionService(engine)
+    if settings.registration.enabled:
+        service.on_changed = partial(register_again, settings)
+    try:
+        count = service.revoke(note_uid, by=by)
+    finally:
+        engine.dispose()
+    if not count:
+        console.print(f"[yellow]rejection note {escape(note_uid)} rejects nothing[/yellow]")
+        raise typer.Exit(1)
+    console.print(f"{count} instance(s) current again")
 
 
 def main() -> None:

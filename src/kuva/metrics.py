@@ -37,7 +37,7 @@ task_runs = Counter(
 registrations = Counter(
     "kuva_registrations",
     "Study registrations, by outcome (published, unpublished: modality not on the list, "
-    "refused by the registry)",
+    "withdrawn: every image rejected, refused by the registry)",
     ["outcome"],
     registry=REGISTRY,
 )

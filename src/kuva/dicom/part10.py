@@ -26,6 +26,12 @@ from kuva.model.instance import (
     SeriesAttributes,
     StudyAttributes,
 )
+from kuva.model.rejection import (
+    CODING_SCHEME,
+    REJECTION_TITLES,
+    RejectedReference,
+    RejectionNote,
+)
 from kuva.model.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from kuva.storage import BlobWriter
 
@@ -263,4 +269,43 @@ def extract_attributes(ds: Dataset, transfer_syntax_uid: str) -> InstanceAttribu
         columns=_int(ds, "Columns", problems),
         dataset_json=json_text,
         parse_problems=tuple(problems),
+        rejection_note=rejection_note(ds, problems),
     )
+
+
+# Key Object Selection Document Storage (PS3.4 B.5): the SOP Class of rejection notes.
+KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
+
+
+def rejection_note(ds: Dataset, problems: list[str]) -> RejectionNote | None:
+    """The IOCM rejection note ``ds`` is, if it is one: a KOS whose Document Title
+    is a CID 7011 code; the instances of its Current Requested Procedure Evidence
+    Sequence (PS3.3 C.17.2). A note that lists nothing is a problem."""
+    if _text(ds, "SOPClassUID") != KEY_OBJECT_SELECTION:
+        return None
+    try:
+        (title,) = ds.ConceptNameCodeSequence
+        code, scheme = str(title.CodeValue), str(title.CodingSchemeDesignator)
+    except Exception:
+        return None  # not a well-formed title: an ordinary KOS
+    if scheme != CODING_SCHEME or code not in REJECTION_TITLES:
+        return None
+    references: list[RejectedReference] = []
+    try:
+        for study in ds.get("CurrentRequestedProcedureEvidenceSequence", []):
+            for series in study.get("ReferencedSeriesSequence", []):
+                for item in series.get("ReferencedSOPSequence", []):
+                    references.append(
+                        RejectedReference(
+                            study_instance_uid=str(study.StudyInstanceUID),
+                            series_instance_uid=str(series.SeriesInstanceUID),
+                            sop_class_uid=str(item.ReferencedSOPClassUID),
+                            sop_instance_uid=str(item.ReferencedSOPInstanceUID),
+                        )
+                    )
+    except Exception as exc:
+        problems.append(f"rejection note evidence unreadable ({type(exc).__name__})")
+        return None
+    if not references:
+        problems.append("rejection note lists no instances")
+    return RejectionNote(code, tuple(references))

@@ -12,6 +12,14 @@ CANNOT_UNDERSTAND = 0xC000  # invalid object: missing or malformed required attr
 # kuva-specific code in the "Cannot understand" family (Cxxx): the SOP Instance UID
 # is already archived with other content. Corrections go through IOCM.
 DUPLICATE_WITH_OTHER_CONTENT = 0xC001
+# kuva-specific Cxxx codes of IOCM (services.iocm): an instance rejected for patient
+# safety or an incorrect worklist entry, sent again; a rejection note from an
+# organisation that is not the register holder of a study it names.
+REJECTED_INSTANCE = 0xC410
+NOT_REGISTER_HOLDER = 0xC411
+# Warning "Elements Discarded" (PS3.4 B.2.3): an instance rejected for quality
+# reasons or by retention, sent again, is not stored again; the Error Comment says so.
+ELEMENTS_DISCARDED = 0xB006
 # N-ACTION (PS3.7 C.4.2.1.x / PS3.4 J.3.2.1.2)
 PROCESSING_FAILURE = 0x0110
 NO_SUCH_ACTION_TYPE = 0x0123

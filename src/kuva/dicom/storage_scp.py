@@ -164,6 +164,9 @@ class StorageSCP:
             StoreStatus.INVALID: st.CANNOT_UNDERSTAND,
             StoreStatus.CONFLICT: st.DUPLICATE_WITH_OTHER_CONTENT,
             StoreStatus.FAILED: st.OUT_OF_RESOURCES,
+            StoreStatus.REJECTED: st.REJECTED_INSTANCE,
+            StoreStatus.IGNORED: st.ELEMENTS_DISCARDED,
+            StoreStatus.FOREIGN: st.NOT_REGISTER_HOLDER,
         }[outcome.status]
         return st.status(code, outcome.message)
 

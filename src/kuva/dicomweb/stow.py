@@ -42,13 +42,21 @@ the Cxxx "Cannot understand" range are allowed there and listed here):
   differ; the instance is not stored. Table I.2-2 has no code of its own for this (the
   A9xx codes mean the data set does not conform to its SOP Class), so it is a Cannot
   understand code; 0xC409 is the value dcm4chee-arc uses for the same condition.
+* 0xC410 (kuva, Cxxx): the instance was rejected by IOCM for patient safety reasons
+  or an incorrect worklist entry (113037, 113038) and is refused when sent again;
+  0xC411 (kuva, Cxxx): a rejection note names a study held for another organisation.
+  Same codes as C-STORE (kuva.dicom.status).
 * 0xA700 Refused out of Resources: the archive could not write the blob or commit
   the index row (``StoreStatus.FAILED``; the same code C-STORE answers), so the
   client may retry later.
 * 0x0110 Processing failure: an unexpected error in this adapter.
 
+Warning Reason 0xB006 Elements Discarded, with the Error Comment: the instance was
+rejected for quality reasons or by retention (113001, 113039) and is not stored
+again; it is listed in the Referenced SOP Sequence.
+
 HTTP status (PS3.18 10.5.3.1, Table 10.5.3-1): 200 when every instance was stored,
-202 when some were stored and others failed, 409 when none was stored (the request
+202 when some were stored and others failed or had warnings, 409 when none was stored (the request
 was well formed), 400 when the body holds no parts or is not valid multipart and
 nothing from it was stored, 415 for a Content-Type other than multipart/related with
 ``type`` application/dicom (or none) and a boundary (metadata + bulk data STOW with
@@ -119,6 +127,8 @@ _OUTCOME_REASONS = {
     StoreStatus.INVALID: CANNOT_UNDERSTAND,
     StoreStatus.CONFLICT: DUPLICATE_WITH_OTHER_CONTENT,
     StoreStatus.FAILED: OUT_OF_RESOURCES,
+    StoreStatus.REJECTED: st.REJECTED_INSTANCE,
+    StoreStatus.FOREIGN: st.NOT_REGISTER_HOLDER,
 }
 
 # The body is handed to a worker thread in batches of about this size: few thread
@@ -145,6 +155,7 @@ class PartResult:
     series_instance_uid: str = ""
     failure_reason: int | None = None
     comment: str = ""
+    warning_reason: int | None = None
 
     @property
     def stored(self) -> bool:
@@ -416,6 +427,15 @@ class StowReceiver:
                 organization_oid=self._organization,
             )
         )
+        if outcome.status is StoreStatus.IGNORED:
+            return PartResult(
+                attrs.sop_class_uid,
+                attrs.sop_instance_uid,
+                attrs.study.study_instance_uid,
+                attrs.series.series_instance_uid,
+                comment=outcome.message,
+                warning_reason=st.ELEMENTS_DISCARDED,
+            )
         if not outcome.ok:
             # The ingest service has discarded the blob already.
             return PartResult(
@@ -526,7 +546,10 @@ def store_response(results: list[PartResult], base: str) -> dict[str, Any]:
                 f"{base}/studies/{result.study_instance_uid}/series/"
                 f"{result.series_instance_uid}/instances/{result.sop_instance_uid}"
             )
-            referenced.append(item)
+            if result.warning_reason is not None:
+                item["00081196"] = {"vr": "US", "Value": [result.warning_reason]}  # WarningReason
+                item["00000902"] = {"vr": "LO", "Value": [result.comment[:ERROR_COMMENT_MAX]]}
+            referenced.append(dict(sorted(item.items())))
         else:
             item["00081197"] = {"vr": "US", "Value": [result.failure_reason]}  # FailureReason
             if result.comment:
@@ -614,5 +637,6 @@ def _answer(receiver: StowReceiver, base: str) -> Response:
         )
     if not results:
         return problem(400, "Bad Request", "the body holds no parts: nothing to store")
-    status = 200 if not failed else 202 if stored else 409
+    warned = any(r.warning_reason is not None for r in results)
+    status = 200 if not failed and not warned else 202 if stored else 409
     return JSONResponse(store_response(results, base), status_code=status, media_type=DICOM_JSON)

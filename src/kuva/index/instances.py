@@ -202,6 +202,7 @@ def instance_row(new: NewInstance, series_pk: int) -> dict[str, Any]:
             "source_ae": new.source_ae,
             "organization_oid": new.organization_oid,
             "dataset_json": a.dataset_json,
+            "rejection_note_code": a.rejection_note.code if a.rejection_note else None,
         },
     )
 

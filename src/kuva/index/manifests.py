@@ -63,7 +63,11 @@ _INSTANCES = (
         instance.c.rows,
     )
     .select_from(instance.join(series, instance.c.series_pk == series.c.pk))
-    .where(series.c.study_pk == bindparam("study_pk"))
+    .where(
+        series.c.study_pk == bindparam("study_pk"),
+        instance.c.rejection_code.is_(None),  # rejected (IOCM)
+        instance.c.rejection_note_code.is_(None),  # a rejection note
+    )
 )
 
 
@@ -77,6 +81,8 @@ class HeldInstance:
     sop_instance_uid: str
     received_at: datetime
     modality: str  # of its series
+    rejection_code: str | None  # IOCM: rejected instances are UNAVAILABLE
+    rejection_note_code: str | None  # set for rejection notes
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,8 @@ _HOLDINGS = (
         instance.c.sop_instance_uid,
         instance.c.received_at,
         series.c.modality,
+        instance.c.rejection_code,
+        instance.c.rejection_note_code,
     )
     .select_from(instance.join(series, instance.c.series_pk == series.c.pk))
     .where(series.c.study_pk == bindparam("study_pk"))

@@ -183,8 +183,27 @@ def _computed(keyword: str) -> Any:
     else:
         raise ValueError(f"not a computed attribute: {keyword}")
     return (
-        select(total).select_from(study).where(study.c.patient_pk == patient.c.pk)
+        select(total)
+        .select_from(study)
+        .where(study.c.patient_pk == patient.c.pk, study.c.number_of_instances > 0)
     ).scalar_subquery()
+
+
+def _current(level: QueryLevel) -> ColumnElement[bool]:
+    """What is not rejected (IOCM): instances without a rejection, series and studies
+    with instances left (their counters leave rejected instances out), patients with
+    such a study."""
+    if level is IM:
+        return instance.c.rejection_code.is_(None)
+    if level is SE:
+        return series.c.number_of_instances > 0
+    if level is ST:
+        return study.c.number_of_instances > 0
+    return exists(
+        select(literal(1))
+        .select_from(study)
+        .where(study.c.patient_pk == patient.c.pk, study.c.number_of_instances > 0)
+    )
 
 
 class QueryRepository:
@@ -213,7 +232,7 @@ class QueryRepository:
                 columns.append(_computed(keyword).label(keyword))
         if with_json and level is IM:
             columns.append(instance.c.dataset_json)
-        query = select(*columns).select_from(_from_clause(level))
+        query = select(*columns).select_from(_from_clause(level)).where(_current(level))
         for keyword, matcher in filters.items():
             condition = self._filter(level, keyword, matcher)
             if condition is not None:

@@ -106,6 +106,8 @@ class RetrievalRepository:
             series.c.series_number,
             instance.c.instance_number,
         ).select_from(joined)
+        # Rejected instances (IOCM) are never handed out.
+        statement = statement.where(instance.c.rejection_code.is_(None))
         if keys.patient_id:
             statement = statement.where(patient.c.patient_id == keys.patient_id)
             if keys.issuer is not None:

@@ -152,7 +152,43 @@ instance = Table(
     Column("organization_oid", String(64), nullable=False),
     # DICOM JSON (PS3.18 F.2) of the data set, bulk data as BulkDataURI references.
     Column("dataset_json", Text, nullable=False),
+    # The IOCM rejection code (model.rejection) while the instance is rejected:
+    # left out of every outgoing path and of the study's counters. NULL = current.
+    Column("rejection_code", String(16), nullable=True),
+    # Set when the instance is itself a rejection note: its Document Title code.
+    # Notes stay retrievable and queryable but are not listed in manifests.
+    Column("rejection_note_code", String(16), nullable=True),
     Index(None, "received_at"),
+)
+
+# IOCM rejections in force (model.rejection), one per rejected SOP Instance UID,
+# also for instances not received yet (they are rejected on arrival). A revoked
+# rejection is deleted; its history stays in ``correction``.
+rejection = Table(
+    "rejection",
+    metadata,
+    Column("pk", PK, primary_key=True),
+    Column("sop_instance_uid", UID, nullable=False, unique=True),
+    Column("series_instance_uid", UID, nullable=False),
+    Column("study_instance_uid", UID, nullable=False, index=True),
+    Column("sop_class_uid", UID, nullable=False),
+    Column("code", String(16), nullable=False),
+    Column("note_sop_instance_uid", UID, nullable=False, index=True),
+    Column("organization_oid", String(64), nullable=False),
+    Column("rejected_at", UtcDateTime(), nullable=False),
+)
+
+# The history of corrections: every rejection, revocation, merge and update, with
+# what it changed (JSON), where it came from and when. Never updated or deleted.
+correction = Table(
+    "correction",
+    metadata,
+    Column("pk", PK, primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("subject", String(128), nullable=False, index=True),
+    Column("detail", Text, nullable=False),
+    Column("source", String(64), nullable=False),
+    Column("applied_at", UtcDateTime(), nullable=False),
 )
 
 # Storage Commitment Push Model requests (PS3.4 J.3). One row per Transaction UID.

@@ -7,6 +7,7 @@ from types import TracebackType
 from sqlalchemy import Connection, Engine
 
 from kuva.index.commitments import CommitmentRepository
+from kuva.index.corrections import CorrectionLog
 from kuva.index.database import WRITE_OPTION
 from kuva.index.instances import InstanceRepository
 from kuva.index.manifests import ManifestRepository
@@ -14,6 +15,7 @@ from kuva.index.outbox import TaskRepository
 from kuva.index.query import QueryRepository
 from kuva.index.registry import RegistryRepository
 from kuva.index.registry_query import RegistryQueryRepository
+from kuva.index.rejections import RejectionRepository
 from kuva.index.repository import DisclosureRepository, DocumentRepository
 from kuva.index.retrieval import RetrievalRepository
 
@@ -48,6 +50,8 @@ class UnitOfWork:
         self.manifests = ManifestRepository(conn)
         self.documents = DocumentRepository(conn)
         self.disclosures = DisclosureRepository(conn)
+        self.rejections = RejectionRepository(conn)
+        self.corrections = CorrectionLog(conn)
         return self
 
     def commit(self) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kuva.model.rejection import RejectionNote
+
 
 @dataclass(frozen=True)
 class PatientAttributes:
@@ -61,3 +63,5 @@ class InstanceAttributes:
     dataset_json: str = "{}"
     # Problems found while reading the data set (unparseable values ...).
     parse_problems: tuple[str, ...] = field(default=())
+    # Set when the instance is an IOCM rejection note (model.rejection).
+    rejection_note: RejectionNote | None = None

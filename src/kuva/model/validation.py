@@ -27,4 +27,16 @@ def instance_problems(attrs: InstanceAttributes) -> list[str]:
     elif len(attrs.patient.patient_id) > 64:
         problems.append("PatientID longer than 64 characters")
     problems.extend(attrs.parse_problems)
+    note = attrs.rejection_note
+    if note is not None:
+        for ref in note.references:
+            for label, value in (
+                ("StudyInstanceUID", ref.study_instance_uid),
+                ("SeriesInstanceUID", ref.series_instance_uid),
+                ("ReferencedSOPInstanceUID", ref.sop_instance_uid),
+            ):
+                problem = uid_problem(value)
+                if problem is not None:
+                    problems.append(f"rejection note: {label} {problem}")
+                    return problems
     return problems

@@ -518,6 +518,23 @@ class ImagingDocumentSource:
         )
         return published
 
+    def withdraw_manifests(
+        self, study_uid: str, *, within: Callable[[UnitOfWork], None] | None = None
+    ) -> list[str]:
+        """Deprecate the study's current kuva manifest, with none to replace it (every
+        image of the study was rejected). ``within`` runs in the same transaction.
+        Returns the entryUUIDs deprecated."""
+        with UnitOfWork(self._engine) as uow:
+            current = self._current_manifests(uow, study_uid)
+            if current:
+                uow.registry.set_status(current, AvailabilityStatus.DEPRECATED)
+            if within is not None:
+                within(uow)
+            uow.commit()
+        if current:
+            log.info("withdrew the manifest of study %s: nothing in it is current", study_uid)
+        return current
+
     def _stored_manifest(self, sop_uid: str) -> tuple[Dataset, StoredContent] | None:
         """A manifest an earlier attempt stored under ``sop_uid``, with its hashes."""
         with UnitOfWork(self._engine, write=False) as uow:

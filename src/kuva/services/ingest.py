@@ -7,11 +7,16 @@ the way). Here the archive decides:
 * the same SOP Instance UID again with the same bytes is a success, nothing new;
 * the same SOP Instance UID with other bytes is refused: stored objects are never
   replaced, corrections go through IOCM (rejection + replacement instances);
+* IOCM (services.iocm) screens it: a rejected instance sent again is refused or
+  ignored, a rejection note from another organisation than the register holder is
+  refused; a rejection note is applied, and an instance a note named before it
+  arrived is marked rejected, in the transaction that indexes it;
 * otherwise the blob is made durable (fsync), then its index row is committed
   (group commit), and only then is success reported (DESIGN.md principle 2).
 
-``on_indexed`` runs inside the transaction that indexes a new instance, so that
-the work it causes commits with it (the study's registration, services.registration).
+``on_indexed`` runs inside the transaction that indexes a new instance, and
+``on_changed`` there too when IOCM changed what studies hold, so that the work they
+cause commits with it (the study's registration, services.registration).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
 from kuva.model.instance import InstanceAttributes
 from kuva.model.validation import instance_problems
+from kuva.services import iocm
 from kuva.storage import BlobStore, BlobWriter
 
 log = logging.getLogger(__name__)
@@ -42,6 +48,9 @@ class StoreStatus(Enum):
     DUPLICATE = "duplicate"  # same instance, same bytes: success, nothing new
     INVALID = "invalid"  # breaks the rules: nothing stored
     CONFLICT = "conflict"  # same SOP Instance UID, other content: refused
+    REJECTED = "rejected"  # rejected by IOCM (113037, 113038) and sent again: refused
+    IGNORED = "ignored"  # rejected by IOCM (113001, 113039) and sent again: a warning
+    FOREIGN = "foreign"  # a rejection note from another organisation: refused
     FAILED = "failed"  # the archive could not store it (disk, database)
 
 
@@ -71,6 +80,12 @@ CONFLICT_MESSAGE = "SOP Instance already archived, other content; correct via IO
 # (unit of work, Study Instance UID, SOP Instance UID, received at)
 IndexedHook = Callable[[UnitOfWork, str, str, datetime], None]
 
+_VERDICTS = {
+    iocm.Verdict.REFUSED: StoreStatus.REJECTED,
+    iocm.Verdict.IGNORED: StoreStatus.IGNORED,
+    iocm.Verdict.FOREIGN: StoreStatus.FOREIGN,
+}
+
 
 class IngestService:
     def __init__(
@@ -85,6 +100,7 @@ class IngestService:
         self._committer = committer
         self._clock = clock
         self.on_indexed: IndexedHook | None = None
+        self.on_changed: iocm.ChangedHook | None = None
 
     def store(self, incoming: IncomingInstance) -> StoreOutcome:
         started = time.perf_counter()
@@ -110,6 +126,19 @@ class IngestService:
 
         with UnitOfWork(self._engine, write=False) as uow:
             existing = uow.instances.get(attrs.sop_instance_uid)
+            screening = iocm.screen(
+                uow, attrs, incoming.organization_oid, held=existing is not None
+            )
+        if screening is not None:
+            blob.discard()
+            log.warning(
+                "%s instance %s from %s: %s",
+                "ignored" if screening.verdict is iocm.Verdict.IGNORED else "refused",
+                attrs.sop_instance_uid,
+                incoming.source_ae,
+                screening.message,
+            )
+            return StoreOutcome(_VERDICTS[screening.verdict], screening.message)
         if existing is not None:
             blob.discard()
             return self._resent(incoming, existing, blob.hexdigest())
@@ -157,11 +186,16 @@ class IngestService:
 
     def _index(self, uow: UnitOfWork, new: NewInstance) -> int | None:
         pk = uow.instances.add(new)
-        if pk is not None and self.on_indexed is not None:
-            attrs = new.attributes
+        if pk is None:
+            return None
+        attrs = new.attributes
+        if self.on_indexed is not None:
             self.on_indexed(
                 uow, attrs.study.study_instance_uid, attrs.sop_instance_uid, new.received_at
             )
+        changed = iocm.apply(uow, new, pk)
+        if changed and self.on_changed is not None:
+            self.on_changed(uow, changed, new.received_at)
         return pk
 
     def _resent(

@@ -36,8 +36,11 @@ registering transaction, so a crash at any point leaves one manifest and one set
 of IAN tasks. An IAN may be delivered twice if the process dies between the
 peer's answer and the commit that records it (at least once, like every task).
 
-IANs list instances as ONLINE; instances rejected by IOCM are to be reported
-UNAVAILABLE once rejection exists. kuva's own manifests are never listed.
+IANs list instances as ONLINE, and those rejected by IOCM (services.iocm) as
+UNAVAILABLE; a rejection registers the study again at once (``content_changed``),
+and when nothing current is left its manifest is withdrawn (Deprecated, none to
+replace it). Rejection notes are announced but not listed in manifests. kuva's own
+manifests are never listed.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from kuva.config import NodeSettings, Settings
 from kuva.index.manifests import HeldInstance, StudyHoldings
 from kuva.index.outbox import Task
 from kuva.index.uow import UnitOfWork
-from kuva.model.availability import AvailableInstance
+from kuva.model.availability import ONLINE, UNAVAILABLE, AvailableInstance
 from kuva.model.clock import Clock, utcnow
 from kuva.model.uids import made_by_kuva, new_uid
 from kuva.services.imaging_source import (
@@ -93,6 +96,23 @@ def customer_instances(holdings: StudyHoldings) -> list[HeldInstance]:
     return [held for held in holdings.instances if not made_by_kuva(held.sop_instance_uid)]
 
 
+def register_again(
+    settings: Settings, uow: UnitOfWork, study_uids: list[str], at: datetime
+) -> None:
+    """Inside the transaction that rejected or restored instances (IOCM): the studies
+    are registered again now (a new manifest, an IAN with UNAVAILABLE ones)."""
+    for study_uid in study_uids:
+        uow.tasks.schedule_once(
+            REGISTRATION_TASK,
+            subject=study_uid,
+            queue=_registration_queue(study_uid),
+            payload={},
+            now=at,
+            run_at=at,
+            max_attempts=settings.tasks.max_attempts,
+        )
+
+
 class RegistrationService:
     def __init__(
         self,
@@ -128,6 +148,10 @@ class RegistrationService:
             max_attempts=self._settings.tasks.max_attempts,
         )
 
+    def content_changed(self, uow: UnitOfWork, study_uids: list[str], at: datetime) -> None:
+        """IOCM hook (services.iocm.ChangedHook): ``register_again``."""
+        register_again(self._settings, uow, study_uids, at)
+
     def commitment_verified(self, uow: UnitOfWork, committed: Iterable[str]) -> None:
         """Storage commitment hook, inside the transaction that records its result:
         a study all of whose instances are committed is registered now."""
@@ -162,12 +186,22 @@ class RegistrationService:
         if not held:
             log.info("study %s holds nothing to register", study_uid)
             return
-        modalities = sorted({h.modality for h in held if h.modality})
+        current = [h for h in held if h.rejection_code is None and h.rejection_note_code is None]
+        modalities = sorted({h.modality for h in current if h.modality})
         covered = {
             "up_to": max(h.pk for h in held),
             "last_received_at": max(h.received_at for h in held).isoformat(),
         }
         wanted = self._settings.registration.modalities
+        if not current:
+            # Every image was rejected (IOCM): no manifest lists nothing; the last
+            # one is withdrawn, and the IANs say UNAVAILABLE.
+            self._imaging_source.withdraw_manifests(
+                study_uid, within=lambda uow: self._registered(uow, task, holdings, covered, None)
+            )
+            metrics.registrations.labels("withdrawn").inc()
+            self._woken()
+            return
         if wanted and not set(modalities) & set(wanted):
             log.info(
                 "study %s (%s) not published: no modality on the registration list (%s); "
@@ -254,7 +288,12 @@ class RegistrationService:
             raise PermanentFailure(f"no study {study_uid} in the index")
         up_to = int(payload["up_to"])
         instances = [
-            AvailableInstance(h.series_instance_uid, h.sop_class_uid, h.sop_instance_uid)
+            AvailableInstance(
+                h.series_instance_uid,
+                h.sop_class_uid,
+                h.sop_instance_uid,
+                UNAVAILABLE if h.rejection_code else ONLINE,
+            )
             for h in customer_instances(holdings)
             if h.pk <= up_to
         ]

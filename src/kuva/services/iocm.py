@@ -1,0 +1,142 @@
+"""IOCM: rejection notes applied as corrections in the index (IHE RAD TF-1/TF-2
+Imaging Object Change Management; PS3.16 CID 7011).
+
+Stored bytes never change (DESIGN.md principle 1). A rejection note (a KOS titled
+113001, 113037, 113038 or 113039, model.rejection) is stored like any instance and,
+in the same transaction, records a rejection for every instance it lists. A held
+instance is marked rejected at once; one not received yet is marked when it
+arrives. Rejected instances leave every outgoing path (C-FIND, QIDO-RS, C-MOVE,
+C-GET, WADO, RAD-69, manifests) and are reported UNAVAILABLE in IANs; the studies
+concerned are registered again at once. A rejection note is refused when a study it
+names is held for another organisation (only the register holder corrects its
+studies). A rejected instance sent again is refused (113037, 113038) or ignored
+with a warning (113001, 113039). An operator can revoke a note (``kuva iocm revoke``),
+which puts its instances back; the history of both stays in ``correction``.
+
+Instances rejected with 113039 (retention expired) are the ones retention may
+destroy (a later issue); rejection itself destroys nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+
+from sqlalchemy import Engine
+
+from kuva.index.instances import NewInstance
+from kuva.index.uow import UnitOfWork
+from kuva.model.clock import Clock, utcnow
+from kuva.model.instance import InstanceAttributes
+from kuva.model.rejection import refuses_resend
+
+log = logging.getLogger(__name__)
+
+# (unit of work, Study Instance UIDs whose content changed, when)
+ChangedHook = Callable[[UnitOfWork, list[str], datetime], None]
+
+
+class Verdict(Enum):
+    REFUSED = "rejected"  # a rejected instance sent again: refused
+    IGNORED = "ignored"  # a rejected instance sent again: not stored, a warning
+    FOREIGN = "foreign"  # a rejection note from another organisation than the holder
+
+
+@dataclass(frozen=True)
+class Screening:
+    verdict: Verdict
+    message: str  # for the DICOM Error Comment (64 characters) and the log
+
+
+def screen(
+    uow: UnitOfWork, attrs: InstanceAttributes, organization_oid: str, held: bool
+) -> Screening | None:
+    """Before storing: what IOCM says of an incoming instance (None: go on)."""
+    note = attrs.rejection_note
+    if note is not None:
+        studies = {ref.study_instance_uid for ref in note.references}
+        holders = uow.rejections.holders(studies)
+        if any(holder != organization_oid for holder in holders.values()):
+            return Screening(
+                Verdict.FOREIGN, "rejection note refused: not the study's register holder"
+            )
+        return None
+    if not held:
+        return None  # a rejection that names it is applied when it is indexed
+    rejection = uow.rejections.get(attrs.sop_instance_uid)
+    if rejection is None:
+        return None
+    if refuses_resend(rejection.code):
+        return Screening(Verdict.REFUSED, f"instance rejected ({rejection.code}), refused")
+    return Screening(Verdict.IGNORED, f"instance rejected ({rejection.code}), ignored")
+
+
+def apply(uow: UnitOfWork, new: NewInstance, pk: int) -> list[str]:
+    """Inside the transaction that indexed instance ``pk``: apply the rejection note it
+    is, or the rejection that names it. Returns the studies whose content changed."""
+    attrs = new.attributes
+    note = attrs.rejection_note
+    if note is None:
+        study_pk = uow.rejections.mark_on_arrival(pk)
+        if study_pk is None:
+            return []
+        log.info("instance %s arrived already rejected", attrs.sop_instance_uid)
+        return uow.rejections.study_uids([study_pk])
+    added = uow.rejections.record(
+        note, attrs.sop_instance_uid, new.organization_oid, new.received_at
+    )
+    changed = uow.rejections.study_uids(uow.rejections.mark(added))
+    uow.corrections.append(
+        "rejection",
+        attrs.sop_instance_uid,
+        {
+            "code": note.code,
+            "listed": len(note.references),
+            "newly_rejected": len(added),
+            "studies": sorted({ref.study_instance_uid for ref in note.references}),
+        },
+        new.source_ae,
+        new.received_at,
+    )
+    log.info(
+        "rejection note %s (%s): %d of %d listed instance(s) newly rejected",
+        attrs.sop_instance_uid,
+        note.code,
+        len(added),
+        len(note.references),
+    )
+    return changed
+
+
+class RejectionService:
+    """The operator's side: revoking a rejection note."""
+
+    def __init__(
+        self, engine: Engine, *, clock: Clock = utcnow, on_changed: ChangedHook | None = None
+    ) -> None:
+        self._engine = engine
+        self._clock = clock
+        self.on_changed = on_changed
+
+    def revoke(self, note_uid: str, *, by: str) -> int:
+        """Undo a rejection note: its instances are current again. Returns how many
+        rejections were revoked (0: the note rejected nothing, or is unknown)."""
+        now = self._clock()
+        with UnitOfWork(self._engine) as uow:
+            uids = uow.rejections.delete_note(note_uid)
+            if not uids:
+                return 0
+            changed = uow.rejections.study_uids(uow.rejections.unmark(uids))
+            uow.corrections.append(
+                "revocation", note_uid, {"instances": len(uids), "studies": changed}, by, now
+            )
+            if self.on_changed is not None and changed:
+                self.on_changed(uow, changed, now)
+            uow.commit()
+        log.info(
+            "rejection note %s revoked by %s: %d instance(s) current again", note_uid, by, len(uids)
+        )
+        return len(uids)
