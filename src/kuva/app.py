@@ -25,6 +25,7 @@ from kuva.dicomweb.qido import qido_router
 from kuva.dicomweb.stow import stow_router
 from kuva.dicomweb.wado import wado_router
 from kuva.dicomweb.wado_uri import wado_uri_router
+from kuva.hl7.server import Hl7Server
 from kuva.index.database import make_engine, migrate, ping
 from kuva.index.group_commit import GroupCommitter
 from kuva.index.outbox import STATUSES
@@ -34,6 +35,7 @@ from kuva.services.commitment import CommitmentService
 from kuva.services.disclosure import DisclosureLog
 from kuva.services.imaging_source import ImagingDocumentSource
 from kuva.services.ingest import IngestService
+from kuva.services.patients import PatientService
 from kuva.services.query import QueryService
 from kuva.services.registration import RegistrationService
 from kuva.services.registry import RegistryService
@@ -159,6 +161,9 @@ class Archive:
             FindSCP(settings, self.query),
             RetrieveSCP(settings, self.retrieve),
         )
+        self.hl7 = Hl7Server(
+            settings, PatientService(self.engine, strict=settings.hl7.strict_merge)
+        )
         self.http_app = create_app(
             {"index": lambda: ping(self.engine), "blobs": self.blobs.check},
             refresh_metrics=self.refresh_task_metrics,
@@ -197,6 +202,8 @@ class Archive:
         host, port = self.dicom.start()
         log.info("ready: DICOM %s on %s:%d", self.settings.dicom.ae_title, host, port)
         self._start_http()
+        hl7_host, hl7_port = self.hl7.start()
+        log.info("ready: HL7 MLLP on %s:%d", hl7_host, hl7_port)
         log.info(
             "ready: HTTP on %s:%d (/dicom-web, /wado, /xds/registry, /xds/repository, "
             "/xds/imaging, /healthz, /metrics)",
@@ -234,6 +241,7 @@ class Archive:
         """Stop listening, finish in-flight work, close everything."""
         log.info("stopping")
         self.dicom.stop()
+        self.hl7.stop()
         if self._http is not None:
             self._http.should_exit = True
             if self._http_thread is not None:

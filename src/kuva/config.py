@@ -77,8 +77,17 @@ class HttpSettings(BaseModel):
 
 
 class Hl7Settings(BaseModel):
+    """The MLLP listener of HL7 v2 ADT (kuva.hl7)."""
+
     host: str = "127.0.0.1"
     port: int = 2575
+    # A40 for a source patient the archive does not hold: refused (AE) when true;
+    # when false its record is made, merged, and its future studies go to the survivor.
+    strict_merge: bool = False
+    # A frame longer than this closes the connection.
+    max_message_bytes: int = 16 * 1024 * 1024
+    # A connection silent this long is closed.
+    idle_seconds: float = 300.0
 
 
 class XdsSettings(BaseModel):

@@ -123,7 +123,7 @@ class KuvaServer:
                 raise RuntimeError(f"kuva exited at start:\n{self.log()}")
             try:
                 with urllib.request.urlopen(f"{self.http}/healthz", timeout=1) as response:
-                    if response.status == 200 and "ready: DICOM" in self.log():
+                    if response.status == 200 and "ready: HL7" in self.log():
                         return self
             except OSError:
                 pass

@@ -67,6 +67,7 @@ def test_migration_backfills_counters(database_url: str) -> None:
                 "number_of_series",
                 "number_of_instances",
                 "modalities_in_study",
+                "received_patient_pk",  # from migration 0008
             }
             for n in range(0, 150):
                 new = synthetic_instance(n, BASE)

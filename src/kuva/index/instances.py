@@ -81,7 +81,7 @@ _STORED = select(*_STORED_COLUMNS).select_from(
     )
 )
 _GET_STORED = _STORED.where(instance.c.sop_instance_uid == bindparam("uid"))
-_PATIENT_ROW = select(patient.c.pk).where(
+_PATIENT_ROW = select(patient.c.pk, patient.c.merged_into_pk).where(
     (patient.c.patient_id == bindparam("patient_id")) & (patient.c.issuer == bindparam("issuer"))
 )
 _STUDY_ROW = select(study.c.pk, study.c.patient_pk).where(
@@ -140,7 +140,9 @@ def patient_row(new: NewInstance) -> dict[str, Any]:
     )
 
 
-def study_row(new: NewInstance, patient_pk: int) -> dict[str, Any]:
+def study_row(
+    new: NewInstance, patient_pk: int, received_patient_pk: int | None = None
+) -> dict[str, Any]:
     s = new.attributes.study
     return _fit(
         study,
@@ -156,6 +158,7 @@ def study_row(new: NewInstance, patient_pk: int) -> dict[str, Any]:
             "organization_oid": new.organization_oid,
             "created_at": new.received_at,
             "last_received_at": new.received_at,
+            "received_patient_pk": received_patient_pk or patient_pk,
         },
     )
 
@@ -207,6 +210,20 @@ def instance_row(new: NewInstance, series_pk: int) -> dict[str, Any]:
     )
 
 
+def survivor(conn: Connection, patient_pk: int) -> int:
+    """The patient a merged patient resolves to: the end of its ``merged_into`` chain
+    (A into B, B into C: C). Merges refuse cycles (index.patients), so this ends."""
+    current = patient_pk
+    for _ in range(100):
+        merged_into = conn.execute(
+            select(patient.c.merged_into_pk).where(patient.c.pk == current)
+        ).scalar()
+        if merged_into is None:
+            return current
+        current = int(merged_into)
+    raise RuntimeError(f"patient {patient_pk}: merge chain longer than 100")
+
+
 class InstanceRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -238,7 +255,7 @@ class InstanceRepository:
         left as they are (corrections are a later, explicit step); the study's and
         series' counters are kept in the same transaction.
         """
-        patient_pk, _ = self._get_or_create(
+        received_pk, _, found = self._get_or_create(
             patient,
             _PATIENT_ROW,
             {
@@ -248,11 +265,17 @@ class InstanceRepository:
             patient_row(new),
             ["patient_id", "issuer"],
         )
-        study_pk, _ = self._get_or_create(
+        # A patient merged into another (HL7 A40): the study belongs to the survivor.
+        patient_pk = (
+            survivor(self.conn, received_pk)
+            if found is not None and found.merged_into_pk is not None
+            else received_pk
+        )
+        study_pk, _, _ = self._get_or_create(
             study,
             _STUDY_ROW,
             {"uid": new.attributes.study.study_instance_uid},
-            study_row(new, patient_pk),
+            study_row(new, patient_pk, received_pk),
             ["study_instance_uid"],
             (
                 "patient_pk",
@@ -260,7 +283,7 @@ class InstanceRepository:
                 "Study Instance UID is already archived for another patient",
             ),
         )
-        series_pk, new_series = self._get_or_create(
+        series_pk, new_series, _ = self._get_or_create(
             series,
             _SERIES_ROW,
             {"uid": new.attributes.series.series_instance_uid},
@@ -296,8 +319,9 @@ class InstanceRepository:
         values: dict[str, Any],
         conflict_columns: list[str],
         parent: tuple[str, int, str] | None = None,
-    ) -> tuple[int, bool]:
-        """(key, created) of the row found by ``lookup``, created from ``values`` when absent.
+    ) -> tuple[int, bool, Any]:
+        """(key, created, the row found or None) of the row found by ``lookup``,
+        created from ``values`` when absent.
 
         ``parent`` = (column, expected key, message): a row found under another
         parent is a TreeConflict. A row created meanwhile by another node (the insert
@@ -308,9 +332,9 @@ class InstanceRepository:
             if row is not None:
                 if parent is not None and getattr(row, parent[0]) != parent[1]:
                     raise TreeConflict(parent[2])
-                return int(row.pk), False
+                return int(row.pk), False, row
             if attempt == 0:
                 pk = insert_ignoring_conflict(self.conn, table, values, conflict_columns)
                 if pk is not None:
-                    return int(pk), True
+                    return int(pk), True, None
         raise RuntimeError(f"{table.name} row vanished while being created")  # pragma: no cover

@@ -77,6 +77,9 @@ patient = Table(
     Column("birth_date", String(8), nullable=False, server_default=""),
     Column("sex", String(16), nullable=False, server_default=""),
     Column("created_at", UtcDateTime(), nullable=False),
+    # Set when the patient was merged into another (HL7 A40); queries and new
+    # instances resolve it to the survivor. An unlink clears it.
+    Column("merged_into_pk", PK, nullable=True, index=True),
     UniqueConstraint("patient_id", "issuer"),
     # Pattern operators on PostgreSQL: a name prefix (``ÄIJ*``, LIKE 'ÄIJ%') uses the
     # index under any database collation, and equality still does.
@@ -89,6 +92,9 @@ study = Table(
     Column("pk", PK, primary_key=True),
     Column("study_instance_uid", UID, nullable=False, unique=True),
     Column("patient_pk", ForeignKey("patient.pk"), nullable=False, index=True),
+    # The patient the study was received for; ``patient_pk`` is the current one
+    # (a merge moves studies, an unlink moves them back).
+    Column("received_patient_pk", PK, nullable=True, index=True),
     Column("study_date", String(8), nullable=False, server_default=""),
     Column("study_time", String(16), nullable=False, server_default=""),
     Column("accession_number", String(16), nullable=False, server_default=""),
@@ -426,4 +432,19 @@ disclosure = Table(
     Column("basis", Text, nullable=False),
     Index("ix_disclosure_patient", "patient_id", "patient_authority", "disclosed_at"),
     Index("ix_disclosure_disclosed_at", "disclosed_at"),
+)
+
+# HL7 v2 messages applied (services.patients): an already-seen control id (per
+# sending application and facility) is answered with its ACK again, not applied twice.
+hl7_message = Table(
+    "hl7_message",
+    metadata,
+    Column("pk", PK, primary_key=True),
+    Column("sending_application", String(180), nullable=False),
+    Column("sending_facility", String(180), nullable=False),
+    Column("control_id", String(199), nullable=False),
+    Column("message_type", String(16), nullable=False),
+    Column("ack", Text, nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("sending_application", "sending_facility", "control_id"),
 )

@@ -12,6 +12,7 @@ from kuva.index.database import WRITE_OPTION
 from kuva.index.instances import InstanceRepository
 from kuva.index.manifests import ManifestRepository
 from kuva.index.outbox import TaskRepository
+from kuva.index.patients import PatientRepository
 from kuva.index.query import QueryRepository
 from kuva.index.registry import RegistryRepository
 from kuva.index.registry_query import RegistryQueryRepository
@@ -52,6 +53,7 @@ class UnitOfWork:
         self.disclosures = DisclosureRepository(conn)
         self.rejections = RejectionRepository(conn)
         self.corrections = CorrectionLog(conn)
+        self.patients = PatientRepository(conn)
         return self
 
     def commit(self) -> None:

@@ -1,0 +1,90 @@
+"""The MLLP listener on ``[hl7] host:port``: one thread per connection, each frame
+answered with its ACK (kuva.hl7.adt) before the next is read. Garbage between frames
+is dropped and logged; a frame past ``[hl7] max_message_bytes`` closes the
+connection; nothing a peer sends stops the listener."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import socketserver
+import threading
+
+from kuva.config import Settings
+from kuva.hl7 import adt
+from kuva.hl7.mllp import FrameTooLong, MllpFramer, frame
+from kuva.services.patients import PatientService
+
+log = logging.getLogger(__name__)
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], service: PatientService, settings: Settings):
+        self.service = service
+        self.max_bytes = settings.hl7.max_message_bytes
+        self.idle_seconds = settings.hl7.idle_seconds
+        super().__init__(address, _Connection)
+
+
+class _Connection(socketserver.BaseRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.settimeout(self.server.idle_seconds)
+        peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        framer = MllpFramer(self.server.max_bytes)
+        try:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                garbage = framer.garbage
+                for message in framer.feed(data):
+                    sock.sendall(frame(self._answer(message)))
+                if framer.garbage > garbage:
+                    log.warning(
+                        "HL7 %s: %d byte(s) outside MLLP frames dropped",
+                        peer,
+                        framer.garbage - garbage,
+                    )
+        except FrameTooLong as exc:
+            log.warning("HL7 %s: %s; connection closed", peer, exc)
+        except (TimeoutError, OSError) as exc:
+            log.info("HL7 %s: connection ended (%s)", peer, type(exc).__name__)
+
+    def _answer(self, message: bytes) -> bytes:
+        try:
+            return adt.handle(message, self.server.service.handle)
+        except Exception:
+            log.exception("HL7: could not handle a message")
+            return adt.ack(
+                None, "AE", error=("207", "MSH^1", "application internal error")
+            ).encode()
+
+
+class Hl7Server:
+    def __init__(self, settings: Settings, service: PatientService) -> None:
+        self._settings = settings
+        self._service = service
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> tuple[str, int]:
+        address = (self._settings.hl7.host, self._settings.hl7.port)
+        self._server = _Server(address, self._service, self._settings)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="kuva-hl7", daemon=True
+        )
+        self._thread.start()
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
