@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -171,6 +172,8 @@ def test_merge_update_change_and_unlink(site: Hl7Site) -> None:
     assert site.find_study(merged).PatientID == SURVIVOR
     assert site.find_study(kept).PatientID == SURVIVOR
     assert site.patients(MERGED) == []
+    metadata = httpx.get(f"{site.server.http}/dicom-web/studies/{merged}/metadata", timeout=30)
+    assert {item["00100020"]["Value"][0] for item in metadata.json()} == {SURVIVOR}
     (survivor,) = site.patients(SURVIVOR)
     assert int(survivor.NumberOfPatientRelatedStudies) == 2
     # the same control id again: the same answer, applied once

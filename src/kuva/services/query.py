@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 
 from kuva.index.query import ATTRIBUTES, COMPUTED
 from kuva.index.uow import UnitOfWork
+from kuva.model.dicom_json import with_current_patient
 from kuva.model.query import Matcher, QueryLevel, QueryResult, parse_matcher
 
 
@@ -32,6 +33,17 @@ def vr_of(keyword: str) -> str | None:
     if keyword in COMPUTED:
         return COMPUTED[keyword][0]
     return None
+
+
+# Patient attributes that corrections (HL7 ADT) change in the index; answers carry
+# the index's current values, not those stored with the instance.
+CURRENT_PATIENT = (
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+)
 
 
 class QueryService:
@@ -58,12 +70,19 @@ class QueryService:
         """
         filters = self.matchers(request)
         extra = with_json or any(vr_of(k) is None for k in request.return_keys)
+        json = extra and request.level is QueryLevel.IMAGE
+        keys = list(request.return_keys)
+        if json:  # the DICOM JSON is as received: the patient comes from the index
+            keys += [k for k in CURRENT_PATIENT if k not in keys]
         with UnitOfWork(self._engine, write=False) as uow:
-            yield from uow.query.find(
+            for result in uow.query.find(
                 request.level,
                 filters,
-                list(request.return_keys),
-                with_json=extra and request.level is QueryLevel.IMAGE,
+                keys,
+                with_json=json,
                 limit=request.limit,
                 offset=request.offset,
-            )
+            ):
+                if result.dataset_json is not None:
+                    with_current_patient(result.dataset_json, result.values)
+                yield result
