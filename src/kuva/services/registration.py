@@ -138,13 +138,17 @@ class RegistrationService:
         registration falls due ``stable_seconds`` after this arrival."""
         if made_by_kuva(sop_uid):
             return  # kuva's own manifest: registering it must not register again
+        # From now, not from ``at``: the time an instance spent between its arrival
+        # and this commit (fsync, the group-commit queue) must not shorten the wait,
+        # or a study whose instances each took long would be registered half-sent.
+        now = max(at, self._clock())
         uow.tasks.schedule_once(
             REGISTRATION_TASK,
             subject=study_uid,
             queue=_registration_queue(study_uid),
             payload={},
-            now=at,
-            run_at=at + timedelta(seconds=self._settings.registration.stable_seconds),
+            now=now,
+            run_at=now + timedelta(seconds=self._settings.registration.stable_seconds),
             max_attempts=self._settings.tasks.max_attempts,
         )
 
@@ -261,7 +265,10 @@ class RegistrationService:
                 now=now,
                 max_attempts=self._settings.tasks.max_attempts,
             )
-        uow.tasks.set_payload(task.pk, {**task.payload, "done": True})
+        payload = {**task.payload, "done": True}
+        if manifest_uid is not None:
+            payload["manifest_uid"] = manifest_uid  # the claimed copy predates it
+        uow.tasks.set_payload(task.pk, payload)
         log.info(
             "study %s registered (%d instances); IAN to %s",
             study_uid,
