@@ -99,7 +99,7 @@ def test_health_metrics_and_sigterm(kuva_server: Callable[..., KuvaServer]) -> N
     assert "kuva_store_seconds_bucket" in text
 
     log = server.log()
-    assert log.count("ready: ") == 2
+    assert log.count("ready: ") == 3  # DICOM, HTTP, HL7
     assert server.stop() == 0
     assert "stopped" in server.log()
 

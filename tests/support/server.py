@@ -71,12 +71,17 @@ class KuvaServer:
 
     def __post_init__(self) -> None:
         self.data_dir = self.workdir / "data"
-        self.dicom_port = free_port()
-        self.http_port = free_port()
-        self.hl7_port = free_port()
         self.config_path = self.workdir / "kuva.toml"
         self.log_path = self.workdir / "kuva.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self._started = False  # ports are kept once a start succeeded
+        self._configure()
+
+    def _configure(self) -> None:
+        """Pick free ports and write the config file."""
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.hl7_port = free_port()
         sections: dict[str, dict[str, Any]] = {
             "archive": {"data_dir": str(self.data_dir), "database_url": self.database_url},
             "dicom": {"ae_title": self.ae_title, "host": "127.0.0.1", "port": self.dicom_port},
@@ -110,6 +115,23 @@ class KuvaServer:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self, timeout: float = 30.0) -> KuvaServer:
+        """Start and wait until every listener is ready. A port taken by another
+        process between ``free_port`` and the bind (a race other test servers and
+        peers share) makes a first start pick new ports and try again."""
+        for attempt in range(3):
+            try:
+                self._start(timeout)
+            except RuntimeError as exc:
+                if self._started or "Address already in use" not in str(exc) or attempt == 2:
+                    raise
+                self.log_path.rename(self.log_path.with_suffix(f".failed{attempt}"))
+                self._configure()
+            else:
+                self._started = True
+                return self
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _start(self, timeout: float) -> KuvaServer:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self.process = subprocess.Popen(
             [sys.executable, "-m", "kuva", "serve", "--config", str(self.config_path)],

@@ -101,17 +101,19 @@ class PatientRepository:
         self.conn.execute(
             update(patient).where(patient.c.pk == source_pk).values(merged_into_pk=None)
         )
-        rows = self.conn.execute(
-            select(study.c.pk, study.c.received_patient_pk).where(study.c.patient_pk == former)
-        ).all()
+        received_patients = self.conn.execute(
+            select(study.c.received_patient_pk).where(study.c.patient_pk == former).distinct()
+        ).scalars()
         moved = 0
-        for study_pk, received in rows:
+        for received in list(received_patients):  # a few patients, however many studies
             now = survivor(self.conn, received)
             if now != former:
-                self.conn.execute(
-                    update(study).where(study.c.pk == study_pk).values(patient_pk=now)
+                result = self.conn.execute(
+                    update(study)
+                    .where(study.c.patient_pk == former, study.c.received_patient_pk == received)
+                    .values(patient_pk=now)
                 )
-                moved += 1
+                moved += int(result.rowcount)
         return moved
 
     def update(self, pk: int, demographics: Demographics) -> None:
