@@ -60,6 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # makes tests.support importable
 
+from bench.shared import orthanc_version, print_rows  # noqa: E402
 from tests.support.peers import (  # noqa: E402
     LOOPBACK,
     Orthanc,
@@ -611,7 +612,7 @@ def print_ingest_table(runs: Sequence[Run], peers: Sequence[Run]) -> None:
         is_kuva = run.target.startswith("kuva")
         row += [_ratio(run, peer) if is_kuva else "" for peer in peers]
         rows.append(row)
-    _print_rows(header, rows)
+    print_rows(header, rows)
     notes = [f"  {run.target}: {run.note}" for run in runs if run.measured and run.note]
     if notes:
         print("notes:\n" + "\n".join(notes))
@@ -644,20 +645,7 @@ def print_memory_table(runs: Sequence[MemoryRun]) -> None:
                 check,
             ]
         )
-    _print_rows(header, rows)
-
-
-def _print_rows(header: list[str], rows: list[list[str]]) -> None:
-    """Plain aligned columns; a shorter row (target, note) runs its note on."""
-    widths = [len(title) for title in header]
-    for row in rows:
-        widths[0] = max(widths[0], len(row[0]))
-        if len(row) == len(header):
-            widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
-    print("  ".join(title.ljust(w) for title, w in zip(header, widths, strict=True)).rstrip())
-    for row in rows:
-        cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=False)]
-        print("  ".join([*cells, row[-1]]).rstrip())
+    print_rows(header, rows)
 
 
 # --------------------------------------------------------------------------- main
@@ -741,7 +729,7 @@ def receivers(options: Options) -> list[tuple[str, ReceiverFactory]]:
     if "storescp" in options.targets:
         chosen.append(("storescp", lambda w: storescp_receiver(w, fork=fork)))
     if "orthanc" in options.targets:
-        chosen.append((f"Orthanc {_orthanc_version()}".strip(), orthanc_receiver))
+        chosen.append((f"Orthanc {orthanc_version()}".strip(), orthanc_receiver))
     if "kuva" in options.targets:
         chosen.append(
             (
@@ -752,17 +740,6 @@ def receivers(options: Options) -> list[tuple[str, ReceiverFactory]]:
             )
         )
     return chosen
-
-
-def _orthanc_version() -> str:
-    if not orthanc_available():
-        return ""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        output = subprocess.run(
-            ["Orthanc", "--version"], capture_output=True, text=True, timeout=10
-        ).stdout
-        return output.split()[1] if output.split()[:1] == ["Orthanc"] else ""
-    return ""
 
 
 def grown_index_run(

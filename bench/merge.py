@@ -55,9 +55,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
-import os
-import platform
-import shlex
 import socket
 import statistics
 import sys
@@ -73,17 +70,23 @@ for _path in (REPO, REPO / "src"):
         sys.path.insert(0, str(_path))  # tests.support (and kuva when not installed)
 
 from bench.shared import (  # noqa: E402
-    command_line,
-    database_size_mb,
-    database_version,
-    postgres_database,
+    SERVER_COMMAND,
+    PrefilledRun,
+    add_connection_arguments,
+    add_database_argument,
+    analyze_prefilled,
+    chosen_databases,
+    print_command_and_machine,
     print_rows,
+    print_run_notes,
+    run_each,
+    scratch_database,
+    server_problems,
 )
 from pydicom.dataset import Dataset  # noqa: E402
 from pynetdicom import AE, evt  # noqa: E402
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # noqa: E402
 from rich.progress import Progress  # noqa: E402
-from sqlalchemy import Engine, func, select  # noqa: E402
 from tests.support.server import KuvaServer  # noqa: E402
 from tests.support.synthetic import FINNISH_PIC_ISSUER, finnish_test_pic  # noqa: E402
 
@@ -91,7 +94,7 @@ from kuva.bench_support import CT_IMAGE_STORAGE, EXPLICIT_VR_LE  # noqa: E402
 from kuva.bench_support import ROOT as BENCH_ROOT  # noqa: E402
 from kuva.config import LOCAL_ORGANIZATION_OID, load_settings  # noqa: E402
 from kuva.dicom.network import set_nodelay_handler  # noqa: E402
-from kuva.index.bulk import analyze, bulk_add  # noqa: E402
+from kuva.index.bulk import bulk_add  # noqa: E402
 from kuva.index.database import make_engine, migrate  # noqa: E402
 from kuva.index.instances import NewInstance  # noqa: E402
 from kuva.index.schema import instance, patient, series, study  # noqa: E402
@@ -112,7 +115,6 @@ WARMUP_UPDATES = 5
 PER_STUDY_MAX = 1_000  # instances in a study at most
 SERIES_PER_LARGE_STUDY = 4  # a study of 100 instances or more
 CALLING_AET = "BENCH"
-PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 ROOT = f"{BENCH_ROOT}.8"  # the merge benchmark's arc under the bench arc
 FIRST_STUDY = dt.datetime(2015, 1, 5, 8, 0, tzinfo=dt.UTC)
 STUDY_INTERVAL = dt.timedelta(days=30)
@@ -427,27 +429,10 @@ class SizeRow:
 
 
 @dataclasses.dataclass
-class DatabaseRun:
-    database: str
-    version: str = ""
-    prefill_s: float = 0.0
-    analyze_s: float = 0.0
-    counts: dict[str, int] = dataclasses.field(default_factory=dict)
-    size_mb: float = 0.0
+class DatabaseRun(PrefilledRun):
     warmup_ms: list[float] = dataclasses.field(default_factory=list)
     rows: list[SizeRow] = dataclasses.field(default_factory=list)
-    server_command: str = ""
-    server_problems: list[str] = dataclasses.field(default_factory=list)
-    note: str = ""
     wrong: list[str] = dataclasses.field(default_factory=list)
-
-
-def table_counts(engine: Engine) -> dict[str, int]:
-    with engine.connect() as conn:
-        return {
-            table.name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
-            for table in (patient, study, series, instance)
-        }
 
 
 def expected_counts(groups: Sequence[Group]) -> dict[str, int]:
@@ -468,13 +453,7 @@ def run_database(database: str, options: Options) -> DatabaseRun:
     warmup, groups = make_groups(options.sizes, options.merges)
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kuva-merge-")))
-        url = ""
-        if database == "postgresql":
-            try:
-                url = stack.enter_context(postgres_database(options.pg_admin_url))
-            except Exception as error:
-                result.note = f"PostgreSQL not available: {type(error).__name__}: {error}"
-                return result
+        url = stack.enter_context(scratch_database(database, options.pg_admin_url))
         server = KuvaServer(workdir, database_url=url)
         engine = make_engine(load_settings(server.config_path).archive.resolved_database_url())
         stack.callback(engine.dispose)
@@ -490,14 +469,10 @@ def run_database(database: str, options: Options) -> DatabaseRun:
                 progress=lambda done: progress.update(bar, advance=done),
             )
         result.prefill_s = time.perf_counter() - started
-        started = time.perf_counter()
-        analyze(engine)
-        result.analyze_s = time.perf_counter() - started
-        result.counts = table_counts(engine)
+        sqlite_file = None if url else server.data_dir / "index.sqlite"
+        analyze_prefilled(result, engine, (patient, study, series, instance), sqlite_file)
         if result.counts != wanted:
             result.wrong.append(f"prefill rows {result.counts}, expected {wanted}")
-        result.size_mb = database_size_mb(engine, None if url else server.data_dir / "index.sqlite")
-        result.version = database_version(engine)
         print(
             f"[{database}] prefill {result.prefill_s:.1f} s, ANALYZE {result.analyze_s:.1f} s, "
             f"rows {result.counts}, {result.size_mb:.0f} MB",
@@ -506,9 +481,7 @@ def run_database(database: str, options: Options) -> DatabaseRun:
 
         server.start(timeout=options.server_timeout)
         stack.callback(server.stop)
-        result.server_command = shlex.join(
-            ["python", "-m", "kuva", "serve", "--config", "<tmp>/kuva.toml"]
-        )
+        result.server_command = SERVER_COMMAND
         client = MllpClient(server.hl7_port)
         stack.callback(client.close)
 
@@ -548,11 +521,7 @@ def run_database(database: str, options: Options) -> DatabaseRun:
             if problem:
                 row.wrong.append(problem)
 
-        result.server_problems = [
-            line
-            for line in server.log().splitlines()
-            if (" WARNING " in line or " ERROR " in line) and "no [[nodes]]" not in line
-        ]
+        result.server_problems = server_problems(server.log(), expected=("no [[nodes]]",))
     return result
 
 
@@ -580,15 +549,13 @@ def verdict(row: SizeRow, base: SizeRow, largest: bool) -> tuple[str, str]:
 
 def print_report(run: DatabaseRun, options: Options) -> None:
     print()
-    title = f"{run.database}" + (f" ({run.version})" if run.version else "")
-    print(f"== {title}: HL7 ADT^A40 merge and ADT^A08 update over MLLP ==")
+    print(f"== {run.title}: HL7 ADT^A40 merge and ADT^A08 update over MLLP ==")
     if run.note and not run.rows:
         print(run.note)
         return
-    counts = ", ".join(f"{name} {count}" for name, count in run.counts.items())
     print(
         f"prefill (bulk_add): {run.prefill_s:.1f} s, ANALYZE/VACUUM {run.analyze_s:.1f} s; "
-        f"rows: {counts}; database {run.size_mb:.0f} MB"
+        f"rows: {run.counts_text}; database {run.size_mb:.0f} MB"
     )
     if run.warmup_ms:
         print(
@@ -641,13 +608,7 @@ def print_report(run: DatabaseRun, options: Options) -> None:
             print(f"  wrong answer ({row.size:,} instances): {wrong}")
     for wrong in run.wrong[:5]:
         print(f"  wrong: {wrong}")
-    if run.note:
-        print(f"note: {run.note}")
-    print(f"server: {run.server_command}")
-    if run.server_problems:
-        print(f"server log, {len(run.server_problems)} warning/error line(s), the first ones:")
-        for line in run.server_problems[:5]:
-            print(f"    {line}")
+    print_run_notes(run)
 
 
 # --------------------------------------------------------------------------- main
@@ -669,9 +630,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "--sizes",
         help="instances per patient, comma-separated (10,1000,100000; --quick 10,100,1000)",
     )
-    parser.add_argument(
-        "--database", choices=("sqlite", "postgresql", "both"), default="both", help="(both)"
-    )
+    add_database_argument(parser)
     parser.add_argument("--updates", type=int, default=UPDATES, help=f"A08 per size ({UPDATES})")
     parser.add_argument(
         "--merges",
@@ -680,8 +639,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         help="patients merged into the survivor per size, each an A40 timed; the figure "
         "is their p50 (5: one sample is too noisy for the 2x check)",
     )
-    parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL, help=f"({PG_ADMIN_URL})")
-    parser.add_argument("--server-timeout", type=float, default=120.0, help="kuva start (120 s)")
+    add_connection_arguments(parser, kuva_server=True)
     parser.add_argument("--quick", action="store_true", help="small run for a smoke test")
     args = parser.parse_args(argv)
     try:
@@ -704,7 +662,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         parser.error("--sizes x (1 + --merges): at most 98 patients")
     return Options(
         sizes=sizes,
-        databases=("sqlite", "postgresql") if args.database == "both" else (args.database,),
+        databases=chosen_databases(args.database),
         updates=args.updates,
         merges=args.merges,
         pg_admin_url=args.pg_admin_url,
@@ -716,18 +674,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     begun = time.perf_counter()
-    runs = []
-    for database in options.databases:
-        try:
-            runs.append(run_database(database, options))
-        except Exception as error:  # one database failing leaves the other's table
-            runs.append(DatabaseRun(database, note=f"failed: {type(error).__name__}: {error}"))
-    print()
-    print(f"command: {command_line()}")
-    print(
-        f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}; client and server on loopback"
+    runs = run_each(
+        options.databases, lambda database: run_database(database, options), DatabaseRun
     )
+    print()
+    print_command_and_machine("client and server on loopback")
     shapes = "; ".join(f"{size:,} = {shape(size)}" for size in options.sizes)
     print(
         f"data: per size a survivor and {options.merges} patient(s) merged into it, "

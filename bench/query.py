@@ -59,11 +59,8 @@ import argparse
 import contextlib
 import dataclasses
 import logging
-import os
-import platform
 import random
 import re
-import shlex
 import statistics
 import sys
 import tempfile
@@ -80,11 +77,20 @@ for _path in (REPO, REPO / "src"):
 
 import httpx  # noqa: E402
 from bench.shared import (  # noqa: E402
-    command_line,
-    database_size_mb,
-    database_version,
-    postgres_database,
-    print_rows,
+    SERVER_COMMAND,
+    LatencyRow,
+    LatencyRun,
+    add_connection_arguments,
+    add_database_argument,
+    analyze_prefilled,
+    chosen_databases,
+    print_command_and_machine,
+    print_latency_rows,
+    query_plan,
+    run_each,
+    scratch_database,
+    server_problems,
+    time_queries,
 )
 from pydicom.dataset import Dataset  # noqa: E402
 from pynetdicom import AE, evt  # noqa: E402
@@ -93,7 +99,7 @@ from pynetdicom.sop_class import (  # noqa: E402
     StudyRootQueryRetrieveInformationModelFind,
     Verification,
 )
-from sqlalchemy import Engine, func, select  # noqa: E402
+from sqlalchemy import Engine, select  # noqa: E402
 from tests.support.server import KuvaServer  # noqa: E402
 
 from kuva.bench_support import (  # noqa: E402
@@ -105,18 +111,16 @@ from kuva.bench_support import (  # noqa: E402
 )
 from kuva.config import load_settings  # noqa: E402
 from kuva.dicom.network import set_nodelay_handler  # noqa: E402
-from kuva.index.bulk import analyze, bulk_add  # noqa: E402
+from kuva.index.bulk import bulk_add  # noqa: E402
 from kuva.index.database import make_engine, migrate  # noqa: E402
 from kuva.index.schema import instance, patient, series, study  # noqa: E402
 from kuva.index.uow import UnitOfWork  # noqa: E402
 from kuva.model.query import QueryLevel  # noqa: E402
 from kuva.services.query import FindRequest, QueryService  # noqa: E402
 
-TARGET_P95_MS = 20.0
 WARMUP = 10
 SEED = 20_240_101
 CALLING_AET = "BENCH"
-PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 INSTANCES_PER_STUDY = INSTANCES_PER_SERIES * SERIES_PER_STUDY
 PENDING = (0xFF00, 0xFF01)
 CFIND_KEYS = (
@@ -219,45 +223,6 @@ def make_queries(
 # --------------------------------------------------------------------------- results
 
 
-@dataclasses.dataclass
-class Row:
-    """One query kind on one interface."""
-
-    kind: str
-    interface: str
-    latencies_ms: list[float] = dataclasses.field(default_factory=list)
-    matches: list[int] = dataclasses.field(default_factory=list)
-    wrong: list[str] = dataclasses.field(default_factory=list)
-    note: str = ""
-    targeted: bool = True
-
-    def percentile(self, p: int) -> float:
-        if len(self.latencies_ms) < 2:
-            return self.latencies_ms[0] if self.latencies_ms else float("nan")
-        return statistics.quantiles(self.latencies_ms, n=100, method="inclusive")[p - 1]
-
-    @property
-    def slow(self) -> bool:
-        return self.targeted and bool(self.latencies_ms) and self.percentile(95) > TARGET_P95_MS
-
-
-@dataclasses.dataclass
-class DatabaseRun:
-    """Everything measured on one database."""
-
-    database: str
-    version: str = ""
-    prefill_s: float = 0.0
-    analyze_s: float = 0.0
-    counts: dict[str, int] = dataclasses.field(default_factory=dict)
-    size_mb: float = 0.0
-    rows: list[Row] = dataclasses.field(default_factory=list)
-    plans: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-    server_command: str = ""
-    server_problems: list[str] = dataclasses.field(default_factory=list)
-    note: str = ""
-
-
 # A runner asks one query; it answers (Study Instance UID, NumberOfStudyRelatedInstances)
 # of every match, or None when it has nothing to check (the floors).
 Runner = Callable[[Query], list[tuple[str, int]] | None]
@@ -274,26 +239,17 @@ def _difference(query: Query, answer: list[tuple[str, int]]) -> str:
     )
 
 
+def _check(query: Query, answer: list[tuple[str, int]] | None) -> tuple[int, str] | None:
+    if answer is None:
+        return None
+    return len(answer), "" if sorted(answer) == list(query.expected) else _difference(query, answer)
+
+
 def measure(
     kind: str, interface: str, queries: Sequence[Query], warmup: Sequence[Query], run: Runner
-) -> Row:
+) -> LatencyRow:
     """Time ``run`` on each query after the warm-up ones; check every answer."""
-    row = Row(kind, interface)
-    try:
-        for query in warmup:
-            run(query)
-        for query in queries:
-            started = time.perf_counter()
-            answer = run(query)
-            row.latencies_ms.append((time.perf_counter() - started) * 1000)
-            if answer is None:
-                continue
-            row.matches.append(len(answer))
-            if sorted(answer) != list(query.expected):
-                row.wrong.append(_difference(query, answer))
-    except Exception as error:  # a broken interface is a row note, not a crash
-        row.note = f"{type(error).__name__}: {error}"
-    return row
+    return time_queries(kind, interface, queries, warmup, run, _check)
 
 
 # --------------------------------------------------------------------------- interfaces
@@ -387,19 +343,23 @@ def healthz_runner(client: httpx.Client) -> Runner:
     return run
 
 
+def find_request(query: Query) -> FindRequest:
+    """The C-FIND request of ``query`` as the query service takes it."""
+    return FindRequest(
+        level=QueryLevel.STUDY,
+        keys={key: (query.value if key == query.keyword else "") for key in CFIND_KEYS},
+        return_keys=CFIND_KEYS,
+    )
+
+
 def service_runner(service: QueryService) -> Runner:
     def run(query: Query) -> list[tuple[str, int]]:
-        request = FindRequest(
-            level=QueryLevel.STUDY,
-            keys={key: (query.value if key == query.keyword else "") for key in CFIND_KEYS},
-            return_keys=CFIND_KEYS,
-        )
         return [
             (
                 str(result.values["StudyInstanceUID"]),
                 int(result.values.get("NumberOfStudyRelatedInstances") or 0),
             )
-            for result in service.find(request)
+            for result in service.find(find_request(query))
         ]
 
     return run
@@ -421,12 +381,7 @@ def qido_available(client: httpx.Client, probe: Query) -> tuple[bool, str]:
 
 def explain(engine: Engine, query: Query) -> list[str]:
     """The plan of the statement the query service runs for ``query`` (C-FIND keys)."""
-    request = FindRequest(
-        level=QueryLevel.STUDY,
-        keys={key: (query.value if key == query.keyword else "") for key in CFIND_KEYS},
-        return_keys=CFIND_KEYS,
-    )
-    filters = QueryService.matchers(request)
+    filters = QueryService.matchers(find_request(query))
     with UnitOfWork(engine, write=False) as uow:
         statement = uow.query.statement(QueryLevel.STUDY, filters, list(CFIND_KEYS))
         compiled = statement.compile(dialect=engine.dialect)
@@ -435,17 +390,7 @@ def explain(engine: Engine, query: Query) -> list[str]:
             if compiled.positional
             else compiled.params
         )
-        lines = [f"-- {query.keyword}={query.value}"]
-        if engine.dialect.name == "sqlite":
-            plan = uow.conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", params).all()
-            depth: dict[int, int] = {0: 0}
-            for node, parent, _, detail in plan:
-                depth[node] = depth.get(parent, 0) + 1
-                lines.append("  " * depth[node] + str(detail))
-        else:
-            plan = uow.conn.exec_driver_sql(f"EXPLAIN (ANALYZE, BUFFERS) {compiled}", params).all()
-            lines.extend(str(line) for (line,) in plan)
-        return lines
+        return [f"-- {query.keyword}={query.value}", *query_plan(uow.conn, str(compiled), params)]
 
 
 # --------------------------------------------------------------------------- one database
@@ -482,25 +427,11 @@ def bulk_self_check(scratch: Path, instances: int = 1_000) -> str:
     )
 
 
-def table_counts(engine: Engine) -> dict[str, int]:
-    with engine.connect() as conn:
-        return {
-            table.name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
-            for table in (patient, study, series, instance)
-        }
-
-
-def run_database(database: str, options: Options, studies: Sequence[Study]) -> DatabaseRun:
-    result = DatabaseRun(database)
+def run_database(database: str, options: Options, studies: Sequence[Study]) -> LatencyRun:
+    result = LatencyRun(database)
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kuva-query-")))
-        url = ""
-        if database == "postgresql":
-            try:
-                url = stack.enter_context(postgres_database(options.pg_admin_url))
-            except Exception as error:
-                result.note = f"PostgreSQL not available: {type(error).__name__}: {error}"
-                return result
+        url = stack.enter_context(scratch_database(database, options.pg_admin_url))
         server = KuvaServer(workdir, database_url=url)
         print(
             f"[{database}] prefilling {options.instances} instances ({options.prefill}) ...",
@@ -516,12 +447,8 @@ def run_database(database: str, options: Options, studies: Sequence[Study]) -> D
         result.prefill_s = time.perf_counter() - started
         engine = make_engine(load_settings(server.config_path).archive.resolved_database_url())
         stack.callback(engine.dispose)
-        started = time.perf_counter()
-        analyze(engine)
-        result.analyze_s = time.perf_counter() - started
-        result.counts = table_counts(engine)
-        result.size_mb = database_size_mb(engine, None if url else server.data_dir / "index.sqlite")
-        result.version = database_version(engine)
+        sqlite_file = None if url else server.data_dir / "index.sqlite"
+        analyze_prefilled(result, engine, (patient, study, series, instance), sqlite_file)
         print(
             f"[{database}] prefill {result.prefill_s:.1f} s, ANALYZE {result.analyze_s:.1f} s, "
             f"rows {result.counts}, {result.size_mb:.0f} MB",
@@ -534,9 +461,7 @@ def run_database(database: str, options: Options, studies: Sequence[Study]) -> D
 
         server.start(timeout=options.server_timeout)
         stack.callback(server.stop)
-        result.server_command = shlex.join(
-            ["python", "-m", "kuva", "serve", "--config", "<tmp>/kuva.toml"]
-        )
+        result.server_command = SERVER_COMMAND
 
         assoc = open_association(server, nodelay=True)
         if assoc is None:
@@ -561,7 +486,7 @@ def run_database(database: str, options: Options, studies: Sequence[Study]) -> D
             runner = cfind_runner(assoc, first_ms)
             cfind = measure(kind, "C-FIND", queries[kind], warmups[kind], runner)
             result.rows.append(cfind)
-            first = Row(kind, "C-FIND, to 1st response", targeted=False)
+            first = LatencyRow(kind, "C-FIND, to 1st response", targeted=False)
             first.latencies_ms = first_ms[-len(cfind.latencies_ms) :] if cfind.latencies_ms else []
             result.rows.append(first)
             if qido_ok:
@@ -569,7 +494,7 @@ def run_database(database: str, options: Options, studies: Sequence[Study]) -> D
                     measure(kind, "QIDO-RS", queries[kind], warmups[kind], qido_runner(client))
                 )
             else:
-                result.rows.append(Row(kind, "QIDO-RS", note=qido_note))
+                result.rows.append(LatencyRow(kind, "QIDO-RS", note=qido_note))
             service_row = measure(
                 kind, "service", queries[kind], warmups[kind], service_runner(service)
             )
@@ -596,11 +521,7 @@ def run_database(database: str, options: Options, studies: Sequence[Study]) -> D
             row.targeted = False
             result.rows.append(row)
 
-        result.server_problems = [
-            line
-            for line in server.log().splitlines()
-            if (" WARNING " in line or " ERROR " in line) and "no [[nodes]]" not in line
-        ]
+        result.server_problems = server_problems(server.log(), expected=("no [[nodes]]",))
         slow = {row.kind for row in result.rows if row.slow}
         for kind in KINDS:
             if options.explain or kind in slow:
@@ -614,72 +535,31 @@ def run_database(database: str, options: Options, studies: Sequence[Study]) -> D
 # --------------------------------------------------------------------------- report
 
 
-def print_report(run: DatabaseRun, options: Options) -> None:
+def _figures(row: LatencyRow) -> list[str]:
+    """matches/query, answers and the target check of a measured row."""
+    mean = f"{statistics.fmean(row.matches):.1f}" if row.matches else "-"
+    if row.matches and min(row.matches) == 0:
+        mean += f" ({row.matches.count(0)} empty)"
+    answers = f"{len(row.wrong)} WRONG" if row.wrong else ("ok" if row.matches else "-")
+    if row.note:
+        answers += f"; stopped: {row.note}"
+    check = ("pass" if not row.slow else "FAIL") if row.targeted else "-"
+    return [mean, answers, check]
+
+
+def print_report(run: LatencyRun, options: Options) -> None:
     print()
-    title = f"{run.database}" + (f" ({run.version})" if run.version else "")
-    print(f"== {title}: study-level queries, {options.instances} instances indexed ==")
+    print(f"== {run.title}: study-level queries, {options.instances} instances indexed ==")
     if run.note and not run.rows:
         print(run.note)
         return
-    counts = ", ".join(f"{name} {count}" for name, count in run.counts.items())
     print(
         f"prefill ({options.prefill}): {run.prefill_s:.1f} s "
         f"({options.instances / run.prefill_s:,.0f} instances/s), "
         f"ANALYZE/VACUUM {run.analyze_s:.1f} s; "
-        f"rows: {counts}; database {run.size_mb:.0f} MB"
+        f"rows: {run.counts_text}; database {run.size_mb:.0f} MB"
     )
-    header = [
-        "query kind",
-        "interface",
-        "n",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "matches/query",
-        "answers",
-        f"p95 < {TARGET_P95_MS:.0f} ms",
-    ]
-    rows: list[list[str]] = []
-    for row in run.rows:
-        if not row.latencies_ms:
-            rows.append([row.kind, row.interface, row.note or "no measurement"])
-            continue
-        mean = f"{statistics.fmean(row.matches):.1f}" if row.matches else "-"
-        if row.matches and min(row.matches) == 0:
-            mean += f" ({row.matches.count(0)} empty)"
-        answers = f"{len(row.wrong)} WRONG" if row.wrong else ("ok" if row.matches else "-")
-        if row.note:
-            answers += f"; stopped: {row.note}"
-        check = ("pass" if not row.slow else "FAIL") if row.targeted else "-"
-        rows.append(
-            [
-                row.kind,
-                row.interface,
-                str(len(row.latencies_ms)),
-                f"{row.percentile(50):.2f}",
-                f"{row.percentile(95):.2f}",
-                f"{row.percentile(99):.2f}",
-                mean,
-                answers,
-                check,
-            ]
-        )
-    print_rows(header, rows)
-    for row in run.rows:
-        for wrong in row.wrong[:3]:
-            print(f"  wrong answer ({row.kind}, {row.interface}): {wrong}")
-    if run.note:
-        print(f"note: {run.note}")
-    print(f"server: {run.server_command}")
-    if run.server_problems:
-        print(f"server log, {len(run.server_problems)} warning/error line(s), the first ones:")
-        for line in run.server_problems[:5]:
-            print(f"    {line}")
-    for kind, plan in run.plans.items():
-        slow = any(row.slow for row in run.rows if row.kind == kind)
-        print(f"plan for {kind}{' (p95 over target)' if slow else ''}:")
-        for line in plan:
-            print(f"    {line}")
+    print_latency_rows(run, "matches/query", _figures)
 
 
 # --------------------------------------------------------------------------- main
@@ -700,9 +580,7 @@ class Options:
 def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--instances", type=int, help="instances indexed (1000000; --quick 20000)")
-    parser.add_argument(
-        "--database", choices=("sqlite", "postgresql", "both"), default="both", help="(both)"
-    )
+    add_database_argument(parser)
     parser.add_argument(
         "--queries", type=int, help="queries per kind and interface (200; --quick 40)"
     )
@@ -716,8 +594,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "--study-interval-hours", type=float, default=6.0, help="between synthetic studies (6)"
     )
     parser.add_argument("--explain", action="store_true", help="print every kind's query plan")
-    parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL, help=f"({PG_ADMIN_URL})")
-    parser.add_argument("--server-timeout", type=float, default=120.0, help="kuva start (120 s)")
+    add_connection_arguments(parser, kuva_server=True)
     parser.add_argument("--quick", action="store_true", help="small run for a smoke test")
     args = parser.parse_args(argv)
 
@@ -730,7 +607,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         parser.error(f"--instances must be at least {INSTANCES_PER_STUDY}, --queries at least 1")
     return Options(
         instances=instances,
-        databases=("sqlite", "postgresql") if args.database == "both" else (args.database,),
+        databases=chosen_databases(args.database),
         queries=queries,
         prefill=args.prefill,
         study_interval=timedelta(hours=args.study_interval_hours),
@@ -748,18 +625,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="kuva-query-check-") as scratch:
         check = bulk_self_check(Path(scratch))
     print(check, flush=True)
-    runs = []
-    for database in options.databases:
-        try:
-            runs.append(run_database(database, options, studies))
-        except Exception as error:  # one database failing leaves the other's table
-            runs.append(DatabaseRun(database, note=f"failed: {type(error).__name__}: {error}"))
-    print()
-    print(f"command: {command_line()}")
-    print(
-        f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}; client and server on loopback"
+    runs = run_each(
+        options.databases, lambda database: run_database(database, options, studies), LatencyRun
     )
+    print()
+    print_command_and_machine("client and server on loopback")
     print(
         f"data: {options.instances} instances = {len(studies)} studies of up to "
         f"{INSTANCES_PER_STUDY} instances ({SERIES_PER_STUDY} series), a study every "

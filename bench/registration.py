@@ -69,11 +69,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import os
-import platform
 import re
-import shlex
-import statistics
 import sys
 import tempfile
 import threading
@@ -88,10 +84,19 @@ for _path in (REPO, REPO / "src"):
         sys.path.insert(0, str(_path))  # tests.support (and kuva when not installed)
 
 from bench.shared import (  # noqa: E402
-    command_line,
+    SERVER_COMMAND,
+    BaseRun,
+    add_connection_arguments,
+    add_database_argument,
+    chosen_databases,
     database_version,
-    postgres_database,
+    failure_note,
+    percentile,
+    print_command_and_machine,
     print_rows,
+    print_server_problems,
+    scratch_database,
+    server_problems,
 )
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian  # noqa: E402
 from pynetdicom import AE, evt  # noqa: E402
@@ -113,7 +118,6 @@ from kuva.model.xds import AvailabilityStatus, ObjectKind  # noqa: E402
 from kuva.services.imaging_source import DICOM_MIME_TYPE  # noqa: E402
 from kuva.services.registration import IAN_TASK, REGISTRATION_TASK  # noqa: E402
 
-PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 KUVA_AET = "KUVA"
 IAN_AET = "IANSCP"
 ORGANIZATION_OID = "1.2.246.10.12345678.10"
@@ -259,14 +263,6 @@ class Sender(threading.Thread):
 # --------------------------------------------------------------------------- results
 
 
-def percentile(values: Sequence[float], p: int) -> float:
-    if not values:
-        return float("nan")
-    if len(values) < 2:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
-
-
 @dataclasses.dataclass
 class Check:
     """Per study counts of what must be there exactly once."""
@@ -277,12 +273,9 @@ class Check:
 
 
 @dataclasses.dataclass
-class DatabaseRun:
+class DatabaseRun(BaseRun):
     """Everything measured on one database."""
 
-    database: str
-    version: str = ""
-    note: str = ""
     seconds: float = 0.0
     sent: dict[str, Sent] = dataclasses.field(default_factory=dict)
     sender_errors: list[str] = dataclasses.field(default_factory=list)
@@ -301,8 +294,6 @@ class DatabaseRun:
     checks: list[Check] = dataclasses.field(default_factory=list)
     wrong_listings: list[str] = dataclasses.field(default_factory=list)
     regrown: list[str] = dataclasses.field(default_factory=list)  # gap > stable_seconds
-    server_command: str = ""
-    server_problems: list[str] = dataclasses.field(default_factory=list)
     backlog: DatabaseRun | None = None
     details: list[str] = dataclasses.field(default_factory=list)  # of duplicated studies
 
@@ -574,32 +565,41 @@ def _workdir(name: str, options: Options, scratch: Path) -> Path:
     return workdir
 
 
+def prepare(
+    stack: contextlib.ExitStack[bool | None],
+    folder: str,
+    database: str,
+    options: Options,
+    scratch: Path,
+    workers: int,
+) -> tuple[KuvaServer, IanReceiver, Engine]:
+    """A kuva server (not started) with ``workers`` task workers in ``folder`` on a
+    fresh database, the IAN receiver it sends to and an engine on its index; ``stack``
+    closes both and drops the database."""
+    workdir = _workdir(folder, options, scratch)
+    url = stack.enter_context(scratch_database(database, options.pg_admin_url))
+    receiver = IanReceiver(ae_title=IAN_AET)
+    stack.callback(receiver.close)
+    server = server_for(workdir, url, receiver, options, workers)
+    engine = make_engine(load_settings(server.config_path).archive.resolved_database_url())
+    stack.callback(engine.dispose)
+    return server, receiver, engine
+
+
 def run_database(
     database: str, studies: Sequence[Study], options: Options, scratch: Path
 ) -> DatabaseRun:
     run = DatabaseRun(database)
     begun = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        workdir = _workdir(f"server-{database}", options, scratch)
-        url = ""
-        if database == "postgresql":
-            try:
-                url = stack.enter_context(postgres_database(options.pg_admin_url))
-            except Exception as error:
-                run.note = f"PostgreSQL not available: {type(error).__name__}: {error}"
-                return run
-        receiver = IanReceiver(ae_title=IAN_AET)
-        stack.callback(receiver.close)
-        server = server_for(workdir, url, receiver, options, options.workers)
-        engine = make_engine(load_settings(server.config_path).archive.resolved_database_url())
-        stack.callback(engine.dispose)
+        server, receiver, engine = prepare(
+            stack, f"server-{database}", database, options, scratch, options.workers
+        )
         print(f"[{database}] starting kuva ...", flush=True)
         server.start(timeout=options.server_timeout)
         try:
             run.version = database_version(engine)
-            run.server_command = shlex.join(
-                ["python", "-m", "kuva", "serve", "--config", "<tmp>/kuva.toml"]
-            )
+            run.server_command = SERVER_COMMAND
             print(
                 f"[{database}] sending {len(studies)} studies from {options.senders} senders ...",
                 flush=True,
@@ -618,9 +618,7 @@ def run_database(
         log = server.log()
         for match in KUVA_LATENCY.finditer(log):
             run.kuva_latencies.append(float(match.group(4)))
-        run.server_problems = [
-            line for line in log.splitlines() if " WARNING " in line or " ERROR " in line
-        ]
+        run.server_problems = server_problems(log)
         read_index(engine, studies, run, options)
         analyse(studies, run, options)
         run.seconds = time.perf_counter() - begun
@@ -636,19 +634,9 @@ def run_drain(
     run = DatabaseRun(f"{database}, backlog")
     begun = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        workdir = _workdir(f"backlog-{database}", options, scratch)
-        url = ""
-        if database == "postgresql":
-            try:
-                url = stack.enter_context(postgres_database(options.pg_admin_url))
-            except Exception as error:
-                run.note = f"PostgreSQL not available: {type(error).__name__}: {error}"
-                return run
-        receiver = IanReceiver(ae_title=IAN_AET)
-        stack.callback(receiver.close)
-        idle = server_for(workdir, url, receiver, options, 0)
-        engine = make_engine(load_settings(idle.config_path).archive.resolved_database_url())
-        stack.callback(engine.dispose)
+        idle, receiver, engine = prepare(
+            stack, f"backlog-{database}", database, options, scratch, 0
+        )
         print(f"[{database}] backlog: {len(studies)} studies with no task worker ...", flush=True)
         idle.start(timeout=options.server_timeout)
         try:
@@ -656,7 +644,7 @@ def run_drain(
             time.sleep(options.stable_seconds + 1.0)  # every registration due
         finally:
             idle.stop()
-        server = server_for(workdir, url, receiver, options, options.workers)
+        server = server_for(idle.workdir, idle.database_url, receiver, options, options.workers)
         print(f"[{database}] backlog: kuva again with {options.workers} workers ...", flush=True)
         server.start(timeout=options.server_timeout)
         try:
@@ -664,9 +652,7 @@ def run_drain(
             run.received = list(receiver.received)
         finally:
             server.stop()
-        run.server_problems = [
-            line for line in server.log().splitlines() if " WARNING " in line or " ERROR " in line
-        ]
+        run.server_problems = server_problems(server.log())
         read_index(engine, studies, run, options)
         analyse(studies, run, options)
         finished = sorted(
@@ -711,11 +697,40 @@ def slowest(run: DatabaseRun, count: int) -> list[str]:
     return lines
 
 
+def _ian_rows(run: DatabaseRun, expected: int) -> list[list[str]]:
+    """The rows of the IANs received (``expected`` of them) and of those listing the
+    instances sent."""
+    return [
+        [
+            "IANs received",
+            str(len(run.received)),
+            str(expected),
+            _verdict(len(run.received) == expected),
+            "IanReceiver",
+        ],
+        [
+            "IANs listing exactly their instances, ONLINE",
+            str(len(run.received) - len(run.wrong_listings)),
+            str(len(run.received)),
+            _verdict(not run.wrong_listings),
+            "IanReceiver vs the SOP Instance UIDs sent",
+        ],
+    ]
+
+
+def _print_check_studies(run: DatabaseRun) -> None:
+    """The first studies each per-study check found none or more than one of."""
+    for check in run.checks:
+        for uid in check.missing[:3]:
+            print(f"  {check.name}: none for study {uid}")
+        for uid in check.extra[:3]:
+            print(f"  {check.name}: more than one for study {uid}")
+
+
 def print_report(run: DatabaseRun, studies: Sequence[Study], options: Options) -> None:
     print()
-    title = f"{run.database}" + (f" ({run.version})" if run.version else "")
     print(
-        f"== {title}: {options.studies} studies x {options.instances} instances from "
+        f"== {run.title}: {options.studies} studies x {options.instances} instances from "
         f"{options.senders} senders, stable_seconds {options.stable_seconds:g}, "
         f"{options.workers} task workers =="
     )
@@ -831,20 +846,7 @@ def print_report(run: DatabaseRun, studies: Sequence[Study], options: Options) -
             "-",
             "task table: updated_at - next_attempt_at",
         ],
-        [
-            "IANs received",
-            str(len(run.received)),
-            str(expected),
-            _verdict(len(run.received) == expected),
-            "IanReceiver",
-        ],
-        [
-            "IANs listing exactly their instances, ONLINE",
-            str(len(run.received) - len(run.wrong_listings)),
-            str(len(run.received)),
-            _verdict(not run.wrong_listings),
-            "IanReceiver vs the SOP Instance UIDs sent",
-        ],
+        *_ian_rows(run, expected),
     ]
     for check in run.checks:
         rows.append(
@@ -893,11 +895,7 @@ def print_report(run: DatabaseRun, studies: Sequence[Study], options: Options) -
         print(f"note: {run.wait_note}")
     for wrong in run.wrong_listings[:5]:
         print(f"wrong IAN: {wrong}")
-    for check in run.checks:
-        for uid in check.missing[:3]:
-            print(f"  {check.name}: none for study {uid}")
-        for uid in check.extra[:3]:
-            print(f"  {check.name}: more than one for study {uid}")
+    _print_check_studies(run)
     print(f"server: {run.server_command} ({run.seconds:.0f} s for this database)")
     print(
         "index figures: UnitOfWork(engine): tasks.counts(), tasks.list(kind=...), "
@@ -905,10 +903,7 @@ def print_report(run: DatabaseRun, studies: Sequence[Study], options: Options) -
         "documents.of_study(study, 'application/dicom') + registry.find_by_unique_ids() "
         "(DocumentEntries); the same totals: python -m kuva tasks list --config <tmp>/kuva.toml"
     )
-    if run.server_problems:
-        print(f"server log, {len(run.server_problems)} warning/error line(s), the first ones:")
-        for line in run.server_problems[:5]:
-            print(f"    {line}")
+    print_server_problems(run.server_problems)
 
 
 def print_backlog(run: DatabaseRun, studies: Sequence[Study], options: Options) -> None:
@@ -939,20 +934,7 @@ def print_backlog(run: DatabaseRun, studies: Sequence[Study], options: Options) 
         ],
         ["tasks done", str(done), str(2 * n), _verdict(done == 2 * n), tasks_source],
         ["failed tasks", str(run.failed_tasks), "0", _verdict(run.failed_tasks == 0), tasks_source],
-        [
-            "IANs received",
-            str(len(run.received)),
-            str(n),
-            _verdict(len(run.received) == n),
-            "IanReceiver",
-        ],
-        [
-            "IANs listing exactly their instances, ONLINE",
-            str(len(run.received) - len(run.wrong_listings)),
-            str(len(run.received)),
-            _verdict(not run.wrong_listings),
-            "IanReceiver vs the SOP Instance UIDs sent",
-        ],
+        *_ian_rows(run, n),
         ["lost studies", str(len(lost)), "0", _verdict(not lost), "the per-study checks above"],
         [
             "duplicated studies",
@@ -967,15 +949,8 @@ def print_backlog(run: DatabaseRun, studies: Sequence[Study], options: Options) 
         print(f"note: {run.wait_note}")
     for error in run.sender_errors:
         print(f"sender error: {error}")
-    for check in run.checks:
-        for uid in check.missing[:3]:
-            print(f"  {check.name}: none for study {uid}")
-        for uid in check.extra[:3]:
-            print(f"  {check.name}: more than one for study {uid}")
-    if run.server_problems:
-        print(f"server log, {len(run.server_problems)} warning/error line(s), the first ones:")
-        for line in run.server_problems[:5]:
-            print(f"    {line}")
+    _print_check_studies(run)
+    print_server_problems(run.server_problems)
 
 
 # --------------------------------------------------------------------------- main
@@ -1003,9 +978,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--studies", type=int, default=1000, help="studies sent (1000)")
     parser.add_argument("--instances", type=int, default=20, help="instances per study (20)")
     parser.add_argument("--senders", type=int, default=4, help="concurrent senders (4)")
-    parser.add_argument(
-        "--database", choices=("sqlite", "postgresql", "both"), default="both", help="(both)"
-    )
+    add_database_argument(parser)
     parser.add_argument("--workers", type=int, default=2, help="kuva [tasks] workers (2)")
     parser.add_argument(
         "--stable-seconds", type=float, default=1.0, help="[registration] stable_seconds (1)"
@@ -1022,8 +995,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument(
         "--dimse-timeout", type=float, default=120.0, help="senders' DIMSE/ACSE timeout (120 s)"
     )
-    parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL, help=f"({PG_ADMIN_URL})")
-    parser.add_argument("--server-timeout", type=float, default=120.0, help="kuva start (120 s)")
+    add_connection_arguments(parser, kuva_server=True)
     parser.add_argument(
         "--backlog-studies",
         type=int,
@@ -1043,7 +1015,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         studies=args.studies,
         instances=args.instances,
         senders=args.senders,
-        databases=("sqlite", "postgresql") if args.database == "both" else (args.database,),
+        databases=chosen_databases(args.database),
         workers=args.workers,
         stable_seconds=args.stable_seconds,
         association=args.association,
@@ -1068,22 +1040,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 run = run_database(database, studies, options, scratch)
             except Exception as error:  # one database failing leaves the other's table
-                run = DatabaseRun(database, note=f"failed: {type(error).__name__}: {error}")
+                run = DatabaseRun(database, note=failure_note(error))
             if options.backlog_studies > 0:
                 share = studies[: options.backlog_studies]
                 try:
                     run.backlog = run_drain(database, share, options, scratch)
                 except Exception as error:
-                    run.backlog = DatabaseRun(
-                        f"{database}, backlog", note=f"failed: {type(error).__name__}: {error}"
-                    )
+                    run.backlog = DatabaseRun(f"{database}, backlog", note=failure_note(error))
             runs.append(run)
     print()
-    print(f"command: {command_line()}")
-    print(
-        f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}; senders, IAN SCP and kuva on loopback"
-    )
+    print_command_and_machine("senders, IAN SCP and kuva on loopback")
     association = (
         "one association per study"
         if options.association == "study"

@@ -36,8 +36,6 @@ import argparse
 import contextlib
 import dataclasses
 import email.message
-import os
-import platform
 import re
 import shlex
 import shutil
@@ -55,6 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # makes tests.support importable
 
+from bench.shared import orthanc_version, print_command_and_machine, print_rows  # noqa: E402
 from tests.support.memory import PeakRss  # noqa: E402
 from tests.support.peers import (  # noqa: E402
     LOOPBACK,
@@ -413,16 +412,6 @@ RETRIEVERS: dict[str, Retriever] = {
 # --------------------------------------------------------------------------- servers
 
 
-def _orthanc_version() -> str:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        output = subprocess.run(
-            ["Orthanc", "--version"], capture_output=True, text=True, timeout=10, check=False
-        ).stdout.split()
-        if output[:1] == ["Orthanc"] and len(output) > 1:
-            return output[1]
-    return ""
-
-
 @contextlib.contextmanager
 def kuva_server(workdir: Path, database_url: str, timeout: float) -> Iterator[Server]:
     """``kuva serve`` on the embedded default (no [[nodes]]: any calling AE accepted)."""
@@ -461,7 +450,7 @@ def orthanc_server(workdir: Path) -> Iterator[Server]:
         dicomweb=plugin is not None,
     ) as orthanc:
         yield Server(
-            name=f"Orthanc {_orthanc_version()}".strip(),
+            name=f"Orthanc {orthanc_version()}".strip(),
             aet=orthanc.aet,
             dicom_port=orthanc.dicom_port,
             dicomweb_root=orthanc.dicomweb_url if plugin is not None else None,
@@ -519,18 +508,6 @@ def _command_of(path: str, server: Server, study: Study) -> str:
 # --------------------------------------------------------------------------- report
 
 
-def _print_rows(header: list[str], rows: list[list[str]]) -> None:
-    """Aligned columns; a row shorter than the header runs its last cell on."""
-    widths = [len(title) for title in header]
-    for row in rows:
-        for index, cell in enumerate(row[:-1] if len(row) < len(header) else row):
-            widths[index] = max(widths[index], len(cell))
-    print("  ".join(title.ljust(w) for title, w in zip(header, widths, strict=True)).rstrip())
-    for row in rows:
-        cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=False)]
-        print("  ".join([*cells, row[-1]]).rstrip())
-
-
 def _figure(m: Measurement | None) -> tuple[str, str, str]:
     """(best MB/s, median MB/s, instances/s best/median) of a measurement, or its failure."""
     if m is None:
@@ -576,7 +553,7 @@ def print_report(
         if kuva is not None and peer is not None and kuva.measured and peer.measured:
             ratio = f"{kuva.best().throughput / peer.best().throughput:.2f}x"
         rows.append([path, k_best, k_median, k_rate, p_best, p_median, p_rate, ratio])
-    _print_rows(header, rows)
+    print_rows(header, rows)
     failures = [m for m in results if m.errors]
     if failures:
         print("failures:")
@@ -625,15 +602,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     return Options(args.instances, args.runs, args.database_url, args.keep, args.kuva_timeout)
 
 
-def command_line() -> str:
-    python = sys.executable
-    with contextlib.suppress(ValueError):
-        relative = os.path.relpath(python)
-        if not relative.startswith(".."):
-            python = relative
-    return shlex.join([python, *sys.argv])
-
-
 def run(options: Options, scratch: Path) -> int:
     study = generate_study(scratch, options.instances)
     with contextlib.ExitStack() as stack:
@@ -669,11 +637,7 @@ def run(options: Options, scratch: Path) -> int:
         print_report(results, servers, study, options)
         for command in store_commands:
             print(f"  [store] {command}")
-    print(f"command: {command_line()}")
-    print(
-        f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}; clients and servers on loopback"
-    )
+    print_command_and_machine("clients and servers on loopback")
     return 0 if all(m.measured for m in results if m.path.startswith("C-GET")) else 1
 
 

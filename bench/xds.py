@@ -61,8 +61,6 @@ import argparse
 import contextlib
 import dataclasses
 import logging
-import os
-import platform
 import random
 import re
 import shlex
@@ -86,20 +84,26 @@ for _path in (REPO, REPO / "src"):
 
 import httpx  # noqa: E402
 from bench.shared import (  # noqa: E402
-    command_line,
-    database_size_mb,
-    database_version,
-    postgres_database,
-    print_rows,
+    LatencyRow,
+    LatencyRun,
+    add_connection_arguments,
+    add_database_argument,
+    analyze_prefilled,
+    chosen_databases,
+    print_command_and_machine,
+    print_latency_rows,
+    query_plan,
+    run_each,
+    scratch_database,
+    time_queries,
 )
 from lxml import etree  # noqa: E402
 from rich.progress import Progress  # noqa: E402
-from sqlalchemy import Engine, event, func, select  # noqa: E402
+from sqlalchemy import Engine, event, select  # noqa: E402
 
 from kuva.bench_support import ROOT, _test_identity_code  # noqa: E402
 from kuva.config import Settings  # noqa: E402
 from kuva.index import schema  # noqa: E402
-from kuva.index.bulk import analyze  # noqa: E402
 from kuva.index.database import make_engine, migrate  # noqa: E402
 from kuva.index.registry_bulk import bulk_register  # noqa: E402
 from kuva.model.xds import (  # noqa: E402
@@ -136,10 +140,8 @@ from kuva.xds.namespaces import (  # noqa: E402
     q,
 )
 
-TARGET_P95_MS = 20.0
 WARMUP = 10
 SEED = 20_260_314
-PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 ORGANIZATION = "1.2.246.10.1234567.10"
 REGISTERED_AT = datetime(2026, 3, 14, 9, 26, 53, tzinfo=UTC)
 AUTHORITY = "1.2.246.21"  # Finnish personal identity codes
@@ -494,62 +496,22 @@ def make_queries(synthetic: Synthetic, kind: str, count: int, rng: random.Random
 # --------------------------------------------------------------------------- results
 
 
-@dataclasses.dataclass
-class Row:
-    kind: str
-    interface: str
-    latencies_ms: list[float] = dataclasses.field(default_factory=list)
-    matches: list[int] = dataclasses.field(default_factory=list)
-    wrong: list[str] = dataclasses.field(default_factory=list)
-    note: str = ""
-
-    def percentile(self, p: int) -> float:
-        if len(self.latencies_ms) < 2:
-            return self.latencies_ms[0] if self.latencies_ms else float("nan")
-        return statistics.quantiles(self.latencies_ms, n=100, method="inclusive")[p - 1]
-
-    @property
-    def slow(self) -> bool:
-        return bool(self.latencies_ms) and self.percentile(95) > TARGET_P95_MS
-
-
-@dataclasses.dataclass
-class DatabaseRun:
-    database: str
-    version: str = ""
-    prefill_s: float = 0.0
-    analyze_s: float = 0.0
-    counts: dict[str, int] = dataclasses.field(default_factory=dict)
-    size_mb: float = 0.0
-    rows: list[Row] = dataclasses.field(default_factory=list)
-    plans: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-    server_command: str = ""
-    note: str = ""
-
-
 Runner = Callable[[Query], list[str]]
+
+
+def _check(query: Query, answer: list[str]) -> tuple[int, str]:
+    if tuple(answer) == query.expected:
+        return len(answer), ""
+    return len(answer), (
+        f"{len(answer)} entries, expected {len(query.expected)}: "
+        f"{answer[:2]} / {list(query.expected[:2])}"
+    )
 
 
 def measure(
     kind: str, interface: str, queries: Sequence[Query], warmup: Sequence[Query], run: Runner
-) -> Row:
-    row = Row(kind, interface)
-    try:
-        for query in warmup:
-            run(query)
-        for query in queries:
-            started = time.perf_counter()
-            answer = run(query)
-            row.latencies_ms.append((time.perf_counter() - started) * 1000)
-            row.matches.append(len(answer))
-            if tuple(answer) != query.expected:
-                row.wrong.append(
-                    f"{len(answer)} entries, expected {len(query.expected)}: "
-                    f"{answer[:2]} / {list(query.expected[:2])}"
-                )
-    except Exception as error:  # a broken interface is a row note, not a crash
-        row.note = f"{type(error).__name__}: {error}"
-    return row
+) -> LatencyRow:
+    return time_queries(kind, interface, queries, warmup, run, _check)
 
 
 def service_runner(service: StoredQueryService) -> Runner:
@@ -629,17 +591,7 @@ def explain(engine: Engine, service: StoredQueryService, query: Query) -> list[s
     with engine.connect() as conn:
         for statement, parameters in statements:
             lines.append("   " + " ".join(statement.split())[:400])
-            if engine.dialect.name == "sqlite":
-                plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()
-                depth: dict[int, int] = {0: 0}
-                for node, parent, _, detail in plan:
-                    depth[node] = depth.get(parent, 0) + 1
-                    lines.append("  " * depth[node] + str(detail))
-            else:
-                plan = conn.exec_driver_sql(
-                    f"EXPLAIN (ANALYZE, BUFFERS) {statement}", parameters
-                ).all()
-                lines.extend("  " + str(line) for (line,) in plan)
+            lines.extend(query_plan(conn, statement, parameters, postgres_indent="  "))
     return lines
 
 
@@ -716,28 +668,13 @@ def registry_server(database_url: str) -> Iterator[tuple[str, list[str]]]:
 # --------------------------------------------------------------------------- one database
 
 
-def table_counts(engine: Engine) -> dict[str, int]:
-    with engine.connect() as conn:
-        return {
-            table.name: int(conn.execute(select(func.count()).select_from(table)).scalar_one())
-            for table in XDS_TABLES
-        }
-
-
-def run_database(database: str, options: Options, synthetic: Synthetic) -> DatabaseRun:
-    result = DatabaseRun(database)
+def run_database(database: str, options: Options, synthetic: Synthetic) -> LatencyRun:
+    result = LatencyRun(database)
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kuva-xds-")))
-        sqlite_file: Path | None = None
-        if database == "postgresql":
-            try:
-                url = stack.enter_context(postgres_database(options.pg_admin_url))
-            except Exception as error:
-                result.note = f"PostgreSQL not available: {type(error).__name__}: {error}"
-                return result
-        else:
-            sqlite_file = workdir / "index.sqlite"
-            url = f"sqlite:///{sqlite_file}"
+        url = stack.enter_context(scratch_database(database, options.pg_admin_url))
+        sqlite_file = None if url else workdir / "index.sqlite"
+        url = url or f"sqlite:///{sqlite_file}"
         engine = make_engine(url)
         stack.callback(engine.dispose)
         migrate(engine)
@@ -755,12 +692,7 @@ def run_database(database: str, options: Options, synthetic: Synthetic) -> Datab
                 progress=lambda done: progress.update(bar, advance=done),
             )
         result.prefill_s = time.perf_counter() - started
-        started = time.perf_counter()
-        analyze(engine)
-        result.analyze_s = time.perf_counter() - started
-        result.counts = table_counts(engine)
-        result.size_mb = database_size_mb(engine, sqlite_file)
-        result.version = database_version(engine)
+        analyze_prefilled(result, engine, XDS_TABLES, sqlite_file)
         print(
             f"[{database}] prefill {result.prefill_s:.0f} s, ANALYZE {result.analyze_s:.0f} s, "
             f"{result.size_mb:.0f} MB",
@@ -789,7 +721,9 @@ def run_database(database: str, options: Options, synthetic: Synthetic) -> Datab
                         )
                     )
             except Exception as error:
-                result.rows.append(Row("all", "HTTP SOAP", note=f"{type(error).__name__}: {error}"))
+                result.rows.append(
+                    LatencyRow("all", "HTTP SOAP", note=f"{type(error).__name__}: {error}")
+                )
         slow = {row.kind for row in result.rows if row.slow}
         for kind in KINDS:
             if options.explain or kind in slow:
@@ -803,67 +737,33 @@ def run_database(database: str, options: Options, synthetic: Synthetic) -> Datab
 # --------------------------------------------------------------------------- report
 
 
-def print_report(run: DatabaseRun, options: Options, synthetic: Synthetic) -> None:
+def _figures(row: LatencyRow) -> list[str]:
+    """entries/query, answers and the target check of a measured row."""
+    answers = f"{len(row.wrong)} WRONG" if row.wrong else "ok"
+    if row.note:
+        answers += f"; stopped: {row.note}"
+    return [
+        f"{statistics.fmean(row.matches):.1f}" if row.matches else "-",
+        answers,
+        "FAIL" if row.slow else "pass",
+    ]
+
+
+def print_report(run: LatencyRun, options: Options, synthetic: Synthetic) -> None:
     print()
-    title = run.database + (f" ({run.version})" if run.version else "")
     print(
-        f"== {title}: ITI-18 stored queries, {synthetic.documents} DocumentEntries "
+        f"== {run.title}: ITI-18 stored queries, {synthetic.documents} DocumentEntries "
         f"of {synthetic.patients} patients =="
     )
     if run.note and not run.rows:
         print(run.note)
         return
-    counts = ", ".join(f"{name} {count}" for name, count in run.counts.items())
     print(
         f"prefill (bulk_register): {run.prefill_s:.0f} s "
         f"({synthetic.documents / run.prefill_s:,.0f} documents/s), ANALYZE/VACUUM "
-        f"{run.analyze_s:.0f} s; rows: {counts}; database {run.size_mb:.0f} MB"
+        f"{run.analyze_s:.0f} s; rows: {run.counts_text}; database {run.size_mb:.0f} MB"
     )
-    header = [
-        "query kind",
-        "interface",
-        "n",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "entries/query",
-        "answers",
-        f"p95 < {TARGET_P95_MS:.0f} ms",
-    ]
-    rows: list[list[str]] = []
-    for row in run.rows:
-        if not row.latencies_ms:
-            rows.append([row.kind, row.interface, row.note or "no measurement"])
-            continue
-        answers = f"{len(row.wrong)} WRONG" if row.wrong else "ok"
-        if row.note:
-            answers += f"; stopped: {row.note}"
-        rows.append(
-            [
-                row.kind,
-                row.interface,
-                str(len(row.latencies_ms)),
-                f"{row.percentile(50):.2f}",
-                f"{row.percentile(95):.2f}",
-                f"{row.percentile(99):.2f}",
-                f"{statistics.fmean(row.matches):.1f}" if row.matches else "-",
-                answers,
-                "FAIL" if row.slow else "pass",
-            ]
-        )
-    print_rows(header, rows)
-    for row in run.rows:
-        for wrong in row.wrong[:3]:
-            print(f"  wrong answer ({row.kind}, {row.interface}): {wrong}")
-    if run.note:
-        print(f"note: {run.note}")
-    if run.server_command:
-        print(f"server: {run.server_command}")
-    for kind, plan in run.plans.items():
-        slow = any(row.slow for row in run.rows if row.kind == kind)
-        print(f"plan for {kind}{' (p95 over target)' if slow else ''}:")
-        for line in plan:
-            print(f"    {line}")
+    print_latency_rows(run, "entries/query", _figures)
 
 
 # --------------------------------------------------------------------------- main
@@ -885,9 +785,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options | tuple[str, int]:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--documents", type=int, help="DocumentEntries (1000000; --quick 20000)")
     parser.add_argument("--patients", type=int, help="patients (100000; --quick 2000)")
-    parser.add_argument(
-        "--database", choices=("sqlite", "postgresql", "both"), default="both", help="(both)"
-    )
+    add_database_argument(parser)
     parser.add_argument(
         "--queries", type=int, help="queries per kind and interface (200; --quick 40)"
     )
@@ -896,7 +794,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options | tuple[str, int]:
     )
     parser.add_argument("--explain", action="store_true", help="print every kind's query plans")
     parser.add_argument("--no-http", action="store_true", help="measure the service only")
-    parser.add_argument("--pg-admin-url", default=PG_ADMIN_URL, help=f"({PG_ADMIN_URL})")
+    add_connection_arguments(parser, kuva_server=False)
     parser.add_argument("--quick", action="store_true", help="small run for a smoke test")
     parser.add_argument("--serve", metavar="DATABASE_URL", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -915,7 +813,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options | tuple[str, int]:
     return Options(
         documents=documents,
         patients=patients,
-        databases=("sqlite", "postgresql") if args.database == "both" else (args.database,),
+        databases=chosen_databases(args.database),
         queries=queries,
         chunk=args.chunk,
         explain=args.explain,
@@ -934,18 +832,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="kuva-xds-check-") as scratch:
         check = self_check(Path(scratch))
     print(check, flush=True)
-    runs = []
-    for database in options.databases:
-        try:
-            runs.append(run_database(database, options, synthetic))
-        except Exception as error:  # one database failing leaves the other's table
-            runs.append(DatabaseRun(database, note=f"failed: {type(error).__name__}: {error}"))
-    print()
-    print(f"command: {command_line()}")
-    print(
-        f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}; client and server on loopback"
+    runs = run_each(
+        options.databases, lambda database: run_database(database, options, synthetic), LatencyRun
     )
+    print()
+    print_command_and_machine("client and server on loopback")
     print(
         f"data: {synthetic.documents} DocumentEntries of {synthetic.patients} patients "
         f"(~{synthetic.documents / synthetic.patients:.0f} each), one submission each "
