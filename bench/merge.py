@@ -55,7 +55,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
-import socket
 import statistics
 import sys
 import tempfile
@@ -70,12 +69,17 @@ for _path in (REPO, REPO / "src"):
         sys.path.insert(0, str(_path))  # tests.support (and kuva when not installed)
 
 from bench.shared import (  # noqa: E402
+    PID3,
     SERVER_COMMAND,
+    MllpClient,
     PrefilledRun,
+    acknowledged,
     add_connection_arguments,
     add_database_argument,
+    adt,
     analyze_prefilled,
     chosen_databases,
+    pid,
     print_command_and_machine,
     print_rows,
     print_run_notes,
@@ -118,7 +122,6 @@ CALLING_AET = "BENCH"
 ROOT = f"{BENCH_ROOT}.8"  # the merge benchmark's arc under the bench arc
 FIRST_STUDY = dt.datetime(2015, 1, 5, 8, 0, tzinfo=dt.UTC)
 STUDY_INTERVAL = dt.timedelta(days=30)
-VT, FS_CR = b"\x0b", b"\x1c\x0d"
 PENDING = (0xFF00, 0xFF01)
 
 # --------------------------------------------------------------------------- synthetic data
@@ -255,23 +258,7 @@ def all_instances(groups: Sequence[Group]) -> Iterator[NewInstance]:
             yield from person.instances()
 
 
-# --------------------------------------------------------------------------- HL7 over MLLP
-
-
-PID3 = "{}^^^&" + FINNISH_PIC_ISSUER + "&ISO"
-
-
-def adt(event: str, control: str, *segments: str, structure: str = "") -> bytes:
-    kind = f"ADT^{event}^{structure}" if structure else f"ADT^{event}"
-    now = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
-    header = (
-        f"MSH|^~\\&|RIS|TESTSAIRAALA|KUVA|KANTA|{now}||{kind}|{control}|P|2.5|||||FIN|UNICODE UTF-8"
-    )
-    return ("\r".join([header, f"EVN|{event}|{now}", *segments]) + "\r").encode("utf-8")
-
-
-def pid(patient_id: str, name: str, birth: str, sex: str) -> str:
-    return f"PID|||{PID3.format(patient_id)}||{name}||{birth}|{sex}"
+# --------------------------------------------------------------------------- HL7 messages
 
 
 def update_message(patient_id: str, control: str, k: int) -> tuple[bytes, str]:
@@ -285,48 +272,6 @@ def update_message(patient_id: str, control: str, k: int) -> tuple[bytes, str]:
 def merge_message(target: str, source: str, control: str) -> bytes:
     segments = (pid(target, "", "", ""), f"MRG|{PID3.format(source)}")
     return adt("A40", control, *segments, structure="ADT_A39")
-
-
-class MllpClient:
-    """One MLLP connection; each message waits for its ACK."""
-
-    def __init__(self, port: int, timeout: float = 120.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buffer = b""
-
-    def send(self, message: bytes) -> tuple[str, float]:
-        """The ACK and the milliseconds from sending the frame to receiving it whole."""
-        started = time.perf_counter()
-        self.sock.sendall(VT + message + FS_CR)
-        while FS_CR not in self.buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("the HL7 listener closed the connection")
-            self.buffer += chunk
-        elapsed = (time.perf_counter() - started) * 1000
-        reply, _, self.buffer = self.buffer.partition(FS_CR)
-        return reply.lstrip(VT).decode("utf-8", "replace"), elapsed
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def msa(ack: str) -> tuple[str, str]:
-    for line in ack.replace("\n", "\r").split("\r"):
-        if line.startswith("MSA|"):
-            fields = line.split("|")
-            return fields[1], fields[2] if len(fields) > 2 else ""
-    return "", ""
-
-
-def acknowledged(ack: str, control: str) -> str:
-    """ "" when MSA-1 is AA for ``control``; otherwise what is wrong."""
-    code, echoed = msa(ack)
-    if code == "AA" and echoed == control:
-        return ""
-    err = [line for line in ack.replace("\n", "\r").split("\r") if line.startswith("ERR|")]
-    return f"MSA {code or '(none)'} for {echoed or '(none)'}" + (f": {err[0]}" if err else "")
 
 
 # --------------------------------------------------------------------------- C-FIND check

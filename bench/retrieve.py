@@ -24,6 +24,10 @@ servers taking turns:
 * **WADO-RS, dicomweb-client**: ``DICOMwebClient.iter_study`` (requests, streamed,
   every part parsed by pydicom): what a Python client sees. MB counts the files.
 
+Then kuva alone, the same paths again after an HL7 ADT^A08 corrected the patient's
+name (rows "…, patient corrected"): every object goes out with a rewritten header
+and an Original Attributes Sequence item, its pixel data streamed as stored.
+
 The table gives, per path, the best and the median MB/s of each server over the
 runs and kuva's best divided by Orthanc's best; a path a server cannot answer (an
 HTTP error, a failed C-GET) gets a failure note instead of a figure. Then every
@@ -44,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -53,7 +58,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # makes tests.support importable
 
-from bench.shared import orthanc_version, print_command_and_machine, print_rows  # noqa: E402
+from bench.shared import (  # noqa: E402
+    MllpClient,
+    acknowledged,
+    adt,
+    orthanc_version,
+    pid,
+    print_command_and_machine,
+    print_rows,
+)
 from tests.support.memory import PeakRss  # noqa: E402
 from tests.support.peers import (  # noqa: E402
     LOOPBACK,
@@ -76,6 +89,7 @@ GETSCU_AET = "GETSCU"
 ORTHANC_AET = "ORTHANC"
 PATIENT_ID = "150578-958K"  # a Finnish test identity code (8th character 9)
 PATIENT_NAME = "Äyräpää^Öljy"
+CORRECTED_NAME = "Äyräpää-Korjattu^Öljy"
 WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 RETRIEVE_TIMEOUT_S = 1800.0
 
@@ -160,6 +174,7 @@ class Server:
     dicomweb_note: str
     pid: int | None  # watched for its peak RSS while it serves (kuva only)
     command: str
+    hl7_port: int | None = None  # kuva's MLLP listener
 
 
 Retriever = Callable[[Server, Study], tuple[Sample, str]]
@@ -434,6 +449,7 @@ def kuva_server(workdir: Path, database_url: str, timeout: float) -> Iterator[Se
             command=shlex.join(
                 [sys.executable, "-m", "kuva", "serve", "--config", str(kuva.config_path)]
             ),
+            hl7_port=kuva.hl7_port,
         )
     finally:
         kuva.stop()
@@ -493,6 +509,26 @@ def measure(
                 if rss is not None:
                     measurement.rss_growth_mib.append(rss.growth_mib)
     return list(results.values())
+
+
+def corrected_pass(kuva: Server, study: Study, runs: int) -> list[Measurement]:
+    """Every path from kuva again after an ADT^A08 corrected the patient's name: each
+    object then goes out with a rewritten header (the current name, the stored one
+    in Original Attributes Sequence) and its pixel data streamed as stored."""
+    assert kuva.hl7_port is not None
+    control = f"BENCH-A08-{uuid.uuid4().hex[:12]}"
+    segment = pid(PATIENT_ID, CORRECTED_NAME, "19780515", "F")
+    client = MllpClient(kuva.hl7_port)
+    try:
+        ack, _ = client.send(adt("A08", control, segment, structure="ADT_A01"))
+    finally:
+        client.close()
+    if problem := acknowledged(ack, control):
+        raise RetrieveFailed(f"the ADT^A08 was not applied: {problem}")
+    results = measure([kuva], study, runs, PATHS)
+    for measurement in results:
+        measurement.path = f"{measurement.path}, patient corrected"
+    return results
 
 
 def _command_of(path: str, server: Server, study: Study) -> str:
@@ -634,6 +670,10 @@ def run(options: Options, scratch: Path) -> int:
         else:
             print("Orthanc is not installed: kuva's figures only")
         results = measure(servers, study, options.runs, PATHS)
+        try:
+            results += corrected_pass(kuva, study, options.runs)
+        except (RetrieveFailed, OSError) as error:
+            print(f"kuva's corrected pass not measured: {error}")
         print_report(results, servers, study, options)
         for command in store_commands:
             print(f"  [store] {command}")

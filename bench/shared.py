@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime as dt
 import os
 import platform
 import secrets
 import shlex
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -409,3 +411,65 @@ def print_command_and_machine(where: str) -> None:
         f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}; {where}"
     )
+
+
+# --------------------------------------------------------------------------- HL7 over MLLP
+
+VT, FS_CR = b"\x0b", b"\x1c\x0d"
+# PID-3 of a Finnish test identity code (issuer 1.2.246.21, tests.support.synthetic).
+PID3 = "{}^^^&1.2.246.21&ISO"
+
+
+def adt(event: str, control: str, *segments: str, structure: str = "") -> bytes:
+    kind = f"ADT^{event}^{structure}" if structure else f"ADT^{event}"
+    now = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
+    header = (
+        f"MSH|^~\\&|RIS|TESTSAIRAALA|KUVA|KANTA|{now}||{kind}|{control}|P|2.5|||||FIN|UNICODE UTF-8"
+    )
+    return ("\r".join([header, f"EVN|{event}|{now}", *segments]) + "\r").encode("utf-8")
+
+
+def pid(patient_id: str, name: str, birth: str, sex: str) -> str:
+    return f"PID|||{PID3.format(patient_id)}||{name}||{birth}|{sex}"
+
+
+class MllpClient:
+    """One MLLP connection; each message waits for its ACK."""
+
+    def __init__(self, port: int, timeout: float = 120.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = b""
+
+    def send(self, message: bytes) -> tuple[str, float]:
+        """The ACK and the milliseconds from sending the frame to receiving it whole."""
+        started = time.perf_counter()
+        self.sock.sendall(VT + message + FS_CR)
+        while FS_CR not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the HL7 listener closed the connection")
+            self.buffer += chunk
+        elapsed = (time.perf_counter() - started) * 1000
+        reply, _, self.buffer = self.buffer.partition(FS_CR)
+        return reply.lstrip(VT).decode("utf-8", "replace"), elapsed
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def msa(ack: str) -> tuple[str, str]:
+    for line in ack.replace("\n", "\r").split("\r"):
+        if line.startswith("MSA|"):
+            fields = line.split("|")
+            return fields[1], fields[2] if len(fields) > 2 else ""
+    return "", ""
+
+
+def acknowledged(ack: str, control: str) -> str:
+    """ "" when MSA-1 is AA for ``control``; otherwise what is wrong."""
+    code, echoed = msa(ack)
+    if code == "AA" and echoed == control:
+        return ""
+    err = [line for line in ack.replace("\n", "\r").split("\r") if line.startswith("ERR|")]
+    return f"MSA {code or '(none)'} for {echoed or '(none)'}" + (f": {err[0]}" if err else "")
