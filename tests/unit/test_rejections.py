@@ -101,9 +101,16 @@ def test_a_note_first_rejects_on_arrival_only_its_own_organisations(engine: Engi
     reject(engine, note_of([foreign]), organization="1.2.246.10.87654321.10")
     pks = add(engine, news)
     with UnitOfWork(engine) as uow:
-        assert uow.rejections.mark_on_arrival(pks[0]) is not None
-        assert uow.rejections.mark_on_arrival(pks[1]) is None  # another organisation's note
-        assert uow.rejections.mark_on_arrival(pks[2]) is None
+
+        def arrives(index: int) -> int | None:
+            new = news[index]
+            return uow.rejections.mark_on_arrival(
+                pks[index], new.attributes.sop_instance_uid, new.organization_oid
+            )
+
+        assert arrives(0) is not None
+        assert arrives(1) is None  # another organisation's note
+        assert arrives(2) is None
         uow.commit()
     assert current_images(engine) == {
         news[1].attributes.sop_instance_uid,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, select, update
 
 from kuva.index.dialect import insert_ignoring_conflict
 from kuva.index.schema import instance, rejection, series, study
@@ -48,6 +48,11 @@ def _chunks(values: Sequence[str], size: int = 500) -> Iterable[Sequence[str]]:
 _NAMED = select(rejection.c.code).where(
     rejection.c.sop_instance_uid == instance.c.sop_instance_uid,
     rejection.c.organization_oid == instance.c.organization_oid,
+)
+
+_NAMED_ON_ARRIVAL = select(rejection.c.code).where(
+    rejection.c.sop_instance_uid == bindparam("uid"),
+    rejection.c.organization_oid == bindparam("org"),
 )
 
 
@@ -95,15 +100,22 @@ class RejectionRepository:
                 added.append(ref.sop_instance_uid)
         return added
 
-    def mark_on_arrival(self, instance_pk: int) -> int | None:
+    def mark_on_arrival(
+        self, instance_pk: int, sop_instance_uid: str, organization_oid: str
+    ) -> int | None:
         """Mark a just-indexed instance when a rejection of its own organisation names
-        it (the note came first). One statement when there is none (every instance
-        pays it). Returns the key of its study when it was rejected."""
-        named = _NAMED.scalar_subquery()
+        it (the note came first). Every instance pays one indexed, pre-built SELECT;
+        the UPDATEs run only when there is such a rejection. Returns the key of its
+        study when it was rejected."""
+        code = self.conn.execute(
+            _NAMED_ON_ARRIVAL, {"uid": sop_instance_uid, "org": organization_oid}
+        ).scalar()
+        if code is None:
+            return None
         marked = self.conn.execute(
             update(instance)
-            .where(instance.c.pk == instance_pk, named.is_not(None))
-            .values(rejection_code=named)
+            .where(instance.c.pk == instance_pk)
+            .values(rejection_code=code)
             .returning(instance.c.series_pk)
         ).scalar()
         if marked is None:

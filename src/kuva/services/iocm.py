@@ -80,7 +80,7 @@ def apply(uow: UnitOfWork, new: NewInstance, pk: int) -> list[str]:
     attrs = new.attributes
     note = attrs.rejection_note
     if note is None:
-        study_pk = uow.rejections.mark_on_arrival(pk)
+        study_pk = uow.rejections.mark_on_arrival(pk, attrs.sop_instance_uid, new.organization_oid)
         if study_pk is None:
             return []
         log.info("instance %s arrived already rejected", attrs.sop_instance_uid)
