@@ -484,11 +484,17 @@ def test_an_expired_lease_in_a_queue_is_taken_again_first(engine: Engine) -> Non
 
 
 def schedule(engine: Engine, at: datetime, *, payload: dict[str, Any] | None = None) -> int:
+    return schedule_subject(engine, "1.2.3", at, payload=payload)
+
+
+def schedule_subject(
+    engine: Engine, subject: str, at: datetime, *, payload: dict[str, Any] | None = None
+) -> int:
     with UnitOfWork(engine) as uow:
         pk = uow.tasks.schedule_once(
             "registration",
-            subject="1.2.3",
-            queue="registration:1.2.3",
+            subject=subject,
+            queue=f"registration:{subject}",
             payload=payload or {},
             now=at,
             run_at=at + timedelta(seconds=60),
@@ -525,6 +531,36 @@ def test_schedule_once_adds_behind_a_running_task_and_revives_a_failed_one(
     assert schedule(engine, START + timedelta(minutes=20)) == waiting
     task = get(engine, waiting)
     assert (task.status, task.attempts, task.payload) == (PENDING, 0, {})
+
+
+def test_schedule_once_many_moves_revives_and_adds(engine: Engine) -> None:
+    """1,200 studies (three chunks of statements): one with a failed task, one with a
+    running task, one with a waiting task, the rest with none."""
+    subjects = [f"1.2.3.{n}" for n in range(1200)]
+    failed = schedule_subject(engine, subjects[1], START)
+    running = schedule_subject(engine, subjects[2], START)
+    assert {t.pk for t in claim(engine, START + timedelta(minutes=2))} == {failed, running}
+    finish(engine, failed, failed_for_good=True)
+    waiting = schedule_subject(engine, subjects[0], START)
+    later = START + timedelta(minutes=5)
+    with UnitOfWork(engine) as uow:
+        keys = uow.tasks.schedule_once_many(
+            "registration",
+            subjects=[*subjects, subjects[0]],  # a repeat is scheduled once
+            queue_of=lambda subject: f"registration:{subject}",
+            payload={},
+            now=later,
+            run_at=later,
+            max_attempts=3,
+        )
+        uow.commit()
+    assert len(keys) == 1200
+    assert keys[subjects[0]] == waiting and keys[subjects[1]] == failed
+    assert keys[subjects[2]] != running  # a new task, queued behind the running one
+    assert (get(engine, failed).status, get(engine, failed).attempts) == (PENDING, 0)
+    due = claim(engine, later, limit=2000)
+    assert len(due) == 1199  # all but the one behind the running task
+    assert {t.subject for t in due} == {s for s in subjects if s != subjects[2]}
 
 
 def test_bring_forward_and_next_due(engine: Engine) -> None:

@@ -15,7 +15,7 @@ registrations of a study, and its IANs to one node, in order.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,6 +42,9 @@ class Task:
     created_at: datetime
     updated_at: datetime
 
+
+# Subjects per statement of ``schedule_once_many`` (bound parameters are capped).
+_SUBJECT_CHUNK = 500
 
 _COLUMNS = (
     task.c.pk,
@@ -192,41 +195,86 @@ class TaskRepository:
         run_at: datetime,
         max_attempts: int,
     ) -> int:
-        """Debounce: the one waiting task of ``kind`` for ``subject`` now runs at ``run_at``.
+        """``schedule_once_many`` for one subject; returns its task's key."""
+        keys = self.schedule_once_many(
+            kind,
+            subjects=[subject],
+            queue_of=lambda _: queue,
+            payload=payload,
+            now=now,
+            run_at=run_at,
+            max_attempts=max_attempts,
+        )
+        return keys[subject]
+
+    def schedule_once_many(
+        self,
+        kind: str,
+        *,
+        subjects: Sequence[str],
+        queue_of: Callable[[str], str],
+        payload: dict[str, Any],
+        now: datetime,
+        run_at: datetime,
+        max_attempts: int,
+    ) -> dict[str, int]:
+        """Debounce: the one waiting task of ``kind`` for each subject now runs at ``run_at``.
 
         A pending task is moved; a failed one is taken up again from its first
         attempt; either starts over with ``payload``. With neither (none yet, or
-        the last one running or done) a new task is added. A running task keeps
-        running: the new one waits behind it in ``queue``. Returns the task's key.
+        the last one running or done) a new task is added in ``queue_of(subject)``.
+        A running task keeps running: the new one waits behind it in its queue.
+        Set-based: a few statements per 500 subjects, whatever their number (one
+        UPDATE in the usual case of a single subject that has a waiting task).
+        Returns each subject's task key.
         """
-        # One statement in the usual case (more instances of a study arriving):
-        # at most one task of a kind and subject is pending or failed.
-        restart = {
-            "status": PENDING,
-            "next_attempt_at": run_at,
-            "payload": json.dumps(payload, separators=(",", ":")),
-            "updated_at": now,
-        }
-        mine = update(task).where(task.c.kind == kind, task.c.subject == subject)
-        for status, values in (
-            (PENDING, restart),
-            (FAILED, {**restart, "attempts": 0, "last_error": None}),
-        ):
-            # Only while it is waiting: a worker may have claimed it meanwhile.
-            pk = self.conn.execute(
-                mine.where(task.c.status == status).values(**values).returning(task.c.pk)
-            ).scalar()
-            if pk is not None:
-                return int(pk)
-        return self.add(
-            kind,
-            subject=subject,
-            payload=payload,
-            now=now,
-            max_attempts=max_attempts,
-            run_at=run_at,
-            queue=queue,
-        )
+        body = json.dumps(payload, separators=(",", ":"))
+        restart = {"status": PENDING, "next_attempt_at": run_at, "payload": body, "updated_at": now}
+        keys: dict[str, int] = {}
+        unique = list(dict.fromkeys(subjects))
+        for i in range(0, len(unique), _SUBJECT_CHUNK):
+            chunk = unique[i : i + _SUBJECT_CHUNK]
+            # At most one task of a kind and subject is pending or failed.
+            for status, values in (
+                (PENDING, restart),
+                (FAILED, {**restart, "attempts": 0, "last_error": None}),
+            ):
+                left = [subject for subject in chunk if subject not in keys]
+                if not left:
+                    break
+                # Only while it is waiting: a worker may have claimed it meanwhile.
+                moved = self.conn.execute(
+                    update(task)
+                    .where(task.c.kind == kind, task.c.status == status)
+                    .where(task.c.subject.in_(left) if len(left) > 1 else task.c.subject == left[0])
+                    .values(**values)
+                    .returning(task.c.subject, task.c.pk)
+                )
+                keys.update({row.subject: int(row.pk) for row in moved})
+            new = [subject for subject in chunk if subject not in keys]
+            if new:
+                added = self.conn.execute(
+                    task.insert().returning(
+                        task.c.subject, task.c.pk, sort_by_parameter_order=True
+                    ),
+                    [
+                        {
+                            "kind": kind,
+                            "subject": subject,
+                            "queue": queue_of(subject),
+                            "payload": body,
+                            "status": PENDING,
+                            "attempts": 0,
+                            "max_attempts": max_attempts,
+                            "next_attempt_at": run_at,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for subject in new
+                    ],
+                )
+                keys.update({row.subject: int(row.pk) for row in added})
+        return keys
 
     def bring_forward(self, kind: str, *, subject: str, now: datetime) -> bool:
         """A pending task of ``kind`` for ``subject`` due later becomes due now."""

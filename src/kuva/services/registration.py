@@ -96,21 +96,29 @@ def customer_instances(holdings: StudyHoldings) -> list[HeldInstance]:
     return [held for held in holdings.instances if not made_by_kuva(held.sop_instance_uid)]
 
 
+def schedule_registration(
+    settings: Settings, uow: UnitOfWork, study_uids: list[str], now: datetime, run_at: datetime
+) -> None:
+    """The studies' one waiting registration task each now falls due at ``run_at``
+    (added, moved or revived: ``TaskRepository.schedule_once_many``)."""
+    uow.tasks.schedule_once_many(
+        REGISTRATION_TASK,
+        subjects=study_uids,
+        queue_of=_registration_queue,
+        payload={},
+        now=now,
+        run_at=run_at,
+        max_attempts=settings.tasks.max_attempts,
+    )
+
+
 def register_again(
     settings: Settings, uow: UnitOfWork, study_uids: list[str], at: datetime
 ) -> None:
-    """Inside the transaction that rejected or restored instances (IOCM): the studies
-    are registered again now (a new manifest, an IAN with UNAVAILABLE ones)."""
-    for study_uid in study_uids:
-        uow.tasks.schedule_once(
-            REGISTRATION_TASK,
-            subject=study_uid,
-            queue=_registration_queue(study_uid),
-            payload={},
-            now=at,
-            run_at=at,
-            max_attempts=settings.tasks.max_attempts,
-        )
+    """Inside the transaction that rejected or restored instances (IOCM) or corrected
+    the studies' patient (services.patients): the studies are registered again now (a
+    new manifest, an IAN with UNAVAILABLE ones)."""
+    schedule_registration(settings, uow, study_uids, at, at)
 
 
 class RegistrationService:
@@ -142,18 +150,12 @@ class RegistrationService:
         # and this commit (fsync, the group-commit queue) must not shorten the wait,
         # or a study whose instances each took long would be registered half-sent.
         now = max(at, self._clock())
-        uow.tasks.schedule_once(
-            REGISTRATION_TASK,
-            subject=study_uid,
-            queue=_registration_queue(study_uid),
-            payload={},
-            now=now,
-            run_at=now + timedelta(seconds=self._settings.registration.stable_seconds),
-            max_attempts=self._settings.tasks.max_attempts,
-        )
+        stable = timedelta(seconds=self._settings.registration.stable_seconds)
+        schedule_registration(self._settings, uow, [study_uid], now, now + stable)
 
     def content_changed(self, uow: UnitOfWork, study_uids: list[str], at: datetime) -> None:
-        """IOCM hook (services.iocm.ChangedHook): ``register_again``."""
+        """IOCM and patient correction hook (the ChangedHook of services.iocm and
+        services.patients): ``register_again``."""
         register_again(self._settings, uow, study_uids, at)
 
     def commitment_verified(self, uow: UnitOfWork, committed: Iterable[str]) -> None:
