@@ -130,16 +130,20 @@ class Archive:
             self.engine, self.blobs, max_attempts=settings.tasks.max_attempts
         )
         self.commitment_scp = StorageCommitmentSCP(settings, self.commitment)
-        self.retrieve = RetrieveService(self.engine, self.blobs)
+        self.retrieve = RetrieveService(
+            self.engine, self.blobs, corrections=settings.archive.apply_corrections
+        )
         self.query = QueryService(self.engine)
         self.xds = build_xds(settings, self.engine, self.blobs, self.ingest, self.retrieve)
         self.registration = RegistrationService(
             self.engine, settings, self.xds.imaging_source, IanSender(settings)
         )
+        self.patients = PatientService(self.engine, strict=settings.hl7.strict_merge)
         if settings.registration.enabled:
             self.ingest.on_indexed = self.registration.instance_indexed
             self.ingest.on_changed = self.registration.content_changed
             self.commitment.on_verified = self.registration.commitment_verified
+            self.patients.on_changed = self.registration.content_changed
         self.workers = TaskWorkers(
             self.engine,
             settings.tasks,
@@ -161,9 +165,7 @@ class Archive:
             FindSCP(settings, self.query),
             RetrieveSCP(settings, self.retrieve),
         )
-        self.hl7 = Hl7Server(
-            settings, PatientService(self.engine, strict=settings.hl7.strict_merge)
-        )
+        self.hl7 = Hl7Server(settings, self.patients)
         self.http_app = create_app(
             {"index": lambda: ping(self.engine), "blobs": self.blobs.check},
             refresh_metrics=self.refresh_task_metrics,

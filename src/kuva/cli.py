@@ -1,4 +1,4 @@
-"""The ``kuva`` command line (CONTRACT.md): serve, tasks, db, xds."""
+"""The ``kuva`` command line (CONTRACT.md): serve, tasks, db, xds, iocm, patients."""
 
 from __future__ import annotations
 
@@ -12,22 +12,29 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from sqlalchemy import Engine
 
 from kuva.config import Settings, load_settings
 from kuva.index.database import make_engine, migrate
 from kuva.index.outbox import STATUSES, Task
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import utcnow
+from kuva.model.patient import PatientCorrectionError, PatientKey
+from kuva.services.patients import Corrected, PatientService
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="kuva medical image archive")
 tasks_app = typer.Typer(no_args_is_help=True, help="The outbox: follow-up work and its state.")
 db_app = typer.Typer(no_args_is_help=True, help="The index database.")
 xds_app = typer.Typer(no_args_is_help=True, help="XDS.b registry and XDS-I.b manifests.")
 iocm_app = typer.Typer(no_args_is_help=True, help="IOCM rejections: corrections of content.")
+patients_app = typer.Typer(
+    no_args_is_help=True, help="Patient identity corrections: merges and their history."
+)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(db_app, name="db")
 app.add_typer(xds_app, name="xds")
 app.add_typer(iocm_app, name="iocm")
+app.add_typer(patients_app, name="patients")
 
 ConfigOption = Annotated[
     Path | None,
@@ -203,7 +210,13 @@ def xds_publish(
     committer = GroupCommitter(engine)
     try:
         ingest = IngestService(engine, blobs, committer)
-        xds = build_xds(settings, engine, blobs, ingest, RetrieveService(engine, blobs))
+        xds = build_xds(
+            settings,
+            engine,
+            blobs,
+            ingest,
+            RetrieveService(engine, blobs, corrections=settings.archive.apply_corrections),
+        )
         published = xds.imaging_source.publish_manifest(study_uid)
     except (UnknownStudy, ManifestPublishError) as exc:
         console.print(f"[red]not published:[/red] {escape(str(exc))}")
@@ -242,6 +255,166 @@ def iocm_revoke(
         console.print(f"[yellow]rejection note {escape(note_uid)} rejects nothing[/yellow]")
         raise typer.Exit(1)
     console.print(f"{count} instance(s) current again")
+
+
+PatientArgument = Annotated[
+    str, typer.Argument(help="patient as ID^^^ISSUER, or ID with --issuer", show_default=False)
+]
+IssuerOption = Annotated[
+    str, typer.Option(help="Issuer of Patient ID (assigning authority OID) of an ID given alone")
+]
+ByOption = Annotated[str, typer.Option(help="who corrects, for the history")]
+
+
+def _patient_key(text: str, issuer: str) -> PatientKey:
+    try:
+        return PatientKey.parse(text, issuer)
+    except ValueError as exc:
+        console.print(f"[red]patient {escape(text)}:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
+
+
+def _patient_service(settings: Settings) -> tuple[Engine, PatientService]:
+    """The patient service as ``kuva serve`` runs it: corrected studies are
+    registered again when registration is on."""
+    from functools import partial
+
+    from kuva.services.registration import register_again
+
+    engine = make_engine(settings.archive.resolved_database_url())
+    migrate(engine)
+    service = PatientService(engine)
+    if settings.registration.enabled:
+        service.on_changed = partial(register_again, settings)
+    return engine, service
+
+
+def _studies_moved(settings: Settings, corrected: Corrected) -> str:
+    count = len(corrected.studies)
+    again = ", registered again" if count and settings.registration.enabled else ""
+    return f"{count} stud{'y' if count == 1 else 'ies'} moved{again}"
+
+
+@patients_app.command("merge")
+def patients_merge(
+    source: PatientArgument,
+    target: PatientArgument,
+    config: ConfigOption = None,
+    issuer: IssuerOption = "",
+    by: ByOption = "operator",
+) -> None:
+    """Merge patient SOURCE into TARGET, which survives (as HL7 ADT^A40).
+
+    SOURCE's studies belong to TARGET from now on (registered again when
+    registration is on); ``unmerge`` undoes it. Both patients must be known.
+    Prints no names.
+    """
+    settings = _settings(config)
+    merged, survivor = _patient_key(source, issuer), _patient_key(target, issuer)
+    engine, service = _patient_service(settings)
+    try:
+        corrected = service.merge(merged, survivor, by=by)
+    except PatientCorrectionError as exc:
+        console.print(f"[red]not merged:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+    if not corrected.changed:
+        console.print(f"{escape(str(merged))} is merged into {escape(str(survivor))} already")
+        return
+    console.print(
+        f"merged {escape(str(merged))} into {escape(str(survivor))}: "
+        + _studies_moved(settings, corrected)
+    )
+
+
+@patients_app.command("unmerge")
+def patients_unmerge(
+    source: PatientArgument,
+    config: ConfigOption = None,
+    issuer: IssuerOption = "",
+    by: ByOption = "operator",
+) -> None:
+    """Undo the merge of patient SOURCE into another (as HL7 ADT^A37).
+
+    The studies received for SOURCE belong to it again (registered again when
+    registration is on). Prints no names.
+    """
+    settings = _settings(config)
+    merged = _patient_key(source, issuer)
+    engine, service = _patient_service(settings)
+    try:
+        former, corrected = service.unmerge(merged, by=by)
+    except PatientCorrectionError as exc:
+        console.print(f"[red]not unmerged:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+    console.print(
+        f"{escape(str(merged))} is no longer merged into {escape(str(former))}: "
+        + _studies_moved(settings, corrected)
+    )
+
+
+@patients_app.command("show")
+def patients_show(
+    patient: PatientArgument,
+    config: ConfigOption = None,
+    issuer: IssuerOption = "",
+) -> None:
+    """Show a patient: its current identity, merges, studies and corrections.
+
+    Whom it is merged into, the surviving identity (with name, birth date and sex),
+    the patients merged into it, its studies (with the patient each was received
+    for) and the correction history of all these identities.
+    """
+    settings = _settings(config)
+    key = _patient_key(patient, issuer)
+    engine, service = _patient_service(settings)
+    try:
+        view = service.show(key)
+    finally:
+        engine.dispose()
+    if view is None:
+        console.print(f"[red]no patient {escape(str(key))}[/red]")
+        raise typer.Exit(1)
+    current = view.current
+    for row, into in zip(view.chain, view.chain[1:], strict=False):
+        console.print(f"{escape(str(row.key))} is merged into {escape(str(into.key))}")
+    console.print(
+        f"current identity: {escape(str(current.key))}  name {escape(current.name or '-')}  "
+        f"born {escape(current.birth_date or '-')}  sex {escape(current.sex or '-')}"
+    )
+    if view.merged:
+        merged = ", ".join(str(row.key) for row in view.merged)
+        console.print(f"merged into it: {escape(merged)}")
+    studies = Table(title=f"studies ({len(view.studies)})")
+    studies.add_column("Study Instance UID", overflow="fold")
+    for column in ("date", "accession", "modalities", "instances"):
+        studies.add_column(column)
+    studies.add_column("received for", overflow="fold")
+    for study in view.studies:
+        studies.add_row(
+            study.study_instance_uid,
+            study.study_date,
+            escape(study.accession_number),
+            study.modalities.replace("\\", "/"),
+            str(study.instances),
+            "" if study.received_for == current.key else escape(str(study.received_for)),
+        )
+    console.print(studies)
+    history = Table(title="corrections")
+    for column in ("applied", "kind", "subject", "detail", "by"):
+        history.add_column(column, overflow="fold")
+    for entry in view.history:
+        history.add_row(
+            entry.applied_at.isoformat(timespec="seconds"),
+            entry.kind,
+            escape(entry.subject),
+            escape(", ".join(f"{k} {v}" for k, v in sorted(entry.detail.items()))),
+            escape(entry.source),
+        )
+    console.print(history)
 
 
 def main() -> None:

@@ -27,6 +27,11 @@ class ArchiveSettings(BaseModel):
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     database_url: str = ""  # "" = SQLite in data_dir
     blob_url: str = ""  # "" = data_dir/blobs
+    # Patient corrections (HL7 merge, update, identifier change) applied to every
+    # outgoing object, with the values as stored in its Original Attributes Sequence.
+    # false: every object goes out exactly as received (nodes can ask this alone:
+    # [[nodes]] as_received).
+    apply_corrections: bool = True
 
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -155,6 +160,9 @@ class NodeSettings(BaseModel):
     port: int = 104
     organization: str = ""
     ian: bool = False
+    # Objects this node retrieves (as C-MOVE destination or C-GET requester) go out
+    # exactly as received, without the patient corrections of the index.
+    as_received: bool = False
 
 
 LOCAL_ORGANIZATION_OID = "1.2.246.10.0.10"

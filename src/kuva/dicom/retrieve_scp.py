@@ -10,10 +10,12 @@ association to the Move Destination for C-MOVE (configured ``[[nodes]]`` only).
 stored, without being decoded: pynetdicom's chunked send mode
 (``_config.STORE_SEND_CHUNKED_DATASET``) reads the blob file one PDU at a time,
 and the association's send queue is bounded (``bound_send_queue``) so that a slow
-peer does not make the file pile up in memory. Otherwise the object is converted
-(dicom.transcode) to a syntax the peer accepted, written to a temporary file and
-sent from there; when that is impossible the sub-operation fails and the reason is
-logged.
+peer does not make the file pile up in memory. An object whose patient was
+corrected (HL7 merge or update) goes out with a corrected header spliced onto its
+stored pixel data (dicom.outgoing), unless the node is configured ``as_received``.
+Otherwise the object is converted (dicom.transcode) to a syntax the peer accepted,
+written to a temporary file and sent from there; when that is impossible the
+sub-operation fails and the reason is logged.
 
 **Why not pynetdicom's handlers.** pynetdicom's own C-GET/C-MOVE loop
 (``QueryRetrieveServiceClass._get_scp`` / ``_move_scp``, reached through
@@ -35,14 +37,11 @@ warning and cancel responses carry the Failed SOP Instance UID List.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -68,15 +67,15 @@ from kuva.dicom.contexts import (
     STUDY_ROOT_MOVE,
 )
 from kuva.dicom.network import busy_polling, set_nodelay_handler
+from kuva.dicom.outgoing import as_file
 from kuva.dicom.status import ERROR_COMMENT_MAX, SUCCESS
-from kuva.dicom.transcode import TranscodeError, choose, transcode
+from kuva.dicom.transcode import TranscodeError, choose
 from kuva.index.instances import StoredInstance
 from kuva.model.query import QueryLevel
 from kuva.services.retrieve import (
     KeyValue,
     RetrieveError,
     RetrieveService,
-    StoredObject,
     TooManyMatches,
 )
 
@@ -330,10 +329,13 @@ class _SubOperations:
         assoc: Association,
         service: RetrieveService,
         move_originator: tuple[str, int] | None = None,
+        *,
+        as_received: bool = False,
     ) -> None:
         self.assoc = assoc
         self._service = service
         self._originator = move_originator
+        self._as_received = as_received
 
     def store(self, instance: StoredInstance, msg_id: int) -> tuple[str, str]:
         """Send one object; ("completed" | "warning" | "failed", reason)."""
@@ -346,14 +348,10 @@ class _SubOperations:
                 f"cannot convert {instance.transfer_syntax_uid} to any accepted "
                 f"transfer syntax ({', '.join(accepted)})"
             )
-        obj = self._service.open(instance)
+        obj = self._service.open(instance, as_received=self._as_received)
         try:
-            if obj.verbatim and target == instance.transfer_syntax_uid:
-                with self._stored_file(obj) as path:
-                    status = self._send(path, msg_id)
-            else:
-                with self._converted_file(obj, target) as path:
-                    status = self._send(path, msg_id)
+            with as_file(obj, target) as path:
+                status = self._send(path, msg_id)
         except TranscodeError as exc:
             return "failed", str(exc)
         except Exception as exc:  # one unreadable object must not end the whole retrieve
@@ -365,31 +363,6 @@ class _SubOperations:
         return self.assoc.send_c_store(
             path, msg_id=msg_id, originator_aet=originator_ae, originator_id=originator_id
         )
-
-    @staticmethod
-    @contextlib.contextmanager
-    def _stored_file(obj: StoredObject) -> Iterator[Path]:
-        """The stored Part 10 file; copied (in chunks) when the store has no local file."""
-        if obj.path is not None:
-            yield obj.path
-            return
-        with (
-            tempfile.NamedTemporaryFile(prefix="kuva-out-", suffix=".dcm") as spool,
-            obj.stream() as stream,
-        ):
-            shutil.copyfileobj(stream, spool, 1024 * 1024)
-            spool.flush()
-            yield Path(spool.name)
-
-    @staticmethod
-    @contextlib.contextmanager
-    def _converted_file(obj: StoredObject, target: str) -> Iterator[Path]:
-        """The object decoded, coerced, converted to ``target`` and written to a file."""
-        ds = transcode(obj.dataset(), target)
-        with tempfile.NamedTemporaryFile(prefix="kuva-out-", suffix=".dcm") as out:
-            ds.save_as(out, enforce_file_format=True)
-            out.flush()
-            yield Path(out.name)
 
 
 def move_contexts(instances: Sequence[StoredInstance]) -> list[PresentationContext]:
@@ -519,7 +492,10 @@ class RetrieveSCP:
 
         if node is None:
             bound_send_queue(assoc, self._settings.dicom.max_pdu)
-            sub_operations = _SubOperations(assoc, self._service)
+            requester = self._settings.node(calling_ae)
+            sub_operations = _SubOperations(
+                assoc, self._service, as_received=requester is not None and requester.as_received
+            )
             progress = self._run(service, req, responder, sub_operations, instances)
         else:
             progress = self._move(service, cast(C_MOVE, req), responder, node, instances)
@@ -575,7 +551,9 @@ class RetrieveSCP:
                 service,
                 req,
                 responder,
-                _SubOperations(store_assoc, self._service, originator),
+                _SubOperations(
+                    store_assoc, self._service, originator, as_received=node.as_received
+                ),
                 instances,
             )
         finally:

@@ -4,11 +4,12 @@ rejection, revocation, merge and update, appended and never changed."""
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import ColumnElement, Connection, insert, or_, select
 
 from kuva.index.schema import correction
 
@@ -40,6 +41,21 @@ class CorrectionLog:
         )
 
     def of_subject(self, subject: str) -> list[Correction]:
+        return self._select(correction.c.subject == subject)
+
+    def naming(self, subjects: Collection[str]) -> list[Correction]:
+        """Corrections of any of ``subjects`` or naming one in their detail (the
+        target of a merge, the new identifier of an identifier change), oldest first.
+        The detail is read by pattern: meant for an operator's look at one patient."""
+        if not subjects:
+            return []
+        mentions = [
+            correction.c.detail.contains(json.dumps(subject), autoescape=True)
+            for subject in sorted(subjects)
+        ]
+        return self._select(or_(correction.c.subject.in_(sorted(subjects)), *mentions))
+
+    def _select(self, where: ColumnElement[bool]) -> list[Correction]:
         rows = self.conn.execute(
             select(
                 correction.c.kind,
@@ -48,7 +64,7 @@ class CorrectionLog:
                 correction.c.source,
                 correction.c.applied_at,
             )
-            .where(correction.c.subject == subject)
+            .where(where)
             .order_by(correction.c.pk)
         )
         return [

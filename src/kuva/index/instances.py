@@ -7,7 +7,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Integer, String, Table, bindparam, func, select, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    String,
+    Table,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    update,
+)
 
 from kuva.index.dialect import insert_ignoring_conflict
 from kuva.index.schema import instance, patient, series, study
@@ -37,6 +48,18 @@ class TreeConflict(Exception):
 
 
 @dataclass(frozen=True)
+class CurrentPatient:
+    """The patient a study belongs to now, as the index holds it (after HL7
+    corrections): what its objects go out with."""
+
+    patient_id: str
+    issuer: str
+    name: str
+    birth_date: str
+    sex: str
+
+
+@dataclass(frozen=True)
 class StoredInstance:
     pk: int
     sop_instance_uid: str
@@ -48,6 +71,10 @@ class StoredInstance:
     size: int
     sha256: str
     organization_oid: str
+    # The study's current patient when a correction applies to it: the study was
+    # merged away from the patient it was received for (HL7 A40), or its patient's
+    # identity or demographics were corrected (A08, A31, A47). None: none applies.
+    corrected_patient: CurrentPatient | None = None
 
 
 @dataclass(frozen=True)
@@ -72,14 +99,61 @@ _STORED_COLUMNS = (
     instance.c.size,
     instance.c.sha256,
     instance.c.organization_oid,
+    case(
+        (
+            or_(
+                patient.c.corrected_at.is_not(None),
+                study.c.patient_pk
+                != func.coalesce(study.c.received_patient_pk, study.c.patient_pk),
+            ),
+            True,
+        ),
+        else_=False,
+    ).label("corrected"),
+    patient.c.patient_id.label("current_patient_id"),
+    patient.c.issuer.label("current_issuer"),
+    patient.c.patient_name.label("current_name"),
+    patient.c.birth_date.label("current_birth_date"),
+    patient.c.sex.label("current_sex"),
+)
+_INSTANCE_FIELDS = (
+    "pk",
+    "sop_instance_uid",
+    "sop_class_uid",
+    "series_instance_uid",
+    "study_instance_uid",
+    "transfer_syntax_uid",
+    "blob_key",
+    "size",
+    "sha256",
+    "organization_oid",
 )
 
 
-_STORED = select(*_STORED_COLUMNS).select_from(
-    instance.join(series, instance.c.series_pk == series.c.pk).join(
-        study, series.c.study_pk == study.c.pk
-    )
+def stored_instance(row: Any) -> StoredInstance:
+    """A StoredInstance from a row that selected ``_STORED_COLUMNS``."""
+    corrected = None
+    if row.corrected:
+        corrected = CurrentPatient(
+            row.current_patient_id,
+            row.current_issuer,
+            row.current_name,
+            row.current_birth_date,
+            row.current_sex,
+        )
+    values = {name: getattr(row, name) for name in _INSTANCE_FIELDS}
+    return StoredInstance(**values, corrected_patient=corrected)
+
+
+# instance -> series -> study -> (current) patient: what _STORED_COLUMNS read.
+STORED_TREE = (
+    instance.join(series, instance.c.series_pk == series.c.pk)
+    .join(study, series.c.study_pk == study.c.pk)
+    .join(patient, study.c.patient_pk == patient.c.pk)
 )
+
+
+_STORED = select(*_STORED_COLUMNS).select_from(STORED_TREE)
 _GET_STORED = _STORED.where(instance.c.sop_instance_uid == bindparam("uid"))
 _PATIENT_ROW = select(patient.c.pk, patient.c.merged_into_pk).where(
     (patient.c.patient_id == bindparam("patient_id")) & (patient.c.issuer == bindparam("issuer"))
@@ -212,16 +286,25 @@ def instance_row(new: NewInstance, series_pk: int) -> dict[str, Any]:
 
 def survivor(conn: Connection, patient_pk: int) -> int:
     """The patient a merged patient resolves to: the end of its ``merged_into`` chain
-    (A into B, B into C: C). Merges refuse cycles (index.patients), so this ends."""
-    current = patient_pk
-    for _ in range(100):
-        merged_into = conn.execute(
-            select(patient.c.merged_into_pk).where(patient.c.pk == current)
-        ).scalar()
-        if merged_into is None:
-            return current
-        current = int(merged_into)
-    raise RuntimeError(f"patient {patient_pk}: merge chain longer than 100")
+    (A into B, B into C: C), in one statement (a recursive CTE, SQLite and PostgreSQL).
+    Merges refuse cycles (services.patients); UNION, not UNION ALL, ends the walk on
+    one all the same, and it is then an error. An unknown patient is its own survivor."""
+    link = patient.alias("link")
+    chain = (
+        select(patient.c.pk, patient.c.merged_into_pk)
+        .where(patient.c.pk == patient_pk)
+        .cte("chain", recursive=True)
+    )
+    chain = chain.union(
+        select(link.c.pk, link.c.merged_into_pk).where(link.c.pk == chain.c.merged_into_pk)
+    )
+    rows = conn.execute(select(chain.c.pk, chain.c.merged_into_pk)).all()
+    if not rows:
+        return patient_pk
+    ends = [int(row.pk) for row in rows if row.merged_into_pk is None]
+    if not ends:
+        raise RuntimeError(f"patient {patient_pk}: its merge chain is a cycle")
+    return ends[0]
 
 
 class InstanceRepository:
@@ -230,7 +313,7 @@ class InstanceRepository:
 
     def get(self, sop_instance_uid: str) -> StoredInstance | None:
         row = self.conn.execute(_GET_STORED, {"uid": sop_instance_uid}).one_or_none()
-        return StoredInstance(**row._asdict()) if row is not None else None
+        return stored_instance(row) if row is not None else None
 
     def get_many(self, sop_instance_uids: Iterable[str]) -> dict[str, StoredInstance]:
         """Stored instances by SOP Instance UID, looked up in index-sized chunks."""
@@ -239,7 +322,7 @@ class InstanceRepository:
         for start in range(0, len(uids), 500):
             chunk = uids[start : start + 500]
             for row in self.conn.execute(_STORED.where(instance.c.sop_instance_uid.in_(chunk))):
-                stored = StoredInstance(**row._asdict())
+                stored = stored_instance(row)
                 found[stored.sop_instance_uid] = stored
         return found
 

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, func, insert, literal_column, select, update
+from sqlalchemy.exc import IntegrityError
 
 from kuva.index.instances import survivor
 from kuva.index.schema import hl7_message, patient, study
-from kuva.model.patient import Demographics, PatientKey
+from kuva.model.clock import utcnow
+from kuva.model.patient import Demographics, DuplicateMessage, PatientKey
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,22 @@ _COLUMNS = (
     patient.c.sex,
     patient.c.merged_into_pk,
 )
+
+
+@dataclass(frozen=True)
+class PatientStudy:
+    """A study of a patient as an operator sees it (``kuva patients show``)."""
+
+    study_instance_uid: str
+    study_date: str
+    accession_number: str
+    modalities: str
+    instances: int
+    received_for: PatientKey
+
+
+# Longest merge chain followed (merges refuse cycles; this bounds a damaged index).
+_MAX_HOPS = 100
 
 
 def _row(row: Any) -> PatientRow:
@@ -81,9 +99,10 @@ class PatientRepository:
     def survivor(self, pk: int) -> int:
         return survivor(self.conn, pk)
 
-    def merge(self, source_pk: int, target_pk: int) -> int:
-        """Merge ``source`` into ``target``; returns how many studies moved. The caller
-        has refused cycles (``survivor(target) == source``)."""
+    def merge(self, source_pk: int, target_pk: int) -> list[str]:
+        """Merge ``source`` into ``target``; returns the Study Instance UIDs of the
+        studies that moved. The caller has refused cycles (``survivor(target) ==
+        source``)."""
         self.conn.execute(
             update(patient).where(patient.c.pk == source_pk).values(merged_into_pk=target_pk)
         )
@@ -91,12 +110,14 @@ class PatientRepository:
             update(study)
             .where(study.c.patient_pk == source_pk)
             .values(patient_pk=survivor(self.conn, target_pk))
+            .returning(study.c.study_instance_uid)
         )
-        return int(moved.rowcount)
+        return list(moved.scalars())
 
-    def unmerge(self, source_pk: int) -> int:
+    def unmerge(self, source_pk: int) -> list[str]:
         """Undo the merge of ``source``: each study under its former survivor goes back
-        to the survivor of the patient it was received for. Returns studies moved."""
+        to the survivor of the patient it was received for. Returns the Study
+        Instance UIDs of the studies that moved."""
         former = survivor(self.conn, source_pk)
         self.conn.execute(
             update(patient).where(patient.c.pk == source_pk).values(merged_into_pk=None)
@@ -104,7 +125,7 @@ class PatientRepository:
         received_patients = self.conn.execute(
             select(study.c.received_patient_pk).where(study.c.patient_pk == former).distinct()
         ).scalars()
-        moved = 0
+        moved: list[str] = []
         for received in list(received_patients):  # a few patients, however many studies
             now = survivor(self.conn, received)
             if now != former:
@@ -112,12 +133,15 @@ class PatientRepository:
                     update(study)
                     .where(study.c.patient_pk == former, study.c.received_patient_pk == received)
                     .values(patient_pk=now)
+                    .returning(study.c.study_instance_uid)
                 )
-                moved += int(result.rowcount)
+                moved.extend(result.scalars())
         return moved
 
-    def update(self, pk: int, demographics: Demographics) -> None:
-        values: dict[str, str] = {}
+    def update(self, pk: int, demographics: Demographics, at: datetime | None = None) -> None:
+        """New demographics; the patient is marked corrected (``corrected_at``), so
+        that its objects go out with them (services.retrieve)."""
+        values: dict[str, object] = {}
         if demographics.name is not None:
             name = demographics.name
             values.update(patient_name=name, patient_name_norm=name.upper())
@@ -126,18 +150,96 @@ class PatientRepository:
         if demographics.sex is not None:
             values["sex"] = demographics.sex
         if values:
+            values["corrected_at"] = at or utcnow()
             self.conn.execute(update(patient).where(patient.c.pk == pk).values(**values))
 
-    def change_identifier(self, pk: int, key: PatientKey) -> None:
+    def change_identifier(self, pk: int, key: PatientKey, at: datetime | None = None) -> None:
         self.conn.execute(
             update(patient)
             .where(patient.c.pk == pk)
-            .values(patient_id=key.patient_id, issuer=key.issuer)
+            .values(patient_id=key.patient_id, issuer=key.issuer, corrected_at=at or utcnow())
         )
 
-    def study_count(self, pk: int) -> int:
-        rows = self.conn.execute(select(study.c.pk).where(study.c.patient_pk == pk)).all()
-        return len(rows)
+    def study_uids(self, pk: int) -> list[str]:
+        """Study Instance UIDs of the studies that belong to the patient now."""
+        return list(
+            self.conn.execute(
+                select(study.c.study_instance_uid)
+                .where(study.c.patient_pk == pk)
+                .order_by(study.c.pk)
+            ).scalars()
+        )
+
+    # ------------------------------------------------------------------ operator's view
+
+    def chain(self, pk: int) -> list[PatientRow]:
+        """The patient and those it is merged into, in order, up to its survivor (the
+        last); one recursive statement, like ``survivor``."""
+        link = patient.alias("link")
+        walk = (
+            select(patient.c.pk, patient.c.merged_into_pk, literal_column("0").label("hop"))
+            .where(patient.c.pk == pk)
+            .cte("walk", recursive=True)
+        )
+        walk = walk.union(
+            select(link.c.pk, link.c.merged_into_pk, walk.c.hop + 1).where(
+                link.c.pk == walk.c.merged_into_pk, walk.c.hop < _MAX_HOPS
+            )
+        )
+        hops = select(walk.c.pk, walk.c.hop).subquery()
+        rows = self.conn.execute(
+            select(*_COLUMNS).join(hops, hops.c.pk == patient.c.pk).order_by(hops.c.hop)
+        )
+        return [_row(row) for row in rows]
+
+    def merged_into_this(self, pk: int) -> list[PatientRow]:
+        """The patients merged into this one, directly or through others."""
+        link = patient.alias("link")
+        members = (
+            select(patient.c.pk)
+            .where(patient.c.merged_into_pk == pk)
+            .cte("members", recursive=True)
+        )
+        members = members.union(select(link.c.pk).where(link.c.merged_into_pk == members.c.pk))
+        rows = self.conn.execute(
+            select(*_COLUMNS).where(patient.c.pk.in_(select(members.c.pk))).order_by(patient.c.pk)
+        )
+        return [_row(row) for row in rows]
+
+    def studies(self, pk: int) -> list[PatientStudy]:
+        """The studies that belong to the patient now, oldest first, each with the
+        patient it was received for."""
+        received = patient.alias("received")
+        rows = self.conn.execute(
+            select(
+                study.c.study_instance_uid,
+                study.c.study_date,
+                study.c.accession_number,
+                study.c.modalities_in_study,
+                study.c.number_of_instances,
+                received.c.patient_id,
+                received.c.issuer,
+            )
+            .select_from(
+                study.outerjoin(
+                    received,
+                    received.c.pk == func.coalesce(study.c.received_patient_pk, study.c.patient_pk),
+                )
+            )
+            .where(study.c.patient_pk == pk)
+            .order_by(study.c.study_date, study.c.pk)
+        )
+        return [
+            PatientStudy(
+                study_instance_uid=row.study_instance_uid,
+                study_date=row.study_date,
+                accession_number=row.accession_number,
+                modalities=row.modalities_in_study,
+                instances=int(row.number_of_instances),
+                received_for=PatientKey(row.patient_id or "", row.issuer or ""),
+            )
+            for row in rows
+        ]
 
     # ------------------------------------------------------------------ HL7 messages
 
@@ -160,13 +262,19 @@ class PatientRepository:
         ack: str,
         at: datetime,
     ) -> None:
-        self.conn.execute(
-            insert(hl7_message).values(
-                sending_application=application,
-                sending_facility=facility,
-                control_id=control_id,
-                message_type=message_type,
-                ack=ack,
-                received_at=at,
+        """Record a message and its ACK. DuplicateMessage: another connection recorded
+        the same one first (the unique sender + control id); this transaction is
+        then spent, to be rolled back."""
+        try:
+            self.conn.execute(
+                insert(hl7_message).values(
+                    sending_application=application,
+                    sending_facility=facility,
+                    control_id=control_id,
+                    message_type=message_type,
+                    ack=ack,
+                    received_at=at,
+                )
             )
-        )
+        except IntegrityError as exc:
+            raise DuplicateMessage(control_id) from exc

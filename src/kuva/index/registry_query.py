@@ -7,7 +7,8 @@ statement starts from an indexed column (``index.schema``):
 
 * DocumentEntries of a patient: ``ix_xds_document_entry_find`` (patient_id,
   patient_authority, class_code, creation_time) - FindDocuments by patient, and by
-  patient + classCode + creationTime range, read one range of it;
+  patient + classCode + creationTime range, read one range of it (one range per
+  identity when the patient has merged identities, below);
 * SubmissionSets and Folders of a patient: ``ix_xds_object_patient`` (patient_id,
   patient_authority, kind);
 * objects by entryUUID (unique) or uniqueId (``ix_xds_object_unique_id``);
@@ -28,6 +29,17 @@ character), case-sensitive on both databases (SQLite runs with
 Rows come back in registration order (the primary key). That order is made
 here, not with ``ORDER BY``: with a ``LIMIT`` the planner could otherwise prefer
 walking the primary key to the patient index.
+
+Patient merges (HL7 A40, kuva.services.patients) are an overlay on the index's
+``patient`` table and never rewrite registry rows: ``merged_into`` and
+``survivors`` read the ``merged_into_pk`` chains, each in one recursive
+statement, for kuva.services.stored_query to apply. An index patient (Patient ID,
+Issuer of Patient ID) is the registry patient (CX.1, CX.4 OID) whose assigning
+authority is that issuer. Several patients are matched as ``patient_id IN (...)
+AND patient_authority IN (...)`` with the pairs deciding: the composite indexes
+are read as ranges, where a row-value ``(patient_id, patient_authority) IN (...)``
+is not (SQLite scans the whole index for it; PostgreSQL ranges over the
+authority alone).
 """
 
 from __future__ import annotations
@@ -48,6 +60,7 @@ from sqlalchemy import (
 
 from kuva.index.registry import CONFIDENTIALITY_CODE, EVENT_CODE, FOLDER_CODE
 from kuva.index.schema import (
+    patient,
     xds_association,
     xds_author,
     xds_code,
@@ -76,10 +89,11 @@ class TimeRange:
 @dataclass(frozen=True)
 class DocumentCriteria:
     """What DocumentEntries must match. None: not constrained; an empty tuple of
-    values matches nothing. ``event_codes`` / ``confidentiality_codes``: each set
-    must match (AND), any code of a set (OR)."""
+    values matches nothing. ``patients``: any of them (a patient and the identities
+    merged into it). ``event_codes`` / ``confidentiality_codes``: each set must
+    match (AND), any code of a set (OR)."""
 
-    patient: PatientId | None = None
+    patients: tuple[PatientId, ...] | None = None
     entry_uuids: tuple[str, ...] | None = None
     unique_ids: tuple[str, ...] | None = None
     statuses: tuple[str, ...] | None = None
@@ -100,7 +114,7 @@ class DocumentCriteria:
 
 @dataclass(frozen=True)
 class SubmissionSetCriteria:
-    patient: PatientId | None = None
+    patients: tuple[PatientId, ...] | None = None
     entry_uuids: tuple[str, ...] | None = None
     unique_ids: tuple[str, ...] | None = None
     statuses: tuple[str, ...] | None = None
@@ -112,7 +126,7 @@ class SubmissionSetCriteria:
 
 @dataclass(frozen=True)
 class FolderCriteria:
-    patient: PatientId | None = None
+    patients: tuple[PatientId, ...] | None = None
     entry_uuids: tuple[str, ...] | None = None
     unique_ids: tuple[str, ...] | None = None
     statuses: tuple[str, ...] | None = None
@@ -122,8 +136,9 @@ class FolderCriteria:
 
 @dataclass(frozen=True)
 class Found:
-    """A registry object a query matched. ``ebxml`` only when asked for (LeafClass);
-    the association columns for Associations; ``last_update_time`` for Folders."""
+    """A registry object a query matched. ``patient``: as registered (None for
+    Associations); ``ebxml`` only when asked for (LeafClass); the association
+    columns for Associations; ``last_update_time`` for Folders."""
 
     pk: int
     entry_uuid: str
@@ -169,6 +184,23 @@ def _codes(code: Any, scheme: Any, codes: CodeSet) -> ColumnElement[bool]:
         code.in_(sorted({c.code for c in codes})),
         or_(*(and_(code == c.code, scheme == c.coding_scheme) for c in codes)),
     )
+
+
+def _patients(
+    id_column: Any, authority_column: Any, patients: Sequence[PatientId]
+) -> list[ColumnElement[bool]]:
+    """(id, authority) is one of ``patients`` (module docstring: IN on each column
+    for the index, the pairs decide)."""
+    if not patients:
+        return [literal(False)]
+    if len(patients) == 1:
+        (only,) = patients
+        return [id_column == only.id, authority_column == only.authority]
+    return [
+        id_column.in_(sorted({p.id for p in patients})),
+        authority_column.in_(sorted({p.authority for p in patients})),
+        or_(*(and_(id_column == p.id, authority_column == p.authority) for p in patients)),
+    ]
 
 
 def _range(column: Any, when: TimeRange | None) -> list[ColumnElement[bool]]:
@@ -219,7 +251,7 @@ def _columns(xml: bool) -> list[Any]:
 
 
 def _found(row: Any, xml: bool, **extra: Any) -> Found:
-    patient = (
+    registered = (
         PatientId(row.patient_id, row.patient_authority)
         if row.patient_id is not None and row.patient_authority is not None
         else None
@@ -229,7 +261,7 @@ def _found(row: Any, xml: bool, **extra: Any) -> Found:
         entry_uuid=row.entry_uuid,
         kind=ObjectKind(row.kind),
         status=AvailabilityStatus(row.status),
-        patient=patient,
+        patient=registered,
         ebxml=row.ebxml if xml else None,
         **extra,
     )
@@ -251,11 +283,8 @@ class RegistryQueryRepository:
             d.join(xds_object, xds_object.c.pk == d.c.pk)
         )
         conditions: list[ColumnElement[bool]] = []
-        if c.patient is not None:
-            conditions += [
-                d.c.patient_id == c.patient.id,
-                d.c.patient_authority == c.patient.authority,
-            ]
+        if c.patients is not None:
+            conditions += _patients(d.c.patient_id, d.c.patient_authority, c.patients)
         if c.statuses is not None:
             conditions.append(xds_object.c.status.in_(c.statuses))
         if c.object_types is not None:
@@ -301,7 +330,7 @@ class RegistryQueryRepository:
         statement = select(*_columns(xml)).select_from(
             s.join(xds_object, xds_object.c.pk == s.c.pk)
         )
-        conditions = self._common(c.patient, ObjectKind.SUBMISSION_SET, c.statuses)
+        conditions = self._common(c.patients, ObjectKind.SUBMISSION_SET, c.statuses)
         if c.source_ids is not None:
             conditions.append(s.c.source_id.in_(c.source_ids))
         if c.content_type_codes is not None:
@@ -321,7 +350,7 @@ class RegistryQueryRepository:
         statement = select(*_columns(xml), f.c.last_update_time).select_from(
             f.join(xds_object, xds_object.c.pk == f.c.pk)
         )
-        conditions = self._common(c.patient, ObjectKind.FOLDER, c.statuses)
+        conditions = self._common(c.patients, ObjectKind.FOLDER, c.statuses)
         conditions += _range(f.c.last_update_time, c.last_update_time)
         conditions += [_child_codes(FOLDER_CODE, codes) for codes in c.code_list]
         return self._run(
@@ -361,17 +390,82 @@ class RegistryQueryRepository:
                     return _ordered(found.values())[:limit]
         return _ordered(found.values())[:limit]
 
+    # --- the merge overlay (module docstring) ---
+
+    def merged_into(self, patient_id: PatientId) -> list[PatientId]:
+        """The patients merged into ``patient_id``, directly or along a chain (A into
+        B, B into C: A and B for C), walking ``merged_into_pk`` back from it; none
+        when the index does not hold the patient."""
+        p = patient
+        merged = (
+            select(p.c.pk, p.c.patient_id, p.c.issuer)
+            .where(*_patients(p.c.patient_id, p.c.issuer, [patient_id]))
+            .cte("merged", recursive=True)
+        )
+        source = p.alias("source")
+        # UNION, not UNION ALL: a cycle (which merges refuse) would still end.
+        merged = merged.union(
+            select(source.c.pk, source.c.patient_id, source.c.issuer).where(
+                source.c.merged_into_pk == merged.c.pk
+            )
+        )
+        rows = self.conn.execute(
+            select(merged.c.patient_id, merged.c.issuer).where(
+                or_(merged.c.patient_id != patient_id.id, merged.c.issuer != patient_id.authority)
+            )
+        )
+        return sorted((PatientId(row.patient_id, row.issuer) for row in rows), key=str)
+
+    def survivors(self, patients: Iterable[PatientId]) -> dict[PatientId, PatientId]:
+        """Each of ``patients`` that is merged into another -> the patient it resolves
+        to now, the end of its chain (as index.instances.survivor); patients not
+        merged, or not in the index, are left out."""
+        wanted = sorted(set(patients), key=str)
+        if not wanted:
+            return {}
+        p = patient
+        # One row per step along each chain: the patient it starts from, the patient
+        # reached and the one that is merged into (NULL at the end).
+        chain = (
+            select(
+                p.c.patient_id.label("start_id"),
+                p.c.issuer.label("start_issuer"),
+                p.c.pk,
+                p.c.merged_into_pk,
+            )
+            .where(*_patients(p.c.patient_id, p.c.issuer, wanted))
+            .where(p.c.merged_into_pk.is_not(None))
+            .cte("chain", recursive=True)
+        )
+        step = p.alias("step")
+        chain = chain.union(
+            select(chain.c.start_id, chain.c.start_issuer, step.c.pk, step.c.merged_into_pk)
+            .join(step, step.c.pk == chain.c.merged_into_pk)
+            .where(chain.c.merged_into_pk.is_not(None))
+        )
+        rows = self.conn.execute(
+            select(chain.c.start_id, chain.c.start_issuer, p.c.patient_id, p.c.issuer)
+            .join(p, p.c.pk == chain.c.pk)
+            .where(chain.c.merged_into_pk.is_(None))
+        )
+        return {
+            PatientId(row.start_id, row.start_issuer): PatientId(row.patient_id, row.issuer)
+            for row in rows
+        }
+
     # --- helpers ---
 
     def _common(
-        self, patient: PatientId | None, kind: ObjectKind, statuses: tuple[str, ...] | None
+        self,
+        patients: tuple[PatientId, ...] | None,
+        kind: ObjectKind,
+        statuses: tuple[str, ...] | None,
     ) -> list[ColumnElement[bool]]:
         conditions: list[ColumnElement[bool]] = [xds_object.c.kind == kind.value]
-        if patient is not None:
-            conditions += [
-                xds_object.c.patient_id == patient.id,
-                xds_object.c.patient_authority == patient.authority,
-            ]
+        if patients is not None:
+            conditions += _patients(
+                xds_object.c.patient_id, xds_object.c.patient_authority, patients
+            )
         if statuses is not None:
             conditions.append(xds_object.c.status.in_(statuses))
         return conditions

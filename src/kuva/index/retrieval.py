@@ -9,18 +9,17 @@ never opens a blob.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Select, select
 
-from kuva.index.instances import _STORED_COLUMNS, StoredInstance
+from kuva.index.instances import _STORED_COLUMNS, STORED_TREE, StoredInstance, stored_instance
 from kuva.index.schema import instance, patient, series, study
 
 # Longest UID list sent in one statement; longer lists are looked up in chunks
 # (SQLite and PostgreSQL both cap the number of bound parameters).
 _CHUNK = 1000
-_STORED_FIELDS = tuple(f.name for f in fields(StoredInstance))
 
 
 @dataclass(frozen=True)
@@ -88,24 +87,17 @@ class RetrievalRepository:
             if limit is not None and len(rows) > limit:
                 break
         rows.sort(key=_sort_key)
-        return [
-            StoredInstance(**{name: getattr(row, name) for name in _STORED_FIELDS}) for row in rows
-        ]
+        return [stored_instance(row) for row in rows]
 
     @staticmethod
     def _statement(keys: RetrieveKeys, lists: dict[str, Sequence[str]]) -> Select[Any]:
-        joined = instance.join(series, instance.c.series_pk == series.c.pk).join(
-            study, series.c.study_pk == study.c.pk
-        )
-        if keys.patient_id:
-            joined = joined.join(patient, study.c.patient_pk == patient.c.pk)
         statement = select(
             *_STORED_COLUMNS,
             study.c.study_date,
             study.c.study_time,
             series.c.series_number,
             instance.c.instance_number,
-        ).select_from(joined)
+        ).select_from(STORED_TREE)
         # Rejected instances (IOCM) are never handed out.
         statement = statement.where(instance.c.rejection_code.is_(None))
         if keys.patient_id:

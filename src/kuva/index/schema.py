@@ -80,6 +80,9 @@ patient = Table(
     # Set when the patient was merged into another (HL7 A40); queries and new
     # instances resolve it to the survivor. An unlink clears it.
     Column("merged_into_pk", PK, nullable=True, index=True),
+    # Set when the patient's identity or demographics were corrected (HL7 A08, A31,
+    # A47): objects of its studies go out with the current values (services.retrieve).
+    Column("corrected_at", UtcDateTime(), nullable=True),
     UniqueConstraint("patient_id", "issuer"),
     # Pattern operators on PostgreSQL: a name prefix (``ÄIJ*``, LIKE 'ÄIJ%') uses the
     # index under any database collation, and equality still does.

@@ -17,6 +17,29 @@ class PatientKey:
     def __str__(self) -> str:
         return f"{self.patient_id}^^^{self.issuer}" if self.issuer else self.patient_id
 
+    @classmethod
+    def parse(cls, text: str, issuer: str = "") -> PatientKey:
+        """A patient as an operator writes it: ``ID^^^ISSUER`` (CX.1 and CX.4; CX.4 as
+        ``OID`` or ``&OID&ISO``, its universal id taken as in HL7), or ``ID`` with
+        ``issuer`` given apart. ValueError names what is wrong."""
+        parts = text.strip().split("^")
+        patient_id = parts[0]
+        if not patient_id:
+            raise ValueError("the patient ID (CX.1) is empty")
+        if len(patient_id) > 64:
+            raise ValueError("the patient ID (CX.1) is longer than 64 characters")
+        if len(parts) > 1:
+            if len(parts) != 4 or parts[1] or parts[2]:
+                raise ValueError("not in the form ID^^^ISSUER")
+            hd = parts[3].split("&")
+            found = hd[1] if len(hd) > 1 and hd[1] else hd[0]
+            if issuer and found and found != issuer:
+                raise ValueError("two different issuers given")
+            issuer = found or issuer
+        if len(issuer) > 64:
+            raise ValueError("the issuer is longer than 64 characters")
+        return cls(patient_id, issuer)
+
 
 @dataclass(frozen=True)
 class Demographics:
@@ -60,6 +83,11 @@ class UnlinkPatients:
 
 
 PatientCommand = MergePatients | UpdatePatient | ChangeIdentifier | UnlinkPatients
+
+
+class DuplicateMessage(Exception):
+    """A message with this sender and control id (MSH-3, MSH-4, MSH-10) was recorded
+    meanwhile, by another connection: it is answered, not applied again."""
 
 
 class PatientCorrectionError(Exception):

@@ -95,6 +95,7 @@ from kuva.model.xds import (
     NewSubmissionSet,
     ObjectKind,
     PatientId,
+    RegisteredObject,
     RegistryError,
     ResponseStatus,
     Submission,
@@ -431,7 +432,12 @@ class ImagingDocumentSource:
            SubmissionSet and their HasMember association
            (``RepositoryService.register_within``: the registry's rules, all or
            nothing). An earlier kuva manifest of the study that is still Approved is
-           replaced (RPLC, ITI TF-3 4.2.2.2.3): one current manifest per study.
+           replaced (RPLC, ITI TF-3 4.2.2.2.3): one current manifest per study. A
+           replacement is of its original's patient as identified now (ITI TF-2b
+           3.42.4.1.3, XDSPatientIdDoesNotMatch; services.registry): one registered
+           for a patient since merged into the study's patient is replaced; one of
+           a patient the study no longer belongs to (unlinked, or its identifier
+           changed; services.patients) is Deprecated in the same transaction instead.
 
         The metadata (RAD TF-3 4.68.4.1.2.3; ITI TF-3 Table 4.3.1-3): patientId and
         sourcePatientId the study's Patient ID in CX form, its Issuer of Patient ID
@@ -482,7 +488,13 @@ class ImagingDocumentSource:
                 raise ManifestPublishError(f"no manifest can be made: {exc}") from exc
             content = self._store_instance(manifest, holder)
         with UnitOfWork(self._engine) as uow:
-            replaced = self._current_manifests(uow, study_uid)
+            current = self._current_manifests(uow, study_uid)
+            now_of = uow.registry_query.survivors(m.patient for m in current if m.patient)
+            replaced: list[str] = []
+            superseded: list[str] = []
+            for m in current:
+                same = m.patient is None or now_of.get(m.patient, m.patient) == patient
+                (replaced if same else superseded).append(m.entry_uuid)
             submission, entry_uuid, set_uuid = self._submission(
                 listing, facts, patient, manifest, content, replaced, now, repository.unique_id
             )
@@ -499,6 +511,8 @@ class ImagingDocumentSource:
                     "the registry refused the manifest: "
                     + "; ".join(f"{e.code}: {e.context}" for e in outcome.errors)
                 )
+            if superseded:
+                uow.registry.set_status(superseded, AvailabilityStatus.DEPRECATED)
             published = PublishedManifest(
                 entry_uuid=entry_uuid,
                 document_unique_id=str(manifest.SOPInstanceUID),
@@ -511,10 +525,11 @@ class ImagingDocumentSource:
                 within(uow, published)
             uow.commit()
         log.info(
-            "published the manifest of study %s (%d instances)%s",
+            "published the manifest of study %s (%d instances)%s%s",
             study_uid,
             published.instances,
             f", replacing {len(replaced)}" if replaced else "",
+            f", deprecating {len(superseded)} of another patient" if superseded else "",
         )
         return published
 
@@ -525,7 +540,7 @@ class ImagingDocumentSource:
         image of the study was rejected). ``within`` runs in the same transaction.
         Returns the entryUUIDs deprecated."""
         with UnitOfWork(self._engine) as uow:
-            current = self._current_manifests(uow, study_uid)
+            current = [m.entry_uuid for m in self._current_manifests(uow, study_uid)]
             if current:
                 uow.registry.set_status(current, AvailabilityStatus.DEPRECATED)
             if within is not None:
@@ -588,8 +603,8 @@ class ImagingDocumentSource:
         return self._content(blob_key(outcome.sha256), outcome.sha256)
 
     @staticmethod
-    def _current_manifests(uow: UnitOfWork, study_uid: str) -> list[str]:
-        """entryUUIDs of the Approved DocumentEntries of kuva's earlier manifests of a study."""
+    def _current_manifests(uow: UnitOfWork, study_uid: str) -> list[RegisteredObject]:
+        """The Approved DocumentEntries of kuva's earlier manifests of a study, by entryUUID."""
         ours = [
             document.unique_id
             for document in uow.documents.of_study(study_uid, DICOM_MIME_TYPE)
@@ -598,10 +613,13 @@ class ImagingDocumentSource:
         if not ours:
             return []
         return sorted(
-            found.entry_uuid
-            for found in uow.registry.find_by_unique_ids(ours)
-            if found.kind is ObjectKind.DOCUMENT_ENTRY
-            and found.status is AvailabilityStatus.APPROVED
+            (
+                found
+                for found in uow.registry.find_by_unique_ids(ours)
+                if found.kind is ObjectKind.DOCUMENT_ENTRY
+                and found.status is AvailabilityStatus.APPROVED
+            ),
+            key=lambda found: found.entry_uuid,
         )
 
     def _submission(

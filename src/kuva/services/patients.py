@@ -6,6 +6,16 @@ Each message is applied in one transaction together with the record of its contr
 id, so a message sent again is answered with the same acknowledgement and not
 applied twice. Every change is appended to the correction history with the values
 it replaced, so that it can be undone (A37 unlink for a merge).
+
+Every study whose current patient identity changed (it moved to another patient,
+or its patient's identifier or demographics changed) is registered again in the
+same transaction (``on_changed``: services.registration.register_again when
+``[registration] enabled``): its new XDS-I.b manifest carries the current patientId
+and sourcePatientInfo, and an IAN goes out again (DESIGN.md principle 3).
+
+An operator makes the same corrections (``kuva patients merge`` / ``unmerge``)
+through ``merge`` and ``unmerge``: the same rules, the same history, with the
+operator as its source.
 """
 
 from __future__ import annotations
@@ -13,15 +23,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
 
-from kuva.index.patients import PatientRow
+from kuva.index.corrections import Correction
+from kuva.index.patients import PatientRow, PatientStudy
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
 from kuva.model.patient import (
     ChangeIdentifier,
+    DuplicateMessage,
     MergePatients,
     PatientCommand,
     PatientCorrectionError,
@@ -37,6 +49,13 @@ UNKNOWN_KEY = "204"
 DUPLICATE_KEY = "205"
 APPLICATION_ERROR = "207"
 
+OPERATOR = "operator"
+IDENTIFIER_CHANGE = "identifier change"
+
+# (unit of work, Study Instance UIDs whose patient identity changed, when): called
+# inside the correcting transaction.
+ChangedHook = Callable[[UnitOfWork, list[str], datetime], None]
+
 
 @dataclass(frozen=True)
 class MessageRef:
@@ -51,53 +70,89 @@ class MessageRef:
 AckRenderer = Callable[[PatientCorrectionError | None], str]
 
 
+@dataclass(frozen=True)
+class Corrected:
+    """What corrections did: ``changed`` false when there was nothing to do (merged
+    already, the same demographics); ``studies`` those whose current patient
+    identity changed (each registered again when registration is on)."""
+
+    changed: bool
+    studies: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PatientView:
+    """A patient as an operator sees it (``kuva patients show``)."""
+
+    chain: list[PatientRow]  # the patient asked for, those it is merged into, the survivor last
+    merged: list[PatientRow]  # the patients merged into the survivor
+    studies: list[PatientStudy]  # the survivor's studies
+    history: list[Correction]  # corrections of these identities, oldest first
+
+    @property
+    def current(self) -> PatientRow:
+        return self.chain[-1]
+
+
 class PatientService:
-    def __init__(self, engine: Engine, *, strict: bool = False, clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        strict: bool = False,
+        clock: Clock = utcnow,
+        on_changed: ChangedHook | None = None,
+    ) -> None:
         self._engine = engine
         self._strict = strict
         self._clock = clock
+        self.on_changed = on_changed
+
+    # ------------------------------------------------------------------ HL7
 
     def handle(
         self, ref: MessageRef, commands: Sequence[PatientCommand], render_ack: AckRenderer
     ) -> str:
         """Apply ``commands`` (all or nothing) unless the message was seen; its ACK."""
-        with UnitOfWork(self._engine, write=False) as uow:
-            seen = self._seen(uow, ref)
+        seen = self._seen(ref)
         if seen is not None:
             log.info("HL7 message %s seen before: answered again, not applied", ref.control_id)
             return seen
-        error: PatientCorrectionError | None = None
         try:
-            with UnitOfWork(self._engine) as uow:
-                for command in commands:
-                    self._apply(uow, command, ref)
-                ack = render_ack(None)
-                self._record(uow, ref, ack)
-                uow.commit()
-            return ack
-        except PatientCorrectionError as exc:
-            error = exc
-        except IntegrityError:
-            # The same message on another connection at the same moment.
-            with UnitOfWork(self._engine, write=False) as uow:
-                seen = self._seen(uow, ref)
+            try:
+                with UnitOfWork(self._engine) as uow:
+                    self._correct(
+                        uow, commands, f"HL7 {ref.message_type} {ref.sending_application}"
+                    )
+                    ack = render_ack(None)
+                    self._record(uow, ref, ack)
+                    uow.commit()
+                return ack
+            except PatientCorrectionError as error:
+                log.warning(
+                    "HL7 %s %s not applied: %s (%s)",
+                    ref.message_type,
+                    ref.control_id,
+                    error,
+                    error.field,
+                )
+                ack = render_ack(error)
+                with UnitOfWork(self._engine) as uow:
+                    self._record(uow, ref, ack)
+                    uow.commit()
+                return ack
+        except DuplicateMessage:
+            # The same message on another connection at the same moment: its answer.
+            seen = self._seen(ref)
             if seen is None:
                 raise
             return seen
-        log.warning(
-            "HL7 %s %s not applied: %s (%s)", ref.message_type, ref.control_id, error, error.field
-        )
-        ack = render_ack(error)
-        with UnitOfWork(self._engine) as uow:
-            self._record(uow, ref, ack)
-            uow.commit()
-        return ack
 
-    @staticmethod
-    def _seen(uow: UnitOfWork, ref: MessageRef) -> str | None:
-        return uow.patients.seen_message(
-            ref.sending_application, ref.sending_facility, ref.control_id
-        )
+    def _seen(self, ref: MessageRef) -> str | None:
+        with UnitOfWork(self._engine, write=False) as uow:
+            return uow.patients.seen_message(
+                ref.sending_application, ref.sending_facility, ref.control_id
+            )
 
     def _record(self, uow: UnitOfWork, ref: MessageRef, ack: str) -> None:
         uow.patients.record_message(
@@ -109,18 +164,91 @@ class PatientService:
             self._clock(),
         )
 
+    # ------------------------------------------------------------------ operator
+
+    def merge(self, source: PatientKey, target: PatientKey, *, by: str = OPERATOR) -> Corrected:
+        """``source`` merged into ``target`` as by ADT^A40; both must be known."""
+        with UnitOfWork(self._engine) as uow:
+            if uow.patients.find(source) is None:
+                raise PatientCorrectionError(
+                    "the patient to merge is unknown", field="MRG-1", code=UNKNOWN_KEY
+                )
+            if uow.patients.find(target) is None:
+                raise PatientCorrectionError(
+                    "the surviving patient is unknown", field="PID-3", code=UNKNOWN_KEY
+                )
+            done = self._correct(uow, [MergePatients(target=target, source=source)], by)
+            uow.commit()
+        return done
+
+    def unmerge(self, source: PatientKey, *, by: str = OPERATOR) -> tuple[PatientKey, Corrected]:
+        """Undo the merge of ``source`` into the patient it is merged into, as by
+        ADT^A37; that patient and the outcome."""
+        with UnitOfWork(self._engine) as uow:
+            row = uow.patients.find(source)
+            if row is None:
+                raise PatientCorrectionError(
+                    "the patient is unknown", field="PID-3", code=UNKNOWN_KEY
+                )
+            if row.merged_into_pk is None:
+                raise PatientCorrectionError(
+                    "the patient is not merged into another", field="PID-3", code=UNKNOWN_KEY
+                )
+            target = uow.patients.get(row.merged_into_pk).key
+            done = self._correct(uow, [UnlinkPatients(target=target, source=source)], by)
+            uow.commit()
+        return target, done
+
+    def show(self, key: PatientKey) -> PatientView | None:
+        """The patient, its survivor chain, the survivor's studies and the history of
+        every identity involved (None: unknown)."""
+        with UnitOfWork(self._engine, write=False) as uow:
+            row = uow.patients.find(key)
+            if row is None:
+                return None
+            chain = uow.patients.chain(row.pk)
+            merged = uow.patients.merged_into_this(chain[-1].pk)
+            studies = uow.patients.studies(chain[-1].pk)
+            subjects = {str(p.key) for p in (*chain, *merged)}
+            history = uow.corrections.naming(subjects)
+            while True:  # identifiers these patients had before an identifier change
+                former = {
+                    c.subject
+                    for c in history
+                    if c.kind == IDENTIFIER_CHANGE and c.detail.get("new") in subjects
+                } - subjects
+                if not former:
+                    break
+                subjects |= former
+                history = uow.corrections.naming(subjects)
+        return PatientView(chain, merged, studies, history)
+
     # ------------------------------------------------------------------ commands
 
-    def _apply(self, uow: UnitOfWork, command: PatientCommand, ref: MessageRef) -> None:
-        source = f"HL7 {ref.message_type} {ref.sending_application}"
+    def _correct(
+        self, uow: UnitOfWork, commands: Sequence[PatientCommand], source: str
+    ) -> Corrected:
+        """Apply ``commands`` in ``uow`` and register again the studies they changed."""
+        changed = False
+        studies: dict[str, None] = {}  # ordered, each once
+        for command in commands:
+            done = self._apply(uow, command, source)
+            if done is not None:
+                changed = True
+                studies.update(dict.fromkeys(done))
+        if studies and self.on_changed is not None:
+            self.on_changed(uow, list(studies), self._clock())
+        return Corrected(changed, tuple(studies))
+
+    def _apply(self, uow: UnitOfWork, command: PatientCommand, source: str) -> list[str] | None:
+        """The studies whose patient identity the command changed; None: nothing done."""
         if isinstance(command, MergePatients):
-            self._merge(uow, command, source)
-        elif isinstance(command, UpdatePatient):
-            self._update(uow, command, source)
-        elif isinstance(command, ChangeIdentifier):
-            self._change(uow, command, source)
-        else:
-            self._unlink(uow, command, source)
+            return self._merge(uow, command, source)
+        if isinstance(command, UpdatePatient):
+            return self._update(uow, command, source)
+        if isinstance(command, ChangeIdentifier):
+            return self._change(uow, command, source)
+        return self._unlink(uow, command, source)
 
     def _known(self, uow: UnitOfWork, key: PatientKey) -> PatientRow:
         row = uow.patients.find(key)
@@ -128,7 +256,7 @@ class PatientService:
             return row
         return uow.patients.get(uow.patients.create(key, self._clock()))
 
-    def _merge(self, uow: UnitOfWork, command: MergePatients, source: str) -> None:
+    def _merge(self, uow: UnitOfWork, command: MergePatients, source: str) -> list[str] | None:
         target = self._known(uow, command.target)
         merged = uow.patients.find(command.source)
         if merged is None:
@@ -142,7 +270,7 @@ class PatientService:
                 "a patient cannot be merged into itself", field="MRG-1", code=APPLICATION_ERROR
             )
         if merged.merged_into_pk == target.pk:
-            return  # merged already: nothing to do
+            return None  # merged already: nothing to do
         if merged.merged_into_pk is not None:
             raise PatientCorrectionError(
                 "the patient to merge is already merged into another",
@@ -159,19 +287,25 @@ class PatientService:
         uow.corrections.append(
             "merge",
             str(command.source),
-            {"into": str(command.target), "studies_moved": moved},
+            {"into": str(command.target), "studies_moved": len(moved)},
             source,
             self._clock(),
         )
-        log.info("patient merged (%d studies moved)", moved)
+        log.info("patient merged (%d studies moved)", len(moved))
+        return moved
 
-    def _update(self, uow: UnitOfWork, command: UpdatePatient, source: str) -> None:
+    def _update(self, uow: UnitOfWork, command: UpdatePatient, source: str) -> list[str] | None:
         row = uow.patients.find(command.patient)
         if row is None:
             log.info("patient update for a patient the archive does not hold: nothing to do")
-            return
+            return None
         new = command.demographics
-        uow.patients.update(row.pk, new)
+        pairs = ((new.name, row.name), (new.birth_date, row.birth_date), (new.sex, row.sex))
+        if all(after is None or after == held for after, held in pairs):
+            log.info("patient update changes nothing the archive holds")
+            return None
+        now = self._clock()
+        uow.patients.update(row.pk, new, now)
         uow.corrections.append(
             "update",
             str(command.patient),
@@ -180,10 +314,11 @@ class PatientService:
                 "after": {"name": new.name, "birth_date": new.birth_date, "sex": new.sex},
             },
             source,
-            self._clock(),
+            now,
         )
+        return uow.patients.study_uids(row.pk)
 
-    def _change(self, uow: UnitOfWork, command: ChangeIdentifier, source: str) -> None:
+    def _change(self, uow: UnitOfWork, command: ChangeIdentifier, source: str) -> list[str]:
         row = uow.patients.find(command.old)
         if row is None:
             raise PatientCorrectionError(
@@ -195,12 +330,19 @@ class PatientService:
                 field="PID-3",
                 code=DUPLICATE_KEY,
             )
-        uow.patients.change_identifier(row.pk, command.new)
+        now = self._clock()
+        uow.patients.change_identifier(row.pk, command.new, now)
+        # The old identifier stays known, merged into the patient it now names: its
+        # late instances go there, and XDS entries registered under it are found
+        # by the new one (the registry overlay follows merges).
+        alias = uow.patients.create(command.old, now)
+        uow.patients.merge(alias, row.pk)
         uow.corrections.append(
-            "identifier change", str(command.old), {"new": str(command.new)}, source, self._clock()
+            IDENTIFIER_CHANGE, str(command.old), {"new": str(command.new)}, source, now
         )
+        return uow.patients.study_uids(row.pk)
 
-    def _unlink(self, uow: UnitOfWork, command: UnlinkPatients, source: str) -> None:
+    def _unlink(self, uow: UnitOfWork, command: UnlinkPatients, source: str) -> list[str]:
         target = uow.patients.find(command.target)
         merged = uow.patients.find(command.source)
         if target is None or merged is None or merged.merged_into_pk != target.pk:
@@ -211,7 +353,8 @@ class PatientService:
         uow.corrections.append(
             "unlink",
             str(command.source),
-            {"from": str(command.target), "studies_moved": moved},
+            {"from": str(command.target), "studies_moved": len(moved)},
             source,
             self._clock(),
         )
+        return moved

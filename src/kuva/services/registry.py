@@ -30,7 +30,11 @@ Checked, with the error code of ITI TF-3 Table 4.2.4.1-2:
 * Patient (3.42.4.1.3): patientId in CX form with an OID assigning authority
   (XDSRegistryMetadataError); every DocumentEntry and Folder of the submission,
   every registered entry it references and both ends of a document relationship
-  have the SubmissionSet's patient (XDSPatientIdDoesNotMatch); the patient is
+  have the SubmissionSet's patient (XDSPatientIdDoesNotMatch) - for registered
+  objects and across document relationships, the patients' current identities: a
+  patient merged into another (HL7 A40, the overlay of kuva.services.stored_query)
+  is the survivor, as its entries are after an ITI-44 merge, so that a merged
+  patient's document can be replaced under the survivor's id; the patient is
   known - in the index's patient table (Patient ID + issuer) or of a trusted
   assigning authority, which stands in for a Patient Identity Feed
   (XDSUnknownPatientId).
@@ -191,7 +195,7 @@ class RegistryService:
         """As ``register``, inside the caller's unit of work (ITI-41: the repository's
         own rows in the same transaction). On Failure nothing was written that the
         caller must keep: it rolls back."""
-        check = _Checks(submission, uow.registry, self._trusted)
+        check = _Checks(submission, uow.registry, self._trusted, uow.registry_query.survivors)
         check.run()
         if check.errors:
             log.info("registration refused: %d error(s)", len(check.errors))
@@ -267,11 +271,18 @@ class _Checks:
     """The rules of the module docstring, over one submission."""
 
     def __init__(
-        self, submission: Submission, repository: RegistryRepository, trusted: frozenset[str]
+        self,
+        submission: Submission,
+        repository: RegistryRepository,
+        trusted: frozenset[str],
+        survivors: Callable[[Iterable[PatientId]], dict[PatientId, PatientId]],
     ) -> None:
         self.submission = submission
         self.repository = repository
         self.trusted = trusted
+        self.survivors = survivors
+        # Patient -> current identity, for the ends of associations (merges).
+        self.current: dict[PatientId, PatientId] = {}
         self.errors: list[RegistryError] = []
         self.by_id: dict[str, RegistryObject] = submission.by_id()
         # Results used when storing.
@@ -679,6 +690,10 @@ class _Checks:
             if ref not in self.by_id and ref.startswith(_UUID_PREFIX)
         }
         registered = self.repository.find(refs)
+        if registered:
+            patients = {o.patient for o in registered.values() if o.patient is not None}
+            patients |= {p for o in self.submission.objects if (p := _patient(o)) is not None}
+            self.current = self.survivors(patients)
         replaced: dict[str, Association] = {}
         for a in self.submission.associations:
             kind = a.type
@@ -743,7 +758,11 @@ class _Checks:
         return _Node(stored.kind, stored.patient, stored.status, False, ref)
 
     def same_patient(self, a: Association, source: _Node, target: _Node) -> None:
-        if source.patient and target.patient and source.patient != target.patient:
+        """Both ends are of one patient, as identified now (module docstring)."""
+        if source.patient is None or target.patient is None:
+            return
+        now = self.current.get(source.patient, source.patient)
+        if now != self.current.get(target.patient, target.patient):
             self.error(
                 ErrorCode.PATIENT_ID_DOES_NOT_MATCH,
                 f"Association {a.location} links {source.location} of patient "

@@ -73,6 +73,7 @@ from kuva.model.uids import is_valid_uid
 from kuva.model.xds import (
     DocumentEntry,
     ErrorCode,
+    PatientId,
     RegistryError,
     ResponseStatus,
     SlotName,
@@ -295,6 +296,11 @@ class RepositoryService:
         wanted = {r.document_unique_id for r, e in zip(requests, addressing, strict=True) if not e}
         with UnitOfWork(self._engine, write=False) as uow:
             found = uow.documents.find(wanted) if wanted else {}
+            # The disclosure names the patient as the index knows it now (a merge, HL7
+            # A40, moves a document to the survivor; ITI TF-2b 3.44.4.2.4).
+            current = uow.registry_query.survivors(
+                PatientId(row.patient_id, row.patient_authority) for row in found.values()
+            )
         errors: list[RegistryError] = []
         documents: list[RetrievedDocument] = []
         handouts: list[Handout] = []
@@ -310,7 +316,7 @@ class RepositoryService:
                     document_unique_id=row.unique_id,
                     register_holder=row.organization_oid,
                     study_instance_uid=row.study_instance_uid,
-                    patient=(row.patient_id, row.patient_authority),
+                    patient=_current(current, row.patient_id, row.patient_authority),
                 )
             )
         if documents:
@@ -446,3 +452,11 @@ def _submitted_values(entry: DocumentEntry, name: str, content: bytes) -> list[R
             )
         )
     return errors
+
+
+def _current(
+    survivors: dict[PatientId, PatientId], patient_id: str, authority: str
+) -> tuple[str, str]:
+    """A stored document's patient as it is now: its survivor when it was merged."""
+    now = survivors.get(PatientId(patient_id, authority))
+    return (now.id, now.authority) if now is not None else (patient_id, authority)

@@ -5,17 +5,18 @@ the unique keys at and above it (PS3.4 C.4.2.2.1 for C-MOVE, C.4.3.2.1 for C-GET
 the index resolves them to stored instances without opening a blob.
 
 Every outgoing object passes through this service (``open``): the stored bytes
-are immutable (DESIGN.md principle 1), so corrections such as a patient merge or a
-name update are applied on the way out by one coercion step, ``coerce``. When no
-coercion applies to an object (``StoredObject.verbatim``), the stored bytes go out
-as they are and nothing needs to be decoded: a sender can stream the file, however
-large.
+are immutable (DESIGN.md principle 1), so patient corrections (a merge, a name
+update, an identifier change) are applied on the way out by one step,
+``apply_correction``, which records the values as stored in the Original Attributes
+Sequence. The index says which objects a correction applies to without opening a
+blob; when none does (``StoredObject.verbatim``), the stored bytes go out as they
+are and a sender can stream the file, however large.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -27,6 +28,7 @@ from sqlalchemy import Engine
 from kuva.index.instances import StoredInstance
 from kuva.index.retrieval import RetrieveKeys
 from kuva.index.uow import UnitOfWork
+from kuva.model.clock import utcnow
 from kuva.model.query import QueryLevel
 from kuva.model.uids import uid_problem
 from kuva.storage import BlobStore
@@ -61,28 +63,105 @@ class TooManyMatches(RetrieveError):
 class StoredObject:
     """One stored object on its way out.
 
-    ``verbatim``: no coercion applies, the stored bytes are what goes out.
+    ``verbatim``: no correction applies, the stored bytes are what goes out.
     ``path``: the stored Part 10 file when the blob store keeps a local file
     (kuva's canonical File Meta Information followed by the data set as received).
+    ``correction``: the patient attributes the object goes out with (keyword to
+    value) when a correction applies to its study, else None.
     """
 
     instance: StoredInstance
-    verbatim: bool
     path: Path | None
+    correction: Mapping[str, str] | None
     _service: RetrieveService
+
+    @property
+    def verbatim(self) -> bool:
+        return self.correction is None
 
     def stream(self) -> BinaryIO:
         """The stored Part 10 object, to be read in chunks (the caller closes it)."""
         return self._service.blobs.open(self.instance.blob_key)
 
-    def dataset(self) -> Dataset:
-        """The whole object decoded, pixel data included, after the coercion step.
+    def coerce(self, dataset: Dataset) -> bool:
+        """Apply the correction to ``dataset`` (the whole object or its header up to
+        the pixel data); whether anything changed. See ``apply_correction``."""
+        if self.correction is None:
+            return False
+        return apply_correction(dataset, self.correction, self.instance.organization_oid)
 
-        Holds the object in memory: for transcoding or coercion only.
+    def dataset(self) -> Dataset:
+        """The whole object decoded, pixel data included, correction applied.
+
+        Holds the object in memory: for transcoding only.
         """
         with self.stream() as stream:
             ds = dcmread(stream)
-        return self._service.coerce(ds)
+        self.coerce(ds)
+        return ds
+
+
+# Patient Module attributes a correction sets on the way out (PS3.3 C.7.1.1).
+CORRECTED_KEYWORDS = (
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+)
+# Python codecs of the single-byte and UTF-8 character sets kuva keeps when the
+# corrected values fit them (PS3.3 C.12.1.1.2); any other goes to ISO_IR 192.
+_CODECS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf-8"}
+MODIFYING_SYSTEM = "kuva"
+
+
+def _fits(charset: str, values: Iterable[str]) -> bool:
+    codec = _CODECS.get(charset)
+    if codec is None:
+        return False
+    try:
+        for value in values:
+            value.encode(codec)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def apply_correction(dataset: Dataset, values: Mapping[str, str], source: str) -> bool:
+    """Put the current patient ``values`` into ``dataset``, in place, and record the
+    values as stored in a new Original Attributes Sequence item (PS3.3 C.12.1.1.9.2:
+    Reason CORRECT, Modifying System kuva, Source of Previous Values the register
+    holder's OID). Returns False, changing nothing, when the object already carries
+    the current values.
+
+    When a new value does not fit the object's Specific Character Set, the object
+    goes out in ISO_IR 192 (UTF-8): every text value is decoded first, so the rest
+    of the header is re-encoded, not mislabelled.
+    """
+    changed = [kw for kw in CORRECTED_KEYWORDS if str(dataset.get(kw, "") or "") != values[kw]]
+    if not changed:
+        return False
+    original = Dataset()
+    for keyword in changed:
+        setattr(original, keyword, dataset[keyword].value if keyword in dataset else "")
+    charset = dataset.get("SpecificCharacterSet", "")
+    if not isinstance(charset, str):  # a multi-valued set (code extensions)
+        charset = "\\".join(charset)
+    if not _fits(charset, (values[kw] for kw in changed)):
+        dataset.decode()
+        original.SpecificCharacterSet = dataset.get("SpecificCharacterSet", "")
+        dataset.SpecificCharacterSet = "ISO_IR 192"
+    for keyword in changed:
+        setattr(dataset, keyword, values[keyword])
+    item = Dataset()
+    item.ModifiedAttributesSequence = [original]
+    item.AttributeModificationDateTime = utcnow().strftime("%Y%m%d%H%M%S.%f+0000")
+    item.ModifyingSystem = MODIFYING_SYSTEM
+    item.SourceOfPreviousValues = source
+    item.ReasonForTheAttributeModification = "CORRECT"
+    history = list(dataset.get("OriginalAttributesSequence", []))
+    dataset.OriginalAttributesSequence = [*history, item]
+    return True
 
 
 def _values(keyword: str, value: KeyValue) -> tuple[str, ...]:
@@ -145,9 +224,11 @@ def parse_keys(level: QueryLevel, keys: Mapping[str, KeyValue]) -> RetrieveKeys:
 
 
 class RetrieveService:
-    def __init__(self, engine: Engine, blobs: BlobStore) -> None:
+    def __init__(self, engine: Engine, blobs: BlobStore, *, corrections: bool = True) -> None:
         self._engine = engine
         self.blobs = blobs
+        # False: every object goes out exactly as received ([archive] apply_corrections).
+        self._corrections = corrections
 
     def resolve(self, level: QueryLevel, keys: Mapping[str, KeyValue]) -> list[StoredInstance]:
         """The stored instances a retrieve asks for, in study/series/instance order.
@@ -164,29 +245,27 @@ class RetrieveService:
             raise TooManyMatches(f"more than {MAX_MATCHES} objects match; retrieve a lower level")
         return found
 
-    def open(self, instance: StoredInstance) -> StoredObject:
-        """The stored object of ``instance``, as it is to go out."""
+    def open(self, instance: StoredInstance, *, as_received: bool = False) -> StoredObject:
+        """The stored object of ``instance``, as it is to go out.
+
+        Patient corrections (HL7 merge, update, identifier change) recorded in the
+        index are applied on the way out; the stored bytes never change (DESIGN.md
+        principle 1). ``as_received`` (an operator's choice, per node or for the
+        whole archive) sends the object exactly as it was received.
+        """
+        patient = instance.corrected_patient
+        correction = None
+        if patient is not None and not as_received and self._corrections:
+            correction = {
+                "PatientID": patient.patient_id,
+                "IssuerOfPatientID": patient.issuer,
+                "PatientName": patient.name,
+                "PatientBirthDate": patient.birth_date,
+                "PatientSex": patient.sex,
+            }
         return StoredObject(
             instance=instance,
-            verbatim=not self.coerces(instance),
             path=self.blobs.local_path(instance.blob_key),
+            correction=correction,
             _service=self,
         )
-
-    def coerces(self, instance: StoredInstance) -> bool:
-        """Whether ``coerce`` would change this object.
-
-        Always False today: nothing is corrected yet, every object goes out as
-        stored. Patient merges and name updates (later issues) will answer True
-        for the instances they touch, from the index, without opening the blob.
-        """
-        return False
-
-    def coerce(self, dataset: Dataset) -> Dataset:
-        """The one coercion step every decoded outgoing object goes through.
-
-        Identity today. Patient merges (the surviving Patient ID and issuer) and
-        name corrections recorded in the index are to be applied here, to the
-        data set only: the stored bytes never change.
-        """
-        return dataset

@@ -77,8 +77,20 @@ parameter in ``location``; every problem of a request is reported, then Failure:
 
 Query semantics decided where the TF leaves room:
 
-* Find* queries match the patient id exactly (no merge history is applied yet);
-  an unknown patient gives an empty Success.
+* Patient merges (HL7 A40, kuva.services.patients) apply as an XDS registry
+  applies a Patient Identity Merge (ITI-44 Resolve Duplicates, ITI TF-2b
+  3.44.4.2.4), computed at query time from the index's patient table, no registry
+  row rewritten: a query by a patient id ($XDSDocumentEntryPatientId,
+  $XDSSubmissionSetPatientId, $XDSFolderPatientId, $patientId) also finds the
+  objects registered under every patient merged into it, directly or along a
+  chain; every object returned, by any query, carries its patient's current
+  identity as its patientId (sourcePatientId and sourcePatientInfo stay as
+  submitted), and XDSResultNotSinglePatient counts current identities. A query by
+  the id of a patient merged into another finds nothing, as after ITI-44, which
+  moves the entries to the surviving id; they are found by the survivor's id. An
+  A37 unlink undoes all of this. A patient id the index does not hold (a trusted
+  assigning authority's) is matched as it is; an unknown patient gives an empty
+  Success.
 * Get* queries by id return objects of any availabilityStatus; an id that names
   nothing (or an object of another kind) is left out, not an error. A
   DocumentEntry uniqueId registered twice (a resubmission, ITI TF-2b 3.42) finds
@@ -109,7 +121,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Final
@@ -197,13 +209,17 @@ class StoredQueryRequest:
 
 @dataclass(frozen=True)
 class StoredQueryResult:
-    """``objects`` (LeafClass) or ``references`` (ObjectRef entryUUIDs), in order."""
+    """``objects`` (LeafClass) or ``references`` (ObjectRef entryUUIDs), in order.
+    ``patients``: entryUUID -> current patient id, of each object in ``objects``
+    registered under a patient since merged into another (its patientId goes out
+    as this one)."""
 
     status: ResponseStatus
     return_type: ReturnType
     errors: tuple[RegistryError, ...] = ()
     objects: tuple[StoredObject, ...] = ()
     references: tuple[str, ...] = ()
+    patients: Mapping[str, PatientId] = field(default_factory=dict)
 
 
 # --- parameter values (ITI TF-2a 3.18.4.1.2.3.5) ---
@@ -492,12 +508,35 @@ class _Query:
 
 
 class _Run:
-    """The queries, over one unit of work's registry reads."""
+    """The queries, over one unit of work's registry reads. ``current``: registered
+    patient -> current identity, as far as known (module docstring: merges)."""
 
     def __init__(self, q: RegistryQueryRepository) -> None:
         self.q = q
+        self.current: dict[PatientId, PatientId] = {}
 
     # helpers
+
+    def patients(self, patient: PatientId | None) -> tuple[PatientId, ...] | None:
+        """The registered patients whose objects a query by ``patient`` finds: it
+        and the patients merged into it; none when it is merged into another."""
+        if patient is None:
+            return None
+        if self.q.survivors([patient]):
+            log.debug("ITI-18: %s is merged into another patient", patient)
+            return ()
+        found = (patient, *self.q.merged_into(patient))
+        self.current.update(dict.fromkeys(found, patient))
+        return found
+
+    def identities(self, found: Iterable[Found]) -> dict[PatientId, PatientId]:
+        """Registered patient -> current identity, for the patients of ``found``."""
+        registered = {item.patient for item in found if item.patient is not None}
+        unknown = registered - self.current.keys()
+        if unknown:
+            survivors = self.q.survivors(unknown)
+            self.current.update({p: survivors.get(p, p) for p in unknown})
+        return {p: self.current[p] for p in registered}
 
     def documents(self, answer: _Answer, criteria: DocumentCriteria) -> list[Found]:
         found = self.q.documents(criteria, limit=answer.room, xml=answer.xml)
@@ -590,7 +629,7 @@ class _Run:
             answer,
             self.document_criteria(
                 p,
-                patient=p.patient(f"{DE}PatientId"),
+                patients=self.patients(p.patient(f"{DE}PatientId")),
                 statuses=p.strings(f"{DE}Status"),
                 class_codes=p.codes(f"{DE}ClassCode"),
                 type_codes=p.codes(f"{DE}TypeCode"),
@@ -607,7 +646,7 @@ class _Run:
 
     def find_submission_sets(self, p: _Params, answer: _Answer) -> None:
         criteria = SubmissionSetCriteria(
-            patient=p.patient(f"{SS}PatientId"),
+            patients=self.patients(p.patient(f"{SS}PatientId")),
             statuses=p.strings(f"{SS}Status"),
             source_ids=p.strings(f"{SS}SourceId"),
             content_type_codes=p.codes(f"{SS}ContentType"),
@@ -619,7 +658,7 @@ class _Run:
 
     def find_folders(self, p: _Params, answer: _Answer) -> None:
         criteria = FolderCriteria(
-            patient=p.patient(f"{FD}PatientId"),
+            patients=self.patients(p.patient(f"{FD}PatientId")),
             statuses=p.strings(f"{FD}Status"),
             last_update_time=p.time(f"{FD}LastUpdateTime"),
             code_list=p.code_sets(f"{FD}CodeList"),
@@ -627,19 +666,19 @@ class _Run:
         answer.add(answer.folders, self.q.folders(criteria, limit=answer.room, xml=answer.xml))
 
     def get_all(self, p: _Params, answer: _Answer) -> None:
-        patient = p.patient("$patientId")
+        patients = self.patients(p.patient("$patientId"))
         sets = self.q.submission_sets(
-            SubmissionSetCriteria(patient=patient, statuses=p.strings(f"{SS}Status")),
+            SubmissionSetCriteria(patients=patients, statuses=p.strings(f"{SS}Status")),
             limit=answer.room,
             xml=answer.xml,
         )
         answer.add(answer.submission_sets, sets)
         self.documents(
             answer,
-            self.document_criteria(p, patient=patient, statuses=p.strings(f"{DE}Status")),
+            self.document_criteria(p, patients=patients, statuses=p.strings(f"{DE}Status")),
         )
         folders = self.q.folders(
-            FolderCriteria(patient=patient, statuses=p.strings(f"{FD}Status")),
+            FolderCriteria(patients=patients, statuses=p.strings(f"{FD}Status")),
             limit=answer.room,
             xml=answer.xml,
         )
@@ -971,7 +1010,10 @@ class StoredQueryService:
         answer = _Answer(limit=limit, xml=leaf)
         try:
             with UnitOfWork(self._engine, write=False) as uow:
-                query.run(_Run(uow.registry_query), params, answer)
+                run = _Run(uow.registry_query)
+                query.run(run, params, answer)
+                found = answer.ordered()
+                current = run.identities(found)
         except _TooMany:
             log.info("ITI-18 %s: more than %d objects", query.name, limit)
             error = RegistryError(
@@ -982,8 +1024,11 @@ class StoredQueryService:
                 query.name,
             )
             return StoredQueryResult(ResponseStatus.FAILURE, return_type, (error,))
-        found = answer.ordered()
-        patients = {item.patient for item in found if item.kind is not ObjectKind.ASSOCIATION}
+        patients = {
+            current.get(item.patient) if item.patient is not None else None
+            for item in found
+            if item.kind is not ObjectKind.ASSOCIATION
+        }
         if len(patients) > 1:
             log.info("ITI-18 %s: objects of %d patients refused", query.name, len(patients))
             error = RegistryError(
@@ -994,8 +1039,16 @@ class StoredQueryService:
             return StoredQueryResult(ResponseStatus.FAILURE, return_type, (error,))
         log.debug("ITI-18 %s: %d object(s)", query.name, len(found))
         if leaf:
+            moved = {
+                f.entry_uuid: current[f.patient]
+                for f in found
+                if f.patient is not None and current[f.patient] != f.patient
+            }
             return StoredQueryResult(
-                ResponseStatus.SUCCESS, return_type, objects=tuple(f.stored() for f in found)
+                ResponseStatus.SUCCESS,
+                return_type,
+                objects=tuple(f.stored() for f in found),
+                patients=moved,
             )
         return StoredQueryResult(
             ResponseStatus.SUCCESS, return_type, references=tuple(f.entry_uuid for f in found)

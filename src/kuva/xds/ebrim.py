@@ -19,7 +19,8 @@ dropped, rim namespace prefix ``rim``, exclusive XML canonicalization. Extra
 metadata slots (ITI TF-3 4.2.3.1.6) stay as sent.
 
 Answering (ITI-18): ``leaf_class`` turns stored objects back into elements with
-the current ``status`` (and a Folder's ``lastUpdateTime``) patched in;
+the current ``status`` (a Folder's ``lastUpdateTime``, the current patientId of
+an object whose patient was merged into another) patched in;
 ``object_refs`` makes ``rim:ObjectRef`` lists.
 
 Objects built in code (``render``) are written in the same form.
@@ -42,11 +43,13 @@ from kuva.model.xds import (
     Association,
     Classification,
     DocumentEntry,
+    DocumentEntryScheme,
     ExternalIdentifier,
     Folder,
     FolderScheme,
     ObjectKind,
     OtherObject,
+    PatientId,
     RegistryObject,
     Slot,
     SlotName,
@@ -509,11 +512,23 @@ def with_ebxml(submission: Submission) -> Submission:
 # --- answering (ITI-18) ---
 
 
-def leaf_class(objects: Iterable[StoredObject], *, home: str | None = None) -> list[Element]:
+_PATIENT_ID_SCHEMES = frozenset(
+    (DocumentEntryScheme.PATIENT_ID, SubmissionSetScheme.PATIENT_ID, FolderScheme.PATIENT_ID)
+)
+
+
+def leaf_class(
+    objects: Iterable[StoredObject],
+    *,
+    home: str | None = None,
+    patients: Mapping[str, PatientId] | None = None,
+) -> list[Element]:
     """The registered objects as ebRIM elements for a LeafClass answer (ITI TF-2a
     3.18.4.1.2.3.5, 3.18.4.1.3): exactly what was registered, with the current
-    availabilityStatus, the Folder's lastUpdateTime (ITI TF-3 4.2.3.4.5) and, when
-    given, the home community id (``home`` attribute, ITI TF-2a 3.18.4.1.3) patched in."""
+    availabilityStatus, the Folder's lastUpdateTime (ITI TF-3 4.2.3.4.5), when
+    given, the home community id (``home`` attribute, ITI TF-2a 3.18.4.1.3) and the
+    current patientId of the objects in ``patients`` (entryUUID -> patient id: a
+    merge, as after ITI-44; sourcePatientId stays as registered) patched in."""
     answer = []
     for obj in objects:
         element = _parse(obj.ebxml)
@@ -522,6 +537,11 @@ def leaf_class(objects: Iterable[StoredObject], *, home: str | None = None) -> l
             element.set("home", home)
         if obj.kind is ObjectKind.FOLDER and obj.last_update_time:
             _set_slot(element, SlotName.LAST_UPDATE_TIME, [obj.last_update_time])
+        current = patients.get(obj.entry_uuid) if patients else None
+        if current is not None:
+            for identifier in element.iterfind(_rim("ExternalIdentifier")):
+                if identifier.get("identificationScheme") in _PATIENT_ID_SCHEMES:
+                    identifier.set("value", str(current))
         answer.append(element)
     return answer
 

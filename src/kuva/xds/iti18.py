@@ -7,9 +7,10 @@ kuva.services.stored_query checks and runs it; the answer is a
 ``query:AdhocQueryResponse`` (3.18.4.1.3): its ``status``, an
 ``rs:RegistryErrorList`` when there are errors, and the ``rim:RegistryObjectList``
 (always present, rs/query.xsd) holding the registered objects as stored, with
-their current status and ``home`` = the home community id
-(``settings.xds.home_community_id``) - or ``rim:ObjectRef`` elements. Objects are
-written as registered, so each carries its ``objectType``.
+their current status, ``home`` = the home community id
+(``settings.xds.home_community_id``) and, for a patient merged into another, the
+current patientId - or ``rim:ObjectRef`` elements. Objects are written as
+registered, so each carries its ``objectType``.
 
 A payload that breaks the XDS schemas, or a request without ``rim:AdhocQuery``,
 is answered Failure with XDSRegistryError (one per schema problem).
@@ -102,7 +103,7 @@ def read_request(body: Element) -> StoredQueryRequest:
 def response_body(result: StoredQueryResult, home: str | None) -> Element:
     """The AdhocQueryResponse of a stored query's result."""
     if result.return_type is ReturnType.LEAF_CLASS:
-        elements = ebrim.leaf_class(result.objects, home=home)
+        elements = ebrim.leaf_class(result.objects, home=home, patients=result.patients)
     else:
         elements = ebrim.object_refs(result.references, home=home)
     return adhoc_query_response(result.status, result.errors, elements)
