@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/merge.py [--sizes 10,1000,100000] [--updates U] [--merges M]
-                                    [--database sqlite|postgresql|both] [--quick]
+                                    [--database sqlite|postgresql|both] [--quick] [--registration]
 
 For each database (SQLite in a temporary folder; PostgreSQL at 127.0.0.1:5432 in a
 fresh ``kuva_bench_<random>`` database, dropped at the end):
@@ -399,7 +399,12 @@ def run_database(database: str, options: Options) -> DatabaseRun:
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kuva-merge-")))
         url = stack.enter_context(scratch_database(database, options.pg_admin_url))
-        server = KuvaServer(workdir, database_url=url)
+        extra = (
+            {"registration": {"enabled": True}, "tasks": {"workers": 0}}
+            if options.registration
+            else {}
+        )
+        server = KuvaServer(workdir, database_url=url, extra=extra)
         engine = make_engine(load_settings(server.config_path).archive.resolved_database_url())
         stack.callback(engine.dispose)
         migrate(engine)
@@ -495,6 +500,8 @@ def verdict(row: SizeRow, base: SizeRow, largest: bool) -> tuple[str, str]:
 def print_report(run: DatabaseRun, options: Options) -> None:
     print()
     print(f"== {run.title}: HL7 ADT^A40 merge and ADT^A08 update over MLLP ==")
+    if options.registration:
+        print("registration on: each correction schedules its studies' registration")
     if run.note and not run.rows:
         print(run.note)
         return
@@ -567,6 +574,7 @@ class Options:
     merges: int
     pg_admin_url: str
     server_timeout: float
+    registration: bool
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
@@ -586,6 +594,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     )
     add_connection_arguments(parser, kuva_server=True)
     parser.add_argument("--quick", action="store_true", help="small run for a smoke test")
+    parser.add_argument(
+        "--registration",
+        action="store_true",
+        help="[registration] enabled, as in production: each correction also schedules its "
+        "studies' registration in its transaction (task workers off, so only that is timed)",
+    )
     args = parser.parse_args(argv)
     try:
         sizes = (
@@ -612,6 +626,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         merges=args.merges,
         pg_admin_url=args.pg_admin_url,
         server_timeout=args.server_timeout,
+        registration=args.registration,
     )
 
 

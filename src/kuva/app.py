@@ -150,6 +150,7 @@ class Archive:
             {
                 commitment.TASK_KIND: self.commitment.run_task,
                 registration.REGISTRATION_TASK: self.registration.run_registration,
+                registration.REGISTRATION_BATCH_TASK: self.registration.run_registration_batch,
                 registration.IAN_TASK: self.registration.run_ian,
             },
         )
@@ -188,6 +189,7 @@ class Archive:
         kinds = {kind for kind, _ in counts} | {
             commitment.TASK_KIND,
             registration.REGISTRATION_TASK,
+            registration.REGISTRATION_BATCH_TASK,
             registration.IAN_TASK,
         }
         for kind in kinds:

@@ -29,7 +29,13 @@ from kuva.model.patient import (
     UpdatePatient,
 )
 from kuva.services.patients import MessageRef, PatientService
-from kuva.services.registration import REGISTRATION_TASK, register_again
+from kuva.services.registration import (
+    DIRECT_REGISTRATIONS,
+    REGISTRATION_BATCH_TASK,
+    REGISTRATION_TASK,
+    RegistrationService,
+    register_again,
+)
 from tests.unit.test_index import NOW, ROOT, attributes, new_instance
 
 ISSUER = "1.2.246.21"
@@ -196,6 +202,27 @@ def test_every_correction_registers_the_changed_studies_again(engine: Engine) ->
     with UnitOfWork(engine, write=False) as uow:
         history = uow.corrections.naming({str(SURVIVOR)})
     assert [c.kind for c in history] == ["merge", "update", "unlink", "identifier change"]
+
+
+def test_a_patient_of_many_studies_is_registered_again_through_one_batch_task(
+    engine: Engine,
+) -> None:
+    """Beyond DIRECT_REGISTRATIONS studies the correction adds one batch task; the
+    batch schedules every study's registration."""
+    service = PatientService(engine, on_changed=partial(register_again, Settings()))
+    store(engine, SURVIVOR, 1)
+    merged = [store(engine, MERGED, n) for n in range(2, DIRECT_REGISTRATIONS + 4)]
+    done(engine)
+    assert apply(service, "MANY", MergePatients(SURVIVOR, MERGED)) == "AA"
+    assert registrations(engine) == []
+    with UnitOfWork(engine, write=False) as uow:
+        (batch,) = uow.tasks.list(
+            status="pending", kind=REGISTRATION_BATCH_TASK, subject=None, limit=10
+        )
+    assert batch.payload["studies"] == sorted(merged)
+    registration = RegistrationService(engine, Settings(), None, None)  # type: ignore[arg-type]
+    registration.run_registration_batch(batch)
+    assert registrations(engine) == sorted(merged)
 
 
 def test_operator_merge_unmerge_and_show(engine: Engine) -> None:

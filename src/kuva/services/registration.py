@@ -72,6 +72,13 @@ log = logging.getLogger(__name__)
 
 REGISTRATION_TASK = "study-registration"
 IAN_TASK = "instance-availability"
+# Schedules the registration of many studies at once (``register_again``).
+REGISTRATION_BATCH_TASK = "study-registration-batch"
+# A correction of more studies than this (a merge of a patient with years of
+# studies) adds one batch task instead of a registration task per study, so that
+# its own transaction costs the same whatever the patient holds (bench/merge.py
+# --registration); the batch task schedules them a moment later.
+DIRECT_REGISTRATIONS = 16
 
 
 class AvailabilityNotifier(Protocol):
@@ -117,8 +124,18 @@ def register_again(
 ) -> None:
     """Inside the transaction that rejected or restored instances (IOCM) or corrected
     the studies' patient (services.patients): the studies are registered again now (a
-    new manifest, an IAN with UNAVAILABLE ones)."""
-    schedule_registration(settings, uow, study_uids, at, at)
+    new manifest, an IAN with UNAVAILABLE ones). Beyond DIRECT_REGISTRATIONS studies,
+    through one REGISTRATION_BATCH_TASK."""
+    if len(study_uids) <= DIRECT_REGISTRATIONS:
+        schedule_registration(settings, uow, study_uids, at, at)
+        return
+    uow.tasks.add(
+        REGISTRATION_BATCH_TASK,
+        subject=f"{len(study_uids)} studies",
+        payload={"studies": sorted(set(study_uids))},
+        now=at,
+        max_attempts=settings.tasks.max_attempts,
+    )
 
 
 class RegistrationService:
@@ -178,6 +195,16 @@ class RegistrationService:
         return all(held.sop_instance_uid in committed for held in customer_instances(holdings))
 
     # ------------------------------------------------------------------ registration
+
+    def run_registration_batch(self, task: Task) -> None:
+        """Outbox handler of ``REGISTRATION_BATCH_TASK``: each study's registration
+        falls due now."""
+        now = self._clock()
+        with UnitOfWork(self._engine) as uow:
+            schedule_registration(self._settings, uow, list(task.payload["studies"]), now, now)
+            uow.commit()
+        if self.on_enqueued is not None:
+            self.on_enqueued(None)
 
     def run_registration(self, task: Task) -> None:
         """Outbox handler of ``REGISTRATION_TASK``."""
