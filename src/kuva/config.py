@@ -18,6 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from kuva.model.retention import Anchor, Period, RetentionPolicy
 from kuva.model.uids import is_valid_uid
 
 DEFAULT_DATA_DIR = "var/kuva"
@@ -131,6 +132,50 @@ class RegistrationSettings(BaseModel):
         return [modality.strip().upper() for modality in value if modality.strip()]
 
 
+class RetentionPeriodSettings(BaseModel):
+    """``years`` after ``after`` (study_date, death or birth)."""
+
+    after: Anchor
+    years: int = Field(ge=0)
+
+
+class RetentionPolicySettings(BaseModel):
+    """A retention policy (model.retention): the studies it covers (empty = any) and
+    its periods, the first whose anchor date is known applying."""
+
+    name: str
+    periods: list[RetentionPeriodSettings] = Field(min_length=1)
+    organizations: list[str] = Field(default_factory=list)
+    modalities: list[str] = Field(default_factory=list)
+    sop_classes: list[str] = Field(default_factory=list)
+
+    def policy(self) -> RetentionPolicy:
+        return RetentionPolicy(
+            name=self.name,
+            periods=tuple(Period(p.after, p.years) for p in self.periods),
+            organizations=frozenset(self.organizations),
+            modalities=frozenset(m.strip().upper() for m in self.modalities),
+            sop_classes=frozenset(self.sop_classes),
+        )
+
+
+class RetentionSettings(BaseModel):
+    """Retention policies (``[[retention.policies]]``); none: every study is kept."""
+
+    policies: list[RetentionPolicySettings] = Field(default_factory=list)
+
+    @field_validator("policies")
+    @classmethod
+    def _unique_names(cls, value: list[RetentionPolicySettings]) -> list[RetentionPolicySettings]:
+        names = [policy.name for policy in value]
+        if len(set(names)) != len(names):
+            raise ValueError("retention policy names must be unique")
+        return value
+
+    def rules(self) -> list[RetentionPolicy]:
+        return [policy.policy() for policy in self.policies]
+
+
 class TaskSettings(BaseModel):
     """The outbox workers (tasks/)."""
 
@@ -180,6 +225,7 @@ class Settings(BaseSettings):
     registration: RegistrationSettings = Field(default_factory=RegistrationSettings)
     xds: XdsSettings = Field(default_factory=XdsSettings)
     tasks: TaskSettings = Field(default_factory=TaskSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     organizations: list[OrganizationSettings] = Field(default_factory=list)
     nodes: list[NodeSettings] = Field(default_factory=list)
 
