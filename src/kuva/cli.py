@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +21,7 @@ from kuva.index.uow import UnitOfWork
 from kuva.model.clock import utcnow
 from kuva.model.patient import PatientCorrectionError, PatientKey
 from kuva.services.patients import Corrected, PatientService
+from kuva.tasks.worker import purge_done
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="kuva medical image archive")
 tasks_app = typer.Typer(no_args_is_help=True, help="The outbox: follow-up work and its state.")
@@ -183,6 +184,35 @@ def tasks_retry(
     console.print(f"{count} task(s) scheduled again")
     if ids and count < len(ids):
         console.print("[yellow]some ids were not failed tasks and were left alone[/yellow]")
+
+
+@tasks_app.command("purge")
+def tasks_purge(
+    config: ConfigOption = None,
+    older_than_days: Annotated[
+        float | None,
+        typer.Option(
+            min=0, help="done at least this many days ago (default: [tasks] keep_done_days)"
+        ),
+    ] = None,
+) -> None:
+    """Delete done tasks; serve does it hourly for those older than keep_done_days.
+
+    Pending, running and failed tasks are never deleted. ``--older-than-days 0``
+    deletes every done task.
+    """
+    settings = _settings(config)
+    days = settings.tasks.keep_done_days if older_than_days is None else older_than_days
+    if older_than_days is None and days == 0:
+        console.print("[tasks] keep_done_days = 0 keeps done tasks; nothing deleted")
+        return
+    engine = make_engine(settings.archive.resolved_database_url())
+    migrate(engine)
+    try:
+        count = purge_done(engine, utcnow() - timedelta(days=days))
+    finally:
+        engine.dispose()
+    console.print(f"{count} done task(s) deleted")
 
 
 @xds_app.command("publish")

@@ -185,6 +185,9 @@ class TaskSettings(BaseModel):
     backoff_base_seconds: float = 2.0
     backoff_max_seconds: float = 600.0
     lease_seconds: float = 300.0
+    # Done tasks are deleted this many days after they finished (hourly, by serve;
+    # `kuva tasks purge` at will); 0 keeps them.
+    keep_done_days: float = Field(default=30.0, ge=0)
 
 
 class OrganizationSettings(BaseModel):

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from kuva.config import TaskSettings
 from kuva.index.outbox import DONE, FAILED, PENDING, RUNNING, Task
 from kuva.index.uow import UnitOfWork
-from kuva.tasks.worker import PermanentFailure, TaskWorkers, backoff_delay
+from kuva.tasks.worker import PermanentFailure, TaskWorkers, backoff_delay, purge_done
 
 START = datetime(2026, 3, 14, 9, 0, tzinfo=UTC)
 LEASE = timedelta(minutes=5)
@@ -572,3 +572,32 @@ def test_bring_forward_and_next_due(engine: Engine) -> None:
         assert uow.tasks.next_due(after=START) is None  # due now: left to the claim
         uow.commit()
     assert [t.pk for t in claim(engine, START)] == [pk]
+
+
+def test_purge_done_deletes_only_tasks_done_before_the_cut(engine: Engine) -> None:
+    old_done = [add_task(engine, subject=f"old-{n}") for n in range(5)]
+    for pk in old_done:
+        claim(engine, START, limit=1)
+        finish(engine, pk)
+    failed = add_task(engine, subject="failed")
+    claim(engine, START, limit=1)
+    finish(engine, failed, failed_for_good=True)
+    pending = add_task(engine, subject="pending")
+    later = START + timedelta(days=40)
+    recent = add_task(engine, subject="recent")
+    with UnitOfWork(engine) as uow:  # done long after the others
+        assert uow.tasks.claim(worker="w1", now=later, lease=LEASE, limit=10)
+        uow.tasks.complete(recent, now=later)
+        uow.commit()
+    cut = START + timedelta(days=10)
+    assert purge_done(engine, cut) == 5
+    assert purge_done(engine, cut) == 0
+    for pk in old_done:
+        with UnitOfWork(engine, write=False) as uow:
+            assert uow.tasks.get(pk) is None
+    assert get(engine, failed).status == "failed"
+    assert get(engine, pending).status == "running"  # claimed above, never deleted
+    assert get(engine, recent).status == "done"
+    with UnitOfWork(engine) as uow:
+        assert uow.tasks.purge_done(before=later + timedelta(seconds=1), limit=1) == 1
+        uow.commit()

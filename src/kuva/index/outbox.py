@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, func, or_, select, update
+from sqlalchemy import Connection, and_, delete, exists, func, or_, select, update
 
 from kuva.index.schema import task
 
@@ -157,6 +157,22 @@ class TaskRepository:
             )
         )
         return bool(result.rowcount)
+
+    def purge_done(self, *, before: datetime, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` tasks done before ``before``; how many. A done task
+        fell due before it finished, so the (status, next_attempt_at) index finds
+        them without a scan of the table."""
+        doomed = (
+            select(task.c.pk)
+            .where(
+                task.c.status == DONE,
+                task.c.next_attempt_at < before,
+                task.c.updated_at < before,
+            )
+            .limit(limit)
+        )
+        result = self.conn.execute(delete(task).where(task.c.pk.in_(doomed.scalar_subquery())))
+        return int(result.rowcount)
 
     def fail(
         self,

@@ -15,8 +15,9 @@ import os
 import random
 import socket
 import threading
+import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 
@@ -25,6 +26,10 @@ from kuva.config import TaskSettings
 from kuva.index.outbox import Task
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
+
+# Done tasks are deleted at most this often per worker, this many per transaction.
+PURGE_INTERVAL_SECONDS = 3600.0
+PURGE_BATCH = 10_000
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,22 @@ def backoff_delay(attempts: int, settings: TaskSettings, rng: random.Random | No
     delay = settings.backoff_base_seconds * 2 ** max(attempts - 1, 0)
     jitter = (rng or random).uniform(0.9, 1.1)
     return float(min(delay * jitter, settings.backoff_max_seconds))
+
+
+def purge_done(engine: Engine, before: datetime) -> int:
+    """Delete every task done before ``before``, PURGE_BATCH per transaction; how many.
+    Pending, running and failed tasks are never deleted."""
+    purged = 0
+    while True:
+        with UnitOfWork(engine) as uow:
+            count = uow.tasks.purge_done(before=before, limit=PURGE_BATCH)
+            uow.commit()
+        purged += count
+        if count < PURGE_BATCH:
+            break
+    if purged:
+        log.info("deleted %d task(s) done before %s", purged, before.isoformat())
+    return purged
 
 
 class TaskWorkers:
@@ -82,12 +103,16 @@ class TaskWorkers:
         self._threads.clear()
 
     def _loop(self) -> None:
+        next_purge = time.monotonic()
         while not self._stopping.is_set():
             try:
                 worked = self.run_once()
             except Exception:
                 log.exception("task worker: could not take work from the outbox")
                 worked = False
+            if not worked and time.monotonic() >= next_purge:
+                next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
+                self.purge_done()
             if not worked:
                 idle = self._idle_seconds()
                 with self._wake:
@@ -109,6 +134,18 @@ class TaskWorkers:
         if due is None:
             return poll
         return min(poll, max((due - now).total_seconds(), 0.01))
+
+    def purge_done(self) -> int:
+        """Delete the tasks done more than ``keep_done_days`` ago (each worker when
+        idle, at most hourly; deleting is idempotent)."""
+        if self._settings.keep_done_days <= 0:
+            return 0
+        before = self._clock() - timedelta(days=self._settings.keep_done_days)
+        try:
+            return purge_done(self._engine, before)
+        except Exception:
+            log.exception("task worker: could not delete done tasks")
+            return 0
 
     def run_once(self) -> bool:
         """Claim and run one due task; False when there was none."""
