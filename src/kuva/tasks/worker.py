@@ -15,7 +15,7 @@ import os
 import random
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from sqlalchemy import Engine
@@ -110,8 +110,9 @@ class TaskWorkers:
             return poll
         return min(poll, max((due - now).total_seconds(), 0.01))
 
-    def run_once(self) -> bool:
-        """Claim and run one due task; False when there was none."""
+    def run_once(self, kinds: Sequence[str] | None = None) -> bool:
+        """Claim and run one due task (of ``kinds``, default every kind this worker
+        handles); False when there was none."""
         now = self._clock()
         with UnitOfWork(self._engine) as uow:
             claimed = uow.tasks.claim(
@@ -119,7 +120,7 @@ class TaskWorkers:
                 now=now,
                 lease=timedelta(seconds=self._settings.lease_seconds),
                 limit=1,
-                kinds=list(self._handlers),
+                kinds=list(kinds if kinds is not None else self._handlers),
             )
             uow.commit()
         if not claimed:
