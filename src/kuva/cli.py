@@ -487,7 +487,8 @@ def audit_list(
     settings = _settings(config)
     event_id = None
     if event is not None:
-        event_id = EVENT_IDS.get(event.strip().lower(), event.strip())
+        by_meaning = {code.meaning.lower(): code.code for code in EVENT_IDS.values()}
+        event_id = by_meaning.get(event.strip().lower(), event.strip())
     engine, trail = _audit_trail(settings)
     try:
         records = trail.list(since=_since(since) if since else None, event_id=event_id, limit=limit)
@@ -500,12 +501,13 @@ def audit_list(
     table = Table(title="audit records")
     for column in ("seq", "recorded (UTC)", "event", "outcome"):
         table.add_column(column)
-    meanings = {code: meaning for meaning, code in EVENT_IDS.items()}
     for record in records:
         table.add_row(
             str(record.seq),
             record.recorded_at.isoformat(timespec="seconds"),
-            f"{record.event_id} {meanings.get(record.event_id, '')}".strip(),
+            f"{record.event_id} {EVENT_IDS[record.event_id].meaning}"
+            if record.event_id in EVENT_IDS
+            else record.event_id,
             OUTCOMES.get(record.outcome, str(record.outcome)),
         )
     console.print(table)

@@ -52,9 +52,9 @@ log = logging.getLogger(__name__)
 
 DELIVERY_TASK = "audit-delivery"
 
-# EventID meanings (lower case) -> codes, for operators (``kuva audit list``).
+# The EventIDs of kuva's messages by code, for operators (``kuva audit list``).
 EVENT_IDS = {
-    code.meaning.lower(): code.code
+    code.code: code
     for code in (
         a.APPLICATION_ACTIVITY,
         a.INSTANCES_TRANSFERRED,
