@@ -6,8 +6,13 @@ severity 5 (notice), MSGID ``IHE+RFC-3881``, no structured data.
 
 - ``udp://host:port``: one message per datagram (RFC 5426 3.1). UDP says nothing
   of arrival: a message counts as sent when the datagram left.
-- ``tls://host:port``: TLS 1.2 or later (RFC 5425 4.2), one connection per
-  message, framed by octet counting (``MSG-LEN SP SYSLOG-MSG``, RFC 5425 4.3). The
+- ``tls://host:port``: TLS 1.2 (RFC 5425 4.2; IHE ITI TF-2 3.19.6 ATX: TLS 1.2
+  Floor), one connection per message, framed by octet counting (``MSG-LEN SP
+  SYSLOG-MSG``, RFC 5425 4.3). Not TLS 1.3: it checks the client's certificate
+  after the handshake, and a syslog sender, which reads no reply, cannot tell a
+  repository that refused kuva's certificate from one that took the message (on
+  loopback most such refusals looked like a clean close); in TLS 1.2 a refused
+  certificate fails the handshake, and the message is sent again. The
   repository's certificate is verified against ``[audit] ca_file`` (or the
   system's CAs) and its host name; ``cert_file``/``key_file`` authenticate kuva
   (mutual TLS). RFC 5425 has no acknowledgement: a message counts as delivered
@@ -87,6 +92,7 @@ class SyslogSender:
                 cafile=str(settings.ca_file) if settings.ca_file is not None else None,
             )
             context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.maximum_version = ssl.TLSVersion.TLSv1_2  # see the module's doc
             if settings.cert_file is not None:
                 context.load_cert_chain(
                     str(settings.cert_file),
@@ -121,9 +127,7 @@ class SyslogSender:
         raw = socket.create_connection((self.host, self.port), timeout=TIMEOUT_SECONDS)
         with context.wrap_socket(raw, server_hostname=self.host) as tls:
             tls.sendall(str(len(message)).encode("ascii") + b" " + message)
-            # Close the session: close_notify, then the repository's own close. This
-            # read is also where a TLS 1.3 repository's refusal of kuva's certificate
-            # arrives (an alert after the handshake): it raises, and the message is
-            # sent again. Only a close without close_notify counts as read.
+            # Close the session: close_notify, then the repository's own close (one
+            # that closes without close_notify has read what was sent).
             with contextlib.suppress(ssl.SSLEOFError):
                 tls.unwrap()
