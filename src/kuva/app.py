@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from types import FrameType
 
@@ -13,6 +14,8 @@ from fastapi import APIRouter
 from sqlalchemy import Engine
 
 from kuva import metrics
+from kuva.audit import message as audit_message
+from kuva.audit.syslog import SyslogSender
 from kuva.config import Settings
 from kuva.dicom.commitment import StorageCommitmentSCP
 from kuva.dicom.find_scp import FindSCP
@@ -30,7 +33,8 @@ from kuva.index.database import make_engine, migrate, ping
 from kuva.index.group_commit import GroupCommitter
 from kuva.index.outbox import STATUSES
 from kuva.index.uow import UnitOfWork
-from kuva.services import commitment, registration
+from kuva.services import audit, commitment, registration
+from kuva.services.audit import AuditTrail
 from kuva.services.commitment import CommitmentService
 from kuva.services.disclosure import DisclosureLog
 from kuva.services.imaging_source import ImagingDocumentSource
@@ -73,9 +77,10 @@ def build_xds(
     blobs: BlobStore,
     ingest: IngestService,
     retrieve: RetrieveService,
+    audit_trail: AuditTrail | None = None,
 ) -> XdsServices:
     """The XDS services on one index and blob store (``kuva serve`` and ``kuva xds``)."""
-    disclosures = DisclosureLog(engine)
+    disclosures = DisclosureLog(engine, audit=audit_trail)
     registry = RegistryService(
         engine,
         trusted_assigning_authorities=settings.xds.trusted_assigning_authorities,
@@ -114,6 +119,16 @@ def xds_router(settings: Settings, xds: XdsServices) -> APIRouter:
     )
 
 
+def build_audit(settings: Settings, engine: Engine) -> AuditTrail:
+    """The audit trail (services.audit), sending to ``[audit] repository`` when set."""
+    return AuditTrail(
+        engine,
+        settings,
+        render=audit_message.render,
+        sender=SyslogSender(settings.audit) if settings.audit.repository else None,
+    )
+
+
 class Archive:
     """Every part of a running archive, wired together."""
 
@@ -124,6 +139,7 @@ class Archive:
         migrate(self.engine)
         self.blobs = FileBlobStore(settings.archive.resolved_blob_dir())
         self.blobs.clean_partial()
+        self.audit = build_audit(settings, self.engine)
         self.committer = GroupCommitter(self.engine)
         self.ingest = IngestService(self.engine, self.blobs, self.committer)
         self.commitment = CommitmentService(
@@ -134,11 +150,15 @@ class Archive:
             self.engine, self.blobs, corrections=settings.archive.apply_corrections
         )
         self.query = QueryService(self.engine)
-        self.xds = build_xds(settings, self.engine, self.blobs, self.ingest, self.retrieve)
+        self.xds = build_xds(
+            settings, self.engine, self.blobs, self.ingest, self.retrieve, self.audit
+        )
         self.registration = RegistrationService(
             self.engine, settings, self.xds.imaging_source, IanSender(settings)
         )
-        self.patients = PatientService(self.engine, strict=settings.hl7.strict_merge)
+        self.patients = PatientService(
+            self.engine, strict=settings.hl7.strict_merge, audit=self.audit
+        )
         if settings.registration.enabled:
             self.ingest.on_indexed = self.registration.instance_indexed
             self.ingest.on_changed = self.registration.content_changed
@@ -152,19 +172,22 @@ class Archive:
                 registration.REGISTRATION_TASK: self.registration.run_registration,
                 registration.REGISTRATION_BATCH_TASK: self.registration.run_registration_batch,
                 registration.IAN_TASK: self.registration.run_ian,
+                audit.DELIVERY_TASK: self.audit.run_delivery,
             },
         )
+        self.audit.on_enqueued = self.workers.wake
         self.commitment.on_enqueued = self.workers.wake
         self.registration.on_enqueued = self.workers.wake
         compiled_schema()  # built now (about 0.6 s), not on the first XDS request
         self.commitment.sender = self.commitment_scp
         self.dicom = DicomServer(
             settings,
-            StorageSCP(settings, self.ingest, self.blobs),
+            StorageSCP(settings, self.ingest, self.blobs, self.audit),
             self.commitment_scp,
             self.blobs,
-            FindSCP(settings, self.query),
+            FindSCP(settings, self.query, self.audit),
             RetrieveSCP(settings, self.retrieve),
+            self.audit,
         )
         self.hl7 = Hl7Server(settings, self.patients)
         self.http_app = create_app(
@@ -191,6 +214,7 @@ class Archive:
             registration.REGISTRATION_TASK,
             registration.REGISTRATION_BATCH_TASK,
             registration.IAN_TASK,
+            audit.DELIVERY_TASK,
         }
         for kind in kinds:
             for status in STATUSES:
@@ -214,6 +238,9 @@ class Archive:
             self.settings.http.host,
             self.settings.http.port,
         )
+        if not self.settings.audit.enabled:
+            log.warning("[audit] enabled = false: nothing is audited - never in production")
+        self.audit.application_started()
 
     def _start_http(self) -> None:
         config = uvicorn.Config(
@@ -250,10 +277,21 @@ class Archive:
             self._http.should_exit = True
             if self._http_thread is not None:
                 self._http_thread.join(timeout=10)
+        self.audit.application_stopped()
         self.workers.stop()
+        self._deliver_audit()
         self.committer.close()
         self.engine.dispose()
         log.info("stopped")
+
+    def _deliver_audit(self, seconds: float = 5.0) -> None:
+        """Send the audit messages due now (the stop's among them) before exiting,
+        for at most ``seconds``; what is left goes at the next start."""
+        if not self.settings.audit.repository:
+            return
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and self.workers.run_once(kinds=[audit.DELIVERY_TASK]):
+            pass
 
 
 def serve(settings: Settings) -> None:

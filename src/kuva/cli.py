@@ -1,10 +1,10 @@
-"""The ``kuva`` command line (CONTRACT.md): serve, tasks, db, xds, iocm, patients."""
+"""The ``kuva`` command line (CONTRACT.md): serve, tasks, db, xds, iocm, patients, audit."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +20,7 @@ from kuva.index.outbox import STATUSES, Task
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import utcnow
 from kuva.model.patient import PatientCorrectionError, PatientKey
+from kuva.services.audit import EVENT_IDS, OUTCOMES, AuditTrail
 from kuva.services.patients import Corrected, PatientService
 from kuva.tasks.worker import purge_done
 
@@ -36,6 +37,10 @@ app.add_typer(db_app, name="db")
 app.add_typer(xds_app, name="xds")
 app.add_typer(iocm_app, name="iocm")
 app.add_typer(patients_app, name="patients")
+audit_app = typer.Typer(
+    no_args_is_help=True, help="The audit trail (DICOM PS3.15 A.5, IHE ATNA): list and verify."
+)
+app.add_typer(audit_app, name="audit")
 
 ConfigOption = Annotated[
     Path | None,
@@ -309,11 +314,13 @@ def _patient_service(settings: Settings) -> tuple[Engine, PatientService]:
     registered again when registration is on."""
     from functools import partial
 
+    from kuva.audit.message import render
     from kuva.services.registration import register_again
 
     engine = make_engine(settings.archive.resolved_database_url())
     migrate(engine)
-    service = PatientService(engine)
+    # Audited like HL7 corrections; ``kuva serve`` sends the records to the repository.
+    service = PatientService(engine, audit=AuditTrail(engine, settings, render=render))
     if settings.registration.enabled:
         service.on_changed = partial(register_again, settings)
     return engine, service
@@ -445,6 +452,95 @@ def patients_show(
             escape(entry.source),
         )
     console.print(history)
+
+
+def _audit_trail(settings: Settings) -> tuple[Engine, AuditTrail]:
+    from kuva.audit.message import render
+
+    engine = make_engine(settings.archive.resolved_database_url())
+    migrate(engine)
+    return engine, AuditTrail(engine, settings, render=render)
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOption = None) -> None:
+    """Walk the whole hash chain of the local audit trail.
+
+    Exit 0 when it is intact; 1 with a table of every record altered (its hash
+    does not match its fields), deleted (a gap in the sequence) or inserted (a
+    record that does not follow the one before it).
+    """
+    settings = _settings(config)
+    engine, trail = _audit_trail(settings)
+    try:
+        count, breaks = trail.verify()
+    finally:
+        engine.dispose()
+    if not breaks:
+        console.print(f"audit trail intact: {count} record(s)")
+        return
+    table = Table(title="audit trail broken")
+    for column in ("record", "kind", "detail"):
+        table.add_column(column, overflow="fold")
+    for found in breaks:
+        where = str(found.seq)
+        if found.last is not None and found.last != found.seq:
+            where = f"{found.seq}-{found.last}"
+        table.add_row(where, found.kind, escape(found.detail))
+    console.print(table)
+    console.print(f"[red]{len(breaks)} break(s) in {count} record(s)[/red]")
+    raise typer.Exit(1)
+
+
+def _since(text: str) -> datetime:
+    try:
+        instant = datetime.fromisoformat(text)
+    except ValueError as exc:
+        console.print(f"[red]--since {escape(text)}: not an ISO 8601 date or time[/red]")
+        raise typer.Exit(2) from exc
+    return instant if instant.tzinfo is not None else instant.replace(tzinfo=UTC)
+
+
+@audit_app.command("list")
+def audit_list(
+    config: ConfigOption = None,
+    since: Annotated[
+        str | None, typer.Option(help="recorded at or after (ISO 8601; UTC unless given)")
+    ] = None,
+    event: Annotated[
+        str | None, typer.Option(help="EventID code or meaning, e.g. 110110 or 'Patient Record'")
+    ] = None,
+    limit: int = 100,
+    xml: Annotated[bool, typer.Option("--xml", help="print each message's XML")] = False,
+) -> None:
+    """Show audit records, newest first: sequence, time (UTC), event, outcome."""
+    settings = _settings(config)
+    event_id = None
+    if event is not None:
+        by_meaning = {code.meaning.lower(): code.code for code in EVENT_IDS.values()}
+        event_id = by_meaning.get(event.strip().lower(), event.strip())
+    engine, trail = _audit_trail(settings)
+    try:
+        records = trail.list(since=_since(since) if since else None, event_id=event_id, limit=limit)
+    finally:
+        engine.dispose()
+    if xml:
+        for record in records:
+            print(record.message)
+        return
+    table = Table(title="audit records")
+    for column in ("seq", "recorded (UTC)", "event", "outcome"):
+        table.add_column(column)
+    for record in records:
+        table.add_row(
+            str(record.seq),
+            record.recorded_at.isoformat(timespec="seconds"),
+            f"{record.event_id} {EVENT_IDS[record.event_id].meaning}"
+            if record.event_id in EVENT_IDS
+            else record.event_id,
+            OUTCOMES.get(record.outcome, str(record.outcome)),
+        )
+    console.print(table)
 
 
 def main() -> None:

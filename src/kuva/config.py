@@ -190,6 +190,40 @@ class TaskSettings(BaseModel):
     keep_done_days: float = Field(default=30.0, ge=0)
 
 
+class AuditSettings(BaseModel):
+    """The audit trail (PS3.15 A.5, IHE ATNA; kuva.services.audit)."""
+
+    # false: nothing is audited (never in production). true: every audited event is
+    # appended to the local, hash-chained trail (the index table audit_record) and,
+    # when a repository is set, sent to it too.
+    enabled: bool = True
+    # The audit record repository: "" = the local trail only; "udp://host:port"
+    # (syslog over UDP, RFC 5426) or "tls://host:port" (syslog over TLS, RFC 5425).
+    repository: str = ""
+    # AuditSourceID of every message; "" = the DICOM AE title.
+    source_id: str = ""
+    # AuditEnterpriseSiteID of every message; "" = none given.
+    enterprise_site_id: str = ""
+    # tls: CA certificates (PEM) the repository's certificate must chain to
+    # (None = the system's), and kuva's own certificate and key (PEM) for mutual
+    # TLS (ATNA node authentication; None = no client certificate).
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            return value
+        scheme, sep, rest = value.partition("://")
+        host, colon, port = rest.rpartition(":")
+        if scheme not in ("udp", "tls") or not sep or not colon or not host or not port.isdigit():
+            raise ValueError("audit repository must be udp://host:port or tls://host:port")
+        return value
+
+
 class OrganizationSettings(BaseModel):
     oid: str
     name: str
@@ -229,6 +263,7 @@ class Settings(BaseSettings):
     xds: XdsSettings = Field(default_factory=XdsSettings)
     tasks: TaskSettings = Field(default_factory=TaskSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     organizations: list[OrganizationSettings] = Field(default_factory=list)
     nodes: list[NodeSettings] = Field(default_factory=list)
 

@@ -4,7 +4,8 @@ Each identifier key is matched by the query service; every requested key is
 returned, empty when the index does not hold it (PS3.4 C.4.1.1.3.2). Responses
 are Pending (0xFF00) one per match; C-CANCEL ends the search with 0xFE00.
 Answers use the requester's character set when it can carry every value,
-otherwise UTF-8 (ISO_IR 192).
+otherwise UTF-8 (ISO_IR 192). Every request is audited when its answer is
+complete: a 110112 Query message with the identifier as received (services.audit).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pynetdicom.events import Event
 from kuva.config import Settings
 from kuva.dicom import status as st
 from kuva.model.query import QueryError, QueryLevel, QueryResult
+from kuva.services.audit import AuditTrail
 from kuva.services.query import FindRequest, QueryService
 
 log = logging.getLogger(__name__)
@@ -87,11 +89,45 @@ def _wait_for_network(assoc: Any, backlog: int = 4) -> None:
 
 
 class FindSCP:
-    def __init__(self, settings: Settings, query: QueryService) -> None:
+    def __init__(
+        self, settings: Settings, query: QueryService, audit: AuditTrail | None = None
+    ) -> None:
         self._settings = settings
         self._query = query
+        self._audit = audit
 
     def handle_find(self, event: Event) -> Iterator[tuple[Any, Dataset | None]]:
+        """EVT_C_FIND handler: the answers; the request is audited before the final
+        response (pynetdicom stops reading the handler at a failure or cancel)."""
+        for status, answer in self._find(event):
+            if isinstance(status, int) and status == PENDING:
+                yield status, answer
+                continue
+            # A failure status (st.status) or the cancel status ends the request.
+            self._audited(event, ok=not isinstance(status, Dataset))
+            yield status, answer
+            return
+        self._audited(event, ok=True)
+
+    def _audited(self, event: Event, *, ok: bool) -> None:
+        if self._audit is None:
+            return
+        request = cast(C_FIND, event.request)
+        identifier = request.Identifier
+        requestor = event.assoc.requestor
+        try:
+            self._audit.queried(
+                requestor.ae_title,
+                str(requestor.address),
+                sop_class_uid=str(request.AffectedSOPClassUID),
+                identifier=identifier.getvalue() if identifier is not None else b"",
+                transfer_syntax=str(event.context.transfer_syntax),
+                ok=ok,
+            )
+        except Exception:
+            log.exception("the C-FIND of %s could not be audited", requestor.ae_title)
+
+    def _find(self, event: Event) -> Iterator[tuple[Any, Dataset | None]]:
         request = cast(C_FIND, event.request)
         model = str(request.AffectedSOPClassUID)
         try:

@@ -4,7 +4,9 @@ Accepts C-ECHO, C-STORE for every storage SOP class of the standard, the
 Storage Commitment Push Model, C-FIND, C-GET and C-MOVE (Patient Root and Study
 Root). Only configured nodes may associate (A-ASSOCIATE-RJ, reason "calling AE
 title not recognized", PS3.8 9.3.4); with no nodes configured (the embedded
-default) any calling AE title is accepted into the local organisation.
+default) any calling AE title is accepted into the local organisation. An
+association refused for its AE titles is audited as a security alert (110113
+Security Alert, 110126 Node Authentication; services.audit).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from kuva.dicom.find_scp import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, FindSCP
 from kuva.dicom.network import AssociationServer
 from kuva.dicom.retrieve_scp import RetrieveSCP, install_retrieve
 from kuva.dicom.storage_scp import StorageSCP, install_streaming_receive
+from kuva.services.audit import AuditTrail
 from kuva.storage import BlobStore
 
 log = logging.getLogger(__name__)
@@ -47,8 +50,10 @@ class DicomServer:
         blobs: BlobStore,
         find: FindSCP,
         retrieve: RetrieveSCP,
+        audit: AuditTrail | None = None,
     ) -> None:
         self._settings = settings
+        self._audit = audit
         self._storage = storage
         self._commitment = commitment
         self._find = find
@@ -89,6 +94,8 @@ class DicomServer:
             (evt.EVT_C_FIND, self._find.handle_find),
             (evt.EVT_RELEASED, self._commitment.forget_association),
             (evt.EVT_ABORTED, self._commitment.forget_association),
+            (evt.EVT_RELEASED, self._storage.association_closed),
+            (evt.EVT_ABORTED, self._storage.association_closed),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
@@ -132,11 +139,24 @@ class DicomServer:
             event.assoc.requestor.address,
         )
 
-    @staticmethod
-    def _on_rejected(event: Event) -> None:
+    def _on_rejected(self, event: Event) -> None:
         metrics.associations.labels("rejected").inc()
-        log.warning(
-            "association from %s (%s) rejected",
-            event.assoc.requestor.ae_title,
-            event.assoc.requestor.address,
-        )
+        requestor = event.assoc.requestor
+        log.warning("association from %s (%s) rejected", requestor.ae_title, requestor.address)
+        called = str(getattr(requestor.primitive, "called_ae_title", "") or "").strip()
+        reason = self._refused_titles(requestor.ae_title, called)
+        if reason is None or self._audit is None:
+            return  # not refused for who asked (e.g. too many associations)
+        try:
+            self._audit.association_rejected(requestor.ae_title, str(requestor.address), reason)
+        except Exception:
+            log.exception("the refused association could not be audited")
+
+    def _refused_titles(self, calling: str, called: str) -> str | None:
+        """Why the AE titles were refused (PS3.8 9.3.4; the called AE title is checked
+        last and wins, as in pynetdicom), or None when they were not."""
+        if called != self._settings.dicom.ae_title:
+            return "called AE title not recognized"
+        if self._settings.nodes and self._settings.node(calling) is None:
+            return "calling AE title not recognized"
+        return None

@@ -13,6 +13,10 @@ These hooks replace three names in ``pynetdicom.dimse_messages`` (pinned to
 pynetdicom 3.x in pyproject.toml); each falls back to pynetdicom's own behaviour
 for anything that is not a kuva storage association, and the C-STORE handler falls
 back to copying the received file when the hook did not apply.
+
+What an association stored is audited when it ends (``association_closed``): one
+110104 DICOM Instances Transferred message per study (services.audit), not one
+per instance.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import logging
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
@@ -32,6 +37,8 @@ from pynetdicom.events import Event
 from kuva.config import Settings
 from kuva.dicom import status as st
 from kuva.dicom.part10 import Part10Rewriter, canonical_file_meta, extract_attributes, read_header
+from kuva.model.instance import InstanceAttributes
+from kuva.services.audit import AuditTrail, ReceivedStudy
 from kuva.services.ingest import IncomingInstance, IngestService, StoreStatus
 from kuva.storage import BlobStore
 
@@ -106,11 +113,30 @@ def install_streaming_receive(ae: Any, blobs: BlobStore) -> None:
     setattr(ae, _AE_BLOB_STORE, blobs)
 
 
+@dataclass
+class _Study:
+    """What an association stored of one study so far (for its audit message)."""
+
+    patient: tuple[str, str]
+    sop_classes: Counter[str] = field(default_factory=Counter)
+    failures: int = 0
+
+
 class StorageSCP:
-    def __init__(self, settings: Settings, ingest: IngestService, blobs: BlobStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ingest: IngestService,
+        blobs: BlobStore,
+        audit: AuditTrail | None = None,
+    ) -> None:
         self._settings = settings
         self._ingest = ingest
         self._blobs = blobs
+        self._audit = audit
+        # Per association (its id()): Study Instance UID -> what was stored.
+        self._received: dict[int, dict[str, _Study]] = {}
+        self._received_lock = threading.Lock()
 
     def handle_store(self, event: Event) -> Dataset:
         """EVT_C_STORE handler. Returns the status data set of the C-STORE-RSP."""
@@ -158,6 +184,8 @@ class StorageSCP:
                 organization_oid=organization,
             )
         )
+        if self._audit is not None:
+            self._note(event.assoc, attrs, outcome.ok)
         if outcome.ok:
             return st.status(st.SUCCESS)
         code = {
@@ -169,6 +197,43 @@ class StorageSCP:
             StoreStatus.FOREIGN: st.NOT_REGISTER_HOLDER,
         }[outcome.status]
         return st.status(code, outcome.message)
+
+    def _note(self, assoc: Any, attrs: InstanceAttributes, stored: bool) -> None:
+        study_uid = attrs.study.study_instance_uid
+        with self._received_lock:
+            studies = self._received.setdefault(id(assoc), {})
+            study = studies.get(study_uid)
+            if study is None:
+                patient = (attrs.patient.patient_id, attrs.patient.issuer)
+                study = studies[study_uid] = _Study(patient)
+        if stored:
+            study.sop_classes[attrs.sop_class_uid] += 1
+        else:
+            study.failures += 1
+
+    def association_closed(self, event: Event) -> None:
+        """EVT_RELEASED / EVT_ABORTED: audit what the association stored, if anything."""
+        with self._received_lock:
+            studies = self._received.pop(id(event.assoc), None)
+        if not studies or self._audit is None:
+            return
+        requestor = event.assoc.requestor
+        try:
+            self._audit.instances_received(
+                requestor.ae_title,
+                str(requestor.address),
+                [
+                    ReceivedStudy(
+                        study_instance_uid=uid,
+                        patient=study.patient if study.patient[0] else None,
+                        sop_classes=dict(study.sop_classes),
+                        failures=study.failures,
+                    )
+                    for uid, study in studies.items()
+                ],
+            )
+        except Exception:
+            log.exception("the transfer from %s could not be audited", requestor.ae_title)
 
     def _copy_received(self, event: Event) -> Part10Rewriter:
         """Fallback when pynetdicom did not stream into kuva (another receive path).

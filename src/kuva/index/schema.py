@@ -451,3 +451,23 @@ hl7_message = Table(
     Column("received_at", UtcDateTime(), nullable=False),
     UniqueConstraint("sending_application", "sending_facility", "control_id"),
 )
+
+# The local audit trail (services.audit; PS3.15 A.5 messages): append-only and
+# hash-chained. ``seq`` counts up from 1 without gaps; ``hash`` is SHA-256 over
+# ``prev_hash`` and the record's own fields (model.audit.record_hash). Appends are
+# serialised (index.audit), so the chain never forks.
+audit_record = Table(
+    "audit_record",
+    metadata,
+    Column("seq", PK, primary_key=True, autoincrement=False),
+    Column("recorded_at", UtcDateTime(), nullable=False),
+    # EventID code (PS3.15 A.5.3, e.g. 110110 Patient Record).
+    Column("event_id", String(16), nullable=False),
+    # EventOutcomeIndicator: 0, 4, 8, 12.
+    Column("outcome", Integer, nullable=False),
+    # The AuditMessage XML (PS3.15 A.5.1) as recorded and sent.
+    Column("message", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_record_recorded_at", "recorded_at"),
+)

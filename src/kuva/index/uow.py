@@ -6,6 +6,7 @@ from types import TracebackType
 
 from sqlalchemy import Connection, Engine
 
+from kuva.index.audit import AuditRepository
 from kuva.index.commitments import CommitmentRepository
 from kuva.index.corrections import CorrectionLog
 from kuva.index.database import WRITE_OPTION
@@ -54,6 +55,7 @@ class UnitOfWork:
         self.rejections = RejectionRepository(conn)
         self.corrections = CorrectionLog(conn)
         self.patients = PatientRepository(conn)
+        self.audit = AuditRepository(conn)
         return self
 
     def commit(self) -> None:

@@ -19,6 +19,10 @@ the disclosure is recorded, as made to an unknown organisation.
 On what basis: no access rules exist yet (they come with the access-control issue),
 so every request is answered and every record says so
 (``BASIS_NO_ACCESS_RULES``); the access rules will record the rule that allowed it.
+
+Each disclosure is audited too (services.audit), in the same transaction: one
+110106 Export message per patient whose documents or studies went out, with the
+transaction (ITI-43 or RAD-69) as its event type, the recipient as requestor.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from sqlalchemy import Engine
 
 from kuva.index.repository import NewDisclosure
 from kuva.index.uow import UnitOfWork
+from kuva.model import audit as a
 from kuva.model.clock import Clock, utcnow
+from kuva.services.audit import AuditTrail
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,10 @@ class Interface(Enum):
 
     ITI_43 = "ITI-43"
     RAD_69 = "RAD-69"
+
+
+# The EventTypeCode of the Export audit message of each interface.
+_TRANSACTIONS = {Interface.ITI_43: a.ITI_43, Interface.RAD_69: a.RAD_69}
 
 
 @dataclass(frozen=True)
@@ -84,9 +94,12 @@ def is_disclosure(recipient: str, register_holder: str) -> bool:
 
 
 class DisclosureLog:
-    def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
+    def __init__(
+        self, engine: Engine, *, clock: Clock = utcnow, audit: AuditTrail | None = None
+    ) -> None:
         self._engine = engine
         self._clock = clock
+        self._audit = audit
 
     def record(self, recipient: str, handouts: Iterable[Handout], interface: Interface) -> int:
         """Record the disclosures among ``handouts`` in a transaction of its own,
@@ -96,8 +109,11 @@ class DisclosureLog:
         if not due:
             return 0  # no transaction (and no write lock) for a register holder's own reads
         with UnitOfWork(self._engine) as uow:
-            count = self._add(uow, recipient, due, interface)
+            records = self._add(uow, recipient, due, interface)
+            if self._audit is not None:
+                self._audit.record(uow, self._exports(self._audit, recipient, records, interface))
             uow.commit()
+        count = len(records)
         log.info(
             "%s: %d disclosure(s) recorded to %s",
             interface.value,
@@ -108,7 +124,7 @@ class DisclosureLog:
 
     def _add(
         self, uow: UnitOfWork, recipient: str, due: list[Handout], interface: Interface
-    ) -> int:
+    ) -> list[NewDisclosure]:
         missing = {h.study_instance_uid for h in due if h.patient is None and h.study_instance_uid}
         patients = uow.disclosures.patients_of_studies(missing) if missing else {}
         now = self._clock()
@@ -136,4 +152,38 @@ class DisclosureLog:
                 )
             )
         uow.disclosures.add(records)
-        return len(records)
+        return records
+
+    def _exports(
+        self,
+        audit: AuditTrail,
+        recipient: str,
+        records: list[NewDisclosure],
+        interface: Interface,
+    ) -> list[a.AuditEvent]:
+        """One Export message per patient (IHE ITI TF-2b 3.43.5.1, RAD TF-3 4.69.4.1):
+        the documents handed out (ITI-43), or the studies (RAD-69)."""
+        by_patient: dict[tuple[str, str], dict[str, a.ParticipantObject]] = {}
+        for record in records:
+            handed = by_patient.setdefault((record.patient_id, record.patient_authority), {})
+            if interface is Interface.RAD_69 and record.study_instance_uid:
+                handed[record.study_instance_uid] = a.study_object(record.study_instance_uid)
+            else:
+                handed[record.document_unique_id] = a.document_object(record.document_unique_id)
+        exporter = audit.archive(roles=(a.SOURCE,))
+        receiver = a.ActiveParticipant(
+            user_id=recipient or "unknown", requestor=True, roles=(a.DESTINATION,)
+        )
+        now = self._clock()
+        return [
+            a.export(
+                source=audit.source,
+                exporter=exporter,
+                recipient=receiver,
+                transaction=_TRANSACTIONS[interface],
+                patient=patient if patient[0] else None,
+                handed_out=tuple(handed.values()),
+                occurred_at=now,
+            )
+            for patient, handed in by_patient.items()
+        ]

@@ -16,6 +16,11 @@ and sourcePatientInfo, and an IAN goes out again (DESIGN.md principle 3).
 An operator makes the same corrections (``kuva patients merge`` / ``unmerge``)
 through ``merge`` and ``unmerge``: the same rules, the same history, with the
 operator as its source.
+
+Every correction applied is audited in its transaction (services.audit): a 110110
+Patient Record message, action U, naming the patients it changed (the surviving
+or changed identity first) and the HL7 message control id, with the sending
+application and facility (or the operator) as requestor.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from sqlalchemy import Engine
 from kuva.index.corrections import Correction
 from kuva.index.patients import PatientRow, PatientStudy
 from kuva.index.uow import UnitOfWork
+from kuva.model import audit as a
 from kuva.model.clock import Clock, utcnow
 from kuva.model.patient import (
     ChangeIdentifier,
@@ -41,6 +47,7 @@ from kuva.model.patient import (
     UnlinkPatients,
     UpdatePatient,
 )
+from kuva.services.audit import AuditTrail
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +109,13 @@ class PatientService:
         strict: bool = False,
         clock: Clock = utcnow,
         on_changed: ChangedHook | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         self._engine = engine
         self._strict = strict
         self._clock = clock
         self.on_changed = on_changed
+        self._audit = audit
 
     # ------------------------------------------------------------------ HL7
 
@@ -122,7 +131,11 @@ class PatientService:
             try:
                 with UnitOfWork(self._engine) as uow:
                     self._correct(
-                        uow, commands, f"HL7 {ref.message_type} {ref.sending_application}"
+                        uow,
+                        commands,
+                        f"HL7 {ref.message_type} {ref.sending_application}",
+                        requestor=f"{ref.sending_application}|{ref.sending_facility}",
+                        control_id=ref.control_id,
                     )
                     ack = render_ack(None)
                     self._record(uow, ref, ack)
@@ -177,7 +190,9 @@ class PatientService:
                 raise PatientCorrectionError(
                     "the surviving patient is unknown", field="PID-3", code=UNKNOWN_KEY
                 )
-            done = self._correct(uow, [MergePatients(target=target, source=source)], by)
+            done = self._correct(
+                uow, [MergePatients(target=target, source=source)], by, requestor=by
+            )
             uow.commit()
         return done
 
@@ -195,7 +210,9 @@ class PatientService:
                     "the patient is not merged into another", field="PID-3", code=UNKNOWN_KEY
                 )
             target = uow.patients.get(row.merged_into_pk).key
-            done = self._correct(uow, [UnlinkPatients(target=target, source=source)], by)
+            done = self._correct(
+                uow, [UnlinkPatients(target=target, source=source)], by, requestor=by
+            )
             uow.commit()
         return target, done
 
@@ -226,19 +243,54 @@ class PatientService:
     # ------------------------------------------------------------------ commands
 
     def _correct(
-        self, uow: UnitOfWork, commands: Sequence[PatientCommand], source: str
+        self,
+        uow: UnitOfWork,
+        commands: Sequence[PatientCommand],
+        source: str,
+        *,
+        requestor: str,
+        control_id: str = "",
     ) -> Corrected:
-        """Apply ``commands`` in ``uow`` and register again the studies they changed."""
+        """Apply ``commands`` in ``uow``, register again the studies they changed and
+        audit each command applied (``requestor``: who asked, for the audit)."""
         changed = False
         studies: dict[str, None] = {}  # ordered, each once
+        applied: list[PatientCommand] = []
         for command in commands:
             done = self._apply(uow, command, source)
             if done is not None:
                 changed = True
+                applied.append(command)
                 studies.update(dict.fromkeys(done))
         if studies and self.on_changed is not None:
             self.on_changed(uow, list(studies), self._clock())
+        if applied and self._audit is not None:
+            self._audit.record(uow, self._audited(self._audit, applied, requestor, control_id))
         return Corrected(changed, tuple(studies))
+
+    def _audited(
+        self,
+        audit: AuditTrail,
+        commands: list[PatientCommand],
+        requestor: str,
+        control_id: str,
+    ) -> list[a.AuditEvent]:
+        """A Patient Record message (PS3.15 A.5.3.9) for each command applied."""
+        who = a.ActiveParticipant(user_id=requestor, requestor=True, roles=(a.SOURCE,))
+        archive = audit.archive(roles=(a.DESTINATION,))
+        now = self._clock()
+        return [
+            a.patient_record(
+                source=audit.source,
+                requestor=who,
+                archive=archive,
+                patients=tuple((key.patient_id, key.issuer) for key in keys),
+                description=description,
+                message_control_id=control_id,
+                occurred_at=now,
+            )
+            for description, keys in map(_named, commands)
+        ]
 
     def _apply(self, uow: UnitOfWork, command: PatientCommand, source: str) -> list[str] | None:
         """The studies whose patient identity the command changed; None: nothing done."""
@@ -358,3 +410,14 @@ class PatientService:
             self._clock(),
         )
         return moved
+
+
+def _named(command: PatientCommand) -> tuple[str, tuple[PatientKey, ...]]:
+    """What a command does and the patients it names, the one that remains first."""
+    if isinstance(command, MergePatients):
+        return "merge", (command.target, command.source)
+    if isinstance(command, UpdatePatient):
+        return "update", (command.patient,)
+    if isinstance(command, ChangeIdentifier):
+        return IDENTIFIER_CHANGE, (command.new, command.old)
+    return "unlink", (command.source, command.target)

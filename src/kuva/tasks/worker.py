@@ -16,7 +16,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
@@ -147,8 +147,9 @@ class TaskWorkers:
             log.exception("task worker: could not delete done tasks")
             return 0
 
-    def run_once(self) -> bool:
-        """Claim and run one due task; False when there was none."""
+    def run_once(self, kinds: Sequence[str] | None = None) -> bool:
+        """Claim and run one due task (of ``kinds``, default every kind this worker
+        handles); False when there was none."""
         now = self._clock()
         with UnitOfWork(self._engine) as uow:
             claimed = uow.tasks.claim(
@@ -156,7 +157,7 @@ class TaskWorkers:
                 now=now,
                 lease=timedelta(seconds=self._settings.lease_seconds),
                 limit=1,
-                kinds=list(self._handlers),
+                kinds=list(kinds if kinds is not None else self._handlers),
             )
             uow.commit()
         if not claimed:

@@ -1,0 +1,373 @@
+"""The audit trail (DICOM PS3.15 A.5, IHE ATNA): what kuva records of what it does,
+and the proof that the record was not changed afterwards.
+
+Every audited event becomes a DICOM Audit Message (``render``: kuva.audit.message)
+appended to the local trail (index.audit) - in the transaction of the change it
+describes, where that change has one (a patient correction, a disclosure; DESIGN.md
+principles 3 and 7), else in a transaction of its own. Each record carries the
+SHA-256 of the one before it (model.audit.record_hash), so ``verify`` finds every
+record altered, removed or put in since.
+
+With ``[audit] repository`` set, each record also gets an outbox task
+(``DELIVERY_TASK``) in the same transaction that sends it to the audit record
+repository by syslog (kuva.audit.syslog): a repository that is down gets the
+message when it is back (retries with backoff, then ``kuva tasks retry``), and no
+record is lost. The repository's copy is the trail's anchor outside kuva: the
+local chain alone cannot show that its newest records were cut off, nor a
+chain rewritten from some record on.
+
+What is audited (the builders of model.audit):
+
+- the archive's start and stop (``application_started`` / ``_stopped``);
+- the instances of each study received on a DICOM association, one message per
+  study at the association's end (``instances_received``);
+- every C-FIND request (``queried``);
+- every patient correction (services.patients), every disclosure
+  (services.disclosure), in their own transactions (``record``);
+- a DICOM association refused for its AE titles (``association_rejected``).
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from sqlalchemy import Engine
+
+from kuva.config import Settings
+from kuva.index.audit import AuditRecord
+from kuva.index.outbox import Task
+from kuva.index.uow import UnitOfWork
+from kuva.model import audit as a
+from kuva.model.clock import Clock, utcnow
+from kuva.tasks.worker import PermanentFailure
+
+log = logging.getLogger(__name__)
+
+DELIVERY_TASK = "audit-delivery"
+
+# The EventIDs of kuva's messages by code, for operators (``kuva audit list``).
+EVENT_IDS = {
+    code.code: code
+    for code in (
+        a.APPLICATION_ACTIVITY,
+        a.INSTANCES_TRANSFERRED,
+        a.STUDY_DELETED,
+        a.EXPORT,
+        a.PATIENT_RECORD,
+        a.QUERY,
+        a.SECURITY_ALERT,
+    )
+}
+OUTCOMES = {
+    int(outcome): f"{int(outcome)} {outcome.name.lower().replace('_', ' ')}"
+    for outcome in a.Outcome
+}
+
+
+class AuditRepositorySender(Protocol):
+    """The adapter that hands a message to the audit record repository
+    (kuva.audit.syslog.SyslogSender)."""
+
+    def send(self, message: str, recorded_at: datetime) -> None:
+        """Send the AuditMessage XML recorded at ``recorded_at``; raise when it could
+        not be."""
+
+
+@dataclass(frozen=True)
+class ReceivedStudy:
+    """What one association stored of one study."""
+
+    study_instance_uid: str
+    patient: tuple[str, str] | None  # Patient ID, issuer
+    sop_classes: dict[str, int]  # SOP Class UID -> instances stored
+    failures: int  # instances of the study that were refused
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    """A place where the trail is not as it was written.
+
+    ``kind``: ``altered`` (the record's hash does not match its fields),
+    ``deleted`` (records ``seq`` .. ``last`` are missing), ``inserted`` (a record
+    whose hash matches its fields but that does not follow the record before it:
+    put in, or the record before it altered and its hash computed anew)."""
+
+    seq: int
+    kind: str
+    detail: str
+    last: int | None = None
+
+
+class AuditTrail:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        *,
+        render: Callable[[a.AuditEvent], str],
+        sender: AuditRepositorySender | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._render = render
+        self._sender = sender
+        self._clock = clock
+        self.enabled = settings.audit.enabled
+        # Records get a delivery task whenever a repository is configured, also
+        # those written by other commands than ``kuva serve`` (which delivers them).
+        self._deliver = bool(settings.audit.repository)
+        self.on_enqueued: Callable[[int | None], None] | None = None
+        self.source = a.AuditSource(
+            source_id=settings.audit.source_id or settings.dicom.ae_title,
+            enterprise_site_id=settings.audit.enterprise_site_id,
+        )
+        self._host = socket.gethostname()
+
+    # ------------------------------------------------------------------ participants
+
+    def archive(
+        self, *, roles: tuple[a.Code, ...] = (), requestor: bool = False
+    ) -> a.ActiveParticipant:
+        """kuva itself: its AE title, process id and host (PS3.15 A.5.2.1)."""
+        return a.ActiveParticipant(
+            user_id=self._settings.dicom.ae_title,
+            requestor=requestor,
+            roles=roles,
+            alternative_user_id=str(os.getpid()),
+            network_access_point=self._host,
+            access_point_type=a.AccessPointType.MACHINE_NAME,
+        )
+
+    @staticmethod
+    def node(
+        ae_title: str, address: str, *, roles: tuple[a.Code, ...], requestor: bool
+    ) -> a.ActiveParticipant:
+        """A DICOM node by its AE title and IP address."""
+        return a.ActiveParticipant(
+            user_id=ae_title, requestor=requestor, roles=roles, network_access_point=address
+        )
+
+    # ------------------------------------------------------------------ recording
+
+    def record(self, uow: UnitOfWork, events: Iterable[a.AuditEvent]) -> list[int]:
+        """Append ``events`` to the trail in ``uow``'s transaction, each with its
+        delivery task when a repository is configured; their sequence numbers.
+        Best called last in the transaction (appends are serialised)."""
+        if not self.enabled:
+            return []
+        now = self._clock()
+        sequence: list[int] = []
+        for event in events:
+            record = uow.audit.append(
+                recorded_at=now,
+                event_id=event.event_id.code,
+                outcome=int(event.outcome),
+                message=self._render(event),
+            )
+            sequence.append(record.seq)
+            if self._deliver:
+                uow.tasks.add(
+                    DELIVERY_TASK,
+                    subject=str(record.seq),
+                    payload={"seq": record.seq},
+                    now=now,
+                    max_attempts=self._settings.tasks.max_attempts,
+                )
+        return sequence
+
+    def record_now(self, events: Sequence[a.AuditEvent]) -> list[int]:
+        """``record`` in a transaction of its own, committed when this returns."""
+        if not self.enabled or not events:
+            return []
+        with UnitOfWork(self._engine) as uow:
+            sequence = self.record(uow, events)
+            uow.commit()
+        if self._deliver and self.on_enqueued is not None:
+            self.on_enqueued(None)
+        return sequence
+
+    def application_started(self) -> None:
+        self._application(started=True)
+
+    def application_stopped(self) -> None:
+        self._application(started=False)
+
+    def _application(self, *, started: bool) -> None:
+        try:
+            launcher = getpass.getuser()
+        except (KeyError, OSError):
+            launcher = ""
+        self.record_now(
+            [
+                a.application_activity(
+                    started,
+                    source=self.source,
+                    application=self.archive(roles=(a.APPLICATION,)),
+                    launcher=(
+                        a.ActiveParticipant(
+                            user_id=launcher, requestor=True, roles=(a.APPLICATION_LAUNCHER,)
+                        )
+                        if launcher
+                        else None
+                    ),
+                    occurred_at=self._clock(),
+                )
+            ]
+        )
+
+    def instances_received(
+        self, calling_ae: str, address: str, studies: Sequence[ReceivedStudy]
+    ) -> None:
+        """110104 for each study an association stored (or tried to), at its end:
+        outcome 0 when all its instances were stored, 4 when some were refused, 8
+        when none was."""
+        now = self._clock()
+        sender = self.node(calling_ae, address, roles=(a.SOURCE,), requestor=True)
+        receiver = self.archive(roles=(a.DESTINATION,))
+        events = []
+        for study in studies:
+            stored = sum(study.sop_classes.values())
+            outcome = (
+                a.Outcome.SUCCESS
+                if not study.failures
+                else a.Outcome.MINOR_FAILURE
+                if stored
+                else a.Outcome.SERIOUS_FAILURE
+            )
+            events.append(
+                a.instances_transferred(
+                    source=self.source,
+                    sender=sender,
+                    receiver=receiver,
+                    study_instance_uid=study.study_instance_uid,
+                    sop_classes=tuple(
+                        a.SopClass(uid, count) for uid, count in sorted(study.sop_classes.items())
+                    ),
+                    patient=study.patient,
+                    outcome=outcome,
+                    occurred_at=now,
+                )
+            )
+        self.record_now(events)
+
+    def queried(
+        self,
+        calling_ae: str,
+        address: str,
+        *,
+        sop_class_uid: str,
+        identifier: bytes,
+        transfer_syntax: str,
+        ok: bool,
+    ) -> None:
+        """110112 for one query request."""
+        self.record_now(
+            [
+                a.query(
+                    source=self.source,
+                    requestor=self.node(calling_ae, address, roles=(a.SOURCE,), requestor=True),
+                    responder=self.archive(roles=(a.DESTINATION,)),
+                    sop_class_uid=sop_class_uid,
+                    identifier=identifier,
+                    transfer_syntax=transfer_syntax,
+                    outcome=a.Outcome.SUCCESS if ok else a.Outcome.MINOR_FAILURE,
+                    occurred_at=self._clock(),
+                )
+            ]
+        )
+
+    def association_rejected(self, calling_ae: str, address: str, reason: str) -> None:
+        """110113 / 110126: a node that failed to authenticate by its AE titles."""
+        self.record_now(
+            [
+                a.security_alert(
+                    a.ALERT_REJECTED_ASSOCIATION,
+                    source=self.source,
+                    reporter=self.archive(),
+                    offender=self.node(calling_ae, address, roles=(), requestor=True),
+                    subject=f"{calling_ae}@{address}",
+                    subject_type=a.NODE_ID,
+                    description=reason,
+                    occurred_at=self._clock(),
+                )
+            ]
+        )
+
+    # ------------------------------------------------------------------ delivery
+
+    def run_delivery(self, task: Task) -> None:
+        """Outbox handler of ``DELIVERY_TASK``: send record ``seq`` to the repository."""
+        if self._sender is None:
+            raise PermanentFailure("no audit record repository is configured")
+        seq = int(task.payload["seq"])
+        with UnitOfWork(self._engine, write=False) as uow:
+            record = uow.audit.get(seq)
+        if record is None:
+            raise PermanentFailure(f"audit record {seq} is not in the trail")
+        self._sender.send(record.message, record.recorded_at)
+
+    # ------------------------------------------------------------------ verification
+
+    def verify(self) -> tuple[int, list[ChainBreak]]:
+        """Walk the whole trail: the number of records and every break found."""
+        with UnitOfWork(self._engine, write=False) as uow:
+            records = uow.audit.walk()
+            return count_and_breaks(records)
+
+    def list(
+        self, *, since: datetime | None, event_id: str | None, limit: int
+    ) -> list[AuditRecord]:
+        with UnitOfWork(self._engine, write=False) as uow:
+            return uow.audit.list(since=since, event_id=event_id, limit=limit)
+
+
+def count_and_breaks(records: Iterator[AuditRecord]) -> tuple[int, list[ChainBreak]]:
+    """Check a trail read in ``seq`` order (``AuditTrail.verify``)."""
+    breaks: list[ChainBreak] = []
+    count = 0
+    prev_seq, prev_hash = 0, a.GENESIS_HASH
+    for record in records:
+        count += 1
+        expected = a.record_hash(
+            record.prev_hash,
+            record.seq,
+            record.recorded_at,
+            record.event_id,
+            record.outcome,
+            record.message,
+        )
+        intact = expected == record.hash
+        if not intact:
+            breaks.append(ChainBreak(record.seq, "altered", "its hash does not match its fields"))
+        if record.seq != prev_seq + 1:
+            breaks.append(
+                ChainBreak(
+                    prev_seq + 1,
+                    "deleted",
+                    f"missing between record {prev_seq} and record {record.seq}"
+                    if prev_seq
+                    else f"missing before record {record.seq}",
+                    last=record.seq - 1,
+                )
+            )
+        elif record.prev_hash != prev_hash and intact:
+            breaks.append(
+                ChainBreak(
+                    record.seq,
+                    "inserted",
+                    f"does not follow record {prev_seq}: put in, or record {prev_seq} "
+                    "altered and its hash computed anew"
+                    if prev_seq
+                    else "does not start the trail",
+                )
+            )
+        prev_seq, prev_hash = record.seq, record.hash
+    return count, breaks
