@@ -35,6 +35,7 @@ from kuva.services.commitment import CommitmentService
 from kuva.services.disclosure import DisclosureLog
 from kuva.services.imaging_source import ImagingDocumentSource
 from kuva.services.ingest import IngestService
+from kuva.services.integrity import IntegrityService, Scrubber
 from kuva.services.patients import PatientService
 from kuva.services.query import QueryService
 from kuva.services.registration import RegistrationService
@@ -44,6 +45,7 @@ from kuva.services.retrieve import RetrieveService
 from kuva.services.stored_query import StoredQueryService
 from kuva.storage import BlobStore
 from kuva.storage.filesystem import FileBlobStore
+from kuva.storage.mirror import MirroredBlobStore
 from kuva.tasks.worker import TaskWorkers
 from kuva.web.app import create_app
 from kuva.xds import ebrim
@@ -55,6 +57,15 @@ from kuva.xds.repository import provide_and_register, retrieve_document_set
 from kuva.xds.schema import compiled_schema
 
 log = logging.getLogger(__name__)
+
+
+def build_blob_store(settings: Settings) -> BlobStore:
+    """The blob store of ``[archive]``: a folder, or two when a replica is configured."""
+    primary = FileBlobStore(settings.archive.resolved_blob_dir())
+    replica_dir = settings.archive.resolved_replica_dir()
+    if replica_dir is None:
+        return primary
+    return MirroredBlobStore(primary, FileBlobStore(replica_dir))
 
 
 @dataclass(frozen=True)
@@ -122,8 +133,9 @@ class Archive:
         settings.archive.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(settings.archive.resolved_database_url())
         migrate(self.engine)
-        self.blobs = FileBlobStore(settings.archive.resolved_blob_dir())
-        self.blobs.clean_partial()
+        self.blobs = build_blob_store(settings)
+        for _name, copy in self.blobs.copies():
+            copy.clean_partial()
         self.committer = GroupCommitter(self.engine)
         self.ingest = IngestService(self.engine, self.blobs, self.committer)
         self.commitment = CommitmentService(
@@ -139,6 +151,10 @@ class Archive:
             self.engine, settings, self.xds.imaging_source, IanSender(settings)
         )
         self.patients = PatientService(self.engine, strict=settings.hl7.strict_merge)
+        # on_problem is where the audit trail's ATNA Security Alert plugs in.
+        self.integrity = IntegrityService(self.engine, self.blobs)
+        rate = settings.integrity.scrub_bytes_per_second
+        self.scrubber = Scrubber(self.integrity, self.engine, rate) if rate > 0 else None
         if settings.registration.enabled:
             self.ingest.on_indexed = self.registration.instance_indexed
             self.ingest.on_changed = self.registration.content_changed
@@ -203,6 +219,8 @@ class Archive:
                 "organisation - fine for a first try, never for production"
             )
         self.workers.start()
+        if self.scrubber is not None:
+            self.scrubber.start()
         host, port = self.dicom.start()
         log.info("ready: DICOM %s on %s:%d", self.settings.dicom.ae_title, host, port)
         self._start_http()
@@ -250,8 +268,11 @@ class Archive:
             self._http.should_exit = True
             if self._http_thread is not None:
                 self._http_thread.join(timeout=10)
+        if self.scrubber is not None:
+            self.scrubber.stop()
         self.workers.stop()
         self.committer.close()
+        self.blobs.close()
         self.engine.dispose()
         log.info("stopped")
 
