@@ -135,21 +135,25 @@ def verify(
         repaired = " [green]repaired[/green]" if finding.repaired else ""
         progress.console.print(
             f"[red]{finding.kind.value.upper()}[/red] {finding.copy} "
-            f"{escape(finding.subject())} {finding.key}: {escape(finding.detail)}{repaired}"
+            f"{escape(finding.subject())} {finding.key}: {escape(finding.detail)}{repaired}",
+            soft_wrap=True,  # one line per problem, for grep
         )
 
     try:
         plan = service.plan(selection)
-        checked_objects = 0
+        checked_objects = expected_bytes = 0
         with progress:
             task = progress.add_task(
                 "verifying", total=plan.bytes * copies, objects=f"0/{plan.objects}"
             )
 
-            def checked(_blob: IndexedBlob, findings: list[Finding]) -> None:
-                nonlocal checked_objects
+            def checked(blob: IndexedBlob, findings: list[Finding]) -> None:
+                nonlocal checked_objects, expected_bytes
                 checked_objects += 1
-                progress.update(task, objects=f"{checked_objects}/{plan.objects}")
+                expected_bytes += blob.size * copies  # also when a copy could not be read
+                progress.update(
+                    task, completed=expected_bytes, objects=f"{checked_objects}/{plan.objects}"
+                )
                 for finding in findings:
                     show(finding)
 
@@ -167,11 +171,12 @@ def verify(
     finally:
         blobs.close()
         engine.dispose()
-    table = Table(title="verify")
+    table = Table(title="verify", show_header=False)
     table.add_column("")
     table.add_column("", justify="right")
     table.add_row("objects checked", str(summary.objects))
-    table.add_row("bytes read", f"{summary.bytes * copies:,}")
+    table.add_row("copies of each", str(copies))
+    table.add_row("bytes read", f"{summary.bytes:,}")
     for problem in Problem:
         if problem is not Problem.ORPHANED or selection.everything:
             table.add_row(problem.value, str(summary.problems[problem]))

@@ -96,7 +96,7 @@ class Plan:
 @dataclass
 class Summary:
     objects: int = 0
-    bytes: int = 0
+    bytes: int = 0  # read, every copy
     problems: Counter[Problem] = field(default_factory=Counter)
     repaired: int = 0
 
@@ -193,11 +193,16 @@ class IntegrityService:
         """Check every blob of ``plan`` (each once, every copy) and, with ``repair``,
         restore bad copies from a good one."""
         summary = Summary()
+
+        def read(count: int) -> None:
+            summary.bytes += count
+            if on_read is not None:
+                on_read(count)
+
         for batch in self._batches(plan):
             for blob in batch:
-                findings = self.check(blob, repair=repair, on_read=on_read)
+                findings = self.check(blob, repair=repair, on_read=read)
                 summary.objects += 1
-                summary.bytes += blob.size
                 summary.add(findings)
                 if on_checked is not None:
                     on_checked(blob, findings)
