@@ -92,8 +92,8 @@ def verify(
 
     Each problem is printed with the copy (primary / replica), the SOP Instance UID
     and study (or the XDS document) and the blob key. Exit 0 when all is good, 1
-    when a problem remains (with --repair: one that could not be repaired), 2 for
-    bad arguments. Safe to run while ``kuva serve`` runs.
+    when a problem remains (with --repair: one that could not be repaired) or the
+    study is unknown, 2 for bad arguments. Safe to run while ``kuva serve`` runs.
     """
     from rich.progress import (
         BarColumn,
@@ -141,6 +141,9 @@ def verify(
 
     try:
         plan = service.plan(selection)
+        if study is not None and not plan.objects:
+            console.print(f"[red]the index holds no study {escape(study)}[/red]")
+            raise typer.Exit(1)
         checked_objects = expected_bytes = 0
         with progress:
             task = progress.add_task(

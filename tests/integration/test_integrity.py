@@ -97,6 +97,8 @@ def test_verify_names_missing_corrupt_and_orphaned_blobs(
 
     # One study, or a sample: instances only, no orphan walk.
     sampled = server.kuva("verify", "--sample", "2", check=False)
+    unknown = server.kuva("verify", "--study", "1.2.3.4", check=False)
+    assert unknown.returncode == 1 and "no study 1.2.3.4" in unknown.stdout
     assert "ORPHANED" not in sampled.stdout
     assert re.search(r"objects checked\s*│?\s*2", sampled.stdout), sampled.stdout
 

@@ -10,6 +10,7 @@ repaired from the other (services.integrity), which is why both are kept.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,9 +21,12 @@ log = logging.getLogger(__name__)
 
 
 class MirroredBlobWriter(BlobWriter):
-    def __init__(self, primary: FileBlobWriter, replica: FileBlobWriter) -> None:
+    def __init__(
+        self, primary: FileBlobWriter, replica: FileBlobWriter, pool: ThreadPoolExecutor
+    ) -> None:
         self._primary = primary
         self._replica = replica
+        self._pool = pool
         self.name = primary.name  # the receive path parses the header from here
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -41,15 +45,17 @@ class MirroredBlobWriter(BlobWriter):
         return self._primary.hexdigest()
 
     def commit(self) -> BlobRef:
-        # Both fdatasyncs run at once: the replica's in the background while the
-        # primary's runs here.
-        self._replica.start_sync()
+        # The two copies are made durable at once (fdatasync, link, folder fsync):
+        # the replica's in the background while the primary's runs here.
+        replica = self._pool.submit(self._replica.commit_as, self._primary.hexdigest())
         try:
             ref = self._primary.commit()
-        except BaseException:
-            self._replica.close()
-            raise
-        self._replica.commit_as(ref.sha256)
+        finally:
+            # Both done before returning; a replica copy whose primary failed is an
+            # orphan the integrity check reports.
+            replica_error = replica.exception()
+        if replica_error is not None:
+            raise replica_error
         return ref
 
     def discard(self) -> None:
@@ -64,10 +70,13 @@ class MirroredBlobStore(BlobStore):
     def __init__(self, primary: FileBlobStore, replica: FileBlobStore) -> None:
         self.primary = primary
         self.replica = replica
+        # Commits of replica copies, next to the primary's (not in the stores' fsync
+        # pools: a commit there would wait on fsyncs queued behind it).
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kuva-replica")
 
     def open_writer(self) -> MirroredBlobWriter:
         return MirroredBlobWriter(
-            self.primary.open_writer(), self.replica.open_writer(hashing=False)
+            self.primary.open_writer(), self.replica.open_writer(hashing=False), self._pool
         )
 
     def open(self, key: str) -> BinaryIO:
@@ -95,6 +104,7 @@ class MirroredBlobStore(BlobStore):
         self.replica.check()
 
     def close(self) -> None:
+        self._pool.shutdown()
         self.primary.close()
         self.replica.close()
 
