@@ -14,7 +14,9 @@ default) is generated once into a temporary folder, then sent with dcmtk
 * Orthanc, if installed (SQLite index, uncompressed storage, ``TCP_NODELAY=1``
   as its dcmtk network layer needs it as much as storescp does);
 * kuva: ``<repo>/.venv/bin/kuva serve --config <tmp.toml>``, ready when
-  ``GET /healthz`` answers 200. If it cannot be started its row says so.
+  ``GET /healthz`` answers 200. If it cannot be started its row says so;
+* kuva (replica), with ``--targets ...,kuva-replica``: kuva writing every object
+  to a second folder too (``[archive] replica_url``) before it answers.
 
 Every target gets a fresh server and a fresh data folder for each run. The time
 measured is the wall clock of the storescu processes (association, all C-STOREs
@@ -178,7 +180,10 @@ def orthanc_receiver(workdir: Path) -> Iterator[Endpoint]:
 class KuvaServer:
     """``kuva serve --config <toml>`` as a subprocess, ready when /healthz answers 200."""
 
-    def __init__(self, executable: Path, workdir: Path, *, startup_timeout: float) -> None:
+    def __init__(
+        self, executable: Path, workdir: Path, *, startup_timeout: float, replica: bool = False
+    ) -> None:
+        self.replica = replica
         self.executable = executable
         self.workdir = workdir
         self.startup_timeout = startup_timeout
@@ -191,9 +196,11 @@ class KuvaServer:
         """Write the TOML configuration (a fresh data_dir under ``workdir``)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         data_dir = json.dumps(str(self.workdir / "kuva"))  # a valid TOML basic string
+        replica = json.dumps(f"file://{self.workdir / 'replica'}") if self.replica else '""'
         self.config_path.write_text(
             "[archive]\n"
-            f"data_dir = {data_dir}\n\n"
+            f"data_dir = {data_dir}\n"
+            f"replica_url = {replica}\n\n"
             "[dicom]\n"
             f'ae_title = "{KUVA_AET}"\n'
             f'host = "{LOOPBACK}"\n'
@@ -290,11 +297,14 @@ def kuva_receiver(
     executable: Path,
     startup_timeout: float,
     before_start: Callable[[Path], None] | None = None,
+    replica: bool = False,
 ) -> Iterator[Endpoint]:
     """kuva with a fresh data_dir in ``workdir``; ``before_start(config)`` runs first."""
     if not executable.exists():
         raise Unavailable(f"{executable} not found")
-    server = KuvaServer(executable, workdir / "kuva-server", startup_timeout=startup_timeout)
+    server = KuvaServer(
+        executable, workdir / "kuva-server", startup_timeout=startup_timeout, replica=replica
+    )
     config = server.write_config()
     if before_start is not None:
         before_start(config)
@@ -684,7 +694,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument(
         "--targets",
         default="storescp,orthanc,kuva",
-        help="comma-separated subset of storescp,orthanc,kuva",
+        help="comma-separated subset of storescp,orthanc,kuva,kuva-replica",
     )
     parser.add_argument(
         "--kuva",
@@ -705,7 +715,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         return value if value is not None else (quick if args.quick else normal)
 
     targets = frozenset(t.strip() for t in args.targets.split(",") if t.strip())
-    unknown = targets - {"storescp", "orthanc", "kuva"}
+    unknown = targets - {"storescp", "orthanc", "kuva", "kuva-replica"}
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
     if args.parallel < 1 or args.repeat < 1:
@@ -736,6 +746,18 @@ def receivers(options: Options) -> list[tuple[str, ReceiverFactory]]:
                 "kuva",
                 lambda w: kuva_receiver(
                     w, executable=options.kuva, startup_timeout=options.kuva_timeout
+                ),
+            )
+        )
+    if "kuva-replica" in options.targets:
+        chosen.append(
+            (
+                "kuva (replica)",
+                lambda w: kuva_receiver(
+                    w,
+                    executable=options.kuva,
+                    startup_timeout=options.kuva_timeout,
+                    replica=True,
                 ),
             )
         )

@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from types import FrameType
 
 import uvicorn
@@ -39,6 +40,7 @@ from kuva.services.commitment import CommitmentService
 from kuva.services.disclosure import DisclosureLog
 from kuva.services.imaging_source import ImagingDocumentSource
 from kuva.services.ingest import IngestService
+from kuva.services.integrity import Finding, IntegrityService, Scrubber
 from kuva.services.patients import PatientService
 from kuva.services.query import QueryService
 from kuva.services.registration import RegistrationService
@@ -48,6 +50,7 @@ from kuva.services.retrieve import RetrieveService
 from kuva.services.stored_query import StoredQueryService
 from kuva.storage import BlobStore
 from kuva.storage.filesystem import FileBlobStore
+from kuva.storage.mirror import MirroredBlobStore
 from kuva.tasks.worker import TaskWorkers
 from kuva.web.app import create_app
 from kuva.xds import ebrim
@@ -59,6 +62,15 @@ from kuva.xds.repository import provide_and_register, retrieve_document_set
 from kuva.xds.schema import compiled_schema
 
 log = logging.getLogger(__name__)
+
+
+def build_blob_store(settings: Settings) -> BlobStore:
+    """The blob store of ``[archive]``: a folder, or two when a replica is configured."""
+    primary = FileBlobStore(settings.archive.resolved_blob_dir())
+    replica_dir = settings.archive.resolved_replica_dir()
+    if replica_dir is None:
+        return primary
+    return MirroredBlobStore(primary, FileBlobStore(replica_dir))
 
 
 @dataclass(frozen=True)
@@ -129,6 +141,15 @@ def build_audit(settings: Settings, engine: Engine) -> AuditTrail:
     )
 
 
+def integrity_alert(audit: AuditTrail, finding: Finding) -> None:
+    """A problem found by the integrity check, as an ATNA Security Alert."""
+    audit.integrity_failure(
+        finding.subject(),
+        f"{finding.kind.value} {finding.copy} copy of blob {finding.key}: {finding.detail}"
+        + (" (repaired)" if finding.repaired else ""),
+    )
+
+
 class Archive:
     """Every part of a running archive, wired together."""
 
@@ -137,8 +158,9 @@ class Archive:
         settings.archive.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(settings.archive.resolved_database_url())
         migrate(self.engine)
-        self.blobs = FileBlobStore(settings.archive.resolved_blob_dir())
-        self.blobs.clean_partial()
+        self.blobs = build_blob_store(settings)
+        for _name, copy in self.blobs.copies():
+            copy.clean_partial()
         self.audit = build_audit(settings, self.engine)
         self.committer = GroupCommitter(self.engine)
         self.ingest = IngestService(self.engine, self.blobs, self.committer)
@@ -159,6 +181,10 @@ class Archive:
         self.patients = PatientService(
             self.engine, strict=settings.hl7.strict_merge, audit=self.audit
         )
+        self.integrity = IntegrityService(self.engine, self.blobs)
+        self.integrity.on_problem = partial(integrity_alert, self.audit)
+        rate = settings.integrity.scrub_bytes_per_second
+        self.scrubber = Scrubber(self.integrity, self.engine, rate) if rate > 0 else None
         if settings.registration.enabled:
             self.ingest.on_indexed = self.registration.instance_indexed
             self.ingest.on_changed = self.registration.content_changed
@@ -227,6 +253,8 @@ class Archive:
                 "organisation - fine for a first try, never for production"
             )
         self.workers.start()
+        if self.scrubber is not None:
+            self.scrubber.start()
         host, port = self.dicom.start()
         log.info("ready: DICOM %s on %s:%d", self.settings.dicom.ae_title, host, port)
         self._start_http()
@@ -277,10 +305,13 @@ class Archive:
             self._http.should_exit = True
             if self._http_thread is not None:
                 self._http_thread.join(timeout=10)
+        if self.scrubber is not None:
+            self.scrubber.stop()
         self.audit.application_stopped()
         self.workers.stop()
         self._deliver_audit()
         self.committer.close()
+        self.blobs.close()
         self.engine.dispose()
         log.info("stopped")
 

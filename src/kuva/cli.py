@@ -1,4 +1,5 @@
-"""The ``kuva`` command line (CONTRACT.md): serve, tasks, db, xds, iocm, patients, audit."""
+"""The ``kuva`` command line (CONTRACT.md): serve, verify, tasks, db, xds, iocm, patients,
+audit."""
 
 from __future__ import annotations
 
@@ -80,6 +81,123 @@ def serve(
     from kuva.app import serve as run
 
     run(settings)
+
+
+@app.command()
+def verify(
+    config: ConfigOption = None,
+    sample: Annotated[
+        int | None, typer.Option(min=1, help="check this many instances picked at random")
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="check one study (Study Instance UID)")] = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="restore bad copies from the good copy (replica)")
+    ] = False,
+) -> None:
+    """Read stored blobs back and compare each with the SHA-256 and size the index
+    recorded: missing, corrupt and (checking everything) orphaned blobs.
+
+    Each problem is printed with the copy (primary / replica), the SOP Instance UID
+    and study (or the XDS document) and the blob key. Exit 0 when all is good, 1
+    when a problem remains (with --repair: one that could not be repaired) or the
+    study is unknown, 2 for bad arguments. Safe to run while ``kuva serve`` runs.
+    """
+    from functools import partial
+
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from kuva.app import build_audit, build_blob_store, integrity_alert
+    from kuva.index.integrity import IndexedBlob
+    from kuva.services.integrity import Finding, IntegrityService, Problem, Selection
+
+    settings = _settings(config)
+    if sample is not None and study is not None:
+        console.print("[red]--sample and --study exclude each other[/red]")
+        raise typer.Exit(2)
+    engine = make_engine(settings.archive.resolved_database_url())
+    migrate(engine)
+    blobs = build_blob_store(settings)
+    service = IntegrityService(engine, blobs)
+    service.on_problem = partial(integrity_alert, build_audit(settings, engine))
+    if repair and not service.replicated:
+        console.print("[red]--repair needs a replica ([archive] replica_url)[/red]")
+        raise typer.Exit(2)
+    selection = Selection(sample=sample, study_uid=study)
+    copies = len(blobs.copies())
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TextColumn("{task.fields[objects]} objects"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+    def show(finding: Finding) -> None:
+        repaired = " [green]repaired[/green]" if finding.repaired else ""
+        progress.console.print(
+            f"[red]{finding.kind.value.upper()}[/red] {finding.copy} "
+            f"{escape(finding.subject())} {finding.key}: {escape(finding.detail)}{repaired}",
+            soft_wrap=True,  # one line per problem, for grep
+        )
+
+    try:
+        plan = service.plan(selection)
+        if study is not None and not plan.objects:
+            console.print(f"[red]the index holds no study {escape(study)}[/red]")
+            raise typer.Exit(1)
+        checked_objects = expected_bytes = 0
+        with progress:
+            task = progress.add_task(
+                "verifying", total=plan.bytes * copies, objects=f"0/{plan.objects}"
+            )
+
+            def checked(blob: IndexedBlob, findings: list[Finding]) -> None:
+                nonlocal checked_objects, expected_bytes
+                checked_objects += 1
+                expected_bytes += blob.size * copies  # also when a copy could not be read
+                progress.update(
+                    task, completed=expected_bytes, objects=f"{checked_objects}/{plan.objects}"
+                )
+                for finding in findings:
+                    show(finding)
+
+            summary = service.verify(
+                plan,
+                repair=repair,
+                on_read=lambda n: progress.advance(task, n),
+                on_checked=checked,
+            )
+            if selection.everything:
+                progress.update(task, description="orphans")
+                for finding in service.orphans():
+                    summary.add([finding])
+                    show(finding)
+    finally:
+        blobs.close()
+        engine.dispose()
+    table = Table(title="verify", show_header=False)
+    table.add_column("")
+    table.add_column("", justify="right")
+    table.add_row("objects checked", str(summary.objects))
+    table.add_row("copies of each", str(copies))
+    table.add_row("bytes read", f"{summary.bytes:,}")
+    for problem in Problem:
+        if problem is not Problem.ORPHANED or selection.everything:
+            table.add_row(problem.value, str(summary.problems[problem]))
+    if repair:
+        table.add_row("repaired", str(summary.repaired))
+    console.print(table)
+    if summary.unrepaired:
+        raise typer.Exit(1)
 
 
 @db_app.command("upgrade")
@@ -232,16 +350,15 @@ def xds_publish(
     """
     _logging("WARNING")
     settings = _settings(config)
-    from kuva.app import build_xds
+    from kuva.app import build_blob_store, build_xds
     from kuva.index.group_commit import GroupCommitter
     from kuva.services.imaging_source import ManifestPublishError, UnknownStudy
     from kuva.services.ingest import IngestService
     from kuva.services.retrieve import RetrieveService
-    from kuva.storage.filesystem import FileBlobStore
 
     engine = make_engine(settings.archive.resolved_database_url())
     migrate(engine)
-    blobs = FileBlobStore(settings.archive.resolved_blob_dir())
+    blobs = build_blob_store(settings)
     committer = GroupCommitter(engine)
     try:
         ingest = IngestService(engine, blobs, committer)
@@ -258,7 +375,7 @@ def xds_publish(
         raise typer.Exit(1) from exc
     finally:
         committer.close()
-        blobs.sync_pool.shutdown()
+        blobs.close()
         engine.dispose()
     print(published.entry_uuid)
 

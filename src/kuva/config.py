@@ -28,6 +28,9 @@ class ArchiveSettings(BaseModel):
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     database_url: str = ""  # "" = SQLite in data_dir
     blob_url: str = ""  # "" = data_dir/blobs
+    # A second copy of every blob (file:///path), written and fsynced with the
+    # first before an object is acknowledged; "" = none (storage.mirror).
+    replica_url: str = ""
     # Patient corrections (HL7 merge, update, identifier change) applied to every
     # outgoing object, with the values as stored in its Original Attributes Sequence.
     # false: every object goes out exactly as received (nodes can ask this alone:
@@ -46,6 +49,15 @@ class ArchiveSettings(BaseModel):
             return Path(self.blob_url.removeprefix("file://"))
         raise ValueError(
             f"blob_url {self.blob_url!r}: only local folders (file://) are supported so far"
+        )
+
+    def resolved_replica_dir(self) -> Path | None:
+        if not self.replica_url:
+            return None
+        if self.replica_url.startswith("file://"):
+            return Path(self.replica_url.removeprefix("file://"))
+        raise ValueError(
+            f"replica_url {self.replica_url!r}: only local folders (file://) are supported so far"
         )
 
 
@@ -224,6 +236,14 @@ class AuditSettings(BaseModel):
         return value
 
 
+class IntegritySettings(BaseModel):
+    """The continuous integrity check of ``kuva serve`` (services.integrity)."""
+
+    # Bytes read per second by the background check (every copy counts); 0 = off.
+    # Low by default, so that it never competes with ingest and retrieval.
+    scrub_bytes_per_second: int = Field(default=1024 * 1024, ge=0)
+
+
 class OrganizationSettings(BaseModel):
     oid: str
     name: str
@@ -264,6 +284,7 @@ class Settings(BaseSettings):
     tasks: TaskSettings = Field(default_factory=TaskSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    integrity: IntegritySettings = Field(default_factory=IntegritySettings)
     organizations: list[OrganizationSettings] = Field(default_factory=list)
     nodes: list[NodeSettings] = Field(default_factory=list)
 

@@ -47,3 +47,29 @@ registration_latency = Histogram(
     buckets=(0.5, 1, 2, 3, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 21600, 86400),
     registry=REGISTRY,
 )
+integrity_checked = Counter(
+    "kuva_integrity_checked",
+    "Blob copies read back and compared with their SHA-256 (services.integrity)",
+    registry=REGISTRY,
+)
+integrity_checked_bytes = Counter(
+    "kuva_integrity_checked_bytes",
+    "Bytes read back by integrity checks",
+    registry=REGISTRY,
+)
+integrity_failures = Counter(
+    "kuva_integrity_failures",
+    "Integrity problems found, by kind (missing, corrupt, orphaned)",
+    ["kind"],
+    registry=REGISTRY,
+)
+integrity_repairs = Counter(
+    "kuva_integrity_repairs",
+    "Blob copies repaired from a good copy (missing or corrupt before)",
+    registry=REGISTRY,
+)
+integrity_last_pass = Gauge(
+    "kuva_integrity_last_full_pass_timestamp_seconds",
+    "When the continuous integrity check last finished a pass over every blob (Unix time)",
+    registry=REGISTRY,
+)

@@ -99,6 +99,9 @@ class KuvaServer:
             # instance) to the study and tasks to the outbox, which tests of other
             # things do not expect.
             "registration": {"enabled": False},
+            # Off unless a test is about it: the continuous integrity check reads
+            # every blob again, load that tests of other things do not need.
+            "integrity": {"scrub_bytes_per_second": 0},
         }
         if self.public_url:
             sections["http"]["base_url"] = self.http

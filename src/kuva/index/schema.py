@@ -168,6 +168,8 @@ instance = Table(
     # Notes stay retrievable and queryable but are not listed in manifests.
     Column("rejection_note_code", String(16), nullable=True),
     Index(None, "received_at"),
+    # Which rows reference a blob: the orphan walk and repairs (services.integrity).
+    Index(None, "blob_key"),
 )
 
 # IOCM rejections in force (model.rejection), one per rejected SOP Instance UID,
@@ -412,6 +414,7 @@ xds_document = Table(
     Column("study_instance_uid", UID, nullable=True),
     Column("stored_at", UtcDateTime(), nullable=False),
     Index(None, "study_instance_uid"),
+    Index(None, "blob_key"),
 )
 
 # The disclosure log (luovutusloki; DESIGN.md principle 7): one row per document or
@@ -470,4 +473,18 @@ audit_record = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
     Index("ix_audit_record_recorded_at", "recorded_at"),
+)
+
+# Where the continuous integrity check of ``kuva serve`` is in its walk over the
+# blobs (services.integrity): one row. ``phase`` "instance" or "document", the
+# walk resumes after ``after_pk`` of that table; nodes sharing the index share
+# the walk, each taking the next batch under the row's lock.
+integrity_scrub = Table(
+    "integrity_scrub",
+    metadata,
+    Column("pk", Integer, primary_key=True),
+    Column("phase", String(16), nullable=False),
+    Column("after_pk", BigInteger, nullable=False),
+    Column("pass_started_at", UtcDateTime(), nullable=True),
+    Column("last_pass_at", UtcDateTime(), nullable=True),
 )

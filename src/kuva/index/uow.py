@@ -11,6 +11,7 @@ from kuva.index.commitments import CommitmentRepository
 from kuva.index.corrections import CorrectionLog
 from kuva.index.database import WRITE_OPTION
 from kuva.index.instances import InstanceRepository
+from kuva.index.integrity import IntegrityRepository
 from kuva.index.manifests import ManifestRepository
 from kuva.index.outbox import TaskRepository
 from kuva.index.patients import PatientRepository
@@ -56,6 +57,7 @@ class UnitOfWork:
         self.corrections = CorrectionLog(conn)
         self.patients = PatientRepository(conn)
         self.audit = AuditRepository(conn)
+        self.integrity = IntegrityRepository(conn)
         return self
 
     def commit(self) -> None:

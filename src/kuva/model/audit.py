@@ -399,6 +399,9 @@ def export(
 ALERT_REJECTED_ASSOCIATION = NODE_AUTHENTICATION
 ALERT_BAD_CERTIFICATE = NODE_AUTHENTICATION
 ALERT_REFUSED_ACCESS = USE_OF_RESTRICTED_FUNCTION
+# A stored object found missing or altered (services.integrity). CID 403 has no
+# code for it and is extensible: a private code (PS3.16 8.2, "99" designator).
+ALERT_INTEGRITY = Code("INTEGRITY", "99KUVA", "Stored Object Integrity Failure")
 
 
 def security_alert(

@@ -301,6 +301,24 @@ class AuditTrail:
             ]
         )
 
+    def integrity_failure(self, subject: str, description: str) -> None:
+        """110113 / ALERT_INTEGRITY: kuva found a stored object missing or altered
+        (``subject`` by UIDs only, never patient data)."""
+        self.record_now(
+            [
+                a.security_alert(
+                    a.ALERT_INTEGRITY,
+                    source=self.source,
+                    reporter=self.archive(),
+                    offender=self.archive(requestor=True),
+                    subject=subject,
+                    subject_type=a.NODE_ID,
+                    description=description,
+                    occurred_at=self._clock(),
+                )
+            ]
+        )
+
     # ------------------------------------------------------------------ delivery
 
     def run_delivery(self, task: Task) -> None:

@@ -4,14 +4,14 @@ legal responsibility for the images.
 A request is recorded together with its report task in one transaction and
 answered at once. The task then reads every referenced object back from the blob
 store, recomputes its SHA-256 and checks its SOP Class, and only an object that
-passed is reported as committed. The report goes out through a ``ReportSender``
-(the DICOM adapter: N-EVENT-REPORT on the requesting association, or a new one);
-delivery is retried from the outbox until it succeeds.
+passed is reported as committed; with a replica, both copies must pass. The
+report goes out through a ``ReportSender`` (the DICOM adapter: N-EVENT-REPORT on
+the requesting association, or a new one); delivery is retried from the outbox
+until it succeeds.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +23,7 @@ from kuva import metrics
 from kuva.index.outbox import Task
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
+from kuva.services import integrity
 from kuva.storage import BlobStore
 
 log = logging.getLogger(__name__)
@@ -187,19 +188,12 @@ class CommitmentService:
         )
 
     def _intact(self, key: str, sha256: str, size: int) -> bool:
-        digest = hashlib.sha256()
-        read = 0
-        try:
-            for chunk in self._blobs.iter_chunks(key):
-                digest.update(chunk)
-                read += len(chunk)
-        except OSError as exc:
-            log.error("integrity: cannot read blob %s: %s", key, exc)
-            return False
-        if read != size or digest.hexdigest() != sha256:
-            log.error("integrity: blob %s does not match its recorded hash/size", key)
-            return False
-        return True
+        """Every copy (the primary and, when configured, the replica) reads back with
+        its recorded hash and size (DESIGN.md principle 2)."""
+        bad = integrity.copy_problems(self._blobs, key, sha256, size)
+        for name, _copy, problem, detail in bad:
+            log.error("integrity: %s copy of blob %s is %s (%s)", name, key, problem.value, detail)
+        return not bad
 
     def run_task(self, task: Task) -> None:
         """Outbox handler: verify once, record the result, deliver the report."""

@@ -1,5 +1,21 @@
 """Blob stores: content-addressed, write-once bytes behind one small interface."""
 
-from kuva.storage.base import BlobExistsError, BlobRef, BlobStore, BlobWriter, blob_key
+from kuva.storage.base import (
+    BlobCopy,
+    BlobEntry,
+    BlobExistsError,
+    BlobRef,
+    BlobStore,
+    BlobWriter,
+    blob_key,
+)
 
-__all__ = ["BlobExistsError", "BlobRef", "BlobStore", "BlobWriter", "blob_key"]
+__all__ = [
+    "BlobCopy",
+    "BlobEntry",
+    "BlobExistsError",
+    "BlobRef",
+    "BlobStore",
+    "BlobWriter",
+    "blob_key",
+]

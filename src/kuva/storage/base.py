@@ -8,7 +8,7 @@ stream in, so storing an object reads it exactly once.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -25,6 +25,15 @@ class BlobRef:
     sha256: str
     size: int
     created: bool  # False when an identical blob was already stored
+
+
+@dataclass(frozen=True)
+class BlobEntry:
+    """A blob as its store lists it (the orphan walk, services.integrity)."""
+
+    key: str
+    size: int
+    modified: float  # seconds since the epoch: when its bytes were last written
 
 
 class BlobExistsError(Exception):
@@ -103,3 +112,36 @@ class BlobStore(ABC):
         with self.open(key) as f:
             while chunk := f.read(chunk_size):
                 yield chunk
+
+    def close(self) -> None:  # noqa: B027 - a no-op unless a store holds threads
+        """Release what the store holds (background threads); call when done with it."""
+
+    @abstractmethod
+    def copies(self) -> tuple[tuple[str, BlobCopy], ...]:
+        """The independent copies the store keeps of every blob, each with its name
+        ("primary", "replica"): integrity checks verify each and repair one from another."""
+
+
+class BlobCopy(BlobStore):
+    """One physical copy of the blobs, which can be listed and repaired."""
+
+    def copies(self) -> tuple[tuple[str, BlobCopy], ...]:
+        return (("primary", self),)
+
+    @abstractmethod
+    def clean_partial(self) -> int:
+        """Remove partial blobs left by a crash (never visible); only while nothing
+        writes, at start. Returns how many were removed."""
+
+    @abstractmethod
+    def iter_keys(self) -> Iterator[BlobEntry]:
+        """Every blob stored, in key order (the orphan walk; partial writes are not blobs)."""
+
+    @abstractmethod
+    def restore(self, key: str, chunks: Iterable[bytes], sha256: str, size: int) -> None:
+        """Put back the blob ``key`` from ``chunks`` of a good copy (a repair).
+
+        The bytes are checked against ``sha256`` and ``size`` before anything is
+        replaced (ValueError otherwise), so a key only ever names its own content
+        (DESIGN.md principle 1); a damaged copy is kept aside, not destroyed.
+        """

@@ -4,7 +4,9 @@ Durability (DESIGN.md, Data): a blob is written to a temporary name in ``tmp/``,
 fsynced, linked to its final name ``sha256/ab/cd/<digest>`` and the folder fsynced.
 ``os.link`` fails when the name exists, so an object is never overwritten; a final
 name only ever appears for complete, fsynced bytes. Files are made read-only.
-Leftovers in ``tmp/`` (a crash mid-write) are removed at start.
+Leftovers in ``tmp/`` (a crash mid-write) are removed at start. A repair
+(``restore``) puts verified bytes back under their name and keeps the damaged file
+in ``quarantine/``.
 """
 
 from __future__ import annotations
@@ -13,12 +15,21 @@ import contextlib
 import hashlib
 import logging
 import os
+import time
 import uuid
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
-from kuva.storage.base import BlobExistsError, BlobRef, BlobStore, BlobWriter, blob_key
+from kuva.storage.base import (
+    BlobCopy,
+    BlobEntry,
+    BlobExistsError,
+    BlobRef,
+    BlobWriter,
+    blob_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +43,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 class FileBlobWriter(BlobWriter):
-    def __init__(self, store: FileBlobStore) -> None:
+    """``hashing=False`` is for a mirror's second copy: the same bytes as a hashing
+    writer's, committed under its digest (``commit_as``), so they are hashed once."""
+
+    def __init__(self, store: FileBlobStore, *, hashing: bool = True) -> None:
         self._store = store
         self._path = store.tmp_dir / f"{uuid.uuid4().hex}.part"
         self.name = str(self._path)
@@ -40,6 +54,7 @@ class FileBlobWriter(BlobWriter):
             self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
         )
         self._hash = hashlib.sha256()
+        self._hashing = hashing
         self._size = 0
         self._done = False
         self._sync: Future[None] | None = None
@@ -50,7 +65,8 @@ class FileBlobWriter(BlobWriter):
         if self._fd is None:
             raise ValueError("write to a closed blob writer")
         view = memoryview(data)
-        self._hash.update(view)
+        if self._hashing:
+            self._hash.update(view)
         total = 0
         while total < len(view):
             total += os.write(self._fd, view[total:])
@@ -62,6 +78,8 @@ class FileBlobWriter(BlobWriter):
         return self._size
 
     def hexdigest(self) -> str:
+        if not self._hashing:
+            raise ValueError("this blob writer does not hash (a mirror's second copy)")
         return self._hash.hexdigest()
 
     def start_sync(self) -> None:
@@ -71,20 +89,13 @@ class FileBlobWriter(BlobWriter):
             self._sync = self._store.sync_pool.submit(os.fdatasync, self._fd)
 
     def commit(self) -> BlobRef:
-        if self._fd is None or self._done:
-            raise ValueError("blob writer already closed")
-        digest = self._hash.hexdigest()
+        return self.commit_as(self.hexdigest())
+
+    def commit_as(self, digest: str) -> BlobRef:
+        """Commit under ``digest``, which the caller computed over the same bytes."""
         key = blob_key(digest)
         final = self._store.path_of(key)
-        try:
-            if self._sync is not None:
-                self._sync.result()
-            else:
-                os.fdatasync(self._fd)
-        finally:
-            os.close(self._fd)
-            self._fd = None
-        self._done = True
+        self._sync_and_close()
         created = True
         try:
             self._store.ensure_parent(final)
@@ -99,6 +110,39 @@ class FileBlobWriter(BlobWriter):
         if created:
             _fsync_dir(final.parent)
         return BlobRef(key=key, sha256=digest, size=self._size, created=created)
+
+    def replace(self) -> None:
+        """Make the bytes durable under their name, in place of a damaged file there
+        (a repair: the caller checked them against the name). The damaged file is
+        kept in ``quarantine/`` as evidence."""
+        key = blob_key(self.hexdigest())
+        final = self._store.path_of(key)
+        self._sync_and_close()
+        try:
+            self._store.ensure_parent(final)
+            os.chmod(self._path, 0o444)
+            if final.exists():
+                kept = self._store.quarantine_dir / f"{final.name}.{time.time_ns()}"
+                os.link(final, kept)
+                _fsync_dir(kept.parent)
+            # One atomic rename: a reader sees the damaged file or the good one.
+            os.replace(self._path, final)
+        finally:
+            self._path.unlink(missing_ok=True)
+        _fsync_dir(final.parent)
+
+    def _sync_and_close(self) -> None:
+        if self._fd is None or self._done:
+            raise ValueError("blob writer already closed")
+        try:
+            if self._sync is not None:
+                self._sync.result()
+            else:
+                os.fdatasync(self._fd)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+        self._done = True
 
     def discard(self) -> None:
         self.close()
@@ -123,11 +167,13 @@ class FileBlobWriter(BlobWriter):
                 log.debug("could not clean an abandoned blob writer", exc_info=True)
 
 
-class FileBlobStore(BlobStore):
+class FileBlobStore(BlobCopy):
     def __init__(self, root: Path) -> None:
         self.root = root
         self.tmp_dir = root / "tmp"
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.quarantine_dir = root / "quarantine"
+        self.quarantine_dir.mkdir(exist_ok=True)
         (root / "sha256").mkdir(exist_ok=True)
         self._known_dirs: set[Path] = set()
         self._prepare_fanout()
@@ -178,8 +224,8 @@ class FileBlobStore(BlobStore):
                     _fsync_dir(level.parent)
         self._known_dirs.add(parent)
 
-    def open_writer(self) -> FileBlobWriter:
-        return FileBlobWriter(self)
+    def open_writer(self, *, hashing: bool = True) -> FileBlobWriter:
+        return FileBlobWriter(self, hashing=hashing)
 
     def open(self, key: str) -> BinaryIO:
         return open(self.path_of(key), "rb")
@@ -193,6 +239,40 @@ class FileBlobStore(BlobStore):
     def size(self, key: str) -> int:
         return self.path_of(key).stat().st_size
 
+    def close(self) -> None:
+        self.sync_pool.shutdown()
+
     def check(self) -> None:
         if not os.access(self.tmp_dir, os.W_OK):
             raise OSError(f"blob store {self.root} is not writable")
+
+    def iter_keys(self) -> Iterator[BlobEntry]:
+        """Walk ``sha256/ab/cd/`` in name order, one folder in memory at a time."""
+        top = self.root / "sha256"
+        for first in _sorted_entries(top, folders=True):
+            for second in _sorted_entries(top / first, folders=True):
+                folder = top / first / second
+                for name in _sorted_entries(folder, folders=False):
+                    try:
+                        stat = (folder / name).stat()
+                    except FileNotFoundError:  # pragma: no cover - removed meanwhile
+                        continue
+                    yield BlobEntry(f"sha256/{first}/{second}/{name}", stat.st_size, stat.st_mtime)
+
+    def restore(self, key: str, chunks: Iterable[bytes], sha256: str, size: int) -> None:
+        if key != blob_key(sha256):
+            raise ValueError(f"{key} is not the address of sha256 {sha256}")
+        writer = FileBlobWriter(self)
+        try:
+            for chunk in chunks:
+                writer.write(chunk)
+            if writer.size != size or writer.hexdigest() != sha256:
+                raise ValueError(f"{key}: the source copy does not match its hash, not restored")
+            writer.replace()
+        finally:
+            writer.close()
+
+
+def _sorted_entries(folder: Path, *, folders: bool) -> list[str]:
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if e.is_dir() == folders)

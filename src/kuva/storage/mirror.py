@@ -1,0 +1,112 @@
+"""A blob store kept twice: a primary copy and a replica (``[archive] replica_url``).
+
+Every blob is written to both and made durable in both before ``commit`` returns,
+so an object is acknowledged only once two copies exist (DESIGN.md principle 2);
+the bytes are hashed once, on the primary's writer. Reads come from the primary,
+or from the replica when the primary copy is missing. A copy that goes bad is
+repaired from the other (services.integrity), which is why both are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import BinaryIO
+
+from kuva.storage.base import BlobCopy, BlobRef, BlobStore, BlobWriter
+from kuva.storage.filesystem import FileBlobStore, FileBlobWriter
+
+log = logging.getLogger(__name__)
+
+
+class MirroredBlobWriter(BlobWriter):
+    def __init__(
+        self, primary: FileBlobWriter, replica: FileBlobWriter, pool: ThreadPoolExecutor
+    ) -> None:
+        self._primary = primary
+        self._replica = replica
+        self._pool = pool
+        self.name = primary.name  # the receive path parses the header from here
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._replica.write(data)
+        return self._primary.write(data)
+
+    def start_sync(self) -> None:
+        self._primary.start_sync()
+        self._replica.start_sync()
+
+    @property
+    def size(self) -> int:
+        return self._primary.size
+
+    def hexdigest(self) -> str:
+        return self._primary.hexdigest()
+
+    def commit(self) -> BlobRef:
+        # The two copies are made durable at once (fdatasync, link, folder fsync):
+        # the replica's in the background while the primary's runs here.
+        replica = self._pool.submit(self._replica.commit_as, self._primary.hexdigest())
+        try:
+            ref = self._primary.commit()
+        finally:
+            # Both done before returning; a replica copy whose primary failed is an
+            # orphan the integrity check reports.
+            replica_error = replica.exception()
+        if replica_error is not None:
+            raise replica_error
+        return ref
+
+    def discard(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._primary.close()
+        self._replica.close()
+
+
+class MirroredBlobStore(BlobStore):
+    def __init__(self, primary: FileBlobStore, replica: FileBlobStore) -> None:
+        self.primary = primary
+        self.replica = replica
+        # Commits of replica copies, next to the primary's (not in the stores' fsync
+        # pools: a commit there would wait on fsyncs queued behind it).
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kuva-replica")
+
+    def open_writer(self) -> MirroredBlobWriter:
+        return MirroredBlobWriter(
+            self.primary.open_writer(), self.replica.open_writer(hashing=False), self._pool
+        )
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return self.primary.open(key)
+        except FileNotFoundError:
+            log.warning("blob %s: primary copy missing, read from the replica", key)
+            return self.replica.open(key)
+
+    def local_path(self, key: str) -> Path:
+        path = self.primary.local_path(key)
+        return path if path.is_file() else self.replica.local_path(key)
+
+    def exists(self, key: str) -> bool:
+        return self.primary.exists(key) or self.replica.exists(key)
+
+    def size(self, key: str) -> int:
+        try:
+            return self.primary.size(key)
+        except FileNotFoundError:
+            return self.replica.size(key)
+
+    def check(self) -> None:
+        self.primary.check()
+        self.replica.check()
+
+    def close(self) -> None:
+        self._pool.shutdown()
+        self.primary.close()
+        self.replica.close()
+
+    def copies(self) -> tuple[tuple[str, BlobCopy], ...]:
+        return (("primary", self.primary), ("replica", self.replica))
