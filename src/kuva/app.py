@@ -229,6 +229,7 @@ class Archive:
             ],
         )
         self.http_app.state.public_base_url = settings.http.base_url
+        self.http_app.state.default_organization = settings.http_organization()
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
 

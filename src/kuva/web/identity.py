@@ -1,0 +1,27 @@
+"""Who an HTTP request comes from: the organisation (register holder) it acts for.
+
+One function answers it for every HTTP adapter (DICOMweb, WADO-URI, the XDS SOAP
+endpoints, the admin API), so the rule of how a client is identified lives here:
+
+1. Mutual TLS: the organisation the client certificate's subject maps to, put in the
+   ASGI scope under ``SCOPE_KEY`` by the TLS layer when the connection was accepted.
+2. Otherwise (plain HTTP: the embedded default and tests) the organisation set for
+   every HTTP client, ``[http] organization`` (``Settings.http_organization``), kept
+   in ``app.state.default_organization`` by the composition root.
+3. Neither: None - the request acts for no known organisation.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import HTTPConnection
+
+SCOPE_KEY = "kuva.organization"
+
+
+def client_organization(request: HTTPConnection) -> str | None:
+    """The organisation ``request`` acts for, or None when it is unknown."""
+    authenticated = request.scope.get(SCOPE_KEY)
+    if authenticated:
+        return str(authenticated)
+    default = getattr(request.app.state, "default_organization", None)
+    return str(default) if default else None
