@@ -35,6 +35,7 @@ from kuva.index.group_commit import GroupCommitter
 from kuva.index.outbox import STATUSES
 from kuva.index.uow import UnitOfWork
 from kuva.services import audit, commitment, registration
+from kuva.services.access import AccessPolicy, DisclosureProhibitions
 from kuva.services.audit import AuditTrail
 from kuva.services.commitment import CommitmentService
 from kuva.services.disclosure import DisclosureLog
@@ -52,6 +53,7 @@ from kuva.storage import BlobStore
 from kuva.storage.filesystem import FileBlobStore
 from kuva.storage.mirror import MirroredBlobStore
 from kuva.tasks.worker import TaskWorkers
+from kuva.web.admin import admin_router
 from kuva.web.app import create_app
 from kuva.xds import ebrim
 from kuva.xds.endpoint import soap_router
@@ -93,6 +95,7 @@ def build_xds(
 ) -> XdsServices:
     """The XDS services on one index and blob store (``kuva serve`` and ``kuva xds``)."""
     disclosures = DisclosureLog(engine, audit=audit_trail)
+    access = AccessPolicy(settings)
     registry = RegistryService(
         engine,
         trusted_assigning_authorities=settings.xds.trusted_assigning_authorities,
@@ -106,11 +109,20 @@ def build_xds(
         home_community_id=settings.xds.home_community_id,
         with_slots=ebrim.with_slots,
         disclosures=disclosures,
+        access=access,
+        audit=audit_trail,
     )
     imaging_source = ImagingDocumentSource(
-        engine, retrieve, settings, ingest=ingest, repository=repository, disclosures=disclosures
+        engine,
+        retrieve,
+        settings,
+        ingest=ingest,
+        repository=repository,
+        disclosures=disclosures,
+        access=access,
     )
-    return XdsServices(registry, StoredQueryService(engine), repository, imaging_source)
+    stored_query = StoredQueryService(engine, disclosures=disclosures, access=access)
+    return XdsServices(registry, stored_query, repository, imaging_source)
 
 
 def xds_router(settings: Settings, xds: XdsServices) -> APIRouter:
@@ -168,10 +180,15 @@ class Archive:
             self.engine, self.blobs, max_attempts=settings.tasks.max_attempts
         )
         self.commitment_scp = StorageCommitmentSCP(settings, self.commitment)
+        self.access = AccessPolicy(settings)
+        self.disclosures = DisclosureLog(self.engine, audit=self.audit)
         self.retrieve = RetrieveService(
-            self.engine, self.blobs, corrections=settings.archive.apply_corrections
+            self.engine,
+            self.blobs,
+            corrections=settings.archive.apply_corrections,
+            disclosures=self.disclosures,
         )
-        self.query = QueryService(self.engine)
+        self.query = QueryService(self.engine, self.disclosures)
         self.xds = build_xds(
             settings, self.engine, self.blobs, self.ingest, self.retrieve, self.audit
         )
@@ -211,8 +228,8 @@ class Archive:
             StorageSCP(settings, self.ingest, self.blobs, self.audit),
             self.commitment_scp,
             self.blobs,
-            FindSCP(settings, self.query, self.audit),
-            RetrieveSCP(settings, self.retrieve),
+            FindSCP(settings, self.query, self.audit, self.access),
+            RetrieveSCP(settings, self.retrieve, self.access),
             self.audit,
         )
         self.hl7 = Hl7Server(settings, self.patients)
@@ -226,10 +243,19 @@ class Archive:
                 ("/dicom-web", wado_router(self.retrieve)),
                 ("", wado_uri_router(self.retrieve)),
                 ("", xds_router(settings, self.xds)),
+                (
+                    "",
+                    admin_router(
+                        DisclosureProhibitions(self.engine, audit=self.audit),
+                        settings.access.administrators,
+                        open_access=settings.open_access,
+                    ),
+                ),
             ],
         )
         self.http_app.state.public_base_url = settings.http.base_url
         self.http_app.state.default_organization = settings.http_organization()
+        self.http_app.state.access = self.access
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
 

@@ -21,6 +21,7 @@ from kuva.index.outbox import STATUSES, Task
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import utcnow
 from kuva.model.patient import PatientCorrectionError, PatientKey
+from kuva.services.access import DisclosureProhibitions
 from kuva.services.audit import EVENT_IDS, OUTCOMES, AuditTrail
 from kuva.services.patients import Corrected, PatientService
 from kuva.tasks.worker import purge_done
@@ -508,6 +509,58 @@ def patients_unmerge(
         f"{escape(str(merged))} is no longer merged into {escape(str(former))}: "
         + _studies_moved(settings, corrected)
     )
+
+
+def _prohibitions(settings: Settings) -> tuple[Engine, DisclosureProhibitions]:
+    from kuva.audit.message import render
+
+    engine = make_engine(settings.archive.resolved_database_url())
+    migrate(engine)
+    audit = AuditTrail(engine, settings, render=render)
+    return engine, DisclosureProhibitions(engine, audit=audit)
+
+
+@patients_app.command("prohibit")
+def patients_prohibit(
+    patient: PatientArgument,
+    reason: Annotated[str, typer.Option("--reason", help="why, as the patient gave it")] = "",
+    config: ConfigOption = None,
+    issuer: IssuerOption = "",
+    by: ByOption = "operator",
+) -> None:
+    """Set PATIENT's disclosure prohibition: their material is read only by the
+    organisations that archived it, whatever the access rules that honour a
+    prohibition allow. Audited. Prints no names."""
+    settings = _settings(config)
+    key = _patient_key(patient, issuer)
+    engine, prohibitions = _prohibitions(settings)
+    try:
+        changed = prohibitions.prohibit(key, by=by, reason=reason)
+    finally:
+        engine.dispose()
+    state = "set" if changed else "was already in force"
+    console.print(f"disclosure prohibition of {escape(str(key))} {state}")
+
+
+@patients_app.command("permit")
+def patients_permit(
+    patient: PatientArgument,
+    config: ConfigOption = None,
+    issuer: IssuerOption = "",
+    by: ByOption = "operator",
+) -> None:
+    """Lift PATIENT's disclosure prohibition. Audited. Exit 1 when there was none."""
+    settings = _settings(config)
+    key = _patient_key(patient, issuer)
+    engine, prohibitions = _prohibitions(settings)
+    try:
+        changed = prohibitions.permit(key, by=by)
+    finally:
+        engine.dispose()
+    if not changed:
+        console.print(f"{escape(str(key))} has no disclosure prohibition")
+        raise typer.Exit(1)
+    console.print(f"disclosure prohibition of {escape(str(key))} lifted")
 
 
 @patients_app.command("show")

@@ -244,6 +244,39 @@ class IntegritySettings(BaseModel):
     scrub_bytes_per_second: int = Field(default=1024 * 1024, ge=0)
 
 
+class AccessRuleSettings(BaseModel):
+    """A basis for reading another organisation's material (services.access):
+    ``recipient`` reads what ``register_holder`` archived ("*" = any), and each
+    such read is logged as a disclosure on ``basis``. With ``honour_prohibition``
+    a patient's disclosure prohibition keeps their material from the recipient."""
+
+    model_config = {"extra": "forbid"}
+
+    register_holder: str = "*"
+    recipient: str = "*"
+    basis: str = Field(min_length=1, max_length=1000)
+    honour_prohibition: bool = True
+
+    @field_validator("register_holder", "recipient")
+    @classmethod
+    def _oid_or_any(cls, value: str) -> str:
+        value = value.strip()
+        if value != "*" and not is_valid_uid(value):
+            raise ValueError(f"{value!r} is neither an OID nor *")
+        return value
+
+
+class AccessSettings(BaseModel):
+    """Access control by register holder (``[[access.rules]]``). Without rules an
+    organisation reads only its own organisation's material (with no [[nodes]]
+    configured, everything belongs to one local organisation)."""
+
+    rules: list[AccessRuleSettings] = Field(default_factory=list)
+    # Organisations whose HTTP clients may use the admin API (/admin: disclosure
+    # prohibitions). None: only the embedded default's local client (no [[nodes]]).
+    administrators: list[str] = Field(default_factory=list)
+
+
 class OrganizationSettings(BaseModel):
     oid: str
     name: str
@@ -285,6 +318,7 @@ class Settings(BaseSettings):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     integrity: IntegritySettings = Field(default_factory=IntegritySettings)
+    access: AccessSettings = Field(default_factory=AccessSettings)
     organizations: list[OrganizationSettings] = Field(default_factory=list)
     nodes: list[NodeSettings] = Field(default_factory=list)
 

@@ -38,6 +38,7 @@ def write_config(
     sections: dict[str, dict[str, Any]],
     nodes: list[dict[str, Any]],
     organizations: list[dict[str, Any]],
+    arrays: dict[str, list[dict[str, Any]]] | None = None,
 ) -> None:
     lines: list[str] = []
     for name, values in sections.items():
@@ -52,6 +53,11 @@ def write_config(
         lines.append("[[nodes]]")
         lines.extend(f"{key} = {_toml_value(value)}" for key, value in node.items())
         lines.append("")
+    for name, tables in (arrays or {}).items():
+        for table in tables:
+            lines.append(f"[[{name}]]")
+            lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
+            lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -64,6 +70,8 @@ class KuvaServer:
     nodes: list[dict[str, Any]] = field(default_factory=list)
     organizations: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Arrays of tables, e.g. {"access.rules": [{...}, ...]} -> [[access.rules]].
+    arrays: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     ae_title: str = "KUVA"
     # Set [http] base_url to this server's own URL (for clients whose Host header
     # carries no port, such as dicomweb-client).
@@ -107,7 +115,7 @@ class KuvaServer:
             sections["http"]["base_url"] = self.http
         for name, values in self.extra.items():
             sections.setdefault(name, {}).update(values)
-        write_config(self.config_path, sections, self.nodes, self.organizations)
+        write_config(self.config_path, sections, self.nodes, self.organizations, self.arrays)
 
     @property
     def blob_dir(self) -> Path:

@@ -25,7 +25,9 @@ from pynetdicom.events import Event
 from kuva.config import Settings
 from kuva.dicom import status as st
 from kuva.model.query import QueryError, QueryLevel, QueryResult
+from kuva.services.access import AccessPolicy
 from kuva.services.audit import AuditTrail
+from kuva.services.disclosure import Interface
 from kuva.services.query import FindRequest, QueryService
 
 log = logging.getLogger(__name__)
@@ -90,11 +92,17 @@ def _wait_for_network(assoc: Any, backlog: int = 4) -> None:
 
 class FindSCP:
     def __init__(
-        self, settings: Settings, query: QueryService, audit: AuditTrail | None = None
+        self,
+        settings: Settings,
+        query: QueryService,
+        audit: AuditTrail | None = None,
+        access: AccessPolicy | None = None,
     ) -> None:
         self._settings = settings
         self._query = query
         self._audit = audit
+        # What each calling node may read (services.access); None = everything.
+        self._access = access
 
     def handle_find(self, event: Event) -> Iterator[tuple[Any, Dataset | None]]:
         """EVT_C_FIND handler: the answers; the request is audited before the final
@@ -162,7 +170,10 @@ class FindSCP:
         find = FindRequest(level=level, keys=keys, return_keys=tuple(e.keyword for e in elements))
         try:
             QueryService.matchers(find)  # refuse malformed keys before the first answer
-            results = self._query.find(find)
+            scope = None
+            if self._access is not None:
+                scope = self._access.scope_of_node(event.assoc.requestor.ae_title)
+            results = self._query.find(find, scope=scope, interface=Interface.C_FIND)
             count = 0
             for result in results:
                 _wait_for_network(event.assoc)

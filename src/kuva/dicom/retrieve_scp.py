@@ -72,6 +72,8 @@ from kuva.dicom.status import ERROR_COMMENT_MAX, SUCCESS
 from kuva.dicom.transcode import TranscodeError, choose
 from kuva.index.instances import StoredInstance
 from kuva.model.query import QueryLevel
+from kuva.services.access import AccessPolicy
+from kuva.services.disclosure import Interface
 from kuva.services.retrieve import (
     KeyValue,
     RetrieveError,
@@ -426,9 +428,13 @@ def parse_identifier(
 
 
 class RetrieveSCP:
-    def __init__(self, settings: Settings, service: RetrieveService) -> None:
+    def __init__(
+        self, settings: Settings, service: RetrieveService, access: AccessPolicy | None = None
+    ) -> None:
         self._settings = settings
         self._service = service
+        # What each calling node may read (services.access); None = everything.
+        self._access = access
 
     def serve(
         self, service: QueryRetrieveServiceClass, req: C_GET | C_MOVE, context: PresentationContext
@@ -470,9 +476,26 @@ class RetrieveSCP:
                     comment=f"Move Destination {destination} is not a configured node",
                 )
                 return
+            if self._settings.organization_of(node.ae_title) != self._settings.organization_of(
+                calling_ae
+            ):
+                # A move to another organisation's node would disclose to it on the
+                # caller's word: the recipient asks for itself.
+                log.warning(
+                    "C-MOVE from %s refused: Move Destination %s belongs to another organisation",
+                    calling_ae,
+                    destination,
+                )
+                responder.final(
+                    MOVE_DESTINATION_UNKNOWN,
+                    comment=f"Move Destination {destination} belongs to another organisation",
+                )
+                return
 
+        scope = None if self._access is None else self._access.scope_of_node(calling_ae)
+        interface = Interface.C_MOVE if isinstance(req, C_MOVE) else Interface.C_GET
         try:
-            instances = self._service.resolve(level, keys)
+            instances = self._service.resolve(level, keys, scope=scope, interface=interface)
         except TooManyMatches as exc:
             responder.final(UNABLE_TO_CALCULATE_MATCHES, comment=str(exc))
             return

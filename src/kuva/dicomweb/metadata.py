@@ -15,10 +15,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from kuva.dicomweb.qido import DICOM_JSON, problem
+from kuva.dicomweb.qido import DICOM_JSON
 from kuva.dicomweb.urls import dicomweb_root
 from kuva.model.query import QueryLevel, QueryResult
+from kuva.services.disclosure import Interface
 from kuva.services.query import FindRequest, QueryService
+from kuva.web.identity import request_scope
+from kuva.web.problem import problem
 
 _KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
@@ -53,7 +56,9 @@ def metadata_router(query: QueryService) -> APIRouter:
 
     def answer(request: Request, keys: dict[str, str]) -> Response:
         find = FindRequest(level=QueryLevel.IMAGE, keys=keys, return_keys=_KEYS)
-        results = query.find(find, with_json=True)
+        results = query.find(
+            find, with_json=True, scope=request_scope(request), interface=Interface.WADO_RS
+        )
         first = next(results, None)
         if first is None:
             results.close()

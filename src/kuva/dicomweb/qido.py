@@ -18,7 +18,10 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from kuva.dicomweb.urls import dicomweb_root
 from kuva.model.query import QueryError, QueryLevel, QueryResult
+from kuva.services.disclosure import Interface
 from kuva.services.query import FindRequest, QueryService, vr_of
+from kuva.web.identity import request_scope
+from kuva.web.problem import problem
 
 DICOM_JSON = "application/dicom+json"
 MAX_LIMIT = 10000
@@ -75,20 +78,6 @@ class BadParameter(Exception):
         super().__init__(detail)
         self.parameter = parameter
         self.detail = detail
-
-
-def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
-    return JSONResponse(
-        status_code=status,
-        media_type="application/problem+json",
-        content={
-            "type": "about:blank",
-            "title": title,
-            "status": status,
-            "detail": detail,
-            **extra,
-        },
-    )
 
 
 def _keyword(name: str) -> str:
@@ -221,7 +210,7 @@ def qido_router(query: QueryService) -> APIRouter:
             ("StudyInstanceUID", QueryLevel.STUDY),
             ("SeriesInstanceUID", QueryLevel.SERIES),
         ):
-            if keyword in path_keys and not _exists(query, level_of, path_keys):
+            if keyword in path_keys and not _exists(query, request, level_of, path_keys):
                 return problem(404, "Not Found", f"no such {level_of.value.lower()}")
         include_all = "all" in ",".join(request.query_params.getlist("includefield")).split(",")
         extra_keys = include_all and level is QueryLevel.IMAGE
@@ -229,7 +218,12 @@ def qido_router(query: QueryService) -> APIRouter:
         try:
             results = [
                 to_json(r, find.return_keys, include_all, base)
-                for r in query.find(find, with_json=extra_keys)
+                for r in query.find(
+                    find,
+                    with_json=extra_keys,
+                    scope=request_scope(request),
+                    interface=Interface.QIDO_RS,
+                )
             ]
         except QueryError as exc:
             return _query_problem(exc)
@@ -264,9 +258,11 @@ def qido_router(query: QueryService) -> APIRouter:
     return router
 
 
-def _exists(query: QueryService, level: QueryLevel, path_keys: dict[str, str]) -> bool:
+def _exists(
+    query: QueryService, request: Request, level: QueryLevel, path_keys: dict[str, str]
+) -> bool:
     keys = {
         k: v for k, v in path_keys.items() if k == "StudyInstanceUID" or level is QueryLevel.SERIES
     }
     probe = FindRequest(level=level, keys=keys, return_keys=(), limit=1)
-    return any(True for _ in query.find(probe))
+    return any(True for _ in query.find(probe, scope=request_scope(request), interface=None))

@@ -103,11 +103,12 @@ from kuva.dicomweb.multipart_parser import (
     parse_content_type,
     valid_boundary,
 )
-from kuva.dicomweb.qido import DICOM_JSON, problem
+from kuva.dicomweb.qido import DICOM_JSON
 from kuva.dicomweb.urls import dicomweb_root
 from kuva.model.uids import is_valid_uid
 from kuva.services.ingest import IncomingInstance, IngestService, StoreStatus
 from kuva.storage import BlobStore
+from kuva.web.problem import problem
 
 log = logging.getLogger(__name__)
 

@@ -57,10 +57,12 @@ from kuva.dicomweb.media import (
     parse_accept,
 )
 from kuva.dicomweb.multipart import Part, body, content_type, new_boundary
-from kuva.dicomweb.qido import problem
 from kuva.index.instances import StoredInstance
 from kuva.model.query import QueryLevel
+from kuva.services.disclosure import Interface
 from kuva.services.retrieve import RetrieveError, RetrieveService, StoredObject, TooManyMatches
+from kuva.web.identity import request_scope
+from kuva.web.problem import problem
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +92,16 @@ class WadoProblem(Exception):
 
 
 def resolve(
-    retrieve: RetrieveService, level: QueryLevel, keys: dict[str, str]
+    retrieve: RetrieveService,
+    request: Request,
+    level: QueryLevel,
+    keys: dict[str, str],
+    interface: Interface = Interface.WADO_RS,
 ) -> list[StoredInstance]:
-    """The stored instances the path names; WadoProblem for a bad or unknown UID."""
+    """The stored instances the path names and the requester may read (their
+    disclosures recorded); WadoProblem for a bad or unknown UID."""
     try:
-        found = retrieve.resolve(level, keys)
+        found = retrieve.resolve(level, keys, scope=request_scope(request), interface=interface)
     except TooManyMatches as exc:
         raise WadoProblem(400, "Bad Request", f"{exc}") from exc
     except RetrieveError as exc:
@@ -168,7 +175,7 @@ class Wado:
                 "studies, series and instances are sent as multipart/related; "
                 'type="application/dicom" (bulk data of a whole study is not supported)',
             )
-        found = resolve(self.retrieve, level, keys)
+        found = resolve(self.retrieve, request, level, keys)
         try:
             plan = [(i, dicom_transfer_syntax(i.transfer_syntax_uid, accept)) for i in found]
         except NotAcceptable as exc:
@@ -178,13 +185,13 @@ class Wado:
         parts = _first_then_rest(object_parts(self.retrieve, plan))
         return _multipart(DICOM, parts, syntax)
 
-    def _one(self, keys: dict[str, str]) -> StoredObject:
-        return self.retrieve.open(resolve(self.retrieve, QueryLevel.IMAGE, keys)[0])
+    def _one(self, request: Request, keys: dict[str, str]) -> StoredObject:
+        return self.retrieve.open(resolve(self.retrieve, request, QueryLevel.IMAGE, keys)[0])
 
     def frames(self, request: Request, keys: dict[str, str], frame_list: str) -> Response:
         numbers = parse_frame_list(frame_list)
         accept = accepted(request, OCTET_STREAM)
-        obj = self._one(keys)
+        obj = self._one(request, keys)
         with obj.stream() as stream:
             _, pixels = read_header(stream)
         try:
@@ -198,7 +205,7 @@ class Wado:
             raise WadoProblem(400, "Bad Request", "tag must be 8 hexadecimal digits", "tag")
         tag = int(tag_text, 16)
         accept = accepted(request, OCTET_STREAM)
-        obj = self._one(keys)
+        obj = self._one(request, keys)
         if tag == PIXEL_DATA:
             return self._pixel_bulk(obj, accept)
         if not any(entry.accepts_part(OCTET_STREAM) for entry in accept):

@@ -28,6 +28,7 @@ from kuva.dicomweb.media import AS_STORED, DICOM, Acceptable, NotAcceptable, dic
 from kuva.dicomweb.wado import WadoProblem, answering_problems, resolve
 from kuva.model.query import QueryLevel
 from kuva.model.uids import uid_problem
+from kuva.services.disclosure import Interface
 from kuva.services.retrieve import RetrieveService
 
 _REQUIRED = {
@@ -97,7 +98,7 @@ def wado_uri_router(retrieve: RetrieveService) -> APIRouter:
     @answering_problems
     def wado(request: Request) -> Response:
         keys = _check(request)
-        instance = resolve(retrieve, QueryLevel.IMAGE, keys)[0]
+        instance = resolve(retrieve, request, QueryLevel.IMAGE, keys, Interface.WADO_URI)[0]
         wanted = request.query_params.get("transferSyntax") or ExplicitVRLittleEndian
         try:
             target = dicom_transfer_syntax(

@@ -21,12 +21,15 @@ from sqlalchemy import (
     Select,
     and_,
     exists,
+    false,
     func,
     literal,
     select,
 )
 
+from kuva.index.access import visible_studies
 from kuva.index.schema import instance, patient, series, study
+from kuva.model.access import AccessScope
 from kuva.model.query import (
     Matcher,
     MatchKind,
@@ -189,21 +192,32 @@ def _computed(keyword: str) -> Any:
     ).scalar_subquery()
 
 
-def _current(level: QueryLevel) -> ColumnElement[bool]:
+def _current(level: QueryLevel, scope: AccessScope | None) -> ColumnElement[bool]:
     """What is not rejected (IOCM): instances without a rejection, series and studies
     with instances left (their counters leave rejected instances out), patients with
-    such a study."""
+    such a study - one of the requester's own organisation, when ``scope`` restricts
+    (services.access: other organisations' patients are found study by study)."""
     if level is IM:
         return instance.c.rejection_code.is_(None)
     if level is SE:
         return series.c.number_of_instances > 0
     if level is ST:
         return study.c.number_of_instances > 0
+    own = []
+    if scope is not None and not scope.unrestricted:
+        if scope.organization is None:
+            return false()
+        own.append(study.c.organization_oid == scope.organization)
     return exists(
         select(literal(1))
         .select_from(study)
-        .where(study.c.patient_pk == patient.c.pk, study.c.number_of_instances > 0)
+        .where(study.c.patient_pk == patient.c.pk, study.c.number_of_instances > 0, *own)
     )
+
+
+# Labels of the columns added for the disclosure log (not DICOM keywords).
+_STUDY = "_kuva_study"
+_HOLDER = "_kuva_register_holder"
 
 
 class QueryRepository:
@@ -219,6 +233,7 @@ class QueryRepository:
         with_json: bool = False,
         limit: int | None = None,
         offset: int = 0,
+        scope: AccessScope | None = None,
     ) -> Select[Any]:
         entity = _ENTITY[level]
         columns: list[Any] = [entity.c.pk]
@@ -232,7 +247,15 @@ class QueryRepository:
                 columns.append(_computed(keyword).label(keyword))
         if with_json and level is IM:
             columns.append(instance.c.dataset_json)
-        query = select(*columns).select_from(_from_clause(level)).where(_current(level))
+        visible = None if scope is None or level is P else visible_studies(scope)
+        if visible is not None:  # which study each answer names, for the disclosure log
+            columns += [
+                study.c.study_instance_uid.label(_STUDY),
+                study.c.organization_oid.label(_HOLDER),
+            ]
+        query = select(*columns).select_from(_from_clause(level)).where(_current(level, scope))
+        if visible is not None:
+            query = query.where(visible)
         for keyword, matcher in filters.items():
             condition = self._filter(level, keyword, matcher)
             if condition is not None:
@@ -273,12 +296,25 @@ class QueryRepository:
         with_json: bool = False,
         limit: int | None = None,
         offset: int = 0,
+        scope: AccessScope | None = None,
     ) -> Iterator[QueryResult]:
         query = self.statement(
-            level, filters, return_keys, with_json=with_json, limit=limit, offset=offset
+            level,
+            filters,
+            return_keys,
+            with_json=with_json,
+            limit=limit,
+            offset=offset,
+            scope=scope,
         )
         for row in self.conn.execute(query):
             values = dict(row._mapping)
             values.pop("pk", None)
             raw_json = values.pop("dataset_json", None)
-            yield QueryResult(values, json.loads(raw_json) if raw_json else None)
+            study_uid = values.pop(_STUDY, None)
+            holder = values.pop(_HOLDER, None)
+            yield QueryResult(
+                values,
+                json.loads(raw_json) if raw_json else None,
+                study=(study_uid, holder) if holder is not None else None,
+            )

@@ -58,6 +58,7 @@ from sqlalchemy import (
     select,
 )
 
+from kuva.index.access import visible_entries
 from kuva.index.registry import CONFIDENTIALITY_CODE, EVENT_CODE, FOLDER_CODE
 from kuva.index.schema import (
     patient,
@@ -70,6 +71,7 @@ from kuva.index.schema import (
     xds_reference_id,
     xds_submission_set,
 )
+from kuva.model.access import AccessScope
 from kuva.model.xds import AvailabilityStatus, Code, ObjectKind, PatientId, StoredObject
 
 # Values per IN list, well below every database's limit on bound parameters.
@@ -150,6 +152,8 @@ class Found:
     association_type: str | None = None
     source_object: str | None = None
     target_object: str | None = None
+    register_holder: str = ""
+    unique_id: str | None = None
 
     def stored(self) -> StoredObject:
         """The object as a LeafClass answer is made of (found with ``xml=True``)."""
@@ -244,6 +248,8 @@ def _columns(xml: bool) -> list[Any]:
         xds_object.c.status,
         xds_object.c.patient_id,
         xds_object.c.patient_authority,
+        xds_object.c.organization_oid,
+        xds_object.c.unique_id,
     ]
     if xml:
         columns.append(xds_object.c.ebxml)
@@ -263,6 +269,8 @@ def _found(row: Any, xml: bool, **extra: Any) -> Found:
         status=AvailabilityStatus(row.status),
         patient=registered,
         ebxml=row.ebxml if xml else None,
+        register_holder=row.organization_oid,
+        unique_id=row.unique_id,
         **extra,
     )
 
@@ -273,6 +281,13 @@ class RegistryQueryRepository:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        # What the requester may read (services.access); None = everything. Every
+        # read below is restricted to it.
+        self.scope: AccessScope | None = None
+
+    def _visible(self, statement: Select[Any]) -> Select[Any]:
+        visible = None if self.scope is None else visible_entries(self.scope)
+        return statement if visible is None else statement.where(visible)
 
     # --- by kind, by criteria ---
 
@@ -374,6 +389,7 @@ class RegistryQueryRepository:
         ).select_from(a.join(xds_object, xds_object.c.pk == a.c.pk))
         if types is not None:
             statement = statement.where(a.c.association_type.in_(types))
+        statement = self._visible(statement)
         found: dict[int, Found] = {}
         for column, values in ((a.c.source_object, sources), (a.c.target_object, targets)):
             for chunk in _chunks(values):
@@ -500,7 +516,7 @@ class RegistryQueryRepository:
         return _ordered(found.values())[:limit]
 
     def _rows(self, statement: Select[Any], xml: bool) -> list[Found]:
-        rows = self.conn.execute(statement)
+        rows = self.conn.execute(self._visible(statement))
         has_time = "last_update_time" in statement.selected_columns
         return _ordered(
             _found(row, xml, last_update_time=row.last_update_time if has_time else None)

@@ -14,8 +14,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, select
 
+from kuva.index.access import visible_studies
 from kuva.index.instances import _STORED_COLUMNS, STORED_TREE, StoredInstance, stored_instance
 from kuva.index.schema import instance, patient, series, study
+from kuva.model.access import AccessScope
 
 # Longest UID list sent in one statement; longer lists are looked up in chunks
 # (SQLite and PostgreSQL both cap the number of bound parameters).
@@ -60,7 +62,9 @@ class RetrievalRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def instances(self, keys: RetrieveKeys, limit: int | None = None) -> list[StoredInstance]:
+    def instances(
+        self, keys: RetrieveKeys, limit: int | None = None, scope: AccessScope | None = None
+    ) -> list[StoredInstance]:
         """The stored instances matching every given key, in study/series/instance order.
 
         With ``limit``, at most ``limit + 1`` instances are returned: enough for
@@ -81,6 +85,9 @@ class RetrievalRepository:
         rows: list[Any] = []
         for chunk in chunks:
             statement = self._statement(keys, {**lists, longest: chunk})
+            visible = None if scope is None else visible_studies(scope)
+            if visible is not None:  # what the requester may not read does not match
+                statement = statement.where(visible)
             if limit is not None:
                 statement = statement.limit(limit + 1 - len(rows))
             rows.extend(self.conn.execute(statement))

@@ -440,6 +440,20 @@ disclosure = Table(
     Index("ix_disclosure_disclosed_at", "disclosed_at"),
 )
 
+# Disclosure prohibitions (services.access): a patient's material stays with the
+# register holder that archived it, whatever the access rules that honour it say.
+# One row per patient; lifting the prohibition deletes it (its history is in the
+# audit trail).
+disclosure_prohibition = Table(
+    "disclosure_prohibition",
+    metadata,
+    Column("pk", PK, primary_key=True),
+    Column("patient_pk", ForeignKey("patient.pk"), nullable=False, unique=True),
+    Column("set_at", UtcDateTime(), nullable=False),
+    Column("set_by", String(LONG_NAME), nullable=False, server_default=""),
+    Column("reason", Text, nullable=False, server_default=""),
+)
+
 # HL7 v2 messages applied (services.patients): an already-seen control id (per
 # sending application and facility) is answered with its ACK again, not applied twice.
 hl7_message = Table(

@@ -6,6 +6,7 @@ from types import TracebackType
 
 from sqlalchemy import Connection, Engine
 
+from kuva.index.access import ProhibitionRepository
 from kuva.index.audit import AuditRepository
 from kuva.index.commitments import CommitmentRepository
 from kuva.index.corrections import CorrectionLog
@@ -53,6 +54,7 @@ class UnitOfWork:
         self.manifests = ManifestRepository(conn)
         self.documents = DocumentRepository(conn)
         self.disclosures = DisclosureRepository(conn)
+        self.prohibitions = ProhibitionRepository(conn)
         self.rejections = RejectionRepository(conn)
         self.corrections = CorrectionLog(conn)
         self.patients = PatientRepository(conn)

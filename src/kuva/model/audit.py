@@ -61,6 +61,9 @@ NODE_AUTHENTICATION = Code("110126", DCM, "Node Authentication")
 USE_OF_RESTRICTED_FUNCTION = Code("110132", DCM, "Use of Restricted Function")
 ITI_43 = Code("ITI-43", IHE_TRANSACTIONS, "Retrieve Document Set")
 RAD_69 = Code("RAD-69", IHE_TRANSACTIONS, "Retrieve Imaging Document Set")
+RAD_16 = Code("RAD-16", IHE_TRANSACTIONS, "Retrieve Images")
+RAD_55 = Code("RAD-55", IHE_TRANSACTIONS, "WADO Retrieve")
+RAD_107 = Code("RAD-107", IHE_TRANSACTIONS, "WADO-RS Retrieve")
 
 # RoleIDCode of an active participant (PS3.16 CID 402 Audit Active Participant Role ID).
 APPLICATION = Code("110150", DCM, "Application")

@@ -120,3 +120,6 @@ class QueryResult:
     values: dict[str, Any]
     # DICOM JSON of the instance (IMAGE level, when keys beyond the columns are asked).
     dataset_json: dict[str, Any] | None = None
+    # (Study Instance UID, register holder) of the study the match belongs to, when
+    # the query was restricted by access rules (services.access): for the disclosure log.
+    study: tuple[str, str] | None = None

@@ -301,6 +301,24 @@ class AuditTrail:
             ]
         )
 
+    def access_refused(self, requester: str, subject: str, description: str) -> None:
+        """110113 / 110132: a request for material the access rules do not let the
+        requesting organisation read (services.access); ``subject`` by UIDs only."""
+        self.record_now(
+            [
+                a.security_alert(
+                    a.ALERT_REFUSED_ACCESS,
+                    source=self.source,
+                    reporter=self.archive(),
+                    offender=a.ActiveParticipant(user_id=requester or "unknown", requestor=True),
+                    subject=subject,
+                    subject_type=a.NODE_ID,
+                    description=description,
+                    occurred_at=self._clock(),
+                )
+            ]
+        )
+
     def integrity_failure(self, subject: str, description: str) -> None:
         """110113 / ALERT_INTEGRITY: kuva found a stored object missing or altered
         (``subject`` by UIDs only, never patient data)."""

@@ -10,19 +10,21 @@ out, then call ``DisclosureLog.record`` once, before the response is sent: one
 record per returned document whose register holder is not the recipient, all in
 one transaction. If that transaction fails, nothing is handed out.
 
-Who the recipient is: until organisations are authenticated (mutual TLS, a later
-issue), the organisation the request's XUA assertion names (its
-``urn:oasis:names:tc:xspa:1.0:subject:organization-id`` attribute, read by the
-adapter), else unknown (""). An unknown recipient is never the register holder:
-the disclosure is recorded, as made to an unknown organisation.
+Every other read path records here too: C-FIND, QIDO-RS and ITI-18 the studies or
+documents their answers name, C-MOVE, C-GET, WADO-RS and WADO-URI the studies whose
+images they send (services.access picks the disclosures out and names the basis).
 
-On what basis: no access rules exist yet (they come with the access-control issue),
-so every request is answered and every record says so
-(``BASIS_NO_ACCESS_RULES``); the access rules will record the rule that allowed it.
+Who the recipient is: the organisation the request acts for (the calling node's, the
+client certificate's, or an XDS request's XUA assertion; services.access), else
+unknown (""). An unknown recipient is never the register holder.
 
-Each disclosure is audited too (services.audit), in the same transaction: one
-110106 Export message per patient whose documents or studies went out, with the
-transaction (ITI-43 or RAD-69) as its event type, the recipient as requestor.
+On what basis: the access rule that allowed the read (its ``basis``); on the
+embedded default, which has no rules, ``BASIS_NO_ACCESS_RULES``.
+
+Each disclosure of images or documents is audited too (services.audit), in the same
+transaction: one 110106 Export message per patient whose documents or studies went
+out, with the transaction as its event type, the recipient as requestor. Answers of
+queries are audited by the query's own message (110112 Query), not as an Export.
 """
 
 from __future__ import annotations
@@ -52,12 +54,31 @@ _URN_OID = "urn:oid:"
 class Interface(Enum):
     """The interface a disclosure went through (``disclosure.interface``)."""
 
+    C_FIND = "C-FIND"
+    QIDO_RS = "QIDO-RS"
+    ITI_18 = "ITI-18"
+    C_MOVE = "C-MOVE"
+    C_GET = "C-GET"
+    WADO_RS = "WADO-RS"
+    WADO_URI = "WADO-URI"
     ITI_43 = "ITI-43"
     RAD_69 = "RAD-69"
 
 
-# The EventTypeCode of the Export audit message of each interface.
-_TRANSACTIONS = {Interface.ITI_43: a.ITI_43, Interface.RAD_69: a.RAD_69}
+# The EventTypeCode of the Export audit message of each interface that hands out
+# images or documents; queries have none (their Query message is the audit).
+_TRANSACTIONS = {
+    Interface.C_MOVE: a.RAD_16,
+    Interface.C_GET: a.RAD_16,
+    Interface.WADO_RS: a.RAD_107,
+    Interface.WADO_URI: a.RAD_55,
+    Interface.ITI_43: a.ITI_43,
+    Interface.RAD_69: a.RAD_69,
+}
+# Interfaces whose disclosures are of studies (one Export object per study).
+_STUDY_INTERFACES = frozenset(
+    {Interface.C_MOVE, Interface.C_GET, Interface.WADO_RS, Interface.WADO_URI, Interface.RAD_69}
+)
 
 
 @dataclass(frozen=True)
@@ -72,6 +93,8 @@ class Handout:
     register_holder: str
     study_instance_uid: str | None = None
     patient: tuple[str, str] | None = None
+    # The access rule's basis that allowed it (services.access); "" = none recorded.
+    basis: str = ""
 
 
 def recipient_of(claimed: str | None) -> str:
@@ -110,7 +133,7 @@ class DisclosureLog:
             return 0  # no transaction (and no write lock) for a register holder's own reads
         with UnitOfWork(self._engine) as uow:
             records = self._add(uow, recipient, due, interface)
-            if self._audit is not None:
+            if self._audit is not None and interface in _TRANSACTIONS:
                 self._audit.record(uow, self._exports(self._audit, recipient, records, interface))
             uow.commit()
         count = len(records)
@@ -135,7 +158,7 @@ class DisclosureLog:
                 log.warning(
                     "%s: the patient of document %s is unknown; recorded without",
                     interface.value,
-                    handout.document_unique_id,
+                    handout.document_unique_id or handout.study_instance_uid,
                 )
                 found = ("", "")
             records.append(
@@ -148,7 +171,7 @@ class DisclosureLog:
                     study_instance_uid=handout.study_instance_uid,
                     document_unique_id=handout.document_unique_id,
                     interface=interface.value,
-                    basis=BASIS_NO_ACCESS_RULES,
+                    basis=handout.basis or BASIS_NO_ACCESS_RULES,
                 )
             )
         uow.disclosures.add(records)
@@ -166,7 +189,7 @@ class DisclosureLog:
         by_patient: dict[tuple[str, str], dict[str, a.ParticipantObject]] = {}
         for record in records:
             handed = by_patient.setdefault((record.patient_id, record.patient_authority), {})
-            if interface is Interface.RAD_69 and record.study_instance_uid:
+            if interface in _STUDY_INTERFACES and record.study_instance_uid:
                 handed[record.study_instance_uid] = a.study_object(record.study_instance_uid)
             else:
                 handed[record.document_unique_id] = a.document_object(record.document_unique_id)

@@ -80,6 +80,7 @@ from kuva.index.instances import StoredInstance
 from kuva.index.manifests import ListedInstance, StudyListing
 from kuva.index.repository import StudyFacts
 from kuva.index.uow import UnitOfWork
+from kuva.model.access import AccessScope
 from kuva.model.clock import Clock, utcnow
 from kuva.model.instance import PatientAttributes
 from kuva.model.query import QueryLevel
@@ -104,6 +105,7 @@ from kuva.model.xds import (
     oid_problem,
     status_of,
 )
+from kuva.services.access import AccessPolicy, basis_text
 from kuva.services.disclosure import UNKNOWN_RECIPIENT, DisclosureLog, Handout, Interface
 from kuva.services.ingest import IncomingInstance, IngestService
 from kuva.services.repository import (
@@ -359,8 +361,11 @@ class ImagingDocumentSource:
         repository: RepositoryService | None = None,
         disclosures: DisclosureLog | None = None,
         clock: Clock = utcnow,
+        access: AccessPolicy | None = None,
     ) -> None:
         self._engine = engine
+        # The access rules the adapter asks for each requester's scope.
+        self.access = access
         self._retrieve = retrieve
         self._settings = settings
         self._ingest = ingest
@@ -697,11 +702,16 @@ class ImagingDocumentSource:
     # ------------------------------------------------------------------ RAD-69
 
     def retrieve_imaging_document_set(
-        self, request: ImagingDocumentSetRequest, *, recipient: str = UNKNOWN_RECIPIENT
+        self,
+        request: ImagingDocumentSetRequest,
+        *,
+        recipient: str = UNKNOWN_RECIPIENT,
+        scope: AccessScope | None = None,
     ) -> ImagingDocumentSetResult:
         """Answer a Retrieve Imaging Document Set request (RAD TF-3 4.69.4.2) for
         ``recipient`` (the requesting organisation, "" = unknown), its disclosures
-        recorded."""
+        recorded. ``scope``: what the requester may read (services.access; None =
+        all); an instance it may not read is answered as not found."""
         problems = request_errors(request)
         if problems:
             return ImagingDocumentSetResult(ResponseStatus.FAILURE, tuple(problems))
@@ -711,7 +721,8 @@ class ImagingDocumentSource:
                 document.document_unique_id
                 for document, error in zip(request.documents, addressing, strict=True)
                 if error is None
-            }
+            },
+            scope,
         )
         errors: list[RegistryError] = []
         documents: list[ImagingDocument] = []
@@ -723,7 +734,7 @@ class ImagingDocumentSource:
                 errors.append(outcome)
             else:
                 documents.append(outcome)
-        if documents and not self._disclosed(recipient, documents):
+        if documents and not self._disclosed(recipient, documents, scope):
             errors.extend(
                 RegistryError(
                     ErrorCode.REPOSITORY_ERROR,
@@ -742,7 +753,9 @@ class ImagingDocumentSource:
         )
         return ImagingDocumentSetResult(status, tuple(errors), tuple(documents))
 
-    def _disclosed(self, recipient: str, documents: list[ImagingDocument]) -> bool:
+    def _disclosed(
+        self, recipient: str, documents: list[ImagingDocument], scope: AccessScope | None
+    ) -> bool:
         """Record the disclosures among ``documents``; False when that failed."""
         try:
             self._disclosures.record(
@@ -752,6 +765,7 @@ class ImagingDocumentSource:
                         document_unique_id=document.document_unique_id,
                         register_holder=document.register_holder,
                         study_instance_uid=document.study_instance_uid,
+                        basis=basis_text(scope, document.register_holder),
                     )
                     for document in documents
                 ],
@@ -780,13 +794,18 @@ class ImagingDocumentSource:
             )
         return None
 
-    def _stored(self, sop_uids: set[str]) -> dict[str, StoredInstance]:
-        """The stored instances among ``sop_uids``, by SOP Instance UID."""
+    def _stored(
+        self, sop_uids: set[str], scope: AccessScope | None = None
+    ) -> dict[str, StoredInstance]:
+        """The stored instances among ``sop_uids`` that ``scope`` may read, by SOP
+        Instance UID."""
         ordered = sorted(sop_uids)
         found: dict[str, StoredInstance] = {}
         for start in range(0, len(ordered), MAX_MATCHES):
             chunk = ordered[start : start + MAX_MATCHES]
-            for stored in self._retrieve.resolve(QueryLevel.IMAGE, {"SOPInstanceUID": chunk}):
+            for stored in self._retrieve.resolve(
+                QueryLevel.IMAGE, {"SOPInstanceUID": chunk}, scope=scope
+            ):
                 found[stored.sop_instance_uid] = stored
         return found
 

@@ -14,8 +14,11 @@ from sqlalchemy import Engine
 
 from kuva.index.query import ATTRIBUTES, COMPUTED
 from kuva.index.uow import UnitOfWork
+from kuva.model.access import AccessScope
 from kuva.model.dicom_json import with_current_patient
 from kuva.model.query import Matcher, QueryLevel, QueryResult, parse_matcher
+from kuva.services.access import AccessPolicy, Read, recipient
+from kuva.services.disclosure import DisclosureLog, Interface
 
 
 @dataclass(frozen=True)
@@ -46,9 +49,15 @@ CURRENT_PATIENT = (
 )
 
 
+# Answers are handed out in batches of this many; each batch's disclosures are
+# recorded before it is (services.access).
+_BATCH = 100
+
+
 class QueryService:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, disclosures: DisclosureLog | None = None) -> None:
         self._engine = engine
+        self._disclosures = disclosures
 
     @staticmethod
     def matchers(request: FindRequest) -> dict[str, Matcher]:
@@ -61,13 +70,55 @@ class QueryService:
         return filters
 
     def find(
-        self, request: FindRequest, *, with_json: bool = False
+        self,
+        request: FindRequest,
+        *,
+        with_json: bool = False,
+        scope: AccessScope | None = None,
+        interface: Interface | None = Interface.C_FIND,
     ) -> Generator[QueryResult, None, None]:
         """Matching entities, in index order; the read transaction lasts the iteration.
 
         At the IMAGE level the instance's DICOM JSON comes along when a key beyond
         the index columns is asked for, or when ``with_json`` says so.
+
+        ``scope``: what the requester may read (services.access; None = all). The
+        answers that name another organisation's study are disclosures over
+        ``interface``: recorded, a batch at a time, before the batch is yielded
+        (a failure to record raises, and nothing more is yielded). No ``interface``:
+        nothing is handed out (a probe whether something exists).
         """
+        results = self._find(request, with_json=with_json, scope=scope)
+        if scope is None or scope.unrestricted or interface is None:
+            yield from results
+            return
+        batch: list[QueryResult] = []
+        for result in results:
+            batch.append(result)
+            if len(batch) >= _BATCH:
+                self._disclose(scope, batch, interface)
+                yield from batch
+                batch = []
+        self._disclose(scope, batch, interface)
+        yield from batch
+
+    def _disclose(self, scope: AccessScope, batch: list[QueryResult], interface: Interface) -> None:
+        reads = [
+            Read(register_holder=r.study[1], study_instance_uid=r.study[0])
+            for r in batch
+            if r.study is not None
+        ]
+        handouts = AccessPolicy.disclosures(scope, reads)
+        if handouts and self._disclosures is not None:
+            self._disclosures.record(recipient(scope), handouts, interface)
+
+    def _find(
+        self,
+        request: FindRequest,
+        *,
+        with_json: bool,
+        scope: AccessScope | None,
+    ) -> Generator[QueryResult, None, None]:
         filters = self.matchers(request)
         extra = with_json or any(vr_of(k) is None for k in request.return_keys)
         json = extra and request.level is QueryLevel.IMAGE
@@ -82,6 +133,7 @@ class QueryService:
                 with_json=json,
                 limit=request.limit,
                 offset=request.offset,
+                scope=scope,
             ):
                 if result.dataset_json is not None:
                     with_current_patient(result.dataset_json, result.values)

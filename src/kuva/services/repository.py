@@ -68,6 +68,7 @@ from sqlalchemy import Engine
 
 from kuva.index.repository import NewDocument, StoredDocument
 from kuva.index.uow import UnitOfWork
+from kuva.model.access import AccessScope
 from kuva.model.clock import Clock, utcnow
 from kuva.model.uids import is_valid_uid
 from kuva.model.xds import (
@@ -80,6 +81,8 @@ from kuva.model.xds import (
     Submission,
     status_of,
 )
+from kuva.services.access import AccessPolicy, basis_text
+from kuva.services.audit import AuditTrail
 from kuva.services.disclosure import DisclosureLog, Handout, Interface
 from kuva.services.registry import RegistryOutcome, RegistryService
 from kuva.storage import BlobStore
@@ -178,8 +181,13 @@ class RepositoryService:
         with_slots: SlotSetter,
         disclosures: DisclosureLog,
         clock: Clock = utcnow,
+        access: AccessPolicy | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         self._engine = engine
+        # The access rules the adapter asks for each requester's scope.
+        self.access = access
+        self._audit = audit
         self._blobs = blobs
         self._registry = registry
         self._unique_id = repository_unique_id
@@ -288,10 +296,18 @@ class RepositoryService:
     # ------------------------------------------------------------------ ITI-43
 
     def retrieve_document_set(
-        self, requests: Sequence[DocumentRequest], *, recipient: str
+        self,
+        requests: Sequence[DocumentRequest],
+        *,
+        recipient: str,
+        scope: AccessScope | None = None,
     ) -> DocumentSetResult:
         """Retrieve Document Set (ITI TF-2b 3.43.4.2.3) for ``recipient`` (the
-        requesting organisation, "" = unknown), its disclosures recorded."""
+        requesting organisation, "" = unknown), its disclosures recorded.
+
+        ``scope``: what the requester may read (services.access; None = all); a
+        document it may not read is answered as unknown (XDSDocumentUniqueIdError)
+        and audited as a refused access."""
         addressing = [self._addressing_error(request) for request in requests]
         wanted = {r.document_unique_id for r, e in zip(requests, addressing, strict=True) if not e}
         with UnitOfWork(self._engine, write=False) as uow:
@@ -301,6 +317,8 @@ class RepositoryService:
             current = uow.registry_query.survivors(
                 PatientId(row.patient_id, row.patient_authority) for row in found.values()
             )
+            if scope is not None and not scope.unrestricted:
+                found = self._readable(uow, scope, found)
         errors: list[RegistryError] = []
         documents: list[RetrievedDocument] = []
         handouts: list[Handout] = []
@@ -317,6 +335,7 @@ class RepositoryService:
                     register_holder=row.organization_oid,
                     study_instance_uid=row.study_instance_uid,
                     patient=_current(current, row.patient_id, row.patient_authority),
+                    basis=basis_text(scope, row.organization_oid),
                 )
             )
         if documents:
@@ -340,6 +359,34 @@ class RepositoryService:
             "ITI-43: %d of %d documents returned (%s)", len(documents), len(requests), status.name
         )
         return DocumentSetResult(status, tuple(errors), tuple(documents))
+
+    def _readable(
+        self, uow: UnitOfWork, scope: AccessScope, found: dict[str, StoredDocument]
+    ) -> dict[str, StoredDocument]:
+        """The documents of ``found`` that ``scope`` may read; the others are
+        audited as refused."""
+        others = [row for row in found.values() if not scope.is_own(row.organization_oid)]
+        prohibited = uow.prohibitions.prohibited(
+            (row.patient_id, row.patient_authority) for row in others
+        )
+        refused = [
+            row
+            for row in others
+            if not scope.readable(
+                row.organization_oid,
+                prohibited=(row.patient_id, row.patient_authority) in prohibited,
+            )
+        ]
+        for row in refused:
+            log.warning("ITI-43: document %s refused by the access rules", row.unique_id)
+            if self._audit is not None:
+                self._audit.access_refused(
+                    scope.organization or "",
+                    row.unique_id,
+                    "ITI-43: the access rules do not allow this document to be read",
+                )
+        gone = {row.unique_id for row in refused}
+        return {key: row for key, row in found.items() if row.unique_id not in gone}
 
     def _addressing_error(self, request: DocumentRequest) -> RegistryError | None:
         location = request.document_unique_id

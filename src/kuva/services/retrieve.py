@@ -28,9 +28,12 @@ from sqlalchemy import Engine
 from kuva.index.instances import StoredInstance
 from kuva.index.retrieval import RetrieveKeys
 from kuva.index.uow import UnitOfWork
+from kuva.model.access import AccessScope
 from kuva.model.clock import utcnow
 from kuva.model.query import QueryLevel
 from kuva.model.uids import uid_problem
+from kuva.services.access import AccessPolicy, Read, recipient
+from kuva.services.disclosure import DisclosureLog, Interface
 from kuva.storage import BlobStore
 
 log = logging.getLogger(__name__)
@@ -224,26 +227,66 @@ def parse_keys(level: QueryLevel, keys: Mapping[str, KeyValue]) -> RetrieveKeys:
 
 
 class RetrieveService:
-    def __init__(self, engine: Engine, blobs: BlobStore, *, corrections: bool = True) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        blobs: BlobStore,
+        *,
+        corrections: bool = True,
+        disclosures: DisclosureLog | None = None,
+    ) -> None:
         self._engine = engine
         self.blobs = blobs
+        self._disclosures = disclosures
         # False: every object goes out exactly as received ([archive] apply_corrections).
         self._corrections = corrections
 
-    def resolve(self, level: QueryLevel, keys: Mapping[str, KeyValue]) -> list[StoredInstance]:
+    def resolve(
+        self,
+        level: QueryLevel,
+        keys: Mapping[str, KeyValue],
+        *,
+        scope: AccessScope | None = None,
+        interface: Interface | None = None,
+    ) -> list[StoredInstance]:
         """The stored instances a retrieve asks for, in study/series/instance order.
 
         ``keys`` maps attribute keywords (PatientID, IssuerOfPatientID,
         StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID) to a value or a list
         of values. Raises RetrieveError for a malformed request and TooManyMatches
         beyond MAX_MATCHES objects. No match is an empty list, not an error.
+
+        ``scope``: what the requester may read (services.access; None = all): other
+        instances do not match. With ``interface``, the studies of another
+        organisation among those found are recorded as disclosures before this
+        returns (raises when that fails: hand nothing out then).
         """
         parsed = parse_keys(level, keys)
         with UnitOfWork(self._engine, write=False) as uow:
-            found = uow.retrieval.instances(parsed, limit=MAX_MATCHES)
+            found = uow.retrieval.instances(parsed, limit=MAX_MATCHES, scope=scope)
         if len(found) > MAX_MATCHES:
             raise TooManyMatches(f"more than {MAX_MATCHES} objects match; retrieve a lower level")
+        if scope is not None and interface is not None:
+            self.disclose(scope, found, interface)
         return found
+
+    def disclose(
+        self, scope: AccessScope, instances: Sequence[StoredInstance], interface: Interface
+    ) -> None:
+        """Record the studies of another organisation among ``instances`` as
+        disclosures over ``interface`` (one record per study)."""
+        handouts = AccessPolicy.disclosures(
+            scope,
+            (
+                Read(
+                    register_holder=found.organization_oid,
+                    study_instance_uid=found.study_instance_uid,
+                )
+                for found in instances
+            ),
+        )
+        if handouts and self._disclosures is not None:
+            self._disclosures.record(recipient(scope), handouts, interface)
 
     def open(self, instance: StoredInstance, *, as_received: bool = False) -> StoredObject:
         """The stored object of ``instance``, as it is to go out.

@@ -138,6 +138,7 @@ from kuva.index.registry_query import (
     TimeRange,
 )
 from kuva.index.uow import UnitOfWork
+from kuva.model.access import AccessScope
 from kuva.model.xds import (
     ON_DEMAND_DOCUMENT_ENTRY,
     STABLE_DOCUMENT_ENTRY,
@@ -153,6 +154,8 @@ from kuva.model.xds import (
     dtm_problem,
     is_uuid_urn,
 )
+from kuva.services.access import AccessPolicy, Read, recipient
+from kuva.services.disclosure import DisclosureLog, Interface
 
 log = logging.getLogger(__name__)
 
@@ -974,16 +977,31 @@ class StoredQueryService:
     the most objects one answer holds; more is XDSTooManyResults."""
 
     def __init__(
-        self, engine: Engine, *, leaf_class_limit: int = 1000, object_ref_limit: int = 100_000
+        self,
+        engine: Engine,
+        *,
+        leaf_class_limit: int = 1000,
+        object_ref_limit: int = 100_000,
+        disclosures: DisclosureLog | None = None,
+        access: AccessPolicy | None = None,
     ) -> None:
         if leaf_class_limit < 1 or object_ref_limit < 1:
             raise ValueError("result limits must be positive")
         self._engine = engine
+        self._disclosures = disclosures
+        # The access rules the adapter asks for each requester's scope.
+        self.access = access
         self.leaf_class_limit = leaf_class_limit
         self.object_ref_limit = object_ref_limit
 
-    def query(self, request: StoredQueryRequest) -> StoredQueryResult:
-        """Run the stored query ``request`` names (ITI TF-2a 3.18.4.1.3)."""
+    def query(
+        self, request: StoredQueryRequest, *, scope: AccessScope | None = None
+    ) -> StoredQueryResult:
+        """Run the stored query ``request`` names (ITI TF-2a 3.18.4.1.3).
+
+        ``scope``: what the requester may read (services.access; None = all): other
+        organisations' entries it may not read do not match, and the DocumentEntries
+        of another organisation in the answer are recorded as disclosures first."""
         errors: list[RegistryError] = []
         return_type = _return_type(request, errors)
         query = QUERIES.get(request.query_id.strip().lower())
@@ -1010,6 +1028,7 @@ class StoredQueryService:
         answer = _Answer(limit=limit, xml=leaf)
         try:
             with UnitOfWork(self._engine, write=False) as uow:
+                uow.registry_query.scope = scope
                 run = _Run(uow.registry_query)
                 query.run(run, params, answer)
                 found = answer.ordered()
@@ -1038,6 +1057,11 @@ class StoredQueryService:
             )
             return StoredQueryResult(ResponseStatus.FAILURE, return_type, (error,))
         log.debug("ITI-18 %s: %d object(s)", query.name, len(found))
+        if scope is not None and not self._disclosed(scope, found):
+            error = RegistryError(
+                ErrorCode.REGISTRY_ERROR, "the query cannot be answered now (internal error)"
+            )
+            return StoredQueryResult(ResponseStatus.FAILURE, return_type, (error,))
         if leaf:
             moved = {
                 f.entry_uuid: current[f.patient]
@@ -1053,6 +1077,31 @@ class StoredQueryService:
         return StoredQueryResult(
             ResponseStatus.SUCCESS, return_type, references=tuple(f.entry_uuid for f in found)
         )
+
+    def _disclosed(self, scope: AccessScope, found: Sequence[Found]) -> bool:
+        """Record the DocumentEntries of another organisation among ``found``; False
+        when that failed (then nothing is answered)."""
+        handouts = AccessPolicy.disclosures(
+            scope,
+            (
+                Read(
+                    register_holder=item.register_holder,
+                    document_unique_id=item.unique_id or item.entry_uuid,
+                    patient=(item.patient.id, item.patient.authority) if item.patient else None,
+                )
+                for item in found
+                if item.kind is ObjectKind.DOCUMENT_ENTRY
+            ),
+        )
+        if not handouts or self._disclosures is None:
+            return True
+        try:
+            self._disclosures.record(recipient(scope), handouts, Interface.ITI_18)
+        except Exception as exc:
+            log.error("ITI-18: the disclosure log could not be written: %s", type(exc).__name__)
+            log.debug("ITI-18 disclosure failure", exc_info=True)
+            return False
+        return True
 
 
 def _return_type(request: StoredQueryRequest, errors: list[RegistryError]) -> ReturnType | None:

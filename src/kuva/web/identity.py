@@ -15,6 +15,9 @@ from __future__ import annotations
 
 from starlette.requests import HTTPConnection
 
+from kuva.model.access import AccessScope
+from kuva.services.access import AccessPolicy
+
 SCOPE_KEY = "kuva.organization"
 
 
@@ -25,3 +28,13 @@ def client_organization(request: HTTPConnection) -> str | None:
         return str(authenticated)
     default = getattr(request.app.state, "default_organization", None)
     return str(default) if default else None
+
+
+def request_scope(request: HTTPConnection) -> AccessScope | None:
+    """What ``request`` may read (services.access): the scope of its organisation
+    under the access policy in ``app.state.access``; None (everything) when the
+    application was built without one."""
+    policy: AccessPolicy | None = getattr(request.app.state, "access", None)
+    if policy is None:
+        return None
+    return policy.scope(client_organization(request))

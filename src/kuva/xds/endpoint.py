@@ -38,6 +38,7 @@ import io
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -46,6 +47,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from kuva.dicomweb.multipart_parser import ContentType, parse_content_type
+from kuva.web.identity import SCOPE_KEY, client_organization
 from kuva.xds.messages import SoapFault, SoapRequest, SoapResponse, Transaction
 from kuva.xds.mtom import MtomError, MtomReader, mtom_body
 from kuva.xds.schema import validate
@@ -152,7 +154,8 @@ def _endpoint(path: str, table: Mapping[str, Transaction], limit: int) -> Endpoi
             response = _fault_response(fault, path, None)
             response.headers["connection"] = "close"  # the rest of the body is not read
             return response
-        return await run_in_threadpool(_process, path, table, body, started)
+        identity = (client_organization(request), SCOPE_KEY in request.scope)
+        return await run_in_threadpool(_process, path, table, body, started, identity)
 
     return endpoint
 
@@ -184,7 +187,13 @@ def _too_large(limit: int) -> DetailedFault:
     )
 
 
-def _process(path: str, table: Mapping[str, Transaction], body: _Body, started: float) -> Response:
+def _process(
+    path: str,
+    table: Mapping[str, Transaction],
+    body: _Body,
+    started: float,
+    identity: tuple[str | None, bool] = (None, False),
+) -> Response:
     """Everything after the body was read; runs in a worker thread."""
     request: SoapRequest | None = None
     try:
@@ -212,6 +221,7 @@ def _process(path: str, table: Mapping[str, Transaction], body: _Body, started: 
             attachments=attachments,
             mtom=mtom,
         )
+        request = replace(request, organization=identity[0], authenticated=identity[1])
         transaction = table.get(request.action)
         if transaction is None:
             raise DetailedFault(

@@ -36,6 +36,7 @@ from kuva.services.stored_query import (
 from kuva.xds import ebrim
 from kuva.xds.messages import SoapRequest, SoapResponse, Transaction
 from kuva.xds.namespaces import QUERY, REGISTRY_STORED_QUERY, RESPONSE_ACTIONS, RIM, RS, q
+from kuva.xds.repository import requesting_scope
 from kuva.xds.rs import error_list
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def registry_stored_query(service: StoredQueryService, settings: Settings) -> Tr
         except _Unreadable as exc:
             return _failure([RegistryError(ErrorCode.REGISTRY_ERROR, str(exc))])
         try:
-            result = service.query(query)
+            result = service.query(query, scope=requesting_scope(service.access, request))
             return _answer(response_body(result, home))
         except Exception as exc:
             # Database errors quote their parameters (patient ids): the traceback

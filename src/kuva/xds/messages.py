@@ -59,6 +59,10 @@ class SoapRequest:
     # Attributes of a SAML assertion in the security header (XUA), e.g. the
     # organization id (urn:oasis:names:tc:xspa:1.0:subject:organization-id).
     assertion_attributes: Mapping[str, str] = field(default_factory=dict)
+    # The organisation the HTTP connection acts for (kuva.web.identity) and whether
+    # a client certificate proved it (mutual TLS).
+    organization: str | None = None
+    authenticated: bool = False
 
     def binary(self, element: Element) -> bytes:
         """The bytes of an xs:base64Binary element: inline, or an MTOM part it includes.

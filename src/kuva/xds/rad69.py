@@ -41,7 +41,7 @@ from kuva.xds.namespaces import (
     XOP,
     q,
 )
-from kuva.xds.repository import requesting_organization
+from kuva.xds.repository import requesting_organization, requesting_scope
 from kuva.xds.rs import registry_response
 
 PAYLOAD = q("xdsi", "RetrieveImagingDocumentSetRequest")
@@ -131,7 +131,9 @@ def retrieve_imaging_document_set(source: ImagingDocumentSource, settings: Setti
     def handle(request: SoapRequest) -> SoapResponse:
         return response_for(
             source.retrieve_imaging_document_set(
-                parse_request(request.body), recipient=requesting_organization(request)
+                parse_request(request.body),
+                recipient=requesting_organization(request),
+                scope=requesting_scope(source.access, request),
             )
         )
 

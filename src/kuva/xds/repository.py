@@ -35,7 +35,9 @@ from lxml import etree
 from lxml.etree import _Element as Element
 
 from kuva.config import Settings
+from kuva.model.access import AccessScope
 from kuva.model.xds import ErrorCode, RegistryError, ResponseStatus
+from kuva.services.access import AccessPolicy
 from kuva.services.disclosure import recipient_of
 from kuva.services.repository import (
     DocumentRequest,
@@ -66,10 +68,26 @@ XUA_ORGANIZATION_ID = "urn:oasis:names:tc:xspa:1.0:subject:organization-id"
 
 
 def requesting_organization(request: SoapRequest) -> str:
-    """The organisation a request comes from, as the disclosure log records it: the
-    XUA assertion's organization id (not verified until authentication exists),
-    else "" (unknown)."""
-    return recipient_of(request.assertion_attributes.get(XUA_ORGANIZATION_ID))
+    """The organisation a request comes from, as access rules and the disclosure log
+    see it ("" = unknown):
+
+    - over mutual TLS, the organisation of the client certificate (an XUA claim
+      does not override what the certificate proved);
+    - otherwise the XUA assertion's organization id when there is one (its
+      signature is not verified: on plain HTTP the claim is taken as made);
+    - otherwise the organisation configured for HTTP clients (kuva.web.identity).
+    """
+    if request.authenticated and request.organization:
+        return request.organization
+    claimed = recipient_of(request.assertion_attributes.get(XUA_ORGANIZATION_ID))
+    return claimed or request.organization or ""
+
+
+def requesting_scope(access: AccessPolicy | None, request: SoapRequest) -> AccessScope | None:
+    """What the request may read (services.access); None = everything."""
+    if access is None:
+        return None
+    return access.scope(requesting_organization(request) or None)
 
 
 # ---------------------------------------------------------------------- ITI-41
@@ -206,7 +224,9 @@ def retrieve_document_set(service: RepositoryService, settings: Settings) -> Tra
 
     def handle(request: SoapRequest) -> SoapResponse:
         result = service.retrieve_document_set(
-            parse_retrieve(request.body), recipient=requesting_organization(request)
+            parse_retrieve(request.body),
+            recipient=requesting_organization(request),
+            scope=requesting_scope(service.access, request),
         )
         return retrieve_response(result)
 
