@@ -111,9 +111,11 @@ class Matrix:
         out = self.tmp_path / f"get-{pydicom.uid.generate_uid()[-12:]}"
         out.mkdir()
         result = subprocess.run(
-            ["getscu", STUDY_ROOT_FIND, "-aet", NODE_OF[org], "-aec", "KUVA", "-od", str(out)]
-            + ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}"]
-            + [LOOPBACK, str(self.dicom.dicom_port)],
+            [
+                *("getscu", STUDY_ROOT_FIND, "-aet", NODE_OF[org], "-aec", "KUVA", "-od", str(out)),
+                *("-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}"),
+                *(LOOPBACK, str(self.dicom.dicom_port)),
+            ],
             capture_output=True,
             text=True,
             env=dcmtk_env(),
@@ -125,9 +127,11 @@ class Matrix:
     def move(self, org: str, destination: str, study_uid: str) -> str:
         """movescu of a study as ``org``'s node to ``destination``; its output."""
         result = subprocess.run(
-            ["movescu", "-v", STUDY_ROOT_FIND, "-aet", NODE_OF[org], "-aec", "KUVA"]
-            + ["-aem", destination, "-k", "QueryRetrieveLevel=STUDY"]
-            + ["-k", f"StudyInstanceUID={study_uid}", LOOPBACK, str(self.dicom.dicom_port)],
+            [
+                *("movescu", "-v", STUDY_ROOT_FIND, "-aet", NODE_OF[org], "-aec", "KUVA"),
+                *("-aem", destination, "-k", "QueryRetrieveLevel=STUDY"),
+                *("-k", f"StudyInstanceUID={study_uid}", LOOPBACK, str(self.dicom.dicom_port)),
+            ],
             capture_output=True,
             text=True,
             env=dcmtk_env(),
