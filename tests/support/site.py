@@ -47,6 +47,7 @@ MODALITY = "STORESCU"  # storescu's calling AE title: a node of the holder
 PATIENT = PatientId(DEFAULT_PATIENT_ID, FINNISH_PIC_ISSUER)
 SUCCESS = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Success"
 STABLE_SECONDS = 1
+BASIS = "treatment relationship"
 
 
 @dataclass
@@ -234,6 +235,9 @@ def start_site(
             "tasks": {"max_attempts": 30},
             "http": {"organization": HOLDER},  # STOW-RS stores for the holder
         },
+        # The other organisation reads the holder's material (ITI-43, RAD-69) on a
+        # basis: each read is a disclosure (services.access).
+        arrays={"access.rules": [{"register_holder": HOLDER, "recipient": OTHER, "basis": BASIS}]},
     )
     return Site(
         server,
