@@ -11,9 +11,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import os
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -332,3 +334,30 @@ def test_hl7_refused(site: Site, client: str, expected: str) -> None:
         answer = b""
     assert answer == b"", "no ACK on a refused connection"
     site.wait_alert(before, expected)
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_a_key_of_another_certificate_stops_the_start(tmp_path: Path) -> None:
+    """Checked at load: exit 2 with the reason, as for every configuration error."""
+    pki = make_mutual_tls_pki(tmp_path / "pki")
+    config = tmp_path / "kuva.toml"
+    config.write_text(
+        f'[archive]\ndata_dir = "{tmp_path / "data"}"\n[hl7]\ntls = true\n'
+        f'[tls]\ncert_file = "{pki.server.cert}"\nkey_file = "{pki.hospital_a.key}"\n'
+        f'ca_file = "{pki.ca}"\n[[organizations]]\noid = "{ORG_A}"\nname = "A"\n'
+        f'certificates = ["{pki.hospital_a.subject}"]\n',
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "kuva", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "300"},
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "the key does not belong to the certificate" in result.stdout
+    assert not (tmp_path / "data").exists(), "nothing started"

@@ -169,13 +169,19 @@ class DicomServer:
         requestor = assoc.requestor
         calling = str(getattr(requestor.primitive, "calling_ae_title", "") or "").strip()
         address = str(requestor.address)
-        sock = getattr(assoc.dul.socket, "socket", None)
-        subject = peer_subject(sock.getpeercert()) if isinstance(sock, ssl.SSLSocket) else None
-        organization = self._authentication.authenticate("dicom", address, subject)
-        if organization is None:
-            self._refuse(event, calling, 0x01)  # no reason given
-        elif not self._authentication.ae_title_allowed(calling, address, subject, organization):
-            self._refuse(event, calling, 0x03)  # calling AE title not recognized
+        try:
+            sock = getattr(assoc.dul.socket, "socket", None)
+            subject = peer_subject(sock.getpeercert()) if isinstance(sock, ssl.SSLSocket) else None
+            organization = self._authentication.authenticate("dicom", address, subject)
+            if organization is None:
+                self._refuse(event, calling, 0x01)  # no reason given
+            elif not self._authentication.ae_title_allowed(calling, address, subject, organization):
+                self._refuse(event, calling, 0x03)  # calling AE title not recognized
+        except Exception:
+            # pynetdicom would log a handler's error and go on negotiating: refuse instead.
+            log.exception("association from %s: node authentication failed", address)
+            if not assoc.is_rejected:
+                self._refuse(event, calling, 0x01)
 
     @staticmethod
     def _refuse(event: Event, calling: str, diagnostic: int) -> None:

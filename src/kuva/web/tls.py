@@ -111,10 +111,18 @@ class MutualTlsProtocol(H11Protocol):
             return
         if secure is None:  # closed meanwhile
             return
+        try:
+            self._authenticated(secure, host)
+        except Exception:
+            log.exception("HTTP %s: node authentication failed; connection closed", host)
+            secure.close()
+
+    def _authenticated(self, secure: asyncio.Transport, host: str) -> None:
+        """Bind the connection to the certificate's organisation, and serve it."""
         subject = peer_subject(secure.get_extra_info("peercert"))
         organization = self.authentication.organization_of(subject)
         if organization is None:
-            self.app = _Refused(str(subject))
+            self.app = _Refused(str(subject) if subject else "no subject")
             # Audited in a thread (an index transaction), the request answered meanwhile.
             self.loop.run_in_executor(None, self.authentication.authenticate, "http", host, subject)
         else:
