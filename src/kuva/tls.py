@@ -1,5 +1,5 @@
 """Mutual TLS of the listeners (PS3.15 B.1 Basic TLS Secure Transport Connection
-Profile; IHE ITI TF-2 3.19.6 ATNA node authentication): the server context every
+Profile; IHE ITI-19 Authenticate Node): the server context every
 listener with ``tls = true`` uses, the handshake of the threaded listeners, and the
 subject of a peer's certificate as Python's ssl module gives it.
 

@@ -3,7 +3,7 @@ answered with its ACK (kuva.hl7.adt) before the next is read. Garbage between fr
 is dropped and logged; a frame past ``[hl7] max_message_bytes`` closes the
 connection; nothing a peer sends stops the listener.
 
-With ``[hl7] tls``: MLLP over TLS 1.2+ (IHE ITI TF-2 3.19.6), a client certificate
+With ``[hl7] tls``: MLLP over TLS 1.2+ (IHE ITI-19 Authenticate Node), a client certificate
 verified against ``[tls] ca_file`` and belonging to an organisation
 (services.authentication) required. The handshake runs in the connection's
 thread; a failed one, or a certificate of no organisation, closes the connection
