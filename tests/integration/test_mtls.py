@@ -1,8 +1,8 @@
 """Mutual TLS on the DICOM, HTTP and MLLP listeners, SQLite and PostgreSQL: one kuva
 per database with all three listeners on TLS, certificates made here
 (tests.support.pki). For each listener: the certificate of an organisation works
-(dcmtk's storescu and findscu over TLS; httpx storing with STOW-RS for the
-certificate's organisation; MLLP over Python's ssl), and no client certificate, an
+(dcmtk's storescu and findscu over TLS; httpx storing with STOW-RS and ITI-41 for
+the certificate's organisation; MLLP over Python's ssl), and no client certificate, an
 untrusted one, one of no organisation and (DICOM) a calling AE title of another
 organisation are refused - each refusal an ATNA Security Alert in the audit trail."""
 
@@ -29,12 +29,14 @@ from lxml import etree
 from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, text
 
+from kuva.xds.namespaces import PROVIDE_AND_REGISTER
 from tests.conftest import POSTGRES, POSTGRES_ADMIN_URL
 from tests.support.hl7 import END, SURVIVOR, VT, adt, pid
 from tests.support.peers import LOOPBACK, dcmtk_available, dcmtk_env, storescu
 from tests.support.pki import Identity, MutualTlsPki, make_mutual_tls_pki
 from tests.support.server import KuvaServer
 from tests.support.synthetic import make_ct_series, write_series
+from tests.unit.test_repository import entry_ids, pnr, soap_envelope, unique_id_of
 
 ORG_A = "1.2.246.10.12345678.10"
 ORG_B = "1.2.246.10.87654321.10"
@@ -257,6 +259,25 @@ def test_http_stores_for_the_certificate_organisation(site: Site) -> None:
     assert response.status_code == 200, response.text
     owners = site.query(
         f"SELECT organization_oid FROM study WHERE study_instance_uid = '{study_uid}'"
+    )
+    assert owners == [(ORG_B,)]
+
+
+def test_xds_submission_for_the_certificate_organisation(site: Site) -> None:
+    """ITI-41 over mutual TLS: the documents' register holder is the certificate's."""
+    payload = pnr()
+    (entry,) = entry_ids(payload)
+    with _client(site, site.pki.hospital_b) as client:
+        response = client.post(
+            "/xds/repository",
+            content=soap_envelope(PROVIDE_AND_REGISTER, payload),
+            headers={"Content-Type": "application/soap+xml; charset=utf-8"},
+        )
+    assert response.status_code == 200, response.text
+    assert b"ResponseStatusType:Success" in response.content, response.text
+    owners = site.query(
+        "SELECT organization_oid FROM xds_document WHERE unique_id = "
+        f"'{unique_id_of(payload, entry)}'"
     )
     assert owners == [(ORG_B,)]
 

@@ -46,6 +46,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from kuva.dicomweb.multipart_parser import ContentType, parse_content_type
+from kuva.web.identity import client_organization
 from kuva.xds.messages import SoapFault, SoapRequest, SoapResponse, Transaction
 from kuva.xds.mtom import MtomError, MtomReader, mtom_body
 from kuva.xds.schema import validate
@@ -152,7 +153,8 @@ def _endpoint(path: str, table: Mapping[str, Transaction], limit: int) -> Endpoi
             response = _fault_response(fault, path, None)
             response.headers["connection"] = "close"  # the rest of the body is not read
             return response
-        return await run_in_threadpool(_process, path, table, body, started)
+        organization = client_organization(request)
+        return await run_in_threadpool(_process, path, table, body, started, organization)
 
     return endpoint
 
@@ -184,8 +186,15 @@ def _too_large(limit: int) -> DetailedFault:
     )
 
 
-def _process(path: str, table: Mapping[str, Transaction], body: _Body, started: float) -> Response:
-    """Everything after the body was read; runs in a worker thread."""
+def _process(
+    path: str,
+    table: Mapping[str, Transaction],
+    body: _Body,
+    started: float,
+    organization: str | None = None,
+) -> Response:
+    """Everything after the body was read; runs in a worker thread. ``organization``:
+    the one the HTTP request acts for (``SoapRequest.client_organization``)."""
     request: SoapRequest | None = None
     try:
         actions = list(body.actions)
@@ -212,6 +221,7 @@ def _process(path: str, table: Mapping[str, Transaction], body: _Body, started: 
             attachments=attachments,
             mtom=mtom,
         )
+        request.client_organization = organization
         transaction = table.get(request.action)
         if transaction is None:
             raise DetailedFault(

@@ -59,6 +59,10 @@ class SoapRequest:
     # Attributes of a SAML assertion in the security header (XUA), e.g. the
     # organization id (urn:oasis:names:tc:xspa:1.0:subject:organization-id).
     assertion_attributes: Mapping[str, str] = field(default_factory=dict)
+    # The organisation the HTTP request acts for (kuva.web.identity: the client
+    # certificate's with mutual TLS, else [http] organization), set by the endpoint;
+    # None = unknown. Submissions (ITI-41, ITI-42) are stored for it.
+    client_organization: str | None = None
 
     def binary(self, element: Element) -> bytes:
         """The bytes of an xs:base64Binary element: inline, or an MTOM part it includes.
