@@ -382,3 +382,28 @@ def test_a_key_of_another_certificate_stops_the_start(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stdout + result.stderr
     assert "the key does not belong to the certificate" in result.stdout
     assert not (tmp_path / "data").exists(), "nothing started"
+
+
+# ---------------------------------------------------------------- no TLS at all
+
+
+@pytest.mark.parametrize("listener", ["dicom", "http", "hl7"])
+def test_plain_tcp_is_refused(site: Site, listener: str) -> None:
+    """A client that does not speak TLS: the handshake fails, the connection is
+    closed, and the alert names the listener."""
+    port = {
+        "dicom": site.server.dicom_port,
+        "http": site.server.http_port,
+        "hl7": site.server.hl7_port,
+    }[listener]
+    before = len(site.alerts())
+    with socket.create_connection((LOOPBACK, port), timeout=15) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: kuva\r\n\r\n")
+        with contextlib.suppress(ConnectionResetError):
+            assert sock.recv(65536)[:4] != b"HTTP"
+            assert sock.recv(65536) == b""
+    site.wait_alert(before, "TLS handshake failed")
+    (message,) = site.query(
+        "SELECT message FROM audit_record WHERE event_id = '110113' ORDER BY seq DESC LIMIT 1"
+    )
+    assert f"{listener}@127.0.0.1" in str(message[0])
