@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import APIRouter
@@ -37,6 +38,7 @@ from kuva.index.uow import UnitOfWork
 from kuva.services import audit, commitment, registration
 from kuva.services.access import AccessPolicy, DisclosureProhibitions
 from kuva.services.audit import AuditTrail
+from kuva.services.authentication import NodeAuthentication
 from kuva.services.commitment import CommitmentService
 from kuva.services.disclosure import DisclosureLog
 from kuva.services.imaging_source import ImagingDocumentSource
@@ -53,8 +55,10 @@ from kuva.storage import BlobStore
 from kuva.storage.filesystem import FileBlobStore
 from kuva.storage.mirror import MirroredBlobStore
 from kuva.tasks.worker import TaskWorkers
+from kuva.tls import server_context
 from kuva.web.admin import admin_router
 from kuva.web.app import create_app
+from kuva.web.tls import protocol_class
 from kuva.xds import ebrim
 from kuva.xds.endpoint import soap_router
 from kuva.xds.iti18 import registry_stored_query
@@ -223,6 +227,7 @@ class Archive:
         self.registration.on_enqueued = self.workers.wake
         compiled_schema()  # built now (about 0.6 s), not on the first XDS request
         self.commitment.sender = self.commitment_scp
+        self.authentication = NodeAuthentication(settings, self.audit)
         self.dicom = DicomServer(
             settings,
             StorageSCP(settings, self.ingest, self.blobs, self.audit),
@@ -231,15 +236,16 @@ class Archive:
             FindSCP(settings, self.query, self.audit, self.access),
             RetrieveSCP(settings, self.retrieve, self.access),
             self.audit,
+            self.authentication,
         )
-        self.hl7 = Hl7Server(settings, self.patients)
+        self.hl7 = Hl7Server(settings, self.patients, self.authentication)
         self.http_app = create_app(
             {"index": lambda: ping(self.engine), "blobs": self.blobs.check},
             refresh_metrics=self.refresh_task_metrics,
             routers=[
                 ("/dicom-web", qido_router(self.query)),
                 ("/dicom-web", metadata_router(self.query)),
-                ("/dicom-web", stow_router(self.ingest, self.blobs, settings.http_organization())),
+                ("/dicom-web", stow_router(self.ingest, self.blobs)),
                 ("/dicom-web", wado_router(self.retrieve)),
                 ("", wado_uri_router(self.retrieve)),
                 ("", xds_router(settings, self.xds)),
@@ -283,13 +289,21 @@ class Archive:
         if self.scrubber is not None:
             self.scrubber.start()
         host, port = self.dicom.start()
-        log.info("ready: DICOM %s on %s:%d", self.settings.dicom.ae_title, host, port)
+        tls = {name: " over mutual TLS" for name in self.settings.tls_listeners}
+        log.info(
+            "ready: DICOM %s on %s:%d%s",
+            self.settings.dicom.ae_title,
+            host,
+            port,
+            tls.get("dicom", ""),
+        )
         self._start_http()
         hl7_host, hl7_port = self.hl7.start()
-        log.info("ready: HL7 MLLP on %s:%d", hl7_host, hl7_port)
+        log.info("ready: HL7 MLLP on %s:%d%s", hl7_host, hl7_port, tls.get("hl7", ""))
         log.info(
-            "ready: HTTP on %s:%d (/dicom-web, /wado, /xds/registry, /xds/repository, "
+            "ready: HTTP%s on %s:%d (/dicom-web, /wado, /xds/registry, /xds/repository, "
             "/xds/imaging, /healthz, /metrics)",
+            "S" if self.settings.http.tls else "",
             self.settings.http.host,
             self.settings.http.port,
         )
@@ -298,6 +312,14 @@ class Archive:
         self.audit.application_started()
 
     def _start_http(self) -> None:
+        extra: dict[str, Any] = {}
+        if self.settings.http.tls:
+            # TLS is started by the protocol itself (kuva.web.tls), not by uvicorn.
+            extra["http"] = protocol_class(
+                server_context(self.settings.tls),
+                self.authentication,
+                self.settings.tls.handshake_seconds,
+            )
         config = uvicorn.Config(
             self.http_app,
             host=self.settings.http.host,
@@ -305,6 +327,7 @@ class Archive:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            **extra,
         )
         self._http = uvicorn.Server(config)
         self._http_thread = threading.Thread(target=self._http.run, name="kuva-http", daemon=True)

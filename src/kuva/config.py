@@ -19,7 +19,9 @@ from pydantic_settings import (
 )
 
 from kuva.model.retention import Anchor, Period, RetentionPolicy
+from kuva.model.subject import Subject, SubjectError
 from kuva.model.uids import is_valid_uid
+from kuva.tls import server_context
 
 DEFAULT_DATA_DIR = "var/kuva"
 
@@ -71,6 +73,10 @@ class DicomSettings(BaseModel):
     network_timeout: float = 60.0
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
+    # Mutual TLS on this listener ([tls]; PS3.15 B.1): every association comes in
+    # over TLS 1.2+ with a client certificate of a configured organisation, and its
+    # calling AE title must be a node of that organisation. false = plain TCP.
+    tls: bool = False
 
     @field_validator("ae_title")
     @classmethod
@@ -86,12 +92,15 @@ class HttpSettings(BaseModel):
     # The URL clients reach this listener at (e.g. behind a reverse proxy), used
     # in RetrieveURL and BulkDataURI values; "" = taken from each request.
     base_url: str = ""
-    # The organisation (register holder) that HTTP clients store for (STOW-RS).
-    # Plain HTTP carries no client identity; until mutual TLS maps certificates to
-    # organisations, one organisation is configured here. "" = the local
-    # organisation on the embedded default (no [[nodes]]); with nodes configured
-    # and this empty, STOW-RS is refused (403).
+    # The organisation (register holder) that HTTP clients store for (STOW-RS)
+    # when the listener is plain HTTP, which carries no client identity. "" = the
+    # local organisation on the embedded default (no [[nodes]]); with nodes
+    # configured and this empty, STOW-RS is refused (403). With tls = true the
+    # client certificate's organisation is used instead (kuva.web.identity).
     organization: str = ""
+    # Mutual TLS on this listener ([tls]): HTTPS, a client certificate required,
+    # its organisation the one every request acts for. false = plain HTTP.
+    tls: bool = False
 
 
 class Hl7Settings(BaseModel):
@@ -106,6 +115,9 @@ class Hl7Settings(BaseModel):
     max_message_bytes: int = 16 * 1024 * 1024
     # A connection silent this long is closed.
     idle_seconds: float = 300.0
+    # Mutual TLS on this listener ([tls]): MLLP over TLS 1.2+, a client certificate
+    # of a configured organisation required. false = plain TCP.
+    tls: bool = False
 
 
 class XdsSettings(BaseModel):
@@ -277,9 +289,40 @@ class AccessSettings(BaseModel):
     administrators: list[str] = Field(default_factory=list)
 
 
+class TlsSettings(BaseModel):
+    """Mutual TLS of the listeners that have ``tls = true`` (kuva.tls; PS3.15 B.1,
+    IHE ATNA node authentication): kuva's certificate and key, and the CAs a client
+    certificate must chain to. Clients are mapped to organisations by their
+    certificate's subject (``[[organizations]] certificates``)."""
+
+    cert_file: Path | None = None  # PEM: kuva's certificate (and any intermediates)
+    key_file: Path | None = None  # PEM: its private key (unencrypted)
+    ca_file: Path | None = None  # PEM: the CAs trusted to issue client certificates
+    # A client that has not finished its TLS handshake this long after connecting
+    # is disconnected (and audited).
+    handshake_seconds: float = Field(default=30.0, gt=0)
+
+
 class OrganizationSettings(BaseModel):
     oid: str
     name: str
+    # The subjects of the client certificates this organisation owns, as RFC 4514
+    # strings ("CN=pacs.example.fi,O=Example Hospital District"), matched exactly
+    # (kuva.model.subject).
+    certificates: list[str] = Field(default_factory=list)
+
+    @field_validator("certificates")
+    @classmethod
+    def _certificates(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                Subject.parse(text)
+            except SubjectError as exc:
+                raise ValueError(f"certificate subject: {exc}") from exc
+        return value
+
+    def subjects(self) -> list[Subject]:
+        return [Subject.parse(text) for text in self.certificates]
 
     @field_validator("oid")
     @classmethod
@@ -319,6 +362,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     integrity: IntegritySettings = Field(default_factory=IntegritySettings)
     access: AccessSettings = Field(default_factory=AccessSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
     organizations: list[OrganizationSettings] = Field(default_factory=list)
     nodes: list[NodeSettings] = Field(default_factory=list)
 
@@ -339,6 +383,16 @@ class Settings(BaseSettings):
         if toml_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
         return tuple(sources)
+
+    @property
+    def tls_listeners(self) -> list[str]:
+        """The listeners with mutual TLS on."""
+        switches = (("dicom", self.dicom.tls), ("http", self.http.tls), ("hl7", self.hl7.tls))
+        return [name for name, on in switches if on]
+
+    def certificate_organizations(self) -> dict[Subject, str]:
+        """Every configured certificate subject, with the OID of its organisation."""
+        return {subject: org.oid for org in self.organizations for subject in org.subjects()}
 
     @property
     def open_access(self) -> bool:
@@ -408,3 +462,39 @@ def _check(settings: Settings) -> None:
     titles = [node.ae_title for node in settings.nodes]
     if len(titles) != len(set(titles)):
         raise ValueError("node AE titles must be unique")
+    _check_tls(settings)
+
+
+def _check_tls(settings: Settings) -> None:
+    owners: dict[Subject, str] = {}
+    for org in settings.organizations:
+        for subject in org.subjects():
+            if subject in owners:
+                raise ValueError(
+                    f"certificate subject {subject} is listed by organizations "
+                    f"{owners[subject]} and {org.oid}: a certificate maps to one organisation"
+                )
+            owners[subject] = org.oid
+    listeners = settings.tls_listeners
+    if not listeners:
+        return
+    on = ", ".join(f"[{name}] tls" for name in listeners)
+    tls = settings.tls
+    for key in ("cert_file", "key_file", "ca_file"):
+        path = getattr(tls, key)
+        if path is None:
+            raise ValueError(f"{on} needs [tls] {key}")
+        if not Path(path).is_file():
+            raise ValueError(f"[tls] {key}: file not found: {path}")
+    if settings.dicom.tls and not settings.nodes:
+        raise ValueError(
+            "[dicom] tls needs [[nodes]]: a calling AE title must belong to the "
+            "organisation of the client certificate"
+        )
+    if not owners:
+        raise ValueError(
+            f"{on}: no [[organizations]] lists certificates, so no client could connect"
+        )
+    # Load them as the listeners will: a key that does not match the certificate, or
+    # a file that is not PEM, fails here, at start, with OpenSSL's reason.
+    server_context(tls)

@@ -589,7 +589,8 @@ def test_archive_failures_are_reported(
         ingest = IngestService(engine, blobs, committer)
     else:
         ingest = _FailingIngest(engine, blobs, committer, crash=case == "unexpected error")
-    app = create_app({}, routers=[("/dicom-web", stow_router(ingest, blobs, "1.2.246.10.0.10"))])
+    app = create_app({}, routers=[("/dicom-web", stow_router(ingest, blobs))])
+    app.state.default_organization = "1.2.246.10.0.10"
     ds = read_files(write_series(small_ct(1), tmp_path / "ct"))[0]
 
     async def send() -> httpx.Response:

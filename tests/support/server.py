@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -76,6 +77,9 @@ class KuvaServer:
     # Set [http] base_url to this server's own URL (for clients whose Host header
     # carries no port, such as dicomweb-client).
     public_url: bool = False
+    # With [http] tls: the client context (a client certificate) the readiness check
+    # and ``http`` (https://...) use.
+    client_tls: ssl.SSLContext | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = self.workdir / "data"
@@ -123,7 +127,8 @@ class KuvaServer:
 
     @property
     def http(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.client_tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
 
     def start(self, timeout: float = 30.0) -> KuvaServer:
         """Start and wait until every listener is ready. A port taken by another
@@ -155,7 +160,9 @@ class KuvaServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"kuva exited at start:\n{self.log()}")
             try:
-                with urllib.request.urlopen(f"{self.http}/healthz", timeout=1) as response:
+                with urllib.request.urlopen(
+                    f"{self.http}/healthz", timeout=1, context=self.client_tls
+                ) as response:
                     if response.status == 200 and "ready: HL7" in self.log():
                         return self
             except OSError:

@@ -12,7 +12,7 @@ from lxml import etree
 from lxml.etree import _Element as Element
 from sqlalchemy import Engine
 
-from kuva.config import NodeSettings, Settings
+from kuva.config import LOCAL_ORGANIZATION_OID, NodeSettings, Settings
 from kuva.index.uow import UnitOfWork
 from kuva.model.xds import AvailabilityStatus, ErrorCode, ResponseStatus, Submission
 from kuva.services.registry import RegistryOutcome, RegistryService
@@ -47,8 +47,14 @@ def transaction(service: RegistryService) -> Transaction:
     return register_document_set(service, Settings())
 
 
-def request(body: Element) -> SoapRequest:
-    return SoapRequest(action=REGISTER_DOCUMENT_SET, message_id="urn:uuid:1", body=body)
+def request(body: Element, organization: str | None = LOCAL_ORGANIZATION_OID) -> SoapRequest:
+    """As the endpoint hands it over, for a client acting for ``organization``."""
+    return SoapRequest(
+        action=REGISTER_DOCUMENT_SET,
+        message_id="urn:uuid:1",
+        body=body,
+        client_organization=organization,
+    )
 
 
 def submit_objects(name: str, *, original: str = "") -> Element:
@@ -198,11 +204,12 @@ def test_schema_problems_answered_as_metadata_errors(
 
 
 def test_no_register_holder(service: RegistryService) -> None:
-    """With nodes configured and no http.organization, submissions are refused."""
+    """A client acting for no organisation (no client certificate, and with nodes
+    configured no http.organization): submissions are refused."""
     settings = Settings(nodes=[NodeSettings(ae_title="PACS1")])
     transaction = register_document_set(service, settings)
     response = transaction.handle(
-        request(submit_objects("iti42-RegisterDocumentSet-b-request.xml"))
+        request(submit_objects("iti42-RegisterDocumentSet-b-request.xml"), None)
     )
     assert status_and_errors(response.body) == (
         ResponseStatus.FAILURE.value,
@@ -242,6 +249,7 @@ def test_through_the_soap_endpoint(transaction: Transaction) -> None:
     """The transaction served by the SOAP 1.2 endpoint: envelope in, RegistryResponse out."""
     app = FastAPI()
     app.include_router(soap_router({"/xds/registry": [transaction]}, max_request_bytes=1 << 20))
+    app.state.default_organization = LOCAL_ORGANIZATION_OID  # as the composition root sets it
     envelope = etree.Element(f"{{{SOAP}}}Envelope", nsmap={"soap": SOAP, "wsa": WSA})
     header = etree.SubElement(envelope, f"{{{SOAP}}}Header")
     etree.SubElement(header, f"{{{WSA}}}Action").text = REGISTER_DOCUMENT_SET

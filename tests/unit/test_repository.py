@@ -309,6 +309,7 @@ class Repo:
             body=payload,
             mtom=bool(parts),
             attachments=dict(parts or {}),
+            client_organization=HOLDER,
         )
 
     def submit(self, payload: Element, parts: Mapping[str, bytes] | None = None) -> Element:
@@ -367,6 +368,7 @@ def repo(engine: Engine, blobs: FileBlobStore) -> Repo:
     retrieve = retrieve_document_set(service, SETTINGS)
     app = FastAPI()
     app.include_router(soap_router({"/xds/repository": [provide, retrieve]}, 1 << 24))
+    app.state.default_organization = HOLDER  # as the composition root sets it
     return Repo(engine, blobs, service, provide, retrieve, app)
 
 
@@ -750,7 +752,9 @@ def test_nothing_is_handed_out_without_its_record(engine: Engine, blobs: FileBlo
     service = repository_service(engine, blobs, Broken(engine))
     provide = provide_and_register(service, SETTINGS)
     payload = pnr()
-    provide.handle(SoapRequest(PROVIDE_AND_REGISTER, "urn:uuid:1", payload))
+    provide.handle(
+        SoapRequest(PROVIDE_AND_REGISTER, "urn:uuid:1", payload, client_organization=HOLDER)
+    )
     unique_id = unique_id_of(payload, entry_ids(payload)[0])
     result = service.retrieve_document_set(
         [DocumentRequest(REPOSITORY_ID, unique_id)], recipient=OTHER_ORGANIZATION

@@ -7,11 +7,20 @@ title not recognized", PS3.8 9.3.4); with no nodes configured (the embedded
 default) any calling AE title is accepted into the local organisation. An
 association refused for its AE titles is audited as a security alert (110113
 Security Alert, 110126 Node Authentication; services.audit).
+
+With ``[dicom] tls`` (PS3.15 B.1): TLS 1.2+ with a client certificate verified
+against ``[tls] ca_file``; its subject must belong to an organisation, and the
+calling AE title must be a node of that organisation
+(services.authentication). A failed handshake closes the connection; a
+certificate of no organisation gets A-ASSOCIATE-RJ (rejected permanent, service
+user, no reason given), an AE title of another organisation A-ASSOCIATE-RJ
+"calling AE title not recognized" (PS3.8 9.3.4). Each is audited.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from typing import Any
 
@@ -36,7 +45,9 @@ from kuva.dicom.network import AssociationServer
 from kuva.dicom.retrieve_scp import RetrieveSCP, install_retrieve
 from kuva.dicom.storage_scp import StorageSCP, install_streaming_receive
 from kuva.services.audit import AuditTrail
+from kuva.services.authentication import NodeAuthentication
 from kuva.storage import BlobStore
+from kuva.tls import peer_subject, server_context
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +62,11 @@ class DicomServer:
         find: FindSCP,
         retrieve: RetrieveSCP,
         audit: AuditTrail | None = None,
+        authentication: NodeAuthentication | None = None,
     ) -> None:
         self._settings = settings
         self._audit = audit
+        self._authentication = authentication or NodeAuthentication(settings, audit)
         self._storage = storage
         self._commitment = commitment
         self._find = find
@@ -87,7 +100,9 @@ class DicomServer:
         self.ae = ae
 
     def handlers(self) -> list[Any]:
+        tls = [(evt.EVT_REQUESTED, self._authenticate)] if self._settings.dicom.tls else []
         return [
+            *tls,
             (evt.EVT_C_ECHO, self._handle_echo),
             (evt.EVT_C_STORE, self._storage.handle_store),
             (evt.EVT_N_ACTION, self._commitment.handle_n_action),
@@ -106,7 +121,11 @@ class DicomServer:
             (dicom.host, dicom.port),
             evt_handlers=self.handlers(),
             server_class=AssociationServer,
+            ssl_context=server_context(self._settings.tls) if dicom.tls else None,
         )
+        if dicom.tls:
+            self._server.handshake_seconds = self._settings.tls.handshake_seconds
+            self._server.on_handshake_failed = self._handshake_failed
         # As AE.start_server does: the AE's list of servers is what shutdown() expects.
         self.ae._servers.append(self._server)
         self._thread = threading.Thread(
@@ -139,10 +158,48 @@ class DicomServer:
             event.assoc.requestor.address,
         )
 
+    def _handshake_failed(self, address: str, reason: str) -> None:
+        metrics.associations.labels("rejected").inc()
+        self._authentication.refused("dicom", address, reason)
+
+    def _authenticate(self, event: Event) -> None:
+        """EVT_REQUESTED with TLS: the certificate's organisation, and the calling AE
+        title's, before the association is negotiated."""
+        assoc = event.assoc
+        requestor = assoc.requestor
+        calling = str(getattr(requestor.primitive, "calling_ae_title", "") or "").strip()
+        address = str(requestor.address)
+        try:
+            sock = getattr(assoc.dul.socket, "socket", None)
+            subject = peer_subject(sock.getpeercert()) if isinstance(sock, ssl.SSLSocket) else None
+            organization = self._authentication.authenticate("dicom", address, subject)
+            if organization is None:
+                self._refuse(event, calling, 0x01)  # no reason given
+            elif not self._authentication.ae_title_allowed(calling, address, subject, organization):
+                self._refuse(event, calling, 0x03)  # calling AE title not recognized
+        except Exception:
+            # pynetdicom would log a handler's error and go on negotiating: refuse instead.
+            log.exception("association from %s: node authentication failed", address)
+            if not assoc.is_rejected:
+                self._refuse(event, calling, 0x01)
+
+    @staticmethod
+    def _refuse(event: Event, calling: str, diagnostic: int) -> None:
+        """A-ASSOCIATE-RJ, rejected permanent by the service user (PS3.8 9.3.4), as
+        pynetdicom's own negotiation refuses; already audited."""
+        assoc = event.assoc
+        assoc.requestor.ae_title = calling or "UNKNOWN"
+        assoc._kuva_authenticated_refusal = True  # type: ignore[attr-defined]
+        assoc.acse.send_reject(0x01, 0x01, diagnostic)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
+
     def _on_rejected(self, event: Event) -> None:
         metrics.associations.labels("rejected").inc()
         requestor = event.assoc.requestor
         log.warning("association from %s (%s) rejected", requestor.ae_title, requestor.address)
+        if getattr(event.assoc, "_kuva_authenticated_refusal", False):
+            return  # refused for its certificate: audited by services.authentication
         called = str(getattr(requestor.primitive, "called_ae_title", "") or "").strip()
         reason = self._refused_titles(requestor.ae_title, called)
         if reason is None or self._audit is None:

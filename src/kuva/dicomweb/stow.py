@@ -61,8 +61,9 @@ was well formed), 400 when the body holds no parts or is not valid multipart and
 nothing from it was stored, 415 for a Content-Type other than multipart/related with
 ``type`` application/dicom (or none) and a boundary (metadata + bulk data STOW with
 ``application/dicom+json`` or ``+xml`` parts is not supported), 406 when ``Accept``
-allows no JSON answer (XML responses are not supported), 403 when no organisation
-is configured for HTTP clients (``Settings.http_organization``).
+allows no JSON answer (XML responses are not supported), 403 when the request acts
+for no organisation (kuva.web.identity: the client certificate's with mutual TLS,
+else ``[http] organization``). The instances are stored for that organisation.
 
 A body that turns out not to be valid multipart (garbage, no closing delimiter, a
 cut-off upload) stops being read where the error is found. A part that was open
@@ -108,6 +109,7 @@ from kuva.dicomweb.urls import dicomweb_root
 from kuva.model.uids import is_valid_uid
 from kuva.services.ingest import IncomingInstance, IngestService, StoreStatus
 from kuva.storage import BlobStore
+from kuva.web.identity import client_organization
 from kuva.web.problem import problem
 
 log = logging.getLogger(__name__)
@@ -569,17 +571,18 @@ def store_response(results: list[PartResult], base: str) -> dict[str, Any]:
     return out
 
 
-def stow_router(ingest: IngestService, blobs: BlobStore, organization: str | None) -> APIRouter:
+def stow_router(ingest: IngestService, blobs: BlobStore) -> APIRouter:
     """The Store Transaction resources (PS3.18 Table 10.5.1-1) under the DICOMweb root."""
     router = APIRouter()
 
     async def store(request: Request, study: str | None) -> Response:
+        organization = client_organization(request)
         if organization is None:
             return problem(
                 403,
                 "Forbidden",
-                "no organisation is configured for HTTP clients (http.organization): "
-                "STOW-RS is refused",
+                "no organisation is known for this client (no client certificate, and "
+                "no http.organization configured): STOW-RS is refused",
             )
         if not _accepts_json(request.headers.getlist("accept")):
             return problem(

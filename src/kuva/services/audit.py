@@ -24,7 +24,10 @@ What is audited (the builders of model.audit):
 - every C-FIND request (``queried``);
 - every patient correction (services.patients), every disclosure
   (services.disclosure), in their own transactions (``record``);
-- a DICOM association refused for its AE titles (``association_rejected``).
+- a DICOM association refused for its AE titles (``association_rejected``);
+- a connection to a mutual TLS listener refused: failed handshake (no or an
+  untrusted client certificate), or a certificate of no organisation
+  (``node_authentication_failed``).
 """
 
 from __future__ import annotations
@@ -314,6 +317,31 @@ class AuditTrail:
                     subject=subject,
                     subject_type=a.NODE_ID,
                     description=description,
+                    occurred_at=self._clock(),
+                )
+            ]
+        )
+
+    def node_authentication_failed(
+        self, listener: str, address: str, reason: str, certificate: str = ""
+    ) -> None:
+        """110113 / 110126: a peer refused on a mutual TLS listener (PS3.15 A.5.3.11,
+        IHE ATNA node authentication failure) from IP ``address``. ``certificate``:
+        its subject (RFC 4514) when it presented a verified one."""
+        self.record_now(
+            [
+                a.security_alert(
+                    a.ALERT_BAD_CERTIFICATE,
+                    source=self.source,
+                    reporter=self.archive(),
+                    offender=a.ActiveParticipant(
+                        user_id=certificate or address,
+                        requestor=True,
+                        network_access_point=address,
+                    ),
+                    subject=f"{listener}@{address}",
+                    subject_type=a.NODE_ID,
+                    description=reason + (f" (certificate {certificate})" if certificate else ""),
                     occurred_at=self._clock(),
                 )
             ]

@@ -4,7 +4,8 @@ One function answers it for every HTTP adapter (DICOMweb, WADO-URI, the XDS SOAP
 endpoints, the admin API), so the rule of how a client is identified lives here:
 
 1. Mutual TLS: the organisation the client certificate's subject maps to, put in the
-   ASGI scope under ``SCOPE_KEY`` by the TLS layer when the connection was accepted.
+   ASGI scope under ``SCOPE_KEY`` by the TLS layer (kuva.web.tls) when the
+   connection was accepted; a certificate of no organisation never gets this far.
 2. Otherwise (plain HTTP: the embedded default and tests) the organisation set for
    every HTTP client, ``[http] organization`` (``Settings.http_organization``), kept
    in ``app.state.default_organization`` by the composition root.

@@ -38,7 +38,6 @@ import io
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -194,7 +193,9 @@ def _process(
     started: float,
     identity: tuple[str | None, bool] = (None, False),
 ) -> Response:
-    """Everything after the body was read; runs in a worker thread."""
+    """Everything after the body was read; runs in a worker thread. ``identity``: the
+    organisation the HTTP request acts for (``SoapRequest.client_organization``) and
+    whether a client certificate proved it."""
     request: SoapRequest | None = None
     try:
         actions = list(body.actions)
@@ -221,7 +222,7 @@ def _process(
             attachments=attachments,
             mtom=mtom,
         )
-        request = replace(request, organization=identity[0], authenticated=identity[1])
+        request.client_organization, request.authenticated = identity
         transaction = table.get(request.action)
         if transaction is None:
             raise DetailedFault(

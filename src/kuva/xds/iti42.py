@@ -6,8 +6,9 @@ and the answer is an ``rs:RegistryResponse`` (3.42.4.2): Success, or Failure wit
 the errors found (ITI TF-3 4.2.4). A payload that breaks the XDS schemas is
 answered Failure with one XDSRegistryMetadataError per schema problem.
 
-The objects are stored for the register holder ``settings.http_organization()``:
-plain HTTP carries no client identity yet (see HttpSettings.organization).
+The objects are stored for the register holder the HTTP request acts for
+(``SoapRequest.client_organization``: the client certificate's organisation with
+mutual TLS, else ``[http] organization``; kuva.web.identity); none: Failure.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def register_document_set(service: RegistryService, settings: Settings) -> Trans
     """The ITI-42 transaction of the registry endpoint."""
 
     def handle(request: SoapRequest) -> SoapResponse:
-        organization = settings.http_organization()
+        organization = request.client_organization
         if organization is None:
             return _answer(
                 ResponseStatus.FAILURE,

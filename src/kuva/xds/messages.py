@@ -59,9 +59,11 @@ class SoapRequest:
     # Attributes of a SAML assertion in the security header (XUA), e.g. the
     # organization id (urn:oasis:names:tc:xspa:1.0:subject:organization-id).
     assertion_attributes: Mapping[str, str] = field(default_factory=dict)
-    # The organisation the HTTP connection acts for (kuva.web.identity) and whether
+    # The organisation the HTTP request acts for (kuva.web.identity: the client
+    # certificate's with mutual TLS, else [http] organization), set by the endpoint;
+    # None = unknown. Submissions (ITI-41, ITI-42) are stored for it. ``authenticated``:
     # a client certificate proved it (mutual TLS).
-    organization: str | None = None
+    client_organization: str | None = None
     authenticated: bool = False
 
     def binary(self, element: Element) -> bytes:

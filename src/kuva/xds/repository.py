@@ -9,8 +9,9 @@ stores and registers them; the answer is an ``rs:RegistryResponse`` (3.41.4.2):
 Success, or Failure with the errors found. A payload that breaks the XDS schemas is
 answered Failure with one XDSRepositoryMetadataError per schema problem; malformed
 base64 or a missing MTOM part is a SOAP Sender fault (the transport's). The
-documents are stored for the register holder ``settings.http_organization()``:
-plain HTTP carries no client identity yet (see HttpSettings.organization).
+documents are stored for the register holder the HTTP request acts for
+(``SoapRequest.client_organization``: the client certificate's organisation with
+mutual TLS, else ``[http] organization``; kuva.web.identity).
 
 ITI-43: the payload is an ``xdsb:RetrieveDocumentSetRequest`` (3.43.4.1.2); the
 answer an ``xdsb:RetrieveDocumentSetResponse`` (3.43.4.2.2): the rs:RegistryResponse
@@ -77,10 +78,10 @@ def requesting_organization(request: SoapRequest) -> str:
       signature is not verified: on plain HTTP the claim is taken as made);
     - otherwise the organisation configured for HTTP clients (kuva.web.identity).
     """
-    if request.authenticated and request.organization:
-        return request.organization
+    if request.authenticated and request.client_organization:
+        return request.client_organization
     claimed = recipient_of(request.assertion_attributes.get(XUA_ORGANIZATION_ID))
-    return claimed or request.organization or ""
+    return claimed or request.client_organization or ""
 
 
 def requesting_scope(access: AccessPolicy | None, request: SoapRequest) -> AccessScope | None:
@@ -115,7 +116,7 @@ def provide_and_register(service: RepositoryService, settings: Settings) -> Tran
     """The ITI-41 transaction of the repository endpoint."""
 
     def handle(request: SoapRequest) -> SoapResponse:
-        organization = settings.http_organization()
+        organization = request.client_organization
         if organization is None:
             return _failure(
                 ErrorCode.REPOSITORY_ERROR,

@@ -1,0 +1,88 @@
+"""Mutual TLS of the listeners (PS3.15 B.1 Basic TLS Secure Transport Connection
+Profile; IHE ITI-19 Authenticate Node): the server context every
+listener with ``tls = true`` uses, the handshake of the threaded listeners, and the
+subject of a peer's certificate as Python's ssl module gives it.
+
+What a subject means (which organisation it belongs to) is decided in
+services.authentication; this module only reads it off the connection.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from typing import TYPE_CHECKING, Any
+
+from kuva.model.subject import Subject
+
+if TYPE_CHECKING:
+    from kuva.config import TlsSettings
+
+
+def server_context(tls: TlsSettings) -> ssl.SSLContext:
+    """TLS 1.2 or newer, kuva's certificate, client certificates required and
+    verified against ``[tls] ca_file`` (CERT_REQUIRED). Raises ValueError with
+    OpenSSL's reason when a file cannot be used (not PEM, key not matching the
+    certificate)."""
+    if tls.cert_file is None or tls.key_file is None or tls.ca_file is None:
+        raise ValueError("[tls] cert_file, key_file and ca_file are all needed")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    try:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    except ssl.SSLError as exc:
+        raise ValueError(
+            f"[tls] cert_file {tls.cert_file} / key_file {tls.key_file}: {_reason(exc)}"
+            + (" (the key does not belong to the certificate)" if "MISMATCH" in str(exc) else "")
+        ) from exc
+    try:
+        context.load_verify_locations(cafile=str(tls.ca_file))
+    except ssl.SSLError as exc:
+        raise ValueError(f"[tls] ca_file {tls.ca_file}: {_reason(exc)}") from exc
+    return context
+
+
+def handshake(sock: ssl.SSLSocket, seconds: float) -> None:
+    """Finish the server side of the handshake of a socket wrapped with
+    ``do_handshake_on_connect=False``, within ``seconds``. Raises OSError
+    (ssl.SSLError, TimeoutError) when it fails."""
+    previous = sock.gettimeout()
+    sock.settimeout(seconds)
+    try:
+        sock.do_handshake()
+    finally:
+        sock.settimeout(previous)
+
+
+def wrap_accepted(context: ssl.SSLContext, sock: socket.socket) -> ssl.SSLSocket:
+    """An accepted socket, wrapped without its handshake: that runs in the
+    connection's own thread (``handshake``), never in the accepting one, so that a
+    slow or silent client holds up nobody else."""
+    return context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+
+
+def peer_subject(peer: Any) -> Subject | None:
+    """The subject of a verified peer certificate (``getpeercert()`` of an SSL
+    socket or object), or None when there is none."""
+    if not isinstance(peer, dict) or not peer.get("subject"):
+        return None
+    return Subject.of([[(str(k), str(v)) for k, v in rdn] for rdn in peer["subject"]])
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a handshake failed, for the log and the audit trail."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"client certificate not trusted: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        reason = _reason(exc)
+        if "PEER DID NOT RETURN A CERTIFICATE" in reason.upper().replace("_", " "):
+            return "no client certificate"
+        return f"TLS handshake failed: {reason}"
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "TLS handshake not finished in time"
+    return f"TLS handshake failed: {type(exc).__name__}: {exc}"
+
+
+def _reason(exc: ssl.SSLError) -> str:
+    return str(exc.reason or exc.strerror or exc)
