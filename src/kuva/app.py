@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 
 from kuva import metrics
 from kuva.audit import message as audit_message
+from kuva.audit.listener import ExportReceiver, SyslogListener
 from kuva.audit.syslog import SyslogSender
 from kuva.config import Settings
 from kuva.dicom.commitment import StorageCommitmentSCP
@@ -41,6 +42,7 @@ from kuva.services.disclosure import DisclosureLog
 from kuva.services.imaging_source import ImagingDocumentSource
 from kuva.services.ingest import IngestService
 from kuva.services.integrity import Finding, IntegrityService, Scrubber
+from kuva.services.notices import NoticeService
 from kuva.services.patients import PatientService
 from kuva.services.query import QueryService
 from kuva.services.registration import RegistrationService
@@ -53,6 +55,7 @@ from kuva.storage.filesystem import FileBlobStore
 from kuva.storage.mirror import MirroredBlobStore
 from kuva.tasks.worker import TaskWorkers
 from kuva.web.app import create_app
+from kuva.web.disclosures import disclosures_router
 from kuva.xds import ebrim
 from kuva.xds.endpoint import soap_router
 from kuva.xds.iti18 import registry_stored_query
@@ -216,6 +219,15 @@ class Archive:
             self.audit,
         )
         self.hl7 = Hl7Server(settings, self.patients)
+        self.notices = NoticeService(self.engine)
+        self.syslog = (
+            SyslogListener(
+                settings.audit,
+                ExportReceiver(self.notices, [org.oid for org in settings.organizations]).receive,
+            )
+            if settings.audit.listen
+            else None
+        )
         self.http_app = create_app(
             {"index": lambda: ping(self.engine), "blobs": self.blobs.check},
             refresh_metrics=self.refresh_task_metrics,
@@ -226,6 +238,14 @@ class Archive:
                 ("/dicom-web", wado_router(self.retrieve)),
                 ("", wado_uri_router(self.retrieve)),
                 ("", xds_router(settings, self.xds)),
+                (
+                    "",
+                    disclosures_router(
+                        self.notices,
+                        operators=settings.access.operators,
+                        max_message_bytes=settings.audit.listen_max_bytes,
+                    ),
+                ),
             ],
         )
         self.http_app.state.public_base_url = settings.http.base_url
@@ -259,11 +279,14 @@ class Archive:
         host, port = self.dicom.start()
         log.info("ready: DICOM %s on %s:%d", self.settings.dicom.ae_title, host, port)
         self._start_http()
+        if self.syslog is not None:
+            for scheme, host, port in self.syslog.start():
+                log.info("ready: syslog %s on %s:%d (ATNA Export messages)", scheme, host, port)
         hl7_host, hl7_port = self.hl7.start()
         log.info("ready: HL7 MLLP on %s:%d", hl7_host, hl7_port)
         log.info(
             "ready: HTTP on %s:%d (/dicom-web, /wado, /xds/registry, /xds/repository, "
-            "/xds/imaging, /healthz, /metrics)",
+            "/xds/imaging, /disclosures, /audit/messages, /healthz, /metrics)",
             self.settings.http.host,
             self.settings.http.port,
         )
@@ -302,6 +325,8 @@ class Archive:
         log.info("stopping")
         self.dicom.stop()
         self.hl7.stop()
+        if self.syslog is not None:
+            self.syslog.stop()
         if self._http is not None:
             self._http.should_exit = True
             if self._http_thread is not None:
