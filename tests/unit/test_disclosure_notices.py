@@ -317,3 +317,75 @@ def test_syslog_receiver(engine: Engine) -> None:
     assert [(r.source, r.interface, r.register_holder) for r in records] == [
         ("atna", "ATNA-Export", REPORTER)
     ]
+
+
+def test_the_json_schema_agrees_with_the_models() -> None:
+    from pathlib import Path
+
+    from kuva.model import disclosure as d
+    from kuva.web.notices import MAX_NOTICES
+
+    schema_file = Path(__file__).resolve().parents[2] / "docs" / "disclosure-notice.schema.json"
+    document = json.loads(schema_file.read_text(encoding="utf-8"))
+    properties = document["$defs"]["notice"]["properties"]
+    assert document["oneOf"][1]["maxItems"] == MAX_NOTICES
+    assert properties["channel"]["maxLength"] == d.CHANNEL_LENGTH
+    assert properties["basis"]["maxLength"] == d.BASIS_LENGTH
+    assert properties["patient"]["properties"]["id"]["maxLength"] == d.PATIENT_ID_LENGTH
+    assert properties["recipient"]["properties"]["person"]["maxLength"] == d.PERSON_LENGTH
+    assert properties["documents"]["items"]["maxLength"] == d.DOCUMENT_ID_LENGTH
+    assert properties["studies"]["maxItems"] == d.MAX_ITEMS
+    assert set(properties) == {
+        "notice_id",
+        "recipient",
+        "patient",
+        "studies",
+        "documents",
+        "disclosed_at",
+        "channel",
+        "basis",
+    }
+
+
+def test_http_authorisation(engine: Engine) -> None:
+    """Over the ASGI app (in-process, on the real index): no organisation, 403; an
+    organisation sees what it holds or received; an operator sees all, with the
+    identities searched."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from kuva.web.disclosures import disclosures_router
+
+    operator = "1.2.246.10.1.1"
+    app = FastAPI()
+    app.include_router(
+        disclosures_router(NoticeService(engine), operators=[operator], max_message_bytes=1 << 20)
+    )
+    client = TestClient(app)
+    query = {"patient": f"{PATIENT}^^^&{FINNISH_PIC_ISSUER}&ISO"}
+    body = notice(PATIENT, "2026-11-25T10:00:00Z", studies=[STUDY])
+
+    app.state.default_organization = None
+    for response in (
+        client.get("/disclosures", params=query),
+        client.post("/disclosures/notices", json=body),
+        client.post("/audit/messages", content=b"<x/>", headers={"content-type": "text/xml"}),
+    ):
+        assert response.status_code == 403
+        assert response.headers["content-type"] == "application/problem+json"
+
+    app.state.default_organization = REPORTER
+    assert client.post("/disclosures/notices", json=body).status_code == 201
+    assert len(client.get("/disclosures", params=query).json()["disclosures"]) == 1
+    app.state.default_organization = OTHER_RECIPIENT
+    assert client.get("/disclosures", params=query).json()["disclosures"] == []
+    app.state.default_organization = RECIPIENT
+    seen = client.get("/disclosures", params=query).json()
+    assert len(seen["disclosures"]) == 1 and "identities" not in seen
+    app.state.default_organization = operator
+    everything = client.get("/disclosures", params=query).json()
+    assert len(everything["disclosures"]) == 1
+    assert everything["identities"] == [{"id": PATIENT, "issuer": FINNISH_PIC_ISSUER}]
+    assert client.get("/disclosures", params=query | {"limit": "0"}).status_code == 400
+    assert client.get("/disclosures", params=query | {"from": "yesterday"}).status_code == 400
+    assert client.get("/disclosures", params=query | {"page": "2"}).status_code == 400

@@ -81,6 +81,13 @@ def _forbidden(what: str) -> JSONResponse:
     )
 
 
+def _unavailable(what: str, exc: Exception) -> JSONResponse:
+    """The index failed: nothing was written (the transaction rolled back)."""
+    log.error("%s: the disclosure log could not be used: %s", what, type(exc).__name__)
+    log.debug("disclosure log failure", exc_info=True)
+    return problem(503, "Service Unavailable", "the disclosure log is not available; try again")
+
+
 def _outcomes(outcomes: list[NoticeOutcome]) -> JSONResponse:
     created = any(outcome.created for outcome in outcomes)
     return JSONResponse(
@@ -174,6 +181,8 @@ def disclosures_router(
                 str(exc),
                 errors=[{"notice": exc.index, "field": "notice_id", "message": str(exc)}],
             )
+        except Exception as exc:
+            return _unavailable("disclosure notices", exc)
         return _outcomes(outcomes)
 
     @router.post("/audit/messages")
@@ -198,7 +207,10 @@ def disclosures_router(
         if isinstance(parsed, export.Ignored):
             log.info("audit message of %s ignored: %s", reporter, parsed.reason)
             return JSONResponse({"recorded": 0, "ignored": parsed.reason})
-        outcomes = await run_in_threadpool(service.record, [parsed.reported_by(reporter)])
+        try:
+            outcomes = await run_in_threadpool(service.record, [parsed.reported_by(reporter)])
+        except Exception as exc:
+            return _unavailable("audit message", exc)
         return _outcomes(outcomes)
 
     @router.get("/disclosures")
@@ -227,15 +239,18 @@ def disclosures_router(
         if not 1 <= limit <= MAX_PAGE or offset < 0:
             return problem(400, "Bad Request", f"limit must be 1-{MAX_PAGE}, offset 0 or more")
         everything = viewer in operator_set
-        page = await run_in_threadpool(
-            service.disclosures,
-            patient,
-            start=start,
-            end=end,
-            viewer=None if everything else viewer,
-            limit=limit,
-            offset=offset,
-        )
+        try:
+            page = await run_in_threadpool(
+                service.disclosures,
+                patient,
+                start=start,
+                end=end,
+                viewer=None if everything else viewer,
+                limit=limit,
+                offset=offset,
+            )
+        except Exception as exc:
+            return _unavailable("disclosure query", exc)
         content: dict[str, Any] = {
             "patient": {"id": patient.patient_id, "issuer": patient.issuer},
             "disclosures": [disclosure_json(record) for record in page.records],
