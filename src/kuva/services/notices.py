@@ -40,6 +40,8 @@ from kuva.model.clock import Clock, utcnow
 from kuva.model.disclosure import NoticeOutcome, ReportedDisclosure
 from kuva.model.patient import PatientKey
 
+__all__ = ["Disclosure", "DisclosurePage", "NoticeConflict", "NoticeService"]
+
 log = logging.getLogger(__name__)
 
 # The most identities one patient's query follows through merges.

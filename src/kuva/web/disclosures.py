@@ -26,11 +26,10 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from kuva.audit import export
-from kuva.index.repository import Disclosure
 from kuva.model.clock import Clock, utcnow
 from kuva.model.disclosure import NoticeOutcome
 from kuva.model.patient import PatientKey
-from kuva.services.notices import MAX_PAGE, NoticeConflict, NoticeService
+from kuva.services.notices import MAX_PAGE, Disclosure, NoticeConflict, NoticeService
 from kuva.web.identity import client_organization
 from kuva.web.notices import MAX_BODY_BYTES, NoticeProblem, parse_notices
 
