@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 
 from kuva import metrics
 from kuva.audit import message as audit_message
+from kuva.audit.listener import ExportReceiver, SyslogListener
 from kuva.audit.syslog import SyslogSender
 from kuva.config import Settings
 from kuva.dicom.commitment import StorageCommitmentSCP
@@ -44,6 +45,7 @@ from kuva.services.disclosure import DisclosureLog
 from kuva.services.imaging_source import ImagingDocumentSource
 from kuva.services.ingest import IngestService
 from kuva.services.integrity import Finding, IntegrityService, Scrubber
+from kuva.services.notices import NoticeService
 from kuva.services.patients import PatientService
 from kuva.services.query import QueryService
 from kuva.services.registration import RegistrationService
@@ -58,6 +60,7 @@ from kuva.tasks.worker import TaskWorkers
 from kuva.tls import server_context
 from kuva.web.admin import admin_router
 from kuva.web.app import create_app
+from kuva.web.disclosures import disclosures_router
 from kuva.web.tls import protocol_class
 from kuva.xds import ebrim
 from kuva.xds.endpoint import soap_router
@@ -239,6 +242,15 @@ class Archive:
             self.authentication,
         )
         self.hl7 = Hl7Server(settings, self.patients, self.authentication)
+        self.notices = NoticeService(self.engine)
+        self.syslog = (
+            SyslogListener(
+                settings.audit,
+                ExportReceiver(self.notices, [org.oid for org in settings.organizations]).receive,
+            )
+            if settings.audit.listen
+            else None
+        )
         self.http_app = create_app(
             {"index": lambda: ping(self.engine), "blobs": self.blobs.check},
             refresh_metrics=self.refresh_task_metrics,
@@ -253,8 +265,16 @@ class Archive:
                     "",
                     admin_router(
                         DisclosureProhibitions(self.engine, audit=self.audit),
-                        settings.access.administrators,
+                        settings.access.operators,
                         open_access=settings.open_access,
+                    ),
+                ),
+                (
+                    "",
+                    disclosures_router(
+                        self.notices,
+                        operators=settings.access.operators,
+                        max_message_bytes=settings.audit.listen_max_bytes,
                     ),
                 ),
             ],
@@ -298,11 +318,14 @@ class Archive:
             tls.get("dicom", ""),
         )
         self._start_http()
+        if self.syslog is not None:
+            for scheme, host, port in self.syslog.start():
+                log.info("ready: syslog %s on %s:%d (ATNA Export messages)", scheme, host, port)
         hl7_host, hl7_port = self.hl7.start()
         log.info("ready: HL7 MLLP on %s:%d%s", hl7_host, hl7_port, tls.get("hl7", ""))
         log.info(
             "ready: HTTP%s on %s:%d (/dicom-web, /wado, /xds/registry, /xds/repository, "
-            "/xds/imaging, /healthz, /metrics)",
+            "/xds/imaging, /disclosures, /audit/messages, /admin, /healthz, /metrics)",
             "S" if self.settings.http.tls else "",
             self.settings.http.host,
             self.settings.http.port,
@@ -351,6 +374,8 @@ class Archive:
         log.info("stopping")
         self.dicom.stop()
         self.hl7.stop()
+        if self.syslog is not None:
+            self.syslog.stop()
         if self._http is not None:
             self._http.should_exit = True
             if self._http_thread is not None:

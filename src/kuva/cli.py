@@ -713,5 +713,94 @@ def audit_list(
     console.print(table)
 
 
+@audit_app.command("disclosures")
+def audit_disclosures(
+    patient: Annotated[
+        str, typer.Option("--patient", help="the patient as ID^^^&OID&ISO (or ID^^^OID)")
+    ],
+    config: ConfigOption = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--from", help="disclosed at or after (RFC 3339 date or time; UTC unless given)"
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option("--to", help="disclosed before this time, or up to the end of this date"),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 1000,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON, for scripts")] = False,
+) -> None:
+    """The disclosure log of a patient, newest first: kuva's own disclosures (ITI-43,
+    RAD-69) and those register holders reported (notices, ATNA Export messages),
+    including those kept under identities merged into the patient."""
+    import json
+
+    from kuva.services.notices import NoticeService
+    from kuva.web.disclosures import disclosure_json, parse_instant
+
+    key = _patient_key(patient, "")
+    try:
+        start = parse_instant("--from", since)
+        end = parse_instant("--to", until, end=True)
+    except ValueError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(2) from exc
+    settings = _settings(config)
+    engine = make_engine(settings.archive.resolved_database_url())
+    try:
+        migrate(engine)
+        page = NoticeService(engine).disclosures(
+            key, start=start, end=end, limit=limit, offset=offset
+        )
+    finally:
+        engine.dispose()
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "patient": {"id": key.patient_id, "issuer": key.issuer},
+                    "identities": [{"id": i, "issuer": a} for i, a in page.identities],
+                    "disclosures": [disclosure_json(record) for record in page.records],
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+        return
+    table = Table(title=f"disclosures of {escape(str(key))}")
+    for column in (
+        "when (UTC)",
+        "recipient",
+        "register holder",
+        "study / document",
+        "interface",
+        "source",
+        "basis",
+    ):
+        table.add_column(column, overflow="fold")
+    for record in page.records:
+        recipient = record.recipient_organization or "(unknown)"
+        if record.recipient_person:
+            recipient += f" ({record.recipient_person})"
+        interface = record.interface + (f" / {record.channel}" if record.channel else "")
+        table.add_row(
+            record.disclosed_at.isoformat(timespec="seconds"),
+            escape(recipient),
+            escape(record.register_holder),
+            escape(record.study_instance_uid or record.document_unique_id),
+            escape(interface),
+            record.source,
+            escape(record.basis),
+        )
+    console.print(table)
+    merged = [f"{i}^^^{a}" if a else i for i, a in page.identities[1:]]
+    if merged:
+        console.print(f"including identities merged into it: {escape(', '.join(merged))}")
+    console.print(f"{len(page.records)} record(s)")
+
+
 def main() -> None:
     app()

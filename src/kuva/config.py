@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -235,17 +235,58 @@ class AuditSettings(BaseModel):
     cert_file: Path | None = None
     key_file: Path | None = None
 
+    # Syslog listeners for customers' ATNA Export messages (kuva.audit.listener;
+    # RFC 5426 UDP, RFC 5425 TLS): "udp://host:port" and/or "tls://host:port", one
+    # string or a list; "" or [] = none (the default). A TLS listener presents
+    # cert_file/key_file and requires a client certificate of ca_file.
+    listen: list[str] = Field(default_factory=list)
+    # Largest syslog message a listener takes (bytes); a TLS frame announcing more
+    # closes its connection.
+    listen_max_bytes: int = Field(default=1024 * 1024, ge=1024)
+
     @field_validator("repository")
     @classmethod
     def _repository(cls, value: str) -> str:
         value = value.strip()
-        if not value:
-            return value
-        scheme, sep, rest = value.partition("://")
-        host, colon, port = rest.rpartition(":")
-        if scheme not in ("udp", "tls") or not sep or not colon or not host or not port.isdigit():
-            raise ValueError("audit repository must be udp://host:port or tls://host:port")
+        if value:
+            _syslog_address(value, "audit repository")
         return value
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            value = [item.strip() for item in value if isinstance(item, str) and item.strip()]
+            for item in value:
+                _syslog_address(item, "audit listen")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_listen(self) -> AuditSettings:
+        if any(item.startswith("tls://") for item in self.listen) and (
+            self.cert_file is None or self.ca_file is None
+        ):
+            raise ValueError(
+                "audit listen tls:// needs cert_file, key_file (kuva's certificate) and "
+                "ca_file (the CA of the clients' certificates)"
+            )
+        return self
+
+
+def _syslog_address(value: str, what: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of ``udp://host:port`` or ``tls://host:port``."""
+    scheme, sep, rest = value.partition("://")
+    host, colon, port = rest.rpartition(":")
+    if scheme not in ("udp", "tls") or not sep or not colon or not host or not port.isdigit():
+        raise ValueError(f"{what} must be udp://host:port or tls://host:port")
+    return scheme, host.strip("[]"), int(port)
+
+
+def syslog_address(value: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a validated ``[audit]`` syslog address."""
+    return _syslog_address(value, "syslog address")
 
 
 class IntegritySettings(BaseModel):
@@ -284,9 +325,21 @@ class AccessSettings(BaseModel):
     configured, everything belongs to one local organisation)."""
 
     rules: list[AccessRuleSettings] = Field(default_factory=list)
-    # Organisations whose HTTP clients may use the admin API (/admin: disclosure
-    # prohibitions). None: only the embedded default's local client (no [[nodes]]).
-    administrators: list[str] = Field(default_factory=list)
+    # The archive's operators (OIDs; e.g. the national service answering patients'
+    # requests): their HTTP clients may use the admin API (/admin: disclosure
+    # prohibitions) and see every disclosure-log record of a patient over GET
+    # /disclosures; another organisation sees the records where it is the register
+    # holder or the recipient. On the embedded default (no [[nodes]]) the local
+    # client may use the admin API.
+    operators: list[str] = Field(default_factory=list)
+
+    @field_validator("operators")
+    @classmethod
+    def _operators(cls, value: list[str]) -> list[str]:
+        for oid in value:
+            if not is_valid_uid(oid):
+                raise ValueError(f"access operator {oid!r} is not a valid OID")
+        return value
 
 
 class TlsSettings(BaseModel):

@@ -232,7 +232,7 @@ def matrix(
             extra={
                 "archive": {"data_dir": str(data_dir)},
                 "http": {"organization": org},
-                "access": {"administrators": [A]},
+                "access": {"operators": [A]},
             },
             arrays={"access.rules": [{"register_holder": A, "recipient": B, "basis": BASIS}]},
         )

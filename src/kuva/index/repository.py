@@ -2,8 +2,10 @@
 
 ``DocumentRepository`` (table ``xds_document``): the documents the repository
 holds (ITI TF-2b 3.41, 3.43), each a blob named by its key with the SHA-1 and size
-the registry knows it by. ``DisclosureRepository`` (table ``disclosure``): the
-disclosure log (luovutusloki), written by kuva.services.disclosure.
+the registry knows it by. ``DisclosureRepository`` (tables ``disclosure`` and
+``disclosure_notice``): the disclosure log (luovutusloki), written by
+kuva.services.disclosure (kuva's own disclosures) and kuva.services.notices (those
+customers report), read by the disclosure query (services.notices).
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, and_, insert, or_, select
 
 from kuva.index.dialect import insert_ignoring_conflict
-from kuva.index.schema import disclosure, patient, study, xds_document
+from kuva.index.schema import disclosure, disclosure_notice, patient, study, xds_document
 
 # Chunk for IN lists, well below every database's limit on bound parameters.
 _CHUNK = 500
@@ -124,7 +126,9 @@ class DocumentRepository:
 
 @dataclass(frozen=True)
 class NewDisclosure:
-    """One disclosure-log record: a document handed out to ``recipient_organization``."""
+    """One disclosure-log record: a document handed out to ``recipient_organization``.
+    ``source``: archive (kuva's own), notice or atna (reported by the register
+    holder, under the ``disclosure_notice`` row ``notice_pk``)."""
 
     disclosed_at: datetime
     recipient_organization: str  # "" = unknown
@@ -135,11 +139,18 @@ class NewDisclosure:
     document_unique_id: str
     interface: str
     basis: str
+    source: str = "archive"
+    channel: str | None = None
+    recipient_person: str | None = None
+    notice_pk: int | None = None
 
 
 @dataclass(frozen=True)
 class Disclosure(NewDisclosure):
-    pk: int
+    """A record as read back, with its key and the client's notice id (if any)."""
+
+    pk: int = 0
+    notice_id: str | None = None
 
 
 _DISCLOSURE_COLUMNS = (
@@ -152,12 +163,29 @@ _DISCLOSURE_COLUMNS = (
     disclosure.c.document_unique_id,
     disclosure.c.interface,
     disclosure.c.basis,
+    disclosure.c.source,
+    disclosure.c.channel,
+    disclosure.c.recipient_person,
+    disclosure.c.notice_pk,
     disclosure.c.pk,
+    disclosure_notice.c.notice_id,
+)
+_DISCLOSURE_FROM = disclosure.outerjoin(
+    disclosure_notice, disclosure.c.notice_pk == disclosure_notice.c.pk
 )
 
 
 def _disclosure(row: Any) -> Disclosure:
     return Disclosure(*row)
+
+
+@dataclass(frozen=True)
+class StoredNotice:
+    """A reported disclosure already recorded (``disclosure_notice``)."""
+
+    pk: int
+    digest: str
+    record_count: int
 
 
 class DisclosureRepository:
@@ -179,6 +207,95 @@ class DisclosureRepository:
                 found[row.study_instance_uid] = (row.patient_id, row.issuer)
         return found
 
+    def add_notice(
+        self,
+        *,
+        reporter: str,
+        notice_id: str | None,
+        digest: str,
+        source: str,
+        received_at: datetime,
+        record_count: int,
+    ) -> int:
+        """Record a reported disclosure; its key. A ``notice_id`` the reporter has
+        used already violates the unique constraint (IntegrityError)."""
+        result = self.conn.execute(
+            insert(disclosure_notice)
+            .values(
+                reporter=reporter,
+                notice_id=notice_id,
+                digest=digest,
+                source=source,
+                received_at=received_at,
+                record_count=record_count,
+            )
+            .returning(disclosure_notice.c.pk)
+        )
+        return int(result.scalar_one())
+
+    def find_notice(self, reporter: str, notice_id: str) -> StoredNotice | None:
+        """The notice ``reporter`` recorded under ``notice_id`` (its unique key)."""
+        row = self.conn.execute(
+            select(
+                disclosure_notice.c.pk, disclosure_notice.c.digest, disclosure_notice.c.record_count
+            ).where(
+                disclosure_notice.c.reporter == reporter, disclosure_notice.c.notice_id == notice_id
+            )
+        ).first()
+        return StoredNotice(row.pk, row.digest, row.record_count) if row is not None else None
+
+    def of_patients(
+        self,
+        patients: Sequence[tuple[str, str]],
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        viewer: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Disclosure]:
+        """The records of any of ``patients`` (Patient ID, authority), newest first,
+        disclosed in [start, end). Each patient is an equality on the leading columns
+        of ``ix_disclosure_patient`` with the period on its last. ``viewer``: only
+        the records where that organisation is the register holder or the
+        recipient; None = all."""
+        if not patients:
+            return []
+        period = []
+        if start is not None:
+            period.append(disclosure.c.disclosed_at >= start)
+        if end is not None:
+            period.append(disclosure.c.disclosed_at < end)
+        statement = (
+            select(*_DISCLOSURE_COLUMNS)
+            .select_from(_DISCLOSURE_FROM)
+            .where(
+                or_(
+                    *(
+                        and_(
+                            disclosure.c.patient_id == patient_id,
+                            disclosure.c.patient_authority == authority,
+                            *period,
+                        )
+                        for patient_id, authority in patients
+                    )
+                )
+            )
+        )
+        if viewer is not None:
+            statement = statement.where(
+                or_(
+                    disclosure.c.register_holder == viewer,
+                    disclosure.c.recipient_organization == viewer,
+                )
+            )
+        statement = (
+            statement.order_by(disclosure.c.disclosed_at.desc(), disclosure.c.pk.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        return [_disclosure(row) for row in self.conn.execute(statement)]
+
     def list(
         self,
         *,
@@ -188,7 +305,7 @@ class DisclosureRepository:
         limit: int = 1000,
     ) -> list[Disclosure]:
         """Records, newest first: of one patient (id and authority) and/or since a time."""
-        statement = select(*_DISCLOSURE_COLUMNS)
+        statement = select(*_DISCLOSURE_COLUMNS).select_from(_DISCLOSURE_FROM)
         if patient_id is not None:
             statement = statement.where(disclosure.c.patient_id == patient_id)
             if patient_authority is not None:

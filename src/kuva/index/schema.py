@@ -417,11 +417,36 @@ xds_document = Table(
     Index(None, "blob_key"),
 )
 
+# Disclosures reported by customers (services.notices): one row per disclosure
+# notice (POST /disclosures/notices) or ATNA Export message (POST /audit/messages,
+# the syslog listener) recorded. ``reporter`` is the reporting organisation (the
+# register holder of its records); ``notice_id`` the client's idempotency key (a
+# UUID) or, for an ATNA message, ``sha256:`` + the digest of its bytes; None =
+# none given. ``digest``: SHA-256 of the notice's content, telling a retry from
+# another notice under the same id. ``source``: notice, atna.
+
+disclosure_notice = Table(
+    "disclosure_notice",
+    metadata,
+    Column("pk", PK, primary_key=True),
+    Column("reporter", String(OID), nullable=False),
+    Column("notice_id", String(80), nullable=True),
+    Column("digest", String(64), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Column("record_count", Integer, nullable=False),
+    UniqueConstraint("reporter", "notice_id"),
+)
+
 # The disclosure log (luovutusloki; DESIGN.md principle 7): one row per document or
 # image handed out to another organisation than its register holder, written in
 # the transaction that decides the disclosure. ``recipient_organization`` "" =
 # unknown (no XUA assertion named one). ``patient_authority`` is the issuer of the
-# patient id as the index holds it. ``interface``: ITI-43, RAD-69.
+# patient id as the index holds it. ``interface``: ITI-43, RAD-69 (kuva's own),
+# notice, ATNA-Export (reported). ``source``: archive (kuva handed it out),
+# notice (a customer's disclosure notice), atna (a customer's ATNA Export
+# message); the reported ones name their ``disclosure_notice`` (``notice_pk``),
+# the channel the customer gave and, optionally, the receiving person or role.
 
 disclosure = Table(
     "disclosure",
@@ -436,6 +461,10 @@ disclosure = Table(
     Column("document_unique_id", String(128), nullable=False),
     Column("interface", String(16), nullable=False),
     Column("basis", Text, nullable=False),
+    Column("source", String(16), nullable=False, server_default="archive"),
+    Column("channel", String(128), nullable=True),
+    Column("recipient_person", String(128), nullable=True),
+    Column("notice_pk", ForeignKey("disclosure_notice.pk"), nullable=True, index=True),
     Index("ix_disclosure_patient", "patient_id", "patient_authority", "disclosed_at"),
     Index("ix_disclosure_disclosed_at", "disclosed_at"),
 )

@@ -6,7 +6,7 @@ prohibition (services.access): GET shows it (404 when none), PUT sets it (body
 force already), DELETE lifts it (204; 404 when none). ``{patient}`` is
 ``ID^^^&OID&ISO`` (URL-encoded) or ``ID^^^OID``.
 
-Only requests acting for an organisation of ``[access] administrators`` may use it
+Only requests acting for an organisation of ``[access] operators`` may use it
 (kuva.web.identity), or any local client on the embedded default; others get 403.
 """
 
@@ -36,10 +36,10 @@ class ProhibitionRequest(BaseModel):
 
 
 def admin_router(
-    prohibitions: DisclosureProhibitions, administrators: list[str], *, open_access: bool
+    prohibitions: DisclosureProhibitions, operators: list[str], *, open_access: bool
 ) -> APIRouter:
     router = APIRouter()
-    allowed = frozenset(administrators)
+    allowed = frozenset(operators)
 
     def refused(request: Request) -> Response | None:
         organization = client_organization(request)
