@@ -24,7 +24,7 @@ from kuva.audit.syslog import SyslogSender, syslog_message
 from kuva.config import AuditSettings
 from kuva.model.patient import PatientKey
 from kuva.services.notices import NoticeService
-from tests.conftest import POSTGRES, POSTGRES_ADMIN_URL
+from tests.conftest import DATABASES, fresh_database
 from tests.support.disclosures import (
     OTHER_RECIPIENT,
     RECIPIENT,
@@ -47,42 +47,28 @@ def _free_udp_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
+@pytest.fixture(scope="module", params=DATABASES)
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[KuvaServer]:
     """One kuva per database, with a syslog UDP listener; the default HTTP
     organisation (the embedded default's local one) reports and asks."""
     workdir = tmp_path_factory.mktemp(f"disclosures-{request.param}")
-    database_url = ""
-    name = f"kuva_test_{uuid.uuid4().hex[:12]}"
-    if request.param == "postgresql":
-        if not POSTGRES:
-            pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432")
-        import psycopg
-
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        database_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    port = _free_udp_port()
-    kuva = KuvaServer(
-        workdir=workdir,
-        database_url=database_url,
-        extra={"audit": {"listen": f"udp://127.0.0.1:{port}"}},
-    )
-    kuva.syslog_port = port  # type: ignore[attr-defined]
-    kuva.start()
-    try:
-        yield kuva
-    finally:
-        kuva.stop()
-        if request.param == "postgresql":
-            import psycopg
-
-            with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database(request.param, workdir) as database_url:
+        if request.param == "sqlite":
+            database_url = ""  # the embedded default: SQLite in the data folder
+        port = _free_udp_port()
+        kuva = KuvaServer(
+            workdir=workdir,
+            database_url=database_url,
+            extra={"audit": {"listen": f"udp://127.0.0.1:{port}"}},
+        )
+        kuva.syslog_port = port  # type: ignore[attr-defined]
+        kuva.start()
+        try:
+            yield kuva
+        finally:
+            kuva.stop()
 
 
 @pytest.fixture(scope="module")

@@ -174,7 +174,7 @@ def test_bad_queries_refused(archive: Archive) -> None:
         assert refused in text, (keys, text)
 
 
-def test_cancel(archive: Archive, database_url: str) -> None:
+def test_cancel(fresh_archive: Archive, database_url: str) -> None:
     """C-CANCEL after the first response ends the search with status Cancel (0xFE00)."""
     # 3,000 more instances, written straight into the server's index (no pixels to
     # send), so that the search is still running when the cancel arrives.
@@ -185,7 +185,7 @@ def test_cancel(archive: Archive, database_url: str) -> None:
             uow.instances.add(synthetic_instance(n, base))
         uow.commit()
     engine.dispose()
-    responses, text = archive.find(
+    responses, text = fresh_archive.find(
         "-S",
         "QueryRetrieveLevel=IMAGE",
         "Modality=CT",

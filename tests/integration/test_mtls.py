@@ -17,7 +17,6 @@ import ssl
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, text
 
 from kuva.xds.namespaces import PROVIDE_AND_REGISTER
-from tests.conftest import POSTGRES, POSTGRES_ADMIN_URL
+from tests.conftest import DATABASES, fresh_database
 from tests.support.hl7 import END, SURVIVOR, VT, adt, pid
 from tests.support.peers import LOOPBACK, dcmtk_available, dcmtk_env, storescu
 from tests.support.pki import Identity, MutualTlsPki, make_mutual_tls_pki
@@ -85,29 +84,7 @@ class Site:
             time.sleep(0.1)
 
 
-@contextlib.contextmanager
-def fresh_database(kind: str, tmp: Path) -> Iterator[str]:
-    """An empty index database for the module's server (as tests.conftest's)."""
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp / 'index.sqlite'}"
-        return
-    if not POSTGRES:
-        pytest.skip("PostgreSQL not reachable at 127.0.0.1:5432")
-    import psycopg
-
-    name = f"kuva_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
+@pytest.fixture(scope="module", params=DATABASES)
 def site(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Site]:

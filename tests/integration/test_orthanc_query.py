@@ -34,7 +34,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import urllib.error
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,8 @@ from typing import Any
 import pydicom
 import pytest
 
+from tests.conftest import DATABASES
+from tests.integration.conftest import module_servers
 from tests.support.archive import dataset_bytes
 from tests.support.peers import (
     LOOPBACK,
@@ -169,22 +171,28 @@ def store(kuva: KuvaServer, study: Study) -> None:
     assert result.returncode == 0, result.stdout + result.stderr + kuva.log()[-3000:]
 
 
-@pytest.fixture
-def peers(kuva_server: Callable[..., KuvaServer], tmp_path: Path) -> Iterator[Peers]:
-    """kuva knows Orthanc (calling AE and Move Destination) and the sender; Orthanc knows kuva."""
+@pytest.fixture(scope="module", params=DATABASES)
+def peers(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Peers]:
+    """kuva knows Orthanc (calling AE and Move Destination) and the sender; Orthanc knows
+    kuva. One pair per database for the module: the tests only read kuva, and only the
+    move test writes into Orthanc."""
+    tmp_path = tmp_path_factory.mktemp("orthanc-query")
     orthanc_port = free_port()
-    kuva = kuva_server(nodes=[node(SENDER), node(ORTHANC_AET, orthanc_port)])
-    study = write_study(tmp_path / "study", PATIENT_ID, PATIENT_NAME, [4, 2])
-    other = write_study(tmp_path / "other", OTHER_PATIENT_ID, DEFAULT_PATIENT_NAME, [2])
-    store(kuva, study)
-    store(kuva, other)
-    with Orthanc(
-        tmp_path / "orthanc",
-        aet=ORTHANC_AET,
-        dicom_port=orthanc_port,
-        modalities={KUVA_MODALITY: (kuva.ae_title, LOOPBACK, kuva.dicom_port)},
-    ) as orthanc:
-        yield Peers(kuva=kuva, orthanc=orthanc, study=study, other=other)
+    with module_servers(request.param, tmp_path) as start:
+        kuva = start(nodes=[node(SENDER), node(ORTHANC_AET, orthanc_port)])
+        study = write_study(tmp_path / "study", PATIENT_ID, PATIENT_NAME, [4, 2])
+        other = write_study(tmp_path / "other", OTHER_PATIENT_ID, DEFAULT_PATIENT_NAME, [2])
+        store(kuva, study)
+        store(kuva, other)
+        with Orthanc(
+            tmp_path / "orthanc",
+            aet=ORTHANC_AET,
+            dicom_port=orthanc_port,
+            modalities={KUVA_MODALITY: (kuva.ae_title, LOOPBACK, kuva.dicom_port)},
+        ) as orthanc:
+            yield Peers(kuva=kuva, orthanc=orthanc, study=study, other=other)
 
 
 def assert_same_instances(received: dict[str, Path], sent: dict[str, Path]) -> None:
@@ -285,7 +293,8 @@ def test_orthanc_finds_series_of_a_study(peers: Peers) -> None:
 
 
 def test_orthanc_moves_series_then_study_to_itself(peers: Peers, tmp_path: Path) -> None:
-    """C-MOVE with Orthanc as destination: it ends up holding exactly what was stored."""
+    """C-MOVE with Orthanc as destination: it ends up holding exactly what was stored
+    (the only test of the module that stores into Orthanc)."""
     assert peers.orthanc.instance_count() == 0
     second_uid, second = list(peers.study.series.items())[1]
     peers.orthanc.rest_post(
@@ -322,6 +331,7 @@ def test_orthanc_moves_series_then_study_to_itself(peers: Peers, tmp_path: Path)
 
 def test_orthanc_move_to_unknown_destination_is_refused(peers: Peers) -> None:
     """A Move Destination kuva has no node for: 0xA801, reported by Orthanc as an error."""
+    before = peers.orthanc.instance_count()
     job = peers.orthanc.rest_post(
         f"/modalities/{KUVA_MODALITY}/query",
         {"Level": "Study", "Query": {"PatientID": PATIENT_ID}},
@@ -334,5 +344,5 @@ def test_orthanc_move_to_unknown_destination_is_refused(peers: Peers) -> None:
     error = json.loads(refused.value.read())
     assert refused.value.code == 500, error
     assert MOVE_DESTINATION_UNKNOWN in error["Details"], f"{error}{peers.diagnostics()}"
-    assert peers.orthanc.instance_count() == 0
+    assert peers.orthanc.instance_count() == before
     assert "Move Destination 'NOWHERE' is not a configured node" in peers.kuva.log()
