@@ -7,7 +7,6 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from functools import partial
 from types import FrameType
 from typing import Any
 
@@ -44,7 +43,7 @@ from kuva.services.commitment import CommitmentService
 from kuva.services.disclosure import DisclosureLog
 from kuva.services.imaging_source import ImagingDocumentSource
 from kuva.services.ingest import IngestService
-from kuva.services.integrity import Finding, IntegrityService, Scrubber
+from kuva.services.integrity import IntegrityService, Scrubber
 from kuva.services.notices import NoticeService
 from kuva.services.patients import PatientService
 from kuva.services.query import QueryService
@@ -160,15 +159,6 @@ def build_audit(settings: Settings, engine: Engine) -> AuditTrail:
     )
 
 
-def integrity_alert(audit: AuditTrail, finding: Finding) -> None:
-    """A problem found by the integrity check, as an ATNA Security Alert."""
-    audit.integrity_failure(
-        finding.subject(),
-        f"{finding.kind.value} {finding.copy} copy of blob {finding.key}: {finding.detail}"
-        + (" (repaired)" if finding.repaired else ""),
-    )
-
-
 class Archive:
     """Every part of a running archive, wired together."""
 
@@ -206,7 +196,7 @@ class Archive:
             self.engine, strict=settings.hl7.strict_merge, audit=self.audit
         )
         self.integrity = IntegrityService(self.engine, self.blobs)
-        self.integrity.on_problem = partial(integrity_alert, self.audit)
+        self.integrity.on_problem = self.audit.integrity_finding
         rate = settings.integrity.scrub_bytes_per_second
         self.scrubber = Scrubber(self.integrity, self.engine, rate) if rate > 0 else None
         if settings.registration.enabled:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -49,6 +50,7 @@ ConfigOption = Annotated[
     typer.Option("--config", "-c", help="TOML config file (default: embedded default)"),
 ]
 console = Console()
+T = TypeVar("T")
 
 
 def _settings(config: Path | None) -> Settings:
@@ -103,7 +105,6 @@ def verify(
     when a problem remains (with --repair: one that could not be repaired) or the
     study is unknown, 2 for bad arguments. Safe to run while ``kuva serve`` runs.
     """
-    from functools import partial
 
     from rich.progress import (
         BarColumn,
@@ -114,7 +115,7 @@ def verify(
         TransferSpeedColumn,
     )
 
-    from kuva.app import build_audit, build_blob_store, integrity_alert
+    from kuva.app import build_audit, build_blob_store
     from kuva.index.integrity import IndexedBlob
     from kuva.services.integrity import Finding, IntegrityService, Problem, Selection
 
@@ -126,7 +127,7 @@ def verify(
     migrate(engine)
     blobs = build_blob_store(settings)
     service = IntegrityService(engine, blobs)
-    service.on_problem = partial(integrity_alert, build_audit(settings, engine))
+    service.on_problem = build_audit(settings, engine).integrity_finding
     if repair and not service.replicated:
         console.print("[red]--repair needs a replica ([archive] replica_url)[/red]")
         raise typer.Exit(2)
@@ -444,6 +445,19 @@ def _patient_service(settings: Settings) -> tuple[Engine, PatientService]:
     return engine, service
 
 
+def _correct(settings: Settings, refused: str, change: Callable[[PatientService], T]) -> T:
+    """Run ``change`` on the patient service; a refused correction prints why and
+    exits 1."""
+    engine, service = _patient_service(settings)
+    try:
+        return change(service)
+    except PatientCorrectionError as exc:
+        console.print(f"[red]{refused}:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+
+
 def _studies_moved(settings: Settings, corrected: Corrected) -> str:
     count = len(corrected.studies)
     again = ", registered again" if count and settings.registration.enabled else ""
@@ -466,14 +480,9 @@ def patients_merge(
     """
     settings = _settings(config)
     merged, survivor = _patient_key(source, issuer), _patient_key(target, issuer)
-    engine, service = _patient_service(settings)
-    try:
-        corrected = service.merge(merged, survivor, by=by)
-    except PatientCorrectionError as exc:
-        console.print(f"[red]not merged:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from exc
-    finally:
-        engine.dispose()
+    corrected = _correct(
+        settings, "not merged", lambda service: service.merge(merged, survivor, by=by)
+    )
     if not corrected.changed:
         console.print(f"{escape(str(merged))} is merged into {escape(str(survivor))} already")
         return
@@ -497,14 +506,9 @@ def patients_unmerge(
     """
     settings = _settings(config)
     merged = _patient_key(source, issuer)
-    engine, service = _patient_service(settings)
-    try:
-        former, corrected = service.unmerge(merged, by=by)
-    except PatientCorrectionError as exc:
-        console.print(f"[red]not unmerged:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from exc
-    finally:
-        engine.dispose()
+    former, corrected = _correct(
+        settings, "not unmerged", lambda service: service.unmerge(merged, by=by)
+    )
     console.print(
         f"{escape(str(merged))} is no longer merged into {escape(str(former))}: "
         + _studies_moved(settings, corrected)

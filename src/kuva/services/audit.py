@@ -39,7 +39,7 @@ import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import Engine
 
@@ -50,6 +50,9 @@ from kuva.index.uow import UnitOfWork
 from kuva.model import audit as a
 from kuva.model.clock import Clock, utcnow
 from kuva.tasks.worker import PermanentFailure
+
+if TYPE_CHECKING:
+    from kuva.services.integrity import Finding
 
 log = logging.getLogger(__name__)
 
@@ -346,6 +349,11 @@ class AuditTrail:
                 )
             ]
         )
+
+    def integrity_finding(self, finding: Finding) -> None:
+        """A problem the integrity check found (services.integrity), as a Security
+        Alert: the ``on_problem`` hook of IntegrityService."""
+        self.integrity_failure(finding.subject(), finding.description())
 
     def integrity_failure(self, subject: str, description: str) -> None:
         """110113 / ALERT_INTEGRITY: kuva found a stored object missing or altered

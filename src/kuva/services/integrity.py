@@ -72,6 +72,11 @@ class Finding:
             return f"instance {blob.sop_instance_uid}{study}"
         return f"document {blob.document_unique_id}{study}"
 
+    def description(self) -> str:
+        """What was found, for the audit trail's Security Alert."""
+        repaired = " (repaired)" if self.repaired else ""
+        return f"{self.kind.value} {self.copy} copy of blob {self.key}: {self.detail}{repaired}"
+
 
 @dataclass(frozen=True)
 class Selection:
