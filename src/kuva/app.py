@@ -185,6 +185,7 @@ class Archive:
             corrections=settings.archive.apply_corrections,
             disclosures=self.disclosures,
         )
+        self.retrieve.audit = self.audit
         self.query = QueryService(self.engine, self.disclosures)
         self.xds = build_xds(
             settings, self.engine, self.blobs, self.ingest, self.retrieve, self.audit

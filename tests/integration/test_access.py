@@ -21,6 +21,8 @@ WADO-URI, ITI-18, ITI-43, RAD-69 - and:
 
 from __future__ import annotations
 
+import base64
+import re
 import subprocess
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -33,11 +35,12 @@ import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
 from lxml.etree import _Element as Element
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from kuva.config import Settings
 from kuva.index.database import make_engine
 from kuva.index.repository import Disclosure
+from kuva.index.schema import audit_record
 from kuva.index.uow import UnitOfWork
 from kuva.xds.namespaces import (
     NSMAP,
@@ -347,8 +350,23 @@ def test_access_matrix(matrix: Matrix) -> None:
         "ITI-43",
         "RAD-69",
     }, interfaces
-    refused_alerts = m.dicom.kuva("audit", "list", "--event", "110113").stdout
-    assert "110113" in refused_alerts or "Security Alert" in refused_alerts
+    # Requests for objects that exist but may not be read: Security Alerts (110132)
+    with m.engine.connect() as conn:
+        alerts = [
+            message
+            for (message,) in conn.execute(
+                select(audit_record.c.message).where(audit_record.c.event_id == "110113")
+            )
+            if 'csd-code="110132"' in message
+        ]
+    # The Alert Description is a ParticipantObjectDetail: base64 in the message.
+    described = " ".join(
+        base64.b64decode(value).decode("utf-8", "replace")
+        for alert in alerts
+        for value in re.findall(r'value="([A-Za-z0-9+/=]+)"', alert)
+    )
+    for interface in ("C-GET", "C-MOVE", "WADO-RS", "WADO-URI", "ITI-43"):
+        assert f"{interface}: the access rules" in described, interface
 
     # --- the admin API: only A's clients; lifting the prohibition lets B read P2's study
     patient = urllib.parse.quote(f"{P2}^^^&{FINNISH_PIC_ISSUER}&ISO", safe="")

@@ -33,6 +33,7 @@ from kuva.model.clock import utcnow
 from kuva.model.query import QueryLevel
 from kuva.model.uids import uid_problem
 from kuva.services.access import AccessPolicy, Read, recipient
+from kuva.services.audit import AuditTrail
 from kuva.services.disclosure import DisclosureLog, Interface
 from kuva.storage import BlobStore
 
@@ -238,6 +239,8 @@ class RetrieveService:
         self._engine = engine
         self.blobs = blobs
         self._disclosures = disclosures
+        # Refused accesses are audited here (set by the composition root).
+        self.audit: AuditTrail | None = None
         # False: every object goes out exactly as received ([archive] apply_corrections).
         self._corrections = corrections
 
@@ -264,11 +267,39 @@ class RetrieveService:
         parsed = parse_keys(level, keys)
         with UnitOfWork(self._engine, write=False) as uow:
             found = uow.retrieval.instances(parsed, limit=MAX_MATCHES, scope=scope)
+            refused = (
+                not found
+                and scope is not None
+                and not scope.unrestricted
+                and interface is not None
+                and bool(uow.retrieval.instances(parsed, limit=0))
+            )
         if len(found) > MAX_MATCHES:
             raise TooManyMatches(f"more than {MAX_MATCHES} objects match; retrieve a lower level")
+        if refused and scope is not None and interface is not None:
+            self._refused(scope, parsed, interface)
         if scope is not None and interface is not None:
             self.disclose(scope, found, interface)
         return found
+
+    def _refused(self, scope: AccessScope, keys: RetrieveKeys, interface: Interface) -> None:
+        """A retrieve of objects that exist but that the requester may not read: it
+        is answered as no match, and audited as a refused access (services.access)."""
+        what = ", ".join(
+            uids[0] + (f" (+{len(uids) - 1})" if len(uids) > 1 else "")
+            for uids in (keys.study_uids, keys.series_uids, keys.sop_instance_uids)
+            if uids
+        )
+        log.warning("%s: a retrieve refused by the access rules", interface.value)
+        if self.audit is not None:
+            try:
+                self.audit.access_refused(
+                    scope.organization or "",
+                    what or "a patient's objects",
+                    f"{interface.value}: the access rules do not allow these objects to be read",
+                )
+            except Exception:
+                log.exception("%s: the refused access could not be audited", interface.value)
 
     def disclose(
         self, scope: AccessScope, instances: Sequence[StoredInstance], interface: Interface
