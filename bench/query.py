@@ -38,7 +38,9 @@ fresh ``kuva_bench_<random>`` database, dropped at the end):
      connection (the study attributes QIDO-RS returns by default). When the
      server answers 404/405/501 the rows say "QIDO-RS: not available".
    * service: the same C-FIND request to ``QueryService.find`` in this process,
-     no network - what the database and the query service take by themselves.
+     no network - what the database and the query service take by themselves;
+     then as another organisation reading on an access rule (services.access: the
+     condition every read carries), and with its disclosures logged as well.
 
    Every answer is checked against the synthetic data: the Study Instance UIDs
    returned and the NumberOfStudyRelatedInstances of each must be exactly what
@@ -115,7 +117,9 @@ from kuva.index.bulk import bulk_add  # noqa: E402
 from kuva.index.database import make_engine, migrate  # noqa: E402
 from kuva.index.schema import instance, patient, series, study  # noqa: E402
 from kuva.index.uow import UnitOfWork  # noqa: E402
+from kuva.model.access import ANY, AccessRule, AccessScope, Basis, scope_of  # noqa: E402
 from kuva.model.query import QueryLevel  # noqa: E402
+from kuva.services.disclosure import DisclosureLog  # noqa: E402
 from kuva.services.query import FindRequest, QueryService  # noqa: E402
 
 WARMUP = 10
@@ -352,17 +356,23 @@ def find_request(query: Query) -> FindRequest:
     )
 
 
-def service_runner(service: QueryService) -> Runner:
+def service_runner(service: QueryService, scope: AccessScope | None = None) -> Runner:
     def run(query: Query) -> list[tuple[str, int]]:
         return [
             (
                 str(result.values["StudyInstanceUID"]),
                 int(result.values.get("NumberOfStudyRelatedInstances") or 0),
             )
-            for result in service.find(find_request(query))
+            for result in service.find(find_request(query), scope=scope)
         ]
 
     return run
+
+
+# Another organisation reading every register holder's studies on a basis that
+# honours disclosure prohibitions (services.access): the condition each read carries.
+OTHER_ORGANIZATION = "1.2.246.10.99999999.10"
+OTHER_SCOPE = scope_of(OTHER_ORGANIZATION, [AccessRule(ANY, ANY, Basis("bench"))])
 
 
 def qido_available(client: httpx.Client, probe: Query) -> tuple[bool, str]:
@@ -500,6 +510,14 @@ def run_database(database: str, options: Options, studies: Sequence[Study]) -> L
             )
             service_row.targeted = False
             result.rows.append(service_row)
+            for interface, logged in (
+                ("service, another organisation (access rule)", None),
+                ("service, another organisation, disclosures logged", DisclosureLog(engine)),
+            ):
+                runner = service_runner(QueryService(engine, logged), OTHER_SCOPE)
+                row = measure(kind, interface, queries[kind], warmups[kind], runner)
+                row.targeted = False
+                result.rows.append(row)
         floor = queries["AccessionNumber"]
         nagle = open_association(server, nodelay=False)
         if nagle is not None:
