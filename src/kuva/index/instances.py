@@ -78,6 +78,16 @@ class StoredInstance:
 
 
 @dataclass(frozen=True)
+class AddedTree:
+    """Where ``InstanceRepository.add`` put an instance, and what it created."""
+
+    study_pk: int
+    series_pk: int
+    new_study: bool
+    new_series: bool
+
+
+@dataclass(frozen=True)
 class NewInstance:
     attributes: InstanceAttributes
     blob_key: str
@@ -310,6 +320,8 @@ def survivor(conn: Connection, patient_pk: int) -> int:
 class InstanceRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        # Set by ``add`` for the instance it just inserted (the ingest hooks).
+        self.last_added: AddedTree | None = None
 
     def get(self, sop_instance_uid: str) -> StoredInstance | None:
         row = self.conn.execute(_GET_STORED, {"uid": sop_instance_uid}).one_or_none()
@@ -354,7 +366,7 @@ class InstanceRepository:
             if found is not None and found.merged_into_pk is not None
             else received_pk
         )
-        study_pk, _, _ = self._get_or_create(
+        study_pk, new_study, _ = self._get_or_create(
             study,
             _STUDY_ROW,
             {"uid": new.attributes.study.study_instance_uid},
@@ -392,6 +404,7 @@ class InstanceRepository:
         self.conn.execute(
             _COUNT_INSTANCE_IN_STUDY, {"study_pk": study_pk, "received_at": new.received_at}
         )
+        self.last_added = AddedTree(study_pk, series_pk, new_study, new_series)
         return int(pk)
 
     def _get_or_create(

@@ -17,6 +17,9 @@ the way). Here the archive decides:
 ``on_indexed`` runs inside the transaction that indexes a new instance, and
 ``on_changed`` there too when IOCM changed what studies hold, so that the work they
 cause commits with it (the study's registration, services.registration).
+``on_added`` there too, with where the instance went (the study's expiry,
+services.retention), and ``on_retention_expired`` when an IOCM 113039 rejection
+applies (its instances' destruction, services.retention).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from sqlalchemy import Engine
 
 from kuva import metrics
 from kuva.index.group_commit import GroupCommitter
-from kuva.index.instances import NewInstance, StoredInstance, TreeConflict
+from kuva.index.instances import AddedTree, NewInstance, StoredInstance, TreeConflict
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
 from kuva.model.instance import InstanceAttributes
@@ -79,6 +82,8 @@ CONFLICT_MESSAGE = "SOP Instance already archived, other content; correct via IO
 
 # (unit of work, Study Instance UID, SOP Instance UID, received at)
 IndexedHook = Callable[[UnitOfWork, str, str, datetime], None]
+# (unit of work, the instance, where it went)
+AddedHook = Callable[[UnitOfWork, NewInstance, AddedTree], None]
 
 _VERDICTS = {
     iocm.Verdict.REFUSED: StoreStatus.REJECTED,
@@ -101,6 +106,8 @@ class IngestService:
         self._clock = clock
         self.on_indexed: IndexedHook | None = None
         self.on_changed: iocm.ChangedHook | None = None
+        self.on_added: AddedHook | None = None
+        self.on_retention_expired: iocm.RetentionHook | None = None
 
     def store(self, incoming: IncomingInstance) -> StoreOutcome:
         started = time.perf_counter()
@@ -189,11 +196,14 @@ class IngestService:
         if pk is None:
             return None
         attrs = new.attributes
+        added = uow.instances.last_added
+        if self.on_added is not None and added is not None:
+            self.on_added(uow, new, added)
         if self.on_indexed is not None:
             self.on_indexed(
                 uow, attrs.study.study_instance_uid, attrs.sop_instance_uid, new.received_at
             )
-        changed = iocm.apply(uow, new, pk)
+        changed = iocm.apply(uow, new, pk, self.on_retention_expired)
         if changed and self.on_changed is not None:
             self.on_changed(uow, changed, new.received_at)
         return pk

@@ -13,8 +13,12 @@ studies). A rejected instance sent again is refused (113037, 113038) or ignored
 with a warning (113001, 113039). An operator can revoke a note (``kuva iocm revoke``),
 which puts its instances back; the history of both stays in ``correction``.
 
-Instances rejected with 113039 (retention expired) are the ones retention may
-destroy (a later issue); rejection itself destroys nothing.
+Instances rejected with 113039 (Data Retention Policy Expired) are destroyed, not
+only hidden: the transaction that applies such a note (or marks an instance it named
+on arrival) adds the destruction of its instances (``RetentionHook``:
+services.retention), which deletes their blobs and rows and writes a destruction
+record naming the note. The rejection rows stay, so a destroyed instance sent again
+is ignored. The other three codes destroy nothing.
 """
 
 from __future__ import annotations
@@ -31,12 +35,15 @@ from kuva.index.instances import NewInstance
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
 from kuva.model.instance import InstanceAttributes
-from kuva.model.rejection import refuses_resend
+from kuva.model.rejection import eligible_for_destruction, refuses_resend
 
 log = logging.getLogger(__name__)
 
 # (unit of work, Study Instance UIDs whose content changed, when)
 ChangedHook = Callable[[UnitOfWork, list[str], datetime], None]
+# (unit of work, SOP Instance UID of a 113039 rejection note, when): its rejected
+# instances are to be destroyed.
+RetentionHook = Callable[[UnitOfWork, str, datetime], None]
 
 
 class Verdict(Enum):
@@ -74,7 +81,9 @@ def screen(
     return Screening(Verdict.IGNORED, f"instance rejected ({rejection.code}), ignored")
 
 
-def apply(uow: UnitOfWork, new: NewInstance, pk: int) -> list[str]:
+def apply(
+    uow: UnitOfWork, new: NewInstance, pk: int, on_retention_expired: RetentionHook | None = None
+) -> list[str]:
     """Inside the transaction that indexed instance ``pk``: apply the rejection note it
     is, or the rejection that names it. Returns the studies whose content changed."""
     attrs = new.attributes
@@ -84,11 +93,20 @@ def apply(uow: UnitOfWork, new: NewInstance, pk: int) -> list[str]:
         if study_pk is None:
             return []
         log.info("instance %s arrived already rejected", attrs.sop_instance_uid)
+        rejected = uow.rejections.get(attrs.sop_instance_uid)
+        if (
+            on_retention_expired is not None
+            and rejected is not None
+            and eligible_for_destruction(rejected.code)
+        ):
+            on_retention_expired(uow, rejected.note_sop_instance_uid, new.received_at)
         return uow.rejections.study_uids([study_pk])
     added = uow.rejections.record(
         note, attrs.sop_instance_uid, new.organization_oid, new.received_at
     )
     changed = uow.rejections.study_uids(uow.rejections.mark(added))
+    if on_retention_expired is not None and added and eligible_for_destruction(note.code):
+        on_retention_expired(uow, attrs.sop_instance_uid, new.received_at)
     uow.corrections.append(
         "rejection",
         attrs.sop_instance_uid,
