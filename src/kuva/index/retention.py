@@ -113,6 +113,7 @@ _RECORD_COLUMNS = (
     destruction.c.sha256_digest,
 )
 
+
 def _record(row: Any) -> DestructionRecord:
     return DestructionRecord(*row)
 
@@ -406,6 +407,22 @@ class RetentionRepository:
                 select(destruction.c.pk).where(destruction.c.study_instance_uid == study_uid)
             ).first()
             is not None
+        )
+
+    def blocks_revocation(self, note_uid: str) -> bool:
+        """Whether a rejection note can no longer be revoked: a destruction of its
+        instances is recorded, or a study it names is being destroyed."""
+        recorded = select(destruction.c.pk).where(destruction.c.rejection_note_uid == note_uid)
+        destroying = (
+            select(study.c.pk)
+            .join(rejection, rejection.c.study_instance_uid == study.c.study_instance_uid)
+            .where(
+                rejection.c.note_sop_instance_uid == note_uid, study.c.destroying_at.is_not(None)
+            )
+        )
+        return (
+            self.conn.execute(recorded.limit(1)).first() is not None
+            or self.conn.execute(destroying.limit(1)).first() is not None
         )
 
     def instances_of_study(self, study_pk: int) -> list[DoomedInstance]:

@@ -141,9 +141,17 @@ class RejectionService:
 
     def revoke(self, note_uid: str, *, by: str) -> int:
         """Undo a rejection note: its instances are current again. Returns how many
-        rejections were revoked (0: the note rejected nothing, or is unknown)."""
+        rejections were revoked (0: the note rejected nothing, is unknown, or its
+        instances are destroyed or being destroyed by retention)."""
         now = self._clock()
         with UnitOfWork(self._engine) as uow:
+            if uow.retention.blocks_revocation(note_uid):
+                log.warning(
+                    "rejection note %s not revoked: its instances are destroyed or being "
+                    "destroyed (retention)",
+                    note_uid,
+                )
+                return 0
             uids = uow.rejections.delete_note(note_uid)
             if not uids:
                 return 0

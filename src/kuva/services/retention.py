@@ -440,6 +440,10 @@ class RetentionService:
 
     # ------------------------------------------------------------------ records
 
+    def sha256_list(self, record_pk: int) -> str:
+        with UnitOfWork(self._engine, write=False) as uow:
+            return uow.retention.sha256_list(record_pk)
+
     def destroyed(
         self, *, study_uid: str | None = None, since: datetime | None = None, limit: int = 100
     ) -> list[DestructionRecord]:
