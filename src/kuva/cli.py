@@ -844,6 +844,7 @@ def retention_list_destroyed(
     hashes: Annotated[
         bool, typer.Option("--hashes", help="print each record's SHA-256 list")
     ] = False,
+    plain: Annotated[bool, typer.Option("--plain", help="tab-separated, for scripts")] = False,
 ) -> None:
     """Destruction records, newest first: what was destroyed, under which policy or
     rejection note, when and by whom (a patient by its identifier, never its name)."""
@@ -861,6 +862,26 @@ def retention_list_destroyed(
             print(f"# record {record.pk} study {record.study_instance_uid}")
             print(lists[record.pk])
         return
+    rows = [
+        [
+            str(record.pk),
+            record.study_instance_uid,
+            record.organization_oid,
+            str(PatientKey(record.patient_id, record.patient_issuer)),
+            record.policy,
+            record.expires_on.isoformat() if record.expires_on else "",
+            str(record.instances),
+            record.sha256_digest,
+            record.destroyed_at.isoformat(timespec="seconds") if record.destroyed_at else "",
+            record.destroyed_by,
+            record.reason,
+        ]
+        for record in records
+    ]
+    if plain:
+        for row in rows:
+            print("\t".join(row))
+        return
     table = Table(title="destruction records")
     columns = (
         "id", "study", "register holder", "patient", "policy", "expiry", "instances",
@@ -868,21 +889,9 @@ def retention_list_destroyed(
     )  # fmt: skip
     for column in columns:
         table.add_column(column, overflow="fold")
-    for record in records:
-        assert record.destroyed_at is not None
-        table.add_row(
-            str(record.pk),
-            record.study_instance_uid,
-            record.organization_oid,
-            escape(str(PatientKey(record.patient_id, record.patient_issuer))),
-            escape(record.policy),
-            record.expires_on.isoformat() if record.expires_on else "",
-            str(record.instances),
-            record.sha256_digest,
-            record.destroyed_at.isoformat(timespec="seconds"),
-            escape(record.destroyed_by),
-            escape(record.reason),
-        )
+    for row in rows:
+        row[7] = row[7][:16] + "…"  # the digest in full with --plain
+        table.add_row(*map(escape, row))
     console.print(table)
 
 

@@ -453,8 +453,9 @@ class RetentionService:
 
 class RetentionScheduler:
     """``kuva serve``'s retention run every ``[retention] run_every_hours``: the first
-    a minute after start, then at that interval. Nodes sharing the index may both
-    run; each study is destroyed once (its row is locked and marked first)."""
+    a minute after start (sooner when the interval is shorter), then at that
+    interval. Nodes sharing the index may both run; each study is destroyed once
+    (its row is locked and marked first)."""
 
     FIRST_DELAY_SECONDS = 60.0
 
@@ -463,7 +464,8 @@ class RetentionScheduler:
     ) -> None:
         self._service = service
         self._interval = timedelta(hours=hours).total_seconds()
-        self._first = self.FIRST_DELAY_SECONDS if first_delay is None else first_delay
+        first = min(self.FIRST_DELAY_SECONDS, self._interval)
+        self._first = first if first_delay is None else first_delay
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
