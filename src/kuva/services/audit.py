@@ -24,7 +24,9 @@ What is audited (the builders of model.audit):
 - every C-FIND request (``queried``);
 - every patient correction (services.patients), every disclosure
   (services.disclosure), in their own transactions (``record``);
-- a DICOM association refused for its AE titles (``association_rejected``).
+- a DICOM association refused for its AE titles (``association_rejected``);
+- every destruction by retention (services.retention: 110105 DICOM Study
+  Deleted), in the transaction that deletes the rows (``record``).
 """
 
 from __future__ import annotations
