@@ -28,7 +28,7 @@ from kuva.index.uow import UnitOfWork
 from kuva.model.patient import Demographics, PatientCorrectionError, PatientKey, UpdatePatient
 from kuva.model.query import QueryLevel
 from kuva.model.xds import AvailabilityStatus
-from kuva.services.ingest import IncomingInstance
+from kuva.services.ingest import IncomingInstance, StoreOutcome, StoreStatus
 from kuva.services.integrity import Selection
 from kuva.services.iocm import RejectionService
 from kuva.services.patients import MessageRef
@@ -86,20 +86,24 @@ def site(tmp_path: Path, database_url: str) -> Iterator[Site]:
     archive.engine.dispose()
 
 
-def store(site: Site, datasets: list[Dataset]) -> None:
-    """Archive data sets the way STOW-RS does (kuva's file meta, then the data set)."""
-    for ds in datasets:
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        data = buffer.getvalue()
-        writer = Part10Rewriter(site.archive.blobs.open_writer())
-        writer.write(data)
-        header = dcmread(io.BytesIO(data), stop_before_pixels=True)
-        outcome = site.archive.ingest.store(
-            IncomingInstance(
-                extract_attributes(header, writer.transfer_syntax_uid), writer.blob, "CT1", ORG
-            )
+def store_one(site: Site, ds: Dataset) -> StoreOutcome:
+    """Archive a data set the way STOW-RS does (kuva's file meta, then the data set)."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    writer = Part10Rewriter(site.archive.blobs.open_writer())
+    writer.write(data)
+    header = dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return site.archive.ingest.store(
+        IncomingInstance(
+            extract_attributes(header, writer.transfer_syntax_uid), writer.blob, "CT1", ORG
         )
+    )
+
+
+def store(site: Site, datasets: list[Dataset]) -> None:
+    for ds in datasets:
+        outcome = store_one(site, ds)
         assert outcome.ok, outcome.message
 
 
@@ -404,5 +408,25 @@ def test_a_113039_rejection_note_destroys_what_it_rejects(site: Site) -> None:
         "IOCM 113039",
     )
     assert record.study_instance_uid == datasets[0].StudyInstanceUID
-    # destroyed: the note can no longer be revoked, and a resend is ignored
+    # destroyed: the note can no longer be revoked, and a resend is ignored (not stored)
     assert RejectionService(site.engine).revoke(note.SOPInstanceUID, by="test") == 0
+    assert store_one(site, datasets[0]).status is StoreStatus.IGNORED
+    assert len(blob_files(site)) == 2
+    with site.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(schema.instance)).scalar_one() == 2
+
+
+def test_an_instance_a_113039_note_named_first_is_not_kept(site: Site) -> None:
+    datasets = make_ct_series(2, rows=16, cols=16, study_datetime=dt.datetime(2026, 1, 5))
+    store(site, [datasets[0]])
+    note = rejection_note(RETENTION_EXPIRED, datasets)  # the second is not held yet
+    store(site, [note])
+    run_tasks(site, REJECTED_DESTRUCTION_TASK)
+    outcome = store_one(site, datasets[1])
+    assert outcome.status is StoreStatus.IGNORED, outcome
+    assert "113039" in outcome.message
+    with site.engine.connect() as conn:
+        left = set(conn.execute(select(schema.instance.c.sop_instance_uid)).scalars())
+    assert left == {note.SOPInstanceUID}
+    assert len(blob_files(site)) == 1
+    assert verify_problems(site) == 0

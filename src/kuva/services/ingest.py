@@ -19,7 +19,9 @@ the way). Here the archive decides:
 cause commits with it (the study's registration, services.registration).
 ``on_added`` there too, with where the instance went (the study's expiry,
 services.retention), and ``on_retention_expired`` when an IOCM 113039 rejection
-applies (its instances' destruction, services.retention).
+note is applied (its instances' destruction, services.retention). An instance a
+113039 note named before it arrived is not kept: its indexing is undone, its new
+blob deleted, and it is answered as ignored.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from kuva.model.clock import Clock, utcnow
 from kuva.model.instance import InstanceAttributes
 from kuva.model.validation import instance_problems
 from kuva.services import iocm
-from kuva.storage import BlobStore, BlobWriter
+from kuva.storage import BlobRef, BlobStore, BlobWriter
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,9 @@ class StoreStatus(Enum):
     INVALID = "invalid"  # breaks the rules: nothing stored
     CONFLICT = "conflict"  # same SOP Instance UID, other content: refused
     REJECTED = "rejected"  # rejected by IOCM (113037, 113038) and sent again: refused
-    IGNORED = "ignored"  # rejected by IOCM (113001, 113039) and sent again: a warning
+    # rejected by IOCM (113001, 113039) and sent again, or arriving after a 113039
+    # note named it: not stored, a warning
+    IGNORED = "ignored"
     FOREIGN = "foreign"  # a rejection note from another organisation: refused
     FAILED = "failed"  # the archive could not store it (disk, database)
 
@@ -170,6 +174,12 @@ class IngestService:
         except TreeConflict as exc:
             log.warning("refused instance %s: %s", attrs.sop_instance_uid, exc)
             return StoreOutcome(StoreStatus.INVALID, f"{exc}; corrections go through IOCM")
+        except iocm.DestroyedOnArrival as exc:
+            self._forget(ref)
+            log.warning(
+                "ignored instance %s from %s: %s", attrs.sop_instance_uid, incoming.source_ae, exc
+            )
+            return StoreOutcome(StoreStatus.IGNORED, str(exc))
         except Exception as exc:
             log.exception("could not index instance %s", attrs.sop_instance_uid)
             return StoreOutcome(StoreStatus.FAILED, f"index failure: {type(exc).__name__}")
@@ -190,6 +200,16 @@ class IngestService:
             incoming.source_ae,
         )
         return StoreOutcome(StoreStatus.STORED, sha256=ref.sha256)
+
+    def _forget(self, ref: BlobRef) -> None:
+        """Delete a blob this store just made that no row will reference (an instance
+        not kept after all); one that was there before stays."""
+        if not ref.created:
+            return
+        try:
+            self._blobs.delete(ref.key)
+        except OSError as exc:  # an orphan then, which kuva verify reports
+            log.error("could not delete the unkept blob %s: %s", ref.key, exc)
 
     def _index(self, uow: UnitOfWork, new: NewInstance) -> int | None:
         pk = uow.instances.add(new)

@@ -14,11 +14,12 @@ with a warning (113001, 113039). An operator can revoke a note (``kuva iocm revo
 which puts its instances back; the history of both stays in ``correction``.
 
 Instances rejected with 113039 (Data Retention Policy Expired) are destroyed, not
-only hidden: the transaction that applies such a note (or marks an instance it named
-on arrival) adds the destruction of its instances (``RetentionHook``:
-services.retention), which deletes their blobs and rows and writes a destruction
-record naming the note. The rejection rows stay, so a destroyed instance sent again
-is ignored. The other three codes destroy nothing.
+only hidden: the transaction that applies such a note adds the destruction of its
+instances (``RetentionHook``: services.retention), which deletes their blobs and
+rows and writes a destruction record naming the note. An instance such a note
+names that arrives afterwards (first, or again after its destruction) is not
+stored at all: ignored with a warning, like a resend (``DestroyedOnArrival``). The
+rejection rows stay. The other three codes destroy nothing.
 """
 
 from __future__ import annotations
@@ -50,6 +51,16 @@ class Verdict(Enum):
     REFUSED = "rejected"  # a rejected instance sent again: refused
     IGNORED = "ignored"  # a rejected instance sent again: not stored, a warning
     FOREIGN = "foreign"  # a rejection note from another organisation than the holder
+
+
+class DestroyedOnArrival(Exception):
+    """An arriving instance a 113039 note rejected (its retention ended; it may have
+    been destroyed already): it is not stored, and answered as ignored. Raised
+    inside the indexing transaction, which the caller undoes."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(f"instance rejected ({code}), ignored")
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -92,14 +103,11 @@ def apply(
         study_pk = uow.rejections.mark_on_arrival(pk, attrs.sop_instance_uid, new.organization_oid)
         if study_pk is None:
             return []
-        log.info("instance %s arrived already rejected", attrs.sop_instance_uid)
         rejected = uow.rejections.get(attrs.sop_instance_uid)
-        if (
-            on_retention_expired is not None
-            and rejected is not None
-            and eligible_for_destruction(rejected.code)
-        ):
-            on_retention_expired(uow, rejected.note_sop_instance_uid, new.received_at)
+        if rejected is not None and eligible_for_destruction(rejected.code):
+            # Its retention ended: it is not kept (the caller's savepoint is undone).
+            raise DestroyedOnArrival(rejected.code)
+        log.info("instance %s arrived already rejected", attrs.sop_instance_uid)
         return uow.rejections.study_uids([study_pk])
     added = uow.rejections.record(
         note, attrs.sop_instance_uid, new.organization_oid, new.received_at

@@ -43,10 +43,11 @@ replace it). Rejection notes are announced but not listed in manifests. kuva's o
 manifests are never listed.
 
 A study destroyed by retention (services.retention) is announced once more, every
-instance UNAVAILABLE, to the nodes that got its IANs (``announce_destroyed``): that
-IAN carries its instance list, since the index holds nothing of the study any
-more. Registration and IAN tasks of a destroyed study still waiting then have
-nothing to do and end as done.
+instance UNAVAILABLE, to the nodes that got its IANs (``announce_destroyed``; so
+are the instances a 113039 rejection note destroyed): that IAN carries its
+instance list, since the index holds nothing of them any more. Registration and
+IAN tasks of a destroyed study still waiting then have nothing to do and end as
+done.
 """
 
 from __future__ import annotations

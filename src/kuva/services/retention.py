@@ -32,7 +32,9 @@ A run first finishes what an earlier one left unfinished (records without
 ``destroyed_at``): step 2 again (deleting a deleted blob is no error), then step 3.
 IOCM rejection notes titled 113039 (Data Retention Policy Expired) take the same
 steps for the instances they reject (step 1 is the rejection itself), through an
-outbox task added in the transaction that applies the note.
+outbox task added in the transaction that applies the note; their IAN lists the
+destroyed instances UNAVAILABLE (the study's registration may not have announced
+them before they went).
 """
 
 from __future__ import annotations
@@ -393,7 +395,7 @@ class RetentionService:
             uow.retention.finish_record(
                 record_pk, at=now, instances=len(doomed), digest=digest, sha256_list=sha_list
             )
-            if study_pk is not None and self._settings.registration.enabled:
+            if doomed and self._settings.registration.enabled:
                 announce_destroyed(
                     self._settings,
                     uow,
