@@ -235,6 +235,18 @@ def test_pid_29_is_read_as_the_death_date() -> None:
     assert (error.value.field, error.value.code) == ("PID-29", "102")
 
 
+def test_a_merge_gives_the_studies_the_survivors_dates(site: Site) -> None:
+    other = PatientKey("020202-900D", FINNISH_PIC_ISSUER)
+    moved = make_ct_series(1, rows=16, cols=16, patient_id=other.patient_id, study_datetime=OLD)
+    store(site, moved)
+    study(site, 1)  # the survivor's own study, so that it is held
+    uid = moved[0].StudyInstanceUID
+    assert update(site, "D1", Demographics(death_date="20260101")) == "AA"
+    assert expiry(site, uid) == (dt.date(2005, 3, 1), "images")  # its own patient: alive
+    site.archive.patients.merge(other, PATIENT)
+    assert expiry(site, uid) == (dt.date(2028, 1, 1), "images")
+
+
 # ---------------------------------------------------------------------- holds, dry run
 
 
@@ -369,6 +381,14 @@ def test_an_interrupted_destruction_is_finished_by_the_next_run(site: Site) -> N
         (unfinished,) = uow.retention.unfinished()
     assert unfinished.study_instance_uid == uid
     assert site.retention.expired() == []  # being destroyed: not listed again
+
+    # an instance of the study arriving now is refused (0xA700: try later), no blob kept
+    late = make_ct_series(
+        1, rows=16, cols=16, study_uid=uid, study_datetime=OLD, series_uid="2.25.4242", seed=7
+    )[0]
+    outcome = store_one(site, late)
+    assert outcome.status is StoreStatus.FAILED and "being destroyed" in outcome.message
+    assert len(blob_files(site)) == 2
 
     report = site.retention.run(by="test")
     assert report.resumed == 1

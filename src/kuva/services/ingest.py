@@ -37,7 +37,13 @@ from sqlalchemy import Engine
 
 from kuva import metrics
 from kuva.index.group_commit import GroupCommitter
-from kuva.index.instances import AddedTree, NewInstance, StoredInstance, TreeConflict
+from kuva.index.instances import (
+    AddedTree,
+    NewInstance,
+    StoredInstance,
+    StudyDestroying,
+    TreeConflict,
+)
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
 from kuva.model.instance import InstanceAttributes
@@ -174,6 +180,10 @@ class IngestService:
         except TreeConflict as exc:
             log.warning("refused instance %s: %s", attrs.sop_instance_uid, exc)
             return StoreOutcome(StoreStatus.INVALID, f"{exc}; corrections go through IOCM")
+        except StudyDestroying as exc:
+            self._forget(ref)
+            log.warning("refused instance %s: %s", attrs.sop_instance_uid, exc)
+            return StoreOutcome(StoreStatus.FAILED, str(exc))
         except iocm.DestroyedOnArrival as exc:
             self._forget(ref)
             log.warning(

@@ -75,6 +75,10 @@ IOCM_POLICY = f"IOCM {RETENTION_EXPIRED}"
 RECOMPUTE_BATCH = 500
 
 
+class _Finished(Exception):
+    """The destruction was finished meanwhile (by another node)."""
+
+
 class RetentionError(Exception):
     """An operator's request that cannot be carried out (unknown study or patient)."""
 
@@ -362,25 +366,65 @@ class RetentionService:
         return study_pk, uow.retention.instances_of_study(study_pk), documents
 
     def _finish(self, record_pk: int) -> Destroyed | None:
-        """Steps 2 and 3 of a decided destruction (idempotent)."""
-        with UnitOfWork(self._engine, write=False) as uow:
-            record = uow.retention.lock_record(record_pk, lock=False)
-            if record is None or record.destroyed_at is not None:
-                return None
-            _, doomed, documents = self._doomed(uow, record)
-            keys = {d.blob_key for d in doomed} | {doc[2] for doc in documents}
-            kept = uow.retention.referenced_elsewhere(
-                sorted(keys), {d.pk for d in doomed}, {doc[0] for doc in documents}
-            )
+        """Steps 2 and 3 of a decided destruction (idempotent). Step 3 reads what it
+        deletes again; an object that arrived after step 2 read (on PostgreSQL, an
+        ingest that read the study before step 1 committed) sends it back to step 2
+        for its blob, so that no row goes without its blob going too."""
+        handled: set[str] = set()  # blob keys step 2 decided on (deleted or kept)
         deleted = 0
-        for key in sorted(keys - kept):
-            deleted += self._blobs.delete(key)
+        for _round in range(5):
+            with UnitOfWork(self._engine, write=False) as uow:
+                record = uow.retention.lock_record(record_pk, lock=False)
+                if record is None or record.destroyed_at is not None:
+                    return None
+                _, doomed, documents = self._doomed(uow, record)
+                keys = {d.blob_key for d in doomed} | {doc[2] for doc in documents}
+                kept = uow.retention.referenced_elsewhere(
+                    sorted(keys - handled), {d.pk for d in doomed}, {doc[0] for doc in documents}
+                )
+            for key in sorted(keys - kept - handled):
+                deleted += self._blobs.delete(key)
+            handled |= keys
+            try:
+                done = self._delete_rows(record_pk, handled)
+            except _Finished:
+                return None
+            if done is not None:
+                record, doomed, whole = done
+                break
+        else:
+            raise RuntimeError(
+                f"destruction {record_pk}: the study kept changing; the next run finishes it"
+            )
+        metrics.destructions.labels("study" if whole else "iocm").inc()
+        if self.on_enqueued is not None:
+            self.on_enqueued(None)
+        log.info(
+            "destroyed %d instance(s) of study %s (%d blob(s) deleted); record %d",
+            len(doomed),
+            record.study_instance_uid,
+            deleted,
+            record_pk,
+        )
+        return Destroyed(record.study_instance_uid, len(doomed), deleted)
+
+    def _delete_rows(
+        self, record_pk: int, handled: set[str]
+    ) -> tuple[DestructionRecord, list[DoomedInstance], bool] | None:
+        """Step 3, in one transaction: (the record, what was destroyed, whether the
+        whole study went); None, changing nothing, when an object step 2 did not see
+        is there now; ``_Finished`` when another node finished it."""
         now = self._clock()
         with UnitOfWork(self._engine) as uow:
             record = uow.retention.lock_record(record_pk)
-            if record is None or record.destroyed_at is not None:
-                return None  # another node finished it meanwhile
+            if record is None:
+                raise RuntimeError(f"destruction record {record_pk} vanished")
             study_pk, doomed, documents = self._doomed(uow, record)
+            if record.destroyed_at is not None:
+                raise _Finished  # another node finished it meanwhile
+            keys = {d.blob_key for d in doomed} | {doc[2] for doc in documents}
+            if not keys <= handled:
+                return None
             uow.retention.delete_instances([d.pk for d in doomed])
             uow.retention.delete_documents([doc[0] for doc in documents])
             patients: list[int | None] = []
@@ -412,17 +456,7 @@ class RetentionService:
             if self._audit is not None:
                 self._audit.record(uow, [self._deleted_event(record, doomed, now)])
             uow.commit()
-        metrics.destructions.labels("study" if study_pk is not None else "iocm").inc()
-        if self.on_enqueued is not None:
-            self.on_enqueued(None)
-        log.info(
-            "destroyed %d instance(s) of study %s (%d blob(s) deleted); record %d",
-            len(doomed),
-            record.study_instance_uid,
-            deleted,
-            record_pk,
-        )
-        return Destroyed(record.study_instance_uid, len(doomed), deleted)
+        return record, doomed, record.rejection_note_uid is None
 
     def _deleted_event(
         self, record: DestructionRecord, doomed: list[DoomedInstance], now: datetime
