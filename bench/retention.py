@@ -53,11 +53,11 @@ POLICIES = [
     {
         "name": "images",
         "periods": [{"after": "death", "years": 12}, {"after": "study_date", "years": 10}],
-    },  # noqa: E501
+    },
     {
         "name": "records",
         "periods": [{"after": "death", "years": 12}, {"after": "birth", "years": 120}],
-    },  # noqa: E501
+    },
 ]
 
 

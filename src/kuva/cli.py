@@ -446,6 +446,9 @@ def _patient_service(settings: Settings) -> tuple[Engine, PatientService]:
     migrate(engine)
     # Audited like HL7 corrections; ``kuva serve`` sends the records to the repository.
     service = PatientService(engine, audit=AuditTrail(engine, settings, render=render))
+    # A merge moves studies to the survivor: their expiry follows its dates.
+    _, retention = _retention(settings, engine)
+    service.on_retention = retention.studies_changed
     if settings.registration.enabled:
         service.on_changed = partial(register_again, settings)
     return engine, service
@@ -668,14 +671,15 @@ def audit_list(
     console.print(table)
 
 
-def _retention(settings: Settings) -> tuple[Engine, RetentionService]:
+def _retention(settings: Settings, engine: Engine | None = None) -> tuple[Engine, RetentionService]:
     """The retention service as ``kuva serve`` runs it (audited; IANs of destroyed
     studies queued for serve's workers when registration is on)."""
     from kuva.app import build_audit, build_blob_store
     from kuva.services.retention import RetentionService
 
-    engine = make_engine(settings.archive.resolved_database_url())
-    migrate(engine)
+    if engine is None:
+        engine = make_engine(settings.archive.resolved_database_url())
+        migrate(engine)
     service = RetentionService(
         engine, build_blob_store(settings), settings, audit=build_audit(settings, engine)
     )

@@ -147,6 +147,14 @@ def test_retention_run_destroys_what_expired_and_keeps_what_a_death_date_moved(
     assert expiry(database_url, kept) == (dt.date(2028, 6, 1), "images")
     wait_until(lambda: idle(database_url))  # PID-5 differs: registered again
 
+    # a legal hold on the patient keeps the study; released, it is due again
+    patient = f"{SURVIVOR}^^^&1.2.246.21&ISO"
+    held = server.kuva("retention", "hold", "--patient", patient, "--reason", "court case")
+    assert "legal hold 1 placed" in held.stdout, held.stdout + held.stderr
+    assert "0 expired" in server.kuva("retention", "run", "--dry-run").stdout
+    released = server.kuva("retention", "release", "--patient", patient)
+    assert "1 legal hold(s) released" in released.stdout
+
     before = (table_counts(database_url), blob_files(server))
     dry = server.kuva("retention", "run", "--dry-run")
     assert expired in dry.stdout and kept not in dry.stdout, dry.stdout
