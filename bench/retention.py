@@ -12,7 +12,8 @@ series a study) are indexed one transaction each, the way ingest does
 (``InstanceRepository.add``), with the retention hook
 (``RetentionService.instance_added``) timed on its own: without policies, and with
 two (images: 12 years after death, else 10 after the study; patient records: 12
-after death, else 120 after birth). Then ``recompute_all`` over every study.
+after death, else 120 after birth), and with a third by SOP class (CT Image
+Storage: 15 years after the study). Then ``recompute_all`` over every study.
 Prints the hook's mean per instance, its median on a series' first instance (the
 only instances that pay a statement) and the recompute's studies per second.
 """
@@ -49,6 +50,12 @@ from kuva.index.uow import UnitOfWork  # noqa: E402
 from kuva.services.retention import RetentionService  # noqa: E402
 from kuva.storage.filesystem import FileBlobStore  # noqa: E402
 
+# A policy by SOP class (CT Image Storage, the class of every synthetic instance).
+BY_CLASS = {
+    "name": "ct",
+    "periods": [{"after": "study_date", "years": 15}],
+    "sop_classes": ["1.2.840.10008.5.1.4.1.1.2"],
+}
 POLICIES = [
     {
         "name": "images",
@@ -105,7 +112,7 @@ def main() -> None:
     print_command_and_machine("in one process")
     rows: list[list[str]] = []
     for database in chosen_databases(args.database):
-        for policies in ([], POLICIES):
+        for policies in ([], POLICIES, [*POLICIES, BY_CLASS]):
             with tempfile.TemporaryDirectory() as tmp:
                 try:
                     with scratch_database(database, args.pg_admin_url) as url:

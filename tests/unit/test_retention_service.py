@@ -217,6 +217,25 @@ def test_no_policy_keeps_everything_and_recompute_applies_new_policies(
         archive.engine.dispose()
 
 
+def test_a_policy_by_sop_class_covers_the_studies_holding_one(
+    tmp_path: Path, database_url: str
+) -> None:
+    ct = {
+        "name": "ct",
+        "periods": [{"after": "study_date", "years": 30}],
+        "sop_classes": ["1.2.840.10008.5.1.4.1.1.2"],
+    }
+    mr_only = {**ct, "name": "mr", "sop_classes": ["1.2.840.10008.5.1.4.1.1.4"]}
+    archive = build(tmp_path / "a", database_url, [IMAGES, ct, mr_only])
+    try:
+        site = Site(archive, tmp_path)
+        uid = study(site, 3)[0].StudyInstanceUID
+        assert expiry(site, uid) == (dt.date(2030, 3, 1), "ct")
+    finally:
+        archive.committer.close()
+        archive.engine.dispose()
+
+
 def test_pid_29_is_read_as_the_death_date() -> None:
     def parsed(pid29: str) -> Demographics:
         message = hl7.parse(

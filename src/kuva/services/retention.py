@@ -4,8 +4,9 @@ destroy; the rules are configuration, model.retention).
 
 **Expiry.** Stored per study (``study.expires_on`` and the policy that sets it),
 computed in the transaction that changes what it depends on: at ingest when an
-instance starts a study or a series (its modality) or is of a SOP class a policy
-names (``instance_added``; any other instance costs nothing), when a patient's
+instance starts a study or a series (its modality) or is the first of its study of
+a SOP class a policy names (``instance_added``; any other instance costs no
+statement), when a patient's
 birth or death date changes or a merge moves studies (``studies_changed``), and for
 every study by ``kuva retention recompute`` after the policies change. What has
 expired is then one range scan of ``ix_study_expires_on``.
@@ -42,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -59,7 +61,7 @@ from kuva.model.availability import UNAVAILABLE, AvailableInstance
 from kuva.model.clock import Clock, utcnow
 from kuva.model.patient import PatientKey
 from kuva.model.rejection import REJECTION_TITLES, RETENTION_EXPIRED
-from kuva.model.retention import Expiry, RetentionPolicy, study_expiry
+from kuva.model.retention import Expiry, RetentionPolicy, StudyFacts, study_expiry
 from kuva.model.uids import made_by_kuva
 from kuva.services.audit import AuditTrail
 from kuva.services.imaging_source import deprecate_manifests
@@ -73,6 +75,8 @@ REJECTED_DESTRUCTION_TASK = "retention-destroy-rejected"
 # The policy a destruction record names for instances an IOCM note destroyed.
 IOCM_POLICY = f"IOCM {RETENTION_EXPIRED}"
 RECOMPUTE_BATCH = 500
+# (study, SOP class) pairs remembered by the ingest hook (``instance_added``).
+COUNTED_PAIRS = 100_000
 
 
 class _Finished(Exception):
@@ -123,6 +127,11 @@ class RetentionService:
         self.policies: list[RetentionPolicy] = settings.retention.rules()
         self._named_classes = frozenset(c for p in self.policies for c in p.sop_classes)
         self._by_classes = bool(self._named_classes)
+        # (study key, SOP class) pairs whose expiry this process computed with that
+        # class in the study: the next instances of the class need no statement
+        # (a study's classes only grow at ingest). Bounded, least recent out.
+        self._counted: OrderedDict[tuple[int, str], None] = OrderedDict()
+        self._counted_lock = threading.Lock()
 
     # ------------------------------------------------------------------ expiry
 
@@ -132,12 +141,27 @@ class RetentionService:
         or a SOP class a policy names); no statement otherwise."""
         if not self.policies:
             return
-        if (
-            added.new_study
-            or added.new_series
-            or new.attributes.sop_class_uid in self._named_classes
-        ):
+        sop_class = new.attributes.sop_class_uid
+        named = sop_class in self._named_classes
+        if added.new_study or added.new_series or (named and not self._seen(added, sop_class)):
             self._recompute(uow, [added.study_pk])
+
+    def _seen(self, added: AddedTree, sop_class: str) -> bool:
+        with self._counted_lock:
+            key = (added.study_pk, sop_class)
+            if key in self._counted:
+                self._counted.move_to_end(key)
+                return True
+            return False
+
+    def _count(self, facts: dict[int, StudyFacts]) -> None:
+        with self._counted_lock:
+            for pk, study in facts.items():
+                for sop_class in study.sop_classes & self._named_classes:
+                    self._counted[(pk, sop_class)] = None
+                    self._counted.move_to_end((pk, sop_class))
+            while len(self._counted) > COUNTED_PAIRS:
+                self._counted.popitem(last=False)
 
     def studies_changed(self, uow: UnitOfWork, study_uids: list[str], _at: datetime) -> None:
         """Patient hook (services.patients), in the correcting transaction: the
@@ -151,6 +175,8 @@ class RetentionService:
 
     def _recompute(self, uow: UnitOfWork, study_pks: list[int]) -> int:
         facts = uow.retention.facts(study_pks, sop_classes=self._by_classes)
+        if self._by_classes:
+            self._count(facts)
         expiries: dict[int, Expiry | None] = {
             pk: study_expiry(self.policies, study) for pk, study in facts.items()
         }
