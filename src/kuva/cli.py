@@ -819,6 +819,8 @@ def retention_run(
             if dry_run
             else f"destroyed ({done.instances} instances)"
             if done is not None
+            else "failed"
+            if study.study_instance_uid in report.failed
             else "skipped (held or destroyed meanwhile)"
         )
         table.add_row(
@@ -831,10 +833,16 @@ def retention_run(
     console.print(table)
     if report.resumed:
         console.print(f"{report.resumed} interrupted destruction(s) finished")
+    for uid in report.failed:
+        console.print(
+            f"[red]destruction of {uid} failed (see the log); the next run resumes it[/red]"
+        )
     console.print(
         f"{len(report.expired)} expired, {len(report.destroyed)} destroyed"
         + (" (dry run)" if dry_run else "")
     )
+    if report.failed:
+        raise typer.Exit(1)
 
 
 @retention_app.command("list-destroyed")

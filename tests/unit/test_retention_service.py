@@ -469,3 +469,22 @@ def test_an_instance_a_113039_note_named_first_is_not_kept(site: Site) -> None:
     assert left == {note.SOPInstanceUID}
     assert len(blob_files(site)) == 1
     assert verify_problems(site) == 0
+
+
+def test_a_failed_113039_destruction_is_finished_by_its_retry(site: Site) -> None:
+    datasets = make_ct_series(3, rows=16, cols=16, study_datetime=dt.datetime(2026, 1, 5))
+    store(site, datasets)
+    note = rejection_note(RETENTION_EXPIRED, datasets)
+    store(site, [note])
+    blob_dir = site.archive.settings.archive.resolved_blob_dir()
+    dying = RetentionService(site.engine, _DiesMidway(blob_dir, 1), site.archive.settings)
+    with pytest.raises(SystemExit):
+        dying.destroy_rejected(note.SOPInstanceUID, by="IOCM")
+    assert verify_problems(site) == 0
+    run_tasks(site, REJECTED_DESTRUCTION_TASK)  # the task, as retried
+    with UnitOfWork(site.engine, write=False) as uow:
+        records = uow.retention.destroyed(study_uid=None, since=None, limit=10)
+        assert uow.retention.unfinished() == []
+    assert [r.instances for r in records] == [3]
+    assert len(blob_files(site)) == 1  # the note
+    assert verify_problems(site) == 0

@@ -371,6 +371,15 @@ class RetentionRepository:
         )
         return [_record(row) for row in rows]
 
+    def unfinished_of_note(self, note_uid: str) -> int | None:
+        """The unfinished destruction of a rejection note's instances, if any."""
+        pk = self.conn.execute(
+            select(destruction.c.pk).where(
+                destruction.c.rejection_note_uid == note_uid, destruction.c.destroyed_at.is_(None)
+            )
+        ).scalar()
+        return int(pk) if pk is not None else None
+
     def finish_record(
         self, pk: int, *, at: datetime, instances: int, digest: str, sha256_list: str
     ) -> None:

@@ -45,7 +45,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from sqlalchemy import Engine
@@ -99,6 +99,7 @@ class RunReport:
     expired: list[ExpiredStudy]  # what was found expired (listed by a dry run)
     destroyed: list[Destroyed]
     resumed: int  # unfinished destructions finished first
+    failed: list[str] = field(default_factory=list)  # studies whose destruction failed
 
 
 def digest_of(sha256s: Sequence[str]) -> tuple[str, str]:
@@ -273,11 +274,17 @@ class RetentionService:
         resumed = self.resume()
         expired = self.expired(limit)
         destroyed: list[Destroyed] = []
+        failed: list[str] = []
         for study in expired:
-            done = self.destroy_study(study, by=by, reason=reason or "retention period ended")
+            try:
+                done = self.destroy_study(study, by=by, reason=reason or "retention period ended")
+            except Exception:  # the next study is independent; a later run resumes this one
+                log.exception("destruction of study %s failed", study.study_instance_uid)
+                failed.append(study.study_instance_uid)
+                continue
             if done is not None:
                 destroyed.append(done)
-        return RunReport(expired, destroyed, resumed)
+        return RunReport(expired, destroyed, resumed, failed)
 
     def resume(self) -> int:
         """Finish every destruction an interrupted run left; how many."""
@@ -352,6 +359,10 @@ class RetentionService:
     def destroy_rejected(self, note_uid: str, *, by: str) -> Destroyed | None:
         """Destroy the instances a 113039 rejection note rejected (None: none left)."""
         now = self._clock()
+        with UnitOfWork(self._engine, write=False) as uow:
+            begun = uow.retention.unfinished_of_note(note_uid)
+        if begun is not None:  # an earlier attempt decided it, then failed
+            return self._finish(begun)
         with UnitOfWork(self._engine) as uow:
             doomed = uow.retention.instances_of_note(note_uid)
             where = uow.retention.study_of_note(note_uid) if doomed else None
