@@ -50,6 +50,7 @@ from kuva.services.query import QueryService
 from kuva.services.registration import RegistrationService
 from kuva.services.registry import RegistryService
 from kuva.services.repository import RepositoryService
+from kuva.services.retention import REJECTED_DESTRUCTION_TASK, RetentionScheduler, RetentionService
 from kuva.services.retrieve import RetrieveService
 from kuva.services.stored_query import StoredQueryService
 from kuva.storage import BlobStore
@@ -200,6 +201,12 @@ class Archive:
         self.integrity.on_problem = self.audit.integrity_finding
         rate = settings.integrity.scrub_bytes_per_second
         self.scrubber = Scrubber(self.integrity, self.engine, rate) if rate > 0 else None
+        self.retention = RetentionService(self.engine, self.blobs, settings, audit=self.audit)
+        self.ingest.on_added = self.retention.instance_added
+        self.ingest.on_retention_expired = self.retention.schedule_rejected
+        self.patients.on_retention = self.retention.studies_changed
+        hours = settings.retention.run_every_hours
+        self.retention_scheduler = RetentionScheduler(self.retention, hours) if hours > 0 else None
         if settings.registration.enabled:
             self.ingest.on_indexed = self.registration.instance_indexed
             self.ingest.on_changed = self.registration.content_changed
@@ -214,8 +221,10 @@ class Archive:
                 registration.REGISTRATION_BATCH_TASK: self.registration.run_registration_batch,
                 registration.IAN_TASK: self.registration.run_ian,
                 audit.DELIVERY_TASK: self.audit.run_delivery,
+                REJECTED_DESTRUCTION_TASK: self.retention.run_rejected_task,
             },
         )
+        self.retention.on_enqueued = self.workers.wake
         self.audit.on_enqueued = self.workers.wake
         self.commitment.on_enqueued = self.workers.wake
         self.registration.on_enqueued = self.workers.wake
@@ -285,6 +294,7 @@ class Archive:
             registration.REGISTRATION_BATCH_TASK,
             registration.IAN_TASK,
             audit.DELIVERY_TASK,
+            REJECTED_DESTRUCTION_TASK,
         }
         for kind in kinds:
             for status in STATUSES:
@@ -299,6 +309,8 @@ class Archive:
         self.workers.start()
         if self.scrubber is not None:
             self.scrubber.start()
+        if self.retention_scheduler is not None:
+            self.retention_scheduler.start()
         host, port = self.dicom.start()
         tls = {name: " over mutual TLS" for name in self.settings.tls_listeners}
         log.info(
@@ -373,6 +385,8 @@ class Archive:
                 self._http_thread.join(timeout=10)
         if self.scrubber is not None:
             self.scrubber.stop()
+        if self.retention_scheduler is not None:
+            self.retention_scheduler.stop()
         self.audit.application_stopped()
         self.workers.stop()
         self._deliver_audit()

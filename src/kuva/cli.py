@@ -1,5 +1,5 @@
 """The ``kuva`` command line (CONTRACT.md): serve, verify, tasks, db, xds, iocm, patients,
-audit."""
+audit, retention."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -27,6 +27,9 @@ from kuva.services.audit import EVENT_IDS, OUTCOMES, AuditTrail
 from kuva.services.patients import Corrected, PatientService
 from kuva.tasks.worker import purge_done
 
+if TYPE_CHECKING:
+    from kuva.services.retention import RetentionService
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="kuva medical image archive")
 tasks_app = typer.Typer(no_args_is_help=True, help="The outbox: follow-up work and its state.")
 db_app = typer.Typer(no_args_is_help=True, help="The index database.")
@@ -44,6 +47,11 @@ audit_app = typer.Typer(
     no_args_is_help=True, help="The audit trail (DICOM PS3.15 A.5, IHE ATNA): list and verify."
 )
 app.add_typer(audit_app, name="audit")
+retention_app = typer.Typer(
+    no_args_is_help=True,
+    help="Retention: expiry of studies, legal holds, destruction and its records.",
+)
+app.add_typer(retention_app, name="retention")
 
 ConfigOption = Annotated[
     Path | None,
@@ -440,6 +448,9 @@ def _patient_service(settings: Settings) -> tuple[Engine, PatientService]:
     migrate(engine)
     # Audited like HL7 corrections; ``kuva serve`` sends the records to the repository.
     service = PatientService(engine, audit=AuditTrail(engine, settings, render=render))
+    # A merge moves studies to the survivor: their expiry follows its dates.
+    _, retention = _retention(settings, engine)
+    service.on_retention = retention.studies_changed
     if settings.registration.enabled:
         service.on_changed = partial(register_again, settings)
     return engine, service
@@ -804,6 +815,242 @@ def audit_disclosures(
     if merged:
         console.print(f"including identities merged into it: {escape(', '.join(merged))}")
     console.print(f"{len(page.records)} record(s)")
+
+
+def _retention(settings: Settings, engine: Engine | None = None) -> tuple[Engine, RetentionService]:
+    """The retention service as ``kuva serve`` runs it (audited; IANs of destroyed
+    studies queued for serve's workers when registration is on)."""
+    from kuva.app import build_audit, build_blob_store
+    from kuva.services.retention import RetentionService
+
+    if engine is None:
+        engine = make_engine(settings.archive.resolved_database_url())
+        migrate(engine)
+    service = RetentionService(
+        engine, build_blob_store(settings), settings, audit=build_audit(settings, engine)
+    )
+    return engine, service
+
+
+def _hold_subject(study: str | None, patient: str | None) -> tuple[str | None, PatientKey | None]:
+    if (study is None) == (patient is None):
+        console.print("[red]give one of --study and --patient[/red]")
+        raise typer.Exit(2)
+    return study, _patient_key(patient, "") if patient is not None else None
+
+
+@retention_app.command("recompute")
+def retention_recompute(config: ConfigOption = None) -> None:
+    """Compute every study's expiry again under the retention policies configured
+    now (after they changed)."""
+    settings = _settings(config)
+    engine, service = _retention(settings)
+    try:
+        count = service.recompute_all()
+    finally:
+        engine.dispose()
+    console.print(f"expiry of {count} stud{'y' if count == 1 else 'ies'} computed")
+
+
+@retention_app.command("hold")
+def retention_hold(
+    reason: Annotated[str, typer.Option(help="why the data must be kept (for the record)")],
+    config: ConfigOption = None,
+    study: Annotated[str | None, typer.Option(help="Study Instance UID")] = None,
+    patient: Annotated[
+        str | None, typer.Option(help="patient as ID^^^&OID&ISO (every study of it)")
+    ] = None,
+    by: Annotated[str, typer.Option(help="who places the hold")] = "operator",
+) -> None:
+    """Place a legal hold: the study, or every study of the patient, is never
+    destroyed while it is in force, whatever its expiry."""
+    from kuva.services.retention import RetentionError
+
+    study_uid, key = _hold_subject(study, patient)
+    if not reason.strip():
+        console.print("[red]--reason must not be empty[/red]")
+        raise typer.Exit(2)
+    settings = _settings(config)
+    engine, service = _retention(settings)
+    try:
+        pk = service.hold(study_uid=study_uid, patient=key, reason=reason, by=by)
+    except RetentionError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+    console.print(f"legal hold {pk} placed")
+
+
+@retention_app.command("release")
+def retention_release(
+    config: ConfigOption = None,
+    study: Annotated[str | None, typer.Option(help="Study Instance UID")] = None,
+    patient: Annotated[str | None, typer.Option(help="patient as ID^^^&OID&ISO")] = None,
+    by: Annotated[str, typer.Option(help="who releases the hold")] = "operator",
+) -> None:
+    """Release the legal holds on a study or a patient. Exit 1 when there was none."""
+    from kuva.services.retention import RetentionError
+
+    study_uid, key = _hold_subject(study, patient)
+    settings = _settings(config)
+    engine, service = _retention(settings)
+    try:
+        count = service.release(study_uid=study_uid, patient=key, by=by)
+    except RetentionError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+    if not count:
+        console.print("[yellow]no legal hold to release[/yellow]")
+        raise typer.Exit(1)
+    console.print(f"{count} legal hold(s) released")
+
+
+@retention_app.command("holds")
+def retention_holds(config: ConfigOption = None) -> None:
+    """The legal holds in force (a patient by its identifier, never its name)."""
+    settings = _settings(config)
+    engine, service = _retention(settings)
+    try:
+        holds = service.holds()
+    finally:
+        engine.dispose()
+    table = Table(title="legal holds")
+    for column in ("id", "study / patient", "reason", "by", "since (UTC)"):
+        table.add_column(column, overflow="fold")
+    for hold in holds:
+        subject = hold.study_instance_uid or str(
+            PatientKey(hold.patient_id or "", hold.patient_issuer or "")
+        )
+        table.add_row(
+            str(hold.pk),
+            escape(subject),
+            escape(hold.reason),
+            escape(hold.held_by),
+            hold.held_at.isoformat(timespec="seconds"),
+        )
+    console.print(table)
+
+
+@retention_app.command("run")
+def retention_run(
+    config: ConfigOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="list what has expired, destroy nothing")
+    ] = False,
+    limit: Annotated[int | None, typer.Option(min=1, help="at most this many studies")] = None,
+    by: Annotated[str, typer.Option(help="who destroys, for the record")] = "operator",
+    reason: Annotated[str, typer.Option(help="for the record")] = "retention period ended",
+) -> None:
+    """List the studies whose retention has expired (no legal hold keeps them) and
+    destroy them: every blob copy, their index rows, their manifests (Deprecated
+    in the registry), with an IAN (UNAVAILABLE), an audit event and a destruction
+    record each. A destruction an earlier run left unfinished is finished first."""
+    settings = _settings(config)
+    engine, service = _retention(settings)
+    try:
+        report = service.run(by=by, dry_run=dry_run, limit=limit, reason=reason)
+    finally:
+        engine.dispose()
+    destroyed = {d.study_instance_uid: d for d in report.destroyed}
+    table = Table(title="expired studies" + (" (dry run: nothing destroyed)" if dry_run else ""))
+    for column in ("study", "register holder", "policy", "expiry", "outcome"):
+        table.add_column(column, overflow="fold")
+    for study in report.expired:
+        done = destroyed.get(study.study_instance_uid)
+        outcome = (
+            "kept (dry run)"
+            if dry_run
+            else f"destroyed ({done.instances} instances)"
+            if done is not None
+            else "failed"
+            if study.study_instance_uid in report.failed
+            else "skipped (held or destroyed meanwhile)"
+        )
+        table.add_row(
+            study.study_instance_uid,
+            study.organization_oid,
+            escape(study.policy),
+            study.expires_on.isoformat(),
+            outcome,
+        )
+    console.print(table)
+    if report.resumed:
+        console.print(f"{report.resumed} interrupted destruction(s) finished")
+    for uid in report.failed:
+        console.print(
+            f"[red]destruction of {uid} failed (see the log); the next run resumes it[/red]"
+        )
+    console.print(
+        f"{len(report.expired)} expired, {len(report.destroyed)} destroyed"
+        + (" (dry run)" if dry_run else "")
+    )
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@retention_app.command("list-destroyed")
+def retention_list_destroyed(
+    config: ConfigOption = None,
+    study: Annotated[str | None, typer.Option(help="Study Instance UID")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="destroyed at or after (ISO 8601 date or time; UTC)")
+    ] = None,
+    limit: int = 100,
+    hashes: Annotated[
+        bool, typer.Option("--hashes", help="print each record's SHA-256 list")
+    ] = False,
+    plain: Annotated[bool, typer.Option("--plain", help="tab-separated, for scripts")] = False,
+) -> None:
+    """Destruction records, newest first: what was destroyed, under which policy or
+    rejection note, when and by whom (a patient by its identifier, never its name)."""
+    settings = _settings(config)
+    engine, service = _retention(settings)
+    try:
+        records = service.destroyed(
+            study_uid=study, since=_since(since) if since else None, limit=limit
+        )
+        lists = {r.pk: service.sha256_list(r.pk) for r in records} if hashes else {}
+    finally:
+        engine.dispose()
+    if hashes:
+        for record in records:
+            print(f"# record {record.pk} study {record.study_instance_uid}")
+            print(lists[record.pk])
+        return
+    rows = [
+        [
+            str(record.pk),
+            record.study_instance_uid,
+            record.organization_oid,
+            str(PatientKey(record.patient_id, record.patient_issuer)),
+            record.policy,
+            record.expires_on.isoformat() if record.expires_on else "",
+            str(record.instances),
+            record.sha256_digest,
+            record.destroyed_at.isoformat(timespec="seconds") if record.destroyed_at else "",
+            record.destroyed_by,
+            record.reason,
+        ]
+        for record in records
+    ]
+    if plain:
+        for row in rows:
+            print("\t".join(row))
+        return
+    table = Table(title="destruction records")
+    columns = (
+        "id", "study", "register holder", "patient", "policy", "expiry", "instances",
+        "sha256 digest", "destroyed (UTC)", "by", "reason",
+    )  # fmt: skip
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        row[7] = row[7][:16] + "…"  # the digest in full with --plain
+        table.add_row(*map(escape, row))
+    console.print(table)
 
 
 def main() -> None:

@@ -187,6 +187,9 @@ class RetentionSettings(BaseModel):
     """Retention policies (``[[retention.policies]]``); none: every study is kept."""
 
     policies: list[RetentionPolicySettings] = Field(default_factory=list)
+    # ``kuva serve`` destroys what has expired this often (services.retention), the
+    # first run a minute after start; 0 = never (``kuva retention run`` by hand).
+    run_every_hours: float = Field(default=24.0, ge=0)
 
     @field_validator("policies")
     @classmethod

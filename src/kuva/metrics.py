@@ -41,6 +41,13 @@ registrations = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+destructions = Counter(
+    "kuva_destructions",
+    "Destructions finished by retention, by kind (study: an expired study; iocm: the "
+    "instances of a 113039 rejection note)",
+    ["kind"],
+    registry=REGISTRY,
+)
 registration_latency = Histogram(
     "kuva_registration_latency_seconds",
     "Time from a study's last instance to an IAN of it acknowledged by a node",

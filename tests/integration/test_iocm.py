@@ -132,17 +132,24 @@ def reject_and_check(
     assert sent.returncode == 0, sent.stdout + sent.stderr
 
     # --- the study registered again: IAN with the rejected one UNAVAILABLE (the note
-    # registers it at once, the replacement once it is stable: one IAN or two)
+    # registers it at once, the replacement once it is stable: one IAN or two).
+    # 113039 destroys it (services.retention): the last IAN no longer lists it.
+    destroyed = title == RETENTION_EXPIRED
     latest_ian(
         ris,
         study_uid,
         {
-            rejected.SOPInstanceUID: "UNAVAILABLE",
+            **({} if destroyed else {rejected.SOPInstanceUID: "UNAVAILABLE"}),
             **{ds.SOPInstanceUID: "ONLINE" for ds in kept},
             replacement.SOPInstanceUID: "ONLINE",
             note.SOPInstanceUID: "ONLINE",
         },
     )
+    if destroyed:  # announced UNAVAILABLE before it went
+        assert any(
+            ian.instances().get(rejected.SOPInstanceUID) == "UNAVAILABLE"
+            for ian in ris.of_study(study_uid)
+        )
     current = {ds.SOPInstanceUID for ds in kept} | {replacement.SOPInstanceUID}
     assert manifest_lists(site, study_uid) == current  # no rejected image, no note
 

@@ -215,3 +215,30 @@ def test_check_passes_on_writable_store(tmp_path: Path) -> None:
     store.check()
     assert (tmp_path / "blobs" / "tmp").is_dir()
     assert (tmp_path / "blobs" / "sha256").is_dir()
+
+
+def test_delete_removes_the_blob_from_every_copy(tmp_path: Path) -> None:
+    """Retention's delete: the (read-only) file is gone, in both copies of a mirror;
+    a key already gone is no error (a destruction resumed)."""
+    from kuva.storage.mirror import MirroredBlobStore
+
+    store = FileBlobStore(tmp_path / "one")
+    key, _, _ = write_blob(store, CHUNKS)
+    assert store.delete(key) is True
+    assert not store.exists(key) and visible_files(store) == []
+    assert store.delete(key) is False
+
+    primary, replica = FileBlobStore(tmp_path / "p"), FileBlobStore(tmp_path / "r")
+    mirror = MirroredBlobStore(primary, replica)
+    try:
+        writer = mirror.open_writer()
+        writer.write(CONTENT)
+        ref = writer.commit()
+        assert primary.exists(ref.key) and replica.exists(ref.key)
+        assert mirror.delete(ref.key) is True
+        assert visible_files(primary) == [] and visible_files(replica) == []
+        assert mirror.delete(ref.key) is False
+    finally:
+        mirror.close()
+    with pytest.raises(ValueError):
+        store.delete("../etc/passwd")

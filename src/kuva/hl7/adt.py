@@ -2,7 +2,8 @@
 
 Accepted: HL7 v2.3, 2.3.1, 2.4, 2.5, 2.5.1; ADT^A40 (merge patient: each PID-3
 survives, the MRG-1 after it is merged into it), ADT^A08 and ADT^A31 (update patient
-information: PID-5 name, PID-7 birth date, PID-8 sex), ADT^A47 (change patient
+information: PID-5 name, PID-7 birth date, PID-8 sex, PID-29 death date and time,
+its date taken, ``""`` clearing it), ADT^A47 (change patient
 identifier list: MRG-1 becomes PID-3) and ADT^A37 (unlink: undo a merge between the
 patients of its two PID segments). Parsing is python-hl7's.
 
@@ -40,6 +41,7 @@ from kuva.model.patient import (
     UnlinkPatients,
     UpdatePatient,
 )
+from kuva.model.retention import parse_dicom_date
 from kuva.services.patients import MessageRef
 
 log = logging.getLogger(__name__)
@@ -127,6 +129,22 @@ def _person_name(segment: hl7.Segment) -> str | None:
     return "^".join(parts).rstrip("^")
 
 
+def _death_date(pid: hl7.Segment) -> str | None:
+    """PID-29 Patient Death Date and Time (DTM) as YYYYMMDD; "" for the HL7 null
+    ``""`` (the date is no longer known); None when absent."""
+    value = _value(pid, 29, 1, 1)
+    if not value:
+        return None
+    if value == '""':
+        return ""
+    day = value[:8]
+    if parse_dicom_date(day) is None:
+        raise PatientCorrectionError(
+            "PID-29 (patient death date and time) is not a date", field="PID-29", code="102"
+        )
+    return day
+
+
 def _demographics(pid: hl7.Segment) -> Demographics:
     birth = _value(pid, 7, 1, 1)[:8]
     sex = _value(pid, 8, 1, 1).upper()
@@ -134,6 +152,7 @@ def _demographics(pid: hl7.Segment) -> Demographics:
         name=_person_name(pid),
         birth_date=birth or None,
         sex=_SEX.get(sex) if sex else None,
+        death_date=_death_date(pid),
     )
 
 

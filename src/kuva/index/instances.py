@@ -47,6 +47,10 @@ class TreeConflict(Exception):
     """The instance contradicts the stored study tree (a UID already placed elsewhere)."""
 
 
+class StudyDestroying(Exception):
+    """The instance belongs to a study retention is destroying (services.retention)."""
+
+
 @dataclass(frozen=True)
 class CurrentPatient:
     """The patient a study belongs to now, as the index holds it (after HL7
@@ -75,6 +79,16 @@ class StoredInstance:
     # merged away from the patient it was received for (HL7 A40), or its patient's
     # identity or demographics were corrected (A08, A31, A47). None: none applies.
     corrected_patient: CurrentPatient | None = None
+
+
+@dataclass(frozen=True)
+class AddedTree:
+    """Where ``InstanceRepository.add`` put an instance, and what it created."""
+
+    study_pk: int
+    series_pk: int
+    new_study: bool
+    new_series: bool
 
 
 @dataclass(frozen=True)
@@ -158,7 +172,7 @@ _GET_STORED = _STORED.where(instance.c.sop_instance_uid == bindparam("uid"))
 _PATIENT_ROW = select(patient.c.pk, patient.c.merged_into_pk).where(
     (patient.c.patient_id == bindparam("patient_id")) & (patient.c.issuer == bindparam("issuer"))
 )
-_STUDY_ROW = select(study.c.pk, study.c.patient_pk).where(
+_STUDY_ROW = select(study.c.pk, study.c.patient_pk, study.c.destroying_at).where(
     study.c.study_instance_uid == bindparam("uid")
 )
 _SERIES_ROW = select(series.c.pk, series.c.study_pk).where(
@@ -310,6 +324,8 @@ def survivor(conn: Connection, patient_pk: int) -> int:
 class InstanceRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        # Set by ``add`` for the instance it just inserted (the ingest hooks).
+        self.last_added: AddedTree | None = None
 
     def get(self, sop_instance_uid: str) -> StoredInstance | None:
         row = self.conn.execute(_GET_STORED, {"uid": sop_instance_uid}).one_or_none()
@@ -354,7 +370,7 @@ class InstanceRepository:
             if found is not None and found.merged_into_pk is not None
             else received_pk
         )
-        study_pk, _, _ = self._get_or_create(
+        study_pk, new_study, study_found = self._get_or_create(
             study,
             _STUDY_ROW,
             {"uid": new.attributes.study.study_instance_uid},
@@ -366,6 +382,9 @@ class InstanceRepository:
                 "Study Instance UID is already archived for another patient",
             ),
         )
+        if study_found is not None and study_found.destroying_at is not None:
+            # Its blobs are being deleted: a new one would outlive it as an orphan.
+            raise StudyDestroying("the study is being destroyed (retention ended)")
         series_pk, new_series, _ = self._get_or_create(
             series,
             _SERIES_ROW,
@@ -392,6 +411,7 @@ class InstanceRepository:
         self.conn.execute(
             _COUNT_INSTANCE_IN_STUDY, {"study_pk": study_pk, "received_at": new.received_at}
         )
+        self.last_added = AddedTree(study_pk, series_pk, new_study, new_series)
         return int(pk)
 
     def _get_or_create(

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, exists, func, select, union, update
+from sqlalchemy import Connection, Select, exists, func, or_, select, union, update
 
 from kuva.index.schema import instance, integrity_scrub, series, study, xds_document
+from kuva.model.rejection import RETENTION_EXPIRED
 
 INSTANCE, DOCUMENT = "instance", "document"
 
@@ -44,17 +45,23 @@ class ScrubPosition:
     last_pass_at: datetime | None
 
 
-_INSTANCE_BLOBS = select(
-    instance.c.pk,
-    instance.c.blob_key,
-    instance.c.sha256,
-    instance.c.size,
-    instance.c.sop_instance_uid,
-    study.c.study_instance_uid,
-).select_from(
-    instance.join(series, instance.c.series_pk == series.c.pk).join(
-        study, series.c.study_pk == study.c.pk
+# Instances rejected 113039 (Data Retention Policy Expired) are on their way to
+# destruction (services.retention), whose blobs go before their rows: not read.
+_INSTANCE_BLOBS = (
+    select(
+        instance.c.pk,
+        instance.c.blob_key,
+        instance.c.sha256,
+        instance.c.size,
+        instance.c.sop_instance_uid,
+        study.c.study_instance_uid,
     )
+    .select_from(
+        instance.join(series, instance.c.series_pk == series.c.pk).join(
+            study, series.c.study_pk == study.c.pk
+        )
+    )
+    .where(or_(instance.c.rejection_code.is_(None), instance.c.rejection_code != RETENTION_EXPIRED))
 )
 
 _EARLIER = xds_document.alias("earlier")

@@ -30,6 +30,7 @@ class PatientRow:
     birth_date: str
     sex: str
     merged_into_pk: int | None
+    death_date: str = ""
 
 
 _COLUMNS = (
@@ -40,6 +41,7 @@ _COLUMNS = (
     patient.c.birth_date,
     patient.c.sex,
     patient.c.merged_into_pk,
+    patient.c.death_date,
 )
 
 
@@ -67,6 +69,7 @@ def _row(row: Any) -> PatientRow:
         row.birth_date,
         row.sex,
         row.merged_into_pk,
+        row.death_date,
     )
 
 
@@ -151,6 +154,10 @@ class PatientRepository:
             values["sex"] = demographics.sex
         if values:
             values["corrected_at"] = at or utcnow()
+        # The death date goes out with no object: it does not make the patient corrected.
+        if demographics.death_date is not None:
+            values["death_date"] = demographics.death_date
+        if values:
             self.conn.execute(update(patient).where(patient.c.pk == pk).values(**values))
 
     def change_identifier(self, pk: int, key: PatientKey, at: datetime | None = None) -> None:

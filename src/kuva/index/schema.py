@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Column,
+    Date,
     DateTime,
     Dialect,
     ForeignKey,
@@ -83,6 +84,9 @@ patient = Table(
     # Set when the patient's identity or demographics were corrected (HL7 A08, A31,
     # A47): objects of its studies go out with the current values (services.retrieve).
     Column("corrected_at", UtcDateTime(), nullable=True),
+    # Patient Death Date (HL7 PID-29, its date part; YYYYMMDD), "" when unknown: an
+    # anchor of retention periods (model.retention).
+    Column("death_date", String(8), nullable=False, server_default=""),
     UniqueConstraint("patient_id", "issuer"),
     # Pattern operators on PostgreSQL: a name prefix (``ÄIJ*``, LIKE 'ÄIJ%') uses the
     # index under any database collation, and equality still does.
@@ -113,10 +117,20 @@ study = Table(
     Column("modalities_in_study", String(64), nullable=False, server_default=""),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("last_received_at", UtcDateTime(), nullable=False),
+    # Retention (services.retention): the day the study may be destroyed and the
+    # policy that sets it, kept up to date when its content or its patient's birth
+    # or death date changes; NULL = kept (no policy covers it, or no anchor known).
+    Column("expires_on", Date, nullable=True),
+    Column("retention_policy", String(64), nullable=True),
+    # Set in the committed first step of its destruction: the study has left every
+    # outgoing path and is being destroyed (a re-run finishes it).
+    Column("destroying_at", UtcDateTime(), nullable=True),
     Index(None, "study_date"),
     Index(None, "accession_number", postgresql_ops={"accession_number": "varchar_pattern_ops"}),
     Index(None, "organization_oid"),
     Index(None, "last_received_at"),
+    # "What has expired" is one range scan of this index.
+    Index(None, "expires_on"),
 )
 
 series = Table(
@@ -530,4 +544,44 @@ integrity_scrub = Table(
     Column("after_pk", BigInteger, nullable=False),
     Column("pass_started_at", UtcDateTime(), nullable=True),
     Column("last_pass_at", UtcDateTime(), nullable=True),
+)
+
+# Legal holds (retention): a study, or every study of a patient (current or as
+# received), that is never destroyed while the hold is in force, whatever its
+# expiry. Releasing deletes the row; both steps stay in ``correction``.
+legal_hold = Table(
+    "legal_hold",
+    metadata,
+    Column("pk", PK, primary_key=True),
+    Column("study_instance_uid", UID, nullable=True, index=True),
+    Column("patient_pk", ForeignKey("patient.pk"), nullable=True, index=True),
+    Column("reason", Text, nullable=False),
+    Column("held_by", String(64), nullable=False),
+    Column("held_at", UtcDateTime(), nullable=False),
+)
+
+# What retention destroyed (services.retention): one row per destroyed study, or per
+# set of instances destroyed for an IOCM 113039 rejection note, kept after the data
+# is gone. ``destroyed_at`` NULL: the destruction was decided and is under way (a
+# re-run finishes it). ``sha256_list``: the SHA-256 of every destroyed object, one
+# per line, sorted; ``sha256_digest`` the SHA-256 of that text.
+destruction = Table(
+    "destruction",
+    metadata,
+    Column("pk", PK, primary_key=True),
+    Column("study_instance_uid", UID, nullable=False, index=True),
+    Column("organization_oid", String(64), nullable=False),
+    Column("patient_id", String(64), nullable=False),
+    Column("patient_issuer", String(64), nullable=False, server_default=""),
+    Column("policy", String(64), nullable=False),
+    Column("expires_on", Date, nullable=True),
+    Column("rejection_note_uid", UID, nullable=True, index=True),
+    Column("reason", Text, nullable=False),
+    Column("destroyed_by", String(64), nullable=False),
+    Column("decided_at", UtcDateTime(), nullable=False),
+    Column("destroyed_at", UtcDateTime(), nullable=True),
+    Column("instances", Integer, nullable=False, server_default="0"),
+    Column("sha256_digest", String(64), nullable=False, server_default=""),
+    Column("sha256_list", Text, nullable=False, server_default=""),
+    Index(None, "destroyed_at"),
 )

@@ -21,6 +21,7 @@ from kuva.index.registry import RegistryRepository
 from kuva.index.registry_query import RegistryQueryRepository
 from kuva.index.rejections import RejectionRepository
 from kuva.index.repository import DisclosureRepository, DocumentRepository
+from kuva.index.retention import RetentionRepository
 from kuva.index.retrieval import RetrievalRepository
 
 
@@ -60,6 +61,7 @@ class UnitOfWork:
         self.patients = PatientRepository(conn)
         self.audit = AuditRepository(conn)
         self.integrity = IntegrityRepository(conn)
+        self.retention = RetentionRepository(conn)
         return self
 
     def commit(self) -> None:

@@ -48,6 +48,9 @@ class Demographics:
     name: str | None = None  # DICOM PN (family^given^middle^prefix^suffix)
     birth_date: str | None = None  # YYYYMMDD
     sex: str | None = None  # M, F, O
+    # Patient Death Date (HL7 PID-29, its date), YYYYMMDD; "" clears it. Not an
+    # attribute of outgoing objects: a retention anchor only (model.retention).
+    death_date: str | None = None
 
 
 @dataclass(frozen=True)

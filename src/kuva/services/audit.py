@@ -28,6 +28,8 @@ What is audited (the builders of model.audit):
 - a connection to a mutual TLS listener refused: failed handshake (no or an
   untrusted client certificate), or a certificate of no organisation
   (``node_authentication_failed``).
+- every destruction by retention (services.retention: 110105 DICOM Study
+  Deleted), in the transaction that deletes the rows (``record``).
 """
 
 from __future__ import annotations

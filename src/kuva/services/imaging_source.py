@@ -346,6 +346,17 @@ def _chunks(obj: StoredObject, target: UID) -> Iterator[bytes]:
         raise
 
 
+def deprecate_manifests(uow: UnitOfWork, study_uid: str) -> list[str]:
+    """In ``uow``: the study's current kuva manifests Deprecated in the registry (the
+    registry's own deprecation path, with none to replace them: every image was
+    rejected, or the study is being destroyed, services.retention). Their
+    entryUUIDs."""
+    current = [m.entry_uuid for m in ImagingDocumentSource._current_manifests(uow, study_uid)]
+    if current:
+        uow.registry.set_status(current, AvailabilityStatus.DEPRECATED)
+    return current
+
+
 class ImagingDocumentSource:
     """``ingest`` and ``repository``: needed to publish manifests only.
     ``disclosures``: the disclosure log RAD-69 writes to (one on ``engine`` by default).
@@ -545,9 +556,7 @@ class ImagingDocumentSource:
         image of the study was rejected). ``within`` runs in the same transaction.
         Returns the entryUUIDs deprecated."""
         with UnitOfWork(self._engine) as uow:
-            current = [m.entry_uuid for m in self._current_manifests(uow, study_uid)]
-            if current:
-                uow.registry.set_status(current, AvailabilityStatus.DEPRECATED)
+            current = deprecate_manifests(uow, study_uid)
             if within is not None:
                 within(uow)
             uow.commit()

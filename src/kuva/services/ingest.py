@@ -17,6 +17,11 @@ the way). Here the archive decides:
 ``on_indexed`` runs inside the transaction that indexes a new instance, and
 ``on_changed`` there too when IOCM changed what studies hold, so that the work they
 cause commits with it (the study's registration, services.registration).
+``on_added`` there too, with where the instance went (the study's expiry,
+services.retention), and ``on_retention_expired`` when an IOCM 113039 rejection
+note is applied (its instances' destruction, services.retention). An instance a
+113039 note named before it arrived is not kept: its indexing is undone, its new
+blob deleted, and it is answered as ignored.
 """
 
 from __future__ import annotations
@@ -32,13 +37,19 @@ from sqlalchemy import Engine
 
 from kuva import metrics
 from kuva.index.group_commit import GroupCommitter
-from kuva.index.instances import NewInstance, StoredInstance, TreeConflict
+from kuva.index.instances import (
+    AddedTree,
+    NewInstance,
+    StoredInstance,
+    StudyDestroying,
+    TreeConflict,
+)
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
 from kuva.model.instance import InstanceAttributes
 from kuva.model.validation import instance_problems
 from kuva.services import iocm
-from kuva.storage import BlobStore, BlobWriter
+from kuva.storage import BlobRef, BlobStore, BlobWriter
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +60,9 @@ class StoreStatus(Enum):
     INVALID = "invalid"  # breaks the rules: nothing stored
     CONFLICT = "conflict"  # same SOP Instance UID, other content: refused
     REJECTED = "rejected"  # rejected by IOCM (113037, 113038) and sent again: refused
-    IGNORED = "ignored"  # rejected by IOCM (113001, 113039) and sent again: a warning
+    # rejected by IOCM (113001, 113039) and sent again, or arriving after a 113039
+    # note named it: not stored, a warning
+    IGNORED = "ignored"
     FOREIGN = "foreign"  # a rejection note from another organisation: refused
     FAILED = "failed"  # the archive could not store it (disk, database)
 
@@ -79,6 +92,8 @@ CONFLICT_MESSAGE = "SOP Instance already archived, other content; correct via IO
 
 # (unit of work, Study Instance UID, SOP Instance UID, received at)
 IndexedHook = Callable[[UnitOfWork, str, str, datetime], None]
+# (unit of work, the instance, where it went)
+AddedHook = Callable[[UnitOfWork, NewInstance, AddedTree], None]
 
 _VERDICTS = {
     iocm.Verdict.REFUSED: StoreStatus.REJECTED,
@@ -101,6 +116,8 @@ class IngestService:
         self._clock = clock
         self.on_indexed: IndexedHook | None = None
         self.on_changed: iocm.ChangedHook | None = None
+        self.on_added: AddedHook | None = None
+        self.on_retention_expired: iocm.RetentionHook | None = None
 
     def store(self, incoming: IncomingInstance) -> StoreOutcome:
         started = time.perf_counter()
@@ -163,6 +180,16 @@ class IngestService:
         except TreeConflict as exc:
             log.warning("refused instance %s: %s", attrs.sop_instance_uid, exc)
             return StoreOutcome(StoreStatus.INVALID, f"{exc}; corrections go through IOCM")
+        except StudyDestroying as exc:
+            self._forget(ref)
+            log.warning("refused instance %s: %s", attrs.sop_instance_uid, exc)
+            return StoreOutcome(StoreStatus.FAILED, str(exc))
+        except iocm.DestroyedOnArrival as exc:
+            self._forget(ref)
+            log.warning(
+                "ignored instance %s from %s: %s", attrs.sop_instance_uid, incoming.source_ae, exc
+            )
+            return StoreOutcome(StoreStatus.IGNORED, str(exc))
         except Exception as exc:
             log.exception("could not index instance %s", attrs.sop_instance_uid)
             return StoreOutcome(StoreStatus.FAILED, f"index failure: {type(exc).__name__}")
@@ -184,16 +211,29 @@ class IngestService:
         )
         return StoreOutcome(StoreStatus.STORED, sha256=ref.sha256)
 
+    def _forget(self, ref: BlobRef) -> None:
+        """Delete a blob this store just made that no row will reference (an instance
+        not kept after all); one that was there before stays."""
+        if not ref.created:
+            return
+        try:
+            self._blobs.delete(ref.key)
+        except OSError as exc:  # an orphan then, which kuva verify reports
+            log.error("could not delete the unkept blob %s: %s", ref.key, exc)
+
     def _index(self, uow: UnitOfWork, new: NewInstance) -> int | None:
         pk = uow.instances.add(new)
         if pk is None:
             return None
         attrs = new.attributes
+        added = uow.instances.last_added
+        if self.on_added is not None and added is not None:
+            self.on_added(uow, new, added)
         if self.on_indexed is not None:
             self.on_indexed(
                 uow, attrs.study.study_instance_uid, attrs.sop_instance_uid, new.received_at
             )
-        changed = iocm.apply(uow, new, pk)
+        changed = iocm.apply(uow, new, pk, self.on_retention_expired)
         if changed and self.on_changed is not None:
             self.on_changed(uow, changed, new.received_at)
         return pk

@@ -13,8 +13,13 @@ studies). A rejected instance sent again is refused (113037, 113038) or ignored
 with a warning (113001, 113039). An operator can revoke a note (``kuva iocm revoke``),
 which puts its instances back; the history of both stays in ``correction``.
 
-Instances rejected with 113039 (retention expired) are the ones retention may
-destroy (a later issue); rejection itself destroys nothing.
+Instances rejected with 113039 (Data Retention Policy Expired) are destroyed, not
+only hidden: the transaction that applies such a note adds the destruction of its
+instances (``RetentionHook``: services.retention), which deletes their blobs and
+rows and writes a destruction record naming the note. An instance such a note
+names that arrives afterwards (first, or again after its destruction) is not
+stored at all: ignored with a warning, like a resend (``DestroyedOnArrival``). The
+rejection rows stay. The other three codes destroy nothing.
 """
 
 from __future__ import annotations
@@ -31,18 +36,31 @@ from kuva.index.instances import NewInstance
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
 from kuva.model.instance import InstanceAttributes
-from kuva.model.rejection import refuses_resend
+from kuva.model.rejection import eligible_for_destruction, refuses_resend
 
 log = logging.getLogger(__name__)
 
 # (unit of work, Study Instance UIDs whose content changed, when)
 ChangedHook = Callable[[UnitOfWork, list[str], datetime], None]
+# (unit of work, SOP Instance UID of a 113039 rejection note, when): its rejected
+# instances are to be destroyed.
+RetentionHook = Callable[[UnitOfWork, str, datetime], None]
 
 
 class Verdict(Enum):
     REFUSED = "rejected"  # a rejected instance sent again: refused
     IGNORED = "ignored"  # a rejected instance sent again: not stored, a warning
     FOREIGN = "foreign"  # a rejection note from another organisation than the holder
+
+
+class DestroyedOnArrival(Exception):
+    """An arriving instance a 113039 note rejected (its retention ended; it may have
+    been destroyed already): it is not stored, and answered as ignored. Raised
+    inside the indexing transaction, which the caller undoes."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(f"instance rejected ({code}), ignored")
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -74,7 +92,9 @@ def screen(
     return Screening(Verdict.IGNORED, f"instance rejected ({rejection.code}), ignored")
 
 
-def apply(uow: UnitOfWork, new: NewInstance, pk: int) -> list[str]:
+def apply(
+    uow: UnitOfWork, new: NewInstance, pk: int, on_retention_expired: RetentionHook | None = None
+) -> list[str]:
     """Inside the transaction that indexed instance ``pk``: apply the rejection note it
     is, or the rejection that names it. Returns the studies whose content changed."""
     attrs = new.attributes
@@ -83,12 +103,18 @@ def apply(uow: UnitOfWork, new: NewInstance, pk: int) -> list[str]:
         study_pk = uow.rejections.mark_on_arrival(pk, attrs.sop_instance_uid, new.organization_oid)
         if study_pk is None:
             return []
+        rejected = uow.rejections.get(attrs.sop_instance_uid)
+        if rejected is not None and eligible_for_destruction(rejected.code):
+            # Its retention ended: it is not kept (the caller's savepoint is undone).
+            raise DestroyedOnArrival(rejected.code)
         log.info("instance %s arrived already rejected", attrs.sop_instance_uid)
         return uow.rejections.study_uids([study_pk])
     added = uow.rejections.record(
         note, attrs.sop_instance_uid, new.organization_oid, new.received_at
     )
     changed = uow.rejections.study_uids(uow.rejections.mark(added))
+    if on_retention_expired is not None and added and eligible_for_destruction(note.code):
+        on_retention_expired(uow, attrs.sop_instance_uid, new.received_at)
     uow.corrections.append(
         "rejection",
         attrs.sop_instance_uid,
@@ -123,9 +149,17 @@ class RejectionService:
 
     def revoke(self, note_uid: str, *, by: str) -> int:
         """Undo a rejection note: its instances are current again. Returns how many
-        rejections were revoked (0: the note rejected nothing, or is unknown)."""
+        rejections were revoked (0: the note rejected nothing, is unknown, or its
+        instances are destroyed or being destroyed by retention)."""
         now = self._clock()
         with UnitOfWork(self._engine) as uow:
+            if uow.retention.blocks_revocation(note_uid):
+                log.warning(
+                    "rejection note %s not revoked: its instances are destroyed or being "
+                    "destroyed (retention)",
+                    note_uid,
+                )
+                return 0
             uids = uow.rejections.delete_note(note_uid)
             if not uids:
                 return 0

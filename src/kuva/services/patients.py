@@ -17,6 +17,12 @@ An operator makes the same corrections (``kuva patients merge`` / ``unmerge``)
 through ``merge`` and ``unmerge``: the same rules, the same history, with the
 operator as its source.
 
+A study's retention expiry depends on its patient's birth and death dates (HL7
+PID-7, PID-29): ``on_retention`` (services.retention) recomputes it, in the same
+transaction, for the studies of a patient whose dates changed and for studies a
+merge, unlink or identifier change moved. A death date alone does not make the
+patient corrected (it goes out with no object) and registers nothing again.
+
 Every correction applied is audited in its transaction (services.audit): a 110110
 Patient Record message, action U, naming the patients it changed (the surviving
 or changed identity first) and the HL7 message control id, with the sending
@@ -39,6 +45,7 @@ from kuva.model import audit as a
 from kuva.model.clock import Clock, utcnow
 from kuva.model.patient import (
     ChangeIdentifier,
+    Demographics,
     DuplicateMessage,
     MergePatients,
     PatientCommand,
@@ -110,11 +117,13 @@ class PatientService:
         clock: Clock = utcnow,
         on_changed: ChangedHook | None = None,
         audit: AuditTrail | None = None,
+        on_retention: ChangedHook | None = None,
     ) -> None:
         self._engine = engine
         self._strict = strict
         self._clock = clock
         self.on_changed = on_changed
+        self.on_retention = on_retention
         self._audit = audit
 
     # ------------------------------------------------------------------ HL7
@@ -256,14 +265,18 @@ class PatientService:
         changed = False
         studies: dict[str, None] = {}  # ordered, each once
         applied: list[PatientCommand] = []
+        dated: list[str] = []  # studies whose patient's birth or death date changed
         for command in commands:
-            done = self._apply(uow, command, source)
+            done = self._apply(uow, command, source, dated)
             if done is not None:
                 changed = True
                 applied.append(command)
                 studies.update(dict.fromkeys(done))
         if studies and self.on_changed is not None:
             self.on_changed(uow, list(studies), self._clock())
+        retention = list(dict.fromkeys([*studies, *dated]))
+        if retention and self.on_retention is not None:
+            self.on_retention(uow, retention, self._clock())
         if applied and self._audit is not None:
             self._audit.record(uow, self._audited(self._audit, applied, requestor, control_id))
         return Corrected(changed, tuple(studies))
@@ -292,12 +305,15 @@ class PatientService:
             for description, keys in map(_named, commands)
         ]
 
-    def _apply(self, uow: UnitOfWork, command: PatientCommand, source: str) -> list[str] | None:
-        """The studies whose patient identity the command changed; None: nothing done."""
+    def _apply(
+        self, uow: UnitOfWork, command: PatientCommand, source: str, dated: list[str]
+    ) -> list[str] | None:
+        """The studies whose patient identity the command changed; None: nothing done.
+        ``dated`` gets the studies whose patient's birth or death date changed."""
         if isinstance(command, MergePatients):
             return self._merge(uow, command, source)
         if isinstance(command, UpdatePatient):
-            return self._update(uow, command, source)
+            return self._update(uow, command, source, dated)
         if isinstance(command, ChangeIdentifier):
             return self._change(uow, command, source)
         return self._unlink(uow, command, source)
@@ -346,29 +362,37 @@ class PatientService:
         log.info("patient merged (%d studies moved)", len(moved))
         return moved
 
-    def _update(self, uow: UnitOfWork, command: UpdatePatient, source: str) -> list[str] | None:
+    def _update(
+        self, uow: UnitOfWork, command: UpdatePatient, source: str, dated: list[str]
+    ) -> list[str] | None:
         row = uow.patients.find(command.patient)
         if row is None:
             log.info("patient update for a patient the archive does not hold: nothing to do")
             return None
         new = command.demographics
         pairs = ((new.name, row.name), (new.birth_date, row.birth_date), (new.sex, row.sex))
-        if all(after is None or after == held for after, held in pairs):
+        corrected = any(after is not None and after != held for after, held in pairs)
+        died = new.death_date is not None and new.death_date != row.death_date
+        if not corrected and not died:
             log.info("patient update changes nothing the archive holds")
             return None
+        if not corrected:  # the same demographics: only the death date is taken
+            new = Demographics(death_date=new.death_date)
         now = self._clock()
         uow.patients.update(row.pk, new, now)
+        before = {"name": row.name, "birth_date": row.birth_date, "sex": row.sex}
+        after = {"name": new.name, "birth_date": new.birth_date, "sex": new.sex}
+        if died:
+            before["death_date"] = row.death_date
+            after["death_date"] = new.death_date
         uow.corrections.append(
-            "update",
-            str(command.patient),
-            {
-                "before": {"name": row.name, "birth_date": row.birth_date, "sex": row.sex},
-                "after": {"name": new.name, "birth_date": new.birth_date, "sex": new.sex},
-            },
-            source,
-            now,
+            "update", str(command.patient), {"before": before, "after": after}, source, now
         )
-        return uow.patients.study_uids(row.pk)
+        studies = uow.patients.study_uids(row.pk)
+        born = new.birth_date is not None and new.birth_date != row.birth_date
+        if born or died:
+            dated.extend(studies)
+        return studies if corrected else []
 
     def _change(self, uow: UnitOfWork, command: ChangeIdentifier, source: str) -> list[str]:
         row = uow.patients.find(command.old)

@@ -41,6 +41,13 @@ UNAVAILABLE; a rejection registers the study again at once (``content_changed``)
 and when nothing current is left its manifest is withdrawn (Deprecated, none to
 replace it). Rejection notes are announced but not listed in manifests. kuva's own
 manifests are never listed.
+
+A study destroyed by retention (services.retention) is announced once more, every
+instance UNAVAILABLE, to the nodes that got its IANs (``announce_destroyed``; so
+are the instances a 113039 rejection note destroyed): that IAN carries its
+instance list, since the index holds nothing of them any more. Registration and
+IAN tasks of a destroyed study still waiting then have nothing to do and end as
+done.
 """
 
 from __future__ import annotations
@@ -138,6 +145,45 @@ def register_again(
     )
 
 
+def announce_destroyed(
+    settings: Settings,
+    uow: UnitOfWork,
+    study_uid: str,
+    organization_oid: str,
+    instances: list[AvailableInstance],
+    now: datetime,
+) -> list[str]:
+    """Inside the transaction that destroys a study: an IAN task, every instance
+    UNAVAILABLE, to each node that got an IAN of the study (as long as its tasks are
+    kept) and each node of its register holder that wants IANs now. The nodes."""
+    nodes = {node.ae_title for node in settings.ian_nodes(organization_oid)}
+    for earlier in uow.tasks.list(kind=IAN_TASK, subject=study_uid, limit=1000):
+        node = settings.node(str(earlier.payload.get("node", "")))
+        if node is not None and node.ian:
+            nodes.add(node.ae_title)
+    listed = [
+        [held.series_instance_uid, held.sop_class_uid, held.sop_instance_uid, UNAVAILABLE]
+        for held in instances
+        if not made_by_kuva(held.sop_instance_uid)
+    ]
+    for ae_title in sorted(nodes):
+        uow.tasks.add(
+            IAN_TASK,
+            subject=study_uid,
+            queue=_ian_queue(ae_title, study_uid),
+            payload={
+                "node": ae_title,
+                "manifest_uid": None,
+                "destroyed": True,
+                "instances": listed,
+                "last_received_at": now.isoformat(),
+            },
+            now=now,
+            max_attempts=settings.tasks.max_attempts,
+        )
+    return sorted(nodes)
+
+
 class RegistrationService:
     def __init__(
         self,
@@ -213,6 +259,10 @@ class RegistrationService:
         study_uid = task.subject
         with UnitOfWork(self._engine, write=False) as uow:
             holdings = uow.manifests.holdings(study_uid)
+            destroyed = holdings is None and uow.retention.is_destroyed(study_uid)
+        if destroyed:
+            log.info("study %s was destroyed (retention): nothing to register", study_uid)
+            return
         if holdings is None:
             raise PermanentFailure(f"no study {study_uid} in the index")
         held = customer_instances(holdings)
@@ -318,21 +368,28 @@ class RegistrationService:
         node = self._settings.node(payload["node"])
         if node is None or not node.ian:
             raise PermanentFailure(f"node {payload['node']} is no longer configured for IAN")
-        with UnitOfWork(self._engine, write=False) as uow:
-            holdings = uow.manifests.holdings(study_uid)
-        if holdings is None:
-            raise PermanentFailure(f"no study {study_uid} in the index")
-        up_to = int(payload["up_to"])
-        instances = [
-            AvailableInstance(
-                h.series_instance_uid,
-                h.sop_class_uid,
-                h.sop_instance_uid,
-                UNAVAILABLE if h.rejection_code else ONLINE,
-            )
-            for h in customer_instances(holdings)
-            if h.pk <= up_to
-        ]
+        if "instances" in payload:  # the study was destroyed: the list is here
+            instances = [AvailableInstance(*listed) for listed in payload["instances"]]
+        else:
+            with UnitOfWork(self._engine, write=False) as uow:
+                holdings = uow.manifests.holdings(study_uid)
+                destroyed = holdings is None and uow.retention.is_destroyed(study_uid)
+            if destroyed:
+                log.info("study %s was destroyed: its destruction's IAN says so", study_uid)
+                return
+            if holdings is None:
+                raise PermanentFailure(f"no study {study_uid} in the index")
+            up_to = int(payload["up_to"])
+            instances = [
+                AvailableInstance(
+                    h.series_instance_uid,
+                    h.sop_class_uid,
+                    h.sop_instance_uid,
+                    UNAVAILABLE if h.rejection_code else ONLINE,
+                )
+                for h in customer_instances(holdings)
+                if h.pk <= up_to
+            ]
         self._notifier.notify(node, study_uid, instances)
         latency = self._clock() - datetime.fromisoformat(payload["last_received_at"])
         metrics.registration_latency.observe(max(latency.total_seconds(), 0.0))

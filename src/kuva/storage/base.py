@@ -100,6 +100,13 @@ class BlobStore(ABC):
     def check(self) -> None:
         """Raise when the store cannot be written (for /healthz)."""
 
+    @abstractmethod
+    def delete(self, key: str) -> bool:
+        """Destroy the blob ``key`` in every copy the store keeps, durably (the
+        removal is fsynced before this returns); retention's destruction only
+        (services.retention), never a correction. True when a copy was removed;
+        a key already gone is no error (a destruction resumed after a crash)."""
+
     def local_path(self, key: str) -> Path | None:
         """The blob as a file on a local filesystem, when the store keeps it as one.
 

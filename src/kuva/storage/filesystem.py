@@ -4,7 +4,8 @@ Durability (DESIGN.md, Data): a blob is written to a temporary name in ``tmp/``,
 fsynced, linked to its final name ``sha256/ab/cd/<digest>`` and the folder fsynced.
 ``os.link`` fails when the name exists, so an object is never overwritten; a final
 name only ever appears for complete, fsynced bytes. Files are made read-only.
-Leftovers in ``tmp/`` (a crash mid-write) are removed at start. A repair
+Leftovers in ``tmp/`` (a crash mid-write) are removed at start. ``delete`` (retention's
+destruction only) unlinks a blob and fsyncs its folder. A repair
 (``restore``) puts verified bytes back under their name and keeps the damaged file
 in ``quarantine/``.
 """
@@ -238,6 +239,16 @@ class FileBlobStore(BlobCopy):
 
     def size(self, key: str) -> int:
         return self.path_of(key).stat().st_size
+
+    def delete(self, key: str) -> bool:
+        """Unlink the blob and fsync its folder, so the removal survives a crash."""
+        path = self.path_of(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        _fsync_dir(path.parent)
+        return True
 
     def close(self) -> None:
         self.sync_pool.shutdown()
