@@ -75,7 +75,7 @@ from kuva.model.access import AccessScope
 from kuva.model.audit import Outcome
 from kuva.model.query import QueryLevel
 from kuva.services.access import AccessPolicy
-from kuva.services.audit import AuditTrail
+from kuva.services.audit import AuditTrail, audit_failed
 from kuva.services.disclosure import Interface
 from kuva.services.retrieve import (
     KeyValue,
@@ -576,8 +576,8 @@ class RetrieveSCP:
                 outcome=outcome,
                 move_destination=(node.ae_title, node.host) if node is not None else None,
             )
-        except Exception:
-            log.exception("the retrieve of %s could not be audited", requestor.ae_title)
+        except Exception as exc:
+            audit_failed(log, f"the retrieve of {requestor.ae_title}", exc)
 
     def _move(
         self,

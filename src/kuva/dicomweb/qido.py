@@ -19,6 +19,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from kuva.dicomweb.urls import dicomweb_root
 from kuva.model.query import QueryError, QueryLevel, QueryResult
+from kuva.services.audit import audit_failed
 from kuva.services.disclosure import Interface
 from kuva.services.query import FindRequest, QueryService, vr_of
 from kuva.web.auditing import audit_of, request_target, requester
@@ -211,8 +212,8 @@ def qido_router(query: QueryService) -> APIRouter:
                 audit.web_queried(
                     requester(request), request_target(request), ok=response.status_code < 400
                 )
-            except Exception:
-                log.exception("a QIDO-RS request could not be audited")
+            except Exception as exc:
+                audit_failed(log, "a QIDO-RS request", exc)
         return response
 
     def answer(request: Request, level: QueryLevel, path_keys: dict[str, str]) -> Response:

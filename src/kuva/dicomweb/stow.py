@@ -108,7 +108,7 @@ from kuva.dicomweb.multipart_parser import (
 from kuva.dicomweb.qido import DICOM_JSON
 from kuva.dicomweb.urls import dicomweb_root
 from kuva.model.uids import is_valid_uid
-from kuva.services.audit import ReceivedStudy
+from kuva.services.audit import ReceivedStudy, audit_failed
 from kuva.services.ingest import IncomingInstance, IngestService, StoreStatus
 from kuva.storage import BlobStore
 from kuva.web.auditing import audit_of, requester
@@ -617,8 +617,8 @@ def stow_router(ingest: IngestService, blobs: BlobStore) -> APIRouter:
         if audit is not None and studies:
             try:
                 await run_in_threadpool(audit.instances_posted, requester(request), studies)
-            except Exception:
-                log.exception("a STOW-RS request could not be audited")
+            except Exception as exc:
+                audit_failed(log, "a STOW-RS request", exc)
         return _answer(receiver, dicomweb_root(request))
 
     @router.post("/studies")

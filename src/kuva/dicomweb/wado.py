@@ -60,6 +60,7 @@ from kuva.dicomweb.multipart import Part, body, content_type, new_boundary
 from kuva.index.instances import StoredInstance
 from kuva.model import audit as a
 from kuva.model.query import QueryLevel
+from kuva.services.audit import audit_failed
 from kuva.services.disclosure import Interface
 from kuva.services.retrieve import RetrieveError, RetrieveService, StoredObject, TooManyMatches
 from kuva.web.auditing import audit_of, requester
@@ -122,8 +123,8 @@ def resolve(
                 RetrieveService.own_studies(scope, found),
                 transaction=a.RAD_55 if interface is Interface.WADO_URI else a.RAD_107,
             )
-        except Exception:
-            log.exception("a %s retrieve could not be audited", interface.value)
+        except Exception as exc:
+            audit_failed(log, f"a {interface.value} retrieve", exc)
     return found
 
 

@@ -88,6 +88,14 @@ OUTCOMES = {
 }
 
 
+def audit_failed(logger: logging.Logger, what: str, exc: BaseException) -> None:
+    """Log that ``what`` could not be audited: the exception's type at ERROR, its
+    traceback at DEBUG only (database errors quote their parameters: the message,
+    with patient ids)."""
+    logger.error("%s could not be audited: %s", what, type(exc).__name__)
+    logger.debug("%s: audit failure", what, exc_info=exc)
+
+
 class AuditRepositorySender(Protocol):
     """The adapter that hands a message to the audit record repository
     (kuva.audit.syslog.SyslogSender)."""

@@ -154,18 +154,23 @@ class QueuedWriter:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 self._write(batch)
-            except Exception:
+            except Exception as exc:
+                # Database errors quote their parameters (messages with patient
+                # ids): the traceback goes to DEBUG only.
+                log.debug("audit writer: batch not written", exc_info=exc)
                 if attempt == ATTEMPTS:
-                    log.exception(
-                        "audit writer: %d record(s) could not be written and are lost",
+                    log.error(
+                        "audit writer: %d record(s) could not be written and are lost: %s",
                         len(batch),
+                        type(exc).__name__,
                     )
                     return
                 log.warning(
-                    "audit writer: a batch of %d record(s) not written (attempt %d), tried again",
+                    "audit writer: a batch of %d record(s) not written (attempt %d: %s), "
+                    "tried again",
                     len(batch),
                     attempt,
-                    exc_info=True,
+                    type(exc).__name__,
                 )
                 pause = min(self._retry_seconds * 2 ** (attempt - 1), 10.0)
                 if self._stopping.is_set():

@@ -26,7 +26,7 @@ from lxml.etree import _Element as Element
 
 from kuva.config import Settings
 from kuva.model.xds import ErrorCode, RegistryError, ResponseStatus
-from kuva.services.audit import AuditTrail, Requester
+from kuva.services.audit import AuditTrail, Requester, audit_failed
 from kuva.services.stored_query import (
     QueryParameter,
     ReturnType,
@@ -167,8 +167,8 @@ def registry_stored_query(
                         patient=queried_patient(query) if query is not None else None,
                         ok=ok,
                     )
-                except Exception:
-                    log.exception("an ITI-18 request could not be audited")
+                except Exception as exc:
+                    audit_failed(log, "an ITI-18 request", exc)
 
     def answer(request: SoapRequest, query: StoredQueryRequest) -> tuple[SoapResponse, bool]:
         try:

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from kuva.config import Settings
 from kuva.model import audit as a
 from kuva.model.xds import ErrorCode, RegistryError, ResponseStatus
-from kuva.services.audit import AuditTrail, Requester
+from kuva.services.audit import AuditTrail, Requester, audit_failed
 from kuva.services.registry import RegistryService
 from kuva.xds import ebrim
 from kuva.xds.audited import submission_of, succeeded
@@ -57,8 +57,8 @@ def register_document_set(
                     patient=submitted[1],
                     ok=succeeded(response.body),
                 )
-            except Exception:
-                log.exception("an ITI-42 submission could not be audited")
+            except Exception as exc:
+                audit_failed(log, "an ITI-42 submission", exc)
         return response
 
     def submit(request: SoapRequest) -> SoapResponse:

@@ -40,7 +40,7 @@ from kuva.model import audit as a
 from kuva.model.access import AccessScope
 from kuva.model.xds import ErrorCode, RegistryError, ResponseStatus
 from kuva.services.access import AccessPolicy
-from kuva.services.audit import AuditTrail, Requester
+from kuva.services.audit import AuditTrail, Requester, audit_failed
 from kuva.services.disclosure import recipient_of
 from kuva.services.repository import (
     DocumentRequest,
@@ -134,8 +134,8 @@ def provide_and_register(
                     patient=submitted[1],
                     ok=succeeded(response.body),
                 )
-            except Exception:
-                log.exception("an ITI-41 submission could not be audited")
+            except Exception as exc:
+                audit_failed(log, "an ITI-41 submission", exc)
         return response
 
     def submit(request: SoapRequest) -> SoapResponse:
