@@ -3,7 +3,9 @@ loopback (RFC 5426 UDP; RFC 5425 TLS with mutual authentication, certificates ma
 here) receive the DICOM Audit Messages of its start and stop, of C-STORE (one per
 study and association), C-FIND, a refused association and an HL7 merge; a
 repository that is down at first gets every message once it is up; the local
-trail verifies."""
+trail verifies. STOW-RS, QIDO-RS, ITI-18, WADO-RS, WADO-URI and C-GET by the register
+holder leave their records in the trail, the queued ones written at SIGTERM at the
+latest."""
 
 from __future__ import annotations
 
@@ -271,9 +273,9 @@ def _stored_query(server: KuvaServer) -> httpx.Response:
 def test_http_and_retrieve_paths_are_audited_and_sigterm_drains_the_queue(
     kuva_server: Callable[..., KuvaServer], database_url: str, tmp_path: Path
 ) -> None:
-    """STOW-RS (written before the answer), QIDO-RS, ITI-18, WADO-RS and C-GET by the
-    register holder itself (queued: 5 s batches here), and a SIGTERM that writes
-    what is still queued before the process exits."""
+    """STOW-RS (written before the answer), QIDO-RS, ITI-18, WADO-RS, WADO-URI and
+    C-GET by the register holder itself (queued: 5 s batches here), and a SIGTERM
+    that writes what is still queued before the process exits."""
     server = kuva_server(extra={"audit": {"batch_seconds": 5}})
     engine = make_engine(database_url)
     try:
@@ -295,6 +297,19 @@ def test_http_and_retrieve_paths_are_audited_and_sigterm_drains_the_queue(
         assert len(client.search_for_studies(search_filters={"PatientID": SURVIVOR})) == 1
         assert _trail_rows(engine, "110112") == []  # still queued
         assert len(client.retrieve_study(study_uid)) == 2
+        first = series[0]
+        wado_uri = httpx.get(
+            f"{server.http}/wado",
+            params={
+                "requestType": "WADO",
+                "studyUID": study_uid,
+                "seriesUID": first.SeriesInstanceUID,
+                "objectUID": first.SOPInstanceUID,
+                "contentType": "application/dicom",
+            },
+            timeout=30,
+        )
+        assert wado_uri.status_code == 200, wado_uri.text
         out = tmp_path / "get"
         out.mkdir()
         result = subprocess.run(
@@ -312,7 +327,7 @@ def test_http_and_retrieve_paths_are_audited_and_sigterm_drains_the_queue(
         assert len(list(out.iterdir())) == 2
         assert _stored_query(server).status_code == 200
         _poll(lambda: len(_trail_rows(engine, "110112")) == 2)
-        _poll(lambda: len(_trail_rows(engine, "110104")) == 3)
+        _poll(lambda: len(_trail_rows(engine, "110104")) == 4)
 
         qido, iti18 = _trail_rows(engine, "110112")
         target = base64.b64decode(qido.findtext(".//ParticipantObjectQuery") or "")
@@ -323,11 +338,18 @@ def test_http_and_retrieve_paths_are_audited_and_sigterm_drains_the_queue(
         patient = iti18.find("ParticipantObjectIdentification")
         assert patient is not None and patient.get("ParticipantObjectID", "").startswith(SURVIVOR)
 
-        wado, get = _trail_rows(engine, "110104")[1:]
+        wado, uri, get = _trail_rows(engine, "110104")[1:]
         assert (_action(wado), _event_types(wado)) == ("R", ["RAD-107"])
+        assert (_action(uri), _event_types(uri)) == ("R", ["RAD-55"])
+        assert (
+            uri.find("ParticipantObjectIdentification/SOPClass").get(  # type: ignore[union-attr]
+                "NumberOfInstances"
+            )
+            == "1"
+        )
         assert (_action(get), _event_types(get)) == ("R", ["RAD-16"])
         assert [p.get("UserID") for p in get.iter("ActiveParticipant")] == ["KUVA", "GETSCU"]
-        for sent in (wado, get):
+        for sent in (wado, uri, get):
             ids = [
                 p.get("ParticipantObjectID") for p in sent.iter("ParticipantObjectIdentification")
             ]
