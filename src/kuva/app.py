@@ -301,6 +301,8 @@ class Archive:
         for kind in kinds:
             for status in STATUSES:
                 metrics.tasks.labels(kind, status).set(counts.get((kind, status), 0))
+        writer = self.audit.writer
+        metrics.audit_queued.set(writer.pending() if writer is not None else 0)
 
     def start(self) -> None:
         if self.settings.open_access:

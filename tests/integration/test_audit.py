@@ -358,6 +358,8 @@ def test_http_and_retrieve_paths_are_audited_and_sigterm_drains_the_queue(
         # The last query is still queued when SIGTERM comes: written before the exit.
         assert len(client.search_for_studies(search_filters={"PatientID": "nobody"})) == 0
         assert len(_trail_rows(engine, "110112")) == 2
+        metrics = httpx.get(f"{server.http}/metrics", timeout=10).text
+        assert "kuva_audit_queued 1.0" in metrics  # that query
         assert server.stop() == 0
         queries = _trail_rows(engine, "110112")
         assert len(queries) == 3

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
+from kuva import metrics
 from kuva.index.uow import UnitOfWork
 from kuva.model import audit as a
 
@@ -63,6 +64,7 @@ class QueuedWriter:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._last_full_warning = 0.0
+        self._held = 0  # records of the batch being collected or written
         self.written = 0  # records written by the thread (for tests and metrics)
         self.batches = 0
         self.overflowed = 0  # records the caller wrote itself because the queue was full
@@ -72,7 +74,8 @@ class QueuedWriter:
         return self._accepting
 
     def pending(self) -> int:
-        return self._queue.qsize()
+        """Records not written yet: queued, or in the batch being collected."""
+        return self._queue.qsize() + self._held
 
     def start(self) -> None:
         with self._lock:
@@ -95,6 +98,7 @@ class QueuedWriter:
                 except queue.Full:
                     rest = list(items[index:])
                     self.overflowed += len(rest)
+                    metrics.audit_overflows.inc(len(rest))
                     self._warn_full()
                     return rest
         return []
@@ -133,6 +137,7 @@ class QueuedWriter:
             if first is _STOP:
                 return
             batch: list[Pending] = [first]  # type: ignore[list-item]
+            self._held = 1
             deadline = time.monotonic() + self._batch_seconds
             while len(batch) < self._batch_size:
                 remaining = deadline - time.monotonic()
@@ -148,7 +153,9 @@ class QueuedWriter:
                     done = True
                     break
                 batch.append(item)  # type: ignore[arg-type]
+                self._held = len(batch)
             self._write_batch(batch)
+            self._held = 0
 
     def _write_batch(self, batch: list[Pending]) -> None:
         for attempt in range(1, ATTEMPTS + 1):
@@ -164,6 +171,7 @@ class QueuedWriter:
                         len(batch),
                         type(exc).__name__,
                     )
+                    metrics.audit_lost.inc(len(batch))
                     return
                 log.warning(
                     "audit writer: a batch of %d record(s) not written (attempt %d: %s), "
