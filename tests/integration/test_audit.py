@@ -274,8 +274,9 @@ def test_http_and_retrieve_paths_are_audited_and_sigterm_drains_the_queue(
     kuva_server: Callable[..., KuvaServer], database_url: str, tmp_path: Path
 ) -> None:
     """STOW-RS (written before the answer), QIDO-RS, ITI-18, WADO-RS, WADO-URI and
-    C-GET by the register holder itself (queued: 5 s batches here), and a SIGTERM
-    that writes what is still queued before the process exits."""
+    C-GET by the register holder itself (queued: 5 s batches here), an HL7 message
+    refused with AE, and a SIGTERM that writes what is still queued before the
+    process exits."""
     server = kuva_server(extra={"audit": {"batch_seconds": 5}})
     engine = make_engine(database_url)
     try:
@@ -326,6 +327,13 @@ def test_http_and_retrieve_paths_are_audited_and_sigterm_drains_the_queue(
         assert result.returncode == 0, result.stdout + result.stderr
         assert len(list(out.iterdir())) == 2
         assert _stored_query(server).status_code == 200
+        # An HL7 merge of the patient into itself: ACK AE, a Patient Record with
+        # outcome 4, written with the message's record before the ACK.
+        site = Hl7Site(server, database_url, tmp_path)
+        ack = site.mllp_send(adt("A40", pid(SURVIVOR), mrg(SURVIVOR), control="AUDIT-AE"))
+        assert msa(ack) == ("AE", "AUDIT-AE")
+        (refused,) = _trail_rows(engine, "110110")
+        assert refused.find("EventIdentification").get("EventOutcomeIndicator") == "4"  # type: ignore[union-attr]
         _poll(lambda: len(_trail_rows(engine, "110112")) == 2)
         _poll(lambda: len(_trail_rows(engine, "110104")) == 4)
 
