@@ -132,16 +132,18 @@ def build_xds(
     return XdsServices(registry, stored_query, repository, imaging_source)
 
 
-def xds_router(settings: Settings, xds: XdsServices) -> APIRouter:
+def xds_router(
+    settings: Settings, xds: XdsServices, audit_trail: AuditTrail | None = None
+) -> APIRouter:
     """The SOAP endpoints of CONTRACT.md ("HTTP paths"), by WS-Addressing action."""
     return soap_router(
         {
             "/xds/registry": [
-                register_document_set(xds.registry, settings),
-                registry_stored_query(xds.stored_query, settings),
+                register_document_set(xds.registry, settings, audit_trail),
+                registry_stored_query(xds.stored_query, settings, audit_trail),
             ],
             "/xds/repository": [
-                provide_and_register(xds.repository, settings),
+                provide_and_register(xds.repository, settings, audit_trail),
                 retrieve_document_set(xds.repository, settings),
             ],
             "/xds/imaging": [retrieve_imaging_document_set(xds.imaging_source, settings)],
@@ -237,7 +239,7 @@ class Archive:
             self.commitment_scp,
             self.blobs,
             FindSCP(settings, self.query, self.audit, self.access),
-            RetrieveSCP(settings, self.retrieve, self.access),
+            RetrieveSCP(settings, self.retrieve, self.access, self.audit),
             self.audit,
             self.authentication,
         )
@@ -260,7 +262,7 @@ class Archive:
                 ("/dicom-web", stow_router(self.ingest, self.blobs)),
                 ("/dicom-web", wado_router(self.retrieve)),
                 ("", wado_uri_router(self.retrieve)),
-                ("", xds_router(settings, self.xds)),
+                ("", xds_router(settings, self.xds, self.audit)),
                 (
                     "",
                     admin_router(
@@ -282,6 +284,7 @@ class Archive:
         self.http_app.state.public_base_url = settings.http.base_url
         self.http_app.state.default_organization = settings.http_organization()
         self.http_app.state.access = self.access
+        self.http_app.state.audit = self.audit
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
 
@@ -299,6 +302,8 @@ class Archive:
         for kind in kinds:
             for status in STATUSES:
                 metrics.tasks.labels(kind, status).set(counts.get((kind, status), 0))
+        writer = self.audit.writer
+        metrics.audit_queued.set(writer.pending() if writer is not None else 0)
 
     def start(self) -> None:
         if self.settings.open_access:
@@ -306,6 +311,7 @@ class Archive:
                 "no [[nodes]] configured: any calling AE title is accepted into one local "
                 "organisation - fine for a first try, never for production"
             )
+        self.audit.start_writer()
         self.workers.start()
         if self.scrubber is not None:
             self.scrubber.start()
@@ -387,6 +393,8 @@ class Archive:
             self.scrubber.stop()
         if self.retention_scheduler is not None:
             self.retention_scheduler.stop()
+        # Every queued record (queries, retrieves) is written before the stop's.
+        self.audit.stop_writer()
         self.audit.application_stopped()
         self.workers.stop()
         self._deliver_audit()

@@ -238,6 +238,17 @@ class AuditSettings(BaseModel):
     cert_file: Path | None = None
     key_file: Path | None = None
 
+    # The queued writer (kuva.services.audit_writer): records of queries and of
+    # retrieves and stores that need no transaction of their own wait on a queue of
+    # at most queue_size records and are appended in batches of at most batch_size,
+    # or what came within batch_seconds of the first. A record still queued when
+    # the process is killed (not stopped) is lost; a full queue writes on the
+    # request path instead, never drops. queue_size = 0: no queue, every record
+    # written on the request path.
+    queue_size: int = Field(default=10000, ge=0)
+    batch_size: int = Field(default=200, ge=1)
+    batch_seconds: float = Field(default=0.05, ge=0, le=5)
+
     # Syslog listeners for customers' ATNA Export messages (kuva.audit.listener;
     # RFC 5426 UDP, RFC 5425 TLS): "udp://host:port" and/or "tls://host:port", one
     # string or a list; "" or [] = none (the default). A TLS listener presents

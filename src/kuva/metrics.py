@@ -80,3 +80,18 @@ integrity_last_pass = Gauge(
     "When the continuous integrity check last finished a pass over every blob (Unix time)",
     registry=REGISTRY,
 )
+audit_queued = Gauge(
+    "kuva_audit_queued",
+    "Audit records waiting for the audit trail's writer thread (services.audit_writer)",
+    registry=REGISTRY,
+)
+audit_overflows = Counter(
+    "kuva_audit_queue_overflows",
+    "Audit records written on the request path because the writer's queue was full",
+    registry=REGISTRY,
+)
+audit_lost = Counter(
+    "kuva_audit_records_lost",
+    "Queued audit records given up after the index refused their batch repeatedly",
+    registry=REGISTRY,
+)

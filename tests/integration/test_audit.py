@@ -3,23 +3,37 @@ loopback (RFC 5426 UDP; RFC 5425 TLS with mutual authentication, certificates ma
 here) receive the DICOM Audit Messages of its start and stop, of C-STORE (one per
 study and association), C-FIND, a refused association and an HL7 merge; a
 repository that is down at first gets every message once it is up; the local
-trail verifies."""
+trail verifies. STOW-RS, QIDO-RS, ITI-18, WADO-RS, WADO-URI and C-GET by the register
+holder leave their records in the trail, the queued ones written at SIGTERM at the
+latest."""
 
 from __future__ import annotations
 
 import base64
 import ssl
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
+from dicomweb_client.api import DICOMwebClient
+from lxml import etree
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+from sqlalchemy import Engine, select
 
 from kuva.audit.syslog import PRI, SyslogSender, syslog_message
 from kuva.config import AuditSettings
+from kuva.index.database import make_engine
+from kuva.index.schema import audit_record
+from kuva.xds.namespaces import REGISTRY_STORED_QUERY, q
 from tests.support.hl7 import MERGED, SURVIVOR, Hl7Site, adt, mrg, msa, pid
-from tests.support.peers import LOOPBACK, dcmtk_available, echoscu, free_port
+from tests.support.peers import LOOPBACK, dcmtk_available, dcmtk_env, echoscu, free_port
 from tests.support.server import KuvaServer
+from tests.support.synthetic import make_ct_series, write_series
 from tests.support.syslog import (
     Pki,
     SyslogMessage,
@@ -27,6 +41,8 @@ from tests.support.syslog import (
     UdpSyslogReceiver,
     make_pki,
 )
+from tests.unit.test_ebrim import sample_payload
+from tests.unit.test_repository import soap_envelope
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 NODES = [{"ae_title": "STORESCU"}, {"ae_title": "FINDSCU"}]
@@ -209,3 +225,156 @@ def test_a_repository_down_at_first_gets_every_message(
         receiver.close()
     failed = server.kuva("tasks", "list", "--failed", "--plain").stdout
     assert failed == ""
+
+
+# ---------------------------------------------------------------- HTTP and retrieve paths
+
+
+def _trail_rows(engine: Engine, event_id: str) -> list[etree._Element]:
+    with engine.connect() as conn:
+        messages = conn.execute(
+            select(audit_record.c.message)
+            .where(audit_record.c.event_id == event_id)
+            .order_by(audit_record.c.seq)
+        ).scalars()
+        return [etree.fromstring(m.encode()) for m in messages]
+
+
+def _action(root: etree._Element) -> str | None:
+    return root.find("EventIdentification").get("EventActionCode")  # type: ignore[union-attr]
+
+
+def _event_types(root: etree._Element) -> list[str | None]:
+    return [c.get("csd-code") for c in root.iter("EventTypeCode")]
+
+
+def _poll(check: Callable[[], bool], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not audited in time"
+        time.sleep(0.05)
+
+
+def _stored_query(server: KuvaServer) -> httpx.Response:
+    query = sample_payload("iti18-FindDocuments-request.xml")
+    for value in query.iter(q("rim", "Value")):
+        if value.text and "$patient_id$" in value.text:
+            value.text = value.text.replace("$patient_id$", f"{SURVIVOR}^^^&1.2.246.21&ISO")
+    return httpx.post(
+        server.http + "/xds/registry",
+        content=soap_envelope(REGISTRY_STORED_QUERY, query),
+        headers={"content-type": "application/soap+xml; charset=UTF-8"},
+        timeout=30,
+    )
+
+
+@dcmtk
+@pytest.mark.dcmtk
+def test_http_and_retrieve_paths_are_audited_and_sigterm_drains_the_queue(
+    kuva_server: Callable[..., KuvaServer], database_url: str, tmp_path: Path
+) -> None:
+    """STOW-RS (written before the answer), QIDO-RS, ITI-18, WADO-RS, WADO-URI and
+    C-GET by the register holder itself (queued: 5 s batches here), an HL7 message
+    refused with AE, and a SIGTERM that writes what is still queued before the
+    process exits."""
+    server = kuva_server(extra={"audit": {"batch_seconds": 5}})
+    engine = make_engine(database_url)
+    try:
+        client = DICOMwebClient(url=f"{server.http}/dicom-web")
+        study_uid = generate_uid()
+        series = make_ct_series(2, rows=16, cols=16, patient_id=SURVIVOR, study_uid=study_uid)
+        client.store_instances([dcmread(p) for p in write_series(series, tmp_path / "ct")])
+        (stored,) = _trail_rows(engine, "110104")  # written before the STOW-RS answer
+        assert _action(stored) == "C"
+        assert stored.find("ActiveParticipant").get("UserIsRequestor") == "true"  # type: ignore[union-attr]
+        assert (
+            stored.find("ParticipantObjectIdentification/SOPClass").get(  # type: ignore[union-attr]
+                "NumberOfInstances"
+            )
+            == "2"
+        )
+
+        # Queries and the holder's own retrieves: queued, then written in one batch.
+        assert len(client.search_for_studies(search_filters={"PatientID": SURVIVOR})) == 1
+        assert _trail_rows(engine, "110112") == []  # still queued
+        assert len(client.retrieve_study(study_uid)) == 2
+        first = series[0]
+        wado_uri = httpx.get(
+            f"{server.http}/wado",
+            params={
+                "requestType": "WADO",
+                "studyUID": study_uid,
+                "seriesUID": first.SeriesInstanceUID,
+                "objectUID": first.SOPInstanceUID,
+                "contentType": "application/dicom",
+            },
+            timeout=30,
+        )
+        assert wado_uri.status_code == 200, wado_uri.text
+        out = tmp_path / "get"
+        out.mkdir()
+        result = subprocess.run(
+            [
+                *("getscu", "-S", "-aet", "GETSCU", "-aec", "KUVA", "-od", str(out)),
+                *("-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}"),
+                *(LOOPBACK, str(server.dicom_port)),
+            ],
+            capture_output=True,
+            text=True,
+            env=dcmtk_env(),
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert len(list(out.iterdir())) == 2
+        assert _stored_query(server).status_code == 200
+        # An HL7 merge of the patient into itself: ACK AE, a Patient Record with
+        # outcome 4, written with the message's record before the ACK.
+        site = Hl7Site(server, database_url, tmp_path)
+        ack = site.mllp_send(adt("A40", pid(SURVIVOR), mrg(SURVIVOR), control="AUDIT-AE"))
+        assert msa(ack) == ("AE", "AUDIT-AE")
+        (refused,) = _trail_rows(engine, "110110")
+        assert refused.find("EventIdentification").get("EventOutcomeIndicator") == "4"  # type: ignore[union-attr]
+        _poll(lambda: len(_trail_rows(engine, "110112")) == 2)
+        _poll(lambda: len(_trail_rows(engine, "110104")) == 4)
+
+        qido, iti18 = _trail_rows(engine, "110112")
+        target = base64.b64decode(qido.findtext(".//ParticipantObjectQuery") or "")
+        assert target == f"/dicom-web/studies?PatientID={SURVIVOR}".encode()
+        assert _event_types(iti18) == ["ITI-18"]
+        request = base64.b64decode(iti18.findtext(".//ParticipantObjectQuery") or "")
+        assert b"AdhocQueryRequest" in request
+        patient = iti18.find("ParticipantObjectIdentification")
+        assert patient is not None and patient.get("ParticipantObjectID", "").startswith(SURVIVOR)
+
+        wado, uri, get = _trail_rows(engine, "110104")[1:]
+        assert (_action(wado), _event_types(wado)) == ("R", ["RAD-107"])
+        assert (_action(uri), _event_types(uri)) == ("R", ["RAD-55"])
+        assert (
+            uri.find("ParticipantObjectIdentification/SOPClass").get(  # type: ignore[union-attr]
+                "NumberOfInstances"
+            )
+            == "1"
+        )
+        assert (_action(get), _event_types(get)) == ("R", ["RAD-16"])
+        assert [p.get("UserID") for p in get.iter("ActiveParticipant")] == ["KUVA", "GETSCU"]
+        for sent in (wado, uri, get):
+            ids = [
+                p.get("ParticipantObjectID") for p in sent.iter("ParticipantObjectIdentification")
+            ]
+            assert ids == [study_uid, f"{SURVIVOR}^^^&1.2.246.21&ISO"]
+
+        # The last query is still queued when SIGTERM comes: written before the exit.
+        assert len(client.search_for_studies(search_filters={"PatientID": "nobody"})) == 0
+        assert len(_trail_rows(engine, "110112")) == 2
+        metrics = httpx.get(f"{server.http}/metrics", timeout=10).text
+        assert "kuva_audit_queued 1.0" in metrics  # that query
+        assert server.stop() == 0
+        queries = _trail_rows(engine, "110112")
+        assert len(queries) == 3
+        stop = _trail_rows(engine, "110100")[-1]
+        assert _event_types(stop) == ["110121"]  # the stop is the last record
+        result_verify = server.kuva("audit", "verify")
+        assert "audit trail intact" in result_verify.stdout
+        assert "Testinen" not in server.log() and SURVIVOR not in server.log()
+    finally:
+        engine.dispose()

@@ -339,3 +339,203 @@ def test_markup_in_values_is_escaped() -> None:
     )
     assert root.find("ActiveParticipant").get("UserID") == '<RIS>&"x"'  # type: ignore[union-attr]
     assert root.find("ParticipantObjectIdentification").get("ParticipantObjectID") == "A<1>&"  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------- the messages of
+# QIDO-RS, ITI-18, retrieves by the register holder, ITI-41/42, refused HL7
+
+
+CLIENT = a.ActiveParticipant(
+    "1.2.246.10.1", requestor=True, roles=(a.SOURCE,), network_access_point="10.0.0.9"
+)
+ENDPOINT = a.ActiveParticipant(
+    "https://kuva.example/xds/registry",
+    requestor=False,
+    roles=(a.DESTINATION,),
+    alternative_user_id="4242",
+    network_access_point="kuva-node-1",
+    access_point_type=a.AccessPointType.MACHINE_NAME,
+)
+CX = f"010181-900C^^^&{PIC_OID}&ISO"
+
+
+def _roles(root: etree._Element) -> list[tuple[str | None, str | None, list[str | None]]]:
+    return [
+        (
+            p.get("UserID"),
+            p.get("UserIsRequestor"),
+            [r.get("csd-code") for r in p.iter("RoleIDCode")],
+        )
+        for p in root.iter("ActiveParticipant")
+    ]
+
+
+def _event(root: etree._Element) -> tuple[str | None, str | None, str | None, list[str | None]]:
+    event = root.find("EventIdentification")
+    assert event is not None
+    return (
+        event.find("EventID").get("csd-code"),  # type: ignore[union-attr]
+        event.get("EventActionCode"),
+        event.get("EventOutcomeIndicator"),
+        [c.get("csd-code") for c in event.iter("EventTypeCode")],
+    )
+
+
+def test_web_query_carries_the_request_target() -> None:
+    target = "/dicom-web/studies?PatientID=010181-900C&StudyDate=20260101-"
+    root = _xml(
+        a.web_query(
+            source=SOURCE,
+            requestor=CLIENT,
+            responder=ARCHIVE,
+            target=target,
+            outcome=a.Outcome.MINOR_FAILURE,
+            occurred_at=WHEN,
+        )
+    )
+    _check_schema_rules(root)
+    assert _event(root) == ("110112", "E", "4", [])
+    assert _roles(root) == [("1.2.246.10.1", "true", ["110153"]), ("KUVA", "false", ["110152"])]
+    (item,) = root.findall("ParticipantObjectIdentification")
+    assert item.get("ParticipantObjectID") == a.STUDY_ROOT_FIND
+    assert item.find("ParticipantObjectIDTypeCode").get("csd-code") == "110181"  # type: ignore[union-attr]
+    assert base64.b64decode(item.findtext("ParticipantObjectQuery") or "") == target.encode()
+    detail = item.find("ParticipantObjectDetail")
+    assert detail is not None and detail.get("type") == "QueryEncoding"
+    assert base64.b64decode(detail.get("value") or "") == b"UTF-8"
+
+
+def test_stored_query_names_patient_and_query() -> None:
+    request = b"<query:AdhocQueryRequest/>"
+    query_id = "urn:uuid:14d4debf-8f97-4251-9a74-a90016b0af0d"
+    root = _xml(
+        a.stored_query(
+            source=SOURCE,
+            consumer=CLIENT,
+            registry=ENDPOINT,
+            query_id=query_id,
+            request=request,
+            patient=CX,
+            outcome=a.Outcome.SUCCESS,
+            occurred_at=WHEN,
+        )
+    )
+    _check_schema_rules(root)
+    assert _event(root) == ("110112", "E", "0", ["ITI-18"])
+    assert _roles(root) == [
+        ("1.2.246.10.1", "true", ["110153"]),
+        ("https://kuva.example/xds/registry", "false", ["110152"]),
+    ]
+    patient, query = root.findall("ParticipantObjectIdentification")
+    assert (patient.get("ParticipantObjectID"), patient.get("ParticipantObjectTypeCode")) == (
+        CX,
+        "1",
+    )
+    assert query.get("ParticipantObjectID") == query_id
+    assert (query.get("ParticipantObjectTypeCode"), query.get("ParticipantObjectTypeCodeRole")) == (
+        "2",
+        "24",
+    )
+    assert query.find("ParticipantObjectIDTypeCode").attrib == {  # type: ignore[union-attr]
+        "csd-code": "ITI-18",
+        "codeSystemName": "IHE Transactions",
+        "originalText": "Registry Stored Query",
+    }
+    assert base64.b64decode(query.findtext("ParticipantObjectQuery") or "") == request
+    # No patient named: the query alone.
+    root = _xml(
+        a.stored_query(
+            source=SOURCE,
+            consumer=CLIENT,
+            registry=ENDPOINT,
+            query_id=query_id,
+            request=request,
+            patient=None,
+            outcome=a.Outcome.SUCCESS,
+            occurred_at=WHEN,
+        )
+    )
+    assert len(root.findall("ParticipantObjectIdentification")) == 1
+
+
+def test_instances_read_by_the_register_holder() -> None:
+    """A C-MOVE: kuva Source, the Move Destination Destination, the calling node the
+    requestor without a role (PS3.15 A.5.3.4)."""
+    mover = a.ActiveParticipant("VIEWER", requestor=True, network_access_point="10.0.0.7")
+    destination = a.ActiveParticipant(
+        "STORE", requestor=False, roles=(a.DESTINATION,), network_access_point="10.0.0.8"
+    )
+    sender = a.ActiveParticipant("KUVA", requestor=False, roles=(a.SOURCE,))
+    root = _xml(
+        a.instances_transferred(
+            source=SOURCE,
+            sender=sender,
+            receiver=destination,
+            study_instance_uid=STUDY,
+            sop_classes=(a.SopClass(CT, 2),),
+            patient=("010181-900C", PIC_OID),
+            outcome=a.Outcome.SUCCESS,
+            occurred_at=WHEN,
+            action=a.Action.READ,
+            others=(mover,),
+            transaction=a.RAD_16,
+        )
+    )
+    _check_schema_rules(root)
+    assert _event(root) == ("110104", "R", "0", ["RAD-16"])
+    assert _roles(root) == [
+        ("KUVA", "false", ["110153"]),
+        ("STORE", "false", ["110152"]),
+        ("VIEWER", "true", []),
+    ]
+    study, patient = root.findall("ParticipantObjectIdentification")
+    assert study.find("SOPClass").attrib == {"UID": CT, "NumberOfInstances": "2"}  # type: ignore[union-attr]
+    assert patient.get("ParticipantObjectID") == CX
+
+
+@pytest.mark.parametrize("transaction", [a.ITI_41, a.ITI_42])
+def test_import_of_a_submission(transaction: a.Code) -> None:
+    root = _xml(
+        a.imported(
+            source=SOURCE,
+            document_source=CLIENT,
+            recipient=ENDPOINT,
+            transaction=transaction,
+            submission_set="1.2.246.10.1.99.1",
+            patient=CX,
+            outcome=a.Outcome.SUCCESS,
+            occurred_at=WHEN,
+        )
+    )
+    _check_schema_rules(root)
+    assert _event(root) == ("110107", "C", "0", [transaction.code])
+    assert [r[2] for r in _roles(root)] == [["110153"], ["110152"]]
+    patient, submission = root.findall("ParticipantObjectIdentification")
+    assert (patient.get("ParticipantObjectID"), patient.get("ParticipantObjectTypeCodeRole")) == (
+        CX,
+        "1",
+    )
+    assert submission.get("ParticipantObjectID") == "1.2.246.10.1.99.1"
+    assert submission.get("ParticipantObjectTypeCodeRole") == "20"
+    assert submission.find("ParticipantObjectIDTypeCode").get("csd-code") == (  # type: ignore[union-attr]
+        "urn:uuid:a54d6aa5-d40d-43f9-88c5-b4633d873bdd"
+    )
+
+
+def test_refused_patient_record_is_a_minor_failure() -> None:
+    root = _xml(
+        a.patient_record(
+            source=SOURCE,
+            requestor=a.ActiveParticipant("RIS|SAIRAALA", requestor=True, roles=(a.SOURCE,)),
+            archive=ARCHIVE,
+            patients=(("010181-900C", PIC_OID),),
+            description="ADT^A40 refused: the patient to merge is unknown",
+            message_control_id="MSG-1",
+            occurred_at=WHEN,
+            outcome=a.Outcome.MINOR_FAILURE,
+        )
+    )
+    _check_schema_rules(root)
+    assert _event(root) == ("110110", "U", "4", [])
+    (patient,) = root.findall("ParticipantObjectIdentification")
+    assert patient.findtext("ParticipantObjectDescription", "").endswith("unknown")

@@ -12,9 +12,11 @@ from lxml import etree
 from lxml.etree import _Element as Element
 from sqlalchemy import Engine
 
+from kuva.audit.message import render
 from kuva.config import LOCAL_ORGANIZATION_OID, NodeSettings, Settings
 from kuva.index.uow import UnitOfWork
 from kuva.model.xds import AvailabilityStatus, ErrorCode, ResponseStatus, Submission
+from kuva.services.audit import AuditTrail
 from kuva.services.registry import RegistryOutcome, RegistryService
 from kuva.xds import ebrim
 from kuva.xds.endpoint import soap_router
@@ -272,3 +274,33 @@ def test_through_the_soap_endpoint(transaction: Transaction) -> None:
     body = answer.find(f"{{{SOAP}}}Body/rs:RegistryResponse", NSMAP)
     assert body is not None
     assert status_and_errors(body) == (ResponseStatus.SUCCESS.value, [])
+
+
+def test_submissions_are_audited_as_imports(engine: Engine, service: RegistryService) -> None:
+    """110107 Import with event type ITI-42 before the answer: the submission set and
+    patient of a registered submission (outcome 0); a refused one (outcome 4)."""
+    trail = AuditTrail(engine, Settings(), render=render)
+    transaction = register_document_set(service, Settings(), trail)
+    body = submit_objects("iti42-RegisterDocumentSet-b-request.xml")
+    sent = request(body)
+    sent.client_address, sent.endpoint = "10.0.0.9", "http://kuva.test/xds/registry"
+    assert status_and_errors(transaction.handle(sent).body)[0] == ResponseStatus.SUCCESS.value
+    refused = request(submit_objects("invalid-iti41-pnr-association-to-self.xml"))
+    assert status_and_errors(transaction.handle(refused).body)[0] == ResponseStatus.FAILURE.value
+    with UnitOfWork(engine, write=False) as uow:
+        records = list(reversed(uow.audit.list(event_id="110107", limit=10)))
+    registered, failed = (etree.fromstring(r.message.encode()) for r in records)
+    assert [r.outcome for r in records] == [0, 4]
+    assert registered.find("EventIdentification/EventTypeCode").get("csd-code") == "ITI-42"  # type: ignore[union-attr]
+    source, destination = registered.iter("ActiveParticipant")
+    assert (source.get("UserID"), source.get("NetworkAccessPointID")) == (
+        LOCAL_ORGANIZATION_OID,
+        "10.0.0.9",
+    )
+    assert destination.get("UserID") == "http://kuva.test/xds/registry"
+    patient, submission_set = registered.iter("ParticipantObjectIdentification")
+    submission = ebrim.parse_submission(body).submission_set
+    assert submission is not None
+    assert patient.get("ParticipantObjectID") == submission.patient_id
+    assert submission_set.get("ParticipantObjectID") == submission.unique_id
+    assert failed.find("EventIdentification").get("EventOutcomeIndicator") == "4"  # type: ignore[union-attr]

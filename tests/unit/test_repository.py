@@ -28,6 +28,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import Engine, Table, func, select
 
+from kuva.audit.message import render
 from kuva.config import LOCAL_ORGANIZATION_OID, Settings
 from kuva.dicom.part10 import Part10Rewriter, extract_attributes
 from kuva.index import schema
@@ -35,6 +36,7 @@ from kuva.index.group_commit import GroupCommitter
 from kuva.index.repository import Disclosure
 from kuva.index.uow import UnitOfWork
 from kuva.model.xds import AvailabilityStatus, ObjectKind, PatientId, ResponseStatus
+from kuva.services.audit import AuditTrail
 from kuva.services.disclosure import (
     BASIS_NO_ACCESS_RULES,
     DisclosureLog,
@@ -412,6 +414,46 @@ def test_provide_and_register_stores_and_registers(repo: Repo) -> None:
     assert slots["hash"] == stored.sha1
     assert slots["size"] == str(len(CDA))
     assert slots["repositoryUniqueId"] == REPOSITORY_ID
+
+
+def test_submissions_through_the_endpoint_are_audited_as_imports(
+    engine: Engine, blobs: FileBlobStore
+) -> None:
+    """110107 Import / ITI-41 before the answer (ITI TF-2b 3.41.5.1.2): the client
+    (its organisation and address) as Source, the endpoint URL as Destination, the
+    patient and the submission set; a refused submission has outcome 4."""
+    trail = AuditTrail(engine, SETTINGS, render=render)
+    service = repository_service(engine, blobs)
+    app = FastAPI()
+    app.include_router(
+        soap_router({"/xds/repository": [provide_and_register(service, SETTINGS, trail)]}, 1 << 24)
+    )
+    app.state.default_organization = HOLDER
+    payload = pnr()
+    answer, _ = answer_of(
+        post(app, "/xds/repository", soap_envelope(PROVIDE_AND_REGISTER, payload))
+    )
+    assert status_and_errors(answer) == (SUCCESS, [])
+    refused = pnr()
+    set_slot(refused, entry_ids(refused)[0], "size", str(len(CDA) + 1))
+    answer, _ = answer_of(
+        post(app, "/xds/repository", soap_envelope(PROVIDE_AND_REGISTER, refused))
+    )
+    assert status_and_errors(answer)[0] == ResponseStatus.FAILURE.value
+    with UnitOfWork(engine, write=False) as uow:
+        records = list(reversed(uow.audit.list(event_id="110107", limit=10)))
+    assert [r.outcome for r in records] == [0, 4]
+    root = etree.fromstring(records[0].message.encode())
+    assert root.find("EventIdentification/EventTypeCode").get("csd-code") == "ITI-41"  # type: ignore[union-attr]
+    source, destination = root.iter("ActiveParticipant")
+    assert (source.get("UserID"), source.get("UserIsRequestor")) == (HOLDER, "true")
+    assert source.get("NetworkAccessPointID")  # the client's address
+    assert destination.get("UserID") == "http://kuva.test/xds/repository"
+    patient, submission_set = root.iter("ParticipantObjectIdentification")
+    submission = ebrim.parse_submission(payload).submission_set
+    assert submission is not None
+    assert patient.get("ParticipantObjectID") == submission.patient_id
+    assert submission_set.get("ParticipantObjectID") == submission.unique_id
 
 
 def test_a_document_by_mtom_is_stored_the_same(repo: Repo) -> None:

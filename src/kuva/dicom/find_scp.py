@@ -5,7 +5,8 @@ returned, empty when the index does not hold it (PS3.4 C.4.1.1.3.2). Responses
 are Pending (0xFF00) one per match; C-CANCEL ends the search with 0xFE00.
 Answers use the requester's character set when it can carry every value,
 otherwise UTF-8 (ISO_IR 192). Every request is audited when its answer is
-complete: a 110112 Query message with the identifier as received (services.audit).
+complete: a 110112 Query message with the identifier as received, queued for the
+audit trail's writer thread (services.audit).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from kuva.config import Settings
 from kuva.dicom import status as st
 from kuva.model.query import QueryError, QueryLevel, QueryResult
 from kuva.services.access import AccessPolicy
-from kuva.services.audit import AuditTrail
+from kuva.services.audit import AuditTrail, audit_failed
 from kuva.services.disclosure import Interface
 from kuva.services.query import FindRequest, QueryService
 
@@ -132,8 +133,8 @@ class FindSCP:
                 transfer_syntax=str(event.context.transfer_syntax),
                 ok=ok,
             )
-        except Exception:
-            log.exception("the C-FIND of %s could not be audited", requestor.ae_title)
+        except Exception as exc:
+            audit_failed(log, f"the C-FIND of {requestor.ae_title}", exc)
 
     def _find(self, event: Event) -> Iterator[tuple[Any, Dataset | None]]:
         request = cast(C_FIND, event.request)

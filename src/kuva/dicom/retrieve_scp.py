@@ -71,8 +71,11 @@ from kuva.dicom.outgoing import as_file
 from kuva.dicom.status import ERROR_COMMENT_MAX, SUCCESS
 from kuva.dicom.transcode import TranscodeError, choose
 from kuva.index.instances import StoredInstance
+from kuva.model.access import AccessScope
+from kuva.model.audit import Outcome
 from kuva.model.query import QueryLevel
 from kuva.services.access import AccessPolicy
+from kuva.services.audit import AuditTrail, audit_failed
 from kuva.services.disclosure import Interface
 from kuva.services.retrieve import (
     KeyValue,
@@ -429,12 +432,17 @@ def parse_identifier(
 
 class RetrieveSCP:
     def __init__(
-        self, settings: Settings, service: RetrieveService, access: AccessPolicy | None = None
+        self,
+        settings: Settings,
+        service: RetrieveService,
+        access: AccessPolicy | None = None,
+        audit: AuditTrail | None = None,
     ) -> None:
         self._settings = settings
         self._service = service
         # What each calling node may read (services.access); None = everything.
         self._access = access
+        self._audit = audit
 
     def serve(
         self, service: QueryRetrieveServiceClass, req: C_GET | C_MOVE, context: PresentationContext
@@ -522,6 +530,7 @@ class RetrieveSCP:
             progress = self._run(service, req, responder, sub_operations, instances)
         else:
             progress = self._move(service, cast(C_MOVE, req), responder, node, instances)
+        self._audited(assoc, scope, instances, progress, node)
         if assoc.is_established:
             log.info(
                 "%s from %s (%s level)%s: %d completed, %d failed, %d warning",
@@ -533,6 +542,42 @@ class RetrieveSCP:
                 progress.failed,
                 progress.warning,
             )
+
+    def _audited(
+        self,
+        assoc: Association,
+        scope: AccessScope | None,
+        instances: list[StoredInstance],
+        progress: _Progress,
+        node: NodeSettings | None,
+    ) -> None:
+        """110104, action R, per study of the requester's own organisation (queued;
+        the others were disclosures, audited as Export): outcome 0 when every
+        sub-operation completed, 4 when some failed, 8 when none completed."""
+        if self._audit is None:
+            return
+        studies = RetrieveService.own_studies(scope, instances)
+        if not studies:
+            return
+        done = progress.completed + progress.warning
+        outcome = (
+            Outcome.SUCCESS
+            if not progress.failed and not progress.remaining
+            else Outcome.MINOR_FAILURE
+            if done
+            else Outcome.SERIOUS_FAILURE
+        )
+        requestor = assoc.requestor
+        try:
+            self._audit.dicom_retrieved(
+                requestor.ae_title,
+                str(requestor.address),
+                studies,
+                outcome=outcome,
+                move_destination=(node.ae_title, node.host) if node is not None else None,
+            )
+        except Exception as exc:
+            audit_failed(log, f"the retrieve of {requestor.ae_title}", exc)
 
     def _move(
         self,

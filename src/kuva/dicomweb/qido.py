@@ -8,6 +8,7 @@ the path is a 404.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -18,10 +19,14 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from kuva.dicomweb.urls import dicomweb_root
 from kuva.model.query import QueryError, QueryLevel, QueryResult
+from kuva.services.audit import audit_failed
 from kuva.services.disclosure import Interface
 from kuva.services.query import FindRequest, QueryService, vr_of
+from kuva.web.auditing import audit_of, request_target, requester
 from kuva.web.identity import request_scope
 from kuva.web.problem import problem
+
+log = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
 MAX_LIMIT = 10000
@@ -199,6 +204,19 @@ def qido_router(query: QueryService) -> APIRouter:
     router = APIRouter()
 
     def search(request: Request, level: QueryLevel, path_keys: dict[str, str]) -> Response:
+        """The answer; every request is audited (110112 Query, queued; services.audit)."""
+        response = answer(request, level, path_keys)
+        audit = audit_of(request)
+        if audit is not None:
+            try:
+                audit.web_queried(
+                    requester(request), request_target(request), ok=response.status_code < 400
+                )
+            except Exception as exc:
+                audit_failed(log, "a QIDO-RS request", exc)
+        return response
+
+    def answer(request: Request, level: QueryLevel, path_keys: dict[str, str]) -> Response:
         try:
             find = parse_request(request, level, path_keys)
             query.matchers(find)

@@ -81,6 +81,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -107,8 +108,10 @@ from kuva.dicomweb.multipart_parser import (
 from kuva.dicomweb.qido import DICOM_JSON
 from kuva.dicomweb.urls import dicomweb_root
 from kuva.model.uids import is_valid_uid
+from kuva.services.audit import ReceivedStudy, audit_failed
 from kuva.services.ingest import IncomingInstance, IngestService, StoreStatus
 from kuva.storage import BlobStore
+from kuva.web.auditing import audit_of, requester
 from kuva.web.identity import client_organization
 from kuva.web.problem import problem
 
@@ -159,6 +162,8 @@ class PartResult:
     failure_reason: int | None = None
     comment: str = ""
     warning_reason: int | None = None
+    # The instance's Patient ID and issuer when its data set was read (for the audit).
+    patient: tuple[str, str] = ("", "")
 
     @property
     def stored(self) -> bool:
@@ -430,6 +435,7 @@ class StowReceiver:
                 organization_oid=self._organization,
             )
         )
+        patient = (attrs.patient.patient_id, attrs.patient.issuer)
         if outcome.status is StoreStatus.IGNORED:
             return PartResult(
                 attrs.sop_class_uid,
@@ -438,20 +444,24 @@ class StowReceiver:
                 attrs.series.series_instance_uid,
                 comment=outcome.message,
                 warning_reason=st.ELEMENTS_DISCARDED,
+                patient=patient,
             )
         if not outcome.ok:
             # The ingest service has discarded the blob already.
             return PartResult(
                 writer.sop_class_uid,
                 writer.sop_instance_uid,
+                attrs.study.study_instance_uid,
                 failure_reason=_OUTCOME_REASONS[outcome.status],
                 comment=outcome.message,
+                patient=patient,
             )
         return PartResult(
             attrs.sop_class_uid,
             attrs.sop_instance_uid,
             attrs.study.study_instance_uid,
             attrs.series.series_instance_uid,
+            patient=patient,
         )
 
 
@@ -602,6 +612,13 @@ def stow_router(ingest: IngestService, blobs: BlobStore) -> APIRouter:
         finally:
             if not receiver.done:  # cancelled or failed unexpectedly: drop the open part
                 receiver.abort("request not completed")
+        audit = audit_of(request)
+        studies = received_studies(receiver.results, study)
+        if audit is not None and studies:
+            try:
+                await run_in_threadpool(audit.instances_posted, requester(request), studies)
+            except Exception as exc:
+                audit_failed(log, "a STOW-RS request", exc)
         return _answer(receiver, dicomweb_root(request))
 
     @router.post("/studies")
@@ -613,6 +630,33 @@ def stow_router(ingest: IngestService, blobs: BlobStore) -> APIRouter:
         return await store(request, study)
 
     return router
+
+
+def received_studies(results: Iterable[PartResult], study: str | None) -> list[ReceivedStudy]:
+    """What a request stored of each study, for its audit (110104, services.audit):
+    a part refused before its data set was read counts as a failure of the study in
+    the URL, when there is one, else of none."""
+    studies: dict[str, tuple[list[tuple[str, str]], Counter[str], list[int]]] = {}
+    for result in results:
+        uid = result.study_instance_uid or study
+        if not uid:
+            continue
+        patients, classes, failures = studies.setdefault(uid, ([], Counter(), [0]))
+        if result.patient[0]:
+            patients.append(result.patient)
+        if result.stored:
+            classes[result.sop_class_uid] += 1
+        else:
+            failures[0] += 1
+    return [
+        ReceivedStudy(
+            study_instance_uid=uid,
+            patient=patients[0] if patients else None,
+            sop_classes=dict(classes),
+            failures=failures[0],
+        )
+        for uid, (patients, classes, failures) in studies.items()
+    ]
 
 
 async def _receive(request: Request, receiver: StowReceiver) -> None:

@@ -58,9 +58,12 @@ from kuva.dicomweb.media import (
 )
 from kuva.dicomweb.multipart import Part, body, content_type, new_boundary
 from kuva.index.instances import StoredInstance
+from kuva.model import audit as a
 from kuva.model.query import QueryLevel
+from kuva.services.audit import audit_failed
 from kuva.services.disclosure import Interface
 from kuva.services.retrieve import RetrieveError, RetrieveService, StoredObject, TooManyMatches
+from kuva.web.auditing import audit_of, requester
 from kuva.web.identity import request_scope
 from kuva.web.problem import problem
 
@@ -100,8 +103,9 @@ def resolve(
 ) -> list[StoredInstance]:
     """The stored instances the path names and the requester may read (their
     disclosures recorded); WadoProblem for a bad or unknown UID."""
+    scope = request_scope(request)
     try:
-        found = retrieve.resolve(level, keys, scope=request_scope(request), interface=interface)
+        found = retrieve.resolve(level, keys, scope=scope, interface=interface)
     except TooManyMatches as exc:
         raise WadoProblem(400, "Bad Request", f"{exc}") from exc
     except RetrieveError as exc:
@@ -109,6 +113,18 @@ def resolve(
         raise WadoProblem(400, "Bad Request", str(exc), _PARAMETERS.get(keyword)) from exc
     if not found:
         raise WadoProblem(404, "Not Found", f"no such {level.value.lower()}")
+    audit = audit_of(request)
+    if audit is not None:
+        # The register holder's own studies: 110104 (queued); the others were
+        # disclosures, audited as Export by the disclosure log.
+        try:
+            audit.web_retrieved(
+                requester(request),
+                RetrieveService.own_studies(scope, found),
+                transaction=a.RAD_55 if interface is Interface.WADO_URI else a.RAD_107,
+            )
+        except Exception as exc:
+            audit_failed(log, f"a {interface.value} retrieve", exc)
     return found
 
 

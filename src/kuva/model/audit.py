@@ -10,8 +10,11 @@ The builders at the end make the messages kuva records (PS3.15 A.5.3.x):
 
 - ``application_activity``: 110100 Application Activity, 110120 / 110121 Start / Stop.
 - ``instances_transferred``: 110104 DICOM Instances Transferred (one study, one
-  association).
-- ``query``: 110112 Query (one C-FIND request).
+  association or request: action C stored, R read by the register holder itself).
+- ``query``: 110112 Query (one C-FIND request); ``web_query`` (one QIDO-RS
+  request), ``stored_query`` (one ITI-18 request).
+- ``imported``: 110107 Import (an ITI-41 or ITI-42 submission, IHE ITI TF-2b
+  3.41.5.1.2, 3.42.5.1.2).
 - ``patient_record``: 110110 Patient Record, action U (a merge, an update, an
   identifier change, an unlink).
 - ``export``: 110106 Export (a disclosure through ITI-43 or RAD-69; IHE ITI TF-2b
@@ -50,6 +53,7 @@ APPLICATION_ACTIVITY = Code("110100", DCM, "Application Activity")
 INSTANCES_TRANSFERRED = Code("110104", DCM, "DICOM Instances Transferred")
 STUDY_DELETED = Code("110105", DCM, "DICOM Study Deleted")
 EXPORT = Code("110106", DCM, "Export")
+IMPORT = Code("110107", DCM, "Import")
 PATIENT_RECORD = Code("110110", DCM, "Patient Record")
 QUERY = Code("110112", DCM, "Query")
 SECURITY_ALERT = Code("110113", DCM, "Security Alert")
@@ -64,6 +68,10 @@ RAD_69 = Code("RAD-69", IHE_TRANSACTIONS, "Retrieve Imaging Document Set")
 RAD_16 = Code("RAD-16", IHE_TRANSACTIONS, "Retrieve Images")
 RAD_55 = Code("RAD-55", IHE_TRANSACTIONS, "WADO Retrieve")
 RAD_107 = Code("RAD-107", IHE_TRANSACTIONS, "WADO-RS Retrieve")
+ITI_8 = Code("ITI-8", IHE_TRANSACTIONS, "Patient Identity Feed")
+ITI_18 = Code("ITI-18", IHE_TRANSACTIONS, "Registry Stored Query")
+ITI_41 = Code("ITI-41", IHE_TRANSACTIONS, "Provide and Register Document Set-b")
+ITI_42 = Code("ITI-42", IHE_TRANSACTIONS, "Register Document Set-b")
 
 # RoleIDCode of an active participant (PS3.16 CID 402 Audit Active Participant Role ID).
 APPLICATION = Code("110150", DCM, "Application")
@@ -77,6 +85,17 @@ REPORT_NUMBER = Code("9", RFC_3881, "Report Number")
 STUDY_INSTANCE_UID = Code("110180", DCM, "Study Instance UID")
 SOP_CLASS_UID = Code("110181", DCM, "SOP Class UID")
 NODE_ID = Code("110182", DCM, "Node ID")
+# The submission set of an XDS submission (IHE ITI TF-2b 3.41.5.1.2): its
+# classification node.
+SUBMISSION_SET = Code(
+    "urn:uuid:a54d6aa5-d40d-43f9-88c5-b4633d873bdd",
+    "IHE XDS Metadata",
+    "submission set classificationNode",
+)
+
+# The Query/Retrieve information model QIDO-RS queries (PS3.18 10.6 maps it on
+# Study Root C-FIND): the SOP class its Query message names.
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 
 # AuditSourceTypeCode (PS3.15 A.5.1: 4 = application server process tier).
 APPLICATION_SERVER = Code("4", DCM, "Application Server")
@@ -85,6 +104,7 @@ APPLICATION_SERVER = Code("4", DCM, "Application Server")
 TRANSFER_SYNTAX = "TransferSyntax"
 ALERT_DESCRIPTION = "Alert Description"
 MESSAGE_CONTROL_ID = "MSH-10"
+QUERY_ENCODING = "QueryEncoding"
 
 
 class Action(Enum):
@@ -128,6 +148,7 @@ class ObjectRole(IntEnum):
     PATIENT = 1
     REPORT = 3
     RESOURCE = 4
+    JOB = 20
     SECURITY_RESOURCE = 13
     QUERY = 24
 
@@ -278,9 +299,14 @@ def instances_transferred(
     outcome: Outcome,
     occurred_at: datetime,
     action: Action = Action.CREATE,
+    others: tuple[ActiveParticipant, ...] = (),
+    transaction: Code | None = None,
 ) -> AuditEvent:
     """PS3.15 A.5.3.4: a study's instances moved between two nodes. ``sender`` has
-    role 110153 Source, ``receiver`` 110152 Destination; C = received and created."""
+    role 110153 Source, ``receiver`` 110152 Destination; C = received and created,
+    R = read and sent. ``others``: further participants, e.g. the node that asked
+    for a C-MOVE to a third one (the requestor); ``transaction``: the IHE
+    transaction as EventTypeCode (RAD-16, RAD-55, RAD-107)."""
     objects = [study_object(study_instance_uid, sop_classes)]
     if patient is not None:
         objects.append(patient_object(*patient))
@@ -289,8 +315,9 @@ def instances_transferred(
         action=action,
         occurred_at=occurred_at,
         outcome=outcome,
-        participants=(sender, receiver),
+        participants=(sender, receiver, *others),
         source=source,
+        event_types=(transaction,) if transaction is not None else (),
         objects=tuple(objects),
     )
 
@@ -326,6 +353,135 @@ def query(
                 details=((TRANSFER_SYNTAX, transfer_syntax.encode()),),
             ),
         ),
+    )
+
+
+def web_query(
+    *,
+    source: AuditSource,
+    requestor: ActiveParticipant,
+    responder: ActiveParticipant,
+    target: str,
+    outcome: Outcome,
+    occurred_at: datetime,
+) -> AuditEvent:
+    """PS3.15 A.5.3.12 for a QIDO-RS request (PS3.18 10.6): the query object names
+    the Study Root C-FIND SOP class QIDO-RS maps on; its ParticipantObjectQuery is
+    the request target as received (path and query string, UTF-8), with that
+    encoding as QueryEncoding (there is no transfer syntax)."""
+    return AuditEvent(
+        event_id=QUERY,
+        action=Action.EXECUTE,
+        occurred_at=occurred_at,
+        outcome=outcome,
+        participants=(requestor, responder),
+        source=source,
+        objects=(
+            ParticipantObject(
+                object_id=STUDY_ROOT_FIND,
+                id_type=SOP_CLASS_UID,
+                type_code=ObjectType.SYSTEM_OBJECT,
+                role=ObjectRole.REPORT,
+                query=target.encode("utf-8"),
+                details=((QUERY_ENCODING, b"UTF-8"),),
+            ),
+        ),
+    )
+
+
+def stored_query(
+    *,
+    source: AuditSource,
+    consumer: ActiveParticipant,
+    registry: ActiveParticipant,
+    query_id: str,
+    request: bytes,
+    patient: str | None,
+    outcome: Outcome,
+    occurred_at: datetime,
+) -> AuditEvent:
+    """IHE ITI TF-2a 3.18.5.1.2 (Document Registry): 110112 Query, action E, event
+    type ITI-18. ``consumer`` (the Document Consumer) has role 110153 Source and is
+    the requestor, ``registry`` 110152 Destination. Objects: the patient the query
+    names (its CX, when it names one) and the query - its id the stored query's
+    UUID, its ParticipantObjectQuery the AdhocQueryRequest as received."""
+    objects: list[ParticipantObject] = []
+    if patient:
+        objects.append(
+            ParticipantObject(
+                object_id=patient,
+                id_type=PATIENT_NUMBER,
+                type_code=ObjectType.PERSON,
+                role=ObjectRole.PATIENT,
+            )
+        )
+    objects.append(
+        ParticipantObject(
+            object_id=query_id,
+            id_type=ITI_18,
+            type_code=ObjectType.SYSTEM_OBJECT,
+            role=ObjectRole.QUERY,
+            query=request,
+            details=((QUERY_ENCODING, b"UTF-8"),),
+        )
+    )
+    return AuditEvent(
+        event_id=QUERY,
+        action=Action.EXECUTE,
+        occurred_at=occurred_at,
+        outcome=outcome,
+        participants=(consumer, registry),
+        source=source,
+        event_types=(ITI_18,),
+        objects=tuple(objects),
+    )
+
+
+def imported(
+    *,
+    source: AuditSource,
+    document_source: ActiveParticipant,
+    recipient: ActiveParticipant,
+    transaction: Code,
+    submission_set: str,
+    patient: str | None,
+    outcome: Outcome,
+    occurred_at: datetime,
+) -> AuditEvent:
+    """IHE ITI TF-2b 3.41.5.1.2 (Document Repository, ITI-41) and 3.42.5.1.2
+    (Document Registry, ITI-42): 110107 Import, action C. ``document_source`` (the
+    Document Source or Repository that submitted) has role 110153 Source and is the
+    requestor, ``recipient`` (kuva's endpoint) 110152 Destination. Objects: the
+    patient (its CX as the submission gives it) and the submission set (its
+    uniqueId; type 2, role 20 job)."""
+    objects: list[ParticipantObject] = []
+    if patient:
+        objects.append(
+            ParticipantObject(
+                object_id=patient,
+                id_type=PATIENT_NUMBER,
+                type_code=ObjectType.PERSON,
+                role=ObjectRole.PATIENT,
+            )
+        )
+    if submission_set:
+        objects.append(
+            ParticipantObject(
+                object_id=submission_set,
+                id_type=SUBMISSION_SET,
+                type_code=ObjectType.SYSTEM_OBJECT,
+                role=ObjectRole.JOB,
+            )
+        )
+    return AuditEvent(
+        event_id=IMPORT,
+        action=Action.CREATE,
+        occurred_at=occurred_at,
+        outcome=outcome,
+        participants=(document_source, recipient),
+        source=source,
+        event_types=(transaction,),
+        objects=tuple(objects),
     )
 
 

@@ -16,14 +16,26 @@ record is lost. The repository's copy is the trail's anchor outside kuva: the
 local chain alone cannot show that its newest records were cut off, nor a
 chain rewritten from some record on.
 
+Records of events that change nothing - queries and the register holder's own
+retrieves - are not written on the request path: ``record_later`` queues them for
+a writer thread that appends them in batches (services.audit_writer, which says
+what a kill can lose). Everything else is written before the request is answered.
+
 What is audited (the builders of model.audit):
 
 - the archive's start and stop (``application_started`` / ``_stopped``);
 - the instances of each study received on a DICOM association, one message per
-  study at the association's end (``instances_received``);
-- every C-FIND request (``queried``);
+  study at the association's end (``instances_received``), or by a STOW-RS
+  request (``instances_posted``);
+- every C-FIND (``queried``), QIDO-RS (``web_queried``) and ITI-18
+  (``stored_queried``) request, queued;
+- every C-GET, C-MOVE, WADO-RS and WADO-URI request, per study of the requester's
+  own organisation (110104 action R, ``dicom_retrieved`` / ``web_retrieved``),
+  queued; the studies of other organisations are disclosures (below);
+- every ITI-41 and ITI-42 submission (110107 Import, ``submission_imported``);
 - every patient correction (services.patients), every disclosure
-  (services.disclosure), in their own transactions (``record``);
+  (services.disclosure), in their own transactions (``record``); an HL7 message
+  refused with AE after it was read (services.patients: Patient Record, outcome 4);
 - a DICOM association refused for its AE titles (``association_rejected``);
 - a connection to a mutual TLS listener refused: failed handshake (no or an
   untrusted client certificate), or a certificate of no organisation
@@ -51,6 +63,7 @@ from kuva.index.outbox import Task
 from kuva.index.uow import UnitOfWork
 from kuva.model import audit as a
 from kuva.model.clock import Clock, utcnow
+from kuva.services.audit_writer import Pending, QueuedWriter
 from kuva.tasks.worker import PermanentFailure
 
 if TYPE_CHECKING:
@@ -68,6 +81,7 @@ EVENT_IDS = {
         a.INSTANCES_TRANSFERRED,
         a.STUDY_DELETED,
         a.EXPORT,
+        a.IMPORT,
         a.PATIENT_RECORD,
         a.QUERY,
         a.SECURITY_ALERT,
@@ -77,6 +91,14 @@ OUTCOMES = {
     int(outcome): f"{int(outcome)} {outcome.name.lower().replace('_', ' ')}"
     for outcome in a.Outcome
 }
+
+
+def audit_failed(logger: logging.Logger, what: str, exc: BaseException) -> None:
+    """Log that ``what`` could not be audited: the exception's type at ERROR, its
+    traceback at DEBUG only (database errors quote their parameters: the message,
+    with patient ids)."""
+    logger.error("%s could not be audited: %s", what, type(exc).__name__)
+    logger.debug("%s: audit failure", what, exc_info=exc)
 
 
 class AuditRepositorySender(Protocol):
@@ -96,6 +118,24 @@ class ReceivedStudy:
     patient: tuple[str, str] | None  # Patient ID, issuer
     sop_classes: dict[str, int]  # SOP Class UID -> instances stored
     failures: int  # instances of the study that were refused
+
+
+@dataclass(frozen=True)
+class SentStudy:
+    """What one retrieve request sent of one study of the requester's own
+    organisation (services.retrieve ``RetrieveService.own_studies``)."""
+
+    study_instance_uid: str
+    sop_classes: dict[str, int]  # SOP Class UID -> instances sent (or to be sent)
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who made an HTTP request, for its audit message: the organisation it acts for
+    (kuva.web.identity; None = unknown) and the client's IP address."""
+
+    organization: str | None
+    address: str
 
 
 @dataclass(frozen=True)
@@ -138,6 +178,34 @@ class AuditTrail:
             enterprise_site_id=settings.audit.enterprise_site_id,
         )
         self._host = socket.gethostname()
+        audit = settings.audit
+        self._writer = (
+            QueuedWriter(
+                self._write,
+                capacity=audit.queue_size,
+                batch_size=audit.batch_size,
+                batch_seconds=audit.batch_seconds,
+            )
+            if audit.queue_size > 0 and self.enabled
+            else None
+        )
+
+    # ------------------------------------------------------------------ queued writer
+
+    @property
+    def writer(self) -> QueuedWriter | None:
+        return self._writer
+
+    def start_writer(self) -> None:
+        """Start the queued writer (the composition root, at start); until then
+        ``record_later`` writes at once."""
+        if self._writer is not None:
+            self._writer.start()
+
+    def stop_writer(self) -> None:
+        """Write every queued record, then stop the writer (at stop)."""
+        if self._writer is not None:
+            self._writer.stop()
 
     # ------------------------------------------------------------------ participants
 
@@ -154,6 +222,18 @@ class AuditTrail:
             access_point_type=a.AccessPointType.MACHINE_NAME,
         )
 
+    def endpoint(self, url: str, *, roles: tuple[a.Code, ...]) -> a.ActiveParticipant:
+        """kuva as an HTTP endpoint (IHE ITI TF-2a 3.18.5.1.2, TF-2b 3.41.5.1.2: the
+        web service endpoint URI), with its process id and host."""
+        return a.ActiveParticipant(
+            user_id=url,
+            requestor=False,
+            roles=roles,
+            alternative_user_id=str(os.getpid()),
+            network_access_point=self._host,
+            access_point_type=a.AccessPointType.MACHINE_NAME,
+        )
+
     @staticmethod
     def node(
         ae_title: str, address: str, *, roles: tuple[a.Code, ...], requestor: bool
@@ -161,6 +241,18 @@ class AuditTrail:
         """A DICOM node by its AE title and IP address."""
         return a.ActiveParticipant(
             user_id=ae_title, requestor=requestor, roles=roles, network_access_point=address
+        )
+
+    @staticmethod
+    def client(
+        requester: Requester, *, roles: tuple[a.Code, ...], requestor: bool = True
+    ) -> a.ActiveParticipant:
+        """An HTTP client by the organisation it acts for and its IP address."""
+        return a.ActiveParticipant(
+            user_id=requester.organization or "unknown",
+            requestor=requestor,
+            roles=roles,
+            network_access_point=requester.address,
         )
 
     # ------------------------------------------------------------------ recording
@@ -195,10 +287,28 @@ class AuditTrail:
         """``record`` in a transaction of its own, committed when this returns."""
         if not self.enabled or not events:
             return []
+        return self._write(events)
+
+    def record_later(self, items: Sequence[Pending]) -> None:
+        """Queue events that are part of no state change's transaction (queries,
+        retrieves) for the writer thread (services.audit_writer): appended within
+        ``[audit] batch_seconds``, lost only if the process is killed before. Written
+        at once when no writer runs or its queue is full - never dropped."""
+        if not self.enabled or not items:
+            return
+        rest = self._writer.offer(items) if self._writer is not None else list(items)
+        if rest:
+            self._write(rest)
+
+    def _write(self, items: Sequence[Pending]) -> list[int]:
+        """Append ``items`` in one transaction (the writer's batch, or ``record_now``)."""
         with UnitOfWork(self._engine) as uow:
-            sequence = self.record(uow, events)
+            sequence: list[int] = []
+            for item in items:
+                events = [item] if isinstance(item, a.AuditEvent) else item(uow)
+                sequence += self.record(uow, events)
             uow.commit()
-        if self._deliver and self.on_enqueued is not None:
+        if sequence and self._deliver and self.on_enqueued is not None:
             self.on_enqueued(None)
         return sequence
 
@@ -237,8 +347,18 @@ class AuditTrail:
         """110104 for each study an association stored (or tried to), at its end:
         outcome 0 when all its instances were stored, 4 when some were refused, 8
         when none was."""
-        now = self._clock()
         sender = self.node(calling_ae, address, roles=(a.SOURCE,), requestor=True)
+        self.record_now(self._received(sender, studies))
+
+    def instances_posted(self, requester: Requester, studies: Sequence[ReceivedStudy]) -> None:
+        """110104 for each study a STOW-RS request stored (or tried to), as for
+        C-STORE: the HTTP client is the Source and requestor."""
+        self.record_now(self._received(self.client(requester, roles=(a.SOURCE,)), studies))
+
+    def _received(
+        self, sender: a.ActiveParticipant, studies: Sequence[ReceivedStudy]
+    ) -> list[a.AuditEvent]:
+        now = self._clock()
         receiver = self.archive(roles=(a.DESTINATION,))
         events = []
         for study in studies:
@@ -264,7 +384,93 @@ class AuditTrail:
                     occurred_at=now,
                 )
             )
-        self.record_now(events)
+        return events
+
+    def instances_sent(
+        self,
+        *,
+        destination: a.ActiveParticipant,
+        studies: Sequence[SentStudy],
+        transaction: a.Code,
+        outcome: a.Outcome = a.Outcome.SUCCESS,
+        others: tuple[a.ActiveParticipant, ...] = (),
+    ) -> None:
+        """110104, action R, for each study of its own that the register holder
+        retrieved (disclosures to other organisations are Export messages,
+        services.disclosure): kuva is the Source, ``destination`` the Destination
+        (PS3.15 A.5.3.4). Queued; the studies' patients are read by the writer."""
+        if not studies:
+            return
+        source = self.archive(roles=(a.SOURCE,))
+        now = self._clock()
+
+        def events(uow: UnitOfWork) -> list[a.AuditEvent]:
+            patients = uow.disclosures.patients_of_studies(
+                [study.study_instance_uid for study in studies]
+            )
+            return [
+                a.instances_transferred(
+                    source=self.source,
+                    sender=source,
+                    receiver=destination,
+                    study_instance_uid=study.study_instance_uid,
+                    sop_classes=tuple(
+                        a.SopClass(uid, count) for uid, count in sorted(study.sop_classes.items())
+                    ),
+                    patient=patients.get(study.study_instance_uid),
+                    outcome=outcome,
+                    occurred_at=now,
+                    action=a.Action.READ,
+                    others=others,
+                    transaction=transaction,
+                )
+                for study in studies
+            ]
+
+        self.record_later([events])
+
+    def dicom_retrieved(
+        self,
+        calling_ae: str,
+        address: str,
+        studies: Sequence[SentStudy],
+        *,
+        outcome: a.Outcome,
+        move_destination: tuple[str, str] | None = None,
+    ) -> None:
+        """A C-GET (the requester is the Destination) or a C-MOVE (the Move
+        Destination, AE title and host, is; the requester takes part as requestor)."""
+        requester_is_destination = move_destination is None
+        requester = self.node(
+            calling_ae,
+            address,
+            roles=(a.DESTINATION,) if requester_is_destination else (),
+            requestor=True,
+        )
+        others: tuple[a.ActiveParticipant, ...] = ()
+        if move_destination is None:
+            destination = requester
+        else:
+            destination = self.node(*move_destination, roles=(a.DESTINATION,), requestor=False)
+            others = (requester,)
+        self.instances_sent(
+            destination=destination,
+            studies=studies,
+            transaction=a.RAD_16,
+            outcome=outcome,
+            others=others,
+        )
+
+    def web_retrieved(
+        self, requester: Requester, studies: Sequence[SentStudy], *, transaction: a.Code
+    ) -> None:
+        """A WADO-RS (RAD-107) or WADO-URI (RAD-55) retrieve: the client is the
+        Destination and requestor."""
+        self.instances_sent(
+            destination=self.client(requester, roles=(a.DESTINATION,)),
+            studies=studies,
+            transaction=transaction,
+        )
 
     def queried(
         self,
@@ -276,8 +482,8 @@ class AuditTrail:
         transfer_syntax: str,
         ok: bool,
     ) -> None:
-        """110112 for one query request."""
-        self.record_now(
+        """110112 for one C-FIND request (queued)."""
+        self.record_later(
             [
                 a.query(
                     source=self.source,
@@ -286,6 +492,75 @@ class AuditTrail:
                     sop_class_uid=sop_class_uid,
                     identifier=identifier,
                     transfer_syntax=transfer_syntax,
+                    outcome=a.Outcome.SUCCESS if ok else a.Outcome.MINOR_FAILURE,
+                    occurred_at=self._clock(),
+                )
+            ]
+        )
+
+    def web_queried(self, requester: Requester, target: str, *, ok: bool) -> None:
+        """110112 for one QIDO-RS request (queued); ``target``: its path and query
+        string as received."""
+        self.record_later(
+            [
+                a.web_query(
+                    source=self.source,
+                    requestor=self.client(requester, roles=(a.SOURCE,)),
+                    responder=self.archive(roles=(a.DESTINATION,)),
+                    target=target,
+                    outcome=a.Outcome.SUCCESS if ok else a.Outcome.MINOR_FAILURE,
+                    occurred_at=self._clock(),
+                )
+            ]
+        )
+
+    def stored_queried(
+        self,
+        requester: Requester,
+        endpoint: str,
+        *,
+        query_id: str,
+        request: bytes,
+        patient: str | None,
+        ok: bool,
+    ) -> None:
+        """110112 / ITI-18 for one Registry Stored Query (queued)."""
+        self.record_later(
+            [
+                a.stored_query(
+                    source=self.source,
+                    consumer=self.client(requester, roles=(a.SOURCE,)),
+                    registry=self.endpoint(endpoint, roles=(a.DESTINATION,)),
+                    query_id=query_id,
+                    request=request,
+                    patient=patient,
+                    outcome=a.Outcome.SUCCESS if ok else a.Outcome.MINOR_FAILURE,
+                    occurred_at=self._clock(),
+                )
+            ]
+        )
+
+    def submission_imported(
+        self,
+        requester: Requester,
+        endpoint: str,
+        *,
+        transaction: a.Code,
+        submission_set: str,
+        patient: str | None,
+        ok: bool,
+    ) -> None:
+        """110107 Import for one ITI-41 or ITI-42 submission, written before the
+        response: outcome 0 when it was stored, 4 when it was refused."""
+        self.record_now(
+            [
+                a.imported(
+                    source=self.source,
+                    document_source=self.client(requester, roles=(a.SOURCE,)),
+                    recipient=self.endpoint(endpoint, roles=(a.DESTINATION,)),
+                    transaction=transaction,
+                    submission_set=submission_set,
+                    patient=patient,
                     outcome=a.Outcome.SUCCESS if ok else a.Outcome.MINOR_FAILURE,
                     occurred_at=self._clock(),
                 )

@@ -161,6 +161,10 @@ class PatientService:
                 ack = render_ack(error)
                 with UnitOfWork(self._engine) as uow:
                     self._record(uow, ref, ack)
+                    if self._audit is not None:
+                        self._audit.record(
+                            uow, self._refused(self._audit, ref, commands, str(error))
+                        )
                     uow.commit()
                 return ack
         except DuplicateMessage:
@@ -303,6 +307,38 @@ class PatientService:
                 occurred_at=now,
             )
             for description, keys in map(_named, commands)
+        ]
+
+    def _refused(
+        self,
+        audit: AuditTrail,
+        ref: MessageRef,
+        commands: Sequence[PatientCommand],
+        reason: str,
+    ) -> list[a.AuditEvent]:
+        """A Patient Record message with outcome 4 (minor failure: not done) for an
+        HL7 message refused with ACK AE although it was well formed (an unknown
+        patient, a forbidden merge...): the patients it names, the refusal as the
+        description (IHE ITI TF-2b 3.8.5 read with PS3.15 A.5.3.9)."""
+        who = a.ActiveParticipant(
+            user_id=f"{ref.sending_application}|{ref.sending_facility}",
+            requestor=True,
+            roles=(a.SOURCE,),
+        )
+        named: dict[PatientKey, None] = {}
+        for command in commands:
+            named.update(dict.fromkeys(_named(command)[1]))
+        return [
+            a.patient_record(
+                source=audit.source,
+                requestor=who,
+                archive=audit.archive(roles=(a.DESTINATION,)),
+                patients=tuple((key.patient_id, key.issuer) for key in named),
+                description=f"{ref.message_type} refused: {reason}",
+                message_control_id=ref.control_id,
+                occurred_at=self._clock(),
+                outcome=a.Outcome.MINOR_FAILURE,
+            )
         ]
 
     def _apply(

@@ -33,7 +33,7 @@ from kuva.model.clock import utcnow
 from kuva.model.query import QueryLevel
 from kuva.model.uids import uid_problem
 from kuva.services.access import AccessPolicy, Read, recipient
-from kuva.services.audit import AuditTrail
+from kuva.services.audit import AuditTrail, SentStudy
 from kuva.services.disclosure import DisclosureLog, Interface
 from kuva.storage import BlobStore
 
@@ -318,6 +318,23 @@ class RetrieveService:
         )
         if handouts and self._disclosures is not None:
             self._disclosures.record(recipient(scope), handouts, interface)
+
+    @staticmethod
+    def own_studies(
+        scope: AccessScope | None, instances: Iterable[StoredInstance]
+    ) -> list[SentStudy]:
+        """The studies among ``instances`` that are the requester's own (its
+        organisation is their register holder; ``scope`` None: every one), with
+        the instances of each SOP class: what a retrieve audits as the register
+        holder's own read (services.audit ``instances_sent``), the rest being
+        disclosures (``disclose``)."""
+        studies: dict[str, dict[str, int]] = {}
+        for found in instances:
+            if scope is not None and not scope.is_own(found.organization_oid):
+                continue
+            classes = studies.setdefault(found.study_instance_uid, {})
+            classes[found.sop_class_uid] = classes.get(found.sop_class_uid, 0) + 1
+        return [SentStudy(uid, classes) for uid, classes in studies.items()]
 
     def open(self, instance: StoredInstance, *, as_received: bool = False) -> StoredObject:
         """The stored object of ``instance``, as it is to go out.

@@ -154,7 +154,8 @@ def _endpoint(path: str, table: Mapping[str, Transaction], limit: int) -> Endpoi
             response.headers["connection"] = "close"  # the rest of the body is not read
             return response
         identity = (client_organization(request), SCOPE_KEY in request.scope)
-        return await run_in_threadpool(_process, path, table, body, started, identity)
+        origin = (request.client.host if request.client is not None else "", str(request.url))
+        return await run_in_threadpool(_process, path, table, body, started, identity, origin)
 
     return endpoint
 
@@ -192,10 +193,12 @@ def _process(
     body: _Body,
     started: float,
     identity: tuple[str | None, bool] = (None, False),
+    origin: tuple[str, str] = ("", ""),
 ) -> Response:
     """Everything after the body was read; runs in a worker thread. ``identity``: the
     organisation the HTTP request acts for (``SoapRequest.client_organization``) and
-    whether a client certificate proved it."""
+    whether a client certificate proved it; ``origin``: the client's IP address and
+    the request URL (for the audit)."""
     request: SoapRequest | None = None
     try:
         actions = list(body.actions)
@@ -223,6 +226,7 @@ def _process(
             mtom=mtom,
         )
         request.client_organization, request.authenticated = identity
+        request.client_address, request.endpoint = origin
         transaction = table.get(request.action)
         if transaction is None:
             raise DetailedFault(

@@ -26,6 +26,7 @@ from lxml.etree import _Element as Element
 
 from kuva.config import Settings
 from kuva.model.xds import ErrorCode, RegistryError, ResponseStatus
+from kuva.services.audit import AuditTrail, Requester, audit_failed
 from kuva.services.stored_query import (
     QueryParameter,
     ReturnType,
@@ -118,18 +119,64 @@ def _failure(errors: Iterable[RegistryError]) -> SoapResponse:
     return _answer(adhoc_query_response(ResponseStatus.FAILURE, errors))
 
 
-def registry_stored_query(service: StoredQueryService, settings: Settings) -> Transaction:
-    """The ITI-18 transaction of the registry endpoint."""
+def queried_patient(query: StoredQueryRequest) -> str | None:
+    """The patient a stored query names (its first patient id parameter, quotes
+    removed), for its audit message (ITI TF-2a 3.18.5.1.2)."""
+    for parameter in query.parameters:
+        if parameter.name in _PATIENT_PARAMETERS and parameter.values:
+            value = parameter.values[0].strip().strip("('").rstrip("')").strip()
+            if value:
+                return value
+    return None
+
+
+_PATIENT_PARAMETERS = frozenset(
+    {
+        "$XDSDocumentEntryPatientId",
+        "$XDSSubmissionSetPatientId",
+        "$XDSFolderPatientId",
+        "$patientId",
+    }
+)
+
+
+def registry_stored_query(
+    service: StoredQueryService, settings: Settings, audit: AuditTrail | None = None
+) -> Transaction:
+    """The ITI-18 transaction of the registry endpoint; each request is audited
+    (110112 Query, event type ITI-18, queued; services.audit)."""
     home = settings.xds.home_community_id or None
 
     def handle(request: SoapRequest) -> SoapResponse:
+        query: StoredQueryRequest | None = None
+        ok = False
         try:
             query = read_request(request.body)
+            response, ok = answer(request, query)
+            return response
         except _Unreadable as exc:
             return _failure([RegistryError(ErrorCode.REGISTRY_ERROR, str(exc))])
+        finally:
+            if audit is not None:
+                try:
+                    audit.stored_queried(
+                        Requester(request.client_organization, request.client_address),
+                        request.endpoint,
+                        query_id=query.query_id if query is not None else "",
+                        request=etree.tostring(request.body),
+                        patient=queried_patient(query) if query is not None else None,
+                        ok=ok,
+                    )
+                except Exception as exc:
+                    audit_failed(log, "an ITI-18 request", exc)
+
+    def answer(request: SoapRequest, query: StoredQueryRequest) -> tuple[SoapResponse, bool]:
         try:
             result = service.query(query, scope=requesting_scope(service.access, request))
-            return _answer(response_body(result, home))
+            return (
+                _answer(response_body(result, home)),
+                result.status is not ResponseStatus.FAILURE,
+            )
         except Exception as exc:
             # Database errors quote their parameters (patient ids): the traceback
             # goes to DEBUG only.
@@ -137,8 +184,11 @@ def registry_stored_query(service: StoredQueryService, settings: Settings) -> Tr
                 "ITI-18 query failed (message %s): %s", request.message_id, type(exc).__name__
             )
             log.debug("ITI-18 query failure", exc_info=True)
-            return _failure(
-                [RegistryError(ErrorCode.REGISTRY_ERROR, "internal error of the registry")]
+            return (
+                _failure(
+                    [RegistryError(ErrorCode.REGISTRY_ERROR, "internal error of the registry")]
+                ),
+                False,
             )
 
     def invalid(request: SoapRequest, problems: list[str]) -> SoapResponse:

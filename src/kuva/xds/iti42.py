@@ -17,9 +17,12 @@ import logging
 from collections.abc import Iterable
 
 from kuva.config import Settings
+from kuva.model import audit as a
 from kuva.model.xds import ErrorCode, RegistryError, ResponseStatus
+from kuva.services.audit import AuditTrail, Requester, audit_failed
 from kuva.services.registry import RegistryService
 from kuva.xds import ebrim
+from kuva.xds.audited import submission_of, succeeded
 from kuva.xds.messages import SoapRequest, SoapResponse, Transaction
 from kuva.xds.namespaces import REGISTER_DOCUMENT_SET, RESPONSE_ACTIONS, q
 from kuva.xds.rs import registry_response
@@ -35,10 +38,30 @@ def _answer(status: ResponseStatus, errors: Iterable[RegistryError] = ()) -> Soa
     )
 
 
-def register_document_set(service: RegistryService, settings: Settings) -> Transaction:
+def register_document_set(
+    service: RegistryService, settings: Settings, audit: AuditTrail | None = None
+) -> Transaction:
     """The ITI-42 transaction of the registry endpoint."""
 
     def handle(request: SoapRequest) -> SoapResponse:
+        """The answer; every submission is audited (110107 Import, services.audit)."""
+        response = submit(request)
+        if audit is not None:
+            submitted = submission_of(request.body)
+            try:
+                audit.submission_imported(
+                    Requester(request.client_organization, request.client_address),
+                    request.endpoint,
+                    transaction=a.ITI_42,
+                    submission_set=submitted[0],
+                    patient=submitted[1],
+                    ok=succeeded(response.body),
+                )
+            except Exception as exc:
+                audit_failed(log, "an ITI-42 submission", exc)
+        return response
+
+    def submit(request: SoapRequest) -> SoapResponse:
         organization = request.client_organization
         if organization is None:
             return _answer(

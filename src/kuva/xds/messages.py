@@ -65,6 +65,10 @@ class SoapRequest:
     # a client certificate proved it (mutual TLS).
     client_organization: str | None = None
     authenticated: bool = False
+    # The HTTP client's IP address and the URL it called, set by the endpoint (for
+    # the audit messages of the transactions).
+    client_address: str = ""
+    endpoint: str = ""
 
     def binary(self, element: Element) -> bytes:
         """The bytes of an xs:base64Binary element: inline, or an MTOM part it includes.

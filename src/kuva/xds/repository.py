@@ -36,9 +36,11 @@ from lxml import etree
 from lxml.etree import _Element as Element
 
 from kuva.config import Settings
+from kuva.model import audit as a
 from kuva.model.access import AccessScope
 from kuva.model.xds import ErrorCode, RegistryError, ResponseStatus
 from kuva.services.access import AccessPolicy
+from kuva.services.audit import AuditTrail, Requester, audit_failed
 from kuva.services.disclosure import recipient_of
 from kuva.services.repository import (
     DocumentRequest,
@@ -49,6 +51,7 @@ from kuva.services.repository import (
     RetrievedDocument,
 )
 from kuva.xds import ebrim
+from kuva.xds.audited import submission_of, succeeded
 from kuva.xds.messages import Attachment, SoapRequest, SoapResponse, Transaction
 from kuva.xds.mtom import new_content_id, xop_include
 from kuva.xds.namespaces import (
@@ -112,10 +115,30 @@ def provided_documents(body: Element, request: SoapRequest) -> tuple[ProvidedDoc
     )
 
 
-def provide_and_register(service: RepositoryService, settings: Settings) -> Transaction:
+def provide_and_register(
+    service: RepositoryService, settings: Settings, audit: AuditTrail | None = None
+) -> Transaction:
     """The ITI-41 transaction of the repository endpoint."""
 
     def handle(request: SoapRequest) -> SoapResponse:
+        """The answer; every submission is audited (110107 Import, services.audit)."""
+        response = submit(request)
+        if audit is not None:
+            submitted = submission_of(request.body)
+            try:
+                audit.submission_imported(
+                    Requester(request.client_organization, request.client_address),
+                    request.endpoint,
+                    transaction=a.ITI_41,
+                    submission_set=submitted[0],
+                    patient=submitted[1],
+                    ok=succeeded(response.body),
+                )
+            except Exception as exc:
+                audit_failed(log, "an ITI-41 submission", exc)
+        return response
+
+    def submit(request: SoapRequest) -> SoapResponse:
         organization = request.client_organization
         if organization is None:
             return _failure(
