@@ -23,6 +23,7 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
+from kuva.config import LOCAL_ORGANIZATION_OID
 from tests.support.archive import dataset_bytes
 from tests.support.hl7 import MERGED, SURVIVOR, Hl7Site, adt, mrg, msa, pid
 from tests.support.peers import LOOPBACK, StoreSCP, dcmtk_available, dcmtk_env, free_port
@@ -101,7 +102,9 @@ def test_retrieves_carry_the_corrected_identity(
                 _node(GETSCU, 1),
                 _node(CORRECTED, corrected_port),
                 _node(RAW, raw_port, as_received=True),
-            ]
+            ],
+            # HTTP clients (WADO) act for the nodes' organisation, the local one.
+            extra={"http": {"organization": LOCAL_ORGANIZATION_OID}},
         )
         site = Hl7Site(server, database_url, tmp_path)
         site.store(SURVIVOR)
