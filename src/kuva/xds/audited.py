@@ -4,10 +4,18 @@ submission set and patient of a submission (ITI-41, ITI-42; IHE ITI TF-2b
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 from lxml.etree import _Element as Element
 
+from kuva.model import audit as a
 from kuva.model.xds import ResponseStatus
+from kuva.services.audit import AuditTrail, Requester, audit_failed
 from kuva.xds import ebrim
+from kuva.xds.messages import SoapRequest, SoapResponse
+
+log = logging.getLogger(__name__)
 
 _FAILURE = ResponseStatus.FAILURE.value
 
@@ -29,3 +37,31 @@ def succeeded(response: Element) -> bool:
     """Whether a RegistryResponse (or AdhocQueryResponse) says Success or
     PartialSuccess."""
     return bool(response.get("status")) and response.get("status") != _FAILURE
+
+
+def audited_submission(
+    submit: Callable[[SoapRequest], SoapResponse],
+    audit: AuditTrail | None,
+    transaction: a.Code,
+) -> Callable[[SoapRequest], SoapResponse]:
+    """``submit`` (an ITI-41 or ITI-42 handler), each submission audited after its
+    answer is made (110107 Import, services.audit), success or not."""
+
+    def handle(request: SoapRequest) -> SoapResponse:
+        response = submit(request)
+        if audit is not None:
+            submission_set, patient = submission_of(request.body)
+            try:
+                audit.submission_imported(
+                    Requester(request.client_organization, request.client_address),
+                    request.endpoint,
+                    transaction=transaction,
+                    submission_set=submission_set,
+                    patient=patient,
+                    ok=succeeded(response.body),
+                )
+            except Exception as exc:
+                audit_failed(log, f"an {transaction.code} submission", exc)
+        return response
+
+    return handle

@@ -19,10 +19,10 @@ from collections.abc import Iterable
 from kuva.config import Settings
 from kuva.model import audit as a
 from kuva.model.xds import ErrorCode, RegistryError, ResponseStatus
-from kuva.services.audit import AuditTrail, Requester, audit_failed
+from kuva.services.audit import AuditTrail
 from kuva.services.registry import RegistryService
 from kuva.xds import ebrim
-from kuva.xds.audited import submission_of, succeeded
+from kuva.xds.audited import audited_submission
 from kuva.xds.messages import SoapRequest, SoapResponse, Transaction
 from kuva.xds.namespaces import REGISTER_DOCUMENT_SET, RESPONSE_ACTIONS, q
 from kuva.xds.rs import registry_response
@@ -42,24 +42,6 @@ def register_document_set(
     service: RegistryService, settings: Settings, audit: AuditTrail | None = None
 ) -> Transaction:
     """The ITI-42 transaction of the registry endpoint."""
-
-    def handle(request: SoapRequest) -> SoapResponse:
-        """The answer; every submission is audited (110107 Import, services.audit)."""
-        response = submit(request)
-        if audit is not None:
-            submitted = submission_of(request.body)
-            try:
-                audit.submission_imported(
-                    Requester(request.client_organization, request.client_address),
-                    request.endpoint,
-                    transaction=a.ITI_42,
-                    submission_set=submitted[0],
-                    patient=submitted[1],
-                    ok=succeeded(response.body),
-                )
-            except Exception as exc:
-                audit_failed(log, "an ITI-42 submission", exc)
-        return response
 
     def submit(request: SoapRequest) -> SoapResponse:
         organization = request.client_organization
@@ -106,5 +88,8 @@ def register_document_set(
         return _answer(ResponseStatus.FAILURE, errors)
 
     return Transaction(
-        action=REGISTER_DOCUMENT_SET, payload=PAYLOAD, handle=handle, invalid=invalid
+        action=REGISTER_DOCUMENT_SET,
+        payload=PAYLOAD,
+        handle=audited_submission(submit, audit, a.ITI_42),
+        invalid=invalid,
     )

@@ -40,7 +40,7 @@ from kuva.model import audit as a
 from kuva.model.access import AccessScope
 from kuva.model.xds import ErrorCode, RegistryError, ResponseStatus
 from kuva.services.access import AccessPolicy
-from kuva.services.audit import AuditTrail, Requester, audit_failed
+from kuva.services.audit import AuditTrail
 from kuva.services.disclosure import recipient_of
 from kuva.services.repository import (
     DocumentRequest,
@@ -51,7 +51,7 @@ from kuva.services.repository import (
     RetrievedDocument,
 )
 from kuva.xds import ebrim
-from kuva.xds.audited import submission_of, succeeded
+from kuva.xds.audited import audited_submission
 from kuva.xds.messages import Attachment, SoapRequest, SoapResponse, Transaction
 from kuva.xds.mtom import new_content_id, xop_include
 from kuva.xds.namespaces import (
@@ -120,24 +120,6 @@ def provide_and_register(
 ) -> Transaction:
     """The ITI-41 transaction of the repository endpoint."""
 
-    def handle(request: SoapRequest) -> SoapResponse:
-        """The answer; every submission is audited (110107 Import, services.audit)."""
-        response = submit(request)
-        if audit is not None:
-            submitted = submission_of(request.body)
-            try:
-                audit.submission_imported(
-                    Requester(request.client_organization, request.client_address),
-                    request.endpoint,
-                    transaction=a.ITI_41,
-                    submission_set=submitted[0],
-                    patient=submitted[1],
-                    ok=succeeded(response.body),
-                )
-            except Exception as exc:
-                audit_failed(log, "an ITI-41 submission", exc)
-        return response
-
     def submit(request: SoapRequest) -> SoapResponse:
         organization = request.client_organization
         if organization is None:
@@ -182,7 +164,10 @@ def provide_and_register(
         )
 
     return Transaction(
-        action=PROVIDE_AND_REGISTER, payload=PROVIDE_PAYLOAD, handle=handle, invalid=invalid
+        action=PROVIDE_AND_REGISTER,
+        payload=PROVIDE_PAYLOAD,
+        handle=audited_submission(submit, audit, a.ITI_41),
+        invalid=invalid,
     )
 
 
