@@ -128,7 +128,7 @@ class RejectionRepository:
         study_pk = int(
             self.conn.execute(select(series.c.study_pk).where(series.c.pk == marked)).scalar_one()
         )
-        self._recount(study_pk)
+        recount_study(self.conn, study_pk)
         return study_pk
 
     def holders(self, study_uids: Iterable[str]) -> dict[str, str]:
@@ -182,28 +182,8 @@ class RejectionRepository:
                     .values(number_of_instances=series.c.number_of_instances + sign * n)
                 )
         for study_pk in studies:
-            self._recount(study_pk)
+            recount_study(self.conn, study_pk)
         return studies
-
-    def _recount(self, study_pk: int) -> None:
-        """A study's counters from its series (a study has few series)."""
-        rows = self.conn.execute(
-            select(series.c.modality, series.c.number_of_instances).where(
-                series.c.study_pk == study_pk
-            )
-        ).all()
-        live = [row for row in rows if row.number_of_instances > 0]
-        self.conn.execute(
-            update(study)
-            .where(study.c.pk == study_pk)
-            .values(
-                number_of_series=len(live),
-                number_of_instances=sum(row.number_of_instances for row in live),
-                modalities_in_study="\\".join(sorted({r.modality for r in live if r.modality}))[
-                    :64
-                ],
-            )
-        )
 
     def delete_note(self, note_sop_instance_uid: str) -> list[str]:
         """Remove the note's rejections; the SOP Instance UIDs they covered."""
@@ -222,3 +202,21 @@ class RejectionRepository:
                 select(study.c.study_instance_uid).where(study.c.pk.in_(pks))
             ).scalars()
         )
+
+
+def recount_study(conn: Connection, study_pk: int) -> None:
+    """A study's counters from its series (a study has few series): after some of its
+    instances were rejected, restored or deleted (PS3.4 C.3.4 computed attributes)."""
+    rows = conn.execute(
+        select(series.c.modality, series.c.number_of_instances).where(series.c.study_pk == study_pk)
+    ).all()
+    live = [row for row in rows if row.number_of_instances > 0]
+    conn.execute(
+        update(study)
+        .where(study.c.pk == study_pk)
+        .values(
+            number_of_series=len(live),
+            number_of_instances=sum(row.number_of_instances for row in live),
+            modalities_in_study="\\".join(sorted({r.modality for r in live if r.modality}))[:64],
+        )
+    )

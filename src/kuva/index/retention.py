@@ -24,6 +24,7 @@ from sqlalchemy import (
     update,
 )
 
+from kuva.index.rejections import recount_study
 from kuva.index.schema import (
     destruction,
     instance,
@@ -556,20 +557,4 @@ class RetentionRepository:
         """Counters of studies some of whose instances were deleted (rejected ones:
         their series' counts already leave them out)."""
         for study_pk in sorted(set(study_pks)):
-            rows = self.conn.execute(
-                select(series.c.modality, series.c.number_of_instances).where(
-                    series.c.study_pk == study_pk
-                )
-            ).all()
-            live = [row for row in rows if row.number_of_instances > 0]
-            self.conn.execute(
-                update(study)
-                .where(study.c.pk == study_pk)
-                .values(
-                    number_of_series=len(live),
-                    number_of_instances=sum(row.number_of_instances for row in live),
-                    modalities_in_study="\\".join(sorted({r.modality for r in live if r.modality}))[
-                        :64
-                    ],
-                )
-            )
+            recount_study(self.conn, study_pk)
