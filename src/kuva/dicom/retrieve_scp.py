@@ -37,11 +37,12 @@ warning and cancel responses carry the Failed SOP Instance UID List.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -193,6 +194,51 @@ def bound_send_queue(assoc: Association, max_pdu: int) -> None:
     bounded._kuva_limit = max(2, SEND_QUEUE_BYTES // max(_peer_max_pdu(assoc), 1))
     bounded._kuva_dul = assoc.dul
     send_queue.__class__ = _BoundedSendQueue
+
+
+class _HeldCheckpoint(threading.Event):
+    """An association's reactor checkpoint that keeps its reactor paused.
+
+    pynetdicom's reactor thread and a ``send_*()`` caller share a pause handshake
+    with a window: the reactor may pass its checkpoint just before the caller
+    clears it and still look paused, then take the caller's response off the DIMSE
+    queue ("Received unexpected C-STORE service message") and leave the caller
+    waiting out the DIMSE timeout. Under load this failed C-MOVE sub-operations.
+    While held, ``set()`` (what each ``send_c_store`` does at its end) keeps the
+    reactor where it waits, so a kuva thread alone reads the sub-operation
+    association's responses; ``entered`` tells that the reactor is waiting.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.entered.set()
+        return super().wait(timeout)
+
+    def set(self) -> None:
+        pass  # held: see the class docstring
+
+    def let_go(self) -> None:
+        super().set()
+
+
+@contextlib.contextmanager
+def reactor_held(assoc: Association, timeout: float = 5.0) -> Iterator[None]:
+    """Keep ``assoc``'s reactor paused (``_HeldCheckpoint``) while the caller alone
+    sends on it; given back before the association is released or aborted."""
+    original = assoc._reactor_checkpoint
+    held = _HeldCheckpoint()
+    assoc._reactor_checkpoint = held
+    if not held.entered.wait(timeout):
+        log.warning("the reactor of an outgoing association did not pause")
+    try:
+        yield
+    finally:
+        assoc._reactor_checkpoint = original
+        original.set()
+        held.let_go()
 
 
 # -- results -------------------------------------------------------------------------
@@ -615,15 +661,16 @@ class RetrieveSCP:
         try:
             bound_send_queue(store_assoc, dicom.max_pdu)
             originator = (service.assoc.requestor.ae_title, int(req.MessageID or 0))
-            return self._run(
-                service,
-                req,
-                responder,
-                _SubOperations(
-                    store_assoc, self._service, originator, as_received=node.as_received
-                ),
-                instances,
-            )
+            with reactor_held(store_assoc):
+                return self._run(
+                    service,
+                    req,
+                    responder,
+                    _SubOperations(
+                        store_assoc, self._service, originator, as_received=node.as_received
+                    ),
+                    instances,
+                )
         finally:
             if store_assoc.is_established:
                 store_assoc.release()
