@@ -202,7 +202,16 @@ class Archive:
         self.integrity = IntegrityService(self.engine, self.blobs)
         self.integrity.on_problem = self.audit.integrity_finding
         rate = settings.integrity.scrub_bytes_per_second
-        self.scrubber = Scrubber(self.integrity, self.engine, rate) if rate > 0 else None
+        self.scrubber = (
+            Scrubber(
+                self.integrity,
+                self.engine,
+                rate,
+                orphan_seconds=settings.integrity.orphan_check_hours * 3600,
+            )
+            if rate > 0
+            else None
+        )
         self.retention = RetentionService(self.engine, self.blobs, settings, audit=self.audit)
         self.ingest.on_added = self.retention.instance_added
         self.ingest.on_retention_expired = self.retention.schedule_rejected

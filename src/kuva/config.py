@@ -309,6 +309,10 @@ class IntegritySettings(BaseModel):
     # Bytes read per second by the background check (every copy counts); 0 = off.
     # Low by default, so that it never competes with ingest and retrieval.
     scrub_bytes_per_second: int = Field(default=1024 * 1024, ge=0)
+    # At the end of a pass, at most this often, the check also lists every copy's
+    # blobs and looks for orphans (blobs no index row references); 0 = never (then
+    # only ``kuva verify`` looks for them).
+    orphan_check_hours: float = Field(default=24.0, ge=0)
 
 
 class AccessRuleSettings(BaseModel):

@@ -153,13 +153,21 @@ def test_continuous_check_finds_and_repairs_a_flipped_byte(
         nodes=NODES,
         extra={
             "archive": {"replica_url": f"file://{replica}"},
-            "integrity": {"scrub_bytes_per_second": 20_000_000},
+            # The orphan walk after every pass (about 0.4 s apart at most).
+            "integrity": {"scrub_bytes_per_second": 20_000_000, "orphan_check_hours": 0.0001},
         },
     )
     uids = store(server, tmp_path, 3)
     path = blob_paths(server, database_url, server.blob_dir)[uids[1]]
     original = path.read_bytes()
     flip_byte(path)
+    # A blob no index row refers to, older than the grace period of new blobs.
+    orphan_key = "sha256/00/00/" + "0" * 64
+    orphan = server.blob_dir / orphan_key
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"left behind")
+    old = time.time() - 3600
+    os.utime(orphan, (old, old))
 
     corrupt = 'kuva_integrity_failures_total{kind="corrupt"}'
     deadline = time.monotonic() + 20
@@ -178,6 +186,15 @@ def test_continuous_check_finds_and_repairs_a_flipped_byte(
     while metric(server, "kuva_integrity_last_full_pass_timestamp_seconds") == 0:
         assert time.monotonic() < deadline, "no full pass finished"
         time.sleep(0.2)
+    # The orphan walk after a pass: reported (log, metric, audit), never deleted.
+    orphaned = 'kuva_integrity_failures_total{kind="orphaned"}'
+    while metric(server, orphaned) < 1:
+        assert time.monotonic() < deadline, "no orphan walk reported the orphan"
+        time.sleep(0.2)
+    assert f"primary copy of blob {orphan_key} is orphaned" in server.log()
+    assert orphan.read_bytes() == b"left behind"
+    alerts = server.kuva("audit", "list", "--event", "110113", "--xml").stdout
+    assert orphan_key in alerts, alerts
 
 
 def test_commitment_requires_the_replica_copy(

@@ -630,7 +630,8 @@ class AuditTrail:
     def integrity_finding(self, finding: Finding) -> None:
         """A problem the integrity check found (services.integrity), as a Security
         Alert: the ``on_problem`` hook of IntegrityService."""
-        self.integrity_failure(finding.subject(), finding.description())
+        subject = finding.subject() if finding.blob is not None else f"blob {finding.key}"
+        self.integrity_failure(subject, finding.description())
 
     def integrity_failure(self, subject: str, description: str) -> None:
         """110113 / ALERT_INTEGRITY: kuva found a stored object missing or altered

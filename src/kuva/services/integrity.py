@@ -298,7 +298,10 @@ class _Stopped(Exception):
 class Scrubber:
     """The continuous check of ``kuva serve``: walks every blob the index references,
     again and again, reading at most ``bytes_per_second`` (every copy counts) and
-    repairing bad copies from a good one.
+    repairing bad copies from a good one. At the end of a pass, at most every
+    ``orphan_seconds`` (0 = never), the node that ended it also lists every copy's
+    blobs for orphans (``IntegrityService.orphans``: names and sizes only, no
+    reading, one index lookup per batch of keys); each is reported, never deleted.
 
     Its position is kept in the index (``integrity_scrub``), so a restart resumes
     where the walk stopped; nodes sharing the index take batches of one walk in
@@ -316,11 +319,14 @@ class Scrubber:
         engine: Engine,
         bytes_per_second: int,
         *,
+        orphan_seconds: float = 0.0,
         clock: Clock = utcnow,
     ) -> None:
         self._service = service
         self._engine = engine
         self._rate = float(bytes_per_second)
+        self._orphan_seconds = orphan_seconds
+        self._orphans_walked: float | None = None  # time.monotonic() of the last walk
         self._clock = clock
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -344,6 +350,7 @@ class Scrubber:
                 log.exception("integrity check: cannot read its position in the index")
                 batch = None
             if batch is None:
+                self._walk_orphans()
                 self._stopping.wait(self.PAUSE_SECONDS)
                 continue
             for blob in batch:
@@ -363,6 +370,27 @@ class Scrubber:
                         finding.detail,
                         ", repaired from the other copy" if finding.repaired else "",
                     )
+
+    def _walk_orphans(self) -> None:
+        """After a pass: the orphan walk, when it is due."""
+        if self._orphan_seconds <= 0:
+            return
+        now = time.monotonic()
+        if self._orphans_walked is not None and now - self._orphans_walked < self._orphan_seconds:
+            return
+        self._orphans_walked = now
+        try:
+            for finding in self._service.orphans():
+                log.error(
+                    "integrity: %s copy of blob %s is orphaned (%s): no index row refers to it",
+                    finding.copy,
+                    finding.key,
+                    finding.detail,
+                )
+                if self._stopping.is_set():
+                    return
+        except Exception:
+            log.exception("integrity check: the orphan walk failed")
 
     def _claim(self) -> list[IndexedBlob] | None:
         """Take the next batch of the walk and move the position past it.
