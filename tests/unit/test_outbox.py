@@ -133,6 +133,25 @@ def test_expired_lease_is_claimed_again(engine: Engine) -> None:
     assert again[0].status == RUNNING
 
 
+def test_a_lease_run_out_on_the_last_attempt_leaves_the_task_failed(engine: Engine) -> None:
+    """A task never gets more than max_attempts: one whose lease ran out during its
+    last attempt (a worker died, or the attempt outlasted the lease) is failed, not
+    taken a third time; the slow worker's late outcome changes nothing."""
+    pk = add_task(engine, max_attempts=2)
+    claim(engine, START, worker="slow")
+    later = START + LEASE + timedelta(seconds=1)
+    assert [t.attempts for t in claim(engine, later, worker="w2")] == [2]
+    latest = later + LEASE + timedelta(seconds=1)
+    assert claim(engine, latest, worker="w3") == []
+    task = get(engine, pk)
+    assert (task.status, task.attempts) == (FAILED, 2)
+    assert task.last_error == "the lease ran out during the last attempt"
+    with UnitOfWork(engine) as uow:
+        assert not uow.tasks.complete(pk, now=latest, worker="slow")
+        uow.commit()
+    assert get(engine, pk).status == FAILED
+
+
 def test_complete(engine: Engine) -> None:
     """A completed task is done and never claimed again."""
     pk = add_task(engine)

@@ -110,10 +110,33 @@ class TaskRepository:
         kinds: Sequence[str] | None = None,
         pk: int | None = None,
     ) -> list[Task]:
-        """Take up to ``limit`` due tasks for ``worker``, locked for ``lease``."""
+        """Take up to ``limit`` due tasks for ``worker``, locked for ``lease``.
+
+        A running task whose lease ran out (its worker died, or its attempt outlasted
+        the lease) is taken again, unless that was its last attempt: then it is left
+        failed, so that a task never gets more than ``max_attempts``."""
+        self.conn.execute(
+            update(task)
+            .where(
+                task.c.status == RUNNING,
+                task.c.locked_until < now,
+                task.c.attempts >= task.c.max_attempts,
+            )
+            .values(
+                status=FAILED,
+                locked_by=None,
+                locked_until=None,
+                last_error="the lease ran out during the last attempt",
+                updated_at=now,
+            )
+        )
         due = or_(
             and_(task.c.status == PENDING, task.c.next_attempt_at <= now),
-            and_(task.c.status == RUNNING, task.c.locked_until < now),
+            and_(
+                task.c.status == RUNNING,
+                task.c.locked_until < now,
+                task.c.attempts < task.c.max_attempts,
+            ),
         )
         earlier = task.alias("earlier")
         waiting = exists().where(
