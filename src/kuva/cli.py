@@ -61,6 +61,13 @@ console = Console()
 T = TypeVar("T")
 
 
+def _index(settings: Settings) -> Engine:
+    """The index of ``settings``, migrated to the current schema (dispose it after)."""
+    engine = make_engine(settings.archive.resolved_database_url())
+    migrate(engine)
+    return engine
+
+
 def _settings(config: Path | None) -> Settings:
     try:
         return load_settings(config)
@@ -131,8 +138,7 @@ def verify(
     if sample is not None and study is not None:
         console.print("[red]--sample and --study exclude each other[/red]")
         raise typer.Exit(2)
-    engine = make_engine(settings.archive.resolved_database_url())
-    migrate(engine)
+    engine = _index(settings)
     blobs = build_blob_store(settings)
     service = IntegrityService(engine, blobs)
     service.on_problem = build_audit(settings, engine).integrity_finding
@@ -214,7 +220,7 @@ def verify(
 def db_upgrade(config: ConfigOption = None) -> None:
     """Bring the index schema to the newest migration (serve does this at start)."""
     settings = _settings(config)
-    migrate(make_engine(settings.archive.resolved_database_url()))
+    _index(settings).dispose()
     console.print("index schema is up to date")
 
 
@@ -256,8 +262,7 @@ def tasks_list(
     if status is not None and status not in STATUSES:
         console.print(f"[red]unknown status {status}[/red]")
         raise typer.Exit(2)
-    engine = make_engine(settings.archive.resolved_database_url())
-    migrate(engine)
+    engine = _index(settings)
     with UnitOfWork(engine, write=False) as uow:
         rows = uow.tasks.list(status=status, kind=kind, subject=subject, limit=limit)
         counts = uow.tasks.counts()
@@ -309,8 +314,7 @@ def tasks_retry(
 ) -> None:
     """Make failed tasks due again now (attempts start over)."""
     settings = _settings(config)
-    engine = make_engine(settings.archive.resolved_database_url())
-    migrate(engine)
+    engine = _index(settings)
     with UnitOfWork(engine) as uow:
         count = uow.tasks.retry(now=utcnow(), pks=ids or None, kind=kind)
         uow.commit()
@@ -339,8 +343,7 @@ def tasks_purge(
     if older_than_days is None and days == 0:
         console.print("[tasks] keep_done_days = 0 keeps done tasks; nothing deleted")
         return
-    engine = make_engine(settings.archive.resolved_database_url())
-    migrate(engine)
+    engine = _index(settings)
     try:
         count = purge_done(engine, utcnow() - timedelta(days=days))
     finally:
@@ -366,8 +369,7 @@ def xds_publish(
     from kuva.services.ingest import IngestService
     from kuva.services.retrieve import RetrieveService
 
-    engine = make_engine(settings.archive.resolved_database_url())
-    migrate(engine)
+    engine = _index(settings)
     blobs = build_blob_store(settings)
     committer = GroupCommitter(engine)
     try:
@@ -404,8 +406,7 @@ def iocm_revoke(
     from kuva.services.iocm import RejectionService
     from kuva.services.registration import register_again
 
-    engine = make_engine(settings.archive.resolved_database_url())
-    migrate(engine)
+    engine = _index(settings)
     service = RejectionService(engine)
     if settings.registration.enabled:
         service.on_changed = partial(register_again, settings)
@@ -441,13 +442,12 @@ def _patient_service(settings: Settings) -> tuple[Engine, PatientService]:
     registered again when registration is on."""
     from functools import partial
 
-    from kuva.audit.message import render
+    from kuva.app import build_audit
     from kuva.services.registration import register_again
 
-    engine = make_engine(settings.archive.resolved_database_url())
-    migrate(engine)
+    engine = _index(settings)
     # Audited like HL7 corrections; ``kuva serve`` sends the records to the repository.
-    service = PatientService(engine, audit=AuditTrail(engine, settings, render=render))
+    service = PatientService(engine, audit=build_audit(settings, engine))
     # A merge moves studies to the survivor: their expiry follows its dates.
     _, retention = _retention(settings, engine)
     service.on_retention = retention.studies_changed
@@ -527,11 +527,10 @@ def patients_unmerge(
 
 
 def _prohibitions(settings: Settings) -> tuple[Engine, DisclosureProhibitions]:
-    from kuva.audit.message import render
+    from kuva.app import build_audit
 
-    engine = make_engine(settings.archive.resolved_database_url())
-    migrate(engine)
-    audit = AuditTrail(engine, settings, render=render)
+    engine = _index(settings)
+    audit = build_audit(settings, engine)
     return engine, DisclosureProhibitions(engine, audit=audit)
 
 
@@ -640,11 +639,10 @@ def patients_show(
 
 
 def _audit_trail(settings: Settings) -> tuple[Engine, AuditTrail]:
-    from kuva.audit.message import render
+    from kuva.app import build_audit
 
-    engine = make_engine(settings.archive.resolved_database_url())
-    migrate(engine)
-    return engine, AuditTrail(engine, settings, render=render)
+    engine = _index(settings)
+    return engine, build_audit(settings, engine)
 
 
 @audit_app.command("verify")
@@ -764,9 +762,8 @@ def audit_disclosures(
         console.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(2) from exc
     settings = _settings(config)
-    engine = make_engine(settings.archive.resolved_database_url())
+    engine = _index(settings)
     try:
-        migrate(engine)
         page = NoticeService(engine).disclosures(
             key, start=start, end=end, limit=limit, offset=offset
         )
@@ -824,8 +821,7 @@ def _retention(settings: Settings, engine: Engine | None = None) -> tuple[Engine
     from kuva.services.retention import RetentionService
 
     if engine is None:
-        engine = make_engine(settings.archive.resolved_database_url())
-        migrate(engine)
+        engine = _index(settings)
     service = RetentionService(
         engine, build_blob_store(settings), settings, audit=build_audit(settings, engine)
     )

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import socket
 import ssl
 import threading
@@ -13,11 +12,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from lxml import etree
+
+from tests.support.pki import CertificateAuthority
 
 LOOPBACK = "127.0.0.1"
 BOM = b"\xef\xbb\xbf"
@@ -185,96 +182,16 @@ class Pki:
         return context
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-
-
 def make_pki(directory: Path) -> Pki:
-    """A fresh CA and two leaf certificates under ``directory``."""
-    import ipaddress
-
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("kuva test CA"))
-        .issuer_name(_name("kuva test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
+    """A fresh CA and two leaf certificates under ``directory``: the audit
+    repository's (a server's, for 127.0.0.1 / localhost) and kuva's (a client's)."""
+    ca = CertificateAuthority(directory, "kuva test CA")
+    server = ca.issue("server", server=True, CN="audit repository")
+    client = ca.issue("client", CN="kuva")
+    return Pki(
+        ca=ca.cert,
+        server_cert=server.cert,
+        server_key=server.key,
+        client_cert=client.cert,
+        client_key=client.key,
     )
-
-    def leaf(
-        name: str, usage: x509.ObjectIdentifier
-    ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(name))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(LOOPBACK))]
-                ),
-                critical=False,
-            )
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                critical=False,
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        return cert, key
-
-    directory.mkdir(parents=True, exist_ok=True)
-    pem = serialization.Encoding.PEM
-    paths = Pki(
-        ca=directory / "ca.pem",
-        server_cert=directory / "server.pem",
-        server_key=directory / "server.key",
-        client_cert=directory / "client.pem",
-        client_key=directory / "client.key",
-    )
-    paths.ca.write_bytes(ca_cert.public_bytes(pem))
-    server_cert, server_key = leaf("audit repository", ExtendedKeyUsageOID.SERVER_AUTH)
-    paths.server_cert.write_bytes(server_cert.public_bytes(pem))
-    _write_key(server_key, paths.server_key)
-    client_cert, client_key = leaf("kuva", ExtendedKeyUsageOID.CLIENT_AUTH)
-    paths.client_cert.write_bytes(client_cert.public_bytes(pem))
-    _write_key(client_key, paths.client_key)
-    return paths

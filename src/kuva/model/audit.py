@@ -125,6 +125,11 @@ class Outcome(IntEnum):
     SERIOUS_FAILURE = 8  # the action was ended prematurely
     MAJOR_FAILURE = 12  # the action was made unavailable
 
+    @classmethod
+    def of(cls, ok: bool) -> Outcome:
+        """Success, or a minor failure (the request was refused or not done)."""
+        return cls.SUCCESS if ok else cls.MINOR_FAILURE
+
 
 class AccessPointType(IntEnum):
     """NetworkAccessPointTypeCode (PS3.15 A.5.1): 1 machine name, 2 IP address."""
@@ -229,12 +234,20 @@ def patient_object(
     patient_id: str, issuer: str = "", *, details: tuple[tuple[str, bytes], ...] = ()
 ) -> ParticipantObject:
     """The patient (PS3.15 A.5.2.4): type 1 person, role 1 patient, id type 2."""
+    return patient_cx_object(patient_cx(patient_id, issuer), details=details)
+
+
+def patient_cx_object(
+    cx: str, *, details: tuple[tuple[str, bytes], ...] = (), description: str = ""
+) -> ParticipantObject:
+    """The patient as ``patient_object``, by a CX as a request gave it."""
     return ParticipantObject(
-        object_id=patient_cx(patient_id, issuer),
+        object_id=cx,
         id_type=PATIENT_NUMBER,
         type_code=ObjectType.PERSON,
         role=ObjectRole.PATIENT,
         details=details,
+        description=description,
     )
 
 
@@ -336,23 +349,45 @@ def query(
     """PS3.15 A.5.3.12: a query (C-FIND). The query object is the SOP class (id type
     110181), its ParticipantObjectQuery the request identifier as received, with the
     transfer syntax that encodes it."""
+    query_object = _sop_class_query(
+        sop_class_uid, identifier, (TRANSFER_SYNTAX, transfer_syntax.encode())
+    )
+    return _query_event(source, (requestor, responder), (query_object,), outcome, occurred_at)
+
+
+def _sop_class_query(
+    sop_class_uid: str, query: bytes, detail: tuple[str, bytes]
+) -> ParticipantObject:
+    """The query object of a DICOM query (PS3.15 A.5.3.12): the SOP class, id type
+    110181, with the query as received."""
+    return ParticipantObject(
+        object_id=sop_class_uid,
+        id_type=SOP_CLASS_UID,
+        type_code=ObjectType.SYSTEM_OBJECT,
+        role=ObjectRole.REPORT,
+        query=query,
+        details=(detail,),
+    )
+
+
+def _query_event(
+    source: AuditSource,
+    participants: tuple[ActiveParticipant, ...],
+    objects: tuple[ParticipantObject, ...],
+    outcome: Outcome,
+    occurred_at: datetime,
+    event_types: tuple[Code, ...] = (),
+) -> AuditEvent:
+    """110112 Query, action E (PS3.15 A.5.3.12)."""
     return AuditEvent(
         event_id=QUERY,
         action=Action.EXECUTE,
         occurred_at=occurred_at,
         outcome=outcome,
-        participants=(requestor, responder),
+        participants=participants,
         source=source,
-        objects=(
-            ParticipantObject(
-                object_id=sop_class_uid,
-                id_type=SOP_CLASS_UID,
-                type_code=ObjectType.SYSTEM_OBJECT,
-                role=ObjectRole.REPORT,
-                query=identifier,
-                details=((TRANSFER_SYNTAX, transfer_syntax.encode()),),
-            ),
-        ),
+        event_types=event_types,
+        objects=objects,
     )
 
 
@@ -369,24 +404,10 @@ def web_query(
     the Study Root C-FIND SOP class QIDO-RS maps on; its ParticipantObjectQuery is
     the request target as received (path and query string, UTF-8), with that
     encoding as QueryEncoding (there is no transfer syntax)."""
-    return AuditEvent(
-        event_id=QUERY,
-        action=Action.EXECUTE,
-        occurred_at=occurred_at,
-        outcome=outcome,
-        participants=(requestor, responder),
-        source=source,
-        objects=(
-            ParticipantObject(
-                object_id=STUDY_ROOT_FIND,
-                id_type=SOP_CLASS_UID,
-                type_code=ObjectType.SYSTEM_OBJECT,
-                role=ObjectRole.REPORT,
-                query=target.encode("utf-8"),
-                details=((QUERY_ENCODING, b"UTF-8"),),
-            ),
-        ),
+    query_object = _sop_class_query(
+        STUDY_ROOT_FIND, target.encode("utf-8"), (QUERY_ENCODING, b"UTF-8")
     )
+    return _query_event(source, (requestor, responder), (query_object,), outcome, occurred_at)
 
 
 def stored_query(
@@ -405,16 +426,7 @@ def stored_query(
     the requestor, ``registry`` 110152 Destination. Objects: the patient the query
     names (its CX, when it names one) and the query - its id the stored query's
     UUID, its ParticipantObjectQuery the AdhocQueryRequest as received."""
-    objects: list[ParticipantObject] = []
-    if patient:
-        objects.append(
-            ParticipantObject(
-                object_id=patient,
-                id_type=PATIENT_NUMBER,
-                type_code=ObjectType.PERSON,
-                role=ObjectRole.PATIENT,
-            )
-        )
+    objects = [patient_cx_object(patient)] if patient else []
     objects.append(
         ParticipantObject(
             object_id=query_id,
@@ -425,15 +437,8 @@ def stored_query(
             details=((QUERY_ENCODING, b"UTF-8"),),
         )
     )
-    return AuditEvent(
-        event_id=QUERY,
-        action=Action.EXECUTE,
-        occurred_at=occurred_at,
-        outcome=outcome,
-        participants=(consumer, registry),
-        source=source,
-        event_types=(ITI_18,),
-        objects=tuple(objects),
+    return _query_event(
+        source, (consumer, registry), tuple(objects), outcome, occurred_at, (ITI_18,)
     )
 
 
@@ -454,16 +459,7 @@ def imported(
     requestor, ``recipient`` (kuva's endpoint) 110152 Destination. Objects: the
     patient (its CX as the submission gives it) and the submission set (its
     uniqueId; type 2, role 20 job)."""
-    objects: list[ParticipantObject] = []
-    if patient:
-        objects.append(
-            ParticipantObject(
-                object_id=patient,
-                id_type=PATIENT_NUMBER,
-                type_code=ObjectType.PERSON,
-                role=ObjectRole.PATIENT,
-            )
-        )
+    objects = [patient_cx_object(patient)] if patient else []
     if submission_set:
         objects.append(
             ParticipantObject(
@@ -501,14 +497,7 @@ def patient_record(
     HL7 message control id (MSH-10) that asked for it, when there was one."""
     details = ((MESSAGE_CONTROL_ID, message_control_id.encode()),) if message_control_id else ()
     objects = tuple(
-        ParticipantObject(
-            object_id=patient_cx(*patient),
-            id_type=PATIENT_NUMBER,
-            type_code=ObjectType.PERSON,
-            role=ObjectRole.PATIENT,
-            details=details,
-            description=description,
-        )
+        patient_cx_object(patient_cx(*patient), details=details, description=description)
         for patient in patients
     )
     return AuditEvent(

@@ -492,7 +492,7 @@ class AuditTrail:
                     sop_class_uid=sop_class_uid,
                     identifier=identifier,
                     transfer_syntax=transfer_syntax,
-                    outcome=a.Outcome.SUCCESS if ok else a.Outcome.MINOR_FAILURE,
+                    outcome=a.Outcome.of(ok),
                     occurred_at=self._clock(),
                 )
             ]
@@ -508,7 +508,7 @@ class AuditTrail:
                     requestor=self.client(requester, roles=(a.SOURCE,)),
                     responder=self.archive(roles=(a.DESTINATION,)),
                     target=target,
-                    outcome=a.Outcome.SUCCESS if ok else a.Outcome.MINOR_FAILURE,
+                    outcome=a.Outcome.of(ok),
                     occurred_at=self._clock(),
                 )
             ]
@@ -534,7 +534,7 @@ class AuditTrail:
                     query_id=query_id,
                     request=request,
                     patient=patient,
-                    outcome=a.Outcome.SUCCESS if ok else a.Outcome.MINOR_FAILURE,
+                    outcome=a.Outcome.of(ok),
                     occurred_at=self._clock(),
                 )
             ]
@@ -561,7 +561,7 @@ class AuditTrail:
                     transaction=transaction,
                     submission_set=submission_set,
                     patient=patient,
-                    outcome=a.Outcome.SUCCESS if ok else a.Outcome.MINOR_FAILURE,
+                    outcome=a.Outcome.of(ok),
                     occurred_at=self._clock(),
                 )
             ]

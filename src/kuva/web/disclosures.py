@@ -143,6 +143,22 @@ def disclosure_json(record: Disclosure) -> dict[str, Any]:
     }
 
 
+async def _received(
+    request: Request, what: str, media_types: tuple[str, ...], limit: int
+) -> tuple[str, bytes] | Response:
+    """The reporting organisation and the body of a POST, or the problem answer:
+    403 for no organisation, 415 for another media type, 413 above ``limit``."""
+    reporter = client_organization(request)
+    if reporter is None:
+        return _forbidden(what)
+    if _media_type(request) not in media_types:
+        return problem(415, "Unsupported Media Type", f"send {' or '.join(media_types)}")
+    try:
+        return reporter, await _body(request, limit)
+    except _TooLarge:
+        return problem(413, "Content Too Large", f"at most {limit} bytes")
+
+
 def disclosures_router(
     service: NoticeService,
     *,
@@ -155,15 +171,10 @@ def disclosures_router(
 
     @router.post("/disclosures/notices")
     async def post_notices(request: Request) -> Response:
-        reporter = client_organization(request)
-        if reporter is None:
-            return _forbidden("disclosure notice")
-        if _media_type(request) not in _JSON:
-            return problem(415, "Unsupported Media Type", "send application/json")
-        try:
-            body = await _body(request, MAX_BODY_BYTES)
-        except _TooLarge:
-            return problem(413, "Content Too Large", f"at most {MAX_BODY_BYTES} bytes")
+        received = await _received(request, "disclosure notice", _JSON, MAX_BODY_BYTES)
+        if isinstance(received, Response):
+            return received
+        reporter, body = received
         try:
             notices = parse_notices(body, reporter, clock())
         except NoticeProblem as exc:
@@ -186,15 +197,10 @@ def disclosures_router(
 
     @router.post("/audit/messages")
     async def post_audit_message(request: Request) -> Response:
-        reporter = client_organization(request)
-        if reporter is None:
-            return _forbidden("audit message")
-        if _media_type(request) not in _XML:
-            return problem(415, "Unsupported Media Type", "send application/xml or text/xml")
-        try:
-            body = await _body(request, max_message_bytes)
-        except _TooLarge:
-            return problem(413, "Content Too Large", f"at most {max_message_bytes} bytes")
+        received = await _received(request, "audit message", _XML, max_message_bytes)
+        if isinstance(received, Response):
+            return received
+        reporter, body = received
         try:
             parsed = export.parse(body, clock())
         except export.MalformedMessage as exc:
