@@ -28,6 +28,7 @@ from kuva.index.uow import UnitOfWork
 from kuva.model.patient import Demographics, PatientCorrectionError, PatientKey, UpdatePatient
 from kuva.model.query import QueryLevel
 from kuva.model.xds import AvailabilityStatus
+from kuva.services.access import DisclosureProhibitions
 from kuva.services.ingest import IncomingInstance, StoreOutcome, StoreStatus
 from kuva.services.integrity import Selection
 from kuva.services.iocm import RejectionService
@@ -367,6 +368,20 @@ def test_the_last_study_takes_the_patient_with_it(site: Site) -> None:
         1,
     )
     assert blob_files(site) == []
+
+
+def test_a_prohibited_patient_is_kept_when_its_last_study_is_destroyed(site: Site) -> None:
+    """A disclosure prohibition outlives the patient's studies: the patient row stays
+    for it, and the destruction (and the next run) goes through."""
+    datasets = study(site)
+    key = PatientKey(str(datasets[0].PatientID), str(datasets[0].get("IssuerOfPatientID", "")))
+    assert DisclosureProhibitions(site.engine).prohibit(key, by="test", reason="")
+    report = site.retention.run(by="test")
+    assert (len(report.destroyed), report.failed) == (1, [])
+    after = counts(site.engine)
+    assert (after["patient"], after["study"], after["instance"]) == (1, 0, 0)
+    assert DisclosureProhibitions(site.engine).current(key) is not None
+    assert site.retention.run(by="test").failed == []
 
 
 class _DiesMidway(FileBlobStore):

@@ -67,8 +67,6 @@ def _participant(root: etree._Element, participant: ActiveParticipant) -> None:
     }
     if participant.alternative_user_id:
         attributes["AlternativeUserID"] = participant.alternative_user_id
-    if participant.user_name:
-        attributes["UserName"] = participant.user_name
     if participant.network_access_point:
         attributes["NetworkAccessPointID"] = participant.network_access_point
         attributes["NetworkAccessPointTypeCode"] = str(int(participant.access_point_type))

@@ -245,6 +245,12 @@ def qido_router(query: QueryService) -> APIRouter:
             ]
         except QueryError as exc:
             return _query_problem(exc)
+        except Exception as exc:
+            # The index or the disclosure log failed: nothing is answered (database
+            # errors quote their parameters, patient ids among them: DEBUG only).
+            log.error("QIDO-RS: the index cannot answer: %s", type(exc).__name__)
+            log.debug("QIDO-RS failure", exc_info=True)
+            return problem(503, "Service Unavailable", "the archive cannot answer now")
         return JSONResponse(results, media_type=DICOM_JSON)
 
     @router.get("/studies")

@@ -111,6 +111,12 @@ def resolve(
     except RetrieveError as exc:
         keyword = str(exc).split(" ", 1)[0].rstrip(":")
         raise WadoProblem(400, "Bad Request", str(exc), _PARAMETERS.get(keyword)) from exc
+    except Exception as exc:
+        # The index or the disclosure log failed (database errors quote their
+        # parameters, patient ids among them: the traceback at DEBUG only).
+        log.error("%s: the index cannot answer: %s", interface.value, type(exc).__name__)
+        log.debug("%s failure", interface.value, exc_info=True)
+        raise WadoProblem(503, "Service Unavailable", "the archive cannot answer now") from exc
     if not found:
         raise WadoProblem(404, "Not Found", f"no such {level.value.lower()}")
     audit = audit_of(request)

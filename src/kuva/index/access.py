@@ -57,9 +57,7 @@ def _prohibited_entry() -> ColumnElement[bool]:
     p = patient.alias("prohibited_patient")
     return exists(
         select(literal(1))
-        .select_from(
-            p.join(_P, or_(_P.c.patient_pk == p.c.pk, _P.c.patient_pk == p.c.merged_into_pk))
-        )
+        .select_from(p.join(_P, _own_or_survivor(p)))
         .where(
             p.c.patient_id == xds_object.c.patient_id,
             p.c.issuer == xds_object.c.patient_authority,

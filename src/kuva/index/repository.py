@@ -183,7 +183,6 @@ def _disclosure(row: Any) -> Disclosure:
 class StoredNotice:
     """A reported disclosure already recorded (``disclosure_notice``)."""
 
-    pk: int
     digest: str
     record_count: int
 
@@ -233,16 +232,19 @@ class DisclosureRepository:
         )
         return int(result.scalar_one())
 
-    def find_notice(self, reporter: str, notice_id: str) -> StoredNotice | None:
-        """The notice ``reporter`` recorded under ``notice_id`` (its unique key)."""
-        row = self.conn.execute(
-            select(
-                disclosure_notice.c.pk, disclosure_notice.c.digest, disclosure_notice.c.record_count
-            ).where(
-                disclosure_notice.c.reporter == reporter, disclosure_notice.c.notice_id == notice_id
-            )
-        ).first()
-        return StoredNotice(row.pk, row.digest, row.record_count) if row is not None else None
+    def find_notices(self, reporter: str, notice_ids: Iterable[str]) -> dict[str, StoredNotice]:
+        """The notices ``reporter`` recorded under any of ``notice_ids`` (their unique
+        key), by notice id."""
+        statement = select(
+            disclosure_notice.c.notice_id,
+            disclosure_notice.c.digest,
+            disclosure_notice.c.record_count,
+        ).where(disclosure_notice.c.reporter == reporter)
+        found: dict[str, StoredNotice] = {}
+        for chunk in _chunks(notice_ids):
+            for row in self.conn.execute(statement.where(disclosure_notice.c.notice_id.in_(chunk))):
+                found[row.notice_id] = StoredNotice(row.digest, row.record_count)
+        return found
 
     def of_patients(
         self,

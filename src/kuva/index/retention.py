@@ -24,9 +24,9 @@ from sqlalchemy import (
     update,
 )
 
-from kuva.index.rejections import recount_study
 from kuva.index.schema import (
     destruction,
+    disclosure_prohibition,
     instance,
     legal_hold,
     patient,
@@ -212,11 +212,6 @@ class RetentionRepository:
                 ).scalars()
             )
         return pks
-
-    def study_pks_of_patient(self, patient_pk: int) -> list[int]:
-        return list(
-            self.conn.execute(select(study.c.pk).where(study.c.patient_pk == patient_pk)).scalars()
-        )
 
     def study_pks_after(self, after_pk: int, limit: int) -> list[int]:
         """The next ``limit`` study keys after ``after_pk`` (keyset pagination)."""
@@ -539,7 +534,8 @@ class RetentionRepository:
 
     def delete_patient_if_unreferenced(self, patient_pk: int) -> bool:
         """Delete the patient when nothing of it is left and nothing refers to it: no
-        study (current or as received), no merge from or into it, no legal hold."""
+        study (current or as received), no merge from or into it, no legal hold, no
+        disclosure prohibition (services.access: it outlives the patient's studies)."""
         other = patient.alias("other")
         result = self.conn.execute(
             delete(patient).where(
@@ -549,12 +545,7 @@ class RetentionRepository:
                 ~exists().where(study.c.received_patient_pk == patient_pk),
                 ~exists().where(other.c.merged_into_pk == patient_pk),
                 ~exists().where(legal_hold.c.patient_pk == patient_pk),
+                ~exists().where(disclosure_prohibition.c.patient_pk == patient_pk),
             )
         )
         return bool(result.rowcount)
-
-    def recount_studies(self, study_pks: Iterable[int]) -> None:
-        """Counters of studies some of whose instances were deleted (rejected ones:
-        their series' counts already leave them out)."""
-        for study_pk in sorted(set(study_pks)):
-            recount_study(self.conn, study_pk)

@@ -83,9 +83,9 @@ class RetrievalRepository:
             else [values]
         )
         rows: list[Any] = []
+        visible = None if scope is None else visible_studies(scope)
         for chunk in chunks:
             statement = self._statement(keys, {**lists, longest: chunk})
-            visible = None if scope is None else visible_studies(scope)
             if visible is not None:  # what the requester may not read does not match
                 statement = statement.where(visible)
             if limit is not None:

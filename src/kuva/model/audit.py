@@ -68,7 +68,6 @@ RAD_69 = Code("RAD-69", IHE_TRANSACTIONS, "Retrieve Imaging Document Set")
 RAD_16 = Code("RAD-16", IHE_TRANSACTIONS, "Retrieve Images")
 RAD_55 = Code("RAD-55", IHE_TRANSACTIONS, "WADO Retrieve")
 RAD_107 = Code("RAD-107", IHE_TRANSACTIONS, "WADO-RS Retrieve")
-ITI_8 = Code("ITI-8", IHE_TRANSACTIONS, "Patient Identity Feed")
 ITI_18 = Code("ITI-18", IHE_TRANSACTIONS, "Registry Stored Query")
 ITI_41 = Code("ITI-41", IHE_TRANSACTIONS, "Provide and Register Document Set-b")
 ITI_42 = Code("ITI-42", IHE_TRANSACTIONS, "Register Document Set-b")
@@ -166,7 +165,6 @@ class ActiveParticipant:
     requestor: bool
     roles: tuple[Code, ...] = ()
     alternative_user_id: str = ""
-    user_name: str = ""
     network_access_point: str = ""
     access_point_type: AccessPointType = AccessPointType.IP_ADDRESS
 

@@ -69,10 +69,6 @@ class QueuedWriter:
         self.batches = 0
         self.overflowed = 0  # records the caller wrote itself because the queue was full
 
-    @property
-    def running(self) -> bool:
-        return self._accepting
-
     def pending(self) -> int:
         """Records not written yet: queued, or in the batch being collected."""
         return self._queue.qsize() + self._held

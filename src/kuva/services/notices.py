@@ -91,14 +91,17 @@ class NoticeService:
         seen: dict[tuple[str, str], tuple[str, int]] = {}
         now = self._clock()
         with UnitOfWork(self._engine) as uow:
+            asked: dict[str, set[str]] = {}
+            for notice in notices:
+                if notice.notice_id is not None:
+                    asked.setdefault(notice.reporter, set()).add(notice.notice_id)
+            for reporter, notice_ids in asked.items():  # one lookup per reporter
+                for notice_id, stored in uow.disclosures.find_notices(reporter, notice_ids).items():
+                    seen[(reporter, notice_id)] = (stored.digest, stored.record_count)
             for index, notice in enumerate(notices):
                 digest = notice.digest()
                 if notice.notice_id is not None:
-                    key = (notice.reporter, notice.notice_id)
-                    earlier = seen.get(key)
-                    stored = uow.disclosures.find_notice(*key) if earlier is None else None
-                    if stored is not None:
-                        earlier = (stored.digest, stored.record_count)
+                    earlier = seen.get((notice.reporter, notice.notice_id))
                     if earlier is not None:
                         if earlier[0] != digest:
                             raise NoticeConflict(index, notice.notice_id)

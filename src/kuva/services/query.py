@@ -93,21 +93,29 @@ class QueryService:
             yield from results
             return
         batch: list[QueryResult] = []
+        disclosed: set[str] = set()  # a study is one disclosure, however many answers
         for result in results:
             batch.append(result)
             if len(batch) >= _BATCH:
-                self._disclose(scope, batch, interface)
+                self._disclose(scope, batch, interface, disclosed)
                 yield from batch
                 batch = []
-        self._disclose(scope, batch, interface)
+        self._disclose(scope, batch, interface, disclosed)
         yield from batch
 
-    def _disclose(self, scope: AccessScope, batch: list[QueryResult], interface: Interface) -> None:
+    def _disclose(
+        self,
+        scope: AccessScope,
+        batch: list[QueryResult],
+        interface: Interface,
+        disclosed: set[str],
+    ) -> None:
         reads = [
             Read(register_holder=r.study[1], study_instance_uid=r.study[0])
             for r in batch
-            if r.study is not None
+            if r.study is not None and r.study[0] not in disclosed
         ]
+        disclosed.update(r.study[0] for r in batch if r.study is not None)
         handouts = AccessPolicy.disclosures(scope, reads)
         if handouts and self._disclosures is not None:
             self._disclosures.record(recipient(scope), handouts, interface)

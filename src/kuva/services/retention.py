@@ -170,10 +170,6 @@ class RetentionService:
         if self.policies and study_uids:
             self._recompute(uow, uow.retention.study_pks(study_uids))
 
-    def patient_dates_changed(self, uow: UnitOfWork, patient_pk: int) -> None:
-        if self.policies:
-            self._recompute(uow, uow.retention.study_pks_of_patient(patient_pk))
-
     def _recompute(self, uow: UnitOfWork, study_pks: list[int]) -> int:
         facts = uow.retention.facts(study_pks, sop_classes=self._by_classes)
         if self._by_classes:
@@ -271,10 +267,10 @@ class RetentionService:
         ``limit`` studies). A dry run only lists what has expired."""
         if dry_run:
             return RunReport(self.expired(limit), [], 0)
-        resumed = self.resume()
+        failed: list[str] = []
+        resumed = self.resume(failed)
         expired = self.expired(limit)
         destroyed: list[Destroyed] = []
-        failed: list[str] = []
         for study in expired:
             try:
                 done = self.destroy_study(study, by=by, reason=reason or "retention period ended")
@@ -286,15 +282,24 @@ class RetentionService:
                 destroyed.append(done)
         return RunReport(expired, destroyed, resumed, failed)
 
-    def resume(self) -> int:
-        """Finish every destruction an interrupted run left; how many."""
+    def resume(self, failed: list[str]) -> int:
+        """Finish every destruction an interrupted run left; how many were tried. One
+        that fails again is added to ``failed`` and left for a later run: it does not
+        keep the others (nor the run's new destructions) from going on."""
         with UnitOfWork(self._engine, write=False) as uow:
             unfinished = uow.retention.unfinished()
         for record in unfinished:
             log.warning(
                 "finishing the interrupted destruction of study %s", record.study_instance_uid
             )
-            self._finish(record.pk)
+            try:
+                self._finish(record.pk)
+            except Exception:
+                log.exception(
+                    "the interrupted destruction of study %s failed again",
+                    record.study_instance_uid,
+                )
+                failed.append(record.study_instance_uid)
         return len(unfinished)
 
     def destroy_study(self, study: ExpiredStudy, *, by: str, reason: str) -> Destroyed | None:

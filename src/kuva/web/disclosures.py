@@ -32,20 +32,13 @@ from kuva.model.patient import PatientKey
 from kuva.services.notices import MAX_PAGE, Disclosure, NoticeConflict, NoticeService
 from kuva.web.identity import client_organization
 from kuva.web.notices import MAX_BODY_BYTES, NoticeProblem, parse_notices
+from kuva.web.problem import problem
 
 log = logging.getLogger(__name__)
 
 _JSON = ("application/json",)
 _XML = ("application/xml", "text/xml")
 DEFAULT_PAGE = 100
-
-
-def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
-    return JSONResponse(
-        status_code=status,
-        media_type="application/problem+json",
-        content={"type": "about:blank", "title": title, "status": status, "detail": detail} | extra,
-    )
 
 
 class _TooLarge(Exception):

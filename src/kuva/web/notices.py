@@ -34,8 +34,10 @@ from kuva.model.disclosure import (
     DOCUMENT_ID_LENGTH,
     INTERFACE_NOTICE,
     MAX_ITEMS,
+    OID_LENGTH,
     PATIENT_ID_LENGTH,
     PERSON_LENGTH,
+    UID_LENGTH,
     ReportedDisclosure,
     Source,
     check_not_future,
@@ -67,7 +69,7 @@ def _text(value: str) -> str:
     return value
 
 
-Oid = Annotated[str, Field(max_length=64), AfterValidator(_oid)]
+Oid = Annotated[str, Field(max_length=OID_LENGTH), AfterValidator(_oid)]
 
 
 class _Strict(BaseModel):
@@ -106,7 +108,7 @@ def _document_id(value: str) -> str:
     return value
 
 
-StudyUid = Annotated[str, Field(max_length=64), AfterValidator(_oid)]
+StudyUid = Annotated[str, Field(max_length=UID_LENGTH), AfterValidator(_oid)]
 DocumentId = Annotated[
     str, Field(min_length=1, max_length=DOCUMENT_ID_LENGTH), AfterValidator(_document_id)
 ]
