@@ -81,6 +81,7 @@ def test_verify_names_missing_corrupt_and_orphaned_blobs(
     uids = store(server, tmp_path, 4)
     assert server.stop() == 0
     paths = blob_paths(server, database_url, server.blob_dir)
+    assert set(paths) == set(uids), server.log()  # every store was acknowledged
     flip_byte(paths[uids[0]])
     paths[uids[1]].unlink()
     orphan = add_orphan(server.blob_dir)

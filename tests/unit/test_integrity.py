@@ -188,6 +188,22 @@ def test_sample_picks_distinct_instances_without_a_scan(
     assert run(service, Selection(sample=5)).findings == []
 
 
+def test_sample_of_few_instances_is_never_short(engine: Engine, primary: FileBlobStore) -> None:
+    """Two of four: drawing random keys could pick the same key every time (the
+    integration test's ``verify --sample 2`` once checked one object); a narrow key
+    range is sampled whole instead. A wide one still draws keys (two of forty)."""
+    for n in range(1, 5):
+        add_instance(engine, primary, 1, n)
+    for seed in range(200):
+        plan = IntegrityService(engine, primary, rng=random.Random(seed)).plan(Selection(sample=2))
+        assert plan.sampled is not None
+        assert len({blob.pk for blob in plan.sampled}) == plan.objects == 2
+    for n in range(5, 41):
+        add_instance(engine, primary, 1, n)
+    drawn = IntegrityService(engine, primary, rng=random.Random(3)).plan(Selection(sample=2))
+    assert drawn.sampled is not None and len({blob.pk for blob in drawn.sampled}) == 2
+
+
 def test_orphan_walk(
     engine: Engine, primary: FileBlobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

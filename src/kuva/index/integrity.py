@@ -47,6 +47,9 @@ class ScrubPosition:
 
 # Instances rejected 113039 (Data Retention Policy Expired) are on their way to
 # destruction (services.retention), whose blobs go before their rows: not read.
+# A key range this many times a sample's size or narrower is read whole (sample).
+_SMALL_RANGE = 16
+
 _INSTANCE_BLOBS = (
     select(
         instance.c.pk,
@@ -119,26 +122,31 @@ class IntegrityRepository:
         return [_document_blob(row) for row in self.conn.execute(statement)]
 
     def sample(self, count: int, rng: random.Random) -> list[IndexedBlob]:
-        """About ``count`` instances picked at random, in pk order, without a scan:
-        each is the first row at or after a random key between the smallest and
-        the largest (rows after a gap in the keys are a little more likely)."""
+        """``count`` instances picked at random (all of them when there are fewer), in
+        pk order, without a scan: each is the first row at or after a random key
+        between the smallest and the largest (rows after a gap in the keys are a
+        little more likely). A key range at most ``_SMALL_RANGE`` times ``count``
+        wide is read whole and sampled, so that few keys never leave a sample short
+        of ``count`` by drawing the same key again."""
         bounds = select(func.min(instance.c.pk), func.max(instance.c.pk))
         low, high = self.conn.execute(bounds).one()
         if low is None:
             return []
-        if high - low < count:
-            return self.blobs(INSTANCE, low - 1, count)
-        picked: dict[int, IndexedBlob] = {}
+        if high - low < count * _SMALL_RANGE:
+            rows = self.blobs(INSTANCE, low - 1, count * _SMALL_RANGE)
+            picked = rng.sample(rows, min(count, len(rows)))
+            return sorted(picked, key=lambda blob: blob.pk)
+        chosen: dict[int, IndexedBlob] = {}
         statement = _INSTANCE_BLOBS.order_by(instance.c.pk).limit(1)
-        for _ in range(3 * count):  # bounded: a sparse key range repeats picks
-            if len(picked) == count:
+        for _ in range(8 * count):  # bounded: a sparse key range repeats picks
+            if len(chosen) == count:
                 break
             row = self.conn.execute(
                 statement.where(instance.c.pk >= rng.randint(low, high))
             ).first()
             if row is not None:
-                picked[row.pk] = _instance_blob(row)
-        return [picked[pk] for pk in sorted(picked)]
+                chosen[row.pk] = _instance_blob(row)
+        return [chosen[pk] for pk in sorted(chosen)]
 
     def totals(self, study_uid: str | None = None) -> tuple[int, int]:
         """How many blobs the walk of ``blobs`` reads (both tables), and their bytes."""
