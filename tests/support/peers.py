@@ -21,6 +21,7 @@ import contextlib
 import functools
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -76,15 +77,47 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of ports for outgoing connections (Linux), else IANA's."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
+_handed_out: set[int] = set()
+
+
 def free_ports(count: int) -> list[int]:
-    """Return ``count`` distinct TCP ports on loopback that are free right now."""
+    """Return ``count`` distinct TCP ports on loopback that are free right now and
+    were not handed out before by this process.
+
+    They are drawn at random below the kernel's ephemeral range. A port from that
+    range (what binding port 0 gives) stays free only until the next outgoing
+    connection of any process takes it as its local port: between the pick and the
+    bind of a server started later (an IAN receiver brought up after an outage)
+    another test's connection, or kuva's own retries connecting to that very port,
+    took it and the bind failed. Below the range only another picker can."""
+    low, _ = _ephemeral_range()
+    first = max(10240, low - 16384)
+    ports: list[int] = []
     with contextlib.ExitStack() as stack:
-        ports: list[int] = []
-        for _ in range(count):
+        for _ in range(200 * count):
+            if len(ports) == count:
+                return ports
+            port = random.randrange(first, low) if low - first >= 1024 else 0
+            if port in _handed_out:
+                continue
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((LOOPBACK, 0))
-            ports.append(sock.getsockname()[1])
-        return ports
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            port = int(sock.getsockname()[1])
+            _handed_out.add(port)
+            ports.append(port)
+    raise RuntimeError(f"no {count} free ports on loopback below {low}")
 
 
 def _is_script(path: Path) -> bool:
