@@ -135,7 +135,7 @@ def build_xds(
 def xds_router(
     settings: Settings, xds: XdsServices, audit_trail: AuditTrail | None = None
 ) -> APIRouter:
-    """The SOAP endpoints of CONTRACT.md ("HTTP paths"), by WS-Addressing action."""
+    """The SOAP endpoints of docs/contract.md ("HTTP paths"), by WS-Addressing action."""
     return soap_router(
         {
             "/xds/registry": [

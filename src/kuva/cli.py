@@ -1,4 +1,4 @@
-"""The ``kuva`` command line (CONTRACT.md): serve, verify, tasks, db, xds, iocm, patients,
+"""The ``kuva`` command line (docs/contract.md): serve, verify, tasks, db, xds, iocm, patients,
 audit, retention."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every key has a default, so the archive runs with no file at all on its embedded
 default (SQLite + a local folder). The shape follows the outside contract
-(CONTRACT.md, "kuva serve --config FILE").
+(docs/contract.md, "kuva serve --config FILE").
 """
 
 from __future__ import annotations
@@ -418,7 +418,7 @@ LOCAL_ORGANIZATION_OID = "1.2.246.10.0.10"
 
 
 class Settings(BaseSettings):
-    """All of kuva's settings. See CONTRACT.md for the meaning of each key."""
+    """All of kuva's settings. See docs/contract.md for the meaning of each key."""
 
     model_config = SettingsConfigDict(env_prefix="KUVA_", env_nested_delimiter="__", extra="forbid")
 

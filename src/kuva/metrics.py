@@ -1,4 +1,4 @@
-"""Prometheus metrics (served at /metrics, CONTRACT.md)."""
+"""Prometheus metrics (served at /metrics, docs/contract.md)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Engine creation and migrations: one code path for SQLite and PostgreSQL.
 
 SQLite runs in WAL mode with ``synchronous=FULL``: a commit returns only after the
-WAL is fsynced, so nothing is acknowledged before it is durable (DESIGN.md
+WAL is fsynced, so nothing is acknowledged before it is durable (docs/design.md
 principle 2). PostgreSQL is used through psycopg 3 with its own durable commits.
 """
 

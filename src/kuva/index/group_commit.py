@@ -4,7 +4,7 @@ Each C-STORE thread hands its index work to the committer and waits. The
 committer runs whatever is queued inside one transaction (each piece of work in
 its own SAVEPOINT, so one failure does not undo the others), commits once and
 wakes every waiter. Nothing is acknowledged before that commit returned
-(DESIGN.md principle 2), yet concurrent associations do not pay one fsync each,
+(docs/design.md principle 2), yet concurrent associations do not pay one fsync each,
 and SQLite never sees two writers competing for its lock.
 """
 

@@ -1,4 +1,4 @@
-"""Repository of the outbox: the durable task table (DESIGN.md principle 3).
+"""Repository of the outbox: the durable task table (docs/design.md principle 3).
 
 A task is added in the same transaction as the change that causes it. Workers
 claim due tasks with row locks (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite

@@ -235,7 +235,7 @@ storage_commitment = Table(
     Column("reported_at", UtcDateTime(), nullable=True),
 )
 
-# The outbox (DESIGN.md principle 3): follow-up work committed with its cause.
+# The outbox (docs/design.md principle 3): follow-up work committed with its cause.
 task = Table(
     "task",
     metadata,
@@ -452,7 +452,7 @@ disclosure_notice = Table(
     UniqueConstraint("reporter", "notice_id"),
 )
 
-# The disclosure log (luovutusloki; DESIGN.md principle 7): one row per document or
+# The disclosure log (luovutusloki; docs/design.md principle 7): one row per document or
 # image handed out to another organisation than its register holder, written in
 # the transaction that decides the disclosure. ``recipient_organization`` "" =
 # unknown (no XUA assertion named one). ``patient_authority`` is the issuer of the

@@ -1,4 +1,4 @@
-"""Time: every registry time is UTC (DESIGN.md)."""
+"""Time: every registry time is UTC (docs/design.md)."""
 
 from __future__ import annotations
 

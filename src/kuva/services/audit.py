@@ -3,7 +3,7 @@ and the proof that the record was not changed afterwards.
 
 Every audited event becomes a DICOM Audit Message (``render``: kuva.audit.message)
 appended to the local trail (index.audit) - in the transaction of the change it
-describes, where that change has one (a patient correction, a disclosure; DESIGN.md
+describes, where that change has one (a patient correction, a disclosure; docs/design.md
 principles 3 and 7), else in a transaction of its own. Each record carries the
 SHA-256 of the one before it (model.audit.record_hash), so ``verify`` finds every
 record altered, removed or put in since.

@@ -189,7 +189,7 @@ class CommitmentService:
 
     def _intact(self, key: str, sha256: str, size: int) -> bool:
         """Every copy (the primary and, when configured, the replica) reads back with
-        its recorded hash and size (DESIGN.md principle 2)."""
+        its recorded hash and size (docs/design.md principle 2)."""
         bad = integrity.copy_problems(self._blobs, key, sha256, size)
         for name, _copy, problem, detail in bad:
             log.error("integrity: %s copy of blob %s is %s (%s)", name, key, problem.value, detail)

@@ -3,7 +3,7 @@ documents or images.
 
 The register holder (rekisterinpitäjä) owns what it archived; handing a document
 or an image to anyone else is a disclosure, and every disclosure is recorded in the
-transaction that decides it (DESIGN.md principle 7). The interfaces that hand
+transaction that decides it (docs/design.md principle 7). The interfaces that hand
 documents out - ITI-43 Retrieve Document Set (kuva.services.repository) and RAD-69
 Retrieve Imaging Document Set (kuva.services.imaging_source) - decide what goes
 out, then call ``DisclosureLog.record`` once, before the response is sent: one

@@ -12,7 +12,7 @@ the way). Here the archive decides:
   refused; a rejection note is applied, and an instance a note named before it
   arrived is marked rejected, in the transaction that indexes it;
 * otherwise the blob is made durable (fsync), then its index row is committed
-  (group commit), and only then is success reported (DESIGN.md principle 2).
+  (group commit), and only then is success reported (docs/design.md principle 2).
 
 ``on_indexed`` runs inside the transaction that indexes a new instance, and
 ``on_changed`` there too when IOCM changed what studies hold, so that the work they

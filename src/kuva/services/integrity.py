@@ -1,5 +1,5 @@
 """Integrity: every stored blob is read back and compared with the SHA-256 and size
-the index recorded when it arrived (DESIGN.md principle 1: bytes never change, so
+the index recorded when it arrived (docs/design.md principle 1: bytes never change, so
 any difference is damage).
 
 A blob is *missing* (no such file), *corrupt* (other size or other hash, or

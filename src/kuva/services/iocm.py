@@ -1,7 +1,7 @@
 """IOCM: rejection notes applied as corrections in the index (IHE RAD TF-1/TF-2
 Imaging Object Change Management; PS3.16 CID 7011).
 
-Stored bytes never change (DESIGN.md principle 1). A rejection note (a KOS titled
+Stored bytes never change (docs/design.md principle 1). A rejection note (a KOS titled
 113001, 113037, 113038 or 113039, model.rejection) is stored like any instance and,
 in the same transaction, records a rejection for every instance it lists. A held
 instance is marked rejected at once; one not received yet is marked when it

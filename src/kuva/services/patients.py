@@ -1,5 +1,5 @@
 """Patient identity corrections (HL7 v2 ADT; IHE PAM): merge, update, identifier
-change and unlink, applied to the index as an overlay (DESIGN.md principle 1:
+change and unlink, applied to the index as an overlay (docs/design.md principle 1:
 stored objects never change; the index says who a study belongs to now).
 
 Each message is applied in one transaction together with the record of its control
@@ -11,7 +11,7 @@ Every study whose current patient identity changed (it moved to another patient,
 or its patient's identifier or demographics changed) is registered again in the
 same transaction (``on_changed``: services.registration.register_again when
 ``[registration] enabled``): its new XDS-I.b manifest carries the current patientId
-and sourcePatientInfo, and an IAN goes out again (DESIGN.md principle 3).
+and sourcePatientInfo, and an IAN goes out again (docs/design.md principle 3).
 
 An operator makes the same corrections (``kuva patients merge`` / ``unmerge``)
 through ``merge`` and ``unmerge``: the same rules, the same history, with the

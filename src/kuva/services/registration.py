@@ -1,7 +1,7 @@
 """Registration of studies and Instance Availability Notification: where the DICOM
 side of the archive hands a study over to the XDS side and tells the customer.
 
-A pipeline of outbox tasks (DESIGN.md principle 3), so that no step is lost when
+A pipeline of outbox tasks (docs/design.md principle 3), so that no step is lost when
 the process dies, a peer is down or a study keeps growing:
 
 1. **Trigger.** Every instance a customer stores schedules its study's

@@ -23,7 +23,7 @@ is all or nothing: a refused submission leaves no document row and no registry
 object. The blobs it wrote stay: they are content-addressed (the same bytes
 sent again reuse them), referenced by nothing, and never served; removing such
 orphans is a job for the retention / integrity tooling. Only after that commit is
-Success answered (DESIGN.md principle 2: blob fsync, then index commit, then the
+Success answered (docs/design.md principle 2: blob fsync, then index commit, then the
 answer).
 
 A DocumentEntry uniqueId already held is a resubmission of the same document: the

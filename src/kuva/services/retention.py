@@ -1,5 +1,5 @@
 """Retention: each study's expiry kept in the index, legal holds, and the
-destruction of what has expired (DESIGN.md: keep for the legal period, then
+destruction of what has expired (docs/design.md: keep for the legal period, then
 destroy; the rules are configuration, model.retention).
 
 **Expiry.** Stored per study (``study.expires_on`` and the policy that sets it),

@@ -5,7 +5,7 @@ the unique keys at and above it (PS3.4 C.4.2.2.1 for C-MOVE, C.4.3.2.1 for C-GET
 the index resolves them to stored instances without opening a blob.
 
 Every outgoing object passes through this service (``open``): the stored bytes
-are immutable (DESIGN.md principle 1), so patient corrections (a merge, a name
+are immutable (docs/design.md principle 1), so patient corrections (a merge, a name
 update, an identifier change) are applied on the way out by one step,
 ``apply_correction``, which records the values as stored in the Original Attributes
 Sequence. The index says which objects a correction applies to without opening a
@@ -340,7 +340,7 @@ class RetrieveService:
         """The stored object of ``instance``, as it is to go out.
 
         Patient corrections (HL7 merge, update, identifier change) recorded in the
-        index are applied on the way out; the stored bytes never change (DESIGN.md
+        index are applied on the way out; the stored bytes never change (docs/design.md
         principle 1). ``as_received`` (an operator's choice, per node or for the
         whole archive) sends the object exactly as it was received.
         """

@@ -150,5 +150,5 @@ class BlobCopy(BlobStore):
 
         The bytes are checked against ``sha256`` and ``size`` before anything is
         replaced (ValueError otherwise), so a key only ever names its own content
-        (DESIGN.md principle 1); a damaged copy is kept aside, not destroyed.
+        (docs/design.md principle 1); a damaged copy is kept aside, not destroyed.
         """

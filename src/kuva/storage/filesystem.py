@@ -1,6 +1,6 @@
 """Blob store on a local (or mounted) filesystem.
 
-Durability (DESIGN.md, Data): a blob is written to a temporary name in ``tmp/``,
+Durability (docs/design.md, Data): a blob is written to a temporary name in ``tmp/``,
 fsynced, linked to its final name ``sha256/ab/cd/<digest>`` and the folder fsynced.
 ``os.link`` fails when the name exists, so an object is never overwritten; a final
 name only ever appears for complete, fsynced bytes. Files are made read-only.

@@ -1,7 +1,7 @@
 """A blob store kept twice: a primary copy and a replica (``[archive] replica_url``).
 
 Every blob is written to both and made durable in both before ``commit`` returns,
-so an object is acknowledged only once two copies exist (DESIGN.md principle 2);
+so an object is acknowledged only once two copies exist (docs/design.md principle 2);
 the bytes are hashed once, on the primary's writer. Reads come from the primary,
 or from the replica when the primary copy is missing. A copy that goes bad is
 repaired from the other (services.integrity), which is why both are kept.

@@ -1,4 +1,4 @@
-"""Outbox worker threads (DESIGN.md principle 3).
+"""Outbox worker threads (docs/design.md principle 3).
 
 Each worker claims one due task at a time (row lock + lease, index/outbox), runs
 the handler registered for its kind and records the result. A handler that raises

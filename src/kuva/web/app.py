@@ -1,4 +1,4 @@
-"""The ASGI application on the HTTP port (CONTRACT.md, "HTTP paths").
+"""The ASGI application on the HTTP port (docs/contract.md, "HTTP paths").
 
 DICOMweb lives under ``/dicom-web`` (kuva.dicomweb). ``/healthz`` answers 200
 when the index and the blob store answer, 503 with a JSON problem body otherwise;

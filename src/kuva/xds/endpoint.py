@@ -1,6 +1,6 @@
 """The XDS SOAP 1.2 endpoints: HTTP POST → envelope → transaction → envelope (FastAPI).
 
-One POST route per path (CONTRACT.md: ``/xds/registry``, ``/xds/repository``,
+One POST route per path (docs/contract.md: ``/xds/registry``, ``/xds/repository``,
 ``/xds/imaging``), each serving the :class:`~kuva.xds.messages.Transaction`
 objects given for it, chosen by ``wsa:Action`` (ITI TF-2x Appendix V.3, Web
 Services for IHE Transactions; WS-Addressing 1.0 SOAP Binding).
