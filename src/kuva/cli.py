@@ -828,6 +828,20 @@ def _retention(settings: Settings, engine: Engine | None = None) -> tuple[Engine
     return engine, service
 
 
+def _retention_action(config: Path | None, action: Callable[[RetentionService], T]) -> T:
+    """``action`` on the retention service; a RetentionError is printed, exit 1."""
+    from kuva.services.retention import RetentionError
+
+    engine, service = _retention(_settings(config))
+    try:
+        return action(service)
+    except RetentionError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+
+
 def _hold_subject(study: str | None, patient: str | None) -> tuple[str | None, PatientKey | None]:
     if (study is None) == (patient is None):
         console.print("[red]give one of --study and --patient[/red]")
@@ -860,21 +874,13 @@ def retention_hold(
 ) -> None:
     """Place a legal hold: the study, or every study of the patient, is never
     destroyed while it is in force, whatever its expiry."""
-    from kuva.services.retention import RetentionError
-
     study_uid, key = _hold_subject(study, patient)
     if not reason.strip():
         console.print("[red]--reason must not be empty[/red]")
         raise typer.Exit(2)
-    settings = _settings(config)
-    engine, service = _retention(settings)
-    try:
-        pk = service.hold(study_uid=study_uid, patient=key, reason=reason, by=by)
-    except RetentionError as exc:
-        console.print(f"[red]{escape(str(exc))}[/red]")
-        raise typer.Exit(1) from exc
-    finally:
-        engine.dispose()
+    pk = _retention_action(
+        config, lambda service: service.hold(study_uid=study_uid, patient=key, reason=reason, by=by)
+    )
     console.print(f"legal hold {pk} placed")
 
 
@@ -886,18 +892,10 @@ def retention_release(
     by: Annotated[str, typer.Option(help="who releases the hold")] = "operator",
 ) -> None:
     """Release the legal holds on a study or a patient. Exit 1 when there was none."""
-    from kuva.services.retention import RetentionError
-
     study_uid, key = _hold_subject(study, patient)
-    settings = _settings(config)
-    engine, service = _retention(settings)
-    try:
-        count = service.release(study_uid=study_uid, patient=key, by=by)
-    except RetentionError as exc:
-        console.print(f"[red]{escape(str(exc))}[/red]")
-        raise typer.Exit(1) from exc
-    finally:
-        engine.dispose()
+    count = _retention_action(
+        config, lambda service: service.release(study_uid=study_uid, patient=key, by=by)
+    )
     if not count:
         console.print("[yellow]no legal hold to release[/yellow]")
         raise typer.Exit(1)
@@ -985,6 +983,22 @@ def retention_run(
     )
     if report.failed:
         raise typer.Exit(1)
+
+
+@retention_app.command("allow-resend")
+def retention_allow_resend(
+    study_uid: Annotated[str, typer.Argument(metavar="STUDY_UID", help="Study Instance UID")],
+    config: ConfigOption = None,
+    by: Annotated[str, typer.Option(help="who allows it")] = "operator",
+    reason: Annotated[str, typer.Option(help="why (for the record)")] = "",
+) -> None:
+    """Let the instances of a destroyed study be archived again: until then they are
+    refused (what was destroyed stays destroyed). Audited. Exit 1 when no destruction
+    of the study bars a resend."""
+    count = _retention_action(
+        config, lambda service: service.allow_resend(study_uid, by=by, reason=reason)
+    )
+    console.print(f"resend of {study_uid} allowed ({count} destruction record(s))")
 
 
 @retention_app.command("list-destroyed")
