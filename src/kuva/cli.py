@@ -28,6 +28,7 @@ from kuva.services.patients import Corrected, PatientService
 from kuva.tasks.worker import purge_done
 
 if TYPE_CHECKING:
+    from kuva.index.retention import DestructionRecord
     from kuva.services.retention import RetentionService
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="kuva medical image archive")
@@ -1001,6 +1002,12 @@ def retention_allow_resend(
     console.print(f"resend of {study_uid} allowed ({count} destruction record(s))")
 
 
+def _resend_allowed(record: DestructionRecord) -> str:
+    if record.resend_allowed_at is None:
+        return ""
+    return f"{record.resend_allowed_at.isoformat(timespec='seconds')} by {record.resend_allowed_by}"
+
+
 @retention_app.command("list-destroyed")
 def retention_list_destroyed(
     config: ConfigOption = None,
@@ -1015,7 +1022,8 @@ def retention_list_destroyed(
     plain: Annotated[bool, typer.Option("--plain", help="tab-separated, for scripts")] = False,
 ) -> None:
     """Destruction records, newest first: what was destroyed, under which policy or
-    rejection note, when and by whom (a patient by its identifier, never its name)."""
+    rejection note, when and by whom (a patient by its identifier, never its name),
+    and whether an operator allowed the study to be archived again."""
     settings = _settings(config)
     engine, service = _retention(settings)
     try:
@@ -1043,6 +1051,7 @@ def retention_list_destroyed(
             record.destroyed_at.isoformat(timespec="seconds") if record.destroyed_at else "",
             record.destroyed_by,
             record.reason,
+            _resend_allowed(record),
         ]
         for record in records
     ]
@@ -1053,7 +1062,7 @@ def retention_list_destroyed(
     table = Table(title="destruction records")
     columns = (
         "id", "study", "register holder", "patient", "policy", "expiry", "instances",
-        "sha256 digest", "destroyed (UTC)", "by", "reason",
+        "sha256 digest", "destroyed (UTC)", "by", "reason", "resend allowed (UTC)",
     )  # fmt: skip
     for column in columns:
         table.add_column(column, overflow="fold")

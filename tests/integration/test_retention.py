@@ -249,6 +249,8 @@ def test_a_destroyed_study_sent_again_is_refused_until_an_operator_allows_it(
     alert = server.kuva("audit", "list", "--event", "110113", "--xml").stdout
     assert 'csd-code="110135"' in alert and study_uid in alert, alert
     assert 'UserID="archivist"' in alert and base64.b64encode(b"court order")[:8].decode() in alert
+    listed = server.kuva("retention", "list-destroyed", "--plain", "--study", study_uid).stdout
+    assert listed.rstrip("\n").split("\t")[-1].endswith(" by archivist"), listed
     resent = storescu(paths, LOOPBACK, server.dicom_port, aec="KUVA")
     assert resent.returncode == 0, resent.stdout + resent.stderr
     assert find_studies(server, tmp_path) == {study_uid}

@@ -95,6 +95,9 @@ class DestructionRecord:
     destroyed_at: datetime | None
     instances: int
     sha256_digest: str
+    # When and by whom an operator allowed the study to be archived again; None: not.
+    resend_allowed_at: datetime | None = None
+    resend_allowed_by: str | None = None
 
 
 _RECORD_COLUMNS = (
@@ -112,6 +115,8 @@ _RECORD_COLUMNS = (
     destruction.c.destroyed_at,
     destruction.c.instances,
     destruction.c.sha256_digest,
+    destruction.c.resend_allowed_at,
+    destruction.c.resend_allowed_by,
 )
 
 
