@@ -28,6 +28,7 @@ from kuva.services.patients import Corrected, PatientService
 from kuva.tasks.worker import purge_done
 
 if TYPE_CHECKING:
+    from kuva.index.retention import DestructionRecord
     from kuva.services.retention import RetentionService
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="kuva medical image archive")
@@ -828,6 +829,20 @@ def _retention(settings: Settings, engine: Engine | None = None) -> tuple[Engine
     return engine, service
 
 
+def _retention_action(config: Path | None, action: Callable[[RetentionService], T]) -> T:
+    """``action`` on the retention service; a RetentionError is printed, exit 1."""
+    from kuva.services.retention import RetentionError
+
+    engine, service = _retention(_settings(config))
+    try:
+        return action(service)
+    except RetentionError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+
+
 def _hold_subject(study: str | None, patient: str | None) -> tuple[str | None, PatientKey | None]:
     if (study is None) == (patient is None):
         console.print("[red]give one of --study and --patient[/red]")
@@ -860,21 +875,13 @@ def retention_hold(
 ) -> None:
     """Place a legal hold: the study, or every study of the patient, is never
     destroyed while it is in force, whatever its expiry."""
-    from kuva.services.retention import RetentionError
-
     study_uid, key = _hold_subject(study, patient)
     if not reason.strip():
         console.print("[red]--reason must not be empty[/red]")
         raise typer.Exit(2)
-    settings = _settings(config)
-    engine, service = _retention(settings)
-    try:
-        pk = service.hold(study_uid=study_uid, patient=key, reason=reason, by=by)
-    except RetentionError as exc:
-        console.print(f"[red]{escape(str(exc))}[/red]")
-        raise typer.Exit(1) from exc
-    finally:
-        engine.dispose()
+    pk = _retention_action(
+        config, lambda service: service.hold(study_uid=study_uid, patient=key, reason=reason, by=by)
+    )
     console.print(f"legal hold {pk} placed")
 
 
@@ -886,18 +893,10 @@ def retention_release(
     by: Annotated[str, typer.Option(help="who releases the hold")] = "operator",
 ) -> None:
     """Release the legal holds on a study or a patient. Exit 1 when there was none."""
-    from kuva.services.retention import RetentionError
-
     study_uid, key = _hold_subject(study, patient)
-    settings = _settings(config)
-    engine, service = _retention(settings)
-    try:
-        count = service.release(study_uid=study_uid, patient=key, by=by)
-    except RetentionError as exc:
-        console.print(f"[red]{escape(str(exc))}[/red]")
-        raise typer.Exit(1) from exc
-    finally:
-        engine.dispose()
+    count = _retention_action(
+        config, lambda service: service.release(study_uid=study_uid, patient=key, by=by)
+    )
     if not count:
         console.print("[yellow]no legal hold to release[/yellow]")
         raise typer.Exit(1)
@@ -987,6 +986,28 @@ def retention_run(
         raise typer.Exit(1)
 
 
+@retention_app.command("allow-resend")
+def retention_allow_resend(
+    study_uid: Annotated[str, typer.Argument(metavar="STUDY_UID", help="Study Instance UID")],
+    config: ConfigOption = None,
+    by: Annotated[str, typer.Option(help="who allows it")] = "operator",
+    reason: Annotated[str, typer.Option(help="why (for the record)")] = "",
+) -> None:
+    """Let the instances of a destroyed study be archived again: until then they are
+    refused (what was destroyed stays destroyed). Audited. Exit 1 when no destruction
+    of the study bars a resend."""
+    count = _retention_action(
+        config, lambda service: service.allow_resend(study_uid, by=by, reason=reason)
+    )
+    console.print(f"resend of {study_uid} allowed ({count} destruction record(s))")
+
+
+def _resend_allowed(record: DestructionRecord) -> str:
+    if record.resend_allowed_at is None:
+        return ""
+    return f"{record.resend_allowed_at.isoformat(timespec='seconds')} by {record.resend_allowed_by}"
+
+
 @retention_app.command("list-destroyed")
 def retention_list_destroyed(
     config: ConfigOption = None,
@@ -1001,7 +1022,8 @@ def retention_list_destroyed(
     plain: Annotated[bool, typer.Option("--plain", help="tab-separated, for scripts")] = False,
 ) -> None:
     """Destruction records, newest first: what was destroyed, under which policy or
-    rejection note, when and by whom (a patient by its identifier, never its name)."""
+    rejection note, when and by whom (a patient by its identifier, never its name),
+    and whether an operator allowed the study to be archived again."""
     settings = _settings(config)
     engine, service = _retention(settings)
     try:
@@ -1029,6 +1051,7 @@ def retention_list_destroyed(
             record.destroyed_at.isoformat(timespec="seconds") if record.destroyed_at else "",
             record.destroyed_by,
             record.reason,
+            _resend_allowed(record),
         ]
         for record in records
     ]
@@ -1039,7 +1062,7 @@ def retention_list_destroyed(
     table = Table(title="destruction records")
     columns = (
         "id", "study", "register holder", "patient", "policy", "expiry", "instances",
-        "sha256 digest", "destroyed (UTC)", "by", "reason",
+        "sha256 digest", "destroyed (UTC)", "by", "reason", "resend allowed (UTC)",
     )  # fmt: skip
     for column in columns:
         table.add_column(column, overflow="fold")

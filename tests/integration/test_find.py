@@ -6,6 +6,8 @@ import datetime as dt
 
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage
 
 from kuva.bench_support import synthetic_instance
 from kuva.index.database import make_engine
@@ -17,6 +19,10 @@ pytestmark = [
     pytest.mark.dcmtk,
     pytest.mark.skipif(not dcmtk_available(), reason="dcmtk not installed"),
 ]
+
+
+def as_list(value: object) -> list[object]:
+    return list(value) if isinstance(value, MultiValue) else [value]
 
 
 def uids(responses: list[Dataset], keyword: str = "StudyInstanceUID") -> set[str]:
@@ -43,6 +49,37 @@ def test_study_level_by_patient_id_with_computed_attributes(archive: Archive) ->
     assert set(mr.ModalitiesInStudy) == {"MR", "OT"}
     assert mr.RetrieveAETitle == "KUVA"
     assert "PatientComments" in mr and mr.PatientComments in ("", None)  # unknown: empty
+
+
+def test_sop_classes_in_study_and_instance_availability(archive: Archive) -> None:
+    """SOP Classes in Study (PS3.4 C.6.2.1.2) at STUDY level, matched as a UID list;
+    Instance Availability ONLINE in every answer at every level (C.4.1.1.3.2)."""
+    responses, _ = archive.find(
+        "-S", "QueryRetrieveLevel=STUDY", f"PatientID={ALICE_ID}", "AccessionNumber",
+        "SOPClassesInStudy",
+    )  # fmt: skip
+    by_accession = {r.AccessionNumber: r for r in responses}
+    assert {str(u) for u in as_list(by_accession["ACC002"].SOPClassesInStudy)} == {
+        CTImageStorage,
+        SecondaryCaptureImageStorage,
+    }
+    assert as_list(by_accession["ACC001"].SOPClassesInStudy) == [CTImageStorage]
+    responses, _ = archive.find(
+        "-S", "QueryRetrieveLevel=STUDY", f"SOPClassesInStudy={SecondaryCaptureImageStorage}",
+        "AccessionNumber",
+    )  # fmt: skip
+    assert [r.AccessionNumber for r in responses] == ["ACC002"]
+
+    study = archive.studies["mr"][0].StudyInstanceUID
+    for model, level, keys in (
+        ("-P", "PATIENT", ("PatientID",)),
+        ("-S", "STUDY", ("StudyInstanceUID",)),
+        ("-S", "SERIES", (f"StudyInstanceUID={study}", "SeriesInstanceUID")),
+        ("-S", "IMAGE", (f"StudyInstanceUID={study}", "SOPInstanceUID")),
+    ):
+        responses, _ = archive.find(model, f"QueryRetrieveLevel={level}", *keys)
+        assert responses, level
+        assert {r.InstanceAvailability for r in responses} == {"ONLINE"}, level
 
 
 def test_person_name_wildcards_case_insensitive(archive: Archive) -> None:

@@ -217,6 +217,7 @@ def test_orthanc_finds_study_by_patient_id(peers: Peers) -> None:
             "ModalitiesInStudy": "",
             "NumberOfStudyRelatedSeries": "",
             "NumberOfStudyRelatedInstances": "",
+            "SOPClassesInStudy": "",
         },
     )
     assert len(answers) == 1, f"{answers}{peers.diagnostics()}"
@@ -231,6 +232,8 @@ def test_orthanc_finds_study_by_patient_id(peers: Peers) -> None:
     assert answer["ModalitiesInStudy"] == "CT"
     assert answer["NumberOfStudyRelatedSeries"] == "2"
     assert answer["NumberOfStudyRelatedInstances"] == "6"
+    assert answer["SOPClassesInStudy"] == sent.SOPClassUID  # what a C-GET SCU negotiates
+    assert answer["InstanceAvailability"] == "ONLINE"
     assert answer["RetrieveAETitle"] == peers.kuva.ae_title
 
 

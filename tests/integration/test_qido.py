@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 from dicomweb_client.api import DICOMwebClient
+from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage
 
 from tests.support.query_data import ALICE_ID, BOB_ID, FINNISH_NAME, Archive
 
@@ -29,6 +30,25 @@ def test_search_for_studies(archive: Archive) -> None:
     assert set(mr["00080061"]["Value"]) == {"MR", "OT"}  # type: ignore[index]
     assert value(mr, "00100010") == {"Alphabetic": FINNISH_NAME}
     assert str(value(mr, "00081190")).endswith(f"/dicom-web/studies/{value(mr, '0020000D')}")
+
+
+def test_sop_classes_in_study_and_instance_availability(archive: Archive) -> None:
+    web = client(archive)
+    studies = web.search_for_studies(search_filters={"PatientID": ALICE_ID})
+    by_accession = {value(s, "00080050"): s for s in studies}
+    mr, ct = by_accession["ACC002"], by_accession["ACC001"]
+    assert mr["00080062"]["vr"] == "UI"  # type: ignore[index]
+    assert set(mr["00080062"]["Value"]) == {CTImageStorage, SecondaryCaptureImageStorage}  # type: ignore[index]
+    assert ct["00080062"]["Value"] == [CTImageStorage]  # type: ignore[index]
+    assert {value(s, "00080056") for s in studies} == {"ONLINE"}
+    # asked for by tag, and matched on
+    found = web.search_for_studies(
+        search_filters={"00080062": SecondaryCaptureImageStorage}, fields=["00080062"]
+    )
+    assert [value(s, "00080050") for s in found] == ["ACC002"]
+    instances = web.search_for_instances(study_instance_uid=value(mr, "0020000D"))
+    assert len(instances) == 3
+    assert {value(i, "00080056") for i in instances} == {"ONLINE"}
 
 
 def test_same_matching_as_c_find(archive: Archive) -> None:

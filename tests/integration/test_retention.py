@@ -5,6 +5,7 @@ afterwards; and the scheduled run of ``kuva serve``."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import subprocess
 import time
@@ -13,12 +14,16 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import requests
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
+from kuva.dicom.status import STUDY_DESTROYED
 from kuva.index import schema
 from kuva.index.database import make_engine
 from kuva.index.uow import UnitOfWork
+from tests.integration.test_stow import failed, read_files, web
+from tests.integration.test_stow import first as first_value
 from tests.support.hl7 import MERGED, SURVIVOR, Hl7Site, adt, msa, pid
 from tests.support.peers import LOOPBACK, dcmtk_available, dcmtk_env, storescu
 from tests.support.server import KuvaServer
@@ -199,3 +204,56 @@ def test_serve_runs_retention_on_its_schedule(
     assert find_studies(server, tmp_path) == set()
     assert blob_files(server) == []
     assert server.stop() == 0
+
+
+def test_a_destroyed_study_sent_again_is_refused_until_an_operator_allows_it(
+    kuva_server: Callable[..., KuvaServer], database_url: str, tmp_path: Path
+) -> None:
+    server = kuva_server(extra={"retention": {"policies": [POLICY], "run_every_hours": 0}})
+    study_uid = generate_uid()
+    datasets = make_ct_series(
+        2, rows=16, cols=16, patient_id=SURVIVOR, study_uid=study_uid, study_datetime=OLD
+    )
+    paths = write_series(datasets, tmp_path / "sent")
+    first = storescu(paths, LOOPBACK, server.dicom_port, aec="KUVA")
+    assert first.returncode == 0, first.stdout + first.stderr
+    run = server.kuva("retention", "run", "--by", "archivist")
+    assert "1 expired, 1 destroyed" in run.stdout, run.stdout
+
+    # sent again, over C-STORE and STOW-RS: refused, the destruction named, nothing kept
+    before = (table_counts(database_url), blob_files(server))
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    comment = f"study destroyed {today} (retention); needs allow-resend"
+    again = storescu(paths, LOOPBACK, server.dicom_port, aec="KUVA", extra_args=["-d"])
+    output = again.stdout + again.stderr
+    assert again.returncode != 0
+    assert f"0x{STUDY_DESTROYED:04x}" in output.lower() and comment in output, output
+    with pytest.raises(requests.HTTPError) as caught:
+        web(server).store_instances(read_files(paths[:1]))
+    assert caught.value.response is not None and caught.value.response.status_code == 409
+    [item] = failed(caught.value.response.json())
+    assert (first_value(item, "00081197"), first_value(item, "00000902")) == (
+        STUDY_DESTROYED,
+        comment,
+    )
+    after = {k: v for k, v in table_counts(database_url).items() if k != "audit_record"}
+    assert after == {k: v for k, v in before[0].items() if k != "audit_record"}  # audited
+    assert blob_files(server) == before[1]
+    assert find_studies(server, tmp_path) == set()
+
+    # an operator allows it (audited): the study is archived as new
+    allowed = server.kuva(
+        "retention", "allow-resend", study_uid, "--by", "archivist", "--reason", "court order"
+    )
+    assert f"resend of {study_uid} allowed (1 destruction record(s))" in allowed.stdout
+    alert = server.kuva("audit", "list", "--event", "110113", "--xml").stdout
+    assert 'csd-code="110135"' in alert and study_uid in alert, alert
+    assert 'UserID="archivist"' in alert and base64.b64encode(b"court order")[:8].decode() in alert
+    listed = server.kuva("retention", "list-destroyed", "--plain", "--study", study_uid).stdout
+    assert listed.rstrip("\n").split("\t")[-1].endswith(" by archivist"), listed
+    resent = storescu(paths, LOOPBACK, server.dicom_port, aec="KUVA")
+    assert resent.returncode == 0, resent.stdout + resent.stderr
+    assert find_studies(server, tmp_path) == {study_uid}
+    # nothing left to allow
+    twice = server.kuva("retention", "allow-resend", study_uid, check=False)
+    assert twice.returncode == 1, twice.stdout

@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 from pynetdicom import AE
 
 from tests.support.peers import dcmtk_env
@@ -58,6 +63,7 @@ class Archive:
 def store(server: KuvaServer, datasets: list[Dataset]) -> None:
     ae = AE(ae_title="MODALITY1")
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.add_requested_context(SecondaryCaptureImageStorage, ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="KUVA")
     for ds in datasets:
         assert assoc.send_c_store(ds).Status == 0
@@ -100,6 +106,9 @@ def build_archive(kuva_server: Callable[..., KuvaServer], tmp_path: Path) -> Arc
         study_datetime=dt.datetime(2024, 6, 20, 14, 0),
     )
     sr[0].Modality = "OT"
+    # A second SOP Class in the study (SOP Classes in Study, PS3.4 C.6.2.1.2).
+    sr[0].SOPClassUID = SecondaryCaptureImageStorage
+    sr[0].file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     bob = make_ct_series(
         2,
         rows=16,

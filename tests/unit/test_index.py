@@ -15,7 +15,7 @@ from sqlalchemy.exc import StatementError
 from kuva.index import schema
 from kuva.index.database import make_engine, migrate, ping
 from kuva.index.group_commit import GroupCommitter
-from kuva.index.instances import NewInstance, StoredInstance, TreeConflict
+from kuva.index.instances import ForeignStudy, NewInstance, StoredInstance, TreeConflict
 from kuva.index.uow import UnitOfWork
 from kuva.model.instance import (
     InstanceAttributes,
@@ -118,7 +118,7 @@ def test_migrate_creates_schema(database_url: str) -> None:
         assert "alembic_version" in tables
         migrate(engine)  # a second run is a no-op
         with engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_revision() == "0014"
+            assert MigrationContext.configure(conn).get_current_revision() == "0015"
     finally:
         engine.dispose()
 
@@ -258,6 +258,17 @@ def test_study_uid_under_another_patient(engine: Engine) -> None:
     add(engine, new_instance(attributes(1)))
     with UnitOfWork(engine) as uow, pytest.raises(TreeConflict, match="another patient"):
         uow.instances.add(new_instance(attributes(2, patient_id="020292-902P")))
+    assert row_counts(engine) == {"patient": 1, "study": 1, "series": 1, "instance": 1}
+
+
+def test_study_of_another_register_holder(engine: Engine) -> None:
+    """A study has one register holder: another organisation's instance of it is
+    refused before anything else is said of the study (not even its patient)."""
+    add(engine, new_instance(attributes(1)))
+    other = "1.2.246.10.87654321.10"
+    for attrs in (attributes(2), attributes(3, patient_id="020292-902P")):
+        with UnitOfWork(engine) as uow, pytest.raises(ForeignStudy, match="register holder"):
+            uow.instances.add(new_instance(attrs, organization_oid=other))
     assert row_counts(engine) == {"patient": 1, "study": 1, "series": 1, "instance": 1}
 
 

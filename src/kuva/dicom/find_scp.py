@@ -1,7 +1,8 @@
 """Query/Retrieve C-FIND SCP (PS3.4 C.4.1): Patient Root and Study Root.
 
 Each identifier key is matched by the query service; every requested key is
-returned, empty when the index does not hold it (PS3.4 C.4.1.1.3.2). Responses
+returned, empty when the index does not hold it (PS3.4 C.4.1.1.3.2), and every
+answer says Instance Availability ONLINE (everything kuva holds is). Responses
 are Pending (0xFF00) one per match; C-CANCEL ends the search with 0xFE00.
 Answers use the requester's character set when it can carry every value,
 otherwise UTF-8 (ISO_IR 192). Every request is audited when its answer is
@@ -25,6 +26,7 @@ from pynetdicom.events import Event
 
 from kuva.config import Settings
 from kuva.dicom import status as st
+from kuva.model.availability import ONLINE
 from kuva.model.query import QueryError, QueryLevel, QueryResult
 from kuva.services.access import AccessPolicy
 from kuva.services.audit import AuditTrail, audit_failed
@@ -234,4 +236,6 @@ class FindSCP:
             answer.SpecificCharacterSet = charset
         answer.QueryRetrieveLevel = level.value
         answer.RetrieveAETitle = self._settings.dicom.ae_title
+        # Every match at every level is on line (PS3.4 C.4.1.1.3.2).
+        answer.InstanceAvailability = ONLINE
         return answer

@@ -15,8 +15,13 @@ DUPLICATE_WITH_OTHER_CONTENT = 0xC001
 # kuva-specific Cxxx codes of IOCM (services.iocm): an instance rejected for patient
 # safety or an incorrect worklist entry, sent again; a rejection note from an
 # organisation that is not the register holder of a study it names.
+# NOT_REGISTER_HOLDER also answers an instance of a study another organisation
+# archived (a study has one register holder).
 REJECTED_INSTANCE = 0xC410
 NOT_REGISTER_HOLDER = 0xC411
+# kuva-specific Cxxx: an instance of a study the archive destroyed (retention or an
+# IOCM 113039 note) while no operator has allowed it to be sent again.
+STUDY_DESTROYED = 0xC412
 # Warning "Elements Discarded" (PS3.4 B.2.3): an instance rejected for quality
 # reasons or by retention, sent again, is not stored again; the Error Comment says so.
 ELEMENTS_DISCARDED = 0xB006

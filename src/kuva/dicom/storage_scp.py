@@ -195,6 +195,7 @@ class StorageSCP:
             StoreStatus.REJECTED: st.REJECTED_INSTANCE,
             StoreStatus.IGNORED: st.ELEMENTS_DISCARDED,
             StoreStatus.FOREIGN: st.NOT_REGISTER_HOLDER,
+            StoreStatus.DESTROYED: st.STUDY_DESTROYED,
         }[outcome.status]
         return st.status(code, outcome.message)
 

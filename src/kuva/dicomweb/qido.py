@@ -31,12 +31,15 @@ log = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
 MAX_LIMIT = 10000
 
-# Attributes returned by default at each level (PS3.18 Tables 10.6.3-3, -4, -5).
+# Attributes returned by default at each level (PS3.18 Tables 10.6.3-3, -4, -5),
+# and at the study level SOP Classes in Study too (a column, as cheap as the rest).
 STUDY_DEFAULTS = (
     "StudyDate",
     "StudyTime",
     "AccessionNumber",
+    "InstanceAvailability",
     "ModalitiesInStudy",
+    "SOPClassesInStudy",
     "ReferringPhysicianName",
     "PatientName",
     "PatientID",
@@ -64,6 +67,7 @@ INSTANCE_DEFAULTS = (
     "SeriesInstanceUID",
     "SOPClassUID",
     "SOPInstanceUID",
+    "InstanceAvailability",
     "InstanceNumber",
     "Rows",
     "Columns",

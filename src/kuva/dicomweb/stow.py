@@ -44,8 +44,10 @@ the Cxxx "Cannot understand" range are allowed there and listed here):
   understand code; 0xC409 is the value dcm4chee-arc uses for the same condition.
 * 0xC410 (kuva, Cxxx): the instance was rejected by IOCM for patient safety reasons
   or an incorrect worklist entry (113037, 113038) and is refused when sent again;
-  0xC411 (kuva, Cxxx): a rejection note names a study held for another organisation.
-  Same codes as C-STORE (kuva.dicom.status).
+  0xC411 (kuva, Cxxx): a rejection note names a study held for another organisation,
+  or the instance belongs to a study another organisation archived; 0xC412 (kuva,
+  Cxxx): the instance starts a study the archive destroyed and no operator allowed
+  it to be sent again. Same codes as C-STORE (kuva.dicom.status).
 * 0xA700 Refused out of Resources: the archive could not write the blob or commit
   the index row (``StoreStatus.FAILED``; the same code C-STORE answers), so the
   client may retry later.
@@ -135,6 +137,7 @@ _OUTCOME_REASONS = {
     StoreStatus.FAILED: OUT_OF_RESOURCES,
     StoreStatus.REJECTED: st.REJECTED_INSTANCE,
     StoreStatus.FOREIGN: st.NOT_REGISTER_HOLDER,
+    StoreStatus.DESTROYED: st.STUDY_DESTROYED,
 }
 
 # The body is handed to a worker thread in batches of about this size: few thread

@@ -29,6 +29,7 @@ from kuva.index.instances import (
     NewInstance,
     TreeConflict,
     instance_row,
+    join_sop_classes,
     merge_modalities,
     patient_row,
     series_row,
@@ -196,12 +197,22 @@ def recount(conn: Connection) -> None:
         select(series.c.study_pk, series.c.modality).order_by(series.c.pk)
     ):
         modalities[study_pk] = merge_modalities(modalities.get(study_pk, ""), modality)
+    classes: dict[int, set[str]] = {}
+    for study_pk, sop_class in conn.execute(
+        select(series.c.study_pk, instance.c.sop_class_uid)
+        .distinct()
+        .select_from(instance.join(series, instance.c.series_pk == series.c.pk))
+    ):
+        classes.setdefault(study_pk, set()).add(sop_class)
     if modalities:
         conn.execute(
             update(study)
             .where(study.c.pk == bindparam("study_pk"))
-            .values(modalities_in_study=bindparam("m")),
-            [{"study_pk": pk, "m": m} for pk, m in modalities.items()],
+            .values(modalities_in_study=bindparam("m"), sop_classes_in_study=bindparam("c")),
+            [
+                {"study_pk": pk, "m": m, "c": join_sop_classes(classes.get(pk, ()))}
+                for pk, m in modalities.items()
+            ],
         )
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
+    literal,
     or_,
     select,
     update,
@@ -45,6 +46,11 @@ def _fit(table: Table, values: dict[str, Any]) -> dict[str, Any]:
 
 class TreeConflict(Exception):
     """The instance contradicts the stored study tree (a UID already placed elsewhere)."""
+
+
+class ForeignStudy(Exception):
+    """The instance's study is archived by another organisation: a study has one
+    register holder (the organisation whose node archived it first)."""
 
 
 class StudyDestroying(Exception):
@@ -172,13 +178,14 @@ _GET_STORED = _STORED.where(instance.c.sop_instance_uid == bindparam("uid"))
 _PATIENT_ROW = select(patient.c.pk, patient.c.merged_into_pk).where(
     (patient.c.patient_id == bindparam("patient_id")) & (patient.c.issuer == bindparam("issuer"))
 )
-_STUDY_ROW = select(study.c.pk, study.c.patient_pk, study.c.destroying_at).where(
-    study.c.study_instance_uid == bindparam("uid")
-)
+_STUDY_ROW = select(
+    study.c.pk, study.c.patient_pk, study.c.organization_oid, study.c.destroying_at
+).where(study.c.study_instance_uid == bindparam("uid"))
 _SERIES_ROW = select(series.c.pk, series.c.study_pk).where(
     series.c.series_instance_uid == bindparam("uid")
 )
 # Counters kept with every insert (PS3.4 C.3.4 computed attributes, index/query.py).
+_SOP_CLASSES = study.c.sop_classes_in_study
 _COUNT_INSTANCE_IN_SERIES = (
     update(series)
     .where(series.c.pk == bindparam("series_pk"))
@@ -190,8 +197,34 @@ _COUNT_INSTANCE_IN_STUDY = (
     .values(
         number_of_instances=study.c.number_of_instances + 1,
         last_received_at=bindparam("received_at"),
+        # SOP Classes in Study gains the instance's class when it is new to the study,
+        # decided by the statement every instance runs anyway: no read, and writers
+        # of the same study on other nodes cannot lose each other's classes.
+        sop_classes_in_study=case(
+            (
+                (literal("\\") + _SOP_CLASSES + literal("\\")).like(
+                    bindparam("sop_class_pattern"), escape="/"
+                ),
+                _SOP_CLASSES,
+            ),
+            (_SOP_CLASSES == "", bindparam("sop_class", type_=String())),
+            else_=_SOP_CLASSES + literal("\\") + bindparam("sop_class", type_=String()),
+        ),
     )
 )
+
+
+def _sop_class_pattern(sop_class_uid: str) -> str:
+    """LIKE pattern (escape ``/``) of a class among backslash-separated values."""
+    escaped = "".join("/" + c if c in "/%_" else c for c in sop_class_uid)
+    return f"%\\{escaped}\\%"
+
+
+def join_sop_classes(sop_class_uids: Iterable[str]) -> str:
+    """SOP Classes in Study as the index keeps it (sorted, backslashes): recounts."""
+    return "\\".join(sorted(set(sop_class_uids)))
+
+
 _STUDY_MODALITIES = select(study.c.modalities_in_study).where(study.c.pk == bindparam("pk"))
 _COUNT_SERIES_IN_STUDY = (
     update(study)
@@ -376,15 +409,16 @@ class InstanceRepository:
             {"uid": new.attributes.study.study_instance_uid},
             study_row(new, patient_pk, received_pk),
             ["study_instance_uid"],
-            (
-                "patient_pk",
-                patient_pk,
-                "Study Instance UID is already archived for another patient",
-            ),
         )
-        if study_found is not None and study_found.destroying_at is not None:
-            # Its blobs are being deleted: a new one would outlive it as an orphan.
-            raise StudyDestroying("the study is being destroyed (retention ended)")
+        if study_found is not None:
+            # The holder first: another organisation learns nothing of the study.
+            if study_found.organization_oid != new.organization_oid:
+                raise ForeignStudy("study archived by another register holder; refused")
+            if study_found.patient_pk != patient_pk:
+                raise TreeConflict("Study Instance UID is already archived for another patient")
+            if study_found.destroying_at is not None:
+                # Its blobs are being deleted: a new one would outlive it as an orphan.
+                raise StudyDestroying("the study is being destroyed (retention ended)")
         series_pk, new_series, _ = self._get_or_create(
             series,
             _SERIES_ROW,
@@ -408,8 +442,15 @@ class InstanceRepository:
                 },
             )
         self.conn.execute(_COUNT_INSTANCE_IN_SERIES, {"series_pk": series_pk})
+        sop_class = new.attributes.sop_class_uid
         self.conn.execute(
-            _COUNT_INSTANCE_IN_STUDY, {"study_pk": study_pk, "received_at": new.received_at}
+            _COUNT_INSTANCE_IN_STUDY,
+            {
+                "study_pk": study_pk,
+                "received_at": new.received_at,
+                "sop_class": sop_class,
+                "sop_class_pattern": _sop_class_pattern(sop_class),
+            },
         )
         self.last_added = AddedTree(study_pk, series_pk, new_study, new_series)
         return int(pk)

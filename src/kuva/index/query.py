@@ -11,7 +11,7 @@ series rows); the patient-level ones sum the patient's studies.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from sqlalchemy import (
 from kuva.index.access import visible_studies
 from kuva.index.schema import instance, patient, series, study
 from kuva.model.access import AccessScope
+from kuva.model.availability import ONLINE
 from kuva.model.query import (
     Matcher,
     MatchKind,
@@ -102,7 +103,10 @@ COMPUTED: dict[str, tuple[str, frozenset[QueryLevel]]] = {
     "NumberOfStudyRelatedSeries": ("IS", frozenset({ST})),
     "NumberOfStudyRelatedInstances": ("IS", frozenset({ST})),
     "ModalitiesInStudy": ("CS", frozenset({ST})),
+    "SOPClassesInStudy": ("UI", frozenset({ST})),
     "NumberOfSeriesRelatedInstances": ("IS", frozenset({SE})),
+    # Every object kuva holds is on line (PS3.4 C.4.1.1.3.2; QIDO-RS PS3.18 10.6.3).
+    "InstanceAvailability": ("CS", frozenset({P, ST, SE, IM})),
 }
 
 _ENTITY = {P: patient, ST: study, SE: series, IM: instance}
@@ -175,6 +179,10 @@ def _computed(keyword: str) -> Any:
         return study.c.number_of_instances
     if keyword == "ModalitiesInStudy":
         return study.c.modalities_in_study
+    if keyword == "SOPClassesInStudy":
+        return study.c.sop_classes_in_study
+    if keyword == "InstanceAvailability":
+        return literal(ONLINE)
     if keyword == "NumberOfSeriesRelatedInstances":
         return series.c.number_of_instances
     if keyword == "NumberOfPatientRelatedStudies":
@@ -214,6 +222,32 @@ def _current(level: QueryLevel, scope: AccessScope | None) -> ColumnElement[bool
         .where(study.c.patient_pk == patient.c.pk, study.c.number_of_instances > 0, *own)
     )
 
+
+def _series_with_modality(values: tuple[str, ...]) -> Select[Any]:
+    return (
+        select(literal(1))
+        .select_from(series)
+        .where(series.c.study_pk == study.c.pk, series.c.modality.in_(values))
+    )
+
+
+def _instances_of_class(values: tuple[str, ...]) -> Select[Any]:
+    return (
+        select(literal(1))
+        .select_from(instance.join(series, instance.c.series_pk == series.c.pk))
+        .where(
+            series.c.study_pk == study.c.pk,
+            instance.c.sop_class_uid.in_(values),
+            instance.c.rejection_code.is_(None),
+        )
+    )
+
+
+# Multi-valued STUDY keys: a study matches when it holds one of the values asked.
+_HELD_IN_STUDY: dict[str, Callable[[tuple[str, ...]], Select[Any]]] = {
+    "ModalitiesInStudy": _series_with_modality,
+    "SOPClassesInStudy": _instances_of_class,
+}
 
 # Labels of the columns added for the disclosure log (not DICOM keywords).
 _STUDY = "_kuva_study"
@@ -268,16 +302,17 @@ class QueryRepository:
     def _filter(
         self, level: QueryLevel, keyword: str, matcher: Matcher
     ) -> ColumnElement[bool] | None:
-        if keyword == "ModalitiesInStudy" and level is ST:
+        held = _HELD_IN_STUDY.get(keyword)
+        if held is not None and level is ST:
             if matcher.kind is MatchKind.UNIVERSAL:
                 return None
             if matcher.kind not in (MatchKind.SINGLE, MatchKind.LIST):
-                raise QueryError("ModalitiesInStudy: only single values or lists")
-            return exists(
-                select(literal(1))
-                .select_from(series)
-                .where(series.c.study_pk == study.c.pk, series.c.modality.in_(matcher.values))
-            )
+                raise QueryError(f"{keyword}: only single values or lists")
+            return exists(held(matcher.values))
+        if keyword == "InstanceAvailability":
+            if matcher.kind in (MatchKind.SINGLE, MatchKind.LIST):
+                return None if ONLINE in matcher.values else false()
+            return None
         attr = ATTRIBUTES.get(keyword)
         if attr is None:
             return None  # not held by the index: universal (returned empty)

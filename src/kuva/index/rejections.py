@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, delete, select, update
 
 from kuva.index.dialect import insert_ignoring_conflict
+from kuva.index.instances import join_sop_classes
 from kuva.index.schema import instance, rejection, series, study
 from kuva.model.rejection import RejectionNote
 
@@ -211,6 +212,12 @@ def recount_study(conn: Connection, study_pk: int) -> None:
         select(series.c.modality, series.c.number_of_instances).where(series.c.study_pk == study_pk)
     ).all()
     live = [row for row in rows if row.number_of_instances > 0]
+    classes = conn.execute(
+        select(instance.c.sop_class_uid)
+        .distinct()
+        .select_from(instance.join(series, instance.c.series_pk == series.c.pk))
+        .where(series.c.study_pk == study_pk, instance.c.rejection_code.is_(None))
+    ).scalars()
     conn.execute(
         update(study)
         .where(study.c.pk == study_pk)
@@ -218,5 +225,6 @@ def recount_study(conn: Connection, study_pk: int) -> None:
             number_of_series=len(live),
             number_of_instances=sum(row.number_of_instances for row in live),
             modalities_in_study="\\".join(sorted({r.modality for r in live if r.modality}))[:64],
+            sop_classes_in_study=join_sop_classes(classes),
         )
     )

@@ -95,6 +95,9 @@ class DestructionRecord:
     destroyed_at: datetime | None
     instances: int
     sha256_digest: str
+    # When and by whom an operator allowed the study to be archived again; None: not.
+    resend_allowed_at: datetime | None = None
+    resend_allowed_by: str | None = None
 
 
 _RECORD_COLUMNS = (
@@ -112,11 +115,25 @@ _RECORD_COLUMNS = (
     destruction.c.destroyed_at,
     destruction.c.instances,
     destruction.c.sha256_digest,
+    destruction.c.resend_allowed_at,
+    destruction.c.resend_allowed_by,
 )
 
 
 def _record(row: Any) -> DestructionRecord:
     return DestructionRecord(*row)
+
+
+# Looked up only when an instance starts a study the index does not hold (ingest).
+_BARRING_RESEND = (
+    select(*_RECORD_COLUMNS)
+    .where(
+        destruction.c.study_instance_uid == bindparam("uid"),
+        destruction.c.resend_allowed_at.is_(None),
+    )
+    .order_by(destruction.c.pk.desc())
+    .limit(1)
+)
 
 
 # A hold on the study, on its current patient or on the patient it was received for.
@@ -340,7 +357,12 @@ class RetentionRepository:
         self.conn.execute(
             update(study)
             .where(study.c.pk == study_pk)
-            .values(number_of_instances=0, number_of_series=0, modalities_in_study="")
+            .values(
+                number_of_instances=0,
+                number_of_series=0,
+                modalities_in_study="",
+                sop_classes_in_study="",
+            )
         )
 
     def begin_record(self, values: dict[str, Any]) -> int:
@@ -413,6 +435,25 @@ class RetentionRepository:
             ).first()
             is not None
         )
+
+    def barring_resend(self, study_uid: str) -> DestructionRecord | None:
+        """The latest destruction of the study no operator has allowed a resend of
+        (``allow_resend``); None: its instances may be archived (again)."""
+        row = self.conn.execute(_BARRING_RESEND, {"uid": study_uid}).first()
+        return _record(row) if row is not None else None
+
+    def allow_resend(self, study_uid: str, *, by: str, reason: str, at: datetime) -> int:
+        """Let the study's instances be archived again: every destruction of it not
+        yet allowed is marked so; how many were."""
+        result = self.conn.execute(
+            update(destruction)
+            .where(
+                destruction.c.study_instance_uid == study_uid,
+                destruction.c.resend_allowed_at.is_(None),
+            )
+            .values(resend_allowed_at=at, resend_allowed_by=by[:64], resend_reason=reason)
+        )
+        return int(result.rowcount)
 
     def blocks_revocation(self, note_uid: str) -> bool:
         """Whether a rejection note can no longer be revoked: a destruction of its

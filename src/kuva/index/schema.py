@@ -115,6 +115,8 @@ study = Table(
     Column("number_of_series", Integer, nullable=False, server_default="0"),
     Column("number_of_instances", Integer, nullable=False, server_default="0"),
     Column("modalities_in_study", String(64), nullable=False, server_default=""),
+    # SOP Classes in Study (0008,0062), backslash-separated: kept the same way.
+    Column("sop_classes_in_study", Text, nullable=False, server_default=""),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("last_received_at", UtcDateTime(), nullable=False),
     # Retention (services.retention): the day the study may be destroyed and the
@@ -583,5 +585,10 @@ destruction = Table(
     Column("instances", Integer, nullable=False, server_default="0"),
     Column("sha256_digest", String(64), nullable=False, server_default=""),
     Column("sha256_list", Text, nullable=False, server_default=""),
+    # Set by an operator (``kuva retention allow-resend``): the study's instances may
+    # be archived again. NULL: what was destroyed stays destroyed (services.ingest).
+    Column("resend_allowed_at", UtcDateTime(), nullable=True),
+    Column("resend_allowed_by", String(64), nullable=True),
+    Column("resend_reason", Text, nullable=True),
     Index(None, "destroyed_at"),
 )

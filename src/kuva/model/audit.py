@@ -548,6 +548,10 @@ ALERT_REFUSED_ACCESS = USE_OF_RESTRICTED_FUNCTION
 # A stored object found missing or altered (services.integrity). CID 403 has no
 # code for it and is extensible: a private code (PS3.16 8.2, "99" designator).
 ALERT_INTEGRITY = Code("INTEGRITY", "99KUVA", "Stored Object Integrity Failure")
+# An operator let a destroyed study be archived again (``kuva retention
+# allow-resend``): the study's protection against being archived again is a
+# security attribute of it, changed (CID 401 110135). Informative: outcome 0.
+ALERT_RESEND_ALLOWED = Code("110135", DCM, "Object Security Attributes Changed")
 
 
 def security_alert(
@@ -560,16 +564,17 @@ def security_alert(
     subject_type: Code,
     description: str,
     occurred_at: datetime,
+    outcome: Outcome = Outcome.MINOR_FAILURE,
 ) -> AuditEvent:
-    """PS3.15 A.5.3.11: ``alert`` is one of ``ALERT_*``. The attempt was refused, so
-    the mitigation worked: outcome 4 (minor failure). ``offender`` is the requestor;
-    ``subject`` the node or resource the alert is about, ``description`` its Alert
-    Description detail."""
+    """PS3.15 A.5.3.11: ``alert`` is one of ``ALERT_*``. An attempt refused: the
+    mitigation worked, outcome 4 (minor failure); an informative alert: success.
+    ``offender`` is the requestor; ``subject`` the node or resource the alert is
+    about, ``description`` its Alert Description detail."""
     return AuditEvent(
         event_id=SECURITY_ALERT,
         action=Action.EXECUTE,
         occurred_at=occurred_at,
-        outcome=Outcome.MINOR_FAILURE,
+        outcome=outcome,
         participants=(offender, reporter),
         source=source,
         event_types=(alert,),

@@ -627,6 +627,21 @@ class AuditTrail:
             ]
         )
 
+    def resend_allowed(self, operator: str, study_uid: str, reason: str) -> a.AuditEvent:
+        """110113 / 110135, informative: an operator let a destroyed study be archived
+        again (services.retention; recorded in the allowance's transaction)."""
+        return a.security_alert(
+            a.ALERT_RESEND_ALLOWED,
+            source=self.source,
+            reporter=self.archive(),
+            offender=a.ActiveParticipant(user_id=operator or "operator", requestor=True),
+            subject=study_uid,
+            subject_type=a.STUDY_INSTANCE_UID,
+            description=f"destroyed study may be archived again: {reason}",
+            occurred_at=self._clock(),
+            outcome=a.Outcome.SUCCESS,
+        )
+
     def integrity_finding(self, finding: Finding) -> None:
         """A problem the integrity check found (services.integrity), as a Security
         Alert: the ``on_problem`` hook of IntegrityService."""

@@ -7,6 +7,11 @@ the way). Here the archive decides:
 * the same SOP Instance UID again with the same bytes is a success, nothing new;
 * the same SOP Instance UID with other bytes is refused: stored objects are never
   replaced, corrections go through IOCM (rejection + replacement instances);
+* an instance of a study another organisation archived is refused: a study has one
+  register holder;
+* an instance that starts a study the archive destroyed (retention, or an IOCM
+  113039 note) is refused until an operator allows the study to be sent again
+  (``kuva retention allow-resend``): what was destroyed stays destroyed;
 * IOCM (services.iocm) screens it: a rejected instance sent again is refused or
   ignored, a rejection note from another organisation than the register holder is
   refused; a rejection note is applied, and an instance a note named before it
@@ -39,11 +44,13 @@ from kuva import metrics
 from kuva.index.group_commit import GroupCommitter
 from kuva.index.instances import (
     AddedTree,
+    ForeignStudy,
     NewInstance,
     StoredInstance,
     StudyDestroying,
     TreeConflict,
 )
+from kuva.index.retention import DestructionRecord
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
 from kuva.model.instance import InstanceAttributes
@@ -63,7 +70,10 @@ class StoreStatus(Enum):
     # rejected by IOCM (113001, 113039) and sent again, or arriving after a 113039
     # note named it: not stored, a warning
     IGNORED = "ignored"
-    FOREIGN = "foreign"  # a rejection note from another organisation: refused
+    # a rejection note from another organisation, or an instance of a study another
+    # organisation archived: refused
+    FOREIGN = "foreign"
+    DESTROYED = "destroyed"  # of a study destroyed, no resend allowed: refused
     FAILED = "failed"  # the archive could not store it (disk, database)
 
 
@@ -89,6 +99,18 @@ class StoreOutcome:
 # Fits the 64 characters of a DICOM Error Comment. Corrections are a rejection
 # note (IOCM) plus a new instance with a new SOP Instance UID.
 CONFLICT_MESSAGE = "SOP Instance already archived, other content; correct via IOCM"
+
+
+class StudyDestroyed(Exception):
+    """The instance starts a study the archive destroyed, and no operator allowed it
+    to be archived again. Raised inside the indexing transaction, which is undone."""
+
+    def __init__(self, record: DestructionRecord) -> None:
+        when = (record.destroyed_at or record.decided_at).date().isoformat()
+        how = "IOCM 113039" if record.rejection_note_uid else "retention"
+        # Fits the 64 characters of an Error Comment.
+        super().__init__(f"study destroyed {when} ({how}); needs allow-resend")
+
 
 # (unit of work, Study Instance UID, SOP Instance UID, received at)
 IndexedHook = Callable[[UnitOfWork, str, str, datetime], None]
@@ -178,8 +200,25 @@ class IngestService:
         try:
             pk = self._committer.run(lambda uow: self._index(uow, new))
         except TreeConflict as exc:
+            self._forget(ref)
             log.warning("refused instance %s: %s", attrs.sop_instance_uid, exc)
             return StoreOutcome(StoreStatus.INVALID, f"{exc}; corrections go through IOCM")
+        except ForeignStudy as exc:
+            self._forget(ref)
+            log.warning(
+                "refused instance %s from %s (%s): %s",
+                attrs.sop_instance_uid,
+                incoming.source_ae,
+                incoming.organization_oid,
+                exc,
+            )
+            return StoreOutcome(StoreStatus.FOREIGN, str(exc))
+        except StudyDestroyed as exc:
+            self._forget(ref)
+            log.warning(
+                "refused instance %s from %s: %s", attrs.sop_instance_uid, incoming.source_ae, exc
+            )
+            return StoreOutcome(StoreStatus.DESTROYED, str(exc))
         except StudyDestroying as exc:
             self._forget(ref)
             log.warning("refused instance %s: %s", attrs.sop_instance_uid, exc)
@@ -227,6 +266,12 @@ class IngestService:
             return None
         attrs = new.attributes
         added = uow.instances.last_added
+        if added is not None and added.new_study:
+            # Only a study the index does not hold can have been destroyed: the
+            # instances of held studies pay nothing for this.
+            barring = uow.retention.barring_resend(attrs.study.study_instance_uid)
+            if barring is not None:
+                raise StudyDestroyed(barring)
         if self.on_added is not None and added is not None:
             self.on_added(uow, new, added)
         if self.on_indexed is not None:

@@ -29,6 +29,13 @@ held study is never destroyed. Holds and releases are kept in ``correction``.
    and its digest); an IAN with every instance UNAVAILABLE to the nodes that got
    the study's IANs; the 110105 DICOM Study Deleted audit event.
 
+**What was destroyed stays destroyed.** An instance that would start a study again
+whose destruction is recorded is refused (services.ingest) until an operator
+allows it (``kuva retention allow-resend``, ``allow_resend``: the records say so,
+with a correction and a Security Alert audit event); then the study is archived as
+new. Instances a 113039 note destroyed stay answered by IOCM (not stored, a
+warning) whatever the allowance: that note destroyed them, not their study.
+
 A run first finishes what an earlier one left unfinished (records without
 ``destroyed_at``): step 2 again (deleting a deleted blob is no error), then step 3.
 IOCM rejection notes titled 113039 (Data Retention Policy Expired) take the same
@@ -515,6 +522,26 @@ class RetentionService:
             patient=(record.patient_id, record.patient_issuer),
             occurred_at=now,
         )
+
+    # ------------------------------------------------------------------ resend
+
+    def allow_resend(self, study_uid: str, *, by: str, reason: str) -> int:
+        """Let a destroyed study's instances be archived again (ingest refuses them
+        until then): its destruction records say so, in one transaction with the
+        correction history and the audit event. Returns how many records."""
+        now = self._clock()
+        with UnitOfWork(self._engine) as uow:
+            count = uow.retention.allow_resend(study_uid, by=by, reason=reason, at=now)
+            if not count:
+                raise RetentionError(f"no destruction of study {study_uid} bars a resend")
+            uow.corrections.append(
+                "resend-allowed", study_uid, {"reason": reason, "records": count}, by, now
+            )
+            if self._audit is not None:
+                self._audit.record(uow, [self._audit.resend_allowed(by, study_uid, reason)])
+            uow.commit()
+        log.info("resend of destroyed study %s allowed by %s", study_uid, by)
+        return count
 
     # ------------------------------------------------------------------ records
 
