@@ -56,6 +56,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from kuva.model.identity import FINNISH_PIC_OID, PIC_CENTURIES, pic_check_character, pic_problem
+
 __all__ = [
     "BAD_STUDY_UIDS",
     "DEFAULT_PATIENT_ID",
@@ -79,7 +81,7 @@ StrPath = str | os.PathLike[str]
 Pixels = npt.NDArray[np.uint16]
 
 #: Issuer of Patient ID for Finnish personal identity codes (the DVV OID).
-FINNISH_PIC_ISSUER = "1.2.246.21"
+FINNISH_PIC_ISSUER = FINNISH_PIC_OID
 #: A valid Finnish test identity code (born 1981-01-01, individual number 900: female).
 DEFAULT_PATIENT_ID = "010181-900C"
 DEFAULT_PATIENT_NAME = "Testinen^Maija"
@@ -87,8 +89,6 @@ DEFAULT_PATIENT_NAME = "Testinen^Maija"
 FINNISH_LETTERS_PATIENT_NAME = "Äijälä^Öljy"
 
 _PIC_PATTERN = re.compile(r"^(\d{2})(\d{2})(\d{2})([-+A-FU-Y])(\d{3})([0-9A-Y])$")
-_PIC_CHECK_CHARACTERS = "0123456789ABCDEFHJKLMNPRSTUVWXY"
-_PIC_CENTURY = {"+": 1800, **dict.fromkeys("-UVWXY", 1900), **dict.fromkeys("ABCDEF", 2000)}
 _PIC_CENTURY_SIGN = {1800: "+", 1900: "-", 2000: "A"}
 
 _IMPLEMENTATION_VERSION = "KUVA_TEST_1"
@@ -116,23 +116,16 @@ def finnish_test_pic(birth_date: dt.date, individual_number: int = 900) -> str:
     if century not in _PIC_CENTURY_SIGN:
         raise ValueError(f"no century sign for year {birth_date.year}")
     digits = f"{birth_date:%d%m%y}{individual_number:03d}"
-    check = _PIC_CHECK_CHARACTERS[int(digits) % 31]
+    check = pic_check_character(digits)
     return f"{digits[:6]}{_PIC_CENTURY_SIGN[century]}{digits[6:]}{check}"
 
 
 def parse_finnish_pic(pic: str) -> tuple[dt.date, str] | None:
     """Return (birth date, DICOM sex "M"/"F") of a valid identity code, else None."""
-    match = _PIC_PATTERN.match(pic)
-    if match is None:
+    if pic_problem(pic) is not None:
         return None
-    day, month, year, sign, number, check = match.groups()
-    if _PIC_CHECK_CHARACTERS[int(day + month + year + number) % 31] != check:
-        return None
-    try:
-        born = dt.date(_PIC_CENTURY[sign] + int(year), int(month), int(day))
-    except ValueError:
-        return None
-    return born, "M" if int(number) % 2 else "F"
+    born = dt.date(PIC_CENTURIES[pic[6]] + int(pic[4:6]), int(pic[2:4]), int(pic[:2]))
+    return born, "M" if int(pic[7:10]) % 2 else "F"
 
 
 def is_finnish_test_pic(pic: str) -> bool:
