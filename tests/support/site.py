@@ -208,6 +208,7 @@ def start_site(
     tmp_path: Path,
     *,
     dcmjs: bool = False,
+    more_nodes: tuple[dict[str, Any], ...] = (),
     **registration: Any,
 ) -> Site:
     ian_port = free_port()
@@ -225,6 +226,7 @@ def start_site(
             node("PACS1", free_port(), HOLDER),  # the commitment SCU
             node("OTHERRIS", other.port, OTHER, ian=True),
             *more,
+            *more_nodes,
         ],
         extra={
             "registration": {
