@@ -26,6 +26,7 @@ from tests.support.synthetic import (
     FINNISH_LETTERS_PATIENT_NAME,
     finnish_test_pic,
     make_ct_series,
+    without_specific_character_set,
     write_series,
 )
 
@@ -42,7 +43,6 @@ NODES = [
     {"ae_title": UTF8, "port": 1, "default_character_set": "ISO_IR 192"},
     {"ae_title": LATIN1, "port": 1, "default_character_set": "ISO_IR 100"},
 ]
-SPECIFIC_CHARACTER_SET = b"\x08\x00\x05\x00CS"  # its tag and VR, explicit VR little endian
 
 
 def undeclared(tmp_path: Path, name: str, charset: str, born: dt.date) -> tuple[Path, Dataset]:
@@ -58,10 +58,7 @@ def undeclared(tmp_path: Path, name: str, charset: str, born: dt.date) -> tuple[
     )
     ds.PatientName = name
     (path,) = write_series([ds], tmp_path / generate_uid())
-    data = path.read_bytes()
-    at = data.index(SPECIFIC_CHARACTER_SET, 132)
-    length = int.from_bytes(data[at + 6 : at + 8], "little")
-    path.write_bytes(data[:at] + data[at + 8 + length :])
+    path.write_bytes(without_specific_character_set(path.read_bytes()))
     sent = pydicom.dcmread(path, stop_before_pixels=True)
     assert "SpecificCharacterSet" not in sent
     return path, sent

@@ -74,6 +74,7 @@ __all__ = [
     "make_multiframe",
     "make_transfer_syntax_files",
     "parse_finnish_pic",
+    "without_specific_character_set",
     "write_series",
 ]
 
@@ -388,6 +389,18 @@ def _ct_instance(
     ds.PixelData = pixels.tobytes()
     ds["PixelData"].VR = "OW"
     return ds
+
+
+_SPECIFIC_CHARACTER_SET = b"\x08\x00\x05\x00CS"  # tag and VR, explicit VR little endian
+
+
+def without_specific_character_set(data: bytes) -> bytes:
+    """An encoded data set or Part 10 file (explicit VR little endian) with its
+    Specific Character Set (0008,0005) cut out: its text stays in the bytes of the
+    character set it was written in, now undeclared."""
+    at = data.index(_SPECIFIC_CHARACTER_SET, 132 if data[128:132] == b"DICM" else 0)
+    length = int.from_bytes(data[at + 6 : at + 8], "little")
+    return data[:at] + data[at + 8 + length :]
 
 
 def write_series(datasets: Iterable[Dataset], directory: StrPath) -> list[Path]:

@@ -27,9 +27,10 @@ from kuva.model.xds import PatientId, oid_problem
 #: Issuer of Patient ID of the Finnish personal identity code (DVV).
 FINNISH_PIC_OID = "1.2.246.21"
 
-_PIC_RE = re.compile(r"^(\d{2})(\d{2})(\d{2})([-+A-FU-Y])(\d{3})([0-9A-Y])$")
 PIC_CHECK_CHARACTERS = "0123456789ABCDEFHJKLMNPRSTUVWXY"
-# Century signs; Y, X, W, V, U (1900s) and B-F (2000s) since 2023 (Act 128/2022).
+# DD MM YY, century sign, individual number NNN, check character.
+_PIC_RE = re.compile(rf"^(\d\d)(\d\d)(\d\d)([-+A-FU-Y])(\d{{3}})([{PIC_CHECK_CHARACTERS}])$")
+# Century signs; Y, X, W, V, U (1900s) and B-F (2000s) in use since 2023 (DVV).
 PIC_CENTURIES = {"+": 1800, **dict.fromkeys("-YXWVU", 1900), **dict.fromkeys("ABCDEF", 2000)}
 
 # Finnish organisations' OIDs (1.2.246.10.<business id>...), and the arc of the
@@ -74,11 +75,12 @@ def registry_patient_id(patient_id: str, issuer: str) -> PatientId:
         problem = pic_problem(patient_id)
         if problem is not None:
             raise ValueError(f"Patient ID (0010,0020) identity code: {problem}")
+    if "^" in patient_id or "&" in patient_id:
+        raise ValueError("Patient ID (0010,0020) contains ^ or &: not usable in XDS")
     try:
         return PatientId.parse(str(PatientId(patient_id, issuer)))
-    except ValueError as exc:
-        reason = str(exc).split(" '", 1)[0]  # the message may quote the id
-        raise ValueError(f"Patient ID (0010,0020) not usable in XDS: {reason}") from exc
+    except ValueError as exc:  # its reason may quote the id: not in an Error Comment
+        raise ValueError("Patient ID (0010,0020) not usable in XDS (CX.1)") from exc
 
 
 def registry_patient_problem(patient_id: str, issuer: str) -> str | None:
