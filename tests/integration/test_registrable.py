@@ -15,23 +15,20 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
 from kuva.index import schema
-from kuva.index.database import make_engine
 from kuva.index.uow import UnitOfWork
 from kuva.model.xds import PatientId
 from kuva.services.registration import IAN_TASK, REGISTRATION_TASK
-from kuva.xds.namespaces import NSMAP, REGISTER_DOCUMENT_SET, REGISTRY_STORED_QUERY, q
+from kuva.xds.namespaces import REGISTER_DOCUMENT_SET
 from tests.support.archive import blob_files, expected_blob, index_rows
 from tests.support.peers import LOOPBACK, dcmtk_available, storescu
 from tests.support.server import KuvaServer, free_port
-from tests.support.site import HOLDER, Site, node
+from tests.support.site import HOLDER, SUCCESS, Site, node
 from tests.support.synthetic import (
     FINNISH_PIC_ISSUER,
     make_ct_series,
@@ -39,7 +36,7 @@ from tests.support.synthetic import (
 )
 from tests.unit.test_ebrim import sample_payload
 from tests.unit.test_registry_service import fill
-from tests.unit.test_repository import answer_of, count, soap_envelope, status_and_errors
+from tests.unit.test_repository import count, status_and_errors
 
 pytestmark = [
     pytest.mark.dcmtk,
@@ -47,8 +44,6 @@ pytestmark = [
 ]
 
 DEFAULTING = "MODALITY2"  # a node of the holder with default_issuer
-SUCCESS = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Success"
-FAILURE = "urn:oasis:names:tc:ebxml-regrep:ResponseStatusType:Failure"
 
 
 def without_issuer(tmp_path: Path, n: int = 2) -> tuple[str, list[Path]]:
@@ -153,56 +148,22 @@ def test_embedded_default_refuses_what_it_cannot_register(
 
 # --------------------------------------------------------------------------- temporary ids
 
-ORGANIZATION = "1.2.246.10.12345678.10"  # business id 12345678
-
-
-def register(
-    client: httpx.Client, server: KuvaServer, patient: PatientId
-) -> tuple[str, list[tuple[str, str]]]:
-    payload = fill(sample_payload("iti42-RegisterDocumentSet-b-request.xml"), patient)
-    response = client.post(
-        server.http + "/xds/registry",
-        content=soap_envelope(REGISTER_DOCUMENT_SET, payload),
-        headers={"content-type": "application/soap+xml; charset=UTF-8"},
-    )
-    assert response.status_code == 200, response.text
-    answer, _ = answer_of(response)
-    return status_and_errors(answer)
-
-
-def find_documents(client: httpx.Client, server: KuvaServer, patient: PatientId) -> list[Any]:
-    query = sample_payload("iti18-FindDocuments-request.xml")
-    for value in query.iter(q("rim", "Value")):
-        if value.text and "$patient_id$" in value.text:
-            value.text = value.text.replace("$patient_id$", str(patient))
-    response = client.post(
-        server.http + "/xds/registry",
-        content=soap_envelope(REGISTRY_STORED_QUERY, query),
-        headers={"content-type": "application/soap+xml; charset=UTF-8"},
-    )
-    assert response.status_code == 200, response.text
-    answer, _ = answer_of(response)
-    assert answer.get("status") == SUCCESS, response.text
-    return list(answer.iterfind("rim:RegistryObjectList/rim:ExtrinsicObject", NSMAP))
-
 
 def test_temporary_ids_of_a_configured_organisation_are_known(
-    kuva_server: Callable[..., KuvaServer], database_url: str
+    site_factory: Callable[..., Site],
 ) -> None:
-    server = kuva_server(organizations=[{"oid": ORGANIZATION, "name": "Testin sairaala"}])
+    site = site_factory()  # organisations 1.2.246.10.12345678.10 and 1.2.246.10.87654321.10
     temporary = PatientId(f"T{uuid.uuid4().hex[:10]}", "1.2.246.10.12345678.22.2026")
-    foreign = PatientId(f"T{uuid.uuid4().hex[:10]}", "1.2.246.10.87654321.22.2026")
-    with httpx.Client(trust_env=False, timeout=30) as client:
-        # ITI-42: no image of the patient is archived, yet the id is known.
-        assert register(client, server, temporary) == (SUCCESS, [])
-        status, errors = register(client, server, foreign)
-        assert status == FAILURE
-        assert [code for code, _ in errors] == ["XDSUnknownPatientId"]
-        # ITI-18 finds the registered entry under the temporary id.
-        (entry,) = find_documents(client, server, temporary)
-        assert entry.get("status") == "urn:oasis:names:tc:ebxml-regrep:StatusType:Approved"
-    engine = make_engine(database_url)
-    try:
-        assert count(engine, schema.patient) == 0  # known without a patient row
-    finally:
-        engine.dispose()
+    unknown = PatientId(f"T{uuid.uuid4().hex[:10]}", "1.2.246.10.11111111.22.2026")
+    register = sample_payload("iti42-RegisterDocumentSet-b-request.xml")
+    # ITI-42: no image of the patient is archived, no identity feed, yet the id is known.
+    answer = site.registry(REGISTER_DOCUMENT_SET, fill(register, temporary))
+    assert status_and_errors(answer) == (SUCCESS, [])
+    answer = site.registry(REGISTER_DOCUMENT_SET, fill(register, unknown))
+    assert [code for code, _ in status_and_errors(answer)[1]] == ["XDSUnknownPatientId"]
+    # ITI-18 finds the registered entry under the temporary id, and only that.
+    find = "iti18-FindDocuments-request.xml"
+    (entry,) = site.stored_query(find, {"$patient_id$": str(temporary)})
+    assert entry.get("status") == "urn:oasis:names:tc:ebxml-regrep:StatusType:Approved"
+    assert site.stored_query(find, {"$patient_id$": str(unknown)}) == []
+    assert count(site.engine, schema.patient) == 0  # known without a patient row
