@@ -106,6 +106,7 @@ def build_xds(
     registry = RegistryService(
         engine,
         trusted_assigning_authorities=settings.xds.trusted_assigning_authorities,
+        organizations=[org.oid for org in settings.organizations],
         render=ebrim.render,
     )
     repository = RepositoryService(
@@ -175,7 +176,13 @@ class Archive:
             copy.clean_partial()
         self.audit = build_audit(settings, self.engine)
         self.committer = GroupCommitter(self.engine)
-        self.ingest = IngestService(self.engine, self.blobs, self.committer)
+        # Registration on: what the registry would not take is refused at the door.
+        self.ingest = IngestService(
+            self.engine,
+            self.blobs,
+            self.committer,
+            for_registry=settings.registration.enabled,
+        )
         self.commitment = CommitmentService(
             self.engine, self.blobs, max_attempts=settings.tasks.max_attempts
         )

@@ -17,10 +17,12 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydicom.charset import python_encoding
 
 from kuva.model.retention import Anchor, Period, RetentionPolicy
 from kuva.model.subject import Subject, SubjectError
 from kuva.model.uids import is_valid_uid
+from kuva.model.xds import oid_problem
 from kuva.tls import server_context
 
 DEFAULT_DATA_DIR = "var/kuva"
@@ -131,7 +133,9 @@ class XdsSettings(BaseModel):
     # A patient is known to the registry (else XDSUnknownPatientId) when the index
     # holds them, or when their assigning authority is one of these: the national
     # identity register stands in for a patient identity feed. 1.2.246.21 = the
-    # Finnish personal identity code.
+    # Finnish personal identity code. So are temporary ids of a configured
+    # organisation: 1.2.246.10.<business id>.22.<year>, the business id that of
+    # its OID 1.2.246.10.<business id>.… (model.identity).
     trusted_assigning_authorities: list[str] = Field(default_factory=lambda: ["1.2.246.21"])
     # Largest SOAP request accepted (bytes); larger ones get a SOAP fault.
     max_request_bytes: int = 64 * 1024 * 1024
@@ -412,6 +416,33 @@ class NodeSettings(BaseModel):
     # Objects this node retrieves (as C-MOVE destination or C-GET requester) go out
     # exactly as received, without the patient corrections of the index.
     as_received: bool = False
+    # Issuer of Patient ID (an OID) of the objects this node stores without one: the
+    # index takes it as their issuer; the stored bytes stay as received. "" = none
+    # (such an object is refused while registration is on: model.identity).
+    default_issuer: str = ""
+    # Specific Character Set (0008,0005) of what this node sends without one (its
+    # objects and C-FIND identifiers), e.g. "ISO_IR 100" or "ISO_IR 192". "" = the
+    # DICOM default repertoire (PS3.5 6.1.2.2).
+    default_character_set: str = ""
+
+    @field_validator("default_issuer")
+    @classmethod
+    def _default_issuer(cls, value: str) -> str:
+        problem = oid_problem(value) if value else None
+        if problem is not None:
+            raise ValueError(f"default_issuer {value!r} is {problem}")
+        return value
+
+    @field_validator("default_character_set")
+    @classmethod
+    def _default_character_set(cls, value: str) -> str:
+        value = value.strip()
+        if value and value not in python_encoding:
+            raise ValueError(
+                f"default_character_set {value!r} is not a Defined Term of Specific "
+                "Character Set (PS3.3 C.12.1.1.2), e.g. ISO_IR 100 or ISO_IR 192"
+            )
+        return value
 
 
 LOCAL_ORGANIZATION_OID = "1.2.246.10.0.10"

@@ -131,6 +131,6 @@ def test_strict_merge_refuses_an_unknown_source(
 ) -> None:
     site = Hl7Site(kuva_server(extra={"hl7": {"strict_merge": True}}), database_url, tmp_path)
     site.store(SURVIVOR)
-    ack = site.mllp_send(adt("A40", pid(SURVIVOR), mrg("040404-900F")))
+    ack = site.mllp_send(adt("A40", pid(SURVIVOR), mrg("040404-900V")))
     assert msa(ack)[0] == "AE" and "204" in err(ack) and "MRG^1^1" in err(ack)
     time.sleep(0.1)

@@ -204,7 +204,7 @@ def test_operator_commands(database_url: str, tmp_path: Path) -> None:
         cycle = kuva("merge", survivor, f"{MERGED}^^^&{FINNISH_PIC_ISSUER}&ISO")
         assert cycle.returncode == 1
         assert "not merged: circular merge refused" in cycle.stdout
-        unknown = kuva("merge", "040404-900F", survivor)
+        unknown = kuva("merge", "040404-900V", survivor)
         assert unknown.returncode == 1 and "the patient to merge is unknown" in unknown.stdout
 
         shown = kuva("show", MERGED, "--issuer", FINNISH_PIC_ISSUER)

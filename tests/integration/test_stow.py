@@ -489,6 +489,37 @@ def test_stored_for_the_configured_organization(
     assert owners == [oid]
 
 
+def test_what_the_registry_would_not_take_is_refused_with_the_reason(
+    kuva_server: Callable[..., KuvaServer], database_url: str, tmp_path: Path
+) -> None:
+    """Registration on: no Issuer of Patient ID, or a Finnish identity code with a
+    wrong check character, is refused (0xC000, the attribute named), as by C-STORE."""
+    server = kuva_server(extra={"registration": {"enabled": True}})
+    client = web(server)
+    no_issuer, valid = read_files(write_series(small_ct(2), tmp_path / "ct"))
+    del no_issuer.IssuerOfPatientID
+    [wrong_check] = read_files(
+        write_series(small_ct(1, patient_id="010181-900D"), tmp_path / "hetu")
+    )
+    answer = client.store_instances([no_issuer, wrong_check, valid])
+    reasons = {
+        str(item.ReferencedSOPInstanceUID): (item.FailureReason, item.ErrorComment)
+        for item in answer.FailedSOPSequence
+    }
+    assert reasons == {
+        no_issuer.SOPInstanceUID: (CANNOT_UNDERSTAND, "Issuer of Patient ID (0010,0021) missing"),
+        wrong_check.SOPInstanceUID: (
+            CANNOT_UNDERSTAND,
+            "Patient ID (0010,0020) identity code: wrong check character",
+        ),
+    }
+    assert [i.ReferencedSOPInstanceUID for i in answer.ReferencedSOPSequence] == [
+        valid.SOPInstanceUID
+    ]
+    assert set(index_rows(database_url)) == {valid.SOPInstanceUID}
+    assert_nothing_partial(server)
+
+
 # --------------------------------------------------------------------------- large object
 
 LARGE = 300 * 1024 * 1024

@@ -20,8 +20,8 @@ from tests.support.server import KuvaServer
 from tests.support.synthetic import FINNISH_PIC_ISSUER, make_ct_series, write_series
 
 SURVIVOR = "010181-900C"
-MERGED = "020202-900D"
-THIRD = "030303-900E"
+MERGED = "020202-900E"
+THIRD = "030303-9005"
 PID3 = "{}^^^&" + FINNISH_PIC_ISSUER + "&ISO"
 VT, END = b"\x0b", b"\x1c\x0d"
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pydicom
+from lxml import etree
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import Engine
@@ -130,15 +131,20 @@ class Site:
             for name, replacement in values.items():
                 if value.text and name in value.text:
                     value.text = value.text.replace(name, replacement)
+        answer = self.registry(REGISTRY_STORED_QUERY, payload)
+        assert answer.get("status") == SUCCESS, etree.tostring(answer)
+        return list(answer.iterfind("rim:RegistryObjectList/rim:ExtrinsicObject", NSMAP))
+
+    def registry(self, action: str, payload: Any) -> Any:
+        """A SOAP request to the registry endpoint (ITI-18, ITI-42); its answer."""
         response = self.client.post(
             self.server.http + "/xds/registry",
-            content=soap_envelope(REGISTRY_STORED_QUERY, payload),
+            content=soap_envelope(action, payload),
             headers={"content-type": "application/soap+xml; charset=UTF-8"},
         )
         assert response.status_code == 200, response.text
         answer, _ = answer_of(response)
-        assert answer.get("status") == SUCCESS, response.text
-        return list(answer.iterfind("rim:RegistryObjectList/rim:ExtrinsicObject", NSMAP))
+        return answer
 
     def find_documents(self) -> dict[str, str]:
         """uniqueId -> entryUUID of the patient's Approved DocumentEntries (FindDocuments)."""
@@ -208,6 +214,7 @@ def start_site(
     tmp_path: Path,
     *,
     dcmjs: bool = False,
+    more_nodes: tuple[dict[str, Any], ...] = (),
     **registration: Any,
 ) -> Site:
     ian_port = free_port()
@@ -225,6 +232,7 @@ def start_site(
             node("PACS1", free_port(), HOLDER),  # the commitment SCU
             node("OTHERRIS", other.port, OTHER, ian=True),
             *more,
+            *more_nodes,
         ],
         extra={
             "registration": {

@@ -56,6 +56,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from kuva.model.identity import FINNISH_PIC_OID, PIC_CENTURIES, pic_check_character, pic_problem
+
 __all__ = [
     "BAD_STUDY_UIDS",
     "DEFAULT_PATIENT_ID",
@@ -72,6 +74,7 @@ __all__ = [
     "make_multiframe",
     "make_transfer_syntax_files",
     "parse_finnish_pic",
+    "without_specific_character_set",
     "write_series",
 ]
 
@@ -79,7 +82,7 @@ StrPath = str | os.PathLike[str]
 Pixels = npt.NDArray[np.uint16]
 
 #: Issuer of Patient ID for Finnish personal identity codes (the DVV OID).
-FINNISH_PIC_ISSUER = "1.2.246.21"
+FINNISH_PIC_ISSUER = FINNISH_PIC_OID
 #: A valid Finnish test identity code (born 1981-01-01, individual number 900: female).
 DEFAULT_PATIENT_ID = "010181-900C"
 DEFAULT_PATIENT_NAME = "Testinen^Maija"
@@ -87,8 +90,6 @@ DEFAULT_PATIENT_NAME = "Testinen^Maija"
 FINNISH_LETTERS_PATIENT_NAME = "Äijälä^Öljy"
 
 _PIC_PATTERN = re.compile(r"^(\d{2})(\d{2})(\d{2})([-+A-FU-Y])(\d{3})([0-9A-Y])$")
-_PIC_CHECK_CHARACTERS = "0123456789ABCDEFHJKLMNPRSTUVWXY"
-_PIC_CENTURY = {"+": 1800, **dict.fromkeys("-UVWXY", 1900), **dict.fromkeys("ABCDEF", 2000)}
 _PIC_CENTURY_SIGN = {1800: "+", 1900: "-", 2000: "A"}
 
 _IMPLEMENTATION_VERSION = "KUVA_TEST_1"
@@ -116,23 +117,16 @@ def finnish_test_pic(birth_date: dt.date, individual_number: int = 900) -> str:
     if century not in _PIC_CENTURY_SIGN:
         raise ValueError(f"no century sign for year {birth_date.year}")
     digits = f"{birth_date:%d%m%y}{individual_number:03d}"
-    check = _PIC_CHECK_CHARACTERS[int(digits) % 31]
+    check = pic_check_character(digits)
     return f"{digits[:6]}{_PIC_CENTURY_SIGN[century]}{digits[6:]}{check}"
 
 
 def parse_finnish_pic(pic: str) -> tuple[dt.date, str] | None:
     """Return (birth date, DICOM sex "M"/"F") of a valid identity code, else None."""
-    match = _PIC_PATTERN.match(pic)
-    if match is None:
+    if pic_problem(pic) is not None:
         return None
-    day, month, year, sign, number, check = match.groups()
-    if _PIC_CHECK_CHARACTERS[int(day + month + year + number) % 31] != check:
-        return None
-    try:
-        born = dt.date(_PIC_CENTURY[sign] + int(year), int(month), int(day))
-    except ValueError:
-        return None
-    return born, "M" if int(number) % 2 else "F"
+    born = dt.date(PIC_CENTURIES[pic[6]] + int(pic[4:6]), int(pic[2:4]), int(pic[:2]))
+    return born, "M" if int(pic[7:10]) % 2 else "F"
 
 
 def is_finnish_test_pic(pic: str) -> bool:
@@ -395,6 +389,18 @@ def _ct_instance(
     ds.PixelData = pixels.tobytes()
     ds["PixelData"].VR = "OW"
     return ds
+
+
+_SPECIFIC_CHARACTER_SET = b"\x08\x00\x05\x00CS"  # tag and VR, explicit VR little endian
+
+
+def without_specific_character_set(data: bytes) -> bytes:
+    """An encoded data set or Part 10 file (explicit VR little endian) with its
+    Specific Character Set (0008,0005) cut out: its text stays in the bytes of the
+    character set it was written in, now undeclared."""
+    at = data.index(_SPECIFIC_CHARACTER_SET, 132 if data[128:132] == b"DICM" else 0)
+    length = int.from_bytes(data[at + 6 : at + 8], "little")
+    return data[:at] + data[at + 8 + length :]
 
 
 def write_series(datasets: Iterable[Dataset], directory: StrPath) -> list[Path]:

@@ -64,7 +64,7 @@ def _fill(engine: Engine) -> dict[str, str]:
     studies = {"a1": f"{ROOT}.1", "a2": f"{ROOT}.2", "c1": f"{ROOT}.3"}
     rows = [
         (attributes(1, study=studies["a1"], series=f"{ROOT}.1.1"), A),
-        (attributes(1, study=studies["a2"], series=f"{ROOT}.2.1", patient_id="020292-902J"), A),
+        (attributes(1, study=studies["a2"], series=f"{ROOT}.2.1", patient_id="020292-902R"), A),
         (attributes(2, study=studies["c1"], series=f"{ROOT}.3.1"), C),
     ]
     with UnitOfWork(engine) as uow:
@@ -92,7 +92,7 @@ def test_visible_studies_with_prohibitions(engine: Engine) -> None:
     assert _visible(engine, scope_of(None, [])) == set()
 
     prohibitions = DisclosureProhibitions(engine)
-    patient2 = PatientKey("020292-902J", attributes(1).patient.issuer or "")
+    patient2 = PatientKey("020292-902R", attributes(1).patient.issuer or "")
     assert prohibitions.prohibit(patient2, by="test", reason="asked")
     assert not prohibitions.prohibit(patient2, by="test", reason="again")  # in force
     assert _visible(engine, national) == {studies["a1"], studies["c1"]}
@@ -119,7 +119,7 @@ def test_visible_studies_with_prohibitions(engine: Engine) -> None:
 
 def test_prohibition_of_an_unknown_patient_makes_its_record(engine: Engine) -> None:
     prohibitions = DisclosureProhibitions(engine, clock=lambda: datetime(2026, 1, 1, tzinfo=UTC))
-    key = PatientKey("030393-903K", "1.2.246.21")
+    key = PatientKey("030393-903F", "1.2.246.21")
     assert prohibitions.current(key) is None
     assert prohibitions.prohibit(key, by="operator", reason="")
     current = prohibitions.current(key)

@@ -139,8 +139,8 @@ def test_disclosures_are_audited_per_patient(engine: Engine) -> None:
     handouts = [
         Handout("1.2.3.1", "1.2.246.10.1", "1.2.3", patient=("010181-900C", "1.2.246.21")),
         Handout("1.2.3.2", "1.2.246.10.1", "1.2.3", patient=("010181-900C", "1.2.246.21")),
-        Handout("1.2.4.1", "1.2.246.10.1", "1.2.4", patient=("020202-900D", "1.2.246.21")),
-        Handout("1.2.5.1", "1.2.246.10.2", "1.2.5", patient=("030303-900E", "1.2.246.21")),
+        Handout("1.2.4.1", "1.2.246.10.1", "1.2.4", patient=("020202-900E", "1.2.246.21")),
+        Handout("1.2.5.1", "1.2.246.10.2", "1.2.5", patient=("030303-9005", "1.2.246.21")),
     ]
     assert log.record("1.2.246.10.2", handouts, Interface.ITI_43) == 3
     rows = _records(engine)

@@ -244,3 +244,30 @@ def test_missing_file(tmp_path: Path) -> None:
     """A named configuration file that does not exist is an error."""
     with pytest.raises(FileNotFoundError):
         load_settings(tmp_path / "absent.toml")
+
+
+def test_node_defaults_for_what_it_leaves_out(tmp_path: Path) -> None:
+    """[[nodes]] default_issuer and default_character_set: "" unless set."""
+    text = (
+        '[[nodes]]\nae_title = "PACS1"\ndefault_issuer = "1.2.246.21"\n'
+        'default_character_set = "ISO_IR 100"\n\n[[nodes]]\nae_title = "CT1"\n'
+    )
+    settings = load_settings(write_config(tmp_path, text))
+    pacs, ct = settings.nodes
+    assert (pacs.default_issuer, pacs.default_character_set) == ("1.2.246.21", "ISO_IR 100")
+    assert (ct.default_issuer, ct.default_character_set) == ("", "")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("default_issuer", "KANTA", "default_issuer 'KANTA' is not an OID"),
+        ("default_issuer", "1.2.0246", "not an OID"),
+        ("default_character_set", "UTF-8", "not a Defined Term of Specific Character Set"),
+        ("default_character_set", "latin1", "not a Defined Term"),
+    ],
+)
+def test_node_defaults_checked_at_load(tmp_path: Path, key: str, value: str, message: str) -> None:
+    text = f'[[nodes]]\nae_title = "PACS1"\n{key} = "{value}"\n'
+    with pytest.raises(ValidationError, match=message):
+        load_settings(write_config(tmp_path, text))

@@ -273,7 +273,7 @@ def test_who_sees_what_and_merges(engine: Engine) -> None:
     organisation sees what it holds or received; a merged identity's records are the
     survivor's."""
     service = NoticeService(engine, clock=lambda: NOW)
-    merged, survivor = "020202-900D", PATIENT
+    merged, survivor = "020202-900E", PATIENT
     with UnitOfWork(engine) as uow:
         old = uow.patients.create(PatientKey(merged, FINNISH_PIC_ISSUER), NOW)
         new = uow.patients.create(PatientKey(survivor, FINNISH_PIC_ISSUER), NOW)

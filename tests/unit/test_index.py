@@ -257,7 +257,7 @@ def test_study_uid_under_another_patient(engine: Engine) -> None:
     """A study UID already archived for one patient cannot appear for another."""
     add(engine, new_instance(attributes(1)))
     with UnitOfWork(engine) as uow, pytest.raises(TreeConflict, match="another patient"):
-        uow.instances.add(new_instance(attributes(2, patient_id="020292-902P")))
+        uow.instances.add(new_instance(attributes(2, patient_id="020292-902R")))
     assert row_counts(engine) == {"patient": 1, "study": 1, "series": 1, "instance": 1}
 
 

@@ -80,7 +80,7 @@ def add_document(engine: Engine, ref: BlobRef, unique_id: str, study: int | None
                 sha256=ref.sha256,
                 blob_key=ref.key,
                 organization_oid=ORG,
-                patient_id="010101-900C",
+                patient_id="010101-900R",
                 patient_authority="1.2.246.21",
                 study_instance_uid=study_uid(study) if study is not None else None,
                 stored_at=WHEN,

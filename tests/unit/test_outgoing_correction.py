@@ -37,7 +37,7 @@ ORG = "1.2.246.10.99.1"
 
 def _received(charset: str = "ISO_IR 192") -> Dataset:
     (ds,) = make_ct_series(
-        1, rows=8, cols=8, patient_id="020202-900D", specific_character_set=charset
+        1, rows=8, cols=8, patient_id="020202-900E", specific_character_set=charset
     )
     ds.PatientName = "Testinen^Maija"
     ds.ReferringPhysicianName = "Lääkäri^Liisa" if charset != "" else "Laakari^Liisa"
@@ -50,7 +50,7 @@ def test_correction_records_the_values_as_stored() -> None:
     assert ds.PatientID == "010181-900C" and str(ds.PatientName) == "Äijälä^Öljymäki"
     (item,) = ds.OriginalAttributesSequence
     (original,) = item.ModifiedAttributesSequence
-    assert original.PatientID == "020202-900D"
+    assert original.PatientID == "020202-900E"
     assert str(original.PatientName) == "Testinen^Maija"
     assert item.ReasonForTheAttributeModification == "CORRECT"
     assert item.ModifyingSystem == "kuva" and item.SourceOfPreviousValues == ORG
@@ -196,7 +196,7 @@ def test_converted_objects_are_corrected_too(
     assert back.file_meta.TransferSyntaxUID == target
     assert back.PatientID == "010181-900C"
     assert back.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].PatientID == (
-        "020202-900D"
+        "020202-900E"
     )
 
 

@@ -29,13 +29,16 @@ from kuva.dicom.part10 import (
     BULK_DATA_THRESHOLD,
     PREAMBLE,
     Part10Rewriter,
+    apply_sender_defaults,
     canonical_file_meta,
     dataset_json,
     extract_attributes,
+    patient_issuer,
     read_header,
 )
 from kuva.model.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from kuva.storage.filesystem import FileBlobStore
+from tests.support.synthetic import without_specific_character_set
 
 ROOT = "2.25.2222222222"
 STUDY_UID = f"{ROOT}.1"
@@ -336,6 +339,57 @@ def test_finnish_letters_latin1(tmp_path: Path) -> None:
     attrs = extract_attributes(read_header(path), ExplicitVRLittleEndian)
     assert attrs.patient.name == FINNISH_NAME
     assert attrs.study.referring_physician_name == "Lääkäri^Testi"
+
+
+@pytest.mark.parametrize(("charset", "codec"), [("ISO_IR 192", "utf-8"), ("ISO_IR 100", "latin-1")])
+def test_undeclared_character_set_read_in_the_sender_default(
+    tmp_path: Path, charset: str, codec: str
+) -> None:
+    """A data set without (0008,0005) is read in the node's default character set;
+    without a default, as pydicom reads it (the default repertoire, Latin-1 leniently)."""
+    path = stored_file(tmp_path, ct_dataset(charset=charset))
+    path.write_bytes(without_specific_character_set(path.read_bytes()))
+    assert FINNISH_NAME.encode(codec) in path.read_bytes()
+    header = read_header(path)
+    apply_sender_defaults(header, character_set=charset)
+    attrs = extract_attributes(header, ExplicitVRLittleEndian)
+    assert attrs.patient.name == FINNISH_NAME
+    assert attrs.study.referring_physician_name == "Lääkäri^Testi"
+    assert json.loads(attrs.dataset_json)["00080005"]["Value"] == [charset]
+    plain = extract_attributes(read_header(path), ExplicitVRLittleEndian)
+    assert (plain.patient.name == FINNISH_NAME) is (codec == "latin-1")
+
+
+def test_declared_character_set_wins_over_the_sender_default(tmp_path: Path) -> None:
+    header = read_header(stored_file(tmp_path, ct_dataset(charset="ISO_IR 192")))
+    apply_sender_defaults(header, character_set="ISO_IR 100")
+    assert header.SpecificCharacterSet == "ISO_IR 192"
+    assert extract_attributes(header, ExplicitVRLittleEndian).patient.name == FINNISH_NAME
+
+
+def test_issuer_from_the_qualifiers_sequence_or_the_sender_default() -> None:
+    """(0010,0021) when an OID, else the ISO Universal Entity ID of (0010,0024), else
+    (0010,0021) as given; the node's default_issuer only when there is none."""
+    ds = ct_dataset()
+    del ds.IssuerOfPatientID
+    assert patient_issuer(ds) == ""
+    apply_sender_defaults(ds, issuer="1.2.246.10.12345678.22.2026")
+    assert patient_issuer(ds) == "1.2.246.10.12345678.22.2026"
+
+    qualifier = Dataset()
+    qualifier.UniversalEntityID = "1.2.246.21"
+    qualifier.UniversalEntityIDType = "ISO"
+    named = ct_dataset()
+    named.IssuerOfPatientID = "DVV"
+    named.IssuerOfPatientIDQualifiersSequence = [qualifier]
+    assert patient_issuer(named) == "1.2.246.21"
+    apply_sender_defaults(named, issuer="1.2.3")
+    assert extract_attributes(named, ExplicitVRLittleEndian).patient.issuer == "1.2.246.21"
+    assert named.IssuerOfPatientID == "DVV"  # present: no default put in
+
+    qualifier.UniversalEntityIDType = "DNS"
+    assert patient_issuer(named) == "DVV"
+    assert patient_issuer(ct_dataset()) == "1.2.246.21"
 
 
 def test_missing_attributes_are_empty() -> None:

@@ -40,8 +40,8 @@ from tests.unit.test_index import NOW, ROOT, attributes, new_instance
 
 ISSUER = "1.2.246.21"
 SURVIVOR = PatientKey("010181-900C", ISSUER)
-MERGED = PatientKey("020202-900D", ISSUER)
-THIRD = PatientKey("030303-900E", ISSUER)
+MERGED = PatientKey("020202-900E", ISSUER)
+THIRD = PatientKey("030303-9005", ISSUER)
 
 
 def store(engine: Engine, key: PatientKey, study: int, name: str = "Testinen^Maija") -> str:
@@ -233,7 +233,7 @@ def test_operator_merge_unmerge_and_show(engine: Engine) -> None:
     done(engine)
 
     with pytest.raises(PatientCorrectionError, match="unknown"):
-        service.merge(PatientKey("040404-900F", ISSUER), SURVIVOR)
+        service.merge(PatientKey("040404-900V", ISSUER), SURVIVOR)
     corrected = service.merge(MERGED, SURVIVOR, by="tester")
     assert (corrected.changed, corrected.studies) == (True, (merged_study,))
     assert registrations(engine) == [merged_study]
@@ -253,7 +253,7 @@ def test_operator_merge_unmerge_and_show(engine: Engine) -> None:
         ("merge", str(MERGED), "tester"),
         ("merge", str(SURVIVOR), "operator"),
     ]
-    assert service.show(PatientKey("040404-900F", ISSUER)) is None
+    assert service.show(PatientKey("040404-900V", ISSUER)) is None
 
     former, corrected = service.unmerge(SURVIVOR)
     assert former == THIRD and len(corrected.studies) == 2

@@ -51,7 +51,7 @@ from kuva.xds.namespaces import NSMAP, q
 from tests.unit.test_ebrim import sample_payload
 
 PATIENT = PatientId("010181-900C", "1.2.246.21")
-OTHER_PATIENT = PatientId("020292-9180", "1.2.246.21")
+OTHER_PATIENT = PatientId("020292-9188", "1.2.246.21")
 ORG = "1.2.246.10.1234567.10"
 NOW = datetime(2026, 3, 14, 9, 26, 53, tzinfo=UTC)
 REPOSITORY = "1.2.246.10.0.10.1.1"

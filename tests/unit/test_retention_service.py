@@ -256,7 +256,7 @@ def test_pid_29_is_read_as_the_death_date() -> None:
 
 
 def test_a_merge_gives_the_studies_the_survivors_dates(site: Site) -> None:
-    other = PatientKey("020202-900D", FINNISH_PIC_ISSUER)
+    other = PatientKey("020202-900E", FINNISH_PIC_ISSUER)
     moved = make_ct_series(1, rows=16, cols=16, patient_id=other.patient_id, study_datetime=OLD)
     store(site, moved)
     study(site, 1)  # the survivor's own study, so that it is held

@@ -44,7 +44,7 @@ def fill(engine: Engine) -> None:
         numbered(attributes(1, study=STUDY_A, series=SERIES_A1), 2),
         numbered(attributes(2, study=STUDY_A, series=SERIES_A1), 2),
         attributes(1, study=STUDY_A, series=SERIES_A2),
-        attributes(1, study=STUDY_B, series=SERIES_B1, patient_id="020202-900D"),
+        attributes(1, study=STUDY_B, series=SERIES_B1, patient_id="020202-900E"),
     ]
     with UnitOfWork(engine) as uow:
         for attrs in rows:
@@ -70,9 +70,9 @@ def test_resolve_by_each_level_in_tree_order(engine: Engine) -> None:
         f"{SERIES_A1}.2",
         f"{SERIES_A1}.3",
     ]
-    assert uids(resolve(engine, RetrieveKeys(patient_id="020202-900D"))) == [f"{SERIES_B1}.1"]
-    assert resolve(engine, RetrieveKeys(patient_id="020202-900D", issuer="1.2.246.21")) == []
-    assert uids(resolve(engine, RetrieveKeys(patient_id="020202-900D", issuer=""))) == [
+    assert uids(resolve(engine, RetrieveKeys(patient_id="020202-900E"))) == [f"{SERIES_B1}.1"]
+    assert resolve(engine, RetrieveKeys(patient_id="020202-900E", issuer="1.2.246.21")) == []
+    assert uids(resolve(engine, RetrieveKeys(patient_id="020202-900E", issuer=""))) == [
         f"{SERIES_B1}.1"
     ]
     assert uids(resolve(engine, RetrieveKeys(series_uids=(SERIES_B1, SERIES_A2)))) == [

@@ -70,7 +70,7 @@ from kuva.xds.schema import validate
 
 SAMPLES = Path(__file__).parents[1] / "data" / "xds" / "samples"
 PATIENT = PatientId("010181-900C", "1.2.246.21")
-OTHER = PatientId("020292-9180", "1.2.246.21")
+OTHER = PatientId("020292-9188", "1.2.246.21")
 ORG = "1.2.246.10.1234567.10"
 NOW = datetime(2026, 3, 14, 9, 26, 53, tzinfo=UTC)
 REPOSITORY = "1.2.246.10.0.10.1.1"
@@ -363,7 +363,7 @@ def test_find_documents_by_patient_and_status(world: World, service: StoredQuery
     assert find_documents(service) == [w.e1.id, w.e2.id, w.e3.id]
     assert find_documents(service, patient=OTHER) == [w.e4.id]
     # An unknown patient: Success, nothing; other statuses match nothing.
-    assert find_documents(service, patient=PatientId("311299-999X", "1.2.246.21")) == []
+    assert find_documents(service, patient=PatientId("311299-999E", "1.2.246.21")) == []
     assert (
         find_documents(
             service, status=listed("urn:oasis:names:tc:ebxml-regrep:StatusType:Submitted")

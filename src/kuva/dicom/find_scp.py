@@ -5,7 +5,9 @@ returned, empty when the index does not hold it (PS3.4 C.4.1.1.3.2), and every
 answer says Instance Availability ONLINE (everything kuva holds is). Responses
 are Pending (0xFF00) one per match; C-CANCEL ends the search with 0xFE00.
 Answers use the requester's character set when it can carry every value,
-otherwise UTF-8 (ISO_IR 192). Every request is audited when its answer is
+otherwise UTF-8 (ISO_IR 192); an identifier without Specific Character Set from a
+node with ``default_character_set`` is read in that one, and answered in it, with
+(0008,0005) set. Every request is audited when its answer is
 complete: a 110112 Query message with the identifier as received, queued for the
 audit trail's writer thread (services.audit).
 """
@@ -26,6 +28,7 @@ from pynetdicom.events import Event
 
 from kuva.config import Settings
 from kuva.dicom import status as st
+from kuva.dicom.part10 import apply_sender_defaults
 from kuva.model.availability import ONLINE
 from kuva.model.query import QueryError, QueryLevel, QueryResult
 from kuva.services.access import AccessPolicy
@@ -146,6 +149,11 @@ class FindSCP:
         except Exception:
             yield st.status(UNABLE_TO_PROCESS, "identifier cannot be parsed"), None
             return
+        node = self._settings.node(event.assoc.requestor.ae_title)
+        if node is not None:
+            # Decoded, and answered, in the node's default_character_set when the
+            # identifier declares none (the answers then declare it: PS3.5 6.1.2.2).
+            apply_sender_defaults(identifier, character_set=node.default_character_set)
         level_text = str(identifier.get("QueryRetrieveLevel", "")).strip()
         try:
             level = QueryLevel(level_text)

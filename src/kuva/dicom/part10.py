@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.charset import convert_encodings
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -33,6 +34,7 @@ from kuva.model.rejection import (
     RejectionNote,
 )
 from kuva.model.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from kuva.model.xds import oid_problem
 from kuva.storage import BlobWriter
 
 log = logging.getLogger(__name__)
@@ -173,6 +175,46 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value).strip()
 
 
+def patient_issuer(ds: Dataset) -> str:
+    """Issuer of Patient ID: (0010,0021) when it is an OID; else the Universal Entity
+    ID of type ISO in Issuer of Patient ID Qualifiers Sequence (0010,0024), the
+    issuer's OID (PS3.3 C.7.1.1.1.1); else (0010,0021) as given ("" when absent)."""
+    issuer = _text(ds, "IssuerOfPatientID")
+    if issuer and oid_problem(issuer) is None:
+        return issuer
+    try:
+        qualifiers = ds.get("IssuerOfPatientIDQualifiersSequence") or []
+        for item in qualifiers:
+            entity = _text(item, "UniversalEntityID")
+            if entity and _text(item, "UniversalEntityIDType") == "ISO":
+                return entity
+    except Exception:  # an unreadable sequence: (0010,0021) alone
+        pass
+    return issuer
+
+
+def undeclared_character_set(ds: Dataset) -> bool:
+    """True when ``ds`` has no Specific Character Set (0008,0005), or an empty one."""
+    try:
+        return not ds.get("SpecificCharacterSet")
+    except Exception:
+        return False
+
+
+def apply_sender_defaults(ds: Dataset, *, issuer: str = "", character_set: str = "") -> None:
+    """What a node declares for what its data sets leave out ([[nodes]]
+    default_character_set, default_issuer), put into the data set in memory before
+    any text of it is read: its text is decoded with ``character_set`` when it has no
+    Specific Character Set (PS3.5 6.1.2.2), and ``issuer`` is its Issuer of Patient
+    ID when it has none (``patient_issuer``). The received bytes stay as they are."""
+    if character_set and undeclared_character_set(ds):
+        ds.SpecificCharacterSet = character_set
+        implicit, little = ds.original_encoding
+        ds.set_original_encoding(implicit, little, convert_encodings([character_set]))
+    if issuer and not patient_issuer(ds):
+        ds.IssuerOfPatientID = issuer
+
+
 def _int(ds: Dataset, keyword: str, problems: list[str]) -> int | None:
     try:
         value = ds.get(keyword)
@@ -236,7 +278,7 @@ def extract_attributes(ds: Dataset, transfer_syntax_uid: str) -> InstanceAttribu
         transfer_syntax_uid=transfer_syntax_uid,
         patient=PatientAttributes(
             patient_id=text("PatientID"),
-            issuer=text("IssuerOfPatientID"),
+            issuer=patient_issuer(ds),
             name=text("PatientName"),
             birth_date=text("PatientBirthDate"),
             sex=text("PatientSex"),

@@ -9,6 +9,10 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000  # invalid object: missing or malformed required attributes
+# ... and, while registration is on, a patient the XDS registry would not take (no
+# OID Issuer of Patient ID, a wrong identity code): "Error: Cannot understand"
+# (PS3.4 B.2.3), not A900 - the data set may match its SOP Class (the issuer is
+# Type 3), yet the archive cannot do with it what it is for.
 # kuva-specific code in the "Cannot understand" family (Cxxx): the SOP Instance UID
 # is already archived with other content. Corrections go through IOCM.
 DUPLICATE_WITH_OTHER_CONTENT = 0xC001

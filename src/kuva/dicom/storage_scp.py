@@ -14,6 +14,10 @@ pynetdicom 3.x in pyproject.toml); each falls back to pynetdicom's own behaviour
 for anything that is not a kuva storage association, and the C-STORE handler falls
 back to copying the received file when the hook did not apply.
 
+A node's ``default_character_set`` and ``default_issuer`` ([[nodes]]) fill in what
+its data sets leave out, for the index only (``apply_sender_defaults``); the stored
+bytes are the received ones.
+
 What an association stored is audited when it ends (``association_closed``): one
 110104 DICOM Instances Transferred message per study (services.audit), not one
 per instance.
@@ -36,7 +40,13 @@ from pynetdicom.events import Event
 
 from kuva.config import Settings
 from kuva.dicom import status as st
-from kuva.dicom.part10 import Part10Rewriter, canonical_file_meta, extract_attributes, read_header
+from kuva.dicom.part10 import (
+    Part10Rewriter,
+    apply_sender_defaults,
+    canonical_file_meta,
+    extract_attributes,
+    read_header,
+)
 from kuva.model.instance import InstanceAttributes
 from kuva.services.audit import AuditTrail, ReceivedStudy
 from kuva.services.ingest import IncomingInstance, IngestService, StoreStatus
@@ -161,6 +171,11 @@ class StorageSCP:
             log.warning("C-STORE from %s: data set cannot be parsed: %s", calling_ae, exc)
             return st.status(st.CANNOT_UNDERSTAND, "data set cannot be parsed")
 
+        node = self._settings.node(calling_ae)
+        if node is not None:  # only the index sees these; the blob is as received
+            apply_sender_defaults(
+                header, issuer=node.default_issuer, character_set=node.default_character_set
+            )
         attrs = extract_attributes(header, writer.transfer_syntax_uid)
         affected_class = str(request.AffectedSOPClassUID)
         affected_instance = str(request.AffectedSOPInstanceUID)

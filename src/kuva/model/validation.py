@@ -1,17 +1,21 @@
 """The rules an instance must meet to be archived (the storage issue's minimum).
 
 SOP Class, SOP Instance, Series and Study Instance UIDs present and well formed,
-and a Patient ID present. Each problem is a sentence naming the attribute, for the
+and a Patient ID present; for an archive that registers what it holds, a patient
+the XDS registry takes (model.identity: an OID Issuer of Patient ID, a valid
+Finnish identity code under 1.2.246.21), so that nothing is archived that could
+never be registered. Each problem is a sentence naming the attribute, for the
 DICOM Error Comment (at most 64 characters there) and the log.
 """
 
 from __future__ import annotations
 
+from kuva.model.identity import registry_patient_problem
 from kuva.model.instance import InstanceAttributes
 from kuva.model.uids import uid_problem
 
 
-def instance_problems(attrs: InstanceAttributes) -> list[str]:
+def instance_problems(attrs: InstanceAttributes, *, for_registry: bool = False) -> list[str]:
     problems: list[str] = []
     for label, value in (
         ("SOPClassUID", attrs.sop_class_uid),
@@ -26,6 +30,10 @@ def instance_problems(attrs: InstanceAttributes) -> list[str]:
         problems.append("PatientID missing")
     elif len(attrs.patient.patient_id) > 64:
         problems.append("PatientID longer than 64 characters")
+    elif for_registry:
+        problem = registry_patient_problem(attrs.patient.patient_id, attrs.patient.issuer)
+        if problem is not None:
+            problems.append(problem)
     problems.extend(attrs.parse_problems)
     note = attrs.rejection_note
     if note is not None:

@@ -82,6 +82,7 @@ from kuva.index.repository import StudyFacts
 from kuva.index.uow import UnitOfWork
 from kuva.model.access import AccessScope
 from kuva.model.clock import Clock, utcnow
+from kuva.model.identity import registry_patient_id
 from kuva.model.instance import PatientAttributes
 from kuva.model.query import QueryLevel
 from kuva.model.uids import made_by_kuva, new_uid, uid_problem
@@ -102,7 +103,6 @@ from kuva.model.xds import (
     Submission,
     format_dtm,
     new_association,
-    oid_problem,
     status_of,
 )
 from kuva.services.access import AccessPolicy, basis_text
@@ -175,20 +175,12 @@ class PublishedManifest:
 
 
 def _patient_cx(patient: PatientAttributes) -> PatientId:
-    """The study's patient as an XDS patient id (CX, ITI TF-3 4.2.3.1.7)."""
-    problem = oid_problem(patient.issuer)
-    if problem is not None:
-        raise ManifestPublishError(
-            f"the study's Issuer of Patient ID is {problem}: an XDS patient id needs an OID "
-            "as its assigning authority (ITI TF-3 4.2.3.1.7)"
-        )
+    """The study's patient as an XDS patient id (CX, ITI TF-3 4.2.3.1.7): the rule
+    ingest refuses by (model.identity)."""
     try:
-        return PatientId.parse(str(PatientId(patient.patient_id, patient.issuer)))
+        return registry_patient_id(patient.patient_id, patient.issuer)
     except ValueError as exc:
-        reason = str(exc).split(" '", 1)[0]  # the message may quote the id
-        raise ManifestPublishError(
-            f"the study's Patient ID is not usable in XDS: {reason}"
-        ) from exc
+        raise ManifestPublishError(f"the study's patient is not usable in XDS: {exc}") from exc
 
 
 def _source_patient_info(patient: PatientAttributes, cx: PatientId) -> tuple[str, ...]:

@@ -4,6 +4,9 @@ The adapter has already streamed the object's bytes into a blob writer (hashing 
 the way). Here the archive decides:
 
 * an instance that breaks the rules (model.validation) is refused, nothing stored;
+  with ``for_registry`` (registration on, the default) so is one whose patient
+  the XDS registry would not take (model.identity): it could be archived but
+  never registered, and its sender would never learn of it;
 * the same SOP Instance UID again with the same bytes is a success, nothing new;
 * the same SOP Instance UID with other bytes is refused: stored objects are never
   replaced, corrections go through IOCM (rejection + replacement instances);
@@ -131,11 +134,14 @@ class IngestService:
         blobs: BlobStore,
         committer: GroupCommitter,
         clock: Clock = utcnow,
+        *,
+        for_registry: bool = False,
     ) -> None:
         self._engine = engine
         self._blobs = blobs
         self._committer = committer
         self._clock = clock
+        self._for_registry = for_registry
         self.on_indexed: IndexedHook | None = None
         self.on_changed: iocm.ChangedHook | None = None
         self.on_added: AddedHook | None = None
@@ -152,7 +158,7 @@ class IngestService:
     def _store(self, incoming: IncomingInstance) -> StoreOutcome:
         attrs = incoming.attributes
         blob = incoming.blob
-        problems = instance_problems(attrs)
+        problems = instance_problems(attrs, for_registry=self._for_registry)
         if problems:
             blob.discard()
             log.warning(

@@ -24,6 +24,13 @@ the process dies, a peer is down or a study keeps growing:
    failure is retried with the outbox's exponential backoff up to
    ``[tasks] max_attempts``, then waits as a failed task for ``kuva tasks retry``.
 
+What the registry would not take never gets this far: while registration is on,
+ingest refuses an instance whose patient cannot be an XDS patient id (no OID
+Issuer of Patient ID, a Finnish identity code with a wrong check character;
+model.identity, the rule the manifest's patient id is made by), so that no
+instance is archived that could never be registered, with no word to its sender.
+A node's ``default_issuer`` supplies a missing issuer (kuva.dicom.part10).
+
 Order: the registrations of a study run one at a time, in order (outbox queue
 ``registration:<study>``), and so do the IANs of a study to one node (queue
 ``ian:<node>:<study>``): a node that was down receives every IAN it missed, in

@@ -35,9 +35,10 @@ Checked, with the error code of ITI TF-3 Table 4.2.4.1-2:
   patient merged into another (HL7 A40, the overlay of kuva.services.stored_query)
   is the survivor, as its entries are after an ITI-44 merge, so that a merged
   patient's document can be replaced under the survivor's id; the patient is
-  known - in the index's patient table (Patient ID + issuer) or of a trusted
-  assigning authority, which stands in for a Patient Identity Feed
-  (XDSUnknownPatientId).
+  known - in the index's patient table (Patient ID + issuer), of a trusted
+  assigning authority, which stands in for a Patient Identity Feed, or a temporary
+  id of a configured organisation (1.2.246.10.<business id>.22.<year>,
+  model.identity.KnownAuthorities) - else XDSUnknownPatientId.
 * uniqueIds: not twice in the message (XDSRegistryDuplicateUniqueIdInMessage); a
   SubmissionSet or Folder uniqueId already registered (XDSDuplicateUniqueIdInRegistry);
   a DocumentEntry uniqueId already registered is a resubmission of the same
@@ -87,6 +88,7 @@ from sqlalchemy import Engine
 from kuva.index.registry import RegistryConflict, RegistryRepository
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
+from kuva.model.identity import KnownAuthorities
 from kuva.model.xds import (
     DOCUMENT_UNIQUE_ID_LENGTH,
     LONG_NAME_LENGTH,
@@ -161,7 +163,8 @@ def _patient(obj: RegistryObject) -> PatientId | None:
 
 class RegistryService:
     """``trusted_assigning_authorities``: OIDs whose patients are known without a
-    row in the patient table (settings.xds.trusted_assigning_authorities).
+    row in the patient table (settings.xds.trusted_assigning_authorities); so are
+    the temporary ids of the ``organizations`` (their OIDs; model.identity).
     ``render``: writes the stored ebRIM XML of objects that have none (made in code,
     or by the registry itself) - kuva.xds.ebrim.render."""
 
@@ -171,10 +174,11 @@ class RegistryService:
         *,
         trusted_assigning_authorities: Iterable[str],
         render: Callable[[RegistryObject], str],
+        organizations: Iterable[str] = (),
         clock: Clock = utcnow,
     ) -> None:
         self._engine = engine
-        self._trusted = frozenset(trusted_assigning_authorities)
+        self._trusted = KnownAuthorities.of(trusted_assigning_authorities, organizations)
         self._render = render
         self._clock = clock
 
@@ -274,7 +278,7 @@ class _Checks:
         self,
         submission: Submission,
         repository: RegistryRepository,
-        trusted: frozenset[str],
+        trusted: KnownAuthorities,
         survivors: Callable[[Iterable[PatientId]], dict[PatientId, PatientId]],
     ) -> None:
         self.submission = submission
