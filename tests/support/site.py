@@ -208,6 +208,7 @@ def start_site(
     tmp_path: Path,
     *,
     dcmjs: bool = False,
+    retention: dict[str, Any] | None = None,
     **registration: Any,
 ) -> Site:
     ian_port = free_port()
@@ -234,6 +235,7 @@ def start_site(
             },
             "tasks": {"max_attempts": 30},
             "http": {"organization": HOLDER},  # STOW-RS stores for the holder
+            **({"retention": retention} if retention is not None else {}),
         },
         # The other organisation reads the holder's material (ITI-43, RAD-69) on a
         # basis: each read is a disclosure (services.access).
