@@ -57,8 +57,7 @@ import io
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from datetime import datetime, timezone
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -83,6 +82,7 @@ from kuva.index.uow import UnitOfWork
 from kuva.model.access import AccessScope
 from kuva.model.clock import Clock, utcnow
 from kuva.model.instance import PatientAttributes
+from kuva.model.local_time import study_offset, utc_dtm
 from kuva.model.query import QueryLevel
 from kuva.model.uids import made_by_kuva, new_uid, uid_problem
 from kuva.model.xds import (
@@ -124,17 +124,11 @@ DICOM_MIME_TYPE = "application/dicom"
 
 # --- the manifest's DocumentEntry (publish_manifest) ---
 #
-# Codes an affinity domain agrees on; kuva's defaults until they become settings
-# (an ``[xds.manifest]`` block). LOINC 2.16.840.1.113883.6.1, SNOMED CT
-# 2.16.840.1.113883.6.96, HL7 v3 Confidentiality 2.16.840.1.113883.5.25.
-_LOINC = "2.16.840.1.113883.6.1"
-_SNOMED_CT = "2.16.840.1.113883.6.96"
-MANIFEST_CLASS_CODE = Code("18726-0", _LOINC, "Radiology studies (set)")
-MANIFEST_TYPE_CODE = Code("55113-5", _LOINC, "Key images Document Radiology")
-MANIFEST_PRACTICE_SETTING_CODE = Code("394914008", _SNOMED_CT, "Radiology")
-MANIFEST_HEALTHCARE_FACILITY_TYPE_CODE = Code("22232009", _SNOMED_CT, "Hospital")
+# classCode, typeCode, practiceSettingCode and healthcareFacilityTypeCode are
+# settings ([registration]); these are kuva's fixed choices. LOINC
+# 2.16.840.1.113883.6.1, HL7 v3 Confidentiality 2.16.840.1.113883.5.25.
 MANIFEST_CONFIDENTIALITY_CODE = Code("N", "2.16.840.1.113883.5.25", "normal")
-MANIFEST_CONTENT_TYPE_CODE = Code("18726-0", _LOINC, "Radiology studies (set)")
+MANIFEST_CONTENT_TYPE_CODE = Code("18726-0", "2.16.840.1.113883.6.1", "Radiology studies (set)")
 MANIFEST_LANGUAGE_CODE = "fi-FI"
 MANIFEST_TITLE = "XDS-I.b manifest"
 # Fixed by XDS-I.b (RAD TF-3 4.68.4.1.2.3): the KOS SOP Class in the DICOM UID registry.
@@ -145,9 +139,6 @@ MANIFEST_FORMAT_CODE = Code(
 )
 # eventCodeList: the study's modalities, DICOM CID 29 (coding scheme DCM).
 MODALITY_CODING_SCHEME = "1.2.840.10008.2.16.4"
-# Study Date and Time are local time without a zone: read in this one (to become
-# a setting). Without the zone database, serviceStartTime keeps the date only.
-STUDY_TIME_ZONE = "Europe/Helsinki"
 # instance.source_ae of stored manifests: where the object came from.
 MANIFEST_SOURCE = "XDS-I.b"
 
@@ -201,31 +192,6 @@ def _source_patient_info(patient: PatientAttributes, cx: PatientId) -> tuple[str
     if patient.sex in ("M", "F", "O"):
         values.append(f"PID-8|{patient.sex}")
     return tuple(values)
-
-
-def service_start_time(study_date: str, study_time: str, zone: str = STUDY_TIME_ZONE) -> str:
-    """serviceStartTime (ITI TF-3 4.2.3.2.19) from Study Date and Time: UTC, to the
-    precision given; the date alone when the time is absent or unreadable or the
-    zone unknown; "" without a valid date."""
-    if len(study_date) != 8 or not study_date.isdigit():
-        return ""
-    try:
-        day = datetime.strptime(study_date, "%Y%m%d")
-    except ValueError:
-        return ""
-    digits = study_time.split(".", 1)[0].replace(":", "").strip()
-    if len(digits) not in (2, 4, 6) or not digits.isdigit():
-        return study_date
-    try:
-        local = day.replace(
-            hour=int(digits[0:2]),
-            minute=int(digits[2:4] or 0),
-            second=int(digits[4:6] or 0),
-            tzinfo=ZoneInfo(zone),
-        )
-    except (ValueError, ZoneInfoNotFoundError):
-        return study_date
-    return format_dtm(local.astimezone(UTC))[: 8 + len(digits)]
 
 
 @dataclass(frozen=True)
@@ -424,7 +390,20 @@ class ImagingDocumentSource:
             retrieve_location_uid=self.unique_id,
             retrieve_url=f"{base_url.rstrip('/')}/dicom-web" if base_url else None,
             now=now,
+            offset=self._offset(listing, now),
             sop_instance_uid=sop_uid,
+        )
+
+    def _offset(self, listing: StudyListing, now: datetime | None) -> timezone:
+        """The UTC offset of the study's dates and times: its own Timezone Offset
+        From UTC, else ``[archive] local_time_zone``'s at the study's date."""
+        study = listing.study
+        return study_offset(
+            study.study_date,
+            study.study_time,
+            listing.timezone_offset,
+            self._settings.archive.zone(),
+            now or self._clock(),
         )
 
     # ------------------------------------------------------------------ publishing
@@ -463,12 +442,14 @@ class ImagingDocumentSource:
         1.2.840.10008.2.6.1); eventCodeList the study's modalities (DCM); referenceIdList
         the accession number (``urn:ihe:iti:xds:2013:accession``) and the Study
         Instance UID (``urn:ihe:iti:xds:2016:studyInstanceUID``); serviceStartTime the
-        study date and time, read as ``STUDY_TIME_ZONE`` and given in UTC;
-        creationTime and submissionTime now (UTC); author institution the register
-        holder (XON); SubmissionSet sourceId this source's unique id. classCode,
-        typeCode, practiceSettingCode, healthcareFacilityTypeCode,
-        confidentialityCode, languageCode and contentTypeCode are the ``MANIFEST_*``
-        constants of this module (an affinity domain's choice: to become settings).
+        study date and time in UTC (ITI TF-3 4.2.3.2.19), read in the offset the
+        manifest states (the study's own Timezone Offset From UTC, else
+        ``[archive] local_time_zone`` at that date); creationTime and submissionTime
+        now (UTC); author institution the register holder (XON); SubmissionSet
+        sourceId this source's unique id. classCode, typeCode, practiceSettingCode
+        and healthcareFacilityTypeCode are ``[registration]`` settings (an affinity
+        domain's choice); confidentialityCode, languageCode and contentTypeCode the
+        ``MANIFEST_*`` constants of this module.
 
         ``manifest_uid`` makes publishing safe to repeat (the registration task
         gives the same one on every attempt): the manifest gets this SOP Instance
@@ -654,15 +635,17 @@ class ImagingDocumentSource:
         if study.accession_number:
             references.insert(0, f"{study.accession_number}^^^^{ACCESSION_REFERENCE}")
         created = format_dtm(now)
+        codes = self._settings.registration
+        offset = self._offset(listing, now)
         entry = NewDocumentEntry(
             patient=patient,
             unique_id=str(manifest.SOPInstanceUID),
             mime_type=DICOM_MIME_TYPE,
-            class_code=MANIFEST_CLASS_CODE,
-            type_code=MANIFEST_TYPE_CODE,
+            class_code=codes.class_code.value(),
+            type_code=codes.type_code.value(),
             format_code=MANIFEST_FORMAT_CODE,
-            healthcare_facility_type_code=MANIFEST_HEALTHCARE_FACILITY_TYPE_CODE,
-            practice_setting_code=MANIFEST_PRACTICE_SETTING_CODE,
+            healthcare_facility_type_code=codes.healthcare_facility_type_code.value(),
+            practice_setting_code=codes.practice_setting_code.value(),
             confidentiality_codes=(MANIFEST_CONFIDENTIALITY_CODE,),
             creation_time=created,
             language_code=MANIFEST_LANGUAGE_CODE,
@@ -675,7 +658,7 @@ class ImagingDocumentSource:
                 for modality in facts.modalities_in_study
             ),
             reference_ids=tuple(references),
-            service_start_time=service_start_time(study.study_date, study.study_time),
+            service_start_time=utc_dtm(study.study_date, study.study_time, offset),
             source_patient_info=_source_patient_info(listing.patient, patient),
             authors=(author,),
             title=study.description or MANIFEST_TITLE,
