@@ -45,13 +45,9 @@ from kuva.services.disclosure import (
     is_disclosure,
     recipient_of,
 )
-from kuva.services.imaging_source import (
-    DICOM_MIME_TYPE,
-    ImagingDocumentSource,
-    ManifestPublishError,
-    UnknownStudy,
-)
+from kuva.services.imaging_source import ImagingDocumentSource, UnknownStudy
 from kuva.services.ingest import IncomingInstance, IngestService
+from kuva.services.manifest_metadata import DICOM_MIME_TYPE, ManifestPublishError
 from kuva.services.registry import RegistryService
 from kuva.services.repository import DocumentRequest, RepositoryService, study_instance_uid_of
 from kuva.services.retrieve import RetrieveService
