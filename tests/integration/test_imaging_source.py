@@ -421,7 +421,7 @@ def test_rad69_partial_success_with_an_error_per_document(stored: Stored) -> Non
         assert part10_dataset(answer.data[uid]) == dataset_bytes(stored.sent[uid])
 
     # The service tells whose documents went out (for the disclosure log).
-    result = stored.source.retrieve_imaging_document_set(
+    result = stored.source.rad69.retrieve(
         ImagingDocumentSetRequest(
             documents=(DocumentRequest(stored.study_uid, series1, ours, sops1[2]),),
             transfer_syntax_uids=(ExplicitVRLittleEndian,),
@@ -432,7 +432,7 @@ def test_rad69_partial_success_with_an_error_per_document(stored: Stored) -> Non
     assert document.transfer_syntax_uid == ExplicitVRLittleEndian
 
     # A HomeCommunityId that is not kuva's (XDSUnknownCommunity); kuva's is echoed.
-    result = stored.source.retrieve_imaging_document_set(
+    result = stored.source.rad69.retrieve(
         ImagingDocumentSetRequest(
             documents=(
                 DocumentRequest(stored.study_uid, series1, ours, sops1[2], "urn:oid:1.2.3"),

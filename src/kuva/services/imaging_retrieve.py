@@ -176,6 +176,7 @@ class ImagingDocumentSetRetrieval:
 
     @property
     def unique_id(self) -> str:
+        """The Imaging Document Source's id: RAD-69's RepositoryUniqueId."""
         return self._settings.xds.imaging_source_unique_id
 
     def retrieve(

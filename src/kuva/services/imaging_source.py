@@ -8,8 +8,8 @@ Repository (pointing at the instance's blob) and registers its DocumentEntry and
 SubmissionSet (RAD-68 / ITI-41 semantics, done in-process) - see
 ``publish_manifest`` for the metadata and its defaults.
 
-Retrieve Imaging Document Set (RAD-69) is services.imaging_retrieve's; this
-source answers it there for its unique id.
+Retrieve Imaging Document Set (RAD-69) is services.imaging_retrieve's: the
+source's ``rad69`` answers it for the source's unique id.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from kuva.dicom.kos import (
 from kuva.dicom.part10 import Part10Rewriter, extract_attributes
 from kuva.index.manifests import ListedInstance, StudyListing
 from kuva.index.uow import UnitOfWork
-from kuva.model.access import AccessScope
 from kuva.model.clock import Clock, utcnow
 from kuva.model.local_time import study_offset
 from kuva.model.uids import made_by_kuva
@@ -47,10 +46,8 @@ from kuva.model.xds import (
     ResponseStatus,
 )
 from kuva.services.access import AccessPolicy
-from kuva.services.disclosure import UNKNOWN_RECIPIENT, DisclosureLog
+from kuva.services.disclosure import DisclosureLog
 from kuva.services.imaging_retrieve import (
-    ImagingDocumentSetRequest,
-    ImagingDocumentSetResult,
     ImagingDocumentSetRetrieval,
 )
 from kuva.services.ingest import IncomingInstance, IngestService
@@ -142,7 +139,8 @@ class ImagingDocumentSource:
         self._settings = settings
         self._ingest = ingest
         self._repository = repository
-        self._rad69 = ImagingDocumentSetRetrieval(
+        # RAD-69 at this source (services.imaging_retrieve)
+        self.rad69 = ImagingDocumentSetRetrieval(
             retrieve, settings, disclosures or DisclosureLog(engine)
         )
         self._clock = clock
@@ -150,7 +148,7 @@ class ImagingDocumentSource:
     @property
     def unique_id(self) -> str:
         """This source's id: the manifests' Retrieve Location UID, RAD-69's RepositoryUniqueId."""
-        return self._settings.xds.imaging_source_unique_id
+        return self.rad69.unique_id
 
     # ------------------------------------------------------------------ manifest
 
@@ -190,16 +188,6 @@ class ImagingDocumentSource:
             offset=self._offset(listing, now),
             sop_instance_uid=sop_uid,
         )
-
-    def retrieve_imaging_document_set(
-        self,
-        request: ImagingDocumentSetRequest,
-        *,
-        recipient: str = UNKNOWN_RECIPIENT,
-        scope: AccessScope | None = None,
-    ) -> ImagingDocumentSetResult:
-        """RAD-69 (services.imaging_retrieve) for ``recipient``, within ``scope``."""
-        return self._rad69.retrieve(request, recipient=recipient, scope=scope)
 
     def _offset(self, listing: StudyListing, now: datetime | None) -> timezone:
         """The UTC offset of the study's dates and times: its own Timezone Offset

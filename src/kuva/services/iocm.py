@@ -24,7 +24,7 @@ services.retention decides by ``model.rejection.standing_of``):
 * a study's expiry is still ahead: hidden like any rejection, destroyed with the
   study when it expires (the retention run);
 * a study is held: hidden, not destroyed; the note is answered with a warning
-  (``NotDestroyed``), the correction history records it, and releasing the hold
+  (``NOT_DESTROYED``, 0xB410), the correction history records it, and releasing the hold
   destroys them when they are then due.
 
 An instance such a note names that arrives afterwards (first, or again after its

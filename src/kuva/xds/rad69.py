@@ -130,7 +130,7 @@ def retrieve_imaging_document_set(source: ImagingDocumentSource, settings: Setti
 
     def handle(request: SoapRequest) -> SoapResponse:
         return response_for(
-            source.retrieve_imaging_document_set(
+            source.rad69.retrieve(
                 parse_request(request.body),
                 recipient=requesting_organization(request),
                 scope=requesting_scope(source.access, request),
