@@ -221,7 +221,7 @@ class Archive:
         )
         self.retention = RetentionService(self.engine, self.blobs, settings, audit=self.audit)
         self.ingest.on_added = self.retention.instance_added
-        self.ingest.on_retention_expired = self.retention.schedule_rejected
+        self.ingest.on_retention_expired = self.retention
         self.patients.on_retention = self.retention.studies_changed
         hours = settings.retention.run_every_hours
         self.retention_scheduler = RetentionScheduler(self.retention, hours) if hours > 0 else None

@@ -366,8 +366,9 @@ def xds_publish(
     settings = _settings(config)
     from kuva.app import build_blob_store, build_xds
     from kuva.index.group_commit import GroupCommitter
-    from kuva.services.imaging_source import ManifestPublishError, UnknownStudy
+    from kuva.services.imaging_source import UnknownStudy
     from kuva.services.ingest import IngestService
+    from kuva.services.manifest_metadata import ManifestPublishError
     from kuva.services.retrieve import RetrieveService
 
     engine = _index(settings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
@@ -22,7 +23,7 @@ from pydicom.charset import python_encoding
 from kuva.model.retention import Anchor, Period, RetentionPolicy
 from kuva.model.subject import Subject, SubjectError
 from kuva.model.uids import is_valid_uid
-from kuva.model.xds import oid_problem
+from kuva.model.xds import Code, oid_problem
 from kuva.tls import server_context
 
 DEFAULT_DATA_DIR = "var/kuva"
@@ -40,6 +41,22 @@ class ArchiveSettings(BaseModel):
     # false: every object goes out exactly as received (nodes can ask this alone:
     # [[nodes]] as_received).
     apply_corrections: bool = True
+    # The IANA time zone of the archive's customers (zoneinfo): a study's dates and
+    # times without their own Timezone Offset From UTC (0008,0201) are read in it,
+    # daylight saving time included (model.local_time).
+    local_time_zone: str = "Europe/Helsinki"
+
+    @field_validator("local_time_zone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"local_time_zone {value!r} is not a known time zone") from exc
+        return value
+
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.local_time_zone)
 
     def resolved_database_url(self) -> str:
         if self.database_url:
@@ -141,6 +158,30 @@ class XdsSettings(BaseModel):
     max_request_bytes: int = 64 * 1024 * 1024
 
 
+class CodeSettings(BaseModel):
+    """A coded value of XDS metadata (ITI TF-3 4.2.3.1.2)."""
+
+    model_config = {"extra": "forbid"}
+
+    code: str = Field(min_length=1)
+    scheme: str = Field(min_length=1)  # codingScheme, usually an OID
+    display_name: str = Field(min_length=1)
+
+    @field_validator("code", "scheme", "display_name")
+    @classmethod
+    def _plain(cls, value: str) -> str:
+        if value != value.strip() or "^" in value:
+            raise ValueError(f"{value!r}: no surrounding spaces, no ^ (ITI TF-2a 3.18.4.1.2.3.7)")
+        return value
+
+    def value(self) -> Code:
+        return Code(self.code, self.scheme, self.display_name)
+
+
+LOINC = "2.16.840.1.113883.6.1"
+SNOMED_CT = "2.16.840.1.113883.6.96"
+
+
 class RegistrationSettings(BaseModel):
     """Registration of studies and IAN (services/registration)."""
 
@@ -153,6 +194,20 @@ class RegistrationSettings(BaseModel):
     # any of its series has one); [] = every study. Studies of other modalities
     # are archived, retrievable and announced by IAN, but not published.
     modalities: list[str] = Field(default_factory=list)
+    # The manifest's DocumentEntry codes an affinity domain agrees on (ITI TF-3
+    # 4.2.3.2: classCode, typeCode, practiceSettingCode, healthcareFacilityTypeCode).
+    class_code: CodeSettings = CodeSettings(
+        code="18726-0", scheme=LOINC, display_name="Radiology studies (set)"
+    )
+    type_code: CodeSettings = CodeSettings(
+        code="55113-5", scheme=LOINC, display_name="Key images Document Radiology"
+    )
+    practice_setting_code: CodeSettings = CodeSettings(
+        code="394914008", scheme=SNOMED_CT, display_name="Radiology"
+    )
+    healthcare_facility_type_code: CodeSettings = CodeSettings(
+        code="22232009", scheme=SNOMED_CT, display_name="Hospital"
+    )
 
     @field_validator("modalities")
     @classmethod

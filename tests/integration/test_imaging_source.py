@@ -35,19 +35,15 @@ from pydicom.uid import (
     generate_uid,
 )
 
-import kuva.services.imaging_source as imaging_source
+import kuva.services.imaging_retrieve as imaging_retrieve
 import kuva.xds
 from kuva.config import LOCAL_ORGANIZATION_OID, Settings
 from kuva.dicom.kos import KEY_OBJECT_SELECTION_DOCUMENT_STORAGE
 from kuva.dicom.outgoing import encoded
 from kuva.index.database import make_engine
 from kuva.model.xds import ResponseStatus
-from kuva.services.imaging_source import (
-    DocumentRequest,
-    ImagingDocumentSetRequest,
-    ImagingDocumentSource,
-    UnknownStudy,
-)
+from kuva.services.imaging_retrieve import DocumentRequest, ImagingDocumentSetRequest
+from kuva.services.imaging_source import ImagingDocumentSource, UnknownStudy
 from kuva.services.retrieve import RetrieveService
 from kuva.storage.filesystem import FileBlobStore
 from kuva.xds.messages import SoapRequest, SoapResponse, Transaction
@@ -314,7 +310,7 @@ def test_rad69_samples_return_every_instance_as_sent(
         opened.append(obj.instance.sop_instance_uid)
         return encoded(obj, target)
 
-    monkeypatch.setattr(imaging_source, "encoded", counting)
+    monkeypatch.setattr(imaging_retrieve, "encoded", counting)
     ours = stored.settings.xds.imaging_source_unique_id
     body = fill(sample(name), stored.study_uid, stored.series, ours)
     requested = [
@@ -425,7 +421,7 @@ def test_rad69_partial_success_with_an_error_per_document(stored: Stored) -> Non
         assert part10_dataset(answer.data[uid]) == dataset_bytes(stored.sent[uid])
 
     # The service tells whose documents went out (for the disclosure log).
-    result = stored.source.retrieve_imaging_document_set(
+    result = stored.source.rad69.retrieve(
         ImagingDocumentSetRequest(
             documents=(DocumentRequest(stored.study_uid, series1, ours, sops1[2]),),
             transfer_syntax_uids=(ExplicitVRLittleEndian,),
@@ -436,7 +432,7 @@ def test_rad69_partial_success_with_an_error_per_document(stored: Stored) -> Non
     assert document.transfer_syntax_uid == ExplicitVRLittleEndian
 
     # A HomeCommunityId that is not kuva's (XDSUnknownCommunity); kuva's is echoed.
-    result = stored.source.retrieve_imaging_document_set(
+    result = stored.source.rad69.retrieve(
         ImagingDocumentSetRequest(
             documents=(
                 DocumentRequest(stored.study_uid, series1, ours, sops1[2], "urn:oid:1.2.3"),

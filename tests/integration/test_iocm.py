@@ -7,10 +7,15 @@ says UNAVAILABLE; sent again it is refused (113037, 113038) or ignored with a wa
 (113001, 113039, also over STOW-RS). A note that comes before its instances rejects
 them when they arrive; a note from another organisation is refused; a note that
 rejects every image withdraws the manifest; ``kuva iocm revoke`` undoes a note.
+Retention wins over a 113039 note: a held study or one whose expiry is ahead keeps
+the instances (hidden; a B410 warning over C-STORE and STOW-RS) until the hold is
+released (``kuva retention hold``/``release``) or the study expires (a death date
+over HL7 ADT^A08 with python-hl7's mllp_send, then ``kuva retention run``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import time
 from collections.abc import Callable
@@ -23,7 +28,10 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from kuva.index.uow import UnitOfWork
 from kuva.model.xds import AvailabilityStatus
+from tests.integration.test_retention import POLICY, wait_until
+from tests.support.hl7 import Hl7Site, adt, msa, pid
 from tests.support.ian import IanReceiver
 from tests.support.iocm import (
     INCORRECT_WORKLIST_ENTRY,
@@ -287,3 +295,103 @@ def test_rejecting_every_image_withdraws_the_manifest_and_revoke_restores(
     assert len(site.find_documents()) == 1
     again = site.server.kuva("iocm", "revoke", str(note.SOPInstanceUID), check=False)
     assert again.returncode == 1
+
+
+OLD = dt.datetime(2001, 2, 3, 10, 0)  # expired under POLICY since 2006
+HOLD_WARNING = "study under legal hold: rejected, not destroyed"
+
+
+def old_study(site: Site, tmp: Path) -> tuple[str, list[Dataset]]:
+    study_uid = generate_uid()
+    datasets = make_ct_series(
+        3, rows=16, cols=16, patient_id=DEFAULT_PATIENT_ID, study_uid=study_uid, study_datetime=OLD
+    )
+    sent = site.store(write_series(datasets, tmp / study_uid))
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    return study_uid, datasets
+
+
+def kept(site: Site, ds: Dataset) -> bool:
+    """Whether the archive still holds the instance (its row, hence its blob)."""
+    with UnitOfWork(site.engine, write=False) as uow:
+        return uow.instances.get(str(ds.SOPInstanceUID)) is not None
+
+
+def send_note(site: Site, tmp: Path, rejected: list[Dataset]) -> tuple[Dataset, str]:
+    """A 113039 note of ``rejected`` by storescu; the note and storescu's output."""
+    note = rejection_note(RETENTION_EXPIRED, rejected)
+    sent = site.store([write_note(note, tmp / "notes")], debug=True)
+    output = sent.stdout + sent.stderr
+    assert sent.returncode == 0, output
+    return note, output
+
+
+def retention_of(site: Site, note: Dataset) -> str:
+    """What the correction history recorded of the note's destruction."""
+    with UnitOfWork(site.engine, write=False) as uow:
+        (rejection,) = uow.corrections.of_subject(str(note.SOPInstanceUID))
+    return str(rejection.detail["retention"])
+
+
+def destroyed_by_notes(site: Site) -> set[str]:
+    """The notes whose instances' destruction was decided (its outbox tasks)."""
+    return {task["subject"] for task in site.tasks("retention-destroy-rejected")}
+
+
+def test_retention_wins_over_a_113039_note(
+    site_factory: Callable[..., Site], database_url: str, tmp_path: Path
+) -> None:
+    site = site_factory(retention={"policies": [POLICY], "run_every_hours": 0})
+
+    # --- expired and not held: destroyed at once, a plain success
+    _, due = old_study(site, tmp_path)
+    note, output = send_note(site, tmp_path, due[:1])
+    assert "0xb410" not in output.lower(), output
+    wait_until(lambda: not kept(site, due[0]))
+    assert kept(site, due[1]) and retention_of(site, note) == "destroyed"
+
+    # --- expired but held: rejected and hidden, not destroyed; a warning says so
+    held_uid, held = old_study(site, tmp_path)
+    hold = site.server.kuva("retention", "hold", "--study", held_uid, "--reason", "court case")
+    assert "legal hold" in hold.stdout, hold.stdout + hold.stderr
+    held_note, output = send_note(site, tmp_path, held[:1])
+    assert "0xb410" in output.lower() and HOLD_WARNING in output, output
+    assert retention_of(site, held_note) == "under legal hold"
+    # over STOW-RS: the same decision, the warning in the Store Instances Response
+    stow_note = rejection_note(RETENTION_EXPIRED, held[1:2])
+    stowed = stow(site, write_note(stow_note, tmp_path / "stow"))
+    assert stowed.status_code == 202, stowed.text
+    (item,) = stowed.json()["00081199"]["Value"]
+    assert item["00081196"]["Value"] == [0xB410]
+    assert item["00000902"]["Value"] == [HOLD_WARNING]
+    notes = {held_note.SOPInstanceUID, stow_note.SOPInstanceUID}
+    assert images_of(site, held_uid) == {held[2].SOPInstanceUID} | notes
+    assert wado_status(site, held[0]) == 404 and wado_status(site, held[1]) == 404
+    assert kept(site, held[0]) and kept(site, held[1])
+    assert destroyed_by_notes(site) == {note.SOPInstanceUID}
+    listed = site.server.kuva("retention", "list-destroyed", "--plain", "--study", held_uid)
+    assert held_uid not in listed.stdout
+
+    # --- the hold released: the destruction it kept back is due now
+    released = site.server.kuva("retention", "release", "--study", held_uid)
+    assert "1 legal hold(s) released" in released.stdout, released.stdout
+    wait_until(lambda: not kept(site, held[0]) and not kept(site, held[1]))
+    assert kept(site, held[2])
+    listed = site.server.kuva("retention", "list-destroyed", "--plain", "--study", held_uid)
+    assert listed.stdout.count(held_uid) == 2, listed.stdout  # one record per note
+
+    # --- a study of today: its expiry is ahead; hidden, destroyed when it expires
+    fresh_uid, fresh = study(site)
+    fresh_note, output = send_note(site, tmp_path, fresh[:1])
+    assert "0xb410" in output.lower(), output
+    assert "retention not expired: rejected, destroyed when it expires" in output
+    assert retention_of(site, fresh_note) == "kept until the study expires"
+    assert wado_status(site, fresh[0]) == 404 and kept(site, fresh[0])
+    assert fresh_note.SOPInstanceUID not in destroyed_by_notes(site)
+    # the patient died in 2020 (ADT^A08 PID-29): two years on, every study expired
+    hl7 = Hl7Site(site.server, database_url, tmp_path)
+    death = pid(DEFAULT_PATIENT_ID) + "|" * 21 + "20200601083000"
+    assert msa(hl7.mllp_send(adt("A08", death)))[0] == "AA"
+    run = site.server.kuva("retention", "run", "--by", "archivist")
+    assert fresh_uid in run.stdout and "0 destroyed" not in run.stdout, run.stdout
+    assert not any(kept(site, ds) for ds in fresh)

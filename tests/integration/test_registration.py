@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -27,22 +29,25 @@ from kuva.app import build_xds
 from kuva.config import Settings
 from kuva.index.group_commit import GroupCommitter
 from kuva.index.uow import UnitOfWork
+from kuva.model.local_time import parse_offset
 from kuva.model.uids import new_uid
-from kuva.model.xds import AvailabilityStatus
+from kuva.model.xds import AvailabilityStatus, DocumentEntryScheme
 from kuva.services.ingest import IngestService
 from kuva.services.retrieve import RetrieveService
 from kuva.storage.filesystem import FileBlobStore
 from kuva.xds.namespaces import (
+    NSMAP,
     RETRIEVE_IMAGING_DOCUMENT_SET,
 )
 from tests.integration.test_xds import part10_dataset, rad69_request
 from tests.support.archive import dataset_bytes
 from tests.support.commitment_scu import CommitmentSCU, committed
 from tests.support.peers import dcmtk_available
-from tests.support.site import Site
+from tests.support.site import PATIENT, Site
 from tests.support.synthetic import (
     DEFAULT_PATIENT_ID,
     make_ct_series,
+    write_series,
 )
 from tests.unit.test_repository import retrieve_request
 
@@ -277,3 +282,89 @@ def test_publishing_again_after_a_crash_registers_the_stored_manifest(
     assert published.instances == 3
     assert site.kuva_instances(study_uid) == [manifest_uid]
     assert site.manifests(study_uid) == {manifest_uid: AvailabilityStatus.APPROVED}
+
+
+def slots_and_codes(entry: Any) -> tuple[dict[str, list[str]], dict[str, tuple[str, str, str]]]:
+    """A DocumentEntry's slots, and its codes by classification scheme (code,
+    codingScheme, display name)."""
+    slots = {
+        slot.get("name"): [v.text or "" for v in slot.iterfind("rim:ValueList/rim:Value", NSMAP)]
+        for slot in entry.iterfind("rim:Slot", NSMAP)
+    }
+    codes = {
+        c.get("classificationScheme"): (
+            c.get("nodeRepresentation"),
+            c.findtext("rim:Slot/rim:ValueList/rim:Value", "", NSMAP),
+            c.find("rim:Name/rim:LocalizedString", NSMAP).get("value"),
+        )
+        for c in entry.iterfind("rim:Classification", NSMAP)
+        if c.get("nodeRepresentation")  # not the author's
+    }
+    return slots, codes
+
+
+def test_manifest_time_agrees_with_its_offset_and_its_codes_are_settings(
+    site_factory: Callable[..., Site], tmp_path: Path
+) -> None:
+    """Studies at 12:00 local time: Helsinki winter (+0200), Helsinki summer (+0300)
+    and one that says its own offset (-0500). The manifest ITI-43 returns keeps the
+    study's time and states its offset, its own creation time in that offset; the
+    DocumentEntry ITI-18 finds has serviceStartTime in UTC and the codes of
+    [registration]."""
+    class_code = {"code": "IMG", "scheme": "1.2.246.537.6.12", "display_name": "Kuvantaminen"}
+    site = site_factory(class_code=class_code)
+    cases = {  # study datetime, own offset -> stated offset, serviceStartTime
+        (datetime(2026, 1, 15, 12), ""): ("+0200", "20260115100000"),
+        (datetime(2026, 7, 1, 12), ""): ("+0300", "20260701090000"),
+        (datetime(2026, 1, 15, 12), "-0500"): ("-0500", "20260115170000"),
+    }
+    studies = {}
+    for (when, own), expected in cases.items():
+        datasets = make_ct_series(2, rows=8, cols=8, study_datetime=when)
+        for ds in datasets:
+            if own:
+                ds.TimezoneOffsetFromUTC = own
+        sent = site.store(write_series(datasets, tmp_path / str(datasets[0].StudyInstanceUID)))
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        studies[str(datasets[0].StudyInstanceUID)] = expected
+    site.wait_tasks(
+        "study-registration",
+        lambda tasks: len(tasks) == 3 and all(t["status"] == "done" for t in tasks),
+    )
+
+    entries = site.stored_query("iti18-FindDocuments-request.xml", {"$patient_id$": str(PATIENT)})
+    assert len(entries) == 3
+    for entry in entries:
+        slots, codes = slots_and_codes(entry)
+        (study_uid,) = [
+            ref.split("^")[0] for ref in slots["urn:ihe:iti:xds:2013:referenceIdList"]
+            if ref.endswith("studyInstanceUID")
+        ]  # fmt: skip
+        offset, service_start = studies[study_uid]
+        assert slots["serviceStartTime"] == [service_start]  # UTC, ITI TF-3 4.2.3.2.19
+        assert codes[DocumentEntryScheme.CLASS_CODE] == ("IMG", "1.2.246.537.6.12", "Kuvantaminen")
+        assert codes[DocumentEntryScheme.TYPE_CODE][:2] == ("55113-5", "2.16.840.1.113883.6.1")
+
+        (unique_id,) = [
+            i.get("value")
+            for i in entry.iterfind("rim:ExternalIdentifier", NSMAP)
+            if i.get("identificationScheme") == DocumentEntryScheme.UNIQUE_ID
+        ]
+        _, documents = site.retrieve(
+            "urn:ihe:iti:2007:RetrieveDocumentSet",
+            retrieve_request(("1.2.246.10.0.10.1.1", unique_id)),
+            "/xds/repository",
+        )
+        manifest = pydicom.dcmread(pydicom.filebase.DicomBytesIO(documents[unique_id]))
+        assert manifest.StudyTime == "120000"
+        assert manifest.TimezoneOffsetFromUTC == offset
+        # the study's time, read in the stated offset, is the UTC time of the entry
+        stated = parse_offset(offset)
+        assert stated is not None
+        local = datetime.strptime(manifest.StudyDate + manifest.StudyTime, "%Y%m%d%H%M%S")
+        assert f"{local.replace(tzinfo=stated).astimezone(UTC):%Y%m%d%H%M%S}" == service_start
+        # the manifest's own creation: now, in the same offset
+        created = datetime.strptime(
+            manifest.ContentDate + manifest.ContentTime, "%Y%m%d%H%M%S"
+        ).replace(tzinfo=stated)
+        assert abs(datetime.now(UTC) - created) < timedelta(minutes=5)

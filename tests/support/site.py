@@ -215,6 +215,7 @@ def start_site(
     *,
     dcmjs: bool = False,
     more_nodes: tuple[dict[str, Any], ...] = (),
+    retention: dict[str, Any] | None = None,
     **registration: Any,
 ) -> Site:
     ian_port = free_port()
@@ -242,6 +243,7 @@ def start_site(
             },
             "tasks": {"max_attempts": 30},
             "http": {"organization": HOLDER},  # STOW-RS stores for the holder
+            **({"retention": retention} if retention is not None else {}),
         },
         # The other organisation reads the holder's material (ITI-43, RAD-69) on a
         # basis: each read is a disclosure (services.access).

@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from kuva.config import LOCAL_ORGANIZATION_OID, load_settings
+from kuva.model.xds import Code
 
 ORG_A = "1.2.246.10.1234567.10"
 ORG_B = "1.2.246.10.7654321.10"
@@ -270,4 +271,47 @@ def test_node_defaults_for_what_it_leaves_out(tmp_path: Path) -> None:
 def test_node_defaults_checked_at_load(tmp_path: Path, key: str, value: str, message: str) -> None:
     text = f'[[nodes]]\nae_title = "PACS1"\n{key} = "{value}"\n'
     with pytest.raises(ValidationError, match=message):
+        load_settings(write_config(tmp_path, text))
+
+
+def test_local_time_zone_and_manifest_codes(tmp_path: Path) -> None:
+    """[archive] local_time_zone and the manifest's [registration] codes: defaults,
+    values from the file, and what is refused at load."""
+    settings = load_settings()
+    assert settings.archive.local_time_zone == "Europe/Helsinki"
+    assert str(settings.archive.zone()) == "Europe/Helsinki"
+    registration = settings.registration
+    assert registration.class_code.value() == Code(
+        "18726-0", "2.16.840.1.113883.6.1", "Radiology studies (set)"
+    )
+    assert registration.type_code.value().code == "55113-5"
+    assert registration.practice_setting_code.value().code == "394914008"
+    assert registration.healthcare_facility_type_code.value().display_name == "Hospital"
+
+    given = load_settings(
+        write_config(
+            tmp_path,
+            '[archive]\nlocal_time_zone = "America/New_York"\n'
+            '[registration.class_code]\ncode = "IMG"\nscheme = "1.2.246.537.6.12"\n'
+            'display_name = "Kuvantaminen"\n',
+        )
+    )
+    assert str(given.archive.zone()) == "America/New_York"
+    assert given.registration.class_code.value() == Code("IMG", "1.2.246.537.6.12", "Kuvantaminen")
+    assert given.registration.type_code.value().code == "55113-5"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[archive]\nlocal_time_zone = "Europe/Nowhere"\n',
+        '[archive]\nlocal_time_zone = ""\n',
+        '[registration.type_code]\ncode = ""\nscheme = "1.2.3"\ndisplay_name = "x"\n',
+        '[registration.type_code]\ncode = "a^b"\nscheme = "1.2.3"\ndisplay_name = "x"\n',
+        '[registration.type_code]\ncode = "a"\nscheme = "1.2.3"\n',
+        '[registration.type_code]\ncode = "a"\nscheme = "1.2.3"\ndisplay_name = "x"\nx = 1\n',
+    ],
+)
+def test_bad_zone_or_code_is_refused(tmp_path: Path, text: str) -> None:
+    with pytest.raises(ValidationError):
         load_settings(write_config(tmp_path, text))

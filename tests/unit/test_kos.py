@@ -83,6 +83,7 @@ def manifest(
     retrieve_location_uid: str = LOCATION,
     retrieve_url: str | None = None,
     now: datetime = NOW,
+    offset: timezone = UTC,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
 ) -> Dataset:
@@ -92,6 +93,7 @@ def manifest(
         retrieve_location_uid=retrieve_location_uid,
         retrieve_url=retrieve_url,
         now=now,
+        offset=offset,
         series_instance_uid=series_instance_uid,
         sop_instance_uid=sop_instance_uid,
     )
@@ -136,6 +138,13 @@ def test_kos_document_title_series_and_uids() -> None:
     # A local time is written as UTC.
     helsinki = manifest(now=datetime(2024, 3, 5, 12, 20, 30, tzinfo=timezone(timedelta(hours=2))))
     assert helsinki.ContentTime == "102030"
+    # In the study's offset, every date and time of the manifest is in that offset
+    # (PS3.3 C.12.1.1.8); the study's own are as received.
+    eet = manifest(offset=timezone(timedelta(hours=2)))
+    assert eet.TimezoneOffsetFromUTC == "+0200"
+    assert (eet.ContentDate, eet.ContentTime) == ("20240305", "122030")
+    assert (eet.InstanceCreationDate, eet.InstanceCreationTime) == ("20240305", "122030")
+    assert (eet.StudyDate, eet.StudyTime) == (ds.StudyDate, ds.StudyTime)
 
 
 def test_patient_and_study_as_given() -> None:

@@ -5,7 +5,7 @@ retrieve paths leaving rejected instances out."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy import Engine
 
@@ -14,7 +14,14 @@ from kuva.index.instances import NewInstance
 from kuva.index.retrieval import RetrieveKeys
 from kuva.index.uow import UnitOfWork
 from kuva.model.query import QueryLevel
-from kuva.model.rejection import PATIENT_SAFETY, RejectedReference, RejectionNote
+from kuva.model.rejection import (
+    PATIENT_SAFETY,
+    RejectedReference,
+    RejectionNote,
+    Standing,
+    StudyStanding,
+    standing_of,
+)
 from tests.unit.test_counters import counters
 
 BASE = datetime(2024, 1, 1, tzinfo=UTC)
@@ -117,3 +124,15 @@ def test_a_note_first_rejects_on_arrival_only_its_own_organisations(engine: Engi
         news[2].attributes.sop_instance_uid,
     }
     assert counters(engine) == ([(1, 2, "CT")], [2])
+
+
+def test_retention_wins_over_a_113039_note() -> None:
+    today = date(2026, 12, 6)
+    free = StudyStanding(held=False, expires_on=None)  # no policy covers it
+    expired = StudyStanding(held=False, expires_on=today)
+    ahead = StudyStanding(held=False, expires_on=date(2031, 1, 1))
+    held = StudyStanding(held=True, expires_on=None)
+    assert standing_of([], today) is Standing.DUE  # nothing of it is here yet
+    assert standing_of([free, expired], today) is Standing.DUE
+    assert standing_of([expired, ahead], today) is Standing.AT_EXPIRY
+    assert standing_of([ahead, held], today) is Standing.HELD

@@ -45,14 +45,9 @@ from kuva.services.disclosure import (
     is_disclosure,
     recipient_of,
 )
-from kuva.services.imaging_source import (
-    DICOM_MIME_TYPE,
-    ImagingDocumentSource,
-    ManifestPublishError,
-    UnknownStudy,
-    service_start_time,
-)
+from kuva.services.imaging_source import ImagingDocumentSource, UnknownStudy
 from kuva.services.ingest import IncomingInstance, IngestService
+from kuva.services.manifest_metadata import DICOM_MIME_TYPE, ManifestPublishError
 from kuva.services.registry import RegistryService
 from kuva.services.repository import DocumentRequest, RepositoryService, study_instance_uid_of
 from kuva.services.retrieve import RetrieveService
@@ -912,6 +907,11 @@ def test_publish_a_manifest(imaging: Imaging) -> None:
     assert hashlib.sha1(content).hexdigest() == document.sha1 == entry.hash
     manifest = dcmread(io.BytesIO(content))
     assert len(manifest.ContentSequence) == 3
+    # one offset for every date and time: the study's (Helsinki, summer), and the
+    # manifest's own creation in it (12:00 UTC is 15:00 there)
+    assert manifest.TimezoneOffsetFromUTC == "+0300"
+    assert (manifest.StudyDate, manifest.StudyTime) == ("20260701", "103015")
+    assert (manifest.ContentDate, manifest.ContentTime) == ("20260702", "150000")
     assert manifest.SOPInstanceUID == first.document_unique_id
     assert entry.kind is ObjectKind.DOCUMENT_ENTRY
     assert entry.patient == PatientId(series[0].PatientID, "1.2.246.21")
@@ -973,24 +973,3 @@ def test_a_manifest_needs_an_oid_issuer(imaging: Imaging) -> None:
         imaging.source.publish_manifest("1.2.3.4.5")
     assert count(imaging.engine, schema.xds_object) == 0
     assert count(imaging.engine, schema.instance) == 1  # nothing stored for the manifest
-
-
-@pytest.mark.parametrize(
-    ("date", "time", "expected"),
-    [
-        ("20260701", "103015", "20260701073015"),  # summer: UTC+3
-        ("20260115", "103015.123456", "20260115083015"),  # winter: UTC+2
-        ("20260115", "0130", "202601142330"),  # the day before in UTC
-        ("20260115", "10", "2026011508"),
-        ("20260115", "", "20260115"),
-        ("20260115", "25xx", "20260115"),
-        ("", "103015", ""),
-        ("2026011", "", ""),
-    ],
-)
-def test_service_start_time_is_utc(date: str, time: str, expected: str) -> None:
-    assert service_start_time(date, time) == expected
-
-
-def test_an_unknown_zone_keeps_the_date() -> None:
-    assert service_start_time("20260115", "103015", zone="Nowhere/Nothing") == "20260115"

@@ -436,10 +436,11 @@ def test_an_interrupted_destruction_is_finished_by_the_next_run(site: Site) -> N
 
 
 # ---------------------------------------------------------------------- IOCM 113039
+# Studies whose retention has expired (OLD): the note's destruction is due at once.
 
 
 def test_a_113039_rejection_note_destroys_what_it_rejects(site: Site) -> None:
-    datasets = make_ct_series(3, rows=16, cols=16, study_datetime=dt.datetime(2026, 1, 5))
+    datasets = make_ct_series(3, rows=16, cols=16, study_datetime=OLD)
     store(site, datasets)
     note = rejection_note(RETENTION_EXPIRED, datasets[:2])
     store(site, [note])
@@ -471,7 +472,7 @@ def test_a_113039_rejection_note_destroys_what_it_rejects(site: Site) -> None:
 
 
 def test_an_instance_a_113039_note_named_first_is_not_kept(site: Site) -> None:
-    datasets = make_ct_series(2, rows=16, cols=16, study_datetime=dt.datetime(2026, 1, 5))
+    datasets = make_ct_series(2, rows=16, cols=16, study_datetime=OLD)
     store(site, [datasets[0]])
     note = rejection_note(RETENTION_EXPIRED, datasets)  # the second is not held yet
     store(site, [note])
@@ -487,7 +488,7 @@ def test_an_instance_a_113039_note_named_first_is_not_kept(site: Site) -> None:
 
 
 def test_a_failed_113039_destruction_is_finished_by_its_retry(site: Site) -> None:
-    datasets = make_ct_series(3, rows=16, cols=16, study_datetime=dt.datetime(2026, 1, 5))
+    datasets = make_ct_series(3, rows=16, cols=16, study_datetime=OLD)
     store(site, datasets)
     note = rejection_note(RETENTION_EXPIRED, datasets)
     store(site, [note])
@@ -503,3 +504,20 @@ def test_a_failed_113039_destruction_is_finished_by_its_retry(site: Site) -> Non
     assert [r.instances for r in records] == [3]
     assert len(blob_files(site)) == 1  # the note
     assert verify_problems(site) == 0
+
+
+def test_a_113039_note_on_a_study_not_expired_destroys_it_with_the_study(site: Site) -> None:
+    """Retention wins: a study with its expiry ahead keeps what the note rejects
+    (hidden, a warning) until the retention run destroys the whole study."""
+    datasets = make_ct_series(2, rows=16, cols=16, study_datetime=dt.datetime(2026, 1, 5))
+    store(site, datasets)
+    note = rejection_note(RETENTION_EXPIRED, datasets[:1])
+    outcome = store_one(site, note)
+    assert outcome.status is StoreStatus.NOT_DESTROYED and outcome.ok
+    assert outcome.message == "retention not expired: rejected, destroyed when it expires"
+    with UnitOfWork(site.engine, write=False) as uow:
+        assert uow.tasks.list(kind=REJECTED_DESTRUCTION_TASK) == []
+        assert uow.instances.get(str(datasets[0].SOPInstanceUID)) is not None
+    assert site.retention.destroy_rejected(note.SOPInstanceUID, by="test") is None  # not due
+    assert len(blob_files(site)) == 3
+    assert site.retention.run(by="test").destroyed == []  # expires in 2031

@@ -11,8 +11,11 @@ per instance).
 
 The manifest belongs to the study it describes (same Study Instance UID, same
 patient and request attributes) in a series of its own, with kuva's own UIDs.
-Dates and times of the manifest itself are UTC, said so by Timezone Offset From
-UTC (PS3.3 C.12.1.1.8); the study's are copied as received.
+The study's dates and times are copied as received; one Timezone Offset From UTC
+(PS3.3 C.12.1.1.8) applies to every date and time of a data set, so it is the
+study's offset (the caller's ``offset``: the study's own, or the archive's local
+time zone at the study's date), and the manifest's own dates and times (creation,
+content) are written in that offset too.
 
 ``build_manifest`` is pure: the caller reads the study from the index and passes
 the instances to list (rejected instances left out by the caller).
@@ -26,12 +29,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timezone
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from kuva.model.instance import PatientAttributes, StudyAttributes
+from kuva.model.local_time import format_offset
 from kuva.model.uids import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
@@ -195,6 +199,7 @@ def build_manifest(
     retrieve_location_uid: str,
     retrieve_url: str | None = None,
     now: datetime | None = None,
+    offset: timezone = UTC,
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
 ) -> Dataset:
@@ -204,14 +209,16 @@ def build_manifest(
     ``retrieve_location_uid``: the Imaging Document Source's unique id, named by
     RAD-69 requests as their RepositoryUniqueId (RAD TF-3 4.68.4.1.2.3).
     ``retrieve_url``: the DICOMweb base (``.../dicom-web``) for WADO-RS, optional.
-    ``now``: the manifest's creation instant (UTC); ``series_instance_uid`` and
-    ``sop_instance_uid``: its own UIDs, new ones by default.
+    ``now``: the manifest's creation instant; ``offset``: the UTC offset the
+    study's dates and times are in, in which the manifest's own are written (its
+    Timezone Offset From UTC); ``series_instance_uid`` and ``sop_instance_uid``: its
+    own UIDs, new ones by default.
     Raises ManifestError when there is nothing to list or a UID is malformed.
     """
     series_uid = series_instance_uid or new_uid()
     sop_uid = sop_instance_uid or new_uid()
     _check(source, series_uid, sop_uid, retrieve_location_uid)
-    created = (now or datetime.now(UTC)).astimezone(UTC)
+    created = (now or datetime.now(UTC)).astimezone(offset)
     patient, study = source.patient, source.study
 
     ds = Dataset()
@@ -221,7 +228,7 @@ def build_manifest(
     ds.InstanceCreationTime = f"{created:%H%M%S}"
     ds.SOPClassUID = KEY_OBJECT_SELECTION_DOCUMENT_STORAGE
     ds.SOPInstanceUID = sop_uid
-    ds.TimezoneOffsetFromUTC = "+0000"
+    ds.TimezoneOffsetFromUTC = format_offset(offset)
     # General Study (C.7.2.1): as received.
     ds.StudyDate = study.study_date
     ds.StudyTime = study.study_time

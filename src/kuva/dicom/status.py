@@ -29,6 +29,11 @@ STUDY_DESTROYED = 0xC412
 # Warning "Elements Discarded" (PS3.4 B.2.3): an instance rejected for quality
 # reasons or by retention, sent again, is not stored again; the Error Comment says so.
 ELEMENTS_DISCARDED = 0xB006
+# kuva-specific Bxxx warning of IOCM, beside its C410/C411: a 113039 (Data Retention
+# Policy Expired) note was stored and its instances rejected, but retention keeps
+# them (a legal hold, or the archive's own expiry still ahead); the Error Comment
+# says which. PS3.4 B.2.3 names no warning for this.
+NOT_DESTROYED = 0xB410
 # N-ACTION (PS3.7 C.4.2.1.x / PS3.4 J.3.2.1.2)
 PROCESSING_FAILURE = 0x0110
 NO_SUCH_ACTION_TYPE = 0x0123

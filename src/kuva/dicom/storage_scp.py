@@ -201,6 +201,8 @@ class StorageSCP:
         )
         if self._audit is not None:
             self._note(event.assoc, attrs, outcome.ok)
+        if outcome.status is StoreStatus.NOT_DESTROYED:
+            return st.status(st.NOT_DESTROYED, outcome.message)
         if outcome.ok:
             return st.status(st.SUCCESS)
         code = {

@@ -55,7 +55,9 @@ the Cxxx "Cannot understand" range are allowed there and listed here):
 
 Warning Reason 0xB006 Elements Discarded, with the Error Comment: the instance was
 rejected for quality reasons or by retention (113001, 113039) and is not stored
-again; it is listed in the Referenced SOP Sequence.
+again; it is listed in the Referenced SOP Sequence. Warning Reason 0xB410 (kuva's,
+as over C-STORE): a 113039 rejection note stored and applied whose instances
+retention keeps (legal hold, expiry ahead), not destroyed.
 
 HTTP status (PS3.18 10.5.3.1, Table 10.5.3-1): 200 when every instance was stored,
 202 when some were stored and others failed or had warnings, 409 when none was stored (the request
@@ -138,6 +140,11 @@ _OUTCOME_REASONS = {
     StoreStatus.REJECTED: st.REJECTED_INSTANCE,
     StoreStatus.FOREIGN: st.NOT_REGISTER_HOLDER,
     StoreStatus.DESTROYED: st.STUDY_DESTROYED,
+}
+# Stored, or not stored again, with a warning (Warning Reason, PS3.18 I.2.2).
+_WARNINGS = {
+    StoreStatus.IGNORED: st.ELEMENTS_DISCARDED,
+    StoreStatus.NOT_DESTROYED: st.NOT_DESTROYED,
 }
 
 # The body is handed to a worker thread in batches of about this size: few thread
@@ -439,14 +446,14 @@ class StowReceiver:
             )
         )
         patient = (attrs.patient.patient_id, attrs.patient.issuer)
-        if outcome.status is StoreStatus.IGNORED:
+        if outcome.status in _WARNINGS:
             return PartResult(
                 attrs.sop_class_uid,
                 attrs.sop_instance_uid,
                 attrs.study.study_instance_uid,
                 attrs.series.series_instance_uid,
                 comment=outcome.message,
-                warning_reason=st.ELEMENTS_DISCARDED,
+                warning_reason=_WARNINGS[outcome.status],
                 patient=patient,
             )
         if not outcome.ok:

@@ -7,6 +7,7 @@ columns only, so that neither ever opens a blob.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,7 @@ from sqlalchemy import Connection, bindparam, select
 
 from kuva.index.schema import instance, patient, series, study
 from kuva.model.instance import PatientAttributes, StudyAttributes
+from kuva.model.uids import made_by_kuva
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class StudyListing:
     patient: PatientAttributes
     study: StudyAttributes
     instances: list[ListedInstance]
+    # Timezone Offset From UTC (0008,0201) of the study's first listed object that
+    # kuva did not make; "" when it has none
+    timezone_offset: str = ""
 
 
 _STUDY = (
@@ -53,6 +58,8 @@ _STUDY = (
     .select_from(study.join(patient, study.c.patient_pk == patient.c.pk))
     .where(study.c.study_instance_uid == bindparam("uid"))
 )
+_DATASET = select(instance.c.dataset_json).where(instance.c.sop_instance_uid == bindparam("uid"))
+TIMEZONE_OFFSET_FROM_UTC = "00080201"
 _INSTANCES = (
     select(
         series.c.series_instance_uid,
@@ -138,6 +145,7 @@ class ManifestRepository:
             return None
         rows = self.conn.execute(_INSTANCES, {"study_pk": head.pk})
         listed = sorted((ListedInstance(*row) for row in rows), key=_order)
+        received = next((i for i in listed if not made_by_kuva(i.sop_instance_uid)), None)
         return StudyListing(
             patient=PatientAttributes(
                 patient_id=head.patient_id,
@@ -156,7 +164,14 @@ class ManifestRepository:
                 referring_physician_name=head.referring_physician_name,
             ),
             instances=listed,
+            timezone_offset=self._offset(received.sop_instance_uid) if received else "",
         )
+
+    def _offset(self, sop_instance_uid: str) -> str:
+        """An instance's Timezone Offset From UTC, from its DICOM JSON (one row)."""
+        text = self.conn.execute(_DATASET, {"uid": sop_instance_uid}).scalar()
+        values = json.loads(text).get(TIMEZONE_OFFSET_FROM_UTC, {}).get("Value") if text else None
+        return str(values[0]) if values else ""
 
     def holdings(self, study_instance_uid: str) -> StudyHoldings | None:
         """The study's register holder and instances; None if unknown."""

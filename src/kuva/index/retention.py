@@ -35,7 +35,7 @@ from kuva.index.schema import (
     study,
     xds_document,
 )
-from kuva.model.rejection import RETENTION_EXPIRED
+from kuva.model.rejection import RETENTION_EXPIRED, StudyStanding
 from kuva.model.retention import Expiry, StudyFacts, parse_dicom_date
 
 CHUNK = 500
@@ -319,6 +319,60 @@ class RetentionRepository:
                 select(_HELD).select_from(study).where(study.c.pk == study_pk)
             ).scalar()
         )
+
+    def standings(self, study_uids: Iterable[str]) -> list[StudyStanding]:
+        """Hold and expiry of each of these studies the archive keeps (by its UID)."""
+        uids = sorted(set(study_uids))
+        found: list[StudyStanding] = []
+        for chunk in _chunks(uids):
+            rows = self.conn.execute(
+                select(_HELD.label("held"), study.c.expires_on).where(
+                    study.c.study_instance_uid.in_(chunk)
+                )
+            )
+            found.extend(StudyStanding(bool(row.held), row.expires_on) for row in rows)
+        return found
+
+    def studies_held_by(self, *, study_uid: str | None, patient_pk: int | None) -> list[str]:
+        """The studies a hold on ``study_uid`` or on the patient keeps."""
+        if study_uid is not None:
+            return [study_uid]
+        rows = self.conn.execute(
+            select(study.c.study_instance_uid).where(
+                or_(study.c.patient_pk == patient_pk, study.c.received_patient_pk == patient_pk)
+            )
+        )
+        return [row[0] for row in rows]
+
+    def pending_notes(self, study_uids: Sequence[str]) -> list[str]:
+        """The 113039 notes naming these studies whose rejected instances are still
+        kept (their destruction waited for a hold)."""
+        found: set[str] = set()
+        for chunk in _chunks(study_uids):
+            rows = self.conn.execute(
+                select(rejection.c.note_sop_instance_uid)
+                .distinct()
+                .select_from(
+                    rejection.join(
+                        instance, instance.c.sop_instance_uid == rejection.c.sop_instance_uid
+                    )
+                )
+                .where(
+                    rejection.c.study_instance_uid.in_(chunk),
+                    rejection.c.code == RETENTION_EXPIRED,
+                    instance.c.rejection_code == RETENTION_EXPIRED,
+                )
+            )
+            found.update(row[0] for row in rows)
+        return sorted(found)
+
+    def studies_of_note(self, note_uid: str) -> list[str]:
+        rows = self.conn.execute(
+            select(rejection.c.study_instance_uid)
+            .distinct()
+            .where(rejection.c.note_sop_instance_uid == note_uid)
+        )
+        return [row[0] for row in rows]
 
     # ------------------------------------------------------------------ destruction
 

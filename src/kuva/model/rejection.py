@@ -10,7 +10,10 @@ path and can be revoked.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
+from enum import Enum
 
 # Document Titles of CID 7011, coding scheme DCM.
 QUALITY = "113001"  # Rejected for Quality Reasons
@@ -36,6 +39,31 @@ def refuses_resend(code: str) -> bool:
 def eligible_for_destruction(code: str) -> bool:
     """Instances rejected because their retention period ended may be destroyed."""
     return code == RETENTION_EXPIRED
+
+
+class Standing(Enum):
+    """What retention says of destroying instances a 113039 note rejected."""
+
+    DUE = "destroyed"  # no hold, and the archive's own policy has expired or none covers it
+    AT_EXPIRY = "kept until the study expires"  # hidden; destroyed with the study
+    HELD = "under legal hold"  # hidden, never destroyed while held
+
+
+@dataclass(frozen=True)
+class StudyStanding:
+    held: bool  # a legal hold on the study or its patient
+    expires_on: date | None  # None: no retention policy covers it
+
+
+def standing_of(studies: Iterable[StudyStanding], today: date) -> Standing:
+    """Retention wins over a 113039 note: its instances are destroyed at once only
+    when no study they belong to is held and none has an expiry still ahead."""
+    found = list(studies)
+    if any(s.held for s in found):
+        return Standing.HELD
+    if any(s.expires_on is not None and s.expires_on > today for s in found):
+        return Standing.AT_EXPIRY
+    return Standing.DUE
 
 
 @dataclass(frozen=True)

@@ -8,46 +8,8 @@ Repository (pointing at the instance's blob) and registers its DocumentEntry and
 SubmissionSet (RAD-68 / ITI-41 semantics, done in-process) - see
 ``publish_manifest`` for the metadata and its defaults.
 
-Retrieve Imaging Document Set (RAD-69, RAD TF-3 4.69): each requested document is
-one stored instance, named by Study, Series and SOP Instance UID
-(DocumentUniqueId) at this source's RepositoryUniqueId (the Retrieve Location UID
-of the manifest). It goes out through the retrieve service (the coercion step of
-every outgoing object) in the first transfer syntax of the request's list that
-kuva can send it in: as stored when that one is listed, else converted
-(kuva.dicom.transcode, lossless targets only), or an error (RAD TF-3 4.69.4.2.3).
-The outcome follows ITI-43, whose semantics RAD-69 inherits (RAD TF-3 4.69.4.2.2;
-ITI TF-2b 3.43.4.2.3): Success, PartialSuccess with an error per document not
-returned, or Failure.
-
-Error codes: RAD TF-3 4.69.4.2.3 refers to the ITI-43 list (ITI TF-3 Table
-4.2.4.1-2) and names none of its own; the codes below are those the NIST XDS
-Toolkit's RAD-69 exception test ids_2018-4811 expects, where it tests the case:
-
-* a malformed request: blank or malformed Study/Series Instance UID or
-  DocumentUniqueId, no transfer syntax - ``XDSIRequestError``, the whole request
-  fails (the toolkit's RAD-69 request validator; cases 5-7; case 8, an empty
-  transfer syntax, asserts Failure only);
-* RepositoryUniqueId not this source - ``XDSUnknownRepositoryId`` (case 1);
-* HomeCommunityId given and not kuva's - ``XDSUnknownCommunity``;
-* no such instance, or not in the requested series and study -
-  ``XDSDocumentUniqueIdError`` ("the document associated with the uniqueId is
-  not available"; cases 2-4);
-* not available in any requested transfer syntax, or its blob unreadable -
-  ``XDSRepositoryError`` (case 9).
-
-Every error's location is the DocumentUniqueId it concerns (RAD TF-3 4.69.5).
-
-Documents are produced lazily: a returned document carries a callable that
-reads (and, when needed, converts) the object only when the response is written,
-one object in memory at a time at most. A failure at that point (a codec
-error, a blob that vanished) can no longer change the response status: it is
-logged and raised to the transport, which has to abort the response.
-
-Before the result is handed back, the disclosures among the returned instances
-(to another organisation than their register holder, or to an unknown one) are
-recorded in one transaction (kuva.services.disclosure); if that fails, nothing is
-returned. JPIP transfer syntaxes (RAD TF-3 4.69.4.2.3) are never chosen, as kuva
-cannot convert to them.
+Retrieve Imaging Document Set (RAD-69) is services.imaging_retrieve's: the
+source's ``rad69`` answers it for the source's unique id.
 """
 
 from __future__ import annotations
@@ -55,14 +17,12 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 from sqlalchemy import Engine
 
 from kuva.config import Settings
@@ -73,91 +33,42 @@ from kuva.dicom.kos import (
     ManifestStudy,
     build_manifest,
 )
-from kuva.dicom.outgoing import encoded
 from kuva.dicom.part10 import Part10Rewriter, extract_attributes
-from kuva.dicom.transcode import TranscodeError, choose
-from kuva.index.instances import StoredInstance
 from kuva.index.manifests import ListedInstance, StudyListing
-from kuva.index.repository import StudyFacts
 from kuva.index.uow import UnitOfWork
-from kuva.model.access import AccessScope
 from kuva.model.clock import Clock, utcnow
-from kuva.model.identity import registry_patient_id
-from kuva.model.instance import PatientAttributes
-from kuva.model.query import QueryLevel
-from kuva.model.uids import made_by_kuva, new_uid, uid_problem
+from kuva.model.local_time import study_offset
+from kuva.model.uids import made_by_kuva
 from kuva.model.xds import (
-    ORIGINAL,
-    AssociationType,
-    Author,
     AvailabilityStatus,
-    Code,
-    ErrorCode,
-    NewDocumentEntry,
-    NewSubmissionSet,
     ObjectKind,
-    PatientId,
     RegisteredObject,
-    RegistryError,
     ResponseStatus,
-    Submission,
-    format_dtm,
-    new_association,
-    status_of,
 )
-from kuva.services.access import AccessPolicy, basis_text
-from kuva.services.disclosure import UNKNOWN_RECIPIENT, DisclosureLog, Handout, Interface
+from kuva.services.access import AccessPolicy
+from kuva.services.disclosure import DisclosureLog
+from kuva.services.imaging_retrieve import (
+    ImagingDocumentSetRetrieval,
+)
 from kuva.services.ingest import IncomingInstance, IngestService
-from kuva.services.repository import (
-    ACCESSION_REFERENCE,
-    STUDY_INSTANCE_UID_REFERENCE,
-    RepositoryService,
-    StoredContent,
+from kuva.services.manifest_metadata import (
+    DICOM_MIME_TYPE,
+    ManifestPublishError,
+    manifest_submission,
+    patient_cx,
 )
-from kuva.services.retrieve import MAX_MATCHES, RetrieveService, StoredObject
+from kuva.services.repository import RepositoryService, StoredContent
+from kuva.services.retrieve import RetrieveService
 from kuva.storage import blob_key
 
 log = logging.getLogger(__name__)
 
-DICOM_MIME_TYPE = "application/dicom"
-
-
-# --- the manifest's DocumentEntry (publish_manifest) ---
-#
-# Codes an affinity domain agrees on; kuva's defaults until they become settings
-# (an ``[xds.manifest]`` block). LOINC 2.16.840.1.113883.6.1, SNOMED CT
-# 2.16.840.1.113883.6.96, HL7 v3 Confidentiality 2.16.840.1.113883.5.25.
-_LOINC = "2.16.840.1.113883.6.1"
-_SNOMED_CT = "2.16.840.1.113883.6.96"
-MANIFEST_CLASS_CODE = Code("18726-0", _LOINC, "Radiology studies (set)")
-MANIFEST_TYPE_CODE = Code("55113-5", _LOINC, "Key images Document Radiology")
-MANIFEST_PRACTICE_SETTING_CODE = Code("394914008", _SNOMED_CT, "Radiology")
-MANIFEST_HEALTHCARE_FACILITY_TYPE_CODE = Code("22232009", _SNOMED_CT, "Hospital")
-MANIFEST_CONFIDENTIALITY_CODE = Code("N", "2.16.840.1.113883.5.25", "normal")
-MANIFEST_CONTENT_TYPE_CODE = Code("18726-0", _LOINC, "Radiology studies (set)")
-MANIFEST_LANGUAGE_CODE = "fi-FI"
-MANIFEST_TITLE = "XDS-I.b manifest"
-# Fixed by XDS-I.b (RAD TF-3 4.68.4.1.2.3): the KOS SOP Class in the DICOM UID registry.
-MANIFEST_FORMAT_CODE = Code(
-    str(KEY_OBJECT_SELECTION_DOCUMENT_STORAGE),
-    "1.2.840.10008.2.6.1",
-    "Key Object Selection Document",
-)
-# eventCodeList: the study's modalities, DICOM CID 29 (coding scheme DCM).
-MODALITY_CODING_SCHEME = "1.2.840.10008.2.16.4"
-# Study Date and Time are local time without a zone: read in this one (to become
-# a setting). Without the zone database, serviceStartTime keeps the date only.
-STUDY_TIME_ZONE = "Europe/Helsinki"
 # instance.source_ae of stored manifests: where the object came from.
 MANIFEST_SOURCE = "XDS-I.b"
 
 
 class UnknownStudy(LookupError):
     """The index holds no study with the given Study Instance UID."""
-
-
-class ManifestPublishError(Exception):
-    """A study's manifest cannot be published; the message says why (no patient data)."""
 
 
 @dataclass(frozen=True)
@@ -172,97 +83,6 @@ class PublishedManifest:
     study_instance_uid: str
     instances: int
     replaced: tuple[str, ...] = ()
-
-
-def _patient_cx(patient: PatientAttributes) -> PatientId:
-    """The study's patient as an XDS patient id (CX, ITI TF-3 4.2.3.1.7): the rule
-    ingest refuses by (model.identity)."""
-    try:
-        return registry_patient_id(patient.patient_id, patient.issuer)
-    except ValueError as exc:
-        raise ManifestPublishError(f"the study's patient is not usable in XDS: {exc}") from exc
-
-
-def _source_patient_info(patient: PatientAttributes, cx: PatientId) -> tuple[str, ...]:
-    """sourcePatientInfo (ITI TF-3 4.2.3.2.24): PID-3, -5, -7 and -8 as known."""
-    values = [f"PID-3|{cx}"]
-    if patient.name:
-        values.append(f"PID-5|{patient.name}")
-    if patient.birth_date:
-        values.append(f"PID-7|{patient.birth_date}")
-    if patient.sex in ("M", "F", "O"):
-        values.append(f"PID-8|{patient.sex}")
-    return tuple(values)
-
-
-def service_start_time(study_date: str, study_time: str, zone: str = STUDY_TIME_ZONE) -> str:
-    """serviceStartTime (ITI TF-3 4.2.3.2.19) from Study Date and Time: UTC, to the
-    precision given; the date alone when the time is absent or unreadable or the
-    zone unknown; "" without a valid date."""
-    if len(study_date) != 8 or not study_date.isdigit():
-        return ""
-    try:
-        day = datetime.strptime(study_date, "%Y%m%d")
-    except ValueError:
-        return ""
-    digits = study_time.split(".", 1)[0].replace(":", "").strip()
-    if len(digits) not in (2, 4, 6) or not digits.isdigit():
-        return study_date
-    try:
-        local = day.replace(
-            hour=int(digits[0:2]),
-            minute=int(digits[2:4] or 0),
-            second=int(digits[4:6] or 0),
-            tzinfo=ZoneInfo(zone),
-        )
-    except (ValueError, ZoneInfoNotFoundError):
-        return study_date
-    return format_dtm(local.astimezone(UTC))[: 8 + len(digits)]
-
-
-@dataclass(frozen=True)
-class DocumentRequest:
-    """One DocumentRequest of a SeriesRequest of a StudyRequest (RAD TF-3 4.69.4.1.2)."""
-
-    study_instance_uid: str
-    series_instance_uid: str
-    repository_unique_id: str
-    document_unique_id: str  # the SOP Instance UID
-    home_community_id: str | None = None
-
-
-@dataclass(frozen=True)
-class ImagingDocumentSetRequest:
-    documents: tuple[DocumentRequest, ...]
-    transfer_syntax_uids: tuple[str, ...]  # the consumer's, in its order of preference
-
-
-@dataclass(frozen=True)
-class ImagingDocument:
-    """A returned document: one instance, as it is to go out.
-
-    ``chunks``: called once, when the response is written; reads (and converts)
-    the object then. ``length``: known when the stored bytes go out unchanged.
-    ``register_holder``: the organisation that archived it (for the disclosure log).
-    """
-
-    repository_unique_id: str
-    document_unique_id: str
-    home_community_id: str | None
-    study_instance_uid: str
-    series_instance_uid: str
-    transfer_syntax_uid: str
-    register_holder: str
-    chunks: Callable[[], Iterator[bytes]]
-    length: int | None = None
-    mime_type: str = DICOM_MIME_TYPE
-
-
-@dataclass(frozen=True)
-class ImagingDocumentSetResult:
-    status: ResponseStatus
-    errors: tuple[RegistryError, ...] = ()
-    documents: tuple[ImagingDocument, ...] = field(default=())
 
 
 def _listed_count(manifest: Dataset) -> int:
@@ -282,60 +102,6 @@ def _is_kuva_kos(instance: ListedInstance) -> bool:
     return instance.sop_class_uid == KEY_OBJECT_SELECTION_DOCUMENT_STORAGE and (
         made_by_kuva(instance.sop_instance_uid)
     )
-
-
-def request_errors(request: ImagingDocumentSetRequest) -> list[RegistryError]:
-    """What makes a request malformed (XDSIRequestError), RAD TF-3 4.69.4.1.2."""
-    errors: list[RegistryError] = []
-    if not request.documents:
-        errors.append(
-            RegistryError(ErrorCode.IMAGING_REQUEST_ERROR, "no DocumentRequest in the request")
-        )
-    for document in request.documents:
-        location = document.document_unique_id
-        for name, value in (
-            ("studyInstanceUID", document.study_instance_uid),
-            ("seriesInstanceUID", document.series_instance_uid),
-            ("DocumentUniqueId", document.document_unique_id),
-        ):
-            problem = uid_problem(value)
-            if problem is not None:
-                errors.append(
-                    RegistryError(ErrorCode.IMAGING_REQUEST_ERROR, f"{name} {problem}", location)
-                )
-        if not document.repository_unique_id:
-            errors.append(
-                RegistryError(
-                    ErrorCode.IMAGING_REQUEST_ERROR, "RepositoryUniqueId missing", location
-                )
-            )
-    if not any(request.transfer_syntax_uids):
-        errors.append(
-            RegistryError(ErrorCode.IMAGING_REQUEST_ERROR, "no TransferSyntaxUID in the request")
-        )
-    return errors
-
-
-def _target(stored: str, requested: tuple[str, ...]) -> UID | None:
-    """The first requested transfer syntax the object can go out in (as stored or converted)."""
-    for syntax in requested:
-        if syntax and choose(stored, [syntax]) is not None:
-            return UID(syntax)
-    return None
-
-
-def _chunks(obj: StoredObject, target: UID) -> Iterator[bytes]:
-    try:
-        chunks, _ = encoded(obj, target)
-        yield from chunks
-    except (OSError, TranscodeError) as exc:
-        log.error(
-            "RAD-69: instance %s could not be sent as %s: %s",
-            obj.instance.sop_instance_uid,
-            target,
-            exc,
-        )
-        raise
 
 
 def deprecate_manifests(uow: UnitOfWork, study_uid: str) -> list[str]:
@@ -373,13 +139,16 @@ class ImagingDocumentSource:
         self._settings = settings
         self._ingest = ingest
         self._repository = repository
-        self._disclosures = disclosures or DisclosureLog(engine)
+        # RAD-69 at this source (services.imaging_retrieve)
+        self.rad69 = ImagingDocumentSetRetrieval(
+            retrieve, settings, disclosures or DisclosureLog(engine)
+        )
         self._clock = clock
 
     @property
     def unique_id(self) -> str:
         """This source's id: the manifests' Retrieve Location UID, RAD-69's RepositoryUniqueId."""
-        return self._settings.xds.imaging_source_unique_id
+        return self.rad69.unique_id
 
     # ------------------------------------------------------------------ manifest
 
@@ -416,7 +185,20 @@ class ImagingDocumentSource:
             retrieve_location_uid=self.unique_id,
             retrieve_url=f"{base_url.rstrip('/')}/dicom-web" if base_url else None,
             now=now,
+            offset=self._offset(listing, now),
             sop_instance_uid=sop_uid,
+        )
+
+    def _offset(self, listing: StudyListing, now: datetime | None) -> timezone:
+        """The UTC offset of the study's dates and times: its own Timezone Offset
+        From UTC, else ``[archive] local_time_zone``'s at the study's date."""
+        study = listing.study
+        return study_offset(
+            study.study_date,
+            study.study_time,
+            listing.timezone_offset,
+            self._settings.archive.zone(),
+            now or self._clock(),
         )
 
     # ------------------------------------------------------------------ publishing
@@ -447,20 +229,7 @@ class ImagingDocumentSource:
            a patient the study no longer belongs to (unlinked, or its identifier
            changed; services.patients) is Deprecated in the same transaction instead.
 
-        The metadata (RAD TF-3 4.68.4.1.2.3; ITI TF-3 Table 4.3.1-3): patientId and
-        sourcePatientId the study's Patient ID in CX form, its Issuer of Patient ID
-        as the assigning authority (which must be an OID, else ManifestPublishError),
-        sourcePatientInfo (PID-3, -5, -7, -8); mimeType application/dicom; formatCode
-        the KOS SOP Class UID (1.2.840.10008.5.1.4.1.1.88.59, scheme
-        1.2.840.10008.2.6.1); eventCodeList the study's modalities (DCM); referenceIdList
-        the accession number (``urn:ihe:iti:xds:2013:accession``) and the Study
-        Instance UID (``urn:ihe:iti:xds:2016:studyInstanceUID``); serviceStartTime the
-        study date and time, read as ``STUDY_TIME_ZONE`` and given in UTC;
-        creationTime and submissionTime now (UTC); author institution the register
-        holder (XON); SubmissionSet sourceId this source's unique id. classCode,
-        typeCode, practiceSettingCode, healthcareFacilityTypeCode,
-        confidentialityCode, languageCode and contentTypeCode are the ``MANIFEST_*``
-        constants of this module (an affinity domain's choice: to become settings).
+        The metadata is services.manifest_metadata's.
 
         ``manifest_uid`` makes publishing safe to repeat (the registration task
         gives the same one on every attempt): the manifest gets this SOP Instance
@@ -483,7 +252,7 @@ class ImagingDocumentSource:
             facts = uow.documents.study_facts(study_uid)
         if listing is None or facts is None:
             raise UnknownStudy(f"no study {study_uid}")
-        patient = _patient_cx(listing.patient)
+        patient = patient_cx(listing.patient)
         holder = facts.organization_oid
         stored = self._stored_manifest(manifest_uid) if manifest_uid else None
         if stored is not None:
@@ -503,8 +272,17 @@ class ImagingDocumentSource:
             for m in current:
                 same = m.patient is None or now_of.get(m.patient, m.patient) == patient
                 (replaced if same else superseded).append(m.entry_uuid)
-            submission, entry_uuid, set_uuid = self._submission(
-                listing, facts, patient, manifest, content, replaced, now, repository.unique_id
+            submission, entry_uuid, set_uuid = manifest_submission(
+                self._settings,
+                listing,
+                facts,
+                patient,
+                manifest,
+                content,
+                replaced,
+                now,
+                self._offset(listing, now),
+                repository.unique_id,
             )
             outcome = repository.register_within(
                 uow, submission, {entry_uuid: content}, organization_oid=holder
@@ -626,237 +404,4 @@ class ImagingDocumentSource:
                 and found.status is AvailabilityStatus.APPROVED
             ),
             key=lambda found: found.entry_uuid,
-        )
-
-    def _submission(
-        self,
-        listing: StudyListing,
-        facts: StudyFacts,
-        patient: PatientId,
-        manifest: Dataset,
-        content: StoredContent,
-        replaced: list[str],
-        now: datetime,
-        repository_unique_id: str,
-    ) -> tuple[Submission, str, str]:
-        """The manifest's DocumentEntry, its SubmissionSet and associations."""
-        study = listing.study
-        author = Author(institutions=(self._institution(facts.organization_oid),))
-        references = [f"{study.study_instance_uid}^^^^{STUDY_INSTANCE_UID_REFERENCE}"]
-        if study.accession_number:
-            references.insert(0, f"{study.accession_number}^^^^{ACCESSION_REFERENCE}")
-        created = format_dtm(now)
-        entry = NewDocumentEntry(
-            patient=patient,
-            unique_id=str(manifest.SOPInstanceUID),
-            mime_type=DICOM_MIME_TYPE,
-            class_code=MANIFEST_CLASS_CODE,
-            type_code=MANIFEST_TYPE_CODE,
-            format_code=MANIFEST_FORMAT_CODE,
-            healthcare_facility_type_code=MANIFEST_HEALTHCARE_FACILITY_TYPE_CODE,
-            practice_setting_code=MANIFEST_PRACTICE_SETTING_CODE,
-            confidentiality_codes=(MANIFEST_CONFIDENTIALITY_CODE,),
-            creation_time=created,
-            language_code=MANIFEST_LANGUAGE_CODE,
-            source_patient_id=str(patient),
-            hash=content.sha1,
-            size=content.size,
-            repository_unique_id=repository_unique_id,
-            event_codes=tuple(
-                Code(modality, MODALITY_CODING_SCHEME, modality)
-                for modality in facts.modalities_in_study
-            ),
-            reference_ids=tuple(references),
-            service_start_time=service_start_time(study.study_date, study.study_time),
-            source_patient_info=_source_patient_info(listing.patient, patient),
-            authors=(author,),
-            title=study.description or MANIFEST_TITLE,
-        ).build()
-        subset = NewSubmissionSet(
-            patient=patient,
-            unique_id=new_uid(),
-            source_id=self.unique_id,
-            submission_time=created,
-            content_type_code=MANIFEST_CONTENT_TYPE_CODE,
-            authors=(author,),
-            title=MANIFEST_TITLE,
-        ).build()
-        associations = [
-            new_association(
-                AssociationType.HAS_MEMBER, subset.id, entry.id, submission_set_status=ORIGINAL
-            ),
-            *(new_association(AssociationType.RPLC, entry.id, old) for old in replaced),
-        ]
-        submission = Submission(
-            submission_sets=(subset,),
-            document_entries=(entry,),
-            associations=tuple(associations),
-        )
-        return submission, entry.id, subset.id
-
-    def _institution(self, organization_oid: str) -> str:
-        """The register holder as an XON (ITI TF-3 4.2.3.1.7): name and OID (XON.10)."""
-        names = {org.oid: org.name for org in self._settings.organizations}
-        name = names.get(organization_oid, organization_oid).replace("^", " ").replace("&", " ")
-        return f"{name}^^^^^^^^^{organization_oid}"
-
-    # ------------------------------------------------------------------ RAD-69
-
-    def retrieve_imaging_document_set(
-        self,
-        request: ImagingDocumentSetRequest,
-        *,
-        recipient: str = UNKNOWN_RECIPIENT,
-        scope: AccessScope | None = None,
-    ) -> ImagingDocumentSetResult:
-        """Answer a Retrieve Imaging Document Set request (RAD TF-3 4.69.4.2) for
-        ``recipient`` (the requesting organisation, "" = unknown), its disclosures
-        recorded. ``scope``: what the requester may read (services.access; None =
-        all); an instance it may not read is answered as not found."""
-        problems = request_errors(request)
-        if problems:
-            return ImagingDocumentSetResult(ResponseStatus.FAILURE, tuple(problems))
-        addressing = [self._addressing_error(document) for document in request.documents]
-        found = self._stored(
-            {
-                document.document_unique_id
-                for document, error in zip(request.documents, addressing, strict=True)
-                if error is None
-            },
-            scope,
-        )
-        errors: list[RegistryError] = []
-        documents: list[ImagingDocument] = []
-        for document, error in zip(request.documents, addressing, strict=True):
-            outcome = error or self._document(
-                document, found.get(document.document_unique_id), request
-            )
-            if isinstance(outcome, RegistryError):
-                errors.append(outcome)
-            else:
-                documents.append(outcome)
-        if documents and not self._disclosed(recipient, documents, scope):
-            errors.extend(
-                RegistryError(
-                    ErrorCode.REPOSITORY_ERROR,
-                    "the instance cannot be handed out now (internal error)",
-                    document.document_unique_id,
-                )
-                for document in documents
-            )
-            documents = []
-        status = status_of(errors, partial=bool(documents))
-        log.info(
-            "RAD-69: %d of %d documents returned (%s)",
-            len(documents),
-            len(request.documents),
-            status.name,
-        )
-        return ImagingDocumentSetResult(status, tuple(errors), tuple(documents))
-
-    def _disclosed(
-        self, recipient: str, documents: list[ImagingDocument], scope: AccessScope | None
-    ) -> bool:
-        """Record the disclosures among ``documents``; False when that failed."""
-        try:
-            self._disclosures.record(
-                recipient,
-                [
-                    Handout(
-                        document_unique_id=document.document_unique_id,
-                        register_holder=document.register_holder,
-                        study_instance_uid=document.study_instance_uid,
-                        basis=basis_text(scope, document.register_holder),
-                    )
-                    for document in documents
-                ],
-                Interface.RAD_69,
-            )
-        except Exception as exc:
-            # Database errors quote their parameters (patient ids): DEBUG only.
-            log.error("RAD-69: the disclosure log could not be written: %s", type(exc).__name__)
-            log.debug("RAD-69 disclosure failure", exc_info=True)
-            return False
-        return True
-
-    def _addressing_error(self, document: DocumentRequest) -> RegistryError | None:
-        location = document.document_unique_id
-        home = document.home_community_id
-        if home and home != self._settings.xds.home_community_id:
-            return RegistryError(
-                ErrorCode.UNKNOWN_COMMUNITY, f"unknown homeCommunityId {home}", location
-            )
-        if document.repository_unique_id != self.unique_id:
-            return RegistryError(
-                ErrorCode.UNKNOWN_REPOSITORY,
-                f"RepositoryUniqueId {document.repository_unique_id} is not this "
-                f"Imaging Document Source ({self.unique_id})",
-                location,
-            )
-        return None
-
-    def _stored(
-        self, sop_uids: set[str], scope: AccessScope | None = None
-    ) -> dict[str, StoredInstance]:
-        """The stored instances among ``sop_uids`` that ``scope`` may read, by SOP
-        Instance UID."""
-        ordered = sorted(sop_uids)
-        found: dict[str, StoredInstance] = {}
-        for start in range(0, len(ordered), MAX_MATCHES):
-            chunk = ordered[start : start + MAX_MATCHES]
-            for stored in self._retrieve.resolve(
-                QueryLevel.IMAGE, {"SOPInstanceUID": chunk}, scope=scope
-            ):
-                found[stored.sop_instance_uid] = stored
-        return found
-
-    def _document(
-        self,
-        document: DocumentRequest,
-        stored: StoredInstance | None,
-        request: ImagingDocumentSetRequest,
-    ) -> ImagingDocument | RegistryError:
-        location = document.document_unique_id
-        if stored is None:
-            return RegistryError(
-                ErrorCode.DOCUMENT_UNIQUE_ID_ERROR,
-                f"no instance {location} at this source",
-                location,
-            )
-        if (stored.study_instance_uid, stored.series_instance_uid) != (
-            document.study_instance_uid,
-            document.series_instance_uid,
-        ):
-            return RegistryError(
-                ErrorCode.DOCUMENT_UNIQUE_ID_ERROR,
-                f"instance {location} is not in series {document.series_instance_uid} "
-                f"of study {document.study_instance_uid}",
-                location,
-            )
-        target = _target(stored.transfer_syntax_uid, request.transfer_syntax_uids)
-        if target is None:
-            return RegistryError(
-                ErrorCode.REPOSITORY_ERROR,
-                f"instance {location} is stored as {stored.transfer_syntax_uid} and cannot "
-                f"be sent in any requested transfer syntax "
-                f"({', '.join(s for s in request.transfer_syntax_uids if s)})",
-                location,
-            )
-        obj = self._retrieve.open(stored)
-        if obj.path is not None and not obj.path.is_file():
-            log.error("RAD-69: the blob of instance %s is missing", location)
-            return RegistryError(
-                ErrorCode.REPOSITORY_ERROR, f"instance {location} cannot be read now", location
-            )
-        as_stored = obj.verbatim and target == stored.transfer_syntax_uid
-        return ImagingDocument(
-            repository_unique_id=document.repository_unique_id,
-            document_unique_id=location,
-            home_community_id=document.home_community_id,
-            study_instance_uid=stored.study_instance_uid,
-            series_instance_uid=stored.series_instance_uid,
-            transfer_syntax_uid=target,
-            register_holder=stored.organization_oid,
-            chunks=lambda: _chunks(obj, target),
-            length=stored.size if as_stored else None,
         )

@@ -27,9 +27,11 @@ the way). Here the archive decides:
 cause commits with it (the study's registration, services.registration).
 ``on_added`` there too, with where the instance went (the study's expiry,
 services.retention), and ``on_retention_expired`` when an IOCM 113039 rejection
-note is applied (its instances' destruction, services.retention). An instance a
-113039 note named before it arrived is not kept: its indexing is undone, its new
-blob deleted, and it is answered as ignored.
+note is applied (its instances' destruction, services.retention). A 113039 note
+whose instances retention keeps (a legal hold, an expiry ahead) is stored and
+applied, answered with a warning (``NOT_DESTROYED``). An instance a 113039 note
+named before it arrived is not kept when its destruction is due: its indexing is
+undone, its new blob deleted, and it is answered as ignored.
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ class StoreStatus(Enum):
     # organisation archived: refused
     FOREIGN = "foreign"
     DESTROYED = "destroyed"  # of a study destroyed, no resend allowed: refused
+    # a 113039 rejection note stored and applied whose instances retention keeps
+    # (legal hold, expiry ahead): rejected, not destroyed; a warning
+    NOT_DESTROYED = "not-destroyed"
     FAILED = "failed"  # the archive could not store it (disk, database)
 
 
@@ -96,7 +101,7 @@ class StoreOutcome:
 
     @property
     def ok(self) -> bool:
-        return self.status in (StoreStatus.STORED, StoreStatus.DUPLICATE)
+        return self.status in (StoreStatus.STORED, StoreStatus.DUPLICATE, StoreStatus.NOT_DESTROYED)
 
 
 # Fits the 64 characters of a DICOM Error Comment. Corrections are a rejection
@@ -204,7 +209,7 @@ class IngestService:
             organization_oid=incoming.organization_oid,
         )
         try:
-            pk = self._committer.run(lambda uow: self._index(uow, new))
+            indexed = self._committer.run(lambda uow: self._index(uow, new))
         except TreeConflict as exc:
             self._forget(ref)
             log.warning("refused instance %s: %s", attrs.sop_instance_uid, exc)
@@ -238,7 +243,7 @@ class IngestService:
         except Exception as exc:
             log.exception("could not index instance %s", attrs.sop_instance_uid)
             return StoreOutcome(StoreStatus.FAILED, f"index failure: {type(exc).__name__}")
-        if pk is None:
+        if indexed is None:
             # Another association indexed the same SOP Instance UID meanwhile.
             with UnitOfWork(self._engine, write=False) as uow:
                 existing = uow.instances.get(attrs.sop_instance_uid)
@@ -254,6 +259,8 @@ class IngestService:
             ref.sha256[:12],
             incoming.source_ae,
         )
+        if indexed.not_destroyed is not None:
+            return StoreOutcome(StoreStatus.NOT_DESTROYED, indexed.not_destroyed, ref.sha256)
         return StoreOutcome(StoreStatus.STORED, sha256=ref.sha256)
 
     def _forget(self, ref: BlobRef) -> None:
@@ -266,7 +273,8 @@ class IngestService:
         except OSError as exc:  # an orphan then, which kuva verify reports
             log.error("could not delete the unkept blob %s: %s", ref.key, exc)
 
-    def _index(self, uow: UnitOfWork, new: NewInstance) -> int | None:
+    def _index(self, uow: UnitOfWork, new: NewInstance) -> iocm.Applied | None:
+        """None: another association indexed the same SOP Instance UID meanwhile."""
         pk = uow.instances.add(new)
         if pk is None:
             return None
@@ -284,10 +292,10 @@ class IngestService:
             self.on_indexed(
                 uow, attrs.study.study_instance_uid, attrs.sop_instance_uid, new.received_at
             )
-        changed = iocm.apply(uow, new, pk, self.on_retention_expired)
-        if changed and self.on_changed is not None:
-            self.on_changed(uow, changed, new.received_at)
-        return pk
+        applied = iocm.apply(uow, new, pk, self.on_retention_expired)
+        if applied.changed and self.on_changed is not None:
+            self.on_changed(uow, applied.changed, new.received_at)
+        return applied
 
     def _resent(
         self, incoming: IncomingInstance, existing: StoredInstance, sha256: str

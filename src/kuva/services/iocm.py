@@ -13,22 +13,34 @@ studies). A rejected instance sent again is refused (113037, 113038) or ignored
 with a warning (113001, 113039). An operator can revoke a note (``kuva iocm revoke``),
 which puts its instances back; the history of both stays in ``correction``.
 
-Instances rejected with 113039 (Data Retention Policy Expired) are destroyed, not
-only hidden: the transaction that applies such a note adds the destruction of its
-instances (``RetentionHook``: services.retention), which deletes their blobs and
-rows and writes a destruction record naming the note. An instance such a note
-names that arrives afterwards (first, or again after its destruction) is not
-stored at all: ignored with a warning, like a resend (``DestroyedOnArrival``). The
-rejection rows stay. The other three codes destroy nothing.
+Instances rejected with 113039 (Data Retention Policy Expired) may be destroyed,
+not only hidden, but retention wins over the note (``RetentionHook``:
+services.retention decides by ``model.rejection.standing_of``):
+
+* no study they belong to is under legal hold (on the study or its patient) and
+  the archive's own policy has expired or none covers it: the transaction that
+  applies the note adds their destruction, which deletes their blobs and rows and
+  writes a destruction record naming the note;
+* a study's expiry is still ahead: hidden like any rejection, destroyed with the
+  study when it expires (the retention run);
+* a study is held: hidden, not destroyed; the note is answered with a warning
+  (``NOT_DESTROYED``, 0xB410), the correction history records it, and releasing the hold
+  destroys them when they are then due.
+
+An instance such a note names that arrives afterwards (first, or again after its
+destruction) is not stored at all when the destruction is due: ignored with a
+warning, like a resend (``DestroyedOnArrival``); otherwise it is kept, rejected.
+The rejection rows stay. The other three codes destroy nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
+from typing import Protocol
 
 from sqlalchemy import Engine
 
@@ -36,15 +48,23 @@ from kuva.index.instances import NewInstance
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
 from kuva.model.instance import InstanceAttributes
-from kuva.model.rejection import eligible_for_destruction, refuses_resend
+from kuva.model.rejection import Standing, eligible_for_destruction, refuses_resend
 
 log = logging.getLogger(__name__)
 
 # (unit of work, Study Instance UIDs whose content changed, when)
 ChangedHook = Callable[[UnitOfWork, list[str], datetime], None]
-# (unit of work, SOP Instance UID of a 113039 rejection note, when): its rejected
-# instances are to be destroyed.
-RetentionHook = Callable[[UnitOfWork, str, datetime], None]
+
+
+class RetentionHook(Protocol):
+    """Retention's say on instances a 113039 note rejects (services.retention)."""
+
+    def standing(self, uow: UnitOfWork, study_uids: Collection[str]) -> Standing:
+        """Whether their destruction is due now, waits for the studies' expiry, or
+        a legal hold keeps them."""
+
+    def schedule_rejected(self, uow: UnitOfWork, note_uid: str, at: datetime) -> None:
+        """Add the destruction of the note's rejected instances to the transaction."""
 
 
 class Verdict(Enum):
@@ -61,6 +81,14 @@ class DestroyedOnArrival(Exception):
     def __init__(self, code: str) -> None:
         super().__init__(f"instance rejected ({code}), ignored")
         self.code = code
+
+
+@dataclass(frozen=True)
+class Applied:
+    changed: list[str]  # Study Instance UIDs whose content changed
+    # a 113039 note whose instances are kept, not destroyed: why (the warning's
+    # Error Comment, 64 characters); None otherwise
+    not_destroyed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,40 +120,64 @@ def screen(
     return Screening(Verdict.IGNORED, f"instance rejected ({rejection.code}), ignored")
 
 
+# The warning's Error Comment (64 characters) when a 113039 note destroys nothing now.
+NOT_DESTROYED = {
+    Standing.HELD: "study under legal hold: rejected, not destroyed",
+    Standing.AT_EXPIRY: "retention not expired: rejected, destroyed when it expires",
+}
+
+
 def apply(
-    uow: UnitOfWork, new: NewInstance, pk: int, on_retention_expired: RetentionHook | None = None
-) -> list[str]:
+    uow: UnitOfWork, new: NewInstance, pk: int, retention: RetentionHook | None = None
+) -> Applied:
     """Inside the transaction that indexed instance ``pk``: apply the rejection note it
-    is, or the rejection that names it. Returns the studies whose content changed."""
+    is, or the rejection that names it."""
     attrs = new.attributes
     note = attrs.rejection_note
     if note is None:
         study_pk = uow.rejections.mark_on_arrival(pk, attrs.sop_instance_uid, new.organization_oid)
         if study_pk is None:
-            return []
+            return Applied([])
+        changed = uow.rejections.study_uids([study_pk])
         rejected = uow.rejections.get(attrs.sop_instance_uid)
-        if rejected is not None and eligible_for_destruction(rejected.code):
+        if (
+            rejected is not None
+            and eligible_for_destruction(rejected.code)
+            and (retention is None or retention.standing(uow, changed) is Standing.DUE)
+        ):
             # Its retention ended: it is not kept (the caller's savepoint is undone).
             raise DestroyedOnArrival(rejected.code)
         log.info("instance %s arrived already rejected", attrs.sop_instance_uid)
-        return uow.rejections.study_uids([study_pk])
+        return Applied(changed)
     added = uow.rejections.record(
         note, attrs.sop_instance_uid, new.organization_oid, new.received_at
     )
     changed = uow.rejections.study_uids(uow.rejections.mark(added))
-    if on_retention_expired is not None and added and eligible_for_destruction(note.code):
-        on_retention_expired(uow, attrs.sop_instance_uid, new.received_at)
+    detail: dict[str, object] = {
+        "code": note.code,
+        "listed": len(note.references),
+        "newly_rejected": len(added),
+        "studies": sorted({ref.study_instance_uid for ref in note.references}),
+    }
+    warning = None
+    if retention is not None and added and eligible_for_destruction(note.code):
+        newly = set(added)
+        studies = {r.study_instance_uid for r in note.references if r.sop_instance_uid in newly}
+        standing = retention.standing(uow, studies)
+        detail["retention"] = standing.value
+        if standing is Standing.DUE:
+            retention.schedule_rejected(uow, attrs.sop_instance_uid, new.received_at)
+        else:
+            warning = NOT_DESTROYED[standing]
+            log.warning(
+                "rejection note %s (%s): %s; %d instance(s) rejected, not destroyed",
+                attrs.sop_instance_uid,
+                note.code,
+                standing.value,
+                len(added),
+            )
     uow.corrections.append(
-        "rejection",
-        attrs.sop_instance_uid,
-        {
-            "code": note.code,
-            "listed": len(note.references),
-            "newly_rejected": len(added),
-            "studies": sorted({ref.study_instance_uid for ref in note.references}),
-        },
-        new.source_ae,
-        new.received_at,
+        "rejection", attrs.sop_instance_uid, detail, new.source_ae, new.received_at
     )
     log.info(
         "rejection note %s (%s): %d of %d listed instance(s) newly rejected",
@@ -134,7 +186,7 @@ def apply(
         len(added),
         len(note.references),
     )
-    return changed
+    return Applied(changed, warning)
 
 
 class RejectionService:

@@ -76,10 +76,10 @@ from kuva.model.clock import Clock, utcnow
 from kuva.model.uids import made_by_kuva, new_uid
 from kuva.services.imaging_source import (
     ImagingDocumentSource,
-    ManifestPublishError,
     PublishedManifest,
     UnknownStudy,
 )
+from kuva.services.manifest_metadata import ManifestPublishError
 from kuva.tasks.worker import PermanentFailure
 
 log = logging.getLogger(__name__)

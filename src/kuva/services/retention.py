@@ -42,7 +42,11 @@ IOCM rejection notes titled 113039 (Data Retention Policy Expired) take the same
 steps for the instances they reject (step 1 is the rejection itself), through an
 outbox task added in the transaction that applies the note; their IAN lists the
 destroyed instances UNAVAILABLE (the study's registration may not have announced
-them before they went).
+them before they went). Retention wins over such a note (``standing``): the task
+is added only when no study of those instances is held and none has an expiry
+ahead, and the task checks that again; a study with its expiry ahead loses them
+with itself when it expires; releasing a hold adds the task for the notes whose
+destruction the hold kept back.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
@@ -67,7 +71,7 @@ from kuva.model import audit as a
 from kuva.model.availability import UNAVAILABLE, AvailableInstance
 from kuva.model.clock import Clock, utcnow
 from kuva.model.patient import PatientKey
-from kuva.model.rejection import REJECTION_TITLES, RETENTION_EXPIRED
+from kuva.model.rejection import REJECTION_TITLES, RETENTION_EXPIRED, Standing, standing_of
 from kuva.model.retention import Expiry, RetentionPolicy, StudyFacts, study_expiry
 from kuva.model.uids import made_by_kuva
 from kuva.services.audit import AuditTrail
@@ -241,8 +245,20 @@ class RetentionService:
                 uow.corrections.append(
                     "legal-hold-release", study_uid or str(patient), {"holds": count}, by, now
                 )
+                self._destroy_kept_back(uow, study_uid, patient_pk, now)
             uow.commit()
         return count
+
+    def _destroy_kept_back(
+        self, uow: UnitOfWork, study_uid: str | None, patient_pk: int | None, now: datetime
+    ) -> None:
+        """After a release: the destruction of the 113039 notes' instances that the
+        hold kept back and that is now due (no other hold, no expiry ahead)."""
+        released = uow.retention.studies_held_by(study_uid=study_uid, patient_pk=patient_pk)
+        for note_uid in uow.retention.pending_notes(released):
+            if self.standing(uow, uow.retention.studies_of_note(note_uid)) is Standing.DUE:
+                log.info("rejection note %s: destruction due after the hold's release", note_uid)
+                self.schedule_rejected(uow, note_uid, now)
 
     def holds(self) -> list[Hold]:
         with UnitOfWork(self._engine, write=False) as uow:
@@ -348,10 +364,16 @@ class RetentionService:
         )
         return self._finish(record_pk)
 
+    def standing(self, uow: UnitOfWork, study_uids: Collection[str]) -> Standing:
+        """IOCM hook (``IngestService.on_retention_expired``): whether instances a
+        113039 note rejects in these studies are destroyed now, with their study at
+        its expiry, or kept by a legal hold (retention wins over the note)."""
+        return standing_of(uow.retention.standings(study_uids), self._clock().date())
+
     def schedule_rejected(self, uow: UnitOfWork, note_uid: str, at: datetime) -> None:
         """IOCM hook (``IngestService.on_retention_expired``), in the transaction that
-        applied a 113039 note or marked an instance it named: the destruction of the
-        note's rejected instances."""
+        applied a 113039 note whose destruction is due (or that released the hold
+        keeping it back): the destruction of the note's rejected instances."""
         uow.tasks.schedule_once(
             REJECTED_DESTRUCTION_TASK,
             subject=note_uid,
@@ -369,7 +391,8 @@ class RetentionService:
             self.on_enqueued(None)
 
     def destroy_rejected(self, note_uid: str, *, by: str) -> Destroyed | None:
-        """Destroy the instances a 113039 rejection note rejected (None: none left)."""
+        """Destroy the instances a 113039 rejection note rejected (None: none left, or
+        retention keeps them: a hold placed, or an expiry set, since the note came)."""
         now = self._clock()
         with UnitOfWork(self._engine, write=False) as uow:
             begun = uow.retention.unfinished_of_note(note_uid)
@@ -379,6 +402,12 @@ class RetentionService:
             doomed = uow.retention.instances_of_note(note_uid)
             where = uow.retention.study_of_note(note_uid) if doomed else None
             if where is None:
+                return None
+            standing = self.standing(uow, uow.retention.studies_of_note(note_uid))
+            if standing is not Standing.DUE:
+                log.warning(
+                    "rejection note %s: instances not destroyed, %s", note_uid, standing.value
+                )
                 return None
             record_pk = uow.retention.begin_record(
                 {

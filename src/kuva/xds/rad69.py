@@ -7,7 +7,7 @@ TransferSyntaxUIDList. Response: ``xdsb:RetrieveDocumentSetResponse`` as in ITI-
 status and errors, then one xdsb:DocumentResponse per returned instance whose
 xdsb:Document is an ``xop:Include`` of an attachment that streams the object
 (application/dicom). What is returned is decided by
-kuva.services.imaging_source, for the organisation the request's XUA assertion
+kuva.services.imaging_retrieve, for the organisation the request's XUA assertion
 names (kuva.xds.repository.requesting_organization), which the disclosure log
 records.
 
@@ -26,13 +26,13 @@ from lxml.etree import _Element as Element
 
 from kuva.config import Settings
 from kuva.model.xds import ErrorCode, RegistryError, ResponseStatus
-from kuva.services.imaging_source import (
+from kuva.services.imaging_retrieve import (
     DocumentRequest,
     ImagingDocument,
     ImagingDocumentSetRequest,
     ImagingDocumentSetResult,
-    ImagingDocumentSource,
 )
+from kuva.services.imaging_source import ImagingDocumentSource
 from kuva.xds.messages import Attachment, SoapRequest, SoapResponse, Transaction
 from kuva.xds.namespaces import (
     RESPONSE_ACTIONS,
@@ -130,7 +130,7 @@ def retrieve_imaging_document_set(source: ImagingDocumentSource, settings: Setti
 
     def handle(request: SoapRequest) -> SoapResponse:
         return response_for(
-            source.retrieve_imaging_document_set(
+            source.rad69.retrieve(
                 parse_request(request.body),
                 recipient=requesting_organization(request),
                 scope=requesting_scope(source.access, request),
