@@ -13,6 +13,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from kuva.config import LOCAL_ORGANIZATION_OID
 from kuva.index.database import make_engine
 from kuva.index.uow import UnitOfWork
 from tests.support.peers import LOOPBACK, dcmtk_env, storescu
@@ -111,11 +112,14 @@ def adt(
     version: str = "2.5",
     charset: str = "UNICODE UTF-8",
     structure: str = "",
+    organization: str = LOCAL_ORGANIZATION_OID,
 ) -> str:
+    """An ADT message from ``organization`` (MSH-4 universal id; "" for none)."""
     control = control or generate_uid()[-16:]
     kind = f"ADT^{event}^{structure}" if structure else f"ADT^{event}"
+    facility = f"TESTSAIRAALA^{organization}^ISO" if organization else "TESTSAIRAALA"
     header = (
-        f"MSH|^~\\&|RIS|TESTSAIRAALA|KUVA|KANTA|20261127120000||{kind}|{control}|P|{version}"
+        f"MSH|^~\\&|RIS|{facility}|KUVA|KANTA|20261127120000||{kind}|{control}|P|{version}"
         f"|||||FIN|{charset}"
     )
     return "\r".join([header, f"EVN|{event}|20261127120000", *segments]) + "\r"
