@@ -109,15 +109,27 @@ class PatientRepository:
         )
         return [_row(row) for row in rows]
 
-    def used_by_others(self, pk: int, organization: str) -> bool:
-        """Whether a study of another organisation belongs to the patient now or
-        was received for it."""
+    def used_by_others(self, row: PatientRow, organization: str) -> bool:
+        """Whether a study of another organisation belongs to the patient now, or was
+        received for it and would come back to it (an unmerge) - not one placed on
+        its organisation's own record of the patient."""
+        own = patient.alias("own")
         return bool(
             self.conn.execute(
                 select(
-                    exists().where(
-                        or_(study.c.patient_pk == pk, study.c.received_patient_pk == pk),
-                        study.c.organization_oid != organization,
+                    or_(
+                        exists().where(
+                            study.c.patient_pk == row.pk, study.c.organization_oid != organization
+                        ),
+                        exists().where(
+                            study.c.received_patient_pk == row.pk,
+                            study.c.organization_oid != organization,
+                            ~exists().where(
+                                own.c.patient_id == row.key.patient_id,
+                                own.c.issuer == row.key.issuer,
+                                own.c.organization_oid == study.c.organization_oid,
+                            ),
+                        ),
                     )
                 )
             ).scalar()

@@ -484,7 +484,7 @@ class PatientService:
         if (
             organization is None
             or row.organization_oid == organization
-            or not uow.patients.used_by_others(row.pk, organization)
+            or not uow.patients.used_by_others(row, organization)
         ):
             return row
         own = uow.patients.split(row.pk, organization, self._clock())
