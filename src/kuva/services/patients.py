@@ -117,6 +117,14 @@ class MessageRef:
     message_type: str
     sending_organization: str = ""
 
+    @property
+    def facility_key(self) -> str:
+        """MSH-4 as messages are told apart: the namespace and the universal id, so
+        that one organisation's control ids never answer for another's."""
+        if not self.sending_organization:
+            return self.sending_facility
+        return f"{self.sending_facility}^{self.sending_organization}"[:180]
+
 
 # (error or None, note): the ACK; a note (nothing applied) goes with an AA.
 AckRenderer = Callable[..., str]
@@ -289,13 +297,13 @@ class PatientService:
     def _seen(self, ref: MessageRef) -> str | None:
         with UnitOfWork(self._engine, write=False) as uow:
             return uow.patients.seen_message(
-                ref.sending_application, ref.sending_facility, ref.control_id
+                ref.sending_application, ref.facility_key, ref.control_id
             )
 
     def _record(self, uow: UnitOfWork, ref: MessageRef, ack: str) -> None:
         uow.patients.record_message(
             ref.sending_application,
-            ref.sending_facility,
+            ref.facility_key,
             ref.control_id,
             ref.message_type,
             ack,
