@@ -226,7 +226,6 @@ def patient_row(new: NewInstance) -> dict[str, Any]:
             "patient_name_norm": p.name.upper(),
             "birth_date": p.birth_date,
             "sex": p.sex,
-            "organization_oid": "",
             "created_at": new.received_at,
         },
     )
