@@ -73,9 +73,10 @@ def name_going_out(engine: Engine, study_uid: str) -> str | None:
 
 
 def test_whom_a_message_acts_for() -> None:
-    embedded = Senders(frozenset({LOCAL_ORGANIZATION_OID}), open_access=True)
+    embedded = Senders(frozenset({LOCAL_ORGANIZATION_OID, ORG_A}), open_access=True)
     assert embedded.organization("") == LOCAL_ORGANIZATION_OID
     assert embedded.organization("1.2.3") == LOCAL_ORGANIZATION_OID
+    assert embedded.organization(ORG_A) == ORG_A
     senders = Senders(frozenset({ORG_A, ORG_B}))
     assert senders.organization(ORG_B) == ORG_B
     assert senders.organization(ORG_A, certified=ORG_A) == ORG_A

@@ -32,8 +32,8 @@ An HL7 message acts for the organisation that sent it (``Senders``): MSH-4 Sendi
 Facility names it by its universal id (HD.2, the organisation's OID), which must
 be a configured organisation and, on ``[hl7] tls``, the client certificate's; else
 the message is refused as a whole (ACK AR with ERR, audited, not recorded as
-seen). The embedded default (no ``[[nodes]]``) has one organisation, the local
-one: every message acts for it.
+seen). On the embedded default (no ``[[nodes]]``) a message naming no configured
+organisation acts for the local one, as every calling AE title does.
 
 A correction changes only the sending organisation's studies (a register holder
 owns what it archived). Patient records are shared - one per Patient ID and
@@ -143,7 +143,9 @@ class Senders:
         SenderRefused (HL7 table 0357: 101 required field missing, 204 unknown key
         identifier) when it may act for none."""
         if certified is None and self.open_access:
-            return LOCAL_ORGANIZATION_OID
+            # The embedded default: what names no configured organisation is the
+            # local one's, as every calling AE title is.
+            return universal_id if universal_id in self.organizations else LOCAL_ORGANIZATION_OID
         if not universal_id:
             raise SenderRefused(
                 "MSH-4.2 (sending facility universal id, the organisation OID) missing",
