@@ -184,6 +184,22 @@ def test_merge_unlink_and_identifier_change_move_the_sender_studies(engine: Engi
     assert key(store(engine, MERGED, 7, organization=ORG_A)) == MERGED
 
 
+def test_an_unlink_after_the_survivor_was_split(engine: Engine) -> None:
+    """B merges its record into a patient A also has studies of, then corrects that
+    patient (its record is split off), then undoes the merge."""
+    service = PatientService(engine, senders=Senders(frozenset({ORG_A, ORG_B})))
+    store(engine, MERGED, 1, organization=ORG_A)
+    b_study = store(engine, MERGED, 2, organization=ORG_B)
+    a_survivor = store(engine, SURVIVOR, 3, organization=ORG_A)
+    assert send(service, "M1", ORG_B, MergePatients(SURVIVOR, MERGED)) == "AA"
+    rename = UpdatePatient(SURVIVOR, Demographics(name=B_NAME))
+    assert send(service, "U1", ORG_B, rename) == "AA"
+    assert patient_of(engine, b_study)[0].name == B_NAME
+    assert patient_of(engine, a_survivor)[0].name == STORED
+    assert send(service, "L1", ORG_B, UnlinkPatients(SURVIVOR, MERGED)) == "AA"
+    assert patient_of(engine, b_study)[0].key == MERGED
+
+
 def test_the_operator_acts_for_every_organisation(engine: Engine) -> None:
     service = PatientService(engine)
     a_study = store(engine, MERGED, 1, organization=ORG_A)

@@ -149,8 +149,9 @@ class PatientRepository:
 
     def split(self, pk: int, organization: str, at: datetime) -> int:
         """``organization``'s own record of the patient, made from ``pk`` (its values,
-        its merge), with ``organization``'s studies of ``pk`` moved onto it; they
-        keep ``pk`` as the patient they were received for."""
+        its merge), with ``organization``'s studies of ``pk`` moved onto it (they
+        keep ``pk`` as the patient they were received for) and its own records
+        merged into ``pk`` merged into it."""
         src = self.conn.execute(select(patient).where(patient.c.pk == pk)).one()
         values = {
             name: getattr(src, name)
@@ -177,6 +178,13 @@ class PatientRepository:
             update(study)
             .where(study.c.patient_pk == pk, study.c.organization_oid == organization)
             .values(patient_pk=own)
+        )
+        # The organisation's own records merged into this patient are merged into
+        # its own record now (their unlink finds the merge there).
+        self.conn.execute(
+            update(patient)
+            .where(patient.c.merged_into_pk == pk, patient.c.organization_oid == organization)
+            .values(merged_into_pk=own)
         )
         return own
 
