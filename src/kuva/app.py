@@ -45,7 +45,7 @@ from kuva.services.imaging_source import ImagingDocumentSource
 from kuva.services.ingest import IngestService
 from kuva.services.integrity import IntegrityService, Scrubber
 from kuva.services.notices import NoticeService
-from kuva.services.patients import PatientService
+from kuva.services.patients import PatientService, Senders
 from kuva.services.query import QueryService
 from kuva.services.registration import RegistrationService
 from kuva.services.registry import RegistryService
@@ -204,7 +204,10 @@ class Archive:
             self.engine, settings, self.xds.imaging_source, IanSender(settings)
         )
         self.patients = PatientService(
-            self.engine, strict=settings.hl7.strict_merge, audit=self.audit
+            self.engine,
+            strict=settings.hl7.strict_merge,
+            audit=self.audit,
+            senders=Senders(settings.organization_oids(), settings.open_access),
         )
         self.integrity = IntegrityService(self.engine, self.blobs)
         self.integrity.on_problem = self.audit.integrity_finding

@@ -572,6 +572,14 @@ class Settings(BaseSettings):
             return LOCAL_ORGANIZATION_OID
         return None
 
+    def organization_oids(self) -> frozenset[str]:
+        """The organisations (register holders) the archive knows: ``[[organizations]]``
+        and the local one when a node belongs to it (or on the embedded default)."""
+        oids = {org.oid for org in self.organizations}
+        if self.open_access or any(not node.organization for node in self.nodes):
+            oids.add(LOCAL_ORGANIZATION_OID)
+        return frozenset(oids)
+
     def ian_nodes(self, organization_oid: str) -> list[NodeSettings]:
         """The nodes of an organisation that want Instance Availability Notifications."""
         return [

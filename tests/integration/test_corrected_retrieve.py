@@ -55,18 +55,6 @@ def _movescu(server: KuvaServer, destination: str, study_uid: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _getscu(server: KuvaServer, out: Path, study_uid: str) -> list[Dataset]:
-    out.mkdir()
-    command = [
-        "getscu", "-S", "+B", "-aet", GETSCU, "-aec", server.ae_title, "-od", str(out),
-        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
-        LOOPBACK, str(server.dicom_port),
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=dcmtk_env(), timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return [pydicom.dcmread(path) for path in sorted(out.iterdir())]
-
-
 def _assert_corrected(ds: Dataset, stored: dict[str, Path]) -> None:
     assert ds.PatientID == SURVIVOR
     assert ds.IssuerOfPatientID == FINNISH_PIC_ISSUER
@@ -129,7 +117,7 @@ def test_retrieves_carry_the_corrected_identity(
             assert dataset_bytes(path) == dataset_bytes(stored[uid])
 
         # C-GET
-        got = _getscu(server, tmp_path / "get", study_uid)
+        got = site.getscu(study_uid, aet=GETSCU)
         assert len(got) == 3
         for ds in got:
             _assert_corrected(ds, stored)
@@ -156,6 +144,6 @@ def test_retrieves_carry_the_corrected_identity(
         # undone (A37 unlink): the objects go out as stored again
         unlink = adt("A37", pid(SURVIVOR), pid(MERGED))
         assert msa(site.mllp_send(unlink))[0] == "AA"
-        for ds in _getscu(server, tmp_path / "get-after-unlink", study_uid):
+        for ds in site.getscu(study_uid, aet=GETSCU):
             assert ds.PatientID == MERGED
             assert "OriginalAttributesSequence" not in ds

@@ -300,16 +300,25 @@ def _mllp(site: Site, context: ssl.SSLContext, message: str) -> bytes:
         return answer
 
 
-def test_hl7_certificate_of_an_organisation(site: Site) -> None:
+@pytest.mark.parametrize(
+    ("organization", "expected"),
+    [(ORG_A, "AA"), (ORG_B, "AR")],
+)
+def test_hl7_certificate_of_an_organisation(site: Site, organization: str, expected: str) -> None:
+    """A message acts for the certificate's organisation: MSH-4 must name it."""
     control = generate_uid()[-16:]
     answer = _mllp(
         site,
         site.pki.hospital_a.client_context(site.pki.ca),
-        adt("A08", pid(SURVIVOR), control=control),
+        adt("A08", pid(SURVIVOR), control=control, organization=organization),
     )
     assert answer.startswith(VT) and answer.endswith(END)
-    (msa,) = [s for s in answer[1:-2].decode().split("\r") if s.startswith("MSA|")]
-    assert msa.split("|")[2] == control
+    segments = answer[1:-2].decode().split("\r")
+    (msa,) = [s for s in segments if s.startswith("MSA|")]
+    assert msa.split("|")[1:3] == [expected, control]
+    if expected == "AR":
+        (err,) = [s for s in segments if s.startswith("ERR|")]
+        assert "204^" in err and "client certificate organisation" in err
 
 
 @pytest.mark.parametrize(

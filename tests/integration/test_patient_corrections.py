@@ -38,7 +38,7 @@ from kuva.services.registration import REGISTRATION_TASK
 from kuva.xds.namespaces import NSMAP
 from tests.support.hl7 import MERGED, SURVIVOR, Hl7Site, adt, mrg, msa, pid
 from tests.support.peers import dcmtk_available
-from tests.support.site import Site
+from tests.support.site import HOLDER, Site
 from tests.support.synthetic import FINNISH_PIC_ISSUER, make_ct_series, write_series
 from tests.unit.test_patients import store
 
@@ -112,7 +112,9 @@ def test_merge_and_update_register_the_studies_again(
     assert set(documents(site, MERGED)) == {before_merge}
 
     # --- A40: the merged patient's study is registered again under the survivor
-    ack = hl7.mllp_send(adt("A40", pid(SURVIVOR), mrg(MERGED), structure="ADT_A39"))
+    ack = hl7.mllp_send(
+        adt("A40", pid(SURVIVOR), mrg(MERGED), structure="ADT_A39", organization=HOLDER)
+    )
     assert msa(ack)[0] == "AA"
     announced = ris.wait_for(3)[2]
     assert (announced.study_uid, announced.instances()) == (
@@ -137,7 +139,7 @@ def test_merge_and_update_register_the_studies_again(
     assert str(kos.PatientName) == "Testinen^Maija"  # the survivor's, not as received
 
     # --- A08: a new name, both studies registered again (RPLC: the same patient)
-    ack = hl7.mllp_send(adt("A08", pid(SURVIVOR, "Virtanen^Maija")))
+    ack = hl7.mllp_send(adt("A08", pid(SURVIVOR, "Virtanen^Maija"), organization=HOLDER))
     assert msa(ack)[0] == "AA"
     assert {ian.study_uid for ian in ris.wait_for(5)[3:]} == {kept, merged}
     found = documents(site, SURVIVOR)
@@ -154,7 +156,9 @@ def test_merge_and_update_register_the_studies_again(
     # --- A37: the study is the merged patient's again; the survivor's manifest of it
     # cannot be replaced across patients and is Deprecated
     after_update = approved(site, merged)
-    assert msa(hl7.mllp_send(adt("A37", pid(SURVIVOR), pid(MERGED))))[0] == "AA"
+    assert (
+        msa(hl7.mllp_send(adt("A37", pid(SURVIVOR), pid(MERGED), organization=HOLDER)))[0] == "AA"
+    )
     assert ris.wait_for(6)[5].study_uid == merged
     after_unlink = approved(site, merged)
     assert site.manifests(merged)[after_update] is AvailabilityStatus.DEPRECATED

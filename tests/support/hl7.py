@@ -13,6 +13,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from kuva.config import LOCAL_ORGANIZATION_OID
 from kuva.index.database import make_engine
 from kuva.index.uow import UnitOfWork
 from tests.support.peers import LOOPBACK, dcmtk_env, storescu
@@ -32,21 +33,22 @@ class Hl7Site:
     database_url: str
     tmp: Path
 
-    def store(self, patient_id: str, n: int = 2) -> str:
+    def store(self, patient_id: str, n: int = 2, *, aet: str = "STORESCU") -> str:
+        """A study of ``n`` CT images stored with storescu calling as ``aet``."""
         study_uid = generate_uid()
         datasets = make_ct_series(
             n, rows=16, cols=16, patient_id=patient_id, study_uid=study_uid, seed=n
         )
         paths = write_series(datasets, self.tmp / study_uid)
-        result = storescu(paths, LOOPBACK, self.server.dicom_port, aec="KUVA")
+        result = storescu(paths, LOOPBACK, self.server.dicom_port, aet=aet, aec="KUVA")
         assert result.returncode == 0, result.stdout + result.stderr
         return study_uid
 
-    def find_study(self, study_uid: str) -> Dataset:
+    def find_study(self, study_uid: str, *, aet: str = "FINDSCU") -> Dataset:
         out = self.tmp / f"find-{generate_uid()[-12:]}"
         out.mkdir()
         command = [
-            "findscu", "-S", "-X", "-od", str(out), "-aec", "KUVA", LOOPBACK,
+            "findscu", "-S", "-X", "-od", str(out), "-aet", aet, "-aec", "KUVA", LOOPBACK,
             str(self.server.dicom_port), "-k", "QueryRetrieveLevel=STUDY",
             "-k", f"StudyInstanceUID={study_uid}", "-k", "PatientID", "-k", "PatientName",
             "-k", "IssuerOfPatientID", "-k", "PatientBirthDate", "-k", "PatientSex",
@@ -56,6 +58,21 @@ class Hl7Site:
         assert result.returncode == 0, result.stdout + result.stderr
         (found,) = [pydicom.dcmread(p) for p in out.glob("rsp*.dcm")]
         return found
+
+    def getscu(self, study_uid: str, *, aet: str = "GETSCU") -> list[Dataset]:
+        """The study's objects as dcmtk's getscu (calling as ``aet``) receives them."""
+        out = self.tmp / f"get-{generate_uid()[-12:]}"
+        out.mkdir()
+        command = [
+            "getscu", "-S", "+B", "-aet", aet, "-aec", self.server.ae_title, "-od", str(out),
+            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
+            LOOPBACK, str(self.server.dicom_port),
+        ]  # fmt: skip
+        result = subprocess.run(
+            command, capture_output=True, text=True, env=dcmtk_env(), timeout=120
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return [pydicom.dcmread(path) for path in sorted(out.iterdir())]
 
     def patients(self, patient_id: str) -> list[Dataset]:
         out = self.tmp / f"find-{generate_uid()[-12:]}"
@@ -111,11 +128,14 @@ def adt(
     version: str = "2.5",
     charset: str = "UNICODE UTF-8",
     structure: str = "",
+    organization: str = LOCAL_ORGANIZATION_OID,
 ) -> str:
+    """An ADT message from ``organization`` (MSH-4 universal id; "" for none)."""
     control = control or generate_uid()[-16:]
     kind = f"ADT^{event}^{structure}" if structure else f"ADT^{event}"
+    facility = f"TESTSAIRAALA^{organization}^ISO" if organization else "TESTSAIRAALA"
     header = (
-        f"MSH|^~\\&|RIS|TESTSAIRAALA|KUVA|KANTA|20261127120000||{kind}|{control}|P|{version}"
+        f"MSH|^~\\&|RIS|{facility}|KUVA|KANTA|20261127120000||{kind}|{control}|P|{version}"
         f"|||||FIN|{charset}"
     )
     return "\r".join([header, f"EVN|{event}|20261127120000", *segments]) + "\r"

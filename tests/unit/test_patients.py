@@ -36,7 +36,7 @@ from kuva.services.registration import (
     RegistrationService,
     register_again,
 )
-from tests.unit.test_index import NOW, ROOT, attributes, new_instance
+from tests.unit.test_index import NOW, ORG, ROOT, attributes, new_instance
 
 ISSUER = "1.2.246.21"
 SURVIVOR = PatientKey("010181-900C", ISSUER)
@@ -44,13 +44,20 @@ MERGED = PatientKey("020202-900E", ISSUER)
 THIRD = PatientKey("030303-9005", ISSUER)
 
 
-def store(engine: Engine, key: PatientKey, study: int, name: str = "Testinen^Maija") -> str:
-    """One instance of study ``study`` of the patient; its Study Instance UID."""
+def store(
+    engine: Engine,
+    key: PatientKey,
+    study: int,
+    name: str = "Testinen^Maija",
+    organization: str = ORG,
+) -> str:
+    """One instance of study ``study`` of the patient, archived for ``organization``;
+    its Study Instance UID."""
     study_uid = f"{ROOT}.{study}"
     attrs = attributes(1, study=study_uid, series=f"{study_uid}.1", patient_id=key.patient_id)
     attrs = replace(attrs, patient=replace(attrs.patient, issuer=key.issuer, name=name))
     with UnitOfWork(engine) as uow:
-        assert uow.instances.add(new_instance(attrs)) is not None
+        assert uow.instances.add(new_instance(attrs, organization_oid=organization)) is not None
         uow.commit()
     return study_uid
 

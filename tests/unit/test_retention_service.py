@@ -152,7 +152,7 @@ def expiry(site: Site, uid: str) -> tuple[dt.date | None, str | None] | None:
 
 
 def update(site: Site, control: str, demographics: Demographics) -> str:
-    ref = MessageRef("RIS", "TESTSAIRAALA", control, "ADT^A08")
+    ref = MessageRef("RIS", "TESTSAIRAALA", control, "ADT^A08", ORG)
     return site.archive.patients.handle(
         ref, [UpdatePatient(PATIENT, demographics)], lambda error: "AE" if error else "AA"
     )

@@ -15,10 +15,16 @@ Identifiers: the first repetition of PID-3 / MRG-1 (CX); Patient ID = CX.1, issu
 the universal id of CX.4 (HD.2, e.g. ``&1.2.246.21&ISO``), else its namespace id
 (HD.1) — the same value DICOM's Issuer of Patient ID holds for the study.
 
+Sending organisation: MSH-4 Sending Facility (HD) by its universal id (HD.2, the
+organisation's OID; ``HOSP^1.2.246.10.12345678.10^ISO``); services.patients
+decides whom a message may act for.
+
 Acknowledgement (original mode): MSA-1 AA when applied; AE with an ERR segment (table
 0357 code, the segment/field at fault, a text) when the content is wrong; AR for an
-unsupported message type, event or version, or a message that cannot be parsed.
-MSA-2 echoes MSH-10.
+unsupported message type, event or version, a message that cannot be parsed, or
+one from no organisation it may act for. An AA that applied nothing (the sender
+archives no study of the patient) carries an ERR of severity W (warning, HL7 v2.5
+table 0516) saying so. MSA-2 echoes MSH-10.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from kuva.model.patient import (
     PatientCommand,
     PatientCorrectionError,
     PatientKey,
+    SenderRefused,
     UnlinkPatients,
     UpdatePatient,
 )
@@ -68,6 +75,8 @@ _TEXTS = {
 _SEX = {"M": "M", "F": "F", "O": "O", "U": "O", "A": "O", "N": "O"}
 
 Handler = Callable[[MessageRef, list[PatientCommand], Callable[..., str]], str]
+
+WARNING = "W"  # ERR-4 severity (HL7 v2.5 table 0516)
 
 
 @dataclass(frozen=True)
@@ -196,8 +205,10 @@ def ack(
     code: str,
     *,
     error: tuple[str, str, str] | None = None,
+    severity: str = "E",
 ) -> str:
-    """An ACK (MSA-1 ``code``); ``error`` = (table 0357 code, location, text) adds ERR."""
+    """An ACK (MSA-1 ``code``); ``error`` = (table 0357 code, location, text) adds ERR
+    of ``severity`` (ERR-4, table 0516)."""
     now = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     head = message.segment("MSH") if message is not None else None
 
@@ -234,7 +245,8 @@ def ack(
         label = _TEXTS.get(number, "")
         clean = text.replace("|", " ").replace("^", " ").replace("&", " ").replace("~", " ")
         segments.append(
-            f"ERR|{location}^{number}&{label}|{location}|{number}^{label}^HL70357|E||||{clean}"
+            f"ERR|{location}^{number}&{label}|{location}|{number}^{label}^HL70357|{severity}"
+            f"||||{clean}"
         )
     return "\r".join(segments) + "\r"
 
@@ -263,6 +275,7 @@ def handle(frame: bytes, apply: Handler) -> bytes:
         sending_facility=_value(msh, 4, 1, 1),
         control_id=_value(msh, 10, 1, 1),
         message_type=f"ADT^{event}",
+        sending_organization=_value(msh, 4, 1, 2),
     )
     if not ref.control_id:
         reply = ack(message, "AE", error=("101", "MSH^1^10", "MSH-10 (message control id) missing"))
@@ -274,10 +287,13 @@ def handle(frame: bytes, apply: Handler) -> bytes:
         reply = ack(message, "AE", error=(wrong.code, _location(wrong.field), str(wrong)))
         return reply.encode(codec, "replace")
 
-    def render(error: PatientCorrectionError | None) -> str:
+    def render(error: PatientCorrectionError | None, note: str = "") -> str:
         if error is None:
+            if note:
+                return ack(message, "AA", error=("204", "PID^1^3", note), severity=WARNING)
             return ack(message, "AA")
-        return ack(message, "AE", error=(error.code, _location(error.field), str(error)))
+        code = "AR" if isinstance(error, SenderRefused) else "AE"
+        return ack(message, code, error=(error.code, _location(error.field), str(error)))
 
     return apply(ref, asked, render).encode(codec, "replace")
 

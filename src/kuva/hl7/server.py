@@ -7,7 +7,8 @@ With ``[hl7] tls``: MLLP over TLS 1.2+ (IHE ITI-19 Authenticate Node), a client 
 verified against ``[tls] ca_file`` and belonging to an organisation
 (services.authentication) required. The handshake runs in the connection's
 thread; a failed one, or a certificate of no organisation, closes the connection
-before any message is read, and is audited."""
+before any message is read, and is audited. The certificate's organisation is the
+one every message on the connection must name in MSH-4 (services.patients)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import socket
 import socketserver
 import ssl
 import threading
+from functools import partial
 
 from kuva.config import Settings
 from kuva.hl7 import adt
@@ -57,22 +59,27 @@ class _Server(socketserver.ThreadingTCPServer):
 class _Connection(socketserver.BaseRequestHandler):
     server: _Server
 
-    def _authenticated(self, sock: ssl.SSLSocket) -> bool:
-        """The TLS handshake done and the certificate's organisation known; when not,
-        refused (audited) and False."""
+    # The organisation of the client certificate (``[hl7] tls``), None without TLS.
+    organization: str | None = None
+
+    def _authenticated(self, sock: ssl.SSLSocket) -> str | None:
+        """The certificate's organisation, once the TLS handshake is done; None when
+        refused (audited)."""
         address = str(self.client_address[0])
         auth = self.server.authentication
         try:
             handshake(sock, self.server.handshake_seconds)
         except OSError as exc:
             auth.refused("hl7", address, failure_reason(exc))
-            return False
-        return auth.authenticate("hl7", address, peer_subject(sock.getpeercert())) is not None
+            return None
+        return auth.authenticate("hl7", address, peer_subject(sock.getpeercert()))
 
     def handle(self) -> None:
         sock: socket.socket = self.request
-        if isinstance(sock, ssl.SSLSocket) and not self._authenticated(sock):
-            return  # socketserver shuts the connection down
+        if isinstance(sock, ssl.SSLSocket):
+            self.organization = self._authenticated(sock)
+            if self.organization is None:
+                return  # socketserver shuts the connection down
         sock.settimeout(self.server.idle_seconds)
         peer = f"{self.client_address[0]}:{self.client_address[1]}"
         framer = MllpFramer(self.server.max_bytes)
@@ -97,7 +104,9 @@ class _Connection(socketserver.BaseRequestHandler):
 
     def _answer(self, message: bytes) -> bytes:
         try:
-            return adt.handle(message, self.server.service.handle)
+            return adt.handle(
+                message, partial(self.server.service.handle, certified=self.organization)
+            )
         except Exception:
             log.exception("HL7: could not handle a message")
             return adt.ack(

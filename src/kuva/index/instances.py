@@ -175,8 +175,11 @@ STORED_TREE = (
 
 _STORED = select(*_STORED_COLUMNS).select_from(STORED_TREE)
 _GET_STORED = _STORED.where(instance.c.sop_instance_uid == bindparam("uid"))
-_PATIENT_ROW = select(patient.c.pk, patient.c.merged_into_pk).where(
-    (patient.c.patient_id == bindparam("patient_id")) & (patient.c.issuer == bindparam("issuer"))
+# The shared record of the patient and the register holder's own (index.patients).
+_PATIENT_ROWS = select(patient.c.pk, patient.c.merged_into_pk, patient.c.organization_oid).where(
+    patient.c.patient_id == bindparam("patient_id"),
+    patient.c.issuer == bindparam("issuer"),
+    patient.c.organization_oid.in_(["", bindparam("organization")]),
 )
 _STUDY_ROW = select(
     study.c.pk, study.c.patient_pk, study.c.organization_oid, study.c.destroying_at
@@ -331,6 +334,12 @@ def instance_row(new: NewInstance, series_pk: int) -> dict[str, Any]:
     )
 
 
+@dataclass(frozen=True)
+class _NewPatient:
+    pk: int
+    merged_into_pk: int | None
+
+
 def survivor(conn: Connection, patient_pk: int) -> int:
     """The patient a merged patient resolves to: the end of its ``merged_into`` chain
     (A into B, B into C: C), in one statement (a recursive CTE, SQLite and PostgreSQL).
@@ -387,22 +396,7 @@ class InstanceRepository:
         left as they are (corrections are a later, explicit step); the study's and
         series' counters are kept in the same transaction.
         """
-        received_pk, _, found = self._get_or_create(
-            patient,
-            _PATIENT_ROW,
-            {
-                "patient_id": new.attributes.patient.patient_id[:64],
-                "issuer": new.attributes.patient.issuer[:64],
-            },
-            patient_row(new),
-            ["patient_id", "issuer"],
-        )
-        # A patient merged into another (HL7 A40): the study belongs to the survivor.
-        patient_pk = (
-            survivor(self.conn, received_pk)
-            if found is not None and found.merged_into_pk is not None
-            else received_pk
-        )
+        received_pk, patient_pk = self._patient(new)
         study_pk, new_study, study_found = self._get_or_create(
             study,
             _STUDY_ROW,
@@ -454,6 +448,40 @@ class InstanceRepository:
         )
         self.last_added = AddedTree(study_pk, series_pk, new_study, new_series)
         return int(pk)
+
+    def _patient(self, new: NewInstance) -> tuple[int, int]:
+        """(received, current) patient of a new instance: its shared record (made on
+        first sight) and the record its study belongs to - the register holder's own
+        record of the patient when there is one, else the shared one - resolved to
+        the survivor when merged into another (HL7 A40)."""
+        key = {
+            "patient_id": new.attributes.patient.patient_id[:64],
+            "issuer": new.attributes.patient.issuer[:64],
+            "organization": new.organization_oid,
+        }
+        for _ in range(2):
+            rows: dict[str, Any] = {
+                row.organization_oid: row for row in self.conn.execute(_PATIENT_ROWS, key)
+            }
+            shared: Any = rows.get("")
+            if shared is None:
+                received = insert_ignoring_conflict(
+                    self.conn,
+                    patient,
+                    patient_row(new),
+                    ["patient_id", "issuer", "organization_oid"],
+                )
+                if received is None:
+                    continue  # made meanwhile by another node: look again
+                shared = _NewPatient(int(received), None)
+            current = rows.get(new.organization_oid, shared) if new.organization_oid else shared
+            placed = (
+                survivor(self.conn, current.pk)
+                if current.merged_into_pk is not None
+                else int(current.pk)
+            )
+            return int(shared.pk), placed
+        raise RuntimeError("patient row vanished while being created")  # pragma: no cover
 
     def _get_or_create(
         self,

@@ -5,6 +5,13 @@ A merge never rewrites instances: the source patient records ``merged_into`` and
 studies' ``patient_pk`` points at the survivor, while ``received_patient_pk`` keeps
 the patient each study was received for, so that an unlink can move them back.
 Touching a patient with 100,000 instances touches its few study rows.
+
+A patient (Patient ID + issuer) has its shared record (``organization_oid`` "",
+the one ``received_patient_pk`` names) and, once an organisation's HL7 correction
+had to leave other organisations' studies alone, that organisation's own record
+(``split``), to which its studies of the patient belong from then on (ingest
+prefers it: index.instances). Everything is looked up on the unique (Patient ID,
+issuer, organisation) key and the indexed study columns.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, literal_column, select, update
+from sqlalchemy import Connection, exists, func, insert, literal_column, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from kuva.index.instances import survivor
@@ -31,6 +38,7 @@ class PatientRow:
     sex: str
     merged_into_pk: int | None
     death_date: str = ""
+    organization_oid: str = ""  # "" = the shared record; else that organisation's own
 
 
 _COLUMNS = (
@@ -42,6 +50,7 @@ _COLUMNS = (
     patient.c.sex,
     patient.c.merged_into_pk,
     patient.c.death_date,
+    patient.c.organization_oid,
 )
 
 
@@ -70,6 +79,7 @@ def _row(row: Any) -> PatientRow:
         row.sex,
         row.merged_into_pk,
         row.death_date,
+        row.organization_oid,
     )
 
 
@@ -77,24 +87,122 @@ class PatientRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def find(self, key: PatientKey) -> PatientRow | None:
+    def find(self, key: PatientKey, organization: str | None = None) -> PatientRow | None:
+        """``organization``'s record of the patient ("" = the shared one); None: its
+        shared record, else an organisation's own when it has no shared one."""
+        statement = select(*_COLUMNS).where(
+            patient.c.patient_id == key.patient_id, patient.c.issuer == key.issuer
+        )
+        if organization is not None:
+            statement = statement.where(patient.c.organization_oid == organization)
         row = self.conn.execute(
-            select(*_COLUMNS).where(
-                patient.c.patient_id == key.patient_id, patient.c.issuer == key.issuer
-            )
+            statement.order_by(patient.c.organization_oid, patient.c.pk).limit(1)
         ).one_or_none()
         return _row(row) if row is not None else None
+
+    def records(self, key: PatientKey) -> list[PatientRow]:
+        """Every record of the patient: the shared one and organisations' own."""
+        rows = self.conn.execute(
+            select(*_COLUMNS)
+            .where(patient.c.patient_id == key.patient_id, patient.c.issuer == key.issuer)
+            .order_by(patient.c.organization_oid, patient.c.pk)
+        )
+        return [_row(row) for row in rows]
+
+    def used_by_others(self, row: PatientRow, organization: str) -> bool:
+        """Whether a study of another organisation belongs to the patient now, or was
+        received for it and would come back to it (an unmerge) - not one placed on
+        its organisation's own record of the patient."""
+        own = patient.alias("own")
+        return bool(
+            self.conn.execute(
+                select(
+                    or_(
+                        exists().where(
+                            study.c.patient_pk == row.pk, study.c.organization_oid != organization
+                        ),
+                        exists().where(
+                            study.c.received_patient_pk == row.pk,
+                            study.c.organization_oid != organization,
+                            ~exists().where(
+                                own.c.patient_id == row.key.patient_id,
+                                own.c.issuer == row.key.issuer,
+                                own.c.organization_oid == study.c.organization_oid,
+                            ),
+                        ),
+                    )
+                )
+            ).scalar()
+        )
+
+    def holds_studies(self, pk: int, organization: str) -> bool:
+        """Whether a study of ``organization`` belongs to the patient now."""
+        return bool(
+            self.conn.execute(
+                select(
+                    exists().where(
+                        study.c.patient_pk == pk, study.c.organization_oid == organization
+                    )
+                )
+            ).scalar()
+        )
+
+    def split(self, pk: int, organization: str, at: datetime) -> int:
+        """``organization``'s own record of the patient, made from ``pk`` (its values,
+        its merge), with ``organization``'s studies of ``pk`` moved onto it (they
+        keep ``pk`` as the patient they were received for) and its own records
+        merged into ``pk`` merged into it."""
+        src = self.conn.execute(select(patient).where(patient.c.pk == pk)).one()
+        values = {
+            name: getattr(src, name)
+            for name in (
+                "patient_id",
+                "issuer",
+                "patient_name",
+                "patient_name_norm",
+                "birth_date",
+                "sex",
+                "merged_into_pk",
+                "corrected_at",
+                "death_date",
+            )
+        }
+        own = int(
+            self.conn.execute(
+                insert(patient)
+                .values(**values, organization_oid=organization, created_at=at)
+                .returning(patient.c.pk)
+            ).scalar_one()
+        )
+        self.conn.execute(
+            update(study)
+            .where(study.c.patient_pk == pk, study.c.organization_oid == organization)
+            .values(patient_pk=own)
+        )
+        # The organisation's own records merged into this patient are merged into
+        # its own record now (their unlink finds the merge there).
+        self.conn.execute(
+            update(patient)
+            .where(patient.c.merged_into_pk == pk, patient.c.organization_oid == organization)
+            .values(merged_into_pk=own)
+        )
+        return own
 
     def get(self, pk: int) -> PatientRow:
         return _row(self.conn.execute(select(*_COLUMNS).where(patient.c.pk == pk)).one())
 
-    def create(self, key: PatientKey, at: datetime) -> int:
+    def create(self, key: PatientKey, at: datetime, organization: str = "") -> int:
         """An empty patient record (a merge source not seen yet: its instances, when
-        they come, go to the survivor)."""
+        they come, go to the survivor); ``organization``: its own record."""
         return int(
             self.conn.execute(
                 insert(patient)
-                .values(patient_id=key.patient_id, issuer=key.issuer, created_at=at)
+                .values(
+                    patient_id=key.patient_id,
+                    issuer=key.issuer,
+                    organization_oid=organization,
+                    created_at=at,
+                )
                 .returning(patient.c.pk)
             ).scalar_one()
         )
@@ -119,27 +227,50 @@ class PatientRepository:
 
     def unmerge(self, source_pk: int) -> list[str]:
         """Undo the merge of ``source``: each study under its former survivor goes back
-        to the survivor of the patient it was received for. Returns the Study
-        Instance UIDs of the studies that moved."""
+        to the survivor of the patient it was received for - its organisation's own
+        record of that patient when there is one, as ingest places a study. Returns
+        the Study Instance UIDs of the studies that moved."""
         former = survivor(self.conn, source_pk)
         self.conn.execute(
             update(patient).where(patient.c.pk == source_pk).values(merged_into_pk=None)
         )
         received_patients = self.conn.execute(
-            select(study.c.received_patient_pk).where(study.c.patient_pk == former).distinct()
-        ).scalars()
+            select(study.c.received_patient_pk, study.c.organization_oid)
+            .where(study.c.patient_pk == former)
+            .distinct()
+        ).all()
         moved: list[str] = []
-        for received in list(received_patients):  # a few patients, however many studies
-            now = survivor(self.conn, received)
+        for received, organization in received_patients:  # a few, however many studies
+            if received is None:  # indexed before the received patient was kept
+                continue
+            now = survivor(self.conn, self._placed(received, organization))
             if now != former:
                 result = self.conn.execute(
                     update(study)
-                    .where(study.c.patient_pk == former, study.c.received_patient_pk == received)
+                    .where(
+                        study.c.patient_pk == former,
+                        study.c.received_patient_pk == received,
+                        study.c.organization_oid == organization,
+                    )
                     .values(patient_pk=now)
                     .returning(study.c.study_instance_uid)
                 )
                 moved.extend(result.scalars())
         return moved
+
+    def _placed(self, received_pk: int, organization: str) -> int:
+        """The record a study received for ``received_pk`` belongs to: its
+        organisation's own record of that patient, else ``received_pk``."""
+        held = patient.alias("held")
+        own = self.conn.execute(
+            select(patient.c.pk)
+            .join(
+                held,
+                (held.c.patient_id == patient.c.patient_id) & (held.c.issuer == patient.c.issuer),
+            )
+            .where(held.c.pk == received_pk, patient.c.organization_oid == organization)
+        ).scalar()
+        return int(own) if own is not None else received_pk
 
     def update(self, pk: int, demographics: Demographics, at: datetime | None = None) -> None:
         """New demographics; the patient is marked corrected (``corrected_at``), so

@@ -33,7 +33,11 @@ walking the primary key to the patient index.
 Patient merges (HL7 A40, kuva.services.patients) are an overlay on the index's
 ``patient`` table and never rewrite registry rows: ``merged_into`` and
 ``survivors`` read the ``merged_into_pk`` chains, each in one recursive
-statement, for kuva.services.stored_query to apply. An index patient (Patient ID,
+statement, for kuva.services.stored_query to apply. Only the shared patient
+records are read: a merge an organisation made on its own record (an HL7 A40 that
+had to leave other organisations' studies alone, kuva.services.patients) moves its
+studies, whose manifests are registered again, and not the registry entries of
+the others. An index patient (Patient ID,
 Issuer of Patient ID) is the registry patient (CX.1, CX.4 OID) whose assigning
 authority is that issuer. Several patients are matched as ``patient_id IN (...)
 AND patient_authority IN (...)`` with the pairs deciding: the composite indexes
@@ -416,13 +420,14 @@ class RegistryQueryRepository:
         merged = (
             select(p.c.pk, p.c.patient_id, p.c.issuer)
             .where(*_patients(p.c.patient_id, p.c.issuer, [patient_id]))
+            .where(p.c.organization_oid == "")
             .cte("merged", recursive=True)
         )
         source = p.alias("source")
         # UNION, not UNION ALL: a cycle (which merges refuse) would still end.
         merged = merged.union(
             select(source.c.pk, source.c.patient_id, source.c.issuer).where(
-                source.c.merged_into_pk == merged.c.pk
+                source.c.merged_into_pk == merged.c.pk, source.c.organization_oid == ""
             )
         )
         rows = self.conn.execute(
@@ -450,7 +455,7 @@ class RegistryQueryRepository:
                 p.c.merged_into_pk,
             )
             .where(*_patients(p.c.patient_id, p.c.issuer, wanted))
-            .where(p.c.merged_into_pk.is_not(None))
+            .where(p.c.organization_oid == "", p.c.merged_into_pk.is_not(None))
             .cte("chain", recursive=True)
         )
         step = p.alias("step")

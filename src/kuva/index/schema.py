@@ -87,7 +87,11 @@ patient = Table(
     # Patient Death Date (HL7 PID-29, its date part; YYYYMMDD), "" when unknown: an
     # anchor of retention periods (model.retention).
     Column("death_date", String(8), nullable=False, server_default=""),
-    UniqueConstraint("patient_id", "issuer"),
+    # "" for the patient's record as received, shared by every register holder; an
+    # organisation's OID for the record its own HL7 corrections apply to, split off
+    # when other organisations' studies use the shared one (services.patients).
+    Column("organization_oid", String(64), nullable=False, server_default=""),
+    UniqueConstraint("patient_id", "issuer", "organization_oid"),
     # Pattern operators on PostgreSQL: a name prefix (``ÄIJ*``, LIKE 'ÄIJ%') uses the
     # index under any database collation, and equality still does.
     Index(None, "patient_name_norm", postgresql_ops={"patient_name_norm": "varchar_pattern_ops"}),

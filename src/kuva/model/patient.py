@@ -101,3 +101,8 @@ class PatientCorrectionError(Exception):
         super().__init__(message)
         self.field = field
         self.code = code
+
+
+class SenderRefused(PatientCorrectionError):
+    """The message comes from no organisation it may act for (MSH-4 Sending
+    Facility): refused as a whole, ACK AR (HL7 v2.5 2.9.2)."""

@@ -27,17 +27,47 @@ Every correction applied is audited in its transaction (services.audit): a 11011
 Patient Record message, action U, naming the patients it changed (the surviving
 or changed identity first) and the HL7 message control id, with the sending
 application and facility (or the operator) as requestor.
+
+An HL7 message acts for the organisation that sent it (``Senders``): MSH-4 Sending
+Facility names it by its universal id (HD.2, the organisation's OID), which must
+be a configured organisation and, on ``[hl7] tls``, the client certificate's; else
+the message is refused as a whole (ACK AR with ERR, audited, not recorded as
+seen). On the embedded default (no ``[[nodes]]``) a message naming no configured
+organisation acts for the local one, as every calling AE title does.
+
+A correction changes only the sending organisation's studies (a register holder
+owns what it archived). Patient records are shared - one per Patient ID and
+issuer, whoever sent the studies - so a correction acts on the sender's own
+record of the patient: the shared record itself while no other organisation's
+study belongs to it or was received for it (a single-organisation archive never
+has more), else a record split off for the sender (index.patients ``split``: a
+copy of the shared one, the sender's studies moved onto it, their received
+patient unchanged so that disclosure prohibitions and legal holds of the patient
+still cover them). From then on the sender's new studies of the patient go to its
+own record (index.instances), queries read each study's current record, and
+retrieve coerces the sender's objects to it (``corrected_patient``) while the
+other organisations' studies keep the shared record, untouched. The operator's
+``merge`` / ``unmerge`` act on the shared records, for every organisation.
+
+What each message does when the sender archives no study of the patient: A08/A31
+change nothing and answer AA with an ERR warning (severity W, 204) saying so; an
+A47 is refused (AE 204) like an unknown identifier; an A40 still records the merge
+for the sender's own record (its later studies go to the survivor), as for a
+patient the archive does not hold; an A37 finds no merge of the sender's to undo
+(AE 204). A record used only by the sender is corrected whole: a study another
+organisation sends later for the patient joins it as corrected.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import Engine
 
+from kuva.config import LOCAL_ORGANIZATION_OID
 from kuva.index.corrections import Correction
 from kuva.index.patients import PatientRow, PatientStudy
 from kuva.index.uow import UnitOfWork
@@ -51,6 +81,7 @@ from kuva.model.patient import (
     PatientCommand,
     PatientCorrectionError,
     PatientKey,
+    SenderRefused,
     UnlinkPatients,
     UpdatePatient,
 )
@@ -71,17 +102,70 @@ IDENTIFIER_CHANGE = "identifier change"
 ChangedHook = Callable[[UnitOfWork, list[str], datetime], None]
 
 
+REQUIRED_FIELD = "101"
+NO_STUDY = "the sending organisation archives no study of this patient"
+
+
 @dataclass(frozen=True)
 class MessageRef:
-    """What identifies a message for de-duplication (MSH-3, MSH-4, MSH-10) and its type."""
+    """What identifies a message for de-duplication (MSH-3, MSH-4, MSH-10) and its
+    type; ``sending_organization`` the universal id of MSH-4 (HD.2)."""
 
     sending_application: str
     sending_facility: str
     control_id: str
     message_type: str
+    sending_organization: str = ""
+
+    @property
+    def facility_key(self) -> str:
+        """MSH-4 as messages are told apart: the namespace and the universal id, so
+        that one organisation's control ids never answer for another's."""
+        if not self.sending_organization:
+            return self.sending_facility
+        return f"{self.sending_facility}^{self.sending_organization}"[:180]
 
 
-AckRenderer = Callable[[PatientCorrectionError | None], str]
+# (error or None, note): the ACK; a note (nothing applied) goes with an AA.
+AckRenderer = Callable[..., str]
+
+
+@dataclass(frozen=True)
+class Senders:
+    """The organisations HL7 messages may act for (module docstring)."""
+
+    organizations: frozenset[str]
+    open_access: bool = False
+
+    def organization(self, universal_id: str, certified: str | None = None) -> str:
+        """The organisation a message whose MSH-4 universal id is ``universal_id``
+        acts for; ``certified``: the client certificate's (``[hl7] tls``).
+        SenderRefused (HL7 table 0357: 101 required field missing, 204 unknown key
+        identifier) when it may act for none."""
+        if certified is None and self.open_access:
+            # The embedded default: what names no configured organisation is the
+            # local one's, as every calling AE title is.
+            return universal_id if universal_id in self.organizations else LOCAL_ORGANIZATION_OID
+        if not universal_id:
+            raise SenderRefused(
+                "MSH-4.2 (sending facility universal id, the organisation OID) missing",
+                field="MSH-4",
+                code=REQUIRED_FIELD,
+            )
+        if certified is not None and universal_id != certified:
+            raise SenderRefused(
+                f"MSH-4 names organisation {universal_id}, "
+                f"the client certificate organisation {certified}",
+                field="MSH-4",
+                code=UNKNOWN_KEY,
+            )
+        if certified is None and universal_id not in self.organizations:
+            raise SenderRefused(
+                f"MSH-4 organisation {universal_id} is not configured",
+                field="MSH-4",
+                code=UNKNOWN_KEY,
+            )
+        return universal_id
 
 
 @dataclass(frozen=True)
@@ -92,6 +176,7 @@ class Corrected:
 
     changed: bool
     studies: tuple[str, ...]
+    notes: tuple[str, ...] = ()  # why a command changed nothing, for the sender
 
 
 @dataclass(frozen=True)
@@ -118,8 +203,12 @@ class PatientService:
         on_changed: ChangedHook | None = None,
         audit: AuditTrail | None = None,
         on_retention: ChangedHook | None = None,
+        senders: Senders | None = None,
     ) -> None:
+        """``senders`` None: HL7 messages act for every organisation, as the
+        operator's commands do (tools and tests, never ``kuva serve``)."""
         self._engine = engine
+        self._senders = senders
         self._strict = strict
         self._clock = clock
         self.on_changed = on_changed
@@ -129,9 +218,22 @@ class PatientService:
     # ------------------------------------------------------------------ HL7
 
     def handle(
-        self, ref: MessageRef, commands: Sequence[PatientCommand], render_ack: AckRenderer
+        self,
+        ref: MessageRef,
+        commands: Sequence[PatientCommand],
+        render_ack: AckRenderer,
+        *,
+        certified: str | None = None,
     ) -> str:
-        """Apply ``commands`` (all or nothing) unless the message was seen; its ACK."""
+        """Apply ``commands`` (all or nothing) for the sending organisation unless the
+        message was seen; its ACK. ``certified``: the organisation of the
+        connection's client certificate (``[hl7] tls``)."""
+        organization: str | None = None
+        if self._senders is not None:
+            try:
+                organization = self._senders.organization(ref.sending_organization, certified)
+            except SenderRefused as refused:
+                return self._refuse_sender(ref, commands, render_ack, refused)
         seen = self._seen(ref)
         if seen is not None:
             log.info("HL7 message %s seen before: answered again, not applied", ref.control_id)
@@ -139,14 +241,18 @@ class PatientService:
         try:
             try:
                 with UnitOfWork(self._engine) as uow:
-                    self._correct(
+                    done = self._correct(
                         uow,
                         commands,
                         f"HL7 {ref.message_type} {ref.sending_application}",
                         requestor=f"{ref.sending_application}|{ref.sending_facility}",
                         control_id=ref.control_id,
+                        organization=organization,
                     )
-                    ack = render_ack(None)
+                    if done.notes:
+                        ack = render_ack(None, "; ".join(done.notes))
+                    else:
+                        ack = render_ack(None)
                     self._record(uow, ref, ack)
                     uow.commit()
                 return ack
@@ -174,16 +280,32 @@ class PatientService:
                 raise
             return seen
 
+    def _refuse_sender(
+        self,
+        ref: MessageRef,
+        commands: Sequence[PatientCommand],
+        render_ack: AckRenderer,
+        refused: SenderRefused,
+    ) -> str:
+        """The AR of a message from no organisation it may act for, audited; not
+        recorded as seen (sent again once configured, it is applied)."""
+        log.warning("HL7 %s %s refused: %s", ref.message_type, ref.control_id, refused)
+        if self._audit is not None:
+            with UnitOfWork(self._engine) as uow:
+                self._audit.record(uow, self._refused(self._audit, ref, commands, str(refused)))
+                uow.commit()
+        return render_ack(refused)
+
     def _seen(self, ref: MessageRef) -> str | None:
         with UnitOfWork(self._engine, write=False) as uow:
             return uow.patients.seen_message(
-                ref.sending_application, ref.sending_facility, ref.control_id
+                ref.sending_application, ref.facility_key, ref.control_id
             )
 
     def _record(self, uow: UnitOfWork, ref: MessageRef, ack: str) -> None:
         uow.patients.record_message(
             ref.sending_application,
-            ref.sending_facility,
+            ref.facility_key,
             ref.control_id,
             ref.message_type,
             ack,
@@ -263,27 +385,29 @@ class PatientService:
         *,
         requestor: str,
         control_id: str = "",
+        organization: str | None = None,
     ) -> Corrected:
-        """Apply ``commands`` in ``uow``, register again the studies they changed and
-        audit each command applied (``requestor``: who asked, for the audit)."""
+        """Apply ``commands`` in ``uow`` for ``organization`` (None: every one),
+        register again the studies they changed and audit each command applied
+        (``requestor``: who asked, for the audit)."""
         changed = False
         studies: dict[str, None] = {}  # ordered, each once
         applied: list[PatientCommand] = []
-        dated: list[str] = []  # studies whose patient's birth or death date changed
+        scope = _Scope(organization)
         for command in commands:
-            done = self._apply(uow, command, source, dated)
+            done = self._apply(uow, command, source, scope)
             if done is not None:
                 changed = True
                 applied.append(command)
                 studies.update(dict.fromkeys(done))
         if studies and self.on_changed is not None:
             self.on_changed(uow, list(studies), self._clock())
-        retention = list(dict.fromkeys([*studies, *dated]))
+        retention = list(dict.fromkeys([*studies, *scope.dated]))
         if retention and self.on_retention is not None:
             self.on_retention(uow, retention, self._clock())
         if applied and self._audit is not None:
             self._audit.record(uow, self._audited(self._audit, applied, requestor, control_id))
-        return Corrected(changed, tuple(studies))
+        return Corrected(changed, tuple(studies), tuple(dict.fromkeys(scope.notes)))
 
     def _audited(
         self,
@@ -342,33 +466,58 @@ class PatientService:
         ]
 
     def _apply(
-        self, uow: UnitOfWork, command: PatientCommand, source: str, dated: list[str]
+        self, uow: UnitOfWork, command: PatientCommand, source: str, scope: _Scope
     ) -> list[str] | None:
-        """The studies whose patient identity the command changed; None: nothing done.
-        ``dated`` gets the studies whose patient's birth or death date changed."""
+        """The studies whose patient identity the command changed; None: nothing done."""
         if isinstance(command, MergePatients):
-            return self._merge(uow, command, source)
+            return self._merge(uow, command, source, scope)
         if isinstance(command, UpdatePatient):
-            return self._update(uow, command, source, dated)
+            return self._update(uow, command, source, scope)
         if isinstance(command, ChangeIdentifier):
-            return self._change(uow, command, source)
-        return self._unlink(uow, command, source)
+            return self._change(uow, command, source, scope)
+        return self._unlink(uow, command, source, scope)
 
-    def _known(self, uow: UnitOfWork, key: PatientKey) -> PatientRow:
-        row = uow.patients.find(key)
+    @staticmethod
+    def _record_of(uow: UnitOfWork, key: PatientKey, scope: _Scope) -> PatientRow | None:
+        """The record of ``key`` a correction of ``scope`` starts from: the sending
+        organisation's own, else the shared one."""
+        if scope.organization is not None:
+            own = uow.patients.find(key, scope.organization)
+            if own is not None:
+                return own
+        return uow.patients.find(key, "")
+
+    def _own(self, uow: UnitOfWork, row: PatientRow, scope: _Scope) -> PatientRow:
+        """The record the correction changes: ``row`` unless other organisations'
+        studies use it, else the sender's own record split off it."""
+        organization = scope.organization
+        if (
+            organization is None
+            or row.organization_oid == organization
+            or not uow.patients.used_by_others(row, organization)
+        ):
+            return row
+        own = uow.patients.split(row.pk, organization, self._clock())
+        log.info("patient record split off for the sending organisation's studies")
+        return uow.patients.get(own)
+
+    def _known(self, uow: UnitOfWork, key: PatientKey, scope: _Scope) -> PatientRow:
+        row = self._record_of(uow, key, scope)
         if row is not None:
             return row
         return uow.patients.get(uow.patients.create(key, self._clock()))
 
-    def _merge(self, uow: UnitOfWork, command: MergePatients, source: str) -> list[str] | None:
-        target = self._known(uow, command.target)
-        merged = uow.patients.find(command.source)
+    def _merge(
+        self, uow: UnitOfWork, command: MergePatients, source: str, scope: _Scope
+    ) -> list[str] | None:
+        target = self._known(uow, command.target, scope)
+        merged = self._record_of(uow, command.source, scope)
         if merged is None:
             if self._strict:
                 raise PatientCorrectionError(
                     "the patient to merge is unknown", field="MRG-1", code=UNKNOWN_KEY
                 )
-            merged = self._known(uow, command.source)
+            merged = self._known(uow, command.source, scope)
         if merged.pk == target.pk:
             raise PatientCorrectionError(
                 "a patient cannot be merged into itself", field="MRG-1", code=APPLICATION_ERROR
@@ -387,11 +536,12 @@ class PatientService:
                 field="MRG-1",
                 code=APPLICATION_ERROR,
             )
+        merged = self._own(uow, merged, scope)
         moved = uow.patients.merge(merged.pk, target.pk)
         uow.corrections.append(
             "merge",
             str(command.source),
-            {"into": str(command.target), "studies_moved": len(moved)},
+            scope.detail({"into": str(command.target), "studies_moved": len(moved)}),
             source,
             self._clock(),
         )
@@ -399,11 +549,16 @@ class PatientService:
         return moved
 
     def _update(
-        self, uow: UnitOfWork, command: UpdatePatient, source: str, dated: list[str]
+        self, uow: UnitOfWork, command: UpdatePatient, source: str, scope: _Scope
     ) -> list[str] | None:
-        row = uow.patients.find(command.patient)
-        if row is None:
-            log.info("patient update for a patient the archive does not hold: nothing to do")
+        row = self._record_of(uow, command.patient, scope)
+        if row is None or (
+            scope.organization is not None
+            and not uow.patients.holds_studies(row.pk, scope.organization)
+        ):
+            log.info("patient update for a patient the sender has no study of: nothing to do")
+            if scope.organization is not None:
+                scope.notes.append(f"{NO_STUDY}: nothing changed")
             return None
         new = command.demographics
         pairs = ((new.name, row.name), (new.birth_date, row.birth_date), (new.sex, row.sex))
@@ -415,6 +570,7 @@ class PatientService:
         if not corrected:  # the same demographics: only the death date is taken
             new = Demographics(death_date=new.death_date)
         now = self._clock()
+        row = self._own(uow, row, scope)
         uow.patients.update(row.pk, new, now)
         before = {"name": row.name, "birth_date": row.birth_date, "sex": row.sex}
         after = {"name": new.name, "birth_date": new.birth_date, "sex": new.sex}
@@ -422,54 +578,89 @@ class PatientService:
             before["death_date"] = row.death_date
             after["death_date"] = new.death_date
         uow.corrections.append(
-            "update", str(command.patient), {"before": before, "after": after}, source, now
+            "update",
+            str(command.patient),
+            scope.detail({"before": before, "after": after}),
+            source,
+            now,
         )
         studies = uow.patients.study_uids(row.pk)
         born = new.birth_date is not None and new.birth_date != row.birth_date
         if born or died:
-            dated.extend(studies)
+            scope.dated.extend(studies)
         return studies if corrected else []
 
-    def _change(self, uow: UnitOfWork, command: ChangeIdentifier, source: str) -> list[str]:
-        row = uow.patients.find(command.old)
+    def _change(
+        self, uow: UnitOfWork, command: ChangeIdentifier, source: str, scope: _Scope
+    ) -> list[str]:
+        row = self._record_of(uow, command.old, scope)
         if row is None:
             raise PatientCorrectionError(
                 "the patient identifier to change is unknown", field="MRG-1", code=UNKNOWN_KEY
             )
-        if uow.patients.find(command.new) is not None:
+        if scope.organization is not None and not uow.patients.holds_studies(
+            row.pk, scope.organization
+        ):
+            raise PatientCorrectionError(NO_STUDY, field="MRG-1", code=UNKNOWN_KEY)
+        if self._record_of(uow, command.new, scope) is not None:
             raise PatientCorrectionError(
                 "the new patient identifier is already in use (merge instead)",
                 field="PID-3",
                 code=DUPLICATE_KEY,
             )
         now = self._clock()
+        row = self._own(uow, row, scope)
         uow.patients.change_identifier(row.pk, command.new, now)
         # The old identifier stays known, merged into the patient it now names: its
         # late instances go there, and XDS entries registered under it are found
-        # by the new one (the registry overlay follows merges).
-        alias = uow.patients.create(command.old, now)
+        # by the new one (the registry overlay follows merges of shared records).
+        alias = uow.patients.create(command.old, now, row.organization_oid)
         uow.patients.merge(alias, row.pk)
         uow.corrections.append(
-            IDENTIFIER_CHANGE, str(command.old), {"new": str(command.new)}, source, now
+            IDENTIFIER_CHANGE,
+            str(command.old),
+            scope.detail({"new": str(command.new)}),
+            source,
+            now,
         )
         return uow.patients.study_uids(row.pk)
 
-    def _unlink(self, uow: UnitOfWork, command: UnlinkPatients, source: str) -> list[str]:
-        target = uow.patients.find(command.target)
-        merged = uow.patients.find(command.source)
+    def _unlink(
+        self, uow: UnitOfWork, command: UnlinkPatients, source: str, scope: _Scope
+    ) -> list[str]:
+        target = self._record_of(uow, command.target, scope)
+        merged = self._record_of(uow, command.source, scope)
         if target is None or merged is None or merged.merged_into_pk != target.pk:
             raise PatientCorrectionError(
                 "no merge of these two patients to undo", field="PID-3", code=UNKNOWN_KEY
             )
+        merged = self._own(uow, merged, scope)
         moved = uow.patients.unmerge(merged.pk)
         uow.corrections.append(
             "unlink",
             str(command.source),
-            {"from": str(command.target), "studies_moved": len(moved)},
+            scope.detail({"from": str(command.target), "studies_moved": len(moved)}),
             source,
             self._clock(),
         )
         return moved
+
+
+@dataclass
+class _Scope:
+    """One message's corrections: the organisation they act for (None: every one),
+    the studies whose patient's birth or death date changed, and notes for the
+    sender on commands that changed nothing."""
+
+    organization: str | None
+    dated: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def detail(self, values: dict[str, object]) -> dict[str, object]:
+        """A correction's history detail, naming the organisation it acted for."""
+        if self.organization is None:
+            return values
+        return {**values, "organization": self.organization}
 
 
 def _named(command: PatientCommand) -> tuple[str, tuple[PatientKey, ...]]:
