@@ -9,8 +9,8 @@ SQLite allows only outside a transaction (https://www.sqlite.org/lang_altertable
 checked with ``PRAGMA foreign_key_check``; an upgrade interrupted before the version
 stamp finds the column there and does nothing again.
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0016
+Revises: 0015
 Create Date: 2026-12-06 05:00:00
 """
 
@@ -21,8 +21,8 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0015"
-down_revision = "0014"
+revision = "0016"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
