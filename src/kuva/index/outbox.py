@@ -147,7 +147,8 @@ class TaskRepository:
         after its ``retry_until``)."""
         exhausted = or_(
             and_(task.c.retry_until.is_(None), task.c.attempts >= task.c.max_attempts),
-            task.c.retry_until <= now,
+            # Not NULL-safe without is_not: ``~exhausted`` must be true or false.
+            and_(task.c.retry_until.is_not(None), task.c.retry_until <= now),
         )
         self.conn.execute(
             update(task)

@@ -2,7 +2,9 @@
 the oldest has waited, as the metric ``kuva_ian_undelivered_oldest_seconds{node}``
 (0 for a node that has every IAN), and a log line when a node falls behind: a
 WARNING once its oldest undelivered IAN is an hour old, an ERROR once a day old
-(each once per crossing, not at every check), INFO when it has caught up.
+(each once per crossing, not at every check), INFO when none is an hour old any
+more. The age is that of the oldest IAN task still to be sent: one superseded by
+a newer IAN of its study (services.registration) no longer counts.
 
 Read from the outbox (the oldest pending, running or failed IAN task of each
 destination; services.registration adds them), every CHECK_SECONDS and at each
@@ -85,7 +87,8 @@ class IanBacklog:
                 node,
             )
         elif level == _CAUGHT_UP and before != _CAUGHT_UP:
-            log.info("node %s has taken its undelivered IANs", node)
+            # Taken, or superseded by a newer IAN of its study: none is that old now.
+            log.info("node %s has no undelivered IAN older than an hour any more", node)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="kuva-ian-backlog", daemon=True)
