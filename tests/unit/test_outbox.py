@@ -782,6 +782,7 @@ def test_retry_of_a_node_makes_its_undelivered_tasks_due_now(engine: Engine) -> 
         assert (task.status, task.attempts, task.next_attempt_at) == (PENDING, 0, now)
         assert task.retry_until == until
     assert get(engine, running).status == RUNNING
+    assert get(engine, other).next_attempt_at == later
     assert [t.pk for t in claim(engine, now)] == [backoff, failed]
 
 
