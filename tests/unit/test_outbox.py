@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -9,9 +10,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, column, insert, select, table, update
 
 from kuva.config import TaskSettings
+from kuva.index import schema
+from kuva.index.database import downgrade, make_engine, migrate
 from kuva.index.outbox import DONE, FAILED, PENDING, RUNNING, SUPERSEDED, Task
 from kuva.index.uow import UnitOfWork
 from kuva.tasks.worker import (
@@ -23,6 +26,7 @@ from kuva.tasks.worker import (
 )
 
 START = datetime(2026, 3, 14, 9, 0, tzinfo=UTC)
+NEW_COLUMNS = {"retry_until", "destination"}  # migration 0015
 LEASE = timedelta(minutes=5)
 
 
@@ -802,3 +806,53 @@ def test_oldest_undelivered_per_destination(engine: Engine) -> None:
         oldest = uow.tasks.oldest_undelivered("ian")
     assert oldest == {"RIS": START - timedelta(hours=1), "PACS": START - timedelta(hours=3)}
     assert get(engine, gone).status == SUPERSEDED
+
+
+def test_migration_0015_gives_undelivered_deliveries_their_destination(
+    database_url: str,
+) -> None:
+    """Undelivered IAN and storage commitment report tasks learn their node from the
+    payload; a downgrade ends superseded tasks as done (before, queues waited on
+    every task not done)."""
+    engine = make_engine(database_url)
+    try:
+        migrate(engine, "0014")
+        old = table("task", *(column(c.name) for c in schema.task.c if c.name not in NEW_COLUMNS))
+        rows = [
+            ("instance-availability", {"node": "RIS"}, "pending"),
+            ("instance-availability", {"node": "RIS"}, "done"),
+            ("storage-commitment", {"requester_ae": "MOD"}, "failed"),
+            ("demo", {"node": "X"}, "pending"),
+        ]
+        with engine.begin() as conn:
+            for kind, payload, status in rows:
+                conn.execute(
+                    insert(old).values(
+                        kind=kind,
+                        subject="1.2.3",
+                        payload=json.dumps(payload),
+                        status=status,
+                        attempts=0,
+                        max_attempts=3,
+                        next_attempt_at=START.replace(tzinfo=None),
+                        created_at=START.replace(tzinfo=None),
+                        updated_at=START.replace(tzinfo=None),
+                    )
+                )
+        migrate(engine)
+        with UnitOfWork(engine) as uow:
+            listed = sorted(uow.tasks.list(), key=lambda t: t.pk)
+            assert [(t.destination, t.retry_until) for t in listed] == [
+                ("RIS", None),
+                (None, None),
+                ("MOD", None),
+                (None, None),
+            ]
+            uow.conn.execute(update(schema.task).values(status=SUPERSEDED))
+            uow.commit()
+        downgrade(engine, "0014")
+        with engine.connect() as conn:
+            statuses = conn.execute(select(old.c.status)).scalars().all()
+        assert set(statuses) == {DONE}
+    finally:
+        engine.dispose()
