@@ -26,14 +26,18 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage
+from sqlalchemy import Engine
 
 from kuva.app import build_xds
-from kuva.config import Settings
+from kuva.config import NodeSettings, Settings
+from kuva.dicom.ian import IanSender
 from kuva.index.group_commit import GroupCommitter
+from kuva.index.outbox import Task
 from kuva.index.uow import UnitOfWork
 from kuva.model.uids import new_uid
 from kuva.model.xds import AvailabilityStatus
 from kuva.services.ingest import IngestService
+from kuva.services.registration import NodeUnreachable, RegistrationService
 from kuva.services.retrieve import RetrieveService
 from kuva.storage.filesystem import FileBlobStore
 from kuva.xds.namespaces import (
@@ -42,12 +46,15 @@ from kuva.xds.namespaces import (
 from tests.integration.test_xds import part10_dataset, rad69_request
 from tests.support.archive import dataset_bytes
 from tests.support.commitment_scu import CommitmentSCU, committed
+from tests.support.ian import IanReceiver
 from tests.support.peers import dcmtk_available
+from tests.support.server import free_port
 from tests.support.site import Site
 from tests.support.synthetic import (
     DEFAULT_PATIENT_ID,
     make_ct_series,
 )
+from tests.unit.test_outbox import START, FakeClock
 from tests.unit.test_repository import retrieve_request
 
 pytestmark = [
@@ -340,3 +347,34 @@ def test_ians_survive_an_outage(site_factory: Callable[..., Site]) -> None:
     assert len(back.received) == 1  # the other study's IAN is not sent again
     assert sorted(t["status"] for t in to_ris(site.tasks(IAN))) == ["done", "superseded"]
     assert metric(site, 'kuva_ian_undelivered_oldest_seconds{node="RIS"}') == 0
+
+
+def test_an_unreachable_node_is_not_called_again_for_a_moment(engine: Engine) -> None:
+    """After an association to a node failed, this process's other IANs to it fail
+    at once (no worker waits out a connection per study while the node is down),
+    for at most ian_backoff_max_seconds; then the node is called again."""
+    port = free_port()
+    settings = Settings(
+        nodes=[NodeSettings(ae_title="RIS", host="127.0.0.1", port=port, ian=True)],
+        registration={"ian_backoff_max_seconds": 30},
+    )
+    clock = FakeClock()
+    service = RegistrationService(engine, settings, None, IanSender(settings), clock=clock)  # type: ignore[arg-type]
+
+    def ian(study_uid: str) -> Task:
+        listed = [[new_uid(), CTImageStorage, new_uid(), "ONLINE"]]  # as a destruction's IAN
+        payload = {"node": "RIS", "instances": listed, "last_received_at": START.isoformat()}
+        return Task(1, IAN, study_uid, payload, "running", 1, 0, START, None, START, START)
+
+    with pytest.raises(NodeUnreachable, match="association with RIS"):
+        service.run_ian(ian("1.2.246.10.1.1"))
+    ris = IanReceiver(port, ae_title="RIS")
+    try:
+        with pytest.raises(NodeUnreachable, match="not tried again before 2026-03-14T09:00:30"):
+            service.run_ian(ian("1.2.246.10.1.2"))
+        assert ris.received == []
+        clock.advance(seconds=30)
+        service.run_ian(ian("1.2.246.10.1.2"))
+        assert [received.study_uid for received in ris.wait_for(1)] == ["1.2.246.10.1.2"]
+    finally:
+        ris.close()

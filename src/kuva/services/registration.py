@@ -94,13 +94,26 @@ REGISTRATION_BATCH_TASK = "study-registration-batch"
 DIRECT_REGISTRATIONS = 16
 
 
+class NodeUnreachable(Exception):
+    """The node took no association: every IAN to it would fail alike for now."""
+
+
 class AvailabilityNotifier(Protocol):
     """The DICOM adapter that sends an IAN (kuva.dicom.ian.IanSender)."""
 
     def notify(
         self, node: NodeSettings, study_instance_uid: str, instances: list[AvailableInstance]
     ) -> None:
-        """Deliver the notification; raise when the node did not take it."""
+        """Deliver the notification; raise when the node did not take it
+        (NodeUnreachable when it took no association)."""
+
+
+# After an association to a node failed, this process's IANs to it fail at once,
+# without a connection attempt, for this long (at most [registration]
+# ian_backoff_max_seconds): a node that is down, or drops connections until a
+# timeout, does not hold every worker while each of its studies' IANs waits out
+# its own attempt - the other nodes' IANs and the other tasks keep flowing.
+UNREACHABLE_PAUSE = timedelta(seconds=60)
 
 
 def _registration_queue(study_uid: str) -> str:
@@ -254,6 +267,8 @@ class RegistrationService:
         self._notifier = notifier
         self._clock = clock
         self.on_enqueued = on_enqueued
+        # Node AE title -> until when its IANs fail at once (UNREACHABLE_PAUSE).
+        self._unreachable: dict[str, datetime] = {}
 
     # ------------------------------------------------------------------ triggers
 
@@ -443,7 +458,7 @@ class RegistrationService:
                 for h in customer_instances(holdings)
                 if h.pk <= up_to
             ]
-        self._notifier.notify(node, study_uid, instances)
+        self._notify(node, study_uid, instances)
         latency = self._clock() - datetime.fromisoformat(payload["last_received_at"])
         metrics.registration_latency.observe(max(latency.total_seconds(), 0.0))
         log.info(
@@ -453,3 +468,24 @@ class RegistrationService:
             node.ae_title,
             latency.total_seconds(),
         )
+
+    def _notify(
+        self, node: NodeSettings, study_uid: str, instances: list[AvailableInstance]
+    ) -> None:
+        """Send, unless the node was unreachable moments ago (UNREACHABLE_PAUSE)."""
+        paused = self._unreachable.get(node.ae_title)
+        if paused is not None and self._clock() < paused:
+            raise NodeUnreachable(
+                f"{node.ae_title} took no association at the last attempt; "
+                f"not tried again before {paused.isoformat(timespec='seconds')}"
+            )
+        try:
+            self._notifier.notify(node, study_uid, instances)
+        except NodeUnreachable:
+            pause = min(
+                UNREACHABLE_PAUSE,
+                timedelta(seconds=self._settings.registration.ian_backoff_max_seconds),
+            )
+            self._unreachable[node.ae_title] = self._clock() + pause
+            raise
+        self._unreachable.pop(node.ae_title, None)
