@@ -25,8 +25,9 @@ the process dies, a peer is down or a study keeps growing:
    outbox's exponential backoff, capped at ``[registration]
    ian_backoff_max_seconds``, until ``ian_retry_hours`` after the IAN was made
    (``ian_retry_policy``), then waits as a failed task for ``kuva tasks retry``
-   (``--node AE`` once the node is back). services.ian_backlog watches the age of
-   each node's oldest undelivered IAN.
+   (``--node AE`` once the node is back). A node that took no association is not
+   called again for a moment (UNREACHABLE_PAUSE). services.ian_backlog watches
+   the age of each node's oldest undelivered IAN.
 
 Order: the registrations of a study run one at a time, in order (outbox queue
 ``registration:<study>``), and so do the IANs of a study to one node (queue
