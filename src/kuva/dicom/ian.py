@@ -32,7 +32,12 @@ INSTANCE_AVAILABILITY_NOTIFICATION = UID("1.2.840.10008.5.1.4.33")
 
 
 class IanDeliveryError(Exception):
-    """The peer did not answer Success (for the retry log)."""
+    """The peer could not be reached or did not answer Success (for the retry log)."""
+
+
+class AssociationFailed(IanDeliveryError, NodeUnreachable):
+    """No association with the peer (down, refusing kuva, or silent until timed out):
+    services.registration pauses its other IANs to that node."""
 
 
 def notification(
@@ -78,9 +83,9 @@ def send_notification(
 ) -> str:
     """Send ``ds`` as an N-CREATE to the peer; return the IAN's SOP Instance UID.
 
-    Raises NodeUnreachable when the association is refused or fails, and
-    IanDeliveryError when the N-CREATE answers anything but Success (0x0000) - the
-    caller retries later.
+    Raises IanDeliveryError when the association is refused or fails
+    (AssociationFailed), or the N-CREATE answers anything but Success (0x0000) -
+    the caller retries later.
     """
     ae = AE(ae_title=calling_ae_title)
     # The connection too: a node that drops packets costs ``timeout``, not the
@@ -95,7 +100,7 @@ def send_notification(
         evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay_handler)],
     )
     if not assoc.is_established:
-        raise NodeUnreachable(f"association with {called_ae_title} at {host}:{port} failed")
+        raise AssociationFailed(f"association with {called_ae_title} at {host}:{port} failed")
     uid = new_uid()
     try:
         status, _ = assoc.send_n_create(ds, INSTANCE_AVAILABILITY_NOTIFICATION, uid)
