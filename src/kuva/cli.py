@@ -337,7 +337,7 @@ def tasks_retry(
     everything undelivered to it (IANs, storage commitment reports) is due now."""
     settings = _settings(config)
     engine = _index(settings)
-    windows = {kind: policy.window for kind, policy in retry_policies(settings).items()}
+    windows = {name: policy.window for name, policy in retry_policies(settings).items()}
     with UnitOfWork(engine) as uow:
         count = uow.tasks.retry(
             now=utcnow(), pks=ids or None, kind=kind, destination=node, windows=windows
