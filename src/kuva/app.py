@@ -41,6 +41,7 @@ from kuva.services.audit import AuditTrail
 from kuva.services.authentication import NodeAuthentication
 from kuva.services.commitment import CommitmentService
 from kuva.services.disclosure import DisclosureLog
+from kuva.services.ian_backlog import IanBacklog
 from kuva.services.imaging_source import ImagingDocumentSource
 from kuva.services.ingest import IngestService
 from kuva.services.integrity import IntegrityService, Scrubber
@@ -244,6 +245,10 @@ class Archive:
                 audit.DELIVERY_TASK: self.audit.run_delivery,
                 REJECTED_DESTRUCTION_TASK: self.retention.run_rejected_task,
             },
+            policies=registration.retry_policies(settings),
+        )
+        self.ian_backlog = (
+            IanBacklog(self.engine, settings) if settings.registration.enabled else None
         )
         self.retention.on_enqueued = self.workers.wake
         self.audit.on_enqueued = self.workers.wake
@@ -321,6 +326,8 @@ class Archive:
         for kind in kinds:
             for status in STATUSES:
                 metrics.tasks.labels(kind, status).set(counts.get((kind, status), 0))
+        if self.ian_backlog is not None:
+            self.ian_backlog.check()
         writer = self.audit.writer
         metrics.audit_queued.set(writer.pending() if writer is not None else 0)
 
@@ -336,6 +343,8 @@ class Archive:
             self.scrubber.start()
         if self.retention_scheduler is not None:
             self.retention_scheduler.start()
+        if self.ian_backlog is not None:
+            self.ian_backlog.start()
         host, port = self.dicom.start()
         tls = {name: " over mutual TLS" for name in self.settings.tls_listeners}
         log.info(
@@ -412,6 +421,8 @@ class Archive:
             self.scrubber.stop()
         if self.retention_scheduler is not None:
             self.retention_scheduler.stop()
+        if self.ian_backlog is not None:
+            self.ian_backlog.stop()
         # Every queued record (queries, retrieves) is written before the stop's.
         self.audit.stop_writer()
         self.audit.application_stopped()

@@ -25,6 +25,7 @@ from kuva.model.patient import PatientCorrectionError, PatientKey
 from kuva.services.access import DisclosureProhibitions
 from kuva.services.audit import EVENT_IDS, OUTCOMES, AuditTrail
 from kuva.services.patients import Corrected, PatientService
+from kuva.services.registration import retry_policies
 from kuva.tasks.worker import purge_done
 
 if TYPE_CHECKING:
@@ -237,8 +238,18 @@ def _age(then: datetime, now: datetime) -> str:
 
 
 def _peer(task: Task) -> str:
-    """The node a task delivers to (an IAN's node, a commitment report's requester)."""
-    return str(task.payload.get("node") or task.payload.get("requester_ae") or "")
+    """The node a task delivers to (an IAN's node, a commitment report's requester;
+    from the payload for a task older than its ``destination``)."""
+    return str(
+        task.destination or task.payload.get("node") or task.payload.get("requester_ae") or ""
+    )
+
+
+def _attempts(task: Task) -> str:
+    """Attempts made, out of how many, or until when for a task retried until a time."""
+    if task.retry_until is None:
+        return f"{task.attempts}/{task.max_attempts}"
+    return f"{task.attempts}, until {task.retry_until.isoformat(timespec='minutes')}"
 
 
 @tasks_app.command("list")
@@ -248,6 +259,7 @@ def tasks_list(
     failed: Annotated[bool, typer.Option("--failed", help="only failed tasks")] = False,
     kind: Annotated[str | None, typer.Option(help="task kind")] = None,
     subject: Annotated[str | None, typer.Option(help="study / transaction UID")] = None,
+    node: Annotated[str | None, typer.Option(help="only tasks delivering to this AE title")] = None,
     limit: int = 100,
     plain: Annotated[bool, typer.Option("--plain", help="tab-separated, for scripts")] = False,
 ) -> None:
@@ -265,7 +277,9 @@ def tasks_list(
         raise typer.Exit(2)
     engine = _index(settings)
     with UnitOfWork(engine, write=False) as uow:
-        rows = uow.tasks.list(status=status, kind=kind, subject=subject, limit=limit)
+        rows = uow.tasks.list(
+            status=status, kind=kind, subject=subject, destination=node, limit=limit
+        )
         counts = uow.tasks.counts()
     now = utcnow()
     if plain:
@@ -297,7 +311,7 @@ def tasks_list(
             t.subject,
             _peer(t),
             t.status,
-            f"{t.attempts}/{t.max_attempts}",
+            _attempts(t),
             _age(t.created_at, now),
             t.next_attempt_at.isoformat(timespec="seconds") if t.status == "pending" else "",
             (t.last_error or "")[:80],
@@ -312,14 +326,25 @@ def tasks_retry(
     ids: Annotated[list[int] | None, typer.Argument(help="task ids (default: all failed)")] = None,
     config: ConfigOption = None,
     kind: Annotated[str | None, typer.Option(help="only failed tasks of this kind")] = None,
+    node: Annotated[
+        str | None,
+        typer.Option(
+            help="every undelivered task to this AE title, also those waiting out a backoff"
+        ),
+    ] = None,
 ) -> None:
-    """Make failed tasks due again now (attempts start over)."""
+    """Make failed tasks due again now (attempts start over; an IAN is tried for
+    another [registration] ian_retry_hours). ``--node AE`` after a node's outage:
+    everything undelivered to it (IANs, storage commitment reports) is due now."""
     settings = _settings(config)
     engine = _index(settings)
+    windows = {name: policy.window for name, policy in retry_policies(settings).items()}
     with UnitOfWork(engine) as uow:
-        count = uow.tasks.retry(now=utcnow(), pks=ids or None, kind=kind)
+        count = uow.tasks.retry(
+            now=utcnow(), pks=ids or None, kind=kind, destination=node, windows=windows
+        )
         uow.commit()
-    console.print(f"{count} task(s) scheduled again")
+    console.print(f"{count} task(s) scheduled again" + (f" to {node}" if node else ""))
     if ids and count < len(ids):
         console.print("[yellow]some ids were not failed tasks and were left alone[/yellow]")
 

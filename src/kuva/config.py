@@ -194,6 +194,13 @@ class RegistrationSettings(BaseModel):
     # any of its series has one); [] = every study. Studies of other modalities
     # are archived, retrievable and announced by IAN, but not published.
     modalities: list[str] = Field(default_factory=list)
+    # An IAN a node does not take is tried again for this long after it was made
+    # (a weekend of the node's maintenance), then waits as a failed task for
+    # ``kuva tasks retry``; a newer IAN of the study to the node replaces it.
+    ian_retry_hours: float = Field(default=72.0, gt=0)
+    # The cap of the IAN's backoff between attempts ([tasks] backoff_base_seconds
+    # doubling from there).
+    ian_backoff_max_seconds: float = Field(default=900.0, gt=0)
     # The manifest's DocumentEntry codes an affinity domain agrees on (ITI TF-3
     # 4.2.3.2: classCode, typeCode, practiceSettingCode, healthcareFacilityTypeCode).
     class_code: CodeSettings = CodeSettings(

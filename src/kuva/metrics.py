@@ -54,6 +54,13 @@ registration_latency = Histogram(
     buckets=(0.5, 1, 2, 3, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 21600, 86400),
     registry=REGISTRY,
 )
+ian_undelivered_oldest = Gauge(
+    "kuva_ian_undelivered_oldest_seconds",
+    "Age of the oldest Instance Availability Notification a node has not taken yet "
+    "(pending, being sent or failed); 0 when it has every one",
+    ["node"],
+    registry=REGISTRY,
+)
 integrity_checked = Counter(
     "kuva_integrity_checked",
     "Blob copies read back and compared with their SHA-256 (services.integrity)",

@@ -5,11 +5,15 @@ short; dcmtk's storescu sends a study of a Finnish test patient from a node of t
 register holder; a pynetdicom IAN SCP stands in for the holder's RIS (``ian =
 true``), and a node of another organisation that also wants IANs must hear nothing.
 Then ITI-18 FindDocuments finds the manifest, RAD-69 returns the images as sent.
-The failure paths: a peer that is down and comes back (it receives every IAN it
-missed, in order), a SIGKILL between registration and IAN (the IAN still arrives,
-one manifest), a study that grows (a second manifest replaces the first and a
-second IAN goes out), a storage commitment that registers at once, a modality not
-on the registration list, a failed IAN resent by ``kuva tasks retry``.
+The failure paths: a peer that is down and comes back (it receives the current
+state of each study once: a newer IAN supersedes the undelivered older one), a
+SIGKILL between registration and IAN (the IAN still arrives, one manifest), a study
+that grows (a second manifest replaces the first and a second IAN goes out), a
+storage commitment that registers at once, a modality not on the registration
+list, a failed IAN resent by ``kuva tasks retry``, and an outage of the RIS with
+shortened IAN retry settings: a study whose IAN keeps failing holds back neither
+another study's nor another node's, and ``kuva tasks retry --node`` sends what the
+RIS missed once it is back.
 """
 
 from __future__ import annotations
@@ -24,15 +28,19 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage
+from sqlalchemy import Engine
 
 from kuva.app import build_xds
-from kuva.config import Settings
+from kuva.config import NodeSettings, Settings
+from kuva.dicom.ian import IanSender
 from kuva.index.group_commit import GroupCommitter
+from kuva.index.outbox import Task
 from kuva.index.uow import UnitOfWork
 from kuva.model.local_time import parse_offset
 from kuva.model.uids import new_uid
 from kuva.model.xds import AvailabilityStatus, DocumentEntryScheme
 from kuva.services.ingest import IngestService
+from kuva.services.registration import NodeUnreachable, RegistrationService
 from kuva.services.retrieve import RetrieveService
 from kuva.storage.filesystem import FileBlobStore
 from kuva.xds.namespaces import (
@@ -42,19 +50,25 @@ from kuva.xds.namespaces import (
 from tests.integration.test_xds import part10_dataset, rad69_request
 from tests.support.archive import dataset_bytes
 from tests.support.commitment_scu import CommitmentSCU, committed
+from tests.support.ian import IanReceiver
 from tests.support.peers import dcmtk_available
+from tests.support.server import free_port
 from tests.support.site import PATIENT, Site
 from tests.support.synthetic import (
     DEFAULT_PATIENT_ID,
     make_ct_series,
     write_series,
 )
+from tests.unit.test_outbox import START, FakeClock
 from tests.unit.test_repository import retrieve_request
 
 pytestmark = [
     pytest.mark.dcmtk,
     pytest.mark.skipif(not dcmtk_available(), reason="dcmtk not installed"),
 ]
+
+
+IAN = "instance-availability"
 
 
 def metric(site: Site, name: str) -> float:
@@ -120,29 +134,30 @@ def test_study_is_registered_announced_found_and_retrieved(
     # --- the operator's view: both tasks done, latency measured
     (registration,) = site.tasks("study-registration")
     assert (registration["subject"], registration["status"]) == (study_uid, "done")
-    notified = site.tasks("instance-availability")
+    notified = site.tasks(IAN)
     assert {(t["subject"], t["status"]) for t in notified} == {(study_uid, "done")}
     assert "RIS" in {t["to"] for t in notified}
     assert metric(site, "kuva_registration_latency_seconds_count") == len(notified)
     assert metric(site, 'kuva_tasks{kind="instance-availability",status="done"}') == len(notified)
     assert metric(site, 'kuva_tasks{kind="study-registration",status="pending"}') == 0
     table = site.server.kuva("tasks", "list").stdout
-    assert "instance-availability" in table and "RIS" in table
+    assert IAN in table and "RIS" in table
 
 
-def test_down_peer_gets_every_missed_ian_in_order_and_a_grown_study_is_registered_again(
+def test_down_peer_gets_the_current_state_once_and_a_grown_study_is_registered_again(
     site_factory: Callable[..., Site],
 ) -> None:
     site = site_factory()
     study_uid = pydicom.uid.generate_uid()
     first = sent_instances(site.send(3, study_uid=study_uid, series_number=1))
     site.wait_tasks(
-        "instance-availability",
+        IAN,
         lambda tasks: len(tasks) == 1 and int(tasks[0]["attempts"]) >= 2,
     )
     (first_manifest,) = site.manifests(study_uid)
 
-    # The study grows while the RIS is down: registered again, its IAN queued behind.
+    # The study grows while the RIS is down: registered again, its IAN supersedes the
+    # undelivered one (at once, or after the attempt it was in failed).
     second = sent_instances(site.send(2, study_uid=study_uid, series_number=2))
     site.wait_tasks(
         "study-registration", lambda tasks: [t["status"] for t in tasks] == ["done"] * 2
@@ -154,13 +169,16 @@ def test_down_peer_gets_every_missed_ian_in_order_and_a_grown_study_is_registere
     assert set(site.find_documents()) == {current}
     assert len(site.kuva_instances(study_uid)) == 2
 
+    site.wait_tasks(
+        IAN, lambda tasks: sorted(t["status"] for t in tasks) == ["pending", "superseded"]
+    )
+
     ris = site.receiver()
-    earlier, later = ris.wait_for(2)
-    assert earlier.instances() == dict.fromkeys(first, "ONLINE")
-    assert later.instances() == dict.fromkeys(first | second, "ONLINE")
-    assert earlier.at <= later.at
+    (ian,) = ris.wait_for(1)
+    assert ian.instances() == dict.fromkeys(first | second, "ONLINE")
     time.sleep(1.5)
-    assert len(ris.received) == 2
+    assert len(ris.received) == 1
+    assert sorted(t["status"] for t in site.tasks(IAN)) == ["done", "superseded"]
 
 
 def test_sigkill_between_registration_and_ian(site_factory: Callable[..., Site]) -> None:
@@ -168,7 +186,7 @@ def test_sigkill_between_registration_and_ian(site_factory: Callable[..., Site])
     study_uid = pydicom.uid.generate_uid()
     sent = sent_instances(site.send(4, study_uid=study_uid))
     site.wait_tasks(
-        "instance-availability",
+        IAN,
         lambda tasks: len(tasks) == 1 and int(tasks[0]["attempts"]) >= 1,
     )
     site.server.kill()
@@ -222,29 +240,20 @@ def test_modality_not_on_the_list_is_announced_not_published(
 
 
 def test_failed_ian_is_listed_and_resent_by_the_operator(
-    site_factory: Callable[..., Site], tmp_path: Path
+    site_factory: Callable[..., Site],
 ) -> None:
-    site = site_factory()
-    site.server.stop()
-    # Few attempts: the IAN fails for good while the RIS is down.
-    config = site.server.config_path
-    config.write_text(
-        config.read_text(encoding="utf-8").replace("max_attempts = 30", "max_attempts = 2"),
-        encoding="utf-8",
-    )
-    site.server.start()
+    # Tried for 3.6 s: the IAN fails for good while the RIS is down.
+    site = site_factory(ian_retry_hours=0.001)
     study_uid = pydicom.uid.generate_uid()
     sent = sent_instances(site.send(2, study_uid=study_uid))
-    site.wait_tasks(
-        "instance-availability", lambda tasks: [t["status"] for t in tasks] == ["failed"]
-    )
+    site.wait_tasks(IAN, lambda tasks: [t["status"] for t in tasks] == ["failed"])
     failed = site.server.kuva("tasks", "list", "--failed").stdout
-    assert "instance-availability" in failed and study_uid[:20] in failed
+    assert IAN in failed and study_uid[:20] in failed
     assert "association" in failed  # the reason, for the operator
     assert metric(site, 'kuva_tasks{kind="instance-availability",status="failed"}') == 1
 
     ris = site.receiver()
-    retried = site.server.kuva("tasks", "retry", "--kind", "instance-availability")
+    retried = site.server.kuva("tasks", "retry", "--kind", IAN)
     assert retried.returncode == 0, retried.stdout + retried.stderr
     (ian,) = ris.wait_for(1, timeout=20)
     assert ian.instances() == dict.fromkeys(sent, "ONLINE")
@@ -368,3 +377,95 @@ def test_manifest_time_agrees_with_its_offset_and_its_codes_are_settings(
             manifest.ContentDate + manifest.ContentTime, "%Y%m%d%H%M%S"
         ).replace(tzinfo=stated)
         assert abs(datetime.now(UTC) - created) < timedelta(minutes=5)
+
+
+def test_ians_survive_an_outage(site_factory: Callable[..., Site]) -> None:
+    """The RIS refuses one study's IANs, then is down for maintenance, then back.
+    IANs are tried for ``ian_retry_hours`` (here 14.4 s) whatever the attempts: the
+    refused study holds back neither another study's IAN to the RIS nor its own to
+    another node (dcmjs-dimse, when Node.js is here); the study grows meanwhile and
+    its newer IAN supersedes the undelivered one; after the window the IAN waits as
+    failed (the RIS's backlog on /metrics) until ``kuva tasks retry --node RIS``
+    sends it at once: the RIS gets the current state of each study, once."""
+    site = site_factory(dcmjs=True, ian_retry_hours=0.004)
+    ris = site.receiver()
+    refused, other = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    ris.refuse.add(refused)
+    first = sent_instances(site.send(2, study_uid=refused, series_number=1))
+    sent_other = sent_instances(site.send(2, study_uid=other, series_number=1))
+
+    (delivered,) = ris.wait_for(1)
+    assert (delivered.study_uid, delivered.instances()) == (
+        other,
+        dict.fromkeys(sent_other, "ONLINE"),
+    )
+
+    def to_ris(tasks: list[dict[str, str]]) -> list[dict[str, str]]:
+        return [t for t in tasks if t["subject"] == refused and t["to"] == "RIS"]
+
+    site.wait_tasks(IAN, lambda tasks: int(to_ris(tasks)[0]["attempts"]) >= 3)
+    assert {ian.study_uid for ian in ris.refused} == {refused}
+    if site.dcmjs is not None:
+        assert {ian.study_uid for ian in site.dcmjs.wait_for(2)} == {refused, other}
+
+    # Maintenance: the RIS is down while the study grows.
+    ris.close()
+    second = sent_instances(site.send(1, study_uid=refused, series_number=2))
+    site.wait_tasks(
+        IAN,
+        lambda tasks: sorted(t["status"] for t in to_ris(tasks)) == ["failed", "superseded"],
+    )
+    assert "association" in site.server.kuva("tasks", "list", "--node", "RIS").stdout
+    if site.dcmjs is not None:
+        site.dcmjs.wait_for(3)
+        assert site.dcmjs.of_study(refused)[-1].instances() == dict.fromkeys(
+            first | second, "ONLINE"
+        )
+
+    back = site.receiver()
+    time.sleep(1.5)
+    assert back.received == []  # a failed IAN waits for the operator
+    assert metric(site, 'kuva_ian_undelivered_oldest_seconds{node="RIS"}') > 0
+    retried = site.server.kuva("tasks", "retry", "--node", "RIS")
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert "1 task(s) scheduled again to RIS" in retried.stdout
+    (current,) = back.wait_for(1, timeout=10)
+    assert (current.study_uid, current.instances()) == (
+        refused,
+        dict.fromkeys(first | second, "ONLINE"),
+    )
+    time.sleep(1.5)
+    assert len(back.received) == 1  # the other study's IAN is not sent again
+    assert sorted(t["status"] for t in to_ris(site.tasks(IAN))) == ["done", "superseded"]
+    assert metric(site, 'kuva_ian_undelivered_oldest_seconds{node="RIS"}') == 0
+
+
+def test_an_unreachable_node_is_not_called_again_for_a_moment(engine: Engine) -> None:
+    """After an association to a node failed, this process's other IANs to it fail
+    at once (no worker waits out a connection per study while the node is down),
+    for at most ian_backoff_max_seconds; then the node is called again."""
+    port = free_port()
+    settings = Settings(
+        nodes=[NodeSettings(ae_title="RIS", host="127.0.0.1", port=port, ian=True)],
+        registration={"ian_backoff_max_seconds": 30},
+    )
+    clock = FakeClock()
+    service = RegistrationService(engine, settings, None, IanSender(settings), clock=clock)  # type: ignore[arg-type]
+
+    def ian(study_uid: str) -> Task:
+        listed = [[new_uid(), CTImageStorage, new_uid(), "ONLINE"]]  # as a destruction's IAN
+        payload = {"node": "RIS", "instances": listed, "last_received_at": START.isoformat()}
+        return Task(1, IAN, study_uid, payload, "running", 1, 0, START, None, START, START)
+
+    with pytest.raises(NodeUnreachable, match="association with RIS"):
+        service.run_ian(ian("1.2.246.10.1.1"))
+    ris = IanReceiver(port, ae_title="RIS")
+    try:
+        with pytest.raises(NodeUnreachable, match="not tried again before 2026-03-14T09:00:30"):
+            service.run_ian(ian("1.2.246.10.1.2"))
+        assert ris.received == []
+        clock.advance(seconds=30)
+        service.run_ian(ian("1.2.246.10.1.2"))
+        assert [received.study_uid for received in ris.wait_for(1)] == ["1.2.246.10.1.2"]
+    finally:
+        ris.close()

@@ -1,5 +1,6 @@
 """A pynetdicom Instance Availability Notification SCP (PS3.4 Annex R) for tests and
-benchmarks: it keeps every N-CREATE it receives and answers ``status``."""
+benchmarks: it keeps every N-CREATE it receives and answers ``status``, or a
+Processing failure for the studies in ``refuse`` (kept apart, in ``refused``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pynetdicom import AE, evt
 from pynetdicom.events import Event
 
 from kuva.dicom.ian import INSTANCE_AVAILABILITY_NOTIFICATION
+from kuva.dicom.status import PROCESSING_FAILURE
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,9 @@ class IanReceiver:
 
     def __init__(self, port: int = 0, *, ae_title: str = "IANSCP", status: int = 0x0000) -> None:
         self.status = status
+        self.refuse: set[str] = set()
         self.received: list[ReceivedIan] = []
+        self.refused: list[ReceivedIan] = []
         self._arrived = threading.Condition()
         self.ae = AE(ae_title=ae_title)
         self.ae.add_supported_context(INSTANCE_AVAILABILITY_NOTIFICATION)
@@ -53,6 +57,9 @@ class IanReceiver:
             str(event.request.AffectedSOPInstanceUID), event.attribute_list, time.time()
         )
         with self._arrived:
+            if received.study_uid in self.refuse:
+                self.refused.append(received)
+                return PROCESSING_FAILURE, None
             self.received.append(received)
             self._arrived.notify_all()
         return self.status, None
@@ -73,4 +80,6 @@ class IanReceiver:
             return [ian for ian in self.received if ian.study_uid == study_uid]
 
     def close(self) -> None:
-        self.server.shutdown()
+        """Stop listening (a peer going down); again, nothing more."""
+        if self.server.socket.fileno() != -1:
+            self.server.shutdown()

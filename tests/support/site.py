@@ -239,6 +239,9 @@ def start_site(
             "registration": {
                 "enabled": True,
                 "stable_seconds": STABLE_SECONDS,
+                # As [tasks] backoff_max_seconds of the tests' servers: a node that
+                # comes back gets its IANs within a second.
+                "ian_backoff_max_seconds": 1.0,
                 **registration,
             },
             "tasks": {"max_attempts": 30},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -9,14 +10,23 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, column, insert, select, table, update
 
 from kuva.config import TaskSettings
-from kuva.index.outbox import DONE, FAILED, PENDING, RUNNING, Task
+from kuva.index import schema
+from kuva.index.database import downgrade, make_engine, migrate
+from kuva.index.outbox import DONE, FAILED, PENDING, RUNNING, SUPERSEDED, Task
 from kuva.index.uow import UnitOfWork
-from kuva.tasks.worker import PermanentFailure, TaskWorkers, backoff_delay, purge_done
+from kuva.tasks.worker import (
+    PermanentFailure,
+    RetryPolicy,
+    TaskWorkers,
+    backoff_delay,
+    purge_done,
+)
 
 START = datetime(2026, 3, 14, 9, 0, tzinfo=UTC)
+NEW_COLUMNS = {"retry_until", "destination"}  # migration 0017
 LEASE = timedelta(minutes=5)
 
 
@@ -43,6 +53,8 @@ def add_task(
     run_at: datetime | None = None,
     payload: dict[str, Any] | None = None,
     queue: str | None = None,
+    destination: str | None = None,
+    retry_until: datetime | None = None,
 ) -> int:
     """Add one task in its own transaction."""
     with UnitOfWork(engine) as uow:
@@ -54,6 +66,8 @@ def add_task(
             max_attempts=max_attempts,
             run_at=run_at,
             queue=queue,
+            destination=destination,
+            retry_until=retry_until,
         )
         uow.commit()
     return pk
@@ -620,3 +634,225 @@ def test_purge_done_deletes_only_tasks_done_before_the_cut(engine: Engine) -> No
     with UnitOfWork(engine) as uow:
         assert uow.tasks.purge_done(before=later + timedelta(seconds=1), limit=1) == 1
         uow.commit()
+
+
+# ------------------------------------------------ supersession, retry deadlines, nodes
+
+
+def supersede(engine: Engine, queue: str, newer: int, now: datetime = START) -> list[int]:
+    with UnitOfWork(engine) as uow:
+        superseded = uow.tasks.supersede(queue, newer=newer, now=now)
+        uow.commit()
+    return superseded
+
+
+def fail(engine: Engine, pk: int, retry_at: datetime | None, *, worker: str = "w1") -> str | None:
+    """A failed attempt of a claimed task, superseded when a newer one waits."""
+    with UnitOfWork(engine) as uow:
+        recorded = uow.tasks.fail(
+            pk,
+            error="refused",
+            now=START,
+            retry_at=retry_at,
+            worker=worker,
+            superseded_if_newer=True,
+        )
+        uow.commit()
+    return recorded
+
+
+def test_a_newer_task_supersedes_the_waiting_ones_of_its_queue(engine: Engine) -> None:
+    """Pending and failed tasks of a queue are superseded by a newer one, which then
+    runs at once: an older one that keeps failing holds nothing back. Other queues
+    are untouched; superseded tasks are purged like done ones."""
+    failed = add_task(engine, queue="ian:RIS:1.2.3")
+    assert [t.pk for t in claim(engine, START)] == [failed]
+    assert fail(engine, failed, retry_at=None) == FAILED
+    pending = add_task(engine, queue="ian:RIS:1.2.3", run_at=START + timedelta(minutes=15))
+    other = add_task(engine, queue="ian:RIS:1.2.4", run_at=START + timedelta(minutes=15))
+    # The failed one holds back its queue, not another one.
+    assert [t.pk for t in claim(engine, START + timedelta(hours=1))] == [other]
+    newest = add_task(engine, queue="ian:RIS:1.2.3")
+    assert supersede(engine, "ian:RIS:1.2.3", newest) == [failed, pending]
+    assert supersede(engine, "ian:RIS:1.2.3", newest) == []
+    assert [get(engine, pk).status for pk in (failed, pending, other)] == [
+        SUPERSEDED,
+        SUPERSEDED,
+        RUNNING,
+    ]
+    assert get(engine, pending).next_attempt_at == START  # purged with the done ones
+    assert get(engine, failed).last_error == "refused"  # what became of it, for operators
+    assert [t.pk for t in claim(engine, START)] == [newest]
+    with UnitOfWork(engine) as uow:
+        assert uow.tasks.purge_done(before=START + timedelta(seconds=1)) == 2
+        uow.commit()
+
+
+def test_a_running_task_finishes_and_is_superseded_only_if_it_fails(engine: Engine) -> None:
+    """A task being sent is not superseded: the newer one waits behind it. If it
+    fails, it is superseded instead of retried and the newer runs; if it succeeds,
+    the newer still runs after it. Without a newer one, a failure is retried."""
+    running = add_task(engine, queue="q")
+    assert [t.pk for t in claim(engine, START)] == [running]
+    newer = add_task(engine, queue="q")
+    assert supersede(engine, "q", newer) == []
+    assert claim(engine, START) == []  # behind the running one
+    assert fail(engine, running, retry_at=START + timedelta(minutes=1)) == SUPERSEDED
+    assert [t.pk for t in claim(engine, START)] == [newer]
+    assert fail(engine, newer, retry_at=START + timedelta(minutes=1)) == PENDING
+    assert fail(engine, newer, retry_at=None, worker="gone") is None  # not held: no change
+    third = add_task(engine, queue="q")
+    assert supersede(engine, "q", third) == [newer]
+    assert [t.pk for t in claim(engine, START)] == [third]
+    fourth = add_task(engine, queue="q")
+    finish(engine, third)
+    assert [t.pk for t in claim(engine, START)] == [fourth]
+
+
+def test_a_task_with_retry_until_is_tried_until_then_whatever_its_attempts(
+    engine: Engine,
+) -> None:
+    """max_attempts does not limit a task with retry_until; its time does, also for
+    a lease that ran out."""
+    until = START + timedelta(hours=1)
+    pk = add_task(engine, max_attempts=0, retry_until=until)
+    for attempt in range(1, 4):
+        now = START + LEASE * attempt * 1.1
+        (claimed,) = claim(engine, now)  # its worker died each time
+        assert (claimed.pk, claimed.attempts, claimed.retry_until) == (pk, attempt, until)
+    assert claim(engine, until + LEASE) == []
+    task = get(engine, pk)
+    assert (task.status, task.attempts) == (FAILED, 3)
+    assert task.last_error == "the lease ran out during the last attempt"
+
+
+POLICY = RetryPolicy(
+    window=timedelta(minutes=10), backoff_max_seconds=30.0, superseded_by_newer=True
+)
+
+
+def test_a_policy_retries_until_the_deadline_with_its_own_backoff_cap(engine: Engine) -> None:
+    """Under a RetryPolicy a task is retried past any attempt count, its backoff
+    capped by the policy (not by [tasks]), the last attempt at retry_until, then
+    failed; a kind without a policy keeps max_attempts."""
+    clock = FakeClock()
+    until = START + POLICY.window
+    pk = add_task(engine, "ian", max_attempts=0, retry_until=until)
+    w = TaskWorkers(
+        engine,
+        SETTINGS,
+        {"ian": failing(), "demo": failing()},
+        policies={"ian": POLICY},
+        clock=clock,
+    )
+    delays = []
+    while (task := get(engine, pk)).status != FAILED:
+        clock.now = max(clock.now, task.next_attempt_at)
+        assert w.run_once() is True
+        after = get(engine, pk)
+        if after.status == PENDING:
+            delays.append((after.next_attempt_at - clock.now).total_seconds())
+    assert task.attempts > 20 and clock.now == until
+    assert max(delays) <= POLICY.backoff_max_seconds < SETTINGS.backoff_max_seconds
+    assert delays[:3] == sorted(delays[:3])  # exponential at first
+    demo = add_task(engine, max_attempts=2, now=clock.now)
+    for _ in range(2):
+        assert w.run_once() is True
+        clock.now = get(engine, demo).next_attempt_at
+    assert get(engine, demo).status == FAILED
+
+
+def test_retry_of_a_node_makes_its_undelivered_tasks_due_now(engine: Engine) -> None:
+    """``kuva tasks retry --node``: the node's pending (in backoff) and failed tasks
+    are due now with their attempts starting over, a new window for a kind with
+    one; running ones, other nodes' and other kinds' are left alone."""
+    later = START + timedelta(minutes=15)
+    backoff = add_task(engine, "ian", destination="RIS", run_at=later, retry_until=START)
+    failed = add_task(engine, "ian", destination="RIS", max_attempts=1)
+    running = add_task(engine, "commitment", destination="RIS", run_at=later)
+    other = add_task(engine, "ian", destination="PACS", run_at=later)
+    assert [t.pk for t in claim(engine, START)] == [failed]
+    finish(engine, failed, failed_for_good=True)
+    assert [t.pk for t in claim(engine, later, kinds=["commitment"])] == [running]
+    now = START + timedelta(minutes=5)
+    with UnitOfWork(engine) as uow:
+        count = uow.tasks.retry(now=now, destination="RIS", windows={"ian": timedelta(hours=72)})
+        listed = uow.tasks.list(destination="RIS")
+        uow.commit()
+    assert count == 2
+    assert {t.pk for t in listed} == {backoff, failed, running}
+    for pk, until in ((backoff, now + timedelta(hours=72)), (failed, None)):
+        task = get(engine, pk)
+        assert (task.status, task.attempts, task.next_attempt_at) == (PENDING, 0, now)
+        assert task.retry_until == until
+    assert get(engine, running).status == RUNNING
+    assert get(engine, other).next_attempt_at == later
+    assert [t.pk for t in claim(engine, now)] == [backoff, failed]
+
+
+def test_oldest_undelivered_per_destination(engine: Engine) -> None:
+    """When each node's oldest pending, running or failed task of a kind was added;
+    done and superseded tasks are delivered (or need not be)."""
+    done = add_task(engine, "ian", destination="RIS", now=START - timedelta(hours=9))
+    finish(engine, done)
+    gone = add_task(engine, "ian", destination="RIS", now=START - timedelta(hours=8), queue="q")
+    newer = add_task(engine, "ian", destination="RIS", now=START - timedelta(hours=1), queue="q")
+    supersede(engine, "q", newer)
+    add_task(engine, "ian", destination="PACS", now=START - timedelta(hours=3))
+    add_task(engine, "ian", destination="PACS", now=START - timedelta(hours=2))
+    add_task(engine, "commitment", destination="MOD", now=START - timedelta(hours=5))
+    add_task(engine, "ian", now=START - timedelta(hours=6))  # no destination
+    with UnitOfWork(engine, write=False) as uow:
+        oldest = uow.tasks.oldest_undelivered("ian")
+    assert oldest == {"RIS": START - timedelta(hours=1), "PACS": START - timedelta(hours=3)}
+    assert get(engine, gone).status == SUPERSEDED
+
+
+def test_migration_0017_gives_undelivered_deliveries_their_destination(
+    database_url: str,
+) -> None:
+    """Undelivered IAN and storage commitment report tasks learn their node from the
+    payload; a downgrade ends superseded tasks as done (before, queues waited on
+    every task not done)."""
+    engine = make_engine(database_url)
+    try:
+        migrate(engine, "0016")
+        old = table("task", *(column(c.name) for c in schema.task.c if c.name not in NEW_COLUMNS))
+        rows = [
+            ("instance-availability", {"node": "RIS"}, "pending"),
+            ("instance-availability", {"node": "RIS"}, "done"),
+            ("storage-commitment", {"requester_ae": "MOD"}, "failed"),
+            ("demo", {"node": "X"}, "pending"),
+        ]
+        with engine.begin() as conn:
+            for kind, payload, status in rows:
+                conn.execute(
+                    insert(old).values(
+                        kind=kind,
+                        subject="1.2.3",
+                        payload=json.dumps(payload),
+                        status=status,
+                        attempts=0,
+                        max_attempts=3,
+                        next_attempt_at=START.replace(tzinfo=None),
+                        created_at=START.replace(tzinfo=None),
+                        updated_at=START.replace(tzinfo=None),
+                    )
+                )
+        migrate(engine)
+        with UnitOfWork(engine) as uow:
+            listed = sorted(uow.tasks.list(), key=lambda t: t.pk)
+            assert [(t.destination, t.retry_until) for t in listed] == [
+                ("RIS", None),
+                (None, None),
+                ("MOD", None),
+                (None, None),
+            ]
+            uow.conn.execute(update(schema.task).values(status=SUPERSEDED))
+            uow.commit()
+        downgrade(engine, "0016")
+        with engine.connect() as conn:
+            statuses = conn.execute(select(old.c.status)).scalars().all()
+        assert set(statuses) == {DONE}
+    finally:
+        engine.dispose()

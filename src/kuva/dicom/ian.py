@@ -25,6 +25,7 @@ from kuva.dicom.contexts import BASIC_TRANSFER_SYNTAXES
 from kuva.dicom.network import set_nodelay_handler
 from kuva.model.availability import AVAILABILITIES, AvailableInstance
 from kuva.model.uids import new_uid
+from kuva.services.registration import NodeUnreachable
 
 # Instance Availability Notification SOP Class (PS3.4 R.3).
 INSTANCE_AVAILABILITY_NOTIFICATION = UID("1.2.840.10008.5.1.4.33")
@@ -32,6 +33,11 @@ INSTANCE_AVAILABILITY_NOTIFICATION = UID("1.2.840.10008.5.1.4.33")
 
 class IanDeliveryError(Exception):
     """The peer could not be reached or did not answer Success (for the retry log)."""
+
+
+class AssociationFailed(IanDeliveryError, NodeUnreachable):
+    """No association with the peer (down, refusing kuva, or silent until timed out):
+    services.registration pauses its other IANs to that node."""
 
 
 def notification(
@@ -77,10 +83,14 @@ def send_notification(
 ) -> str:
     """Send ``ds`` as an N-CREATE to the peer; return the IAN's SOP Instance UID.
 
-    Raises IanDeliveryError when the association is refused or fails, or the
-    N-CREATE answers anything but Success (0x0000) - the caller retries later.
+    Raises IanDeliveryError when the association is refused or fails
+    (AssociationFailed), or the N-CREATE answers anything but Success (0x0000) -
+    the caller retries later.
     """
     ae = AE(ae_title=calling_ae_title)
+    # The connection too: a node that drops packets costs ``timeout``, not the
+    # operating system's minutes of TCP retries.
+    ae.connection_timeout = timeout
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(INSTANCE_AVAILABILITY_NOTIFICATION, BASIC_TRANSFER_SYNTAXES)
     assoc = ae.associate(
@@ -90,7 +100,7 @@ def send_notification(
         evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay_handler)],
     )
     if not assoc.is_established:
-        raise IanDeliveryError(f"association with {called_ae_title} at {host}:{port} failed")
+        raise AssociationFailed(f"association with {called_ae_title} at {host}:{port} failed")
     uid = new_uid()
     try:
         status, _ = assoc.send_n_create(ds, INSTANCE_AVAILABILITY_NOTIFICATION, uid)

@@ -4,28 +4,47 @@ A task is added in the same transaction as the change that causes it. Workers
 claim due tasks with row locks (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite
 has a single writer), under a lease: a task whose worker died is claimed again
 when its lease runs out. Failure schedules a retry with exponential backoff until
-``max_attempts``, after which the task stays ``failed`` for an operator.
+``max_attempts`` (or, for a task with ``retry_until``, until that time), after
+which the task stays ``failed`` for an operator.
 
 Tasks that name the same ``queue`` run one at a time and in the order they were
-added: a task is not claimed while an earlier task of its queue is not done
+added: a task is not claimed while an earlier task of its queue is not finished
 (pending, running, or failed and waiting for an operator). This is what keeps the
-registrations of a study, and its IANs to one node, in order.
+registrations of a study in order. Where only the newest task of a queue matters
+(the IANs of a study to one node: each tells the whole current state), the newer
+one *supersedes* the older ones still waiting (``supersede``, and ``fail`` with
+``superseded_if_newer`` for one that was running meanwhile), so that a task that
+keeps failing never holds back the rest of its queue.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, exists, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    case,
+    delete,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 
-from kuva.index.schema import task
+from kuva.index.schema import UtcDateTime, task
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
-STATUSES = (PENDING, RUNNING, DONE, FAILED)
+SUPERSEDED = "superseded"  # a newer task of its queue does its work
+STATUSES = (PENDING, RUNNING, DONE, FAILED, SUPERSEDED)
+FINISHED = (DONE, SUPERSEDED)
+UNDELIVERED = (PENDING, RUNNING, FAILED)
 
 
 @dataclass(frozen=True)
@@ -41,6 +60,8 @@ class Task:
     last_error: str | None
     created_at: datetime
     updated_at: datetime
+    retry_until: datetime | None = None
+    destination: str | None = None
 
 
 # Subjects per statement of ``schedule_once_many`` (bound parameters are capped).
@@ -58,6 +79,8 @@ _COLUMNS = (
     task.c.last_error,
     task.c.created_at,
     task.c.updated_at,
+    task.c.retry_until,
+    task.c.destination,
 )
 
 
@@ -81,13 +104,19 @@ class TaskRepository:
         max_attempts: int,
         run_at: datetime | None = None,
         queue: str | None = None,
+        destination: str | None = None,
+        retry_until: datetime | None = None,
     ) -> int:
+        """A new pending task; with ``retry_until``, retried until then whatever
+        ``max_attempts`` (give 0)."""
         result = self.conn.execute(
             task.insert()
             .values(
                 kind=kind,
                 subject=subject,
                 queue=queue,
+                destination=destination,
+                retry_until=retry_until,
                 payload=json.dumps(payload, separators=(",", ":")),
                 status=PENDING,
                 attempts=0,
@@ -114,14 +143,16 @@ class TaskRepository:
 
         A running task whose lease ran out (its worker died, or its attempt outlasted
         the lease) is taken again, unless that was its last attempt: then it is left
-        failed, so that a task never gets more than ``max_attempts``."""
+        failed, so that a task never gets more than ``max_attempts`` (or attempts
+        after its ``retry_until``)."""
+        exhausted = or_(
+            and_(task.c.retry_until.is_(None), task.c.attempts >= task.c.max_attempts),
+            # Not NULL-safe without is_not: ``~exhausted`` must be true or false.
+            and_(task.c.retry_until.is_not(None), task.c.retry_until <= now),
+        )
         self.conn.execute(
             update(task)
-            .where(
-                task.c.status == RUNNING,
-                task.c.locked_until < now,
-                task.c.attempts >= task.c.max_attempts,
-            )
+            .where(task.c.status == RUNNING, task.c.locked_until < now, exhausted)
             .values(
                 status=FAILED,
                 locked_by=None,
@@ -132,15 +163,13 @@ class TaskRepository:
         )
         due = or_(
             and_(task.c.status == PENDING, task.c.next_attempt_at <= now),
-            and_(
-                task.c.status == RUNNING,
-                task.c.locked_until < now,
-                task.c.attempts < task.c.max_attempts,
-            ),
+            and_(task.c.status == RUNNING, task.c.locked_until < now, ~exhausted),
         )
         earlier = task.alias("earlier")
         waiting = exists().where(
-            earlier.c.queue == task.c.queue, earlier.c.pk < task.c.pk, earlier.c.status != DONE
+            earlier.c.queue == task.c.queue,
+            earlier.c.pk < task.c.pk,
+            earlier.c.status.not_in(FINISHED),
         )
         query = select(task.c.pk).where(due, or_(task.c.queue.is_(None), ~waiting))
         if kinds is not None:
@@ -182,13 +211,14 @@ class TaskRepository:
         return bool(result.rowcount)
 
     def purge_done(self, *, before: datetime, limit: int = 10_000) -> int:
-        """Delete up to ``limit`` tasks done before ``before``; how many. A done task
-        fell due before it finished, so the (status, next_attempt_at) index finds
-        them without a scan of the table."""
+        """Delete up to ``limit`` tasks done or superseded before ``before``; how
+        many. A finished task fell due before it finished (``supersede`` sees to
+        it), so the (status, next_attempt_at) index finds them without a scan of the
+        table."""
         doomed = (
             select(task.c.pk)
             .where(
-                task.c.status == DONE,
+                task.c.status.in_(FINISHED),
                 task.c.next_attempt_at < before,
                 task.c.updated_at < before,
             )
@@ -205,15 +235,22 @@ class TaskRepository:
         now: datetime,
         retry_at: datetime | None,
         worker: str | None = None,
-    ) -> bool:
-        """Record a failed attempt: retry at ``retry_at``, or give up when None."""
+        superseded_if_newer: bool = False,
+    ) -> str | None:
+        """Record a failed attempt: retry at ``retry_at``, or give up when None;
+        with ``superseded_if_newer``, neither when a later task of its queue is
+        waiting: the task is superseded. The status recorded, or None when
+        ``worker`` no longer held the task."""
         values: dict[str, Any] = {
             "locked_by": None,
             "locked_until": None,
             "last_error": error[:4000],
             "updated_at": now,
         }
-        if retry_at is None:
+        if superseded_if_newer and self._newer_waiting(pk):
+            values["status"] = SUPERSEDED
+            values["next_attempt_at"] = now
+        elif retry_at is None:
             values["status"] = FAILED
         else:
             values["status"] = PENDING
@@ -221,7 +258,38 @@ class TaskRepository:
         query = update(task).where(task.c.pk == pk)
         if worker is not None:
             query = query.where(task.c.locked_by == worker)
-        return bool(self.conn.execute(query.values(**values)).rowcount)
+        recorded = self.conn.execute(query.values(**values)).rowcount
+        return str(values["status"]) if recorded else None
+
+    def _newer_waiting(self, pk: int) -> bool:
+        """Whether a task added after ``pk`` to its queue is not finished."""
+        this = task.alias("this")
+        later = (
+            select(task.c.pk)
+            .join(this, this.c.queue == task.c.queue)
+            .where(this.c.pk == pk, task.c.pk > pk, task.c.status.not_in(FINISHED))
+            .limit(1)
+        )
+        return self.conn.execute(later).first() is not None
+
+    def supersede(self, queue: str, *, newer: int, now: datetime) -> list[int]:
+        """The tasks of ``queue`` added before task ``newer`` and still waiting
+        (pending or failed) are superseded by it: they will not run. A running one
+        is left to finish (``fail`` with ``superseded_if_newer`` ends it if it
+        fails). The keys superseded."""
+        result = self.conn.execute(
+            update(task)
+            .where(task.c.queue == queue, task.c.pk < newer, task.c.status.in_((PENDING, FAILED)))
+            .values(
+                status=SUPERSEDED,
+                next_attempt_at=now,
+                locked_by=None,
+                locked_until=None,
+                updated_at=now,
+            )
+            .returning(task.c.pk)
+        )
+        return sorted(int(pk) for pk in result.scalars())
 
     def schedule_once(
         self,
@@ -340,18 +408,45 @@ class TaskRepository:
         ).scalar()
 
     def retry(
-        self, *, now: datetime, pks: Sequence[int] | None = None, kind: str | None = None
+        self,
+        *,
+        now: datetime,
+        pks: Sequence[int] | None = None,
+        kind: str | None = None,
+        destination: str | None = None,
+        windows: Mapping[str, timedelta] | None = None,
     ) -> int:
-        """Operator retry: failed tasks (all, by key or by kind) become due now."""
-        query = update(task).where(task.c.status == FAILED)
+        """Operator retry: failed tasks (all, by key, by kind) become due now, their
+        attempts starting over; with ``destination``, every undelivered task to that
+        node, pending ones waiting out a backoff as well as failed ones (the node is
+        back). A task of a kind in ``windows`` that retries until a time gets a new
+        one, ``now`` + its window. How many."""
+        waiting = (PENDING, FAILED) if destination is not None else (FAILED,)
+        query = update(task).where(task.c.status.in_(waiting))
         if pks is not None:
             query = query.where(task.c.pk.in_(pks))
         if kind is not None:
             query = query.where(task.c.kind == kind)
-        result = self.conn.execute(
-            query.values(status=PENDING, attempts=0, next_attempt_at=now, updated_at=now)
-        )
-        return int(result.rowcount)
+        if destination is not None:
+            query = query.where(task.c.destination == destination)
+        values: dict[str, Any] = {
+            "status": PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "updated_at": now,
+        }
+        if windows:
+            values["retry_until"] = case(
+                *(
+                    (
+                        and_(task.c.kind == k, task.c.retry_until.is_not(None)),
+                        literal(now + window, UtcDateTime()),
+                    )
+                    for k, window in windows.items()
+                ),
+                else_=task.c.retry_until,
+            )
+        return int(self.conn.execute(query.values(**values)).rowcount)
 
     def set_payload(self, pk: int, payload: dict[str, Any]) -> None:
         self.conn.execute(
@@ -370,6 +465,7 @@ class TaskRepository:
         status: str | None = None,
         kind: str | None = None,
         subject: str | None = None,
+        destination: str | None = None,
         limit: int = 100,
     ) -> list[Task]:
         query = select(*_COLUMNS)
@@ -379,6 +475,8 @@ class TaskRepository:
             query = query.where(task.c.kind == kind)
         if subject is not None:
             query = query.where(task.c.subject == subject)
+        if destination is not None:
+            query = query.where(task.c.destination == destination)
         query = query.order_by(task.c.pk.desc()).limit(limit)
         return [_task(row) for row in self.conn.execute(query)]
 
@@ -388,3 +486,17 @@ class TaskRepository:
             select(task.c.kind, task.c.status, func.count()).group_by(task.c.kind, task.c.status)
         )
         return {(kind, status): int(n) for kind, status, n in rows}
+
+    def oldest_undelivered(self, kind: str) -> dict[str, datetime]:
+        """Per destination, when its oldest undelivered (pending, running or failed)
+        task of ``kind`` was added (index on kind, status)."""
+        rows = self.conn.execute(
+            select(task.c.destination, func.min(task.c.created_at))
+            .where(
+                task.c.kind == kind,
+                task.c.status.in_(UNDELIVERED),
+                task.c.destination.is_not(None),
+            )
+            .group_by(task.c.destination)
+        )
+        return {str(destination): oldest for destination, oldest in rows}

@@ -253,10 +253,18 @@ task = Table(
     # Tasks with the same queue run one at a time, in the order they were added
     # (index.outbox); NULL = no ordering.
     Column("queue", String(200), nullable=True),
-    # pending -> running -> done | failed (after max_attempts); failed -> pending on retry.
+    # pending -> running -> done | failed (out of attempts) | superseded (a newer task
+    # of its queue says it all, index.outbox); failed -> pending on retry.
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, server_default="0"),
+    # Unused (0) when retry_until is set.
     Column("max_attempts", Integer, nullable=False),
+    # When set, failed attempts are retried until this time, however many they are
+    # (IANs ride out a node's outage), instead of up to max_attempts.
+    Column("retry_until", UtcDateTime(), nullable=True),
+    # The remote node (AE title) a delivery sends to: an IAN's, a storage commitment
+    # report's; NULL for other work (``kuva tasks retry --node``).
+    Column("destination", String(64), nullable=True),
     Column("next_attempt_at", UtcDateTime(), nullable=False),
     Column("locked_by", String(64), nullable=True),
     Column("locked_until", UtcDateTime(), nullable=True),
@@ -267,6 +275,7 @@ task = Table(
     Index(None, "kind", "status"),
     Index(None, "subject"),
     Index(None, "queue", "pk"),
+    Index(None, "destination", "status"),
 )
 
 # --- XDS.b Document Registry (ITI TF-3 4.1-4.3; kuva.index.registry) ---

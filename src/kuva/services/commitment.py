@@ -148,6 +148,7 @@ class CommitmentService:
                 },
                 now=now,
                 max_attempts=self._max_attempts,
+                destination=request.requester_ae,
             )
             uow.commit()
         log.info(

@@ -21,8 +21,13 @@ the process dies, a peer is down or a study keeps growing:
    same transaction as the registration, naming the instances it covers (those up
    to the newest one when the registration ran).
 3. **IAN task** (``IAN_TASK``): the N-CREATE of PS3.4 Annex R to that node. A
-   failure is retried with the outbox's exponential backoff up to
-   ``[tasks] max_attempts``, then waits as a failed task for ``kuva tasks retry``.
+   node may be down for a weekend's maintenance: a failure is retried with the
+   outbox's exponential backoff, capped at ``[registration]
+   ian_backoff_max_seconds``, until ``ian_retry_hours`` after the IAN was made
+   (``ian_retry_policy``), then waits as a failed task for ``kuva tasks retry``
+   (``--node AE`` once the node is back). A node that took no association is not
+   called again for a moment (UNREACHABLE_PAUSE). services.ian_backlog watches
+   the age of each node's oldest undelivered IAN.
 
 What the registry would not take never gets this far: while registration is on,
 ingest refuses an instance whose patient cannot be an XDS patient id (no OID
@@ -33,9 +38,11 @@ A node's ``default_issuer`` supplies a missing issuer (kuva.dicom.part10).
 
 Order: the registrations of a study run one at a time, in order (outbox queue
 ``registration:<study>``), and so do the IANs of a study to one node (queue
-``ian:<node>:<study>``): a node that was down receives every IAN it missed, in
-the order they were made. A failed IAN holds back the later ones of the same study
-to the same node until an operator retries it.
+``ian:<node>:<study>``). An IAN tells the study's whole current state, so a newer
+one supersedes the undelivered older ones of its queue (``add_ian``; one being
+sent is let finish, and superseded if it fails): a node that was down receives
+the current state of each study once, and a study whose IAN keeps failing holds
+back no other study's, nor its own later ones.
 
 Exactly once where it matters: the registration task keeps its manifest's SOP
 Instance UID in its payload before storing it, and marks itself done in the
@@ -52,9 +59,9 @@ manifests are never listed.
 A study destroyed by retention (services.retention) is announced once more, every
 instance UNAVAILABLE, to the nodes that got its IANs (``announce_destroyed``; so
 are the instances a 113039 rejection note destroyed): that IAN carries its
-instance list, since the index holds nothing of them any more. Registration and
-IAN tasks of a destroyed study still waiting then have nothing to do and end as
-done.
+instance list, since the index holds nothing of them any more; it supersedes the
+study's IANs still waiting. Its registration tasks still waiting then have
+nothing to do and end as done.
 """
 
 from __future__ import annotations
@@ -80,7 +87,7 @@ from kuva.services.imaging_source import (
     UnknownStudy,
 )
 from kuva.services.manifest_metadata import ManifestPublishError
-from kuva.tasks.worker import PermanentFailure
+from kuva.tasks.worker import PermanentFailure, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +102,26 @@ REGISTRATION_BATCH_TASK = "study-registration-batch"
 DIRECT_REGISTRATIONS = 16
 
 
+class NodeUnreachable(Exception):
+    """The node took no association: every IAN to it would fail alike for now."""
+
+
 class AvailabilityNotifier(Protocol):
     """The DICOM adapter that sends an IAN (kuva.dicom.ian.IanSender)."""
 
     def notify(
         self, node: NodeSettings, study_instance_uid: str, instances: list[AvailableInstance]
     ) -> None:
-        """Deliver the notification; raise when the node did not take it."""
+        """Deliver the notification; raise when the node did not take it
+        (NodeUnreachable when it took no association)."""
+
+
+# After an association to a node failed, this process's IANs to it fail at once,
+# without a connection attempt, for this long (at most [registration]
+# ian_backoff_max_seconds): a node that is down, or drops connections until a
+# timeout, does not hold every worker while each of its studies' IANs waits out
+# its own attempt - the other nodes' IANs and the other tasks keep flowing.
+UNREACHABLE_PAUSE = timedelta(seconds=60)
 
 
 def _registration_queue(study_uid: str) -> str:
@@ -110,6 +130,54 @@ def _registration_queue(study_uid: str) -> str:
 
 def _ian_queue(node: str, study_uid: str) -> str:
     return f"ian:{node}:{study_uid}"
+
+
+def ian_retry_policy(settings: Settings) -> RetryPolicy:
+    """IANs are tried for ``ian_retry_hours``, however many attempts that takes, and
+    a newer one of the study to the node ends an older one that failed."""
+    return RetryPolicy(
+        window=timedelta(hours=settings.registration.ian_retry_hours),
+        backoff_max_seconds=settings.registration.ian_backoff_max_seconds,
+        superseded_by_newer=True,
+    )
+
+
+def retry_policies(settings: Settings) -> dict[str, RetryPolicy]:
+    """The task kinds of this module retried otherwise than ``[tasks]`` says."""
+    return {IAN_TASK: ian_retry_policy(settings)}
+
+
+def add_ian(
+    settings: Settings,
+    uow: UnitOfWork,
+    study_uid: str,
+    node: str,
+    payload: dict[str, Any],
+    now: datetime,
+) -> int:
+    """An IAN task of the study to ``node``, superseding the older ones of the
+    study to the node not yet delivered (pending or failed). Its key."""
+    queue = _ian_queue(node, study_uid)
+    pk = uow.tasks.add(
+        IAN_TASK,
+        subject=study_uid,
+        queue=queue,
+        destination=node,
+        payload={"node": node, **payload},
+        now=now,
+        max_attempts=0,
+        retry_until=now + ian_retry_policy(settings).window,
+    )
+    superseded = uow.tasks.supersede(queue, newer=pk, now=now)
+    if superseded:
+        log.info(
+            "IAN of study %s to %s: task %d supersedes undelivered task(s) %s",
+            study_uid,
+            node,
+            pk,
+            ", ".join(map(str, superseded)),
+        )
+    return pk
 
 
 def customer_instances(holdings: StudyHoldings) -> list[HeldInstance]:
@@ -174,19 +242,18 @@ def announce_destroyed(
         if not made_by_kuva(held.sop_instance_uid)
     ]
     for ae_title in sorted(nodes):
-        uow.tasks.add(
-            IAN_TASK,
-            subject=study_uid,
-            queue=_ian_queue(ae_title, study_uid),
-            payload={
-                "node": ae_title,
+        add_ian(
+            settings,
+            uow,
+            study_uid,
+            ae_title,
+            {
                 "manifest_uid": None,
                 "destroyed": True,
                 "instances": listed,
                 "last_received_at": now.isoformat(),
             },
-            now=now,
-            max_attempts=settings.tasks.max_attempts,
+            now,
         )
     return sorted(nodes)
 
@@ -208,6 +275,8 @@ class RegistrationService:
         self._notifier = notifier
         self._clock = clock
         self.on_enqueued = on_enqueued
+        # Node AE title -> until when its IANs fail at once (UNREACHABLE_PAUSE).
+        self._unreachable: dict[str, datetime] = {}
 
     # ------------------------------------------------------------------ triggers
 
@@ -343,13 +412,13 @@ class RegistrationService:
         study_uid = holdings.study_instance_uid
         nodes = self._settings.ian_nodes(holdings.organization_oid)
         for node in nodes:
-            uow.tasks.add(
-                IAN_TASK,
-                subject=study_uid,
-                queue=_ian_queue(node.ae_title, study_uid),
-                payload={"node": node.ae_title, "manifest_uid": manifest_uid, **covered},
-                now=now,
-                max_attempts=self._settings.tasks.max_attempts,
+            add_ian(
+                self._settings,
+                uow,
+                study_uid,
+                node.ae_title,
+                {"manifest_uid": manifest_uid, **covered},
+                now,
             )
         payload = {**task.payload, "done": True}
         if manifest_uid is not None:
@@ -397,7 +466,7 @@ class RegistrationService:
                 for h in customer_instances(holdings)
                 if h.pk <= up_to
             ]
-        self._notifier.notify(node, study_uid, instances)
+        self._notify(node, study_uid, instances)
         latency = self._clock() - datetime.fromisoformat(payload["last_received_at"])
         metrics.registration_latency.observe(max(latency.total_seconds(), 0.0))
         log.info(
@@ -407,3 +476,24 @@ class RegistrationService:
             node.ae_title,
             latency.total_seconds(),
         )
+
+    def _notify(
+        self, node: NodeSettings, study_uid: str, instances: list[AvailableInstance]
+    ) -> None:
+        """Send, unless the node was unreachable moments ago (UNREACHABLE_PAUSE)."""
+        paused = self._unreachable.get(node.ae_title)
+        if paused is not None and self._clock() < paused:
+            raise NodeUnreachable(
+                f"{node.ae_title} took no association at the last attempt; "
+                f"not tried again before {paused.isoformat(timespec='seconds')}"
+            )
+        try:
+            self._notifier.notify(node, study_uid, instances)
+        except NodeUnreachable:
+            pause = min(
+                UNREACHABLE_PAUSE,
+                timedelta(seconds=self._settings.registration.ian_backoff_max_seconds),
+            )
+            self._unreachable[node.ae_title] = self._clock() + pause
+            raise
+        self._unreachable.pop(node.ae_title, None)

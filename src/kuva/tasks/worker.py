@@ -3,9 +3,11 @@
 Each worker claims one due task at a time (row lock + lease, index/outbox), runs
 the handler registered for its kind and records the result. A handler that raises
 is retried with exponential backoff (base * 2^(attempt-1), capped, with jitter)
-until the task's ``max_attempts``; then the task stays ``failed`` until an
-operator retries it (``kuva tasks retry``). Delivery is at least once: handlers
-must be idempotent.
+until the task's ``max_attempts``, or until its ``retry_until`` for a task that
+has one; then the task stays ``failed`` until an operator retries it (``kuva
+tasks retry``). A kind may have its own :class:`RetryPolicy` (another backoff cap;
+superseded by a newer task of its queue instead of retried). Delivery is at least
+once: handlers must be idempotent.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
 
 from kuva import metrics
 from kuva.config import TaskSettings
-from kuva.index.outbox import Task
+from kuva.index.outbox import SUPERSEDED, Task
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
 
@@ -40,11 +43,35 @@ class PermanentFailure(Exception):
     """A handler's way of saying: retrying will not help."""
 
 
-def backoff_delay(attempts: int, settings: TaskSettings, rng: random.Random | None = None) -> float:
-    """Seconds to wait after the ``attempts``-th failed attempt."""
-    delay = settings.backoff_base_seconds * 2 ** max(attempts - 1, 0)
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How the tasks of one kind are retried when not as ``[tasks]`` says."""
+
+    # Retried this long after being added (whoever adds the task sets its
+    # ``retry_until``; ``kuva tasks retry`` gives a failed one a new window).
+    window: timedelta
+    # The backoff's cap instead of ``[tasks] backoff_max_seconds``.
+    backoff_max_seconds: float
+    # A failed attempt with a newer task waiting in its queue ends the task as
+    # superseded instead of retrying it (index.outbox).
+    superseded_by_newer: bool = False
+
+
+def backoff_delay(
+    attempts: int,
+    settings: TaskSettings,
+    rng: random.Random | None = None,
+    *,
+    cap: float | None = None,
+) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt (at most ``cap``,
+    default ``backoff_max_seconds``)."""
+    limit = settings.backoff_max_seconds if cap is None else cap
+    # 2 ** attempts overflows a float after about a thousand: a task retried for
+    # days reaches the cap long before.
+    delay = settings.backoff_base_seconds * 2 ** min(max(attempts - 1, 0), 64)
     jitter = (rng or random).uniform(0.9, 1.1)
-    return float(min(delay * jitter, settings.backoff_max_seconds))
+    return float(min(delay * jitter, limit))
 
 
 def purge_done(engine: Engine, before: datetime) -> int:
@@ -70,11 +97,13 @@ class TaskWorkers:
         settings: TaskSettings,
         handlers: dict[str, Handler],
         *,
+        policies: Mapping[str, RetryPolicy] | None = None,
         clock: Clock = utcnow,
     ) -> None:
         self._engine = engine
         self._settings = settings
         self._handlers = handlers
+        self._policies = dict(policies or {})
         self._clock = clock
         self._name = f"{socket.gethostname()}:{os.getpid()}"
         self._wake = threading.Condition()
@@ -170,25 +199,32 @@ class TaskWorkers:
         try:
             handler(task)
         except Exception as exc:
-            permanent = isinstance(exc, PermanentFailure)
-            retry_at = None
-            if not permanent and task.attempts < task.max_attempts:
-                retry_at = self._clock() + timedelta(
-                    seconds=backoff_delay(task.attempts, self._settings)
-                )
+            policy = self._policies.get(task.kind)
+            now = self._clock()
+            retry_at = None if isinstance(exc, PermanentFailure) else self._retry_at(task, now)
             error = f"{type(exc).__name__}: {exc}"
             with UnitOfWork(self._engine) as uow:
                 recorded = uow.tasks.fail(
                     task.pk,
                     error=error,
-                    now=self._clock(),
+                    now=now,
                     retry_at=retry_at,
                     worker=self._name,
+                    superseded_if_newer=policy is not None and policy.superseded_by_newer,
                 )
                 uow.commit()
             metrics.task_runs.labels(task.kind, "error").inc()
-            if not recorded:
+            if recorded is None:
                 log.warning("task %d: lease lost to another worker; its result stands", task.pk)
+            elif recorded == SUPERSEDED:
+                log.info(
+                    "task %d (%s %s) attempt %d failed; a newer task of its queue replaces it: %s",
+                    task.pk,
+                    task.kind,
+                    task.subject,
+                    task.attempts,
+                    error,
+                )
             elif retry_at is None:
                 log.error(
                     "task %d (%s %s) failed for good after %d attempt(s): %s",
@@ -199,7 +235,11 @@ class TaskWorkers:
                     error,
                 )
             else:
-                log.warning(
+                # A task retried for days (an IAN to a node that is down) says so at
+                # its first failure; its node's backlog is watched (ian_backlog).
+                quiet = task.retry_until is not None and task.attempts > 1
+                log.log(
+                    logging.INFO if quiet else logging.WARNING,
                     "task %d (%s %s) attempt %d failed, retry at %s: %s",
                     task.pk,
                     task.kind,
@@ -210,8 +250,19 @@ class TaskWorkers:
                 )
             return
         with UnitOfWork(self._engine) as uow:
-            recorded = uow.tasks.complete(task.pk, now=self._clock(), worker=self._name)
+            completed = uow.tasks.complete(task.pk, now=self._clock(), worker=self._name)
             uow.commit()
-        if not recorded:
+        if not completed:
             log.warning("task %d done after its lease ran out; another worker had it", task.pk)
         metrics.task_runs.labels(task.kind, "done").inc()
+
+    def _retry_at(self, task: Task, now: datetime) -> datetime | None:
+        """When to try ``task`` again after a failed attempt; None: give up. A task
+        with ``retry_until`` is tried until then (the last time at that instant),
+        else up to ``max_attempts``."""
+        policy = self._policies.get(task.kind)
+        cap = policy.backoff_max_seconds if policy is not None else None
+        retry_at = now + timedelta(seconds=backoff_delay(task.attempts, self._settings, cap=cap))
+        if task.retry_until is not None:
+            return min(retry_at, task.retry_until) if now < task.retry_until else None
+        return retry_at if task.attempts < task.max_attempts else None
