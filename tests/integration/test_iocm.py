@@ -42,7 +42,7 @@ from tests.support.iocm import (
     write_note,
 )
 from tests.support.peers import dcmtk_available
-from tests.support.site import Site
+from tests.support.site import HOLDER, Site
 from tests.support.synthetic import DEFAULT_PATIENT_ID, make_ct_series, write_series
 
 pytestmark = [
@@ -391,7 +391,8 @@ def test_retention_wins_over_a_113039_note(
     # the patient died in 2020 (ADT^A08 PID-29): two years on, every study expired
     hl7 = Hl7Site(site.server, database_url, tmp_path)
     death = pid(DEFAULT_PATIENT_ID) + "|" * 21 + "20200601083000"
-    assert msa(hl7.mllp_send(adt("A08", death)))[0] == "AA"
+    # the holder sends it (MSH-4): corrections act for the sending organisation
+    assert msa(hl7.mllp_send(adt("A08", death, organization=HOLDER)))[0] == "AA"
     run = site.server.kuva("retention", "run", "--by", "archivist")
     assert fresh_uid in run.stdout and "0 destroyed" not in run.stdout, run.stdout
     assert not any(kept(site, ds) for ds in fresh)
