@@ -86,38 +86,67 @@ def _ephemeral_range() -> tuple[int, int]:
         return 49152, 65535
 
 
-_handed_out: set[int] = set()
+# Each pytest-xdist worker draws from its own slice of the ports below the ephemeral
+# range (the controller, or a run without workers, from slice 0), in turn.
+_SLICES = 8
+
+
+def _port_slice() -> range:
+    low, _ = _ephemeral_range()
+    first = max(10240, low - 16384)
+    size = (low - first) // _SLICES
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    index = int(worker[2:]) + 1 if worker[:2] == "gw" and worker[2:].isdigit() else 0
+    start = first + (index % _SLICES) * size
+    return range(start, start + size)
+
+
+_next_port: list[int] = []
 
 
 def free_ports(count: int) -> list[int]:
-    """Return ``count`` distinct TCP ports on loopback that are free right now and
-    were not handed out before by this process.
+    """Return ``count`` distinct TCP ports on loopback that are free right now.
 
-    They are drawn at random below the kernel's ephemeral range. A port from that
-    range (what binding port 0 gives) stays free only until the next outgoing
-    connection of any process takes it as its local port: between the pick and the
-    bind of a server started later (an IAN receiver brought up after an outage)
-    another test's connection, or kuva's own retries connecting to that very port,
-    took it and the bind failed. Below the range only another picker can."""
-    low, _ = _ephemeral_range()
-    first = max(10240, low - 16384)
-    ports: list[int] = []
-    with contextlib.ExitStack() as stack:
-        for _ in range(200 * count):
-            if len(ports) == count:
-                return ports
-            port = random.randrange(first, low) if low - first >= 1024 else 0
-            if port in _handed_out:
-                continue
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    They are taken in turn from this process's own slice of the ports below the
+    kernel's ephemeral range, so no port is handed out twice until the slice has come
+    round. A port from the ephemeral range (what binding port 0 gives) stays free
+    only until the next outgoing connection of any process takes it as its local
+    port: between the pick and the bind of a server started later (an IAN receiver
+    brought up after an outage) another test's connection, or kuva's own retries
+    connecting to that very port, took it and the bind failed. A port drawn at
+    random below the range could still be drawn by another pytest worker before the
+    first one bound it (a kuva's HTTP readiness check then met a DICOM peer);
+    slices per worker leave no two workers the same port."""
+    ports = _port_slice()
+    if len(ports) < 1024:  # an unusual ephemeral range: let the kernel choose
+        return _kernel_ports(count)
+    if not _next_port:
+        _next_port.append(random.randrange(len(ports)))
+    chosen: list[int] = []
+    for _ in range(len(ports)):
+        if len(chosen) == count:
+            break
+        port = ports[_next_port[0] % len(ports)]
+        _next_port[0] += 1
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((LOOPBACK, port))
             except OSError:
                 continue
-            port = int(sock.getsockname()[1])
-            _handed_out.add(port)
-            ports.append(port)
-    raise RuntimeError(f"no {count} free ports on loopback below {low}")
+        chosen.append(port)
+    if len(chosen) < count:
+        raise RuntimeError(f"no {count} free ports on loopback in {ports}")
+    return chosen
+
+
+def _kernel_ports(count: int) -> list[int]:
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((LOOPBACK, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def _is_script(path: Path) -> bool:
