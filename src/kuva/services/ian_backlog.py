@@ -25,6 +25,7 @@ from kuva.config import Settings
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
 from kuva.services.registration import IAN_TASK
+from kuva.tasks.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,14 @@ class IanBacklog:
         self._engine = engine
         self._settings = settings
         self._clock = clock
-        self._interval = interval
         self._levels: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = Periodic(
+            "kuva-ian-backlog",
+            self.check,
+            interval,
+            failure="could not read the nodes' undelivered IANs",
+        )
 
     def check(self) -> dict[str, timedelta]:
         """Measure every node's backlog now, set the metric, log a crossing; the age
@@ -91,17 +95,7 @@ class IanBacklog:
             log.info("node %s has no undelivered IAN older than an hour any more", node)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="kuva-ian-backlog", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _loop(self) -> None:
-        while not self._stopping.wait(self._interval):
-            try:
-                self.check()
-            except Exception:
-                log.exception("could not read the nodes' undelivered IANs")
+        self._periodic.stop(timeout)

@@ -132,6 +132,15 @@ _VERDICTS = {
 }
 
 
+# What each refusal of the study tree is answered with.
+_TREE_REFUSALS: dict[type[Exception], StoreStatus] = {
+    TreeConflict: StoreStatus.INVALID,
+    ForeignStudy: StoreStatus.FOREIGN,
+    StudyDestroyed: StoreStatus.DESTROYED,
+    StudyDestroying: StoreStatus.FAILED,  # being destroyed: try again later
+}
+
+
 class IngestService:
     def __init__(
         self,
@@ -210,12 +219,10 @@ class IngestService:
         )
         try:
             indexed = self._committer.run(lambda uow: self._index(uow, new))
-        except TreeConflict as exc:
+        except (TreeConflict, ForeignStudy, StudyDestroyed, StudyDestroying) as exc:
+            # The tree refused it: nothing of it is kept (its indexing was undone).
             self._forget(ref)
-            log.warning("refused instance %s: %s", attrs.sop_instance_uid, exc)
-            return StoreOutcome(StoreStatus.INVALID, f"{exc}; corrections go through IOCM")
-        except ForeignStudy as exc:
-            self._forget(ref)
+            status = _TREE_REFUSALS[type(exc)]
             log.warning(
                 "refused instance %s from %s (%s): %s",
                 attrs.sop_instance_uid,
@@ -223,17 +230,9 @@ class IngestService:
                 incoming.organization_oid,
                 exc,
             )
-            return StoreOutcome(StoreStatus.FOREIGN, str(exc))
-        except StudyDestroyed as exc:
-            self._forget(ref)
-            log.warning(
-                "refused instance %s from %s: %s", attrs.sop_instance_uid, incoming.source_ae, exc
-            )
-            return StoreOutcome(StoreStatus.DESTROYED, str(exc))
-        except StudyDestroying as exc:
-            self._forget(ref)
-            log.warning("refused instance %s: %s", attrs.sop_instance_uid, exc)
-            return StoreOutcome(StoreStatus.FAILED, str(exc))
+            if status is StoreStatus.INVALID:
+                return StoreOutcome(status, f"{exc}; corrections go through IOCM")
+            return StoreOutcome(status, str(exc))
         except iocm.DestroyedOnArrival as exc:
             self._forget(ref)
             log.warning(

@@ -25,9 +25,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from pydicom.dataset import Dataset
+from pydicom.uid import KeyObjectSelectionDocumentStorage
 
 from kuva.config import Settings
-from kuva.dicom.kos import KEY_OBJECT_SELECTION_DOCUMENT_STORAGE
 from kuva.index.manifests import StudyListing
 from kuva.index.repository import StudyFacts
 from kuva.model.identity import registry_patient_id
@@ -62,7 +62,7 @@ MANIFEST_LANGUAGE_CODE = "fi-FI"
 MANIFEST_TITLE = "XDS-I.b manifest"
 # Fixed by XDS-I.b (RAD TF-3 4.68.4.1.2.3): the KOS SOP Class in the DICOM UID registry.
 MANIFEST_FORMAT_CODE = Code(
-    str(KEY_OBJECT_SELECTION_DOCUMENT_STORAGE),
+    str(KeyObjectSelectionDocumentStorage),
     "1.2.840.10008.2.6.1",
     "Key Object Selection Document",
 )

@@ -78,6 +78,7 @@ from kuva.services.audit import AuditTrail
 from kuva.services.imaging_source import deprecate_manifests
 from kuva.services.registration import announce_destroyed
 from kuva.storage import BlobStore
+from kuva.tasks.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -597,33 +598,27 @@ class RetentionScheduler:
         self, service: RetentionService, hours: float, *, first_delay: float | None = None
     ) -> None:
         self._service = service
-        self._interval = timedelta(hours=hours).total_seconds()
-        first = min(self.FIRST_DELAY_SECONDS, self._interval)
-        self._first = first if first_delay is None else first_delay
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        interval = timedelta(hours=hours).total_seconds()
+        first = min(self.FIRST_DELAY_SECONDS, interval)
+        self._periodic = Periodic(
+            "kuva-retention",
+            self._run,
+            interval,
+            first=first if first_delay is None else first_delay,
+            failure=f"retention run failed; next in {interval / 3600:.1f} h",
+        )
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="kuva-retention", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._periodic.stop(timeout)
 
-    def _loop(self) -> None:
-        wait = self._first
-        while not self._stopping.wait(wait):
-            wait = self._interval
-            try:
-                report = self._service.run(by="kuva serve")
-            except Exception:
-                log.exception("retention run failed; next in %.1f h", self._interval / 3600)
-                continue
-            if report.destroyed or report.resumed:
-                log.info(
-                    "retention run: %d stud(y/ies) destroyed, %d resumed",
-                    len(report.destroyed),
-                    report.resumed,
-                )
+    def _run(self) -> None:
+        report = self._service.run(by="kuva serve")
+        if report.destroyed or report.resumed:
+            log.info(
+                "retention run: %d stud(y/ies) destroyed, %d resumed",
+                len(report.destroyed),
+                report.resumed,
+            )
