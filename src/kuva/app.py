@@ -261,7 +261,6 @@ class Archive:
             settings,
             StorageSCP(settings, self.ingest, self.blobs, self.audit),
             self.commitment_scp,
-            self.blobs,
             FindSCP(settings, self.query, self.audit, self.access),
             RetrieveSCP(settings, self.retrieve, self.access, self.audit),
             self.audit,

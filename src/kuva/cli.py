@@ -84,10 +84,6 @@ def _logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # pynetdicom logs every message at INFO and data sets at DEBUG: keep it quiet
-    # unless asked, for speed and because data sets hold patient data.
-    if level.upper() != "DEBUG":
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 
 @app.command()

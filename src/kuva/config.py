@@ -486,6 +486,11 @@ class NodeSettings(BaseModel):
     # objects and C-FIND identifiers), e.g. "ISO_IR 100" or "ISO_IR 192". "" = the
     # DICOM default repertoire (PS3.5 6.1.2.2).
     default_character_set: str = ""
+    # Associations kuva opens to this node (C-MOVE sub-operations, storage commitment
+    # reports, IANs) run over TLS 1.2+ with kuva's [tls] certificate as the client
+    # certificate; the node's certificate must chain to [tls] ca_file and name its
+    # host (PS3.15 B.1). false = plain TCP.
+    tls: bool = False
 
     @field_validator("default_issuer")
     @classmethod

@@ -22,6 +22,27 @@ store_seconds = Histogram(
 associations = Counter(
     "kuva_associations", "DICOM associations, by result", ["result"], registry=REGISTRY
 )
+associations_open = Gauge(
+    "kuva_dicom_associations_open", "DICOM associations open now, both roles", registry=REGISTRY
+)
+dicom_pdus = Counter(
+    "kuva_dicom_pdus",
+    "DICOM PDUs, by direction (in, out) and type (PS3.8 9.3: associate_rq ... abort)",
+    ["direction", "type"],
+    registry=REGISTRY,
+)
+dicom_bytes = Counter(
+    "kuva_dicom_bytes",
+    "Bytes of DICOM PDUs, by direction (in, out)",
+    ["direction"],
+    registry=REGISTRY,
+)
+cstore_seconds = Histogram(
+    "kuva_cstore_seconds",
+    "C-STORE as the archive answers it: from the C-STORE-RQ command to the response sent",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
 commitments = Counter(
     "kuva_storage_commitments",
     "Storage commitment results, by outcome (success, failure)",

@@ -43,6 +43,24 @@ def server_context(tls: TlsSettings) -> ssl.SSLContext:
     return context
 
 
+def client_context(tls: TlsSettings) -> ssl.SSLContext:
+    """TLS 1.2 or newer for associations kuva opens to a node with ``tls = true``:
+    kuva's certificate as the client certificate, the node's certificate verified
+    against ``[tls] ca_file`` and checked to name the host kuva connects to."""
+    if tls.cert_file is None or tls.key_file is None or tls.ca_file is None:
+        raise ValueError("[tls] cert_file, key_file and ca_file are all needed")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.check_hostname = True
+    try:
+        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        context.load_verify_locations(cafile=str(tls.ca_file))
+    except ssl.SSLError as exc:
+        raise ValueError(f"[tls]: {_reason(exc)}") from exc
+    return context
+
+
 def handshake(sock: ssl.SSLSocket, seconds: float) -> None:
     """Finish the server side of the handshake of a socket wrapped with
     ``do_handshake_on_connect=False``, within ``seconds``. Raises OSError

@@ -1,1 +1,1 @@
-"""The DICOM adapter (pynetdicom): SCP handlers, SCU, file format helpers."""
+"""The DICOM adapters on kuva's own engine (dicom.net): SCPs, SCUs; codecs in dicom.codec."""

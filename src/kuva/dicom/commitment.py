@@ -11,23 +11,20 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pynetdicom import AE, build_role, evt
-from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import N_ACTION
-from pynetdicom.events import Event
 
 from kuva.config import Settings
+from kuva.dicom import datasets
 from kuva.dicom import status as st
 from kuva.dicom.contexts import (
     BASIC_TRANSFER_SYNTAXES,
     STORAGE_COMMITMENT_PUSH_MODEL,
     STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE,
 )
-from kuva.dicom.network import set_nodelay_handler
+from kuva.dicom.net import Association, Request, RoleSelection
+from kuva.dicom.scu import open_association
 from kuva.model.uids import uid_problem
 from kuva.services.commitment import (
     CommitmentReport,
@@ -101,28 +98,35 @@ class StorageCommitmentSCP:
         self._lock = threading.Lock()
 
     # -- N-ACTION (PS3.4 J.3.2) ------------------------------------------------
-    def handle_n_action(self, event: Event) -> tuple[Dataset | int, Dataset | None]:
-        request = cast(N_ACTION, event.request)
-        calling_ae = event.assoc.requestor.ae_title
-        if str(request.RequestedSOPClassUID) != STORAGE_COMMITMENT_PUSH_MODEL:
-            return st.status(st.PROCESSING_FAILURE, "not a storage commitment request"), None
-        if request.ActionTypeID != REQUEST_STORAGE_COMMITMENT:
-            return st.status(st.NO_SUCH_ACTION_TYPE, "Action Type ID must be 1"), None
+    def handle_n_action(self, assoc: Association, req: Request) -> None:
+        code, comment = self._n_action(assoc, req)
+        if comment:
+            assoc.respond(req, code, ErrorComment=comment)
+        else:
+            assoc.respond(req, code)
+
+    def _n_action(self, assoc: Association, req: Request) -> tuple[int, str]:
+        command = req.command
+        calling_ae = assoc.calling_ae
+        if command.requested_sop_class_uid != STORAGE_COMMITMENT_PUSH_MODEL:
+            return st.PROCESSING_FAILURE, "not a storage commitment request"
+        if command.action_type_id != REQUEST_STORAGE_COMMITMENT:
+            return st.NO_SUCH_ACTION_TYPE, "Action Type ID must be 1"
         try:
-            info = event.action_information
-        except Exception:
-            return st.status(st.PROCESSING_FAILURE, "Action Information cannot be parsed"), None
+            info = datasets.decode(req.data_set or b"", req.context.transfer_syntax)
+        except datasets.DataSetError:
+            return st.PROCESSING_FAILURE, "Action Information cannot be parsed"
         parsed = parse_action_information(info)
         if isinstance(parsed[0], int):
             code, comment = parsed
             log.warning("storage commitment request from %s refused: %s", calling_ae, comment)
-            return st.status(int(code), str(comment)), None
+            return int(code), str(comment)
         transaction_uid, references = parsed
         organization = self._settings.organization_of(calling_ae)
         if organization is None:
-            return st.status(st.PROCESSING_FAILURE, "calling AE title not recognized"), None
+            return st.PROCESSING_FAILURE, "calling AE title not recognized"
         with self._lock:
-            self._open[str(transaction_uid)] = event.assoc
+            self._open[str(transaction_uid)] = assoc
         try:
             self._service.request(
                 CommitmentRequest(
@@ -136,13 +140,13 @@ class StorageCommitmentSCP:
             log.exception("could not record storage commitment %s", transaction_uid)
             with self._lock:
                 self._open.pop(str(transaction_uid), None)
-            return st.status(st.PROCESSING_FAILURE, "request could not be recorded"), None
-        return st.status(st.SUCCESS), None
+            return st.PROCESSING_FAILURE, "request could not be recorded"
+        return st.SUCCESS, ""
 
-    def forget_association(self, event: Event) -> None:
-        """EVT_RELEASED / EVT_ABORTED: the association can no longer carry reports."""
+    def forget_association(self, assoc: Association) -> None:
+        """The association ended: it can no longer carry reports."""
         with self._lock:
-            for uid in [uid for uid, assoc in self._open.items() if assoc is event.assoc]:
+            for uid in [uid for uid, open_ in self._open.items() if open_ is assoc]:
                 del self._open[uid]
 
     # -- N-EVENT-REPORT (PS3.4 J.3.3) ------------------------------------------
@@ -152,10 +156,10 @@ class StorageCommitmentSCP:
             assoc = self._open.get(report.transaction_uid)
         if assoc is not None and assoc.is_established:
             try:
-                if self._send(assoc, report, info):
-                    with self._lock:
-                        self._open.pop(report.transaction_uid, None)
-                    return
+                self._send(assoc, report, info)
+                with self._lock:
+                    self._open.pop(report.transaction_uid, None)
+                return
             except Exception as exc:  # the peer released meanwhile: use a new association
                 log.info(
                     "report %s: requesting association unusable (%s)", report.transaction_uid, exc
@@ -166,39 +170,34 @@ class StorageCommitmentSCP:
                 f"{report.requester_ae} released its association and is not a configured "
                 "node: no address to send the report to"
             )
-        ae = AE(ae_title=self._settings.dicom.ae_title)
-        ae.acse_timeout = self._settings.dicom.acse_timeout
-        ae.dimse_timeout = self._settings.dicom.dimse_timeout
-        ae.network_timeout = self._settings.dicom.network_timeout
-        ae.add_requested_context(STORAGE_COMMITMENT_PUSH_MODEL, list(BASIC_TRANSFER_SYNTAXES))
-        role = build_role(STORAGE_COMMITMENT_PUSH_MODEL, scp_role=True)
-        new_assoc = ae.associate(
-            node.host,
-            node.port,
-            ae_title=node.ae_title,
-            ext_neg=[role],
-            evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay_handler)],
+        # The SCP role for the Push Model: kuva sends the N-EVENT-REPORT (PS3.4 J.3.3).
+        new_assoc = open_association(
+            self._settings,
+            node,
+            [(STORAGE_COMMITMENT_PUSH_MODEL, BASIC_TRANSFER_SYNTAXES)],
+            roles=[RoleSelection(STORAGE_COMMITMENT_PUSH_MODEL, scu_role=False, scp_role=True)],
         )
-        if not new_assoc.is_established:
-            raise ConnectionError(
-                f"association to {node.ae_title} at {node.host}:{node.port} failed"
-            )
         try:
-            if not self._send(new_assoc, report, info):
-                raise ConnectionError(f"{node.ae_title} did not accept the report")
+            self._send(new_assoc, report, info)
         finally:
             new_assoc.release()
 
-    def _send(self, assoc: Association, report: CommitmentReport, info: Dataset) -> bool:
-        status, _reply = assoc.send_n_event_report(
-            info,
-            report.event_type,
+    def _send(self, assoc: Association, report: CommitmentReport, info: Dataset) -> None:
+        """The N-EVENT-REPORT on ``assoc``; raises ConnectionError unless it is answered
+        with Success."""
+        context = assoc.context_for(STORAGE_COMMITMENT_PUSH_MODEL, as_scu=False)
+        if context is None:
+            context = assoc.context_for(STORAGE_COMMITMENT_PUSH_MODEL)
+        if context is None:
+            raise ConnectionError("no presentation context for the Storage Commitment Push Model")
+        response = assoc.n_event_report(
+            context,
             STORAGE_COMMITMENT_PUSH_MODEL,
             STORAGE_COMMITMENT_PUSH_MODEL_INSTANCE,
+            report.event_type,
+            datasets.encode(info, context.transfer_syntax),
         )
-        code: Any = getattr(status, "Status", None)
-        if code is None:
+        if response.status is None:
             raise ConnectionError("no N-EVENT-REPORT response")
-        if code != st.SUCCESS:
-            raise ConnectionError(f"N-EVENT-REPORT answered with status 0x{int(code):04X}")
-        return True
+        if response.status != st.SUCCESS:
+            raise ConnectionError(f"N-EVENT-REPORT answered with status 0x{response.status:04X}")

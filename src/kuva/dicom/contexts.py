@@ -1,12 +1,22 @@
-"""Presentation contexts the archive accepts (see docs/conformance.md)."""
+"""Presentation contexts the archive accepts (see docs/conformance.md).
+
+``SUPPORTED_CONTEXTS`` is built once per process and shared by every association
+(the engine looks each proposed abstract syntax up in it; nothing is copied per
+association).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 from pydicom.uid import UID
-from pynetdicom import sop_class
+
+from kuva.dicom.codec.sop_classes import STORAGE_SOP_CLASSES
+from kuva.dicom.net import SupportedContext
 
 # Every transfer syntax a storage SCP is asked to take in; objects are stored in
-# the transfer syntax they arrive in, never re-encoded. pynetdicom accepts the
+# the transfer syntax they arrive in, never re-encoded. The engine accepts the
 # first of these that a proposed context lists, so Explicit VR Little Endian comes
 # first: it keeps the VRs, and it is what most objects are stored in, so a C-GET
 # peer proposing several uncompressed syntaxes gets stored objects unchanged.
@@ -62,6 +72,26 @@ RETRIEVE_SOP_CLASSES: tuple[UID, ...] = (
 )
 
 
-def storage_sop_classes() -> list[UID]:
-    """Every storage SOP class of the standard that pynetdicom knows (PS3.4 B.5)."""
-    return sorted({UID(uid) for uid in sop_class._STORAGE_CLASSES.values()})
+# Query/Retrieve, find side (PS3.4 C.6.1, C.6.2).
+PATIENT_ROOT_FIND = UID("1.2.840.10008.5.1.4.1.2.1.1")
+STUDY_ROOT_FIND = UID("1.2.840.10008.5.1.4.1.2.2.1")
+
+
+def _supported() -> Mapping[str, SupportedContext]:
+    basic = SupportedContext(BASIC_TRANSFER_SYNTAXES)
+    # Either role for storage: a C-GET requester proposes the SCP role for the storage
+    # SOP classes it wants its objects in (SCP/SCU Role Selection, PS3.7 D.3.3.4).
+    storage = SupportedContext(STORAGE_TRANSFER_SYNTAXES, requestor_may_be_scp=True)
+    supported: dict[str, SupportedContext] = {uid: storage for uid in STORAGE_SOP_CLASSES}
+    for uid in (
+        VERIFICATION,
+        STORAGE_COMMITMENT_PUSH_MODEL,
+        PATIENT_ROOT_FIND,
+        STUDY_ROOT_FIND,
+        *RETRIEVE_SOP_CLASSES,
+    ):
+        supported[uid] = basic
+    return MappingProxyType(supported)
+
+
+SUPPORTED_CONTEXTS: Mapping[str, SupportedContext] = _supported()

@@ -15,20 +15,19 @@ audit trail's writer thread (services.audit).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
-from typing import Any, cast
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pynetdicom.dimse_primitives import C_FIND
-from pynetdicom.events import Event
 
 from kuva.config import Settings
+from kuva.dicom import datasets
 from kuva.dicom import status as st
-from kuva.dicom.part10 import apply_sender_defaults
+from kuva.dicom.codec.part10 import apply_sender_defaults
+from kuva.dicom.contexts import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
+from kuva.dicom.net import Association, Request
 from kuva.model.availability import ONLINE
 from kuva.model.query import QueryError, QueryLevel, QueryResult
 from kuva.services.access import AccessPolicy
@@ -38,8 +37,6 @@ from kuva.services.query import FindRequest, QueryService
 
 log = logging.getLogger(__name__)
 
-PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
-STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 LEVELS = {
     PATIENT_ROOT_FIND: {QueryLevel.PATIENT, QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE},
     STUDY_ROOT_FIND: {QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE},
@@ -84,16 +81,9 @@ def _charset(query: Dataset, values: list[str]) -> str:
     return str(asked) if asked else ""
 
 
-def _wait_for_network(assoc: Any, backlog: int = 4) -> None:
-    """Hold back while responses wait to be sent.
-
-    pynetdicom's network thread reads from the peer only when it has nothing left
-    to send, so answers produced faster than they go out would both pile up in
-    memory and hide a C-CANCEL until the search is over.
-    """
-    pending = getattr(getattr(assoc, "dul", None), "to_provider_queue", None)
-    while pending is not None and pending.qsize() > backlog and assoc.is_established:
-        time.sleep(0.0005)
+# What ``FindSCP._find`` yields: a status, its Error Comment and, for a Pending
+# response, the identifier's bytes.
+_Answer = tuple[int, str, bytes | None]
 
 
 class FindSCP:
@@ -110,46 +100,49 @@ class FindSCP:
         # What each calling node may read (services.access); None = everything.
         self._access = access
 
-    def handle_find(self, event: Event) -> Iterator[tuple[Any, Dataset | None]]:
-        """EVT_C_FIND handler: the answers; the request is audited before the final
-        response (pynetdicom stops reading the handler at a failure or cancel)."""
-        for status, answer in self._find(event):
-            if isinstance(status, int) and status == PENDING:
-                yield status, answer
+    def handle_find(self, assoc: Association, req: Request) -> None:
+        """Answer one C-FIND-RQ: a Pending response per match, then the final one. The
+        request is audited before the final response. The engine's send is bounded, so
+        answers wait while the peer is slow to take them, and a C-CANCEL is seen at the
+        next match."""
+        code, comment = st.SUCCESS, ""
+        for status, text, identifier in self._find(assoc, req):
+            if status == PENDING:
+                assoc.respond(req, PENDING, data_set=identifier)
                 continue
-            # A failure status (st.status) or the cancel status ends the request.
-            self._audited(event, ok=not isinstance(status, Dataset))
-            yield status, answer
-            return
-        self._audited(event, ok=True)
+            code, comment = status, text  # a failure or the cancel: the end
+            break
+        self._audited(assoc, req, ok=code in (st.SUCCESS, CANCEL))
+        if comment:
+            assoc.respond(req, code, ErrorComment=comment)
+        else:
+            assoc.respond(req, code)
 
-    def _audited(self, event: Event, *, ok: bool) -> None:
+    def _audited(self, assoc: Association, req: Request, *, ok: bool) -> None:
         if self._audit is None:
             return
-        request = cast(C_FIND, event.request)
-        identifier = request.Identifier
-        requestor = event.assoc.requestor
         try:
             self._audit.queried(
-                requestor.ae_title,
-                str(requestor.address),
-                sop_class_uid=str(request.AffectedSOPClassUID),
-                identifier=identifier.getvalue() if identifier is not None else b"",
-                transfer_syntax=str(event.context.transfer_syntax),
+                assoc.calling_ae,
+                assoc.peer_address[0],
+                sop_class_uid=req.command.affected_sop_class_uid,
+                identifier=req.data_set or b"",
+                transfer_syntax=req.context.transfer_syntax,
                 ok=ok,
             )
         except Exception as exc:
-            audit_failed(log, f"the C-FIND of {requestor.ae_title}", exc)
+            audit_failed(log, f"the C-FIND of {assoc.calling_ae}", exc)
 
-    def _find(self, event: Event) -> Iterator[tuple[Any, Dataset | None]]:
-        request = cast(C_FIND, event.request)
-        model = str(request.AffectedSOPClassUID)
+    def _find(self, assoc: Association, req: Request) -> Iterator[_Answer]:
+        model = req.command.affected_sop_class_uid
+        calling_ae = assoc.calling_ae
+        syntax = req.context.transfer_syntax
         try:
-            identifier = event.identifier
-        except Exception:
-            yield st.status(UNABLE_TO_PROCESS, "identifier cannot be parsed"), None
+            identifier = datasets.decode(req.data_set or b"", syntax)
+        except datasets.DataSetError:
+            yield UNABLE_TO_PROCESS, "identifier cannot be parsed", None
             return
-        node = self._settings.node(event.assoc.requestor.ae_title)
+        node = self._settings.node(calling_ae)
         if node is not None:
             # Decoded, and answered, in the node's default_character_set when the
             # identifier declares none (the answers then declare it: PS3.5 6.1.2.2).
@@ -159,19 +152,15 @@ class FindSCP:
             level = QueryLevel(level_text)
         except ValueError:
             yield (
-                st.status(
-                    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
-                    f"QueryRetrieveLevel {level_text!r} not supported",
-                ),
+                IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+                f"QueryRetrieveLevel {level_text!r} not supported",
                 None,
             )
             return
         if level not in LEVELS.get(model, set()):
             yield (
-                st.status(
-                    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
-                    f"level {level.value} not in this information model",
-                ),
+                IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+                f"level {level.value} not in this information model",
                 None,
             )
             return
@@ -183,31 +172,25 @@ class FindSCP:
             QueryService.matchers(find)  # refuse malformed keys before the first answer
             scope = None
             if self._access is not None:
-                scope = self._access.scope_of_node(event.assoc.requestor.ae_title)
+                scope = self._access.scope_of_node(calling_ae)
             results = self._query.find(find, scope=scope, interface=Interface.C_FIND)
             count = 0
             for result in results:
-                _wait_for_network(event.assoc)
-                if event.is_cancelled:
-                    log.info(
-                        "C-FIND cancelled by %s after %d match(es)",
-                        event.assoc.requestor.ae_title,
-                        count,
-                    )
-                    yield CANCEL, None
+                if req.cancelled.is_set():
+                    log.info("C-FIND cancelled by %s after %d match(es)", calling_ae, count)
+                    yield CANCEL, "", None
                     return
                 count += 1
-                yield PENDING, self._answer(identifier, elements, level, result)
+                answer = self._answer(identifier, elements, level, result)
+                yield PENDING, "", datasets.encode(answer, syntax)
         except QueryError as exc:
-            yield st.status(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
+            yield IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc), None
             return
         except Exception:
             log.exception("C-FIND failed")
-            yield st.status(UNABLE_TO_PROCESS, "query failed"), None
+            yield UNABLE_TO_PROCESS, "query failed", None
             return
-        log.info(
-            "C-FIND %s from %s: %d match(es)", level.value, event.assoc.requestor.ae_title, count
-        )
+        log.info("C-FIND %s from %s: %d match(es)", level.value, calling_ae, count)
 
     def _answer(
         self, query: Dataset, elements: list[DataElement], level: QueryLevel, result: QueryResult

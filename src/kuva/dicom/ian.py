@@ -13,19 +13,26 @@ tasks and retries) belongs to services.registration.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID
-from pynetdicom import AE, evt
 
 from kuva.config import NodeSettings, Settings
+from kuva.dicom import datasets
 from kuva.dicom.contexts import BASIC_TRANSFER_SYNTAXES
-from kuva.dicom.network import set_nodelay_handler
+from kuva.dicom.net import associate
+from kuva.dicom.observer import NET_METRICS
 from kuva.model.availability import AVAILABILITIES, AvailableInstance
-from kuva.model.uids import new_uid
+from kuva.model.uids import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    new_uid,
+)
 from kuva.services.registration import NodeUnreachable
+from kuva.tls import client_context
 
 # Instance Availability Notification SOP Class (PS3.4 R.3).
 INSTANCE_AVAILABILITY_NOTIFICATION = UID("1.2.840.10008.5.1.4.33")
@@ -80,36 +87,55 @@ def send_notification(
     port: int,
     called_ae_title: str,
     timeout: float = 30.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> str:
     """Send ``ds`` as an N-CREATE to the peer; return the IAN's SOP Instance UID.
 
     Raises IanDeliveryError when the association is refused or fails
     (AssociationFailed), or the N-CREATE answers anything but Success (0x0000) -
-    the caller retries later.
+    the caller retries later. ``timeout`` bounds the connection too: a node that
+    drops packets costs ``timeout``, not the operating system's minutes of TCP
+    retries. ``ssl_context``: TLS, the peer's certificate checked to name ``host``.
     """
-    ae = AE(ae_title=calling_ae_title)
-    # The connection too: a node that drops packets costs ``timeout``, not the
-    # operating system's minutes of TCP retries.
-    ae.connection_timeout = timeout
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context(INSTANCE_AVAILABILITY_NOTIFICATION, BASIC_TRANSFER_SYNTAXES)
-    assoc = ae.associate(
-        host,
-        port,
-        ae_title=called_ae_title,
-        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay_handler)],
-    )
-    if not assoc.is_established:
-        raise AssociationFailed(f"association with {called_ae_title} at {host}:{port} failed")
+    try:
+        assoc = associate(
+            host,
+            port,
+            calling_ae=calling_ae_title,
+            called_ae=called_ae_title,
+            contexts=[(INSTANCE_AVAILABILITY_NOTIFICATION, BASIC_TRANSFER_SYNTAXES)],
+            connect_timeout=timeout,
+            acse_timeout=timeout,
+            dimse_timeout=timeout,
+            network_timeout=timeout,
+            ssl_context=ssl_context,
+            server_hostname=host if ssl_context is not None else None,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            observer=NET_METRICS,
+        )
+    except ConnectionError as exc:
+        raise AssociationFailed(
+            f"association with {called_ae_title} at {host}:{port} failed: {exc}"
+        ) from exc
     uid = new_uid()
     try:
-        status, _ = assoc.send_n_create(ds, INSTANCE_AVAILABILITY_NOTIFICATION, uid)
+        context = assoc.context_for(INSTANCE_AVAILABILITY_NOTIFICATION)
+        if context is None:
+            raise IanDeliveryError(
+                f"IAN to {called_ae_title}: association accepted without the IAN SOP Class"
+            )
+        response = assoc.n_create(
+            context,
+            INSTANCE_AVAILABILITY_NOTIFICATION,
+            uid,
+            datasets.encode(ds, context.transfer_syntax),
+        )
     finally:
         if assoc.is_established:
             assoc.release()
-    code = getattr(status, "Status", None)
-    if code != 0x0000:
-        shown = "no response" if code is None else f"status 0x{int(code):04X}"
+    if response.status != 0x0000:
+        shown = "no response" if response.status is None else f"status 0x{response.status:04X}"
         raise IanDeliveryError(f"IAN to {called_ae_title}: {shown}")
     return uid
 
@@ -119,6 +145,7 @@ class IanSender:
     title calls the node and names itself as the Retrieve AE Title."""
 
     def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._ae_title = settings.dicom.ae_title
         self._timeout = settings.dicom.acse_timeout
 
@@ -132,4 +159,5 @@ class IanSender:
             port=node.port,
             called_ae_title=node.ae_title,
             timeout=self._timeout,
+            ssl_context=client_context(self._settings.tls) if node.tls else None,
         )

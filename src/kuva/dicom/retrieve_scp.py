@@ -7,25 +7,13 @@ SOP classes with the SCP role, SCP/SCU Role Selection, PS3.7 D.3.3.4), on a new
 association to the Move Destination for C-MOVE (configured ``[[nodes]]`` only).
 
 **Streaming.** An object whose stored transfer syntax the peer accepted goes out as
-stored, without being decoded: pynetdicom's chunked send mode
-(``_config.STORE_SEND_CHUNKED_DATASET``) reads the blob file one PDU at a time,
-and the association's send queue is bounded (``bound_send_queue``) so that a slow
-peer does not make the file pile up in memory. An object whose patient was
-corrected (HL7 merge or update) goes out with a corrected header spliced onto its
-stored pixel data (dicom.outgoing), unless the node is configured ``as_received``.
-Otherwise the object is converted (dicom.transcode) to a syntax the peer accepted,
-written to a temporary file and sent from there; when that is impossible the
-sub-operation fails and the reason is logged.
-
-**Why not pynetdicom's handlers.** pynetdicom's own C-GET/C-MOVE loop
-(``QueryRetrieveServiceClass._get_scp`` / ``_move_scp``, reached through
-EVT_C_GET / EVT_C_MOVE) sends only in-memory data sets, opens the C-MOVE
-association without TCP_NODELAY and with the listener's contexts, names kuva as
-the Move Originator and answers an unknown destination without an Error Comment.
-So ``install_retrieve`` routes the GET and MOVE SOP classes of a kuva AE to
-``RetrieveSCP.serve`` instead, by replacing the name ``uid_to_service_class`` in
-``pynetdicom.association`` (pinned to pynetdicom 3.x in pyproject.toml); any other
-AE in the process keeps pynetdicom's behaviour.
+stored, without being decoded: the blob is read a chunk at a time in the handler's
+thread and the engine sends it with backpressure, so a slow peer does not make the
+file pile up in memory. An object whose patient was corrected (HL7 merge or
+update) goes out with a corrected header spliced onto its stored pixel data
+(dicom.codec.outgoing), unless the node is configured ``as_received``. Otherwise
+the object is converted (dicom.codec.transcode) to a syntax the peer accepted;
+when that is impossible the sub-operation fails and the reason is logged.
 
 Statuses (PS3.4 C.4.2.1.5 for C-MOVE, C.4.3.1.4 for C-GET): Pending 0xFF00 after
 each sub-operation with the Remaining/Completed/Failed/Warning counts; final 0x0000
@@ -37,40 +25,28 @@ warning and cancel responses carry the Failed SOP Instance UID List.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from io import BytesIO
-from pathlib import Path
-from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, evt
-from pynetdicom import association as _association
-from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_GET, C_MOVE
-from pynetdicom.dsutils import decode, encode
-from pynetdicom.pdu_primitives import P_DATA, MaximumLengthNotification
-from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.service_class import QueryRetrieveServiceClass
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from kuva.config import NodeSettings, Settings
+from kuva.dicom import datasets
+from kuva.dicom.codec.outgoing import encoded
+from kuva.dicom.codec.transcode import TranscodeError, choose
 from kuva.dicom.contexts import (
     PATIENT_ROOT_GET,
     PATIENT_ROOT_MOVE,
     STUDY_ROOT_GET,
     STUDY_ROOT_MOVE,
 )
-from kuva.dicom.network import busy_polling, set_nodelay_handler
-from kuva.dicom.outgoing import as_file
-from kuva.dicom.status import ERROR_COMMENT_MAX, SUCCESS
-from kuva.dicom.transcode import TranscodeError, choose
+from kuva.dicom.net import Association, CommandField, Request, Response
+from kuva.dicom.scu import open_association
+from kuva.dicom.status import SUCCESS
 from kuva.index.instances import StoredInstance
 from kuva.model.access import AccessScope
 from kuva.model.audit import Outcome
@@ -114,131 +90,6 @@ SEND_QUEUE_BYTES = 8 * 1024 * 1024
 # A presentation context ID is an odd number 1-255 (PS3.8 9.3.2.2).
 MAX_CONTEXTS = 128
 _UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-
-# Attribute on pynetdicom's ApplicationEntity naming the RetrieveSCP that serves it.
-_AE_RETRIEVE_SCP = "_kuva_retrieve_scp"
-_ORIGINAL_UID_TO_SERVICE_CLASS = getattr(_association, "uid_to_service_class")  # noqa: B009
-_install_lock = threading.Lock()
-
-
-# -- plumbing ------------------------------------------------------------------------
-
-
-class _KuvaQueryRetrieveServiceClass(QueryRetrieveServiceClass):
-    """C-GET and C-MOVE of a kuva AE go to its RetrieveSCP; all else to pynetdicom."""
-
-    def SCP(self, req: Any, context: PresentationContext) -> None:
-        scp = getattr(self.ae, _AE_RETRIEVE_SCP, None)
-        if (
-            isinstance(scp, RetrieveSCP)
-            and isinstance(req, C_GET | C_MOVE)
-            and context.abstract_syntax in _MODELS
-        ):
-            scp.serve(self, req, context)
-            return
-        super().SCP(req, context)
-
-
-def _uid_to_service_class(uid: str) -> Any:
-    if uid in _MODELS:
-        return _KuvaQueryRetrieveServiceClass
-    return _ORIGINAL_UID_TO_SERVICE_CLASS(uid)
-
-
-def install_retrieve(ae: Any, scp: RetrieveSCP) -> None:
-    """Make C-GET and C-MOVE requests to ``ae`` run ``scp.serve``."""
-    with _install_lock:
-        _config.STORE_SEND_CHUNKED_DATASET = True
-        setattr(_association, "uid_to_service_class", _uid_to_service_class)  # noqa: B010
-    setattr(ae, _AE_RETRIEVE_SCP, scp)
-
-
-class _BoundedSendQueue(queue.Queue[Any]):
-    """pynetdicom's DUL send queue, made to hold back P-DATA producers when full."""
-
-    _kuva_limit: int
-    _kuva_dul: Any
-
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        if isinstance(item, P_DATA):
-            with self.not_full:
-                while self._qsize() >= self._kuva_limit and self._kuva_dul.is_alive():
-                    self.not_full.wait(0.5)
-        super().put(item, block, timeout)
-
-
-def _peer_max_pdu(assoc: Association) -> int:
-    peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
-    return int(peer.maximum_length or 0)
-
-
-def bound_send_queue(assoc: Association, max_pdu: int) -> None:
-    """Give ``assoc`` backpressure: at most SEND_QUEUE_BYTES of P-DATA waiting to go.
-
-    pynetdicom queues every P-DATA of a message for its network thread without a
-    bound, so a file read faster than the peer takes it would pile up in memory.
-    The queue object stays the same (its class is narrowed), so messages put by
-    other threads meanwhile are not lost. A peer that announced no maximum PDU
-    length (0, unlimited) is sent PDUs of ``max_pdu``: pynetdicom would otherwise
-    read a whole file into one PDU.
-    """
-    if _peer_max_pdu(assoc) == 0:
-        peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
-        for item in peer.user_information:
-            if isinstance(item, MaximumLengthNotification):
-                item.maximum_length_received = max_pdu
-    send_queue = assoc.dul.to_provider_queue
-    if type(send_queue) is not queue.Queue:
-        return
-    bounded = cast(_BoundedSendQueue, send_queue)
-    bounded._kuva_limit = max(2, SEND_QUEUE_BYTES // max(_peer_max_pdu(assoc), 1))
-    bounded._kuva_dul = assoc.dul
-    send_queue.__class__ = _BoundedSendQueue
-
-
-class _HeldCheckpoint(threading.Event):
-    """An association's reactor checkpoint that keeps its reactor paused.
-
-    pynetdicom's reactor thread and a ``send_*()`` caller share a pause handshake
-    with a window: the reactor may pass its checkpoint just before the caller
-    clears it and still look paused, then take the caller's response off the DIMSE
-    queue ("Received unexpected C-STORE service message") and leave the caller
-    waiting out the DIMSE timeout. Under load this failed C-MOVE sub-operations.
-    While held, ``set()`` (what each ``send_c_store`` does at its end) keeps the
-    reactor where it waits, so a kuva thread alone reads the sub-operation
-    association's responses; ``entered`` tells that the reactor is waiting.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.entered = threading.Event()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.entered.set()
-        return super().wait(timeout)
-
-    def set(self) -> None:
-        pass  # held: see the class docstring
-
-    def let_go(self) -> None:
-        super().set()
-
-
-@contextlib.contextmanager
-def reactor_held(assoc: Association, timeout: float = 5.0) -> Iterator[None]:
-    """Keep ``assoc``'s reactor paused (``_HeldCheckpoint``) while the caller alone
-    sends on it; given back before the association is released or aborted."""
-    original = assoc._reactor_checkpoint
-    held = _HeldCheckpoint()
-    assoc._reactor_checkpoint = held
-    if not held.entered.wait(timeout):
-        log.warning("the reactor of an outgoing association did not pause")
-    try:
-        yield
-    finally:
-        assoc._reactor_checkpoint = original
-        original.set()
-        held.let_go()
 
 
 # -- results -------------------------------------------------------------------------
@@ -285,24 +136,12 @@ PENDING_INTERVAL = 0.25
 
 
 class _Responder:
-    """Builds and sends the C-GET-RSP / C-MOVE-RSP messages of one request."""
+    """Sends the C-GET-RSP / C-MOVE-RSP messages of one request."""
 
-    def __init__(
-        self, service: QueryRetrieveServiceClass, req: C_GET | C_MOVE, context: PresentationContext
-    ) -> None:
-        self._dimse = service.dimse
+    def __init__(self, assoc: Association, req: Request) -> None:
+        self._assoc = assoc
         self._req = req
-        self._context_id = cast(int, context.context_id)
-        self._syntax = UID(context.transfer_syntax[0])
         self._last_pending: float | None = None
-
-    def _response(self, status: int) -> C_GET | C_MOVE:
-        rsp: C_GET | C_MOVE = C_MOVE() if isinstance(self._req, C_MOVE) else C_GET()
-        rsp.MessageID = self._req.MessageID
-        rsp.MessageIDBeingRespondedTo = self._req.MessageID
-        rsp.AffectedSOPClassUID = self._req.AffectedSOPClassUID
-        rsp.Status = status
-        return rsp
 
     def pending(self, progress: _Progress) -> None:
         """A Pending response with the counts so far (PS3.4 C.4.2.3.1, C.4.3.3.1).
@@ -316,55 +155,64 @@ class _Responder:
         if self._last_pending is not None and now - self._last_pending < PENDING_INTERVAL:
             return
         self._last_pending = now
-        rsp = self._response(PENDING)
-        rsp.NumberOfRemainingSuboperations = progress.remaining
-        self._counts(rsp, progress)
-        self._dimse.send_msg(rsp, self._context_id)
+        self._assoc.respond(
+            self._req,
+            PENDING,
+            NumberOfRemainingSuboperations=progress.remaining,
+            **self._counts(progress),
+        )
 
     def final(self, status: int, progress: _Progress | None = None, comment: str = "") -> None:
-        rsp = self._response(status)
+        fields: dict[str, int | str] = {}
         if comment:
-            rsp.ErrorComment = cast(Any, comment[:ERROR_COMMENT_MAX])
+            fields["ErrorComment"] = comment
+        data_set = None
         if progress is not None:
-            self._counts(rsp, progress)
+            fields.update(self._counts(progress))
             if status == CANCEL:
-                rsp.NumberOfRemainingSuboperations = progress.remaining
+                fields["NumberOfRemainingSuboperations"] = progress.remaining
             if status in (CANCEL, SUB_OPERATIONS_WARNING, UNABLE_TO_PERFORM_SUB_OPERATIONS):
                 identifier = Dataset()
                 identifier.FailedSOPInstanceUIDList = list(progress.failed_uids)
-                encoded = encode(
-                    identifier,
-                    self._syntax.is_implicit_VR,
-                    self._syntax.is_little_endian,
-                    self._syntax.is_deflated,
-                )
-                rsp.Identifier = BytesIO(encoded or b"")
-        self._dimse.send_msg(rsp, self._context_id)
+                data_set = datasets.encode(identifier, self._req.context.transfer_syntax)
+        self._assoc.respond(self._req, status, data_set=data_set, **fields)
 
     @staticmethod
-    def _counts(rsp: C_GET | C_MOVE, progress: _Progress) -> None:
-        rsp.NumberOfCompletedSuboperations = progress.completed
-        rsp.NumberOfFailedSuboperations = progress.failed
-        rsp.NumberOfWarningSuboperations = progress.warning
+    def _counts(progress: _Progress) -> dict[str, int]:
+        return {
+            "NumberOfCompletedSuboperations": progress.completed,
+            "NumberOfFailedSuboperations": progress.failed,
+            "NumberOfWarningSuboperations": progress.warning,
+        }
 
 
 # -- sub-operations ------------------------------------------------------------------
 
 
-def _accepted_syntaxes(assoc: Association, sop_class_uid: str) -> list[str]:
-    """Transfer syntaxes of the contexts on which ``assoc`` may send this SOP class."""
-    return [
-        str(cx.transfer_syntax[0])
-        for cx in assoc.accepted_contexts
-        if cx.abstract_syntax == sop_class_uid and cx.as_scu
-    ]
+def _without_file_meta(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The data set of a Part 10 object given as chunks: what follows its preamble,
+    ``DICM`` and File Meta Information group (PS3.10 7.1), as a C-STORE sends it
+    (PS3.7 9.3.1.1: the data set alone, in the context's transfer syntax)."""
+    head = b""
+    meta_end: int | None = None
+    it = iter(chunks)
+    for chunk in it:
+        head += chunk
+        if meta_end is None and len(head) >= 144:
+            # (0002,0000) UL group length is the first element after the preamble.
+            meta_end = 144 + int.from_bytes(head[140:144], "little")
+        if meta_end is not None and len(head) >= meta_end:
+            if len(head) > meta_end:
+                yield head[meta_end:]
+            yield from it
+            return
+    raise ValueError("object shorter than its File Meta Information")
 
 
-def _store_outcome(status: Dataset) -> tuple[str, str]:
-    code = status.get("Status")
+def _store_outcome(response: Response) -> tuple[str, str]:
+    code = response.status
     if code is None:
         return "failed", "no C-STORE response (timeout or association lost)"
-    code = int(code)
     if code == SUCCESS:
         return "completed", ""
     if code == 0x0001 or code & 0xF000 == 0xB000:
@@ -390,7 +238,7 @@ class _SubOperations:
 
     def store(self, instance: StoredInstance, msg_id: int) -> tuple[str, str]:
         """Send one object; ("completed" | "warning" | "failed", reason)."""
-        accepted = _accepted_syntaxes(self.assoc, instance.sop_class_uid)
+        accepted = self.assoc.accepted_syntaxes(instance.sop_class_uid, as_scu=True)
         if not accepted:
             return "failed", f"no presentation context accepted for {instance.sop_class_uid}"
         target = choose(instance.transfer_syntax_uid, accepted)
@@ -399,24 +247,27 @@ class _SubOperations:
                 f"cannot convert {instance.transfer_syntax_uid} to any accepted "
                 f"transfer syntax ({', '.join(accepted)})"
             )
+        context = self.assoc.context_for(instance.sop_class_uid, [target], as_scu=True)
+        if context is None:  # pragma: no cover - target is one of the accepted syntaxes
+            return "failed", f"no presentation context for {target}"
         obj = self._service.open(instance, as_received=self._as_received)
         try:
-            with as_file(obj, target) as path:
-                status = self._send(path, msg_id)
+            chunks, _ = encoded(obj, target)
+            response = self.assoc.c_store(
+                context,
+                instance.sop_instance_uid,
+                _without_file_meta(chunks),
+                message_id=msg_id,
+                move_originator=self._originator,
+            )
         except TranscodeError as exc:
             return "failed", str(exc)
         except Exception as exc:  # one unreadable object must not end the whole retrieve
             return "failed", f"{type(exc).__name__}: {exc}"
-        return _store_outcome(status)
-
-    def _send(self, path: Path, msg_id: int) -> Dataset:
-        originator_ae, originator_id = self._originator or (None, None)
-        return self.assoc.send_c_store(
-            path, msg_id=msg_id, originator_aet=originator_ae, originator_id=originator_id
-        )
+        return _store_outcome(response)
 
 
-def move_contexts(instances: Sequence[StoredInstance]) -> list[PresentationContext]:
+def move_contexts(instances: Sequence[StoredInstance]) -> list[tuple[str, list[str]]]:
     """Presentation contexts to propose to a Move Destination for ``instances``.
 
     One context per SOP class and stored transfer syntax (the object goes out as
@@ -430,14 +281,14 @@ def move_contexts(instances: Sequence[StoredInstance]) -> list[PresentationConte
         syntaxes = by_class.setdefault(inst.sop_class_uid, [])
         if inst.transfer_syntax_uid not in syntaxes:
             syntaxes.append(inst.transfer_syntax_uid)
-    exact = [build_context(cls, [ts]) for cls, tss in by_class.items() for ts in tss]
-    fallback = [build_context(cls, list(_UNCOMPRESSED)) for cls in by_class]
+    exact = [(cls, [ts]) for cls, tss in by_class.items() for ts in tss]
+    fallback = [(cls, list(_UNCOMPRESSED)) for cls in by_class]
     if len(exact) <= MAX_CONTEXTS:
         return exact + fallback[: MAX_CONTEXTS - len(exact)]
-    merged = []
-    for cls, tss in list(by_class.items())[:MAX_CONTEXTS]:
-        merged.append(build_context(cls, list(dict.fromkeys([*tss, *_UNCOMPRESSED]))))
-    return merged
+    return [
+        (cls, list(dict.fromkeys([*tss, *_UNCOMPRESSED])))
+        for cls, tss in list(by_class.items())[:MAX_CONTEXTS]
+    ]
 
 
 # -- the SCP -------------------------------------------------------------------------
@@ -490,22 +341,22 @@ class RetrieveSCP:
         self._access = access
         self._audit = audit
 
-    def serve(
-        self, service: QueryRetrieveServiceClass, req: C_GET | C_MOVE, context: PresentationContext
-    ) -> None:
+    def serve(self, assoc: Association, req: Request) -> None:
         """Answer one C-GET or C-MOVE request, sub-operations included."""
-        assoc = service.assoc
-        responder = _Responder(service, req, context)
-        operation = "C-MOVE" if isinstance(req, C_MOVE) else "C-GET"
-        calling_ae = assoc.requestor.ae_title
-        try:
-            identifier = decode(
-                cast(BytesIO, req.Identifier),
-                context.transfer_syntax[0].is_implicit_VR,
-                context.transfer_syntax[0].is_little_endian,
-                context.transfer_syntax[0].is_deflated,
+        responder = _Responder(assoc, req)
+        is_move = req.command.command_field == CommandField.C_MOVE_RQ
+        operation = "C-MOVE" if is_move else "C-GET"
+        calling_ae = assoc.calling_ae
+        model = req.context.abstract_syntax
+        if model not in _MODELS:
+            responder.final(
+                IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+                comment=f"{operation} on a context of {model}",
             )
-            level, keys = parse_identifier(str(context.abstract_syntax), identifier)
+            return
+        try:
+            identifier = datasets.decode(req.data_set or b"", req.context.transfer_syntax)
+            level, keys = parse_identifier(model, identifier)
         except RetrieveError as exc:
             log.warning("%s from %s refused: %s", operation, calling_ae, exc)
             responder.final(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, comment=str(exc))
@@ -516,8 +367,8 @@ class RetrieveSCP:
             return
 
         node: NodeSettings | None = None
-        if isinstance(req, C_MOVE):
-            destination = str(req.MoveDestination or "").strip()
+        if is_move:
+            destination = req.command.move_destination.strip()
             node = self._settings.node(destination)
             if node is None:
                 log.warning(
@@ -547,7 +398,7 @@ class RetrieveSCP:
                 return
 
         scope = None if self._access is None else self._access.scope_of_node(calling_ae)
-        interface = Interface.C_MOVE if isinstance(req, C_MOVE) else Interface.C_GET
+        interface = Interface.C_MOVE if is_move else Interface.C_GET
         try:
             instances = self._service.resolve(level, keys, scope=scope, interface=interface)
         except TooManyMatches as exc:
@@ -568,14 +419,13 @@ class RetrieveSCP:
             return
 
         if node is None:
-            bound_send_queue(assoc, self._settings.dicom.max_pdu)
             requester = self._settings.node(calling_ae)
             sub_operations = _SubOperations(
                 assoc, self._service, as_received=requester is not None and requester.as_received
             )
-            progress = self._run(service, req, responder, sub_operations, instances)
+            progress = self._run(assoc, req, responder, sub_operations, instances)
         else:
-            progress = self._move(service, cast(C_MOVE, req), responder, node, instances)
+            progress = self._move(assoc, req, responder, node, instances)
         self._audited(assoc, scope, instances, progress, node)
         if assoc.is_established:
             log.info(
@@ -613,42 +463,34 @@ class RetrieveSCP:
             if done
             else Outcome.SERIOUS_FAILURE
         )
-        requestor = assoc.requestor
         try:
             self._audit.dicom_retrieved(
-                requestor.ae_title,
-                str(requestor.address),
+                assoc.calling_ae,
+                assoc.peer_address[0],
                 studies,
                 outcome=outcome,
                 move_destination=(node.ae_title, node.host) if node is not None else None,
             )
         except Exception as exc:
-            audit_failed(log, f"the retrieve of {requestor.ae_title}", exc)
+            audit_failed(log, f"the retrieve of {assoc.calling_ae}", exc)
 
     def _move(
         self,
-        service: QueryRetrieveServiceClass,
-        req: C_MOVE,
+        assoc: Association,
+        req: Request,
         responder: _Responder,
         node: NodeSettings,
         instances: list[StoredInstance],
     ) -> _Progress:
-        dicom = self._settings.dicom
-        ae = AE(ae_title=dicom.ae_title)
-        ae.acse_timeout = dicom.acse_timeout
-        ae.dimse_timeout = dicom.dimse_timeout
-        ae.network_timeout = dicom.network_timeout
-        store_assoc = ae.associate(
-            node.host,
-            node.port,
-            contexts=move_contexts(instances),
-            ae_title=node.ae_title,
-            max_pdu=dicom.max_pdu,
-            evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay_handler)],
-        )
-        if not store_assoc.is_established:
+        try:
+            store_assoc = open_association(self._settings, node, move_contexts(instances))
+        except ConnectionError as exc:
             log.warning(
-                "C-MOVE: association to %s at %s:%d failed", node.ae_title, node.host, node.port
+                "C-MOVE: association to %s at %s:%d failed: %s",
+                node.ae_title,
+                node.host,
+                node.port,
+                exc,
             )
             progress = _Progress(remaining=len(instances))
             progress.fail_rest([i.sop_instance_uid for i in instances])
@@ -659,18 +501,15 @@ class RetrieveSCP:
             )
             return progress
         try:
-            bound_send_queue(store_assoc, dicom.max_pdu)
-            originator = (service.assoc.requestor.ae_title, int(req.MessageID or 0))
-            with reactor_held(store_assoc):
-                return self._run(
-                    service,
-                    req,
-                    responder,
-                    _SubOperations(
-                        store_assoc, self._service, originator, as_received=node.as_received
-                    ),
-                    instances,
-                )
+            # The Move Originator (PS3.7 9.3.1.1): who asked, and the request's Message ID.
+            originator = (assoc.calling_ae, req.command.message_id)
+            return self._run(
+                assoc,
+                req,
+                responder,
+                _SubOperations(store_assoc, self._service, originator, as_received=node.as_received),
+                instances,
+            )
         finally:
             if store_assoc.is_established:
                 store_assoc.release()
@@ -679,39 +518,25 @@ class RetrieveSCP:
 
     def _run(
         self,
-        service: QueryRetrieveServiceClass,
-        req: C_GET | C_MOVE,
+        assoc: Association,
+        req: Request,
         responder: _Responder,
         sub_operations: _SubOperations,
         instances: list[StoredInstance],
     ) -> _Progress:
         """The C-STORE sub-operations, a Pending response after each, then the final one."""
         progress = _Progress(remaining=len(instances))
-        with busy_polling(service.assoc, sub_operations.assoc):
-            self._sub_operations(service, req, responder, sub_operations, instances, progress)
-        return progress
-
-    def _sub_operations(
-        self,
-        service: QueryRetrieveServiceClass,
-        req: C_GET | C_MOVE,
-        responder: _Responder,
-        sub_operations: _SubOperations,
-        instances: list[StoredInstance],
-        progress: _Progress,
-    ) -> None:
-        assoc = service.assoc
-        request_id = int(req.MessageID or 0)
+        request_id = req.command.message_id
         same_association = sub_operations.assoc is assoc
         for index, instance in enumerate(instances):
-            if service.is_cancelled(request_id):
+            if req.cancelled.is_set():
                 log.info("retrieve %d cancelled by the peer (C-CANCEL)", request_id)
                 responder.final(CANCEL, progress)
-                return
+                return progress
             if not assoc.is_established:
-                return  # the requester went away: nobody to answer
+                return progress  # the requester went away: nobody to answer
             # Sub-operation Message IDs differ from the request's on the same association.
-            msg_id = (request_id + index + 1) % 65536 if same_association else index + 1
+            msg_id = ((request_id + index + 1) % 65536 or 1) if same_association else index + 1
             outcome, reason = sub_operations.store(instance, msg_id)
             if outcome != "completed":
                 log.warning(
@@ -725,3 +550,4 @@ class RetrieveSCP:
                 responder.pending(progress)
         if assoc.is_established:
             responder.final(progress.final_status(), progress)
+        return progress

@@ -1,4 +1,4 @@
-"""The DICOM listener: one pynetdicom application entity with kuva's services.
+"""The DICOM listener: kuva's engine (kuva.dicom.net) with the archive's services.
 
 Accepts C-ECHO, C-STORE for every storage SOP class of the standard, the
 Storage Commitment Push Model, C-FIND, C-GET and C-MOVE (Patient Root and Study
@@ -15,50 +15,59 @@ calling AE title must be a node of that organisation
 certificate of no organisation gets A-ASSOCIATE-RJ (rejected permanent, service
 user, no reason given), an AE title of another organisation A-ASSOCIATE-RJ
 "calling AE title not recognized" (PS3.8 9.3.4). Each is audited.
+
+This module is the engine's ``AssociationHandler``: it decides who may
+associate and hands each DIMSE request to the SCP of its service
+(storage_scp, find_scp, retrieve_scp, commitment).
 """
 
 from __future__ import annotations
 
 import logging
-import ssl
-import threading
-from typing import Any
-
-from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
-from pynetdicom.events import Event
 
 from kuva import metrics
 from kuva.config import Settings
 from kuva.dicom import status as st
 from kuva.dicom.commitment import StorageCommitmentSCP
-from kuva.dicom.contexts import (
-    BASIC_TRANSFER_SYNTAXES,
-    RETRIEVE_SOP_CLASSES,
-    STORAGE_COMMITMENT_PUSH_MODEL,
-    STORAGE_TRANSFER_SYNTAXES,
-    VERIFICATION,
-    storage_sop_classes,
+from kuva.dicom.contexts import SUPPORTED_CONTEXTS
+from kuva.dicom.find_scp import FindSCP
+from kuva.dicom.net import (
+    Acceptor,
+    AcceptorConfig,
+    Association,
+    CommandField,
+    DataSink,
+    Rejection,
+    Request,
 )
-from kuva.dicom.find_scp import PATIENT_ROOT_FIND, STUDY_ROOT_FIND, FindSCP
-from kuva.dicom.network import AssociationServer
-from kuva.dicom.retrieve_scp import RetrieveSCP, install_retrieve
-from kuva.dicom.storage_scp import StorageSCP, install_streaming_receive
+from kuva.dicom.observer import NET_METRICS
+from kuva.dicom.retrieve_scp import RetrieveSCP
+from kuva.dicom.storage_scp import StorageSCP
+from kuva.model.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from kuva.services.audit import AuditTrail
 from kuva.services.authentication import NodeAuthentication
-from kuva.storage import BlobStore
-from kuva.tls import peer_subject, server_context
+from kuva.tls import failure_reason, peer_subject, server_context
 
 log = logging.getLogger(__name__)
 
+# A-ASSOCIATE-RJ (PS3.8 Table 9-21): rejected permanent by the service user.
+_REJECTED_PERMANENT = 1
+_SERVICE_USER = 1
+_NO_REASON = 1
+_CALLING_AE_NOT_RECOGNIZED = 3
+_CALLED_AE_NOT_RECOGNIZED = 7
+
+UNRECOGNIZED_OPERATION = 0x0211  # PS3.7 C.4.2 (general DIMSE status)
+
 
 class DicomServer:
+    """The acceptor and what it does with each association and request."""
+
     def __init__(
         self,
         settings: Settings,
         storage: StorageSCP,
         commitment: StorageCommitmentSCP,
-        blobs: BlobStore,
         find: FindSCP,
         retrieve: RetrieveSCP,
         audit: AuditTrail | None = None,
@@ -70,150 +79,117 @@ class DicomServer:
         self._storage = storage
         self._commitment = commitment
         self._find = find
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._retrieve = retrieve
         dicom = settings.dicom
-        ae = AE(ae_title=dicom.ae_title)
-        ae.maximum_pdu_size = dicom.max_pdu
-        ae.maximum_associations = dicom.max_associations
-        ae.network_timeout = dicom.network_timeout
-        ae.acse_timeout = dicom.acse_timeout
-        ae.dimse_timeout = dicom.dimse_timeout
-        ae.require_called_aet = True
-        if settings.nodes:
-            ae.require_calling_aet = [node.ae_title for node in settings.nodes]
-        ae.add_supported_context(VERIFICATION, list(BASIC_TRANSFER_SYNTAXES))
-        ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, list(BASIC_TRANSFER_SYNTAXES))
-        for uid in storage_sop_classes():
-            # Either role: a C-GET requester proposes the SCP role for the storage
-            # SOP classes it wants its objects in (SCP/SCU Role Selection, PS3.7 D.3.3.4).
-            ae.add_supported_context(
-                uid, list(STORAGE_TRANSFER_SYNTAXES), scu_role=True, scp_role=True
-            )
-        for find_model in (PATIENT_ROOT_FIND, STUDY_ROOT_FIND):
-            ae.add_supported_context(find_model, list(BASIC_TRANSFER_SYNTAXES))
-        install_streaming_receive(ae, blobs)
-        # C-GET and C-MOVE (PS3.4 C.4.2, C.4.3): served by kuva's RetrieveSCP.
-        for retrieve_model in RETRIEVE_SOP_CLASSES:
-            ae.add_supported_context(retrieve_model, list(BASIC_TRANSFER_SYNTAXES))
-        install_retrieve(ae, retrieve)
-        self.ae = ae
+        self.config = AcceptorConfig(
+            ae_title=dicom.ae_title,
+            supported=SUPPORTED_CONTEXTS,
+            max_pdu=dicom.max_pdu,
+            max_associations=dicom.max_associations,
+            acse_timeout=dicom.acse_timeout,
+            network_timeout=dicom.network_timeout,
+            dimse_timeout=dicom.dimse_timeout,
+            handler_threads=dicom.max_associations,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            ssl_context=server_context(settings.tls) if dicom.tls else None,
+            handshake_timeout=settings.tls.handshake_seconds,
+            on_handshake_failed=self._handshake_failed,
+            observer=NET_METRICS,
+        )
+        self._acceptor: Acceptor | None = None
 
-    def handlers(self) -> list[Any]:
-        tls = [(evt.EVT_REQUESTED, self._authenticate)] if self._settings.dicom.tls else []
-        return [
-            *tls,
-            (evt.EVT_C_ECHO, self._handle_echo),
-            (evt.EVT_C_STORE, self._storage.handle_store),
-            (evt.EVT_N_ACTION, self._commitment.handle_n_action),
-            (evt.EVT_C_FIND, self._find.handle_find),
-            (evt.EVT_RELEASED, self._commitment.forget_association),
-            (evt.EVT_ABORTED, self._commitment.forget_association),
-            (evt.EVT_RELEASED, self._storage.association_closed),
-            (evt.EVT_ABORTED, self._storage.association_closed),
-            (evt.EVT_ACCEPTED, self._on_accepted),
-            (evt.EVT_REJECTED, self._on_rejected),
-        ]
-
+    # -- life --------------------------------------------------------------------------
     def start(self) -> tuple[str, int]:
         dicom = self._settings.dicom
-        self._server = self.ae.make_server(
-            (dicom.host, dicom.port),
-            evt_handlers=self.handlers(),
-            server_class=AssociationServer,
-            ssl_context=server_context(self._settings.tls) if dicom.tls else None,
-        )
-        if dicom.tls:
-            self._server.handshake_seconds = self._settings.tls.handshake_seconds
-            self._server.on_handshake_failed = self._handshake_failed
-        # As AE.start_server does: the AE's list of servers is what shutdown() expects.
-        self.ae._servers.append(self._server)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="kuva-dicom-acceptor", daemon=True
-        )
-        self._thread.start()
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        self._acceptor = Acceptor(self.config, self)
+        return self._acceptor.start(dicom.host, dicom.port)
 
     def stop(self) -> None:
         """Stop accepting; let running associations finish (bounded), then close."""
-        if self._server is None:
+        if self._acceptor is None:
             return
-        self._server.shutdown()
-        for assoc in list(self._server.active_associations):
-            assoc.join(timeout=10)
-        self._server.server_close()
-        self._server = None
+        self._acceptor.stop(timeout=10.0)
+        self._acceptor = None
 
-    @staticmethod
-    def _handle_echo(event: Event) -> Dataset:
-        return st.status(st.SUCCESS)
+    @property
+    def associations(self) -> list[Association]:
+        return [] if self._acceptor is None else self._acceptor.associations
 
-    @staticmethod
-    def _on_accepted(event: Event) -> None:
-        metrics.associations.labels("accepted").inc()
-        log.info(
-            "association from %s (%s) accepted",
-            event.assoc.requestor.ae_title,
-            event.assoc.requestor.address,
-        )
-
-    def _handshake_failed(self, address: str, reason: str) -> None:
-        metrics.associations.labels("rejected").inc()
-        self._authentication.refused("dicom", address, reason)
-
-    def _authenticate(self, event: Event) -> None:
-        """EVT_REQUESTED with TLS: the certificate's organisation, and the calling AE
-        title's, before the association is negotiated."""
-        assoc = event.assoc
-        requestor = assoc.requestor
-        calling = str(getattr(requestor.primitive, "calling_ae_title", "") or "").strip()
-        address = str(requestor.address)
-        try:
-            sock = getattr(assoc.dul.socket, "socket", None)
-            subject = peer_subject(sock.getpeercert()) if isinstance(sock, ssl.SSLSocket) else None
+    # -- AssociationHandler: who may associate ------------------------------------------
+    def on_request(self, assoc: Association) -> Rejection | None:
+        """Before negotiation: the calling AE title (a configured node, when there are
+        nodes) and, with TLS, the certificate's organisation (services.authentication)."""
+        calling = assoc.calling_ae
+        address = assoc.peer_address[0]
+        if self._settings.dicom.tls:
+            subject = peer_subject(assoc.peer_certificate)
             organization = self._authentication.authenticate("dicom", address, subject)
             if organization is None:
-                self._refuse(event, calling, 0x01)  # no reason given
-            elif not self._authentication.ae_title_allowed(calling, address, subject, organization):
-                self._refuse(event, calling, 0x03)  # calling AE title not recognized
-        except Exception:
-            # pynetdicom would log a handler's error and go on negotiating: refuse instead.
-            log.exception("association from %s: node authentication failed", address)
-            if not assoc.is_rejected:
-                self._refuse(event, calling, 0x01)
+                assoc.info["audited"] = True  # by services.authentication
+                return Rejection(_REJECTED_PERMANENT, _SERVICE_USER, _NO_REASON)
+            if not self._authentication.ae_title_allowed(calling, address, subject, organization):
+                assoc.info["audited"] = True
+                return Rejection(_REJECTED_PERMANENT, _SERVICE_USER, _CALLING_AE_NOT_RECOGNIZED)
+            return None
+        if self._settings.nodes and self._settings.node(calling) is None:
+            return Rejection(_REJECTED_PERMANENT, _SERVICE_USER, _CALLING_AE_NOT_RECOGNIZED)
+        return None
 
-    @staticmethod
-    def _refuse(event: Event, calling: str, diagnostic: int) -> None:
-        """A-ASSOCIATE-RJ, rejected permanent by the service user (PS3.8 9.3.4), as
-        pynetdicom's own negotiation refuses; already audited."""
-        assoc = event.assoc
-        assoc.requestor.ae_title = calling or "UNKNOWN"
-        assoc._kuva_authenticated_refusal = True  # type: ignore[attr-defined]
-        assoc.acse.send_reject(0x01, 0x01, diagnostic)
-        evt.trigger(assoc, evt.EVT_REJECTED, {})
-        assoc.kill()
+    def on_accepted(self, assoc: Association) -> None:
+        metrics.associations.labels("accepted").inc()
+        log.info("association from %s (%s) accepted", assoc.calling_ae, assoc.peer_address[0])
 
-    def _on_rejected(self, event: Event) -> None:
+    def on_rejected(self, assoc: Association, rejection: Rejection) -> None:
         metrics.associations.labels("rejected").inc()
-        requestor = event.assoc.requestor
-        log.warning("association from %s (%s) rejected", requestor.ae_title, requestor.address)
-        if getattr(event.assoc, "_kuva_authenticated_refusal", False):
-            return  # refused for its certificate: audited by services.authentication
-        called = str(getattr(requestor.primitive, "called_ae_title", "") or "").strip()
-        reason = self._refused_titles(requestor.ae_title, called)
-        if reason is None or self._audit is None:
+        address = assoc.peer_address[0]
+        log.warning(
+            "association from %s (%s) rejected (result %d, source %d, reason %d)",
+            assoc.calling_ae,
+            address,
+            rejection.result,
+            rejection.source,
+            rejection.reason,
+        )
+        if assoc.info.get("audited") or self._audit is None:
+            return
+        reason = {
+            (_SERVICE_USER, _CALLING_AE_NOT_RECOGNIZED): "calling AE title not recognized",
+            (_SERVICE_USER, _CALLED_AE_NOT_RECOGNIZED): "called AE title not recognized",
+        }.get((rejection.source, rejection.reason))
+        if reason is None:
             return  # not refused for who asked (e.g. too many associations)
         try:
-            self._audit.association_rejected(requestor.ae_title, str(requestor.address), reason)
+            self._audit.association_rejected(assoc.calling_ae or "UNKNOWN", address, reason)
         except Exception:
             log.exception("the refused association could not be audited")
 
-    def _refused_titles(self, calling: str, called: str) -> str | None:
-        """Why the AE titles were refused (PS3.8 9.3.4; the called AE title is checked
-        last and wins, as in pynetdicom), or None when they were not."""
-        if called != self._settings.dicom.ae_title:
-            return "called AE title not recognized"
-        if self._settings.nodes and self._settings.node(calling) is None:
-            return "calling AE title not recognized"
-        return None
+    def on_closed(self, assoc: Association, *, aborted: bool) -> None:
+        self._commitment.forget_association(assoc)
+        self._storage.association_closed(assoc)
+
+    def _handshake_failed(self, host: str, exc: BaseException) -> None:
+        metrics.associations.labels("rejected").inc()
+        self._authentication.refused("dicom", host, failure_reason(exc))
+
+    # -- AssociationHandler: requests ---------------------------------------------------
+    def store_sink(self, assoc: Association, req: Request) -> DataSink:
+        return self._storage.sink(assoc, req)
+
+    def handle(self, assoc: Association, req: Request) -> None:
+        field = req.command.command_field
+        if field == CommandField.C_STORE_RQ:
+            self._storage.handle_store(assoc, req)
+        elif field == CommandField.C_FIND_RQ:
+            self._find.handle_find(assoc, req)
+        elif field in (CommandField.C_GET_RQ, CommandField.C_MOVE_RQ):
+            self._retrieve.serve(assoc, req)
+        elif field == CommandField.N_ACTION_RQ:
+            self._commitment.handle_n_action(assoc, req)
+        elif field == CommandField.C_ECHO_RQ:
+            assoc.respond(req, st.SUCCESS)  # Verification (PS3.4 A.4)
+        else:
+            log.warning(
+                "DIMSE command 0x%04X from %s not supported", int(field), assoc.calling_ae
+            )
+            assoc.respond(req, UNRECOGNIZED_OPERATION, ErrorComment="operation not supported")

@@ -1,18 +1,18 @@
 """Storage SCP: C-STORE (PS3.4 Annex B) into the ingest service.
 
-Received data sets are streamed straight into the blob store while their P-DATA
-arrives: pynetdicom's chunked receive mode (``STORE_RECV_CHUNKED_DATASET``) writes
-each fragment to a temporary file, and kuva hands it a ``Part10Rewriter`` around a
-blob writer instead (``install_streaming_receive``), which hashes on the way. The
-file meta pynetdicom would build and write with pydicom is replaced by kuva's
-canonical one, taken straight from the three UIDs (this path runs per object and the
-pydicom route cost about a millisecond). The handler then only reads the header (up
-to the pixel data) for validation and the index.
+The hot path. When a C-STORE-RQ command is complete the engine asks for a
+``DataSink`` (``StorageSCP.sink``, on the engine's event loop) and streams the data
+set's P-DATA fragments into it as they arrive: a ``StoreSink`` writes kuva's
+canonical File Meta Information (taken straight from the command's SOP Class and
+Instance UIDs and the context's transfer syntax; dicom.codec.part10) and then every
+fragment into a blob writer, which hashes on the way. The object is never held
+whole. The first bytes of the data set are also kept (at most ``HEADER_BYTES``), so
+that the header, up to the pixel data, is parsed from memory rather than read back
+from disk; only a header longer than that is read from the blob file.
 
-These hooks replace three names in ``pynetdicom.dimse_messages`` (pinned to
-pynetdicom 3.x in pyproject.toml); each falls back to pynetdicom's own behaviour
-for anything that is not a kuva storage association, and the C-STORE handler falls
-back to copying the received file when the hook did not apply.
+Then ``handle_store`` (an engine handler thread) flushes the blob to disk while the
+header is parsed and checked, and hands it to the ingest service, which answers
+only once the blob is durable and its index row committed.
 
 A node's ``default_character_set`` and ``default_issuer`` ([[nodes]]) fill in what
 its data sets leave out, for the index only (``apply_sender_defaults``); the stored
@@ -25,102 +25,89 @@ per instance.
 
 from __future__ import annotations
 
+import io
 import logging
-import shutil
-import tempfile
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, cast
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import _config, dimse_messages
-from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.events import Event
 
+from kuva import metrics
 from kuva.config import Settings
 from kuva.dicom import status as st
-from kuva.dicom.part10 import (
-    Part10Rewriter,
+from kuva.dicom.codec.part10 import (
     apply_sender_defaults,
     canonical_file_meta,
     extract_attributes,
     read_header,
 )
+from kuva.dicom.net import Association, Request
 from kuva.model.instance import InstanceAttributes
 from kuva.services.audit import AuditTrail, ReceivedStudy
 from kuva.services.ingest import IncomingInstance, IngestService, StoreStatus
-from kuva.storage import BlobStore
+from kuva.storage import BlobStore, BlobWriter
 
 log = logging.getLogger(__name__)
 
-# Attribute on pynetdicom's ApplicationEntity through which a receiving association
-# finds the blob store to stream into.
-_AE_BLOB_STORE = "_kuva_blob_store"
+# At most this many bytes of a data set's beginning are kept in memory for its
+# header; a header (everything before the pixel data) longer than this is read back
+# from the blob file instead.
+HEADER_BYTES = 1 << 20
 
-_ORIGINAL_TEMPFILE = getattr(dimse_messages, "NamedTemporaryFile")  # noqa: B009
-_ORIGINAL_CREATE_FILE_META = getattr(dimse_messages, "create_file_meta")  # noqa: B009
-_ORIGINAL_WRITE_FILE_META = getattr(dimse_messages, "write_file_meta_info")  # noqa: B009
-_install_lock = threading.Lock()
-
-
-@dataclass(frozen=True)
-class _FileMetaRequest:
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax: str
-
-
-def _create_file_meta(
-    *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, **kwargs: Any
-) -> Any:
-    """Stand-in for pynetdicom's ``create_file_meta`` in the receive path: defer the work."""
-    if kwargs:
-        return _ORIGINAL_CREATE_FILE_META(
-            sop_class_uid=sop_class_uid,
-            sop_instance_uid=sop_instance_uid,
-            transfer_syntax=transfer_syntax,
-            **kwargs,
-        )
-    return _FileMetaRequest(str(sop_class_uid), str(sop_instance_uid), str(transfer_syntax))
+_STATUS_OF = {
+    StoreStatus.INVALID: st.CANNOT_UNDERSTAND,
+    StoreStatus.CONFLICT: st.DUPLICATE_WITH_OTHER_CONTENT,
+    StoreStatus.FAILED: st.OUT_OF_RESOURCES,
+    StoreStatus.REJECTED: st.REJECTED_INSTANCE,
+    StoreStatus.IGNORED: st.ELEMENTS_DISCARDED,
+    StoreStatus.FOREIGN: st.NOT_REGISTER_HOLDER,
+    StoreStatus.DESTROYED: st.STUDY_DESTROYED,
+}
 
 
-def _write_file_meta(fp: Any, file_meta: Any, *args: Any, **kwargs: Any) -> None:
-    """Stand-in for ``write_file_meta_info``: kuva's writer takes the three UIDs directly."""
-    if isinstance(file_meta, _FileMetaRequest):
-        if isinstance(fp, Part10Rewriter):
-            fp.begin(file_meta.sop_class_uid, file_meta.sop_instance_uid, file_meta.transfer_syntax)
-            return
-        file_meta = _ORIGINAL_CREATE_FILE_META(
-            sop_class_uid=file_meta.sop_class_uid,
-            sop_instance_uid=file_meta.sop_instance_uid,
-            transfer_syntax=file_meta.transfer_syntax,
-        )
-    _ORIGINAL_WRITE_FILE_META(fp, file_meta, *args, **kwargs)
+class StoreSink:
+    """Where one C-STORE data set streams to (the engine's ``DataSink``)."""
 
+    def __init__(
+        self, blob: BlobWriter, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str
+    ) -> None:
+        self.started = time.perf_counter()
+        self.blob = blob
+        self.transfer_syntax_uid = transfer_syntax
+        self.meta = canonical_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax)
+        self.blob.write(self.meta)
+        self.head = bytearray()
+        self.size = 0  # data set bytes received
+        self.complete = False
 
-def _receive_file(*args: Any, **kwargs: Any) -> Any:
-    """Stand-in for ``NamedTemporaryFile`` in pynetdicom's C-STORE receive path.
+    def write(self, data: memoryview) -> None:
+        self.blob.write(data)
+        room = HEADER_BYTES - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+        self.size += len(data)
 
-    It is called in the association's DUL thread; when that association belongs
-    to a kuva storage SCP, the data set goes into a blob writer. Anything else
-    (pynetdicom used as a client in the same process) gets the usual file.
-    """
-    assoc = getattr(threading.current_thread(), "assoc", None)
-    store = getattr(getattr(assoc, "ae", None), _AE_BLOB_STORE, None)
-    if isinstance(store, BlobStore):
-        return Part10Rewriter(store.open_writer())
-    return _ORIGINAL_TEMPFILE(*args, **kwargs)
+    def close(self) -> None:
+        self.complete = True
 
+    def discard(self) -> None:
+        self.blob.discard()
 
-def install_streaming_receive(ae: Any, blobs: BlobStore) -> None:
-    """Make C-STORE data sets received by ``ae`` stream into ``blobs``."""
-    with _install_lock:
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        setattr(dimse_messages, "NamedTemporaryFile", _receive_file)  # noqa: B010
-        setattr(dimse_messages, "create_file_meta", _create_file_meta)  # noqa: B010
-        setattr(dimse_messages, "write_file_meta_info", _write_file_meta)  # noqa: B010
-    setattr(ae, _AE_BLOB_STORE, blobs)
+    def header(self) -> Dataset:
+        """The data set up to its pixel data, from the kept bytes when they hold it."""
+        if self.size > len(self.head):
+            stream = io.BytesIO(self.meta + self.head)
+            try:
+                header = dcmread(stream, stop_before_pixels=True)
+            except Exception:
+                header = None  # cut inside the header: read it from the file
+            if header is not None and stream.tell() < len(self.meta) + len(self.head):
+                return header  # stopped at the pixel data, inside the kept bytes
+            return read_header(self.blob.name)
+        return dcmread(io.BytesIO(self.meta + self.head), stop_before_pixels=True)
 
 
 @dataclass
@@ -144,82 +131,91 @@ class StorageSCP:
         self._ingest = ingest
         self._blobs = blobs
         self._audit = audit
-        # Per association (its id()): Study Instance UID -> what was stored.
-        self._received: dict[int, dict[str, _Study]] = {}
-        self._received_lock = threading.Lock()
+        self._lock = threading.Lock()
 
-    def handle_store(self, event: Event) -> Dataset:
-        """EVT_C_STORE handler. Returns the status data set of the C-STORE-RSP."""
-        request = cast(C_STORE, event.request)
-        calling_ae = event.assoc.requestor.ae_title
+    def sink(self, assoc: Association, req: Request) -> StoreSink:
+        """The DataSink of a C-STORE-RQ (engine loop thread: only opens the blob file)."""
+        command = req.command
+        return StoreSink(
+            self._blobs.open_writer(),
+            command.affected_sop_class_uid,
+            command.affected_sop_instance_uid,
+            req.context.transfer_syntax,
+        )
+
+    def handle_store(self, assoc: Association, req: Request) -> None:
+        """Answer one C-STORE-RQ whose data set is in its sink."""
+        sink = req.sink
+        if not isinstance(sink, StoreSink):
+            assoc.respond(req, st.CANNOT_UNDERSTAND, ErrorComment="no data set received")
+            return
+        code, comment = self._store(assoc, req, sink)
+        if comment:
+            assoc.respond(req, code, ErrorComment=comment)
+        else:
+            assoc.respond(req, code)
+        metrics.cstore_seconds.observe(time.perf_counter() - sink.started)
+
+    def _store(self, assoc: Association, req: Request, sink: StoreSink) -> tuple[int, str]:
+        calling_ae = assoc.calling_ae
         organization = self._settings.organization_of(calling_ae)
-        writer = getattr(request, "_dataset_file", None)
-        if not isinstance(writer, Part10Rewriter):
-            writer = self._copy_received(event)
+        if req.sink_error is not None:
+            sink.discard()
+            log.error("C-STORE from %s: the data set could not be written: %s", calling_ae,
+                      req.sink_error)
+            return st.OUT_OF_RESOURCES, "the data set could not be written"
         if organization is None:  # the association check lets no such AE in
-            writer.blob.discard()
-            return st.status(st.CANNOT_UNDERSTAND, "calling AE title not recognized")
-        if not writer.complete:
-            writer.blob.discard()
-            return st.status(st.CANNOT_UNDERSTAND, "no data set received")
+            sink.discard()
+            return st.CANNOT_UNDERSTAND, "calling AE title not recognized"
+        if not sink.complete:
+            sink.discard()
+            return st.CANNOT_UNDERSTAND, "no data set received"
         # Flush to disk while the header is parsed and checked.
-        writer.blob.start_sync()
+        sink.blob.start_sync()
         try:
-            header = read_header(writer.name)
+            header = sink.header()
         except Exception as exc:
-            writer.blob.discard()
+            sink.discard()
             log.warning("C-STORE from %s: data set cannot be parsed: %s", calling_ae, exc)
-            return st.status(st.CANNOT_UNDERSTAND, "data set cannot be parsed")
+            return st.CANNOT_UNDERSTAND, "data set cannot be parsed"
 
         node = self._settings.node(calling_ae)
         if node is not None:  # only the index sees these; the blob is as received
             apply_sender_defaults(
                 header, issuer=node.default_issuer, character_set=node.default_character_set
             )
-        attrs = extract_attributes(header, writer.transfer_syntax_uid)
-        affected_class = str(request.AffectedSOPClassUID)
-        affected_instance = str(request.AffectedSOPInstanceUID)
-        if attrs.sop_class_uid and attrs.sop_class_uid != affected_class:
-            writer.blob.discard()
-            return st.status(
+        attrs = extract_attributes(header, sink.transfer_syntax_uid)
+        command = req.command
+        if attrs.sop_class_uid and attrs.sop_class_uid != command.affected_sop_class_uid:
+            sink.discard()
+            return (
                 st.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
                 "SOPClassUID differs from Affected SOP Class UID",
             )
-        if attrs.sop_instance_uid and attrs.sop_instance_uid != affected_instance:
-            writer.blob.discard()
-            return st.status(
-                st.CANNOT_UNDERSTAND, "SOPInstanceUID differs from Affected SOP Instance UID"
-            )
+        if attrs.sop_instance_uid and attrs.sop_instance_uid != command.affected_sop_instance_uid:
+            sink.discard()
+            return st.CANNOT_UNDERSTAND, "SOPInstanceUID differs from Affected SOP Instance UID"
 
         outcome = self._ingest.store(
             IncomingInstance(
                 attributes=attrs,
-                blob=writer.blob,
+                blob=sink.blob,
                 source_ae=calling_ae,
                 organization_oid=organization,
             )
         )
         if self._audit is not None:
-            self._note(event.assoc, attrs, outcome.ok)
+            self._note(assoc, attrs, outcome.ok)
         if outcome.status is StoreStatus.NOT_DESTROYED:
-            return st.status(st.NOT_DESTROYED, outcome.message)
+            return st.NOT_DESTROYED, outcome.message
         if outcome.ok:
-            return st.status(st.SUCCESS)
-        code = {
-            StoreStatus.INVALID: st.CANNOT_UNDERSTAND,
-            StoreStatus.CONFLICT: st.DUPLICATE_WITH_OTHER_CONTENT,
-            StoreStatus.FAILED: st.OUT_OF_RESOURCES,
-            StoreStatus.REJECTED: st.REJECTED_INSTANCE,
-            StoreStatus.IGNORED: st.ELEMENTS_DISCARDED,
-            StoreStatus.FOREIGN: st.NOT_REGISTER_HOLDER,
-            StoreStatus.DESTROYED: st.STUDY_DESTROYED,
-        }[outcome.status]
-        return st.status(code, outcome.message)
+            return st.SUCCESS, ""
+        return _STATUS_OF[outcome.status], outcome.message
 
-    def _note(self, assoc: Any, attrs: InstanceAttributes, stored: bool) -> None:
+    def _note(self, assoc: Association, attrs: InstanceAttributes, stored: bool) -> None:
         study_uid = attrs.study.study_instance_uid
-        with self._received_lock:
-            studies = self._received.setdefault(id(assoc), {})
+        with self._lock:
+            studies: dict[str, _Study] = assoc.info.setdefault("received", {})  # type: ignore[assignment]
             study = studies.get(study_uid)
             if study is None:
                 patient = (attrs.patient.patient_id, attrs.patient.issuer)
@@ -229,17 +225,16 @@ class StorageSCP:
         else:
             study.failures += 1
 
-    def association_closed(self, event: Event) -> None:
-        """EVT_RELEASED / EVT_ABORTED: audit what the association stored, if anything."""
-        with self._received_lock:
-            studies = self._received.pop(id(event.assoc), None)
+    def association_closed(self, assoc: Association) -> None:
+        """The association ended: audit what it stored, if anything."""
+        with self._lock:
+            studies: dict[str, _Study] | None = assoc.info.pop("received", None)  # type: ignore[assignment]
         if not studies or self._audit is None:
             return
-        requestor = event.assoc.requestor
         try:
             self._audit.instances_received(
-                requestor.ae_title,
-                str(requestor.address),
+                assoc.calling_ae,
+                assoc.peer_address[0],
                 [
                     ReceivedStudy(
                         study_instance_uid=uid,
@@ -251,32 +246,4 @@ class StorageSCP:
                 ],
             )
         except Exception:
-            log.exception("the transfer from %s could not be audited", requestor.ae_title)
-
-    def _copy_received(self, event: Event) -> Part10Rewriter:
-        """Fallback when pynetdicom did not stream into kuva (another receive path).
-
-        Costs a second pass over the bytes; logged so that it does not go unseen.
-        """
-        log.warning("C-STORE data set was not streamed into the blob store; copying it")
-        request = cast(C_STORE, event.request)
-        writer = Part10Rewriter(self._blobs.open_writer())
-        path = getattr(request, "_dataset_path", None)
-        if path is not None:
-            with open(path, "rb") as source:
-                shutil.copyfileobj(source, writer, 1024 * 1024)
-            return writer
-        context = event.context
-        writer.write(
-            canonical_file_meta(
-                str(request.AffectedSOPClassUID),
-                str(request.AffectedSOPInstanceUID),
-                str(context.transfer_syntax),
-            )
-        )
-        with tempfile.SpooledTemporaryFile() as spool:
-            data = request.DataSet
-            spool.write(data.getvalue() if data is not None else b"")
-            spool.seek(0)
-            shutil.copyfileobj(spool, writer, 1024 * 1024)
-        return writer
+            log.exception("the transfer from %s could not be audited", assoc.calling_ae)
