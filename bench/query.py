@@ -112,7 +112,7 @@ from kuva.bench_support import (  # noqa: E402
     synthetic_instance,
 )
 from kuva.config import load_settings  # noqa: E402
-from kuva.dicom.network import set_nodelay_handler  # noqa: E402
+from tests.support.peers import set_nodelay_handler  # noqa: E402
 from kuva.index.bulk import bulk_add  # noqa: E402
 from kuva.index.database import make_engine, migrate  # noqa: E402
 from kuva.index.schema import instance, patient, series, study  # noqa: E402

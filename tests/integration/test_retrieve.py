@@ -36,7 +36,6 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from kuva.dicom.retrieve_scp import reactor_held
 from tests.support.archive import dataset_bytes, index_rows
 from tests.support.memory import PeakRss
 from tests.support.peers import (
@@ -639,22 +638,3 @@ def test_large_object_streamed(
     assert same_data_set(got, path)
 
 
-def test_reactor_held_while_kuva_sends_sub_operations(tmp_path: Path) -> None:
-    """While kuva sends C-MOVE sub-operations, the outgoing association's reactor
-    waits (so it cannot take a C-STORE response off the queue); afterwards it runs
-    again and the association releases, its thread ending."""
-    datasets = make_ct_series(3, rows=16, cols=16)
-    with StoreSCP(tmp_path / "in") as scp:
-        ae = AE(ae_title="KUVA")
-        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-        assoc = ae.associate(LOOPBACK, scp.port, ae_title=scp.aet)
-        assert assoc.is_established
-        with reactor_held(assoc):
-            assert assoc._is_paused
-            for ds in datasets:
-                assert assoc.send_c_store(ds).Status == 0x0000
-                assert assoc._is_paused  # still held after each send
-        assoc.release()
-        assoc.join(timeout=10)
-        assert not assoc.is_alive()
-        assert len(scp.received()) == 3
