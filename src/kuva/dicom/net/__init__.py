@@ -1,0 +1,6 @@
+"""kuva's own DICOM upper layer (PS3.8) and DIMSE (PS3.7) on asyncio.
+
+Knows the protocol, not the archive: it imports nothing of kuva outside this package and
+deals in bytes (data sets are opaque bytes in the presentation context's transfer syntax).
+`pdu` is the PDU and item codec (PS3.8 9.3), `dimse` the command set codec (PS3.7 Annex E).
+"""
