@@ -4,3 +4,45 @@ Knows the protocol, not the archive: it imports nothing of kuva outside this pac
 deals in bytes (data sets are opaque bytes in the presentation context's transfer syntax).
 `pdu` is the PDU and item codec (PS3.8 9.3), `dimse` the command set codec (PS3.7 Annex E).
 """
+
+from kuva.dicom.net.pdu import (
+    APPLICATION_CONTEXT,
+    PDU_HEADER,
+    PDV_HEADER,
+    Abort,
+    AbortReason,
+    AssociateAccept,
+    AssociateReject,
+    AssociateRequest,
+    ContextResult,
+    Pdu,
+    PduError,
+    PduType,
+    ProposedContext,
+    ReleaseRequest,
+    ReleaseResponse,
+    RoleSelection,
+    UserIdentity,
+    UserInformation,
+)
+
+__all__ = [
+    "APPLICATION_CONTEXT",
+    "PDU_HEADER",
+    "PDV_HEADER",
+    "Abort",
+    "AbortReason",
+    "AssociateAccept",
+    "AssociateReject",
+    "AssociateRequest",
+    "ContextResult",
+    "Pdu",
+    "PduError",
+    "PduType",
+    "ProposedContext",
+    "ReleaseRequest",
+    "ReleaseResponse",
+    "RoleSelection",
+    "UserIdentity",
+    "UserInformation",
+]
