@@ -5,6 +5,18 @@ deals in bytes (data sets are opaque bytes in the presentation context's transfe
 `pdu` is the PDU and item codec (PS3.8 9.3), `dimse` the command set codec (PS3.7 Annex E).
 """
 
+from kuva.dicom.net.dimse import (
+    NO_DATA_SET,
+    Command,
+    CommandField,
+    DimseError,
+    Tag,
+    Value,
+    decode_command,
+    encode_command,
+    request,
+    response,
+)
 from kuva.dicom.net.pdu import (
     APPLICATION_CONTEXT,
     PDU_HEADER,
@@ -28,6 +40,7 @@ from kuva.dicom.net.pdu import (
 
 __all__ = [
     "APPLICATION_CONTEXT",
+    "NO_DATA_SET",
     "PDU_HEADER",
     "PDV_HEADER",
     "Abort",
@@ -35,7 +48,10 @@ __all__ = [
     "AssociateAccept",
     "AssociateReject",
     "AssociateRequest",
+    "Command",
+    "CommandField",
     "ContextResult",
+    "DimseError",
     "Pdu",
     "PduError",
     "PduType",
@@ -43,6 +59,12 @@ __all__ = [
     "ReleaseRequest",
     "ReleaseResponse",
     "RoleSelection",
+    "Tag",
     "UserIdentity",
     "UserInformation",
+    "Value",
+    "decode_command",
+    "encode_command",
+    "request",
+    "response",
 ]
