@@ -3,8 +3,23 @@
 Knows the protocol, not the archive: it imports nothing of kuva outside this package and
 deals in bytes (data sets are opaque bytes in the presentation context's transfer syntax).
 `pdu` is the PDU and item codec (PS3.8 9.3), `dimse` the command set codec (PS3.7 Annex E).
+`association` one association on asyncio (PS3.8 9.2), `acceptor` the listening side,
+`requestor` associate(), `loop` the engine's event loop thread.
 """
 
+from kuva.dicom.net.acceptor import Acceptor, AcceptorConfig, SupportedContext, unrecognized
+from kuva.dicom.net.association import (
+    Association,
+    AssociationFailed,
+    AssociationHandler,
+    AssociationRejected,
+    DataSink,
+    NetObserver,
+    PresentationContext,
+    Rejection,
+    Request,
+    Response,
+)
 from kuva.dicom.net.dimse import (
     NO_DATA_SET,
     Command,
@@ -17,6 +32,7 @@ from kuva.dicom.net.dimse import (
     request,
     response,
 )
+from kuva.dicom.net.loop import EngineLoop, engine_loop
 from kuva.dicom.net.pdu import (
     APPLICATION_CONTEXT,
     PDU_HEADER,
@@ -37,6 +53,7 @@ from kuva.dicom.net.pdu import (
     UserIdentity,
     UserInformation,
 )
+from kuva.dicom.net.requestor import associate, associate_async
 
 __all__ = [
     "APPLICATION_CONTEXT",
@@ -45,26 +62,44 @@ __all__ = [
     "PDV_HEADER",
     "Abort",
     "AbortReason",
+    "Acceptor",
+    "AcceptorConfig",
     "AssociateAccept",
     "AssociateReject",
     "AssociateRequest",
+    "Association",
+    "AssociationFailed",
+    "AssociationHandler",
+    "AssociationRejected",
     "Command",
     "CommandField",
     "ContextResult",
+    "DataSink",
     "DimseError",
+    "EngineLoop",
+    "NetObserver",
     "Pdu",
     "PduError",
     "PduType",
+    "PresentationContext",
     "ProposedContext",
+    "Rejection",
     "ReleaseRequest",
     "ReleaseResponse",
+    "Request",
+    "Response",
     "RoleSelection",
+    "SupportedContext",
     "Tag",
     "UserIdentity",
     "UserInformation",
     "Value",
+    "associate",
+    "associate_async",
     "decode_command",
     "encode_command",
+    "engine_loop",
     "request",
     "response",
+    "unrecognized",
 ]
