@@ -306,7 +306,12 @@ def _ae_title(raw: bytes, what: str) -> str:
 
 def _ac_ae_title(raw: bytes) -> str:
     """An AE title field of an A-ASSOCIATE-AC: reserved, "not tested" (PS3.8 9.3.3)."""
-    return raw.rstrip(b" \x00").lstrip(b" ").decode("ascii", "replace")
+    return _ascii(raw.rstrip(b" \x00").lstrip(b" "))
+
+
+def _ascii(raw: bytes) -> str:
+    """Text of a field not tested: bytes outside ASCII read as "?", so it encodes again."""
+    return raw.decode("ascii", "replace").replace("\ufffd", "?")
 
 
 def _associate_fixed(data: bytes, what: str) -> tuple[int, bytes, bytes]:
