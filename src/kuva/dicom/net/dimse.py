@@ -314,7 +314,7 @@ def decode_command(data: bytes | memoryview) -> Command:
                 raise DimseError(f"command element (0000,{element:04X}) of length {length}")
             value = tuple((g << 16) | e for g, e in _TAG_VALUE.iter_unpack(data[start:pos]))
         elif vr == _LO:
-            value = data[start:pos].decode("ascii", "replace").strip(" \x00")
+            value = data[start:pos].decode("ascii", "replace").replace("\ufffd", "?").strip(" \x00")
         else:
             try:
                 text = data[start:pos].decode("ascii")
