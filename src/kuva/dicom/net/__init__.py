@@ -1,0 +1,105 @@
+"""kuva's own DICOM upper layer (PS3.8) and DIMSE (PS3.7) on asyncio.
+
+Knows the protocol, not the archive: it imports nothing of kuva outside this package and
+deals in bytes (data sets are opaque bytes in the presentation context's transfer syntax).
+`pdu` is the PDU and item codec (PS3.8 9.3), `dimse` the command set codec (PS3.7 Annex E).
+`association` one association on asyncio (PS3.8 9.2), `acceptor` the listening side,
+`requestor` associate(), `loop` the engine's event loop thread.
+"""
+
+from kuva.dicom.net.acceptor import Acceptor, AcceptorConfig, SupportedContext, unrecognized
+from kuva.dicom.net.association import (
+    Association,
+    AssociationFailed,
+    AssociationHandler,
+    AssociationRejected,
+    DataSink,
+    NetObserver,
+    PresentationContext,
+    Rejection,
+    Request,
+    Response,
+)
+from kuva.dicom.net.dimse import (
+    NO_DATA_SET,
+    Command,
+    CommandField,
+    DimseError,
+    Tag,
+    Value,
+    decode_command,
+    encode_command,
+    request,
+    response,
+)
+from kuva.dicom.net.loop import EngineLoop, engine_loop
+from kuva.dicom.net.pdu import (
+    APPLICATION_CONTEXT,
+    PDU_HEADER,
+    PDV_HEADER,
+    Abort,
+    AbortReason,
+    AssociateAccept,
+    AssociateReject,
+    AssociateRequest,
+    ContextResult,
+    Pdu,
+    PduError,
+    PduType,
+    ProposedContext,
+    ReleaseRequest,
+    ReleaseResponse,
+    RoleSelection,
+    UserIdentity,
+    UserInformation,
+)
+from kuva.dicom.net.requestor import associate, associate_async
+
+__all__ = [
+    "APPLICATION_CONTEXT",
+    "NO_DATA_SET",
+    "PDU_HEADER",
+    "PDV_HEADER",
+    "Abort",
+    "AbortReason",
+    "Acceptor",
+    "AcceptorConfig",
+    "AssociateAccept",
+    "AssociateReject",
+    "AssociateRequest",
+    "Association",
+    "AssociationFailed",
+    "AssociationHandler",
+    "AssociationRejected",
+    "Command",
+    "CommandField",
+    "ContextResult",
+    "DataSink",
+    "DimseError",
+    "EngineLoop",
+    "NetObserver",
+    "Pdu",
+    "PduError",
+    "PduType",
+    "PresentationContext",
+    "ProposedContext",
+    "Rejection",
+    "ReleaseRequest",
+    "ReleaseResponse",
+    "Request",
+    "Response",
+    "RoleSelection",
+    "SupportedContext",
+    "Tag",
+    "UserIdentity",
+    "UserInformation",
+    "Value",
+    "associate",
+    "associate_async",
+    "decode_command",
+    "encode_command",
+    "engine_loop",
+    "request",
+    "response",
+    "unrecognized",
+]
