@@ -38,8 +38,8 @@ from pydicom.uid import (
 import kuva.services.imaging_retrieve as imaging_retrieve
 import kuva.xds
 from kuva.config import LOCAL_ORGANIZATION_OID, Settings
-from kuva.dicom.kos import KEY_OBJECT_SELECTION_DOCUMENT_STORAGE
-from kuva.dicom.outgoing import encoded
+from kuva.dicom.codec.kos import KEY_OBJECT_SELECTION_DOCUMENT_STORAGE
+from kuva.dicom.codec.outgoing import encoded
 from kuva.index.database import make_engine
 from kuva.model.xds import ResponseStatus
 from kuva.services.imaging_retrieve import DocumentRequest, ImagingDocumentSetRequest

@@ -1,1 +1,2 @@
-"""The DICOM adapter (pynetdicom): SCP handlers, SCU, file format helpers."""
+"""The DICOM adapters (pynetdicom): SCP handlers and SCUs; the codecs they and the
+services share (Part 10, KOS, transcoding) are kuva.dicom.codec."""

@@ -28,7 +28,7 @@ from pynetdicom.events import Event
 
 from kuva.config import Settings
 from kuva.dicom import status as st
-from kuva.dicom.part10 import apply_sender_defaults
+from kuva.dicom.codec.part10 import apply_sender_defaults
 from kuva.model.availability import ONLINE
 from kuva.model.query import QueryError, QueryLevel, QueryResult
 from kuva.services.access import AccessPolicy

@@ -61,6 +61,8 @@ from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.service_class import QueryRetrieveServiceClass
 
 from kuva.config import NodeSettings, Settings
+from kuva.dicom.codec.outgoing import as_file
+from kuva.dicom.codec.transcode import TranscodeError, choose
 from kuva.dicom.contexts import (
     PATIENT_ROOT_GET,
     PATIENT_ROOT_MOVE,
@@ -68,9 +70,7 @@ from kuva.dicom.contexts import (
     STUDY_ROOT_MOVE,
 )
 from kuva.dicom.network import busy_polling, set_nodelay_handler
-from kuva.dicom.outgoing import as_file
 from kuva.dicom.status import ERROR_COMMENT_MAX, SUCCESS
-from kuva.dicom.transcode import TranscodeError, choose
 from kuva.index.instances import StoredInstance
 from kuva.model.access import AccessScope
 from kuva.model.audit import Outcome

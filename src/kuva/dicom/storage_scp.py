@@ -40,7 +40,7 @@ from pynetdicom.events import Event
 
 from kuva.config import Settings
 from kuva.dicom import status as st
-from kuva.dicom.part10 import (
+from kuva.dicom.codec.part10 import (
     Part10Rewriter,
     apply_sender_defaults,
     canonical_file_meta,

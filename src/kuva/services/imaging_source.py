@@ -1,7 +1,7 @@
 """The XDS-I.b Imaging Document Source: a study's manifest, and RAD-69 retrieves.
 
 Manifest (RAD TF-3 4.68.4.1.2.3): ``manifest_for_study`` builds the Key Object
-Selection Document of a study from the index (kuva.dicom.kos); ``publish_manifest``
+Selection Document of a study from the index (kuva.dicom.codec.kos); ``publish_manifest``
 stores it as an instance of the study (through the ingest service, as any received
 object) and, in one index transaction, records it as a document of kuva's Document
 Repository (pointing at the instance's blob) and registers its DocumentEntry and
@@ -26,14 +26,14 @@ from pydicom.dataset import Dataset
 from sqlalchemy import Engine
 
 from kuva.config import Settings
-from kuva.dicom.kos import (
+from kuva.dicom.codec.kos import (
     KEY_OBJECT_SELECTION_DOCUMENT_STORAGE,
     ManifestError,
     ManifestInstance,
     ManifestStudy,
     build_manifest,
 )
-from kuva.dicom.part10 import Part10Rewriter, extract_attributes
+from kuva.dicom.codec.part10 import Part10Rewriter, extract_attributes
 from kuva.index.manifests import ListedInstance, StudyListing
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
@@ -156,7 +156,7 @@ class ImagingDocumentSource:
         """The XDS-I.b manifest (KOS) of a study, listing every instance the index holds.
 
         Earlier kuva-made KOS of the study are not listed. Raises UnknownStudy,
-        or kuva.dicom.kos.ManifestError when nothing is left to list. Rejected
+        or kuva.dicom.codec.kos.ManifestError when nothing is left to list. Rejected
         instances are to be left out by the caller.
         """
         with UnitOfWork(self._engine, write=False) as uow:
