@@ -115,7 +115,7 @@ from kuva.index.uow import UnitOfWork  # noqa: E402
 from kuva.model.availability import ONLINE  # noqa: E402
 from kuva.model.uids import made_by_kuva  # noqa: E402
 from kuva.model.xds import AvailabilityStatus, ObjectKind  # noqa: E402
-from kuva.services.imaging_source import DICOM_MIME_TYPE  # noqa: E402
+from kuva.services.manifest_metadata import DICOM_MIME_TYPE  # noqa: E402
 from kuva.services.registration import IAN_TASK, REGISTRATION_TASK  # noqa: E402
 
 KUVA_AET = "KUVA"

@@ -42,9 +42,10 @@ from kuva.services.authentication import NodeAuthentication
 from kuva.services.commitment import CommitmentService
 from kuva.services.disclosure import DisclosureLog
 from kuva.services.ian_backlog import IanBacklog
-from kuva.services.imaging_source import ImagingDocumentSource
+from kuva.services.imaging_document_source import ImagingDocumentSource
 from kuva.services.ingest import IngestService
 from kuva.services.integrity import IntegrityService, Scrubber
+from kuva.services.manifest_publishing import ManifestPublisher
 from kuva.services.notices import NoticeService
 from kuva.services.patients import PatientService, Senders
 from kuva.services.query import QueryService
@@ -53,6 +54,7 @@ from kuva.services.registry import RegistryService
 from kuva.services.repository import RepositoryService
 from kuva.services.retention import REJECTED_DESTRUCTION_TASK, RetentionScheduler, RetentionService
 from kuva.services.retrieve import RetrieveService
+from kuva.services.retrieve_imaging_document_set import ImagingDocumentSetRetrieval
 from kuva.services.stored_query import StoredQueryService
 from kuva.storage import BlobStore
 from kuva.storage.filesystem import FileBlobStore
@@ -85,12 +87,14 @@ def build_blob_store(settings: Settings) -> BlobStore:
 
 @dataclass(frozen=True)
 class XdsServices:
-    """The XDS.b registry and repository and the XDS-I.b Imaging Document Source."""
+    """The XDS.b registry and repository and the XDS-I.b Imaging Document Source:
+    its manifest publishing and its RAD-69."""
 
     registry: RegistryService
     stored_query: StoredQueryService
     repository: RepositoryService
-    imaging_source: ImagingDocumentSource
+    manifests: ManifestPublisher
+    rad69: ImagingDocumentSetRetrieval
 
 
 def build_xds(
@@ -121,17 +125,12 @@ def build_xds(
         access=access,
         audit=audit_trail,
     )
-    imaging_source = ImagingDocumentSource(
-        engine,
-        retrieve,
-        settings,
-        ingest=ingest,
-        repository=repository,
-        disclosures=disclosures,
-        access=access,
+    manifests = ManifestPublisher(
+        engine, ImagingDocumentSource(engine, settings), ingest, repository, blobs, settings
     )
+    rad69 = ImagingDocumentSetRetrieval(retrieve, settings, disclosures, access=access)
     stored_query = StoredQueryService(engine, disclosures=disclosures, access=access)
-    return XdsServices(registry, stored_query, repository, imaging_source)
+    return XdsServices(registry, stored_query, repository, manifests, rad69)
 
 
 def xds_router(
@@ -148,7 +147,7 @@ def xds_router(
                 provide_and_register(xds.repository, settings, audit_trail),
                 retrieve_document_set(xds.repository, settings),
             ],
-            "/xds/imaging": [retrieve_imaging_document_set(xds.imaging_source, settings)],
+            "/xds/imaging": [retrieve_imaging_document_set(xds.rad69, settings)],
         },
         settings.xds.max_request_bytes,
     )
@@ -202,7 +201,7 @@ class Archive:
             settings, self.engine, self.blobs, self.ingest, self.retrieve, self.audit
         )
         self.registration = RegistrationService(
-            self.engine, settings, self.xds.imaging_source, IanSender(settings)
+            self.engine, settings, self.xds.manifests, IanSender(settings)
         )
         self.patients = PatientService(
             self.engine,

@@ -387,7 +387,7 @@ def xds_publish(
     settings = _settings(config)
     from kuva.app import build_blob_store, build_xds
     from kuva.index.group_commit import GroupCommitter
-    from kuva.services.imaging_source import UnknownStudy
+    from kuva.services.imaging_document_source import UnknownStudy
     from kuva.services.ingest import IngestService
     from kuva.services.manifest_metadata import ManifestPublishError
     from kuva.services.retrieve import RetrieveService
@@ -404,7 +404,7 @@ def xds_publish(
             ingest,
             RetrieveService(engine, blobs, corrections=settings.archive.apply_corrections),
         )
-        published = xds.imaging_source.publish_manifest(study_uid)
+        published = xds.manifests.publish_manifest(study_uid)
     except (UnknownStudy, ManifestPublishError) as exc:
         console.print(f"[red]not published:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc

@@ -35,16 +35,21 @@ from pydicom.uid import (
     generate_uid,
 )
 
-import kuva.services.imaging_retrieve as imaging_retrieve
+import kuva.services.retrieve_imaging_document_set as rad69
 import kuva.xds
 from kuva.config import LOCAL_ORGANIZATION_OID, Settings
-from kuva.dicom.kos import KEY_OBJECT_SELECTION_DOCUMENT_STORAGE
-from kuva.dicom.outgoing import encoded
+from kuva.dicom.codec.kos import KEY_OBJECT_SELECTION_DOCUMENT_STORAGE
+from kuva.dicom.codec.outgoing import encoded
 from kuva.index.database import make_engine
 from kuva.model.xds import ResponseStatus
-from kuva.services.imaging_retrieve import DocumentRequest, ImagingDocumentSetRequest
-from kuva.services.imaging_source import ImagingDocumentSource, UnknownStudy
+from kuva.services.disclosure import DisclosureLog
+from kuva.services.imaging_document_source import ImagingDocumentSource, UnknownStudy
 from kuva.services.retrieve import RetrieveService
+from kuva.services.retrieve_imaging_document_set import (
+    DocumentRequest,
+    ImagingDocumentSetRequest,
+    ImagingDocumentSetRetrieval,
+)
 from kuva.storage.filesystem import FileBlobStore
 from kuva.xds.messages import SoapRequest, SoapResponse, Transaction
 from kuva.xds.namespaces import (
@@ -85,6 +90,7 @@ class Stored:
     server: KuvaServer
     settings: Settings
     source: ImagingDocumentSource
+    rad69: ImagingDocumentSetRetrieval
     transaction: Transaction
     study_uid: str
     series: list[tuple[str, list[str]]]  # (Series Instance UID, SOP Instance UIDs)
@@ -137,13 +143,17 @@ def stored(
     engine = make_engine(database_url)
     blobs = FileBlobStore(server.blob_dir)
     settings = Settings()
-    source = ImagingDocumentSource(engine, RetrieveService(engine, blobs), settings)
+    source = ImagingDocumentSource(engine, settings)
+    retrieval = ImagingDocumentSetRetrieval(
+        RetrieveService(engine, blobs), settings, DisclosureLog(engine)
+    )
     try:
         yield Stored(
             server=server,
             settings=settings,
             source=source,
-            transaction=retrieve_imaging_document_set(source, settings),
+            rad69=retrieval,
+            transaction=retrieve_imaging_document_set(retrieval, settings),
             study_uid=study_uid,
             series=series,
             sent=sent,
@@ -310,7 +320,7 @@ def test_rad69_samples_return_every_instance_as_sent(
         opened.append(obj.instance.sop_instance_uid)
         return encoded(obj, target)
 
-    monkeypatch.setattr(imaging_retrieve, "encoded", counting)
+    monkeypatch.setattr(rad69, "encoded", counting)
     ours = stored.settings.xds.imaging_source_unique_id
     body = fill(sample(name), stored.study_uid, stored.series, ours)
     requested = [
@@ -421,7 +431,7 @@ def test_rad69_partial_success_with_an_error_per_document(stored: Stored) -> Non
         assert part10_dataset(answer.data[uid]) == dataset_bytes(stored.sent[uid])
 
     # The service tells whose documents went out (for the disclosure log).
-    result = stored.source.rad69.retrieve(
+    result = stored.rad69.retrieve(
         ImagingDocumentSetRequest(
             documents=(DocumentRequest(stored.study_uid, series1, ours, sops1[2]),),
             transfer_syntax_uids=(ExplicitVRLittleEndian,),
@@ -432,7 +442,7 @@ def test_rad69_partial_success_with_an_error_per_document(stored: Stored) -> Non
     assert document.transfer_syntax_uid == ExplicitVRLittleEndian
 
     # A HomeCommunityId that is not kuva's (XDSUnknownCommunity); kuva's is echoed.
-    result = stored.source.rad69.retrieve(
+    result = stored.rad69.retrieve(
         ImagingDocumentSetRequest(
             documents=(
                 DocumentRequest(stored.study_uid, series1, ours, sops1[2], "urn:oid:1.2.3"),

@@ -280,10 +280,10 @@ def test_publishing_again_after_a_crash_registers_the_stored_manifest(
             raise RuntimeError("the process died before the registry commit")
 
         with pytest.raises(RuntimeError):
-            xds.imaging_source.publish_manifest(study_uid, manifest_uid=manifest_uid, within=crash)
+            xds.manifests.publish_manifest(study_uid, manifest_uid=manifest_uid, within=crash)
         assert site.kuva_instances(study_uid) == [manifest_uid]
         assert site.manifests(study_uid) == {}
-        published = xds.imaging_source.publish_manifest(study_uid, manifest_uid=manifest_uid)
+        published = xds.manifests.publish_manifest(study_uid, manifest_uid=manifest_uid)
     finally:
         committer.close()
         blobs.sync_pool.shutdown()

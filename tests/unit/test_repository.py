@@ -30,7 +30,7 @@ from sqlalchemy import Engine, Table, func, select
 
 from kuva.audit.message import render
 from kuva.config import LOCAL_ORGANIZATION_OID, Settings
-from kuva.dicom.part10 import Part10Rewriter, extract_attributes
+from kuva.dicom.codec.part10 import Part10Rewriter, extract_attributes
 from kuva.index import schema
 from kuva.index.group_commit import GroupCommitter
 from kuva.index.repository import Disclosure
@@ -45,12 +45,12 @@ from kuva.services.disclosure import (
     is_disclosure,
     recipient_of,
 )
-from kuva.services.imaging_source import ImagingDocumentSource, UnknownStudy
+from kuva.services.imaging_document_source import ImagingDocumentSource, UnknownStudy
 from kuva.services.ingest import IncomingInstance, IngestService
 from kuva.services.manifest_metadata import DICOM_MIME_TYPE, ManifestPublishError
+from kuva.services.manifest_publishing import ManifestPublisher
 from kuva.services.registry import RegistryService
 from kuva.services.repository import DocumentRequest, RepositoryService, study_instance_uid_of
-from kuva.services.retrieve import RetrieveService
 from kuva.storage import blob_key
 from kuva.storage.filesystem import FileBlobStore
 from kuva.xds import ebrim
@@ -860,7 +860,7 @@ def store_datasets(
 class Imaging:
     engine: Engine
     blobs: FileBlobStore
-    source: ImagingDocumentSource
+    publisher: ManifestPublisher
     repository: RepositoryService
     ingest: IngestService
 
@@ -870,15 +870,10 @@ def imaging(engine: Engine, blobs: FileBlobStore) -> Iterator[Imaging]:
     committer = GroupCommitter(engine)
     ingest = IngestService(engine, blobs, committer)
     repository = repository_service(engine, blobs)
-    source = ImagingDocumentSource(
-        engine,
-        RetrieveService(engine, blobs),
-        SETTINGS,
-        ingest=ingest,
-        repository=repository,
-        disclosures=DisclosureLog(engine),
+    publisher = ManifestPublisher(
+        engine, ImagingDocumentSource(engine, SETTINGS), ingest, repository, blobs, SETTINGS
     )
-    yield Imaging(engine, blobs, source, repository, ingest)
+    yield Imaging(engine, blobs, publisher, repository, ingest)
     committer.close()
 
 
@@ -892,7 +887,7 @@ def test_publish_a_manifest(imaging: Imaging) -> None:
     store_datasets(imaging.ingest, imaging.blobs, series, HOLDER)
     now = datetime(2026, 7, 2, 12, 0, 0, tzinfo=UTC)
 
-    first = imaging.source.publish_manifest(study_uid, now=now)
+    first = imaging.publisher.publish_manifest(study_uid, now=now)
     assert (first.instances, first.replaced, first.study_instance_uid) == (3, (), study_uid)
     with UnitOfWork(imaging.engine, write=False) as uow:
         document = uow.documents.find([first.document_unique_id])[first.document_unique_id]
@@ -949,7 +944,7 @@ def test_publish_a_manifest(imaging: Imaging) -> None:
     )
     assert b"".join(result.documents[0].chunks()) == content
 
-    second = imaging.source.publish_manifest(study_uid)
+    second = imaging.publisher.publish_manifest(study_uid)
     assert second.replaced == (first.entry_uuid,)
     assert second.instances == 3  # the first manifest is not listed
     with UnitOfWork(imaging.engine, write=False) as uow:
@@ -968,8 +963,8 @@ def test_a_manifest_needs_an_oid_issuer(imaging: Imaging) -> None:
         ds.IssuerOfPatientID = "KANTA"
     store_datasets(imaging.ingest, imaging.blobs, series, HOLDER)
     with pytest.raises(ManifestPublishError, match=r"\(0010,0021\) not an OID"):
-        imaging.source.publish_manifest(series[0].StudyInstanceUID)
+        imaging.publisher.publish_manifest(series[0].StudyInstanceUID)
     with pytest.raises(UnknownStudy):
-        imaging.source.publish_manifest("1.2.3.4.5")
+        imaging.publisher.publish_manifest("1.2.3.4.5")
     assert count(imaging.engine, schema.xds_object) == 0
     assert count(imaging.engine, schema.instance) == 1  # nothing stored for the manifest

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, func, select
 
 from kuva.app import Archive
 from kuva.config import load_settings
-from kuva.dicom.part10 import Part10Rewriter, extract_attributes
+from kuva.dicom.codec.part10 import Part10Rewriter, extract_attributes
 from kuva.hl7 import adt
 from kuva.index import schema
 from kuva.index.uow import UnitOfWork

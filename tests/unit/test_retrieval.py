@@ -16,8 +16,8 @@ from pydicom.uid import (
 )
 from sqlalchemy import Engine
 
+from kuva.dicom.codec.transcode import choose
 from kuva.dicom.retrieve_scp import MAX_CONTEXTS, move_contexts
-from kuva.dicom.transcode import choose
 from kuva.index.instances import StoredInstance
 from kuva.index.retrieval import RetrieveKeys
 from kuva.index.uow import UnitOfWork

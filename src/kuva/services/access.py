@@ -8,7 +8,7 @@ every read path asks it and hands the scope to the service that reads:
 - C-FIND and QIDO-RS (services.query), WADO-RS metadata included;
 - C-MOVE, C-GET, WADO-RS and WADO-URI (services.retrieve);
 - ITI-18 (services.stored_query), ITI-43 (services.repository), RAD-69
-  (services.imaging_source).
+  (services.retrieve_imaging_document_set).
 
 The index applies the scope as a condition of the statement that reads
 (kuva.index.access), so what a requester may not read is never fetched: for it, the

@@ -5,7 +5,7 @@ The register holder (rekisterinpitäjä) owns what it archived; handing a docume
 or an image to anyone else is a disclosure, and every disclosure is recorded in the
 transaction that decides it (docs/design.md principle 7). The interfaces that hand
 documents out - ITI-43 Retrieve Document Set (kuva.services.repository) and RAD-69
-Retrieve Imaging Document Set (kuva.services.imaging_source) - decide what goes
+Retrieve Imaging Document Set (kuva.services.retrieve_imaging_document_set) - decide what goes
 out, then call ``DisclosureLog.record`` once, before the response is sent: one
 record per returned document whose register holder is not the recipient, all in
 one transaction. If that transaction fails, nothing is handed out.

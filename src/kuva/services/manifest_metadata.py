@@ -1,6 +1,6 @@
 """The XDS metadata of a study's XDS-I.b manifest (RAD TF-3 4.68.4.1.2.3; ITI TF-3
 Table 4.3.1-3): its DocumentEntry, the SubmissionSet that registers it and their
-associations, as ``ImagingDocumentSource.publish_manifest`` (services.imaging_source)
+associations, as ``ManifestPublisher.publish_manifest`` (services.manifest_publishing)
 registers them.
 
 patientId and sourcePatientId are the study's Patient ID in CX form, its Issuer of

@@ -14,7 +14,7 @@ the process dies, a peer is down or a study keeps growing:
 2. **Registration task** (``REGISTRATION_TASK``). When one of the study's
    modalities is on ``[registration] modalities`` (or that list is empty), the
    study's XDS-I.b manifest is stored and registered
-   (``ImagingDocumentSource.publish_manifest``; an earlier manifest of the study is
+   (``ManifestPublisher.publish_manifest``; an earlier manifest of the study is
    replaced, RPLC, and Deprecated). Otherwise the study stays archived and
    retrievable but unpublished, and the decision is logged. Either way, one IAN
    task per node of the study's organisation with ``ian = true`` is added in the
@@ -34,7 +34,7 @@ ingest refuses an instance whose patient cannot be an XDS patient id (no OID
 Issuer of Patient ID, a Finnish identity code with a wrong check character;
 model.identity, the rule the manifest's patient id is made by), so that no
 instance is archived that could never be registered, with no word to its sender.
-A node's ``default_issuer`` supplies a missing issuer (kuva.dicom.part10).
+A node's ``default_issuer`` supplies a missing issuer (kuva.dicom.codec.part10).
 
 Order: the registrations of a study run one at a time, in order (outbox queue
 ``registration:<study>``), and so do the IANs of a study to one node (queue
@@ -81,12 +81,9 @@ from kuva.index.uow import UnitOfWork
 from kuva.model.availability import ONLINE, UNAVAILABLE, AvailableInstance
 from kuva.model.clock import Clock, utcnow
 from kuva.model.uids import made_by_kuva, new_uid
-from kuva.services.imaging_source import (
-    ImagingDocumentSource,
-    PublishedManifest,
-    UnknownStudy,
-)
+from kuva.services.imaging_document_source import UnknownStudy
 from kuva.services.manifest_metadata import ManifestPublishError
+from kuva.services.manifest_publishing import ManifestPublisher, PublishedManifest
 from kuva.tasks.worker import PermanentFailure, RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -263,7 +260,7 @@ class RegistrationService:
         self,
         engine: Engine,
         settings: Settings,
-        imaging_source: ImagingDocumentSource,
+        manifests: ManifestPublisher,
         notifier: AvailabilityNotifier,
         *,
         clock: Clock = utcnow,
@@ -271,7 +268,7 @@ class RegistrationService:
     ) -> None:
         self._engine = engine
         self._settings = settings
-        self._imaging_source = imaging_source
+        self._manifests = manifests
         self._notifier = notifier
         self._clock = clock
         self.on_enqueued = on_enqueued
@@ -355,7 +352,7 @@ class RegistrationService:
         if not current:
             # Every image was rejected (IOCM): no manifest lists nothing; the last
             # one is withdrawn, and the IANs say UNAVAILABLE.
-            self._imaging_source.withdraw_manifests(
+            self._manifests.withdraw_manifests(
                 study_uid, within=lambda uow: self._registered(uow, task, holdings, covered, None)
             )
             metrics.registrations.labels("withdrawn").inc()
@@ -387,9 +384,7 @@ class RegistrationService:
             self._registered(uow, task, holdings, covered, published.document_unique_id)
 
         try:
-            self._imaging_source.publish_manifest(
-                study_uid, manifest_uid=manifest_uid, within=within
-            )
+            self._manifests.publish_manifest(study_uid, manifest_uid=manifest_uid, within=within)
         except (UnknownStudy, ManifestPublishError) as exc:
             # Refused by the registry's rules or not listable: trying again will not
             # help until the study or the configuration changes (a new instance

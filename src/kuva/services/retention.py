@@ -75,7 +75,7 @@ from kuva.model.rejection import REJECTION_TITLES, RETENTION_EXPIRED, Standing, 
 from kuva.model.retention import Expiry, RetentionPolicy, StudyFacts, study_expiry
 from kuva.model.uids import made_by_kuva
 from kuva.services.audit import AuditTrail
-from kuva.services.imaging_source import deprecate_manifests
+from kuva.services.manifest_publishing import deprecate_manifests
 from kuva.services.registration import announce_destroyed
 from kuva.storage import BlobStore
 from kuva.tasks.periodic import Periodic

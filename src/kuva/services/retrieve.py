@@ -30,6 +30,7 @@ from kuva.index.retrieval import RetrieveKeys
 from kuva.index.uow import UnitOfWork
 from kuva.model.access import AccessScope
 from kuva.model.clock import utcnow
+from kuva.model.outgoing import CORRECTED_KEYWORDS
 from kuva.model.query import QueryLevel
 from kuva.model.uids import uid_problem
 from kuva.services.access import AccessPolicy, Read, recipient
@@ -65,7 +66,7 @@ class TooManyMatches(RetrieveError):
 
 @dataclass(frozen=True)
 class StoredObject:
-    """One stored object on its way out.
+    """One stored object on its way out (kuva.dicom.codec.outgoing.OutgoingObject).
 
     ``verbatim``: no correction applies, the stored bytes are what goes out.
     ``path``: the stored Part 10 file when the blob store keeps a local file
@@ -105,14 +106,6 @@ class StoredObject:
         return ds
 
 
-# Patient Module attributes a correction sets on the way out (PS3.3 C.7.1.1).
-CORRECTED_KEYWORDS = (
-    "PatientID",
-    "IssuerOfPatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "PatientSex",
-)
 # Python codecs of the single-byte and UTF-8 character sets kuva keeps when the
 # corrected values fit them (PS3.3 C.12.1.1.2); any other goes to ISO_IR 192.
 _CODECS = {"": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf-8"}

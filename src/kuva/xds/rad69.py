@@ -7,7 +7,7 @@ TransferSyntaxUIDList. Response: ``xdsb:RetrieveDocumentSetResponse`` as in ITI-
 status and errors, then one xdsb:DocumentResponse per returned instance whose
 xdsb:Document is an ``xop:Include`` of an attachment that streams the object
 (application/dicom). What is returned is decided by
-kuva.services.imaging_retrieve, for the organisation the request's XUA assertion
+kuva.services.retrieve_imaging_document_set, for the organisation the request's XUA assertion
 names (kuva.xds.repository.requesting_organization), which the disclosure log
 records.
 
@@ -26,13 +26,13 @@ from lxml.etree import _Element as Element
 
 from kuva.config import Settings
 from kuva.model.xds import ErrorCode, RegistryError, ResponseStatus
-from kuva.services.imaging_retrieve import (
+from kuva.services.retrieve_imaging_document_set import (
     DocumentRequest,
     ImagingDocument,
     ImagingDocumentSetRequest,
     ImagingDocumentSetResult,
+    ImagingDocumentSetRetrieval,
 )
-from kuva.services.imaging_source import ImagingDocumentSource
 from kuva.xds.messages import Attachment, SoapRequest, SoapResponse, Transaction
 from kuva.xds.namespaces import (
     RESPONSE_ACTIONS,
@@ -121,19 +121,21 @@ def response_for(result: ImagingDocumentSetResult) -> SoapResponse:
     return SoapResponse(action=RESPONSE_ACTION, body=root, attachments=attachments)
 
 
-def retrieve_imaging_document_set(source: ImagingDocumentSource, settings: Settings) -> Transaction:
+def retrieve_imaging_document_set(
+    retrieval: ImagingDocumentSetRetrieval, settings: Settings
+) -> Transaction:
     """The RAD-69 transaction an Imaging Document Source endpoint serves.
 
-    ``settings`` is taken for the shape every XDS transaction factory shares; the
-    source holds the ids it answers for.
+    ``settings`` is taken for the shape every XDS transaction factory shares;
+    ``retrieval`` holds the ids it answers for and the access rules.
     """
 
     def handle(request: SoapRequest) -> SoapResponse:
         return response_for(
-            source.rad69.retrieve(
+            retrieval.retrieve(
                 parse_request(request.body),
                 recipient=requesting_organization(request),
-                scope=requesting_scope(source.access, request),
+                scope=requesting_scope(retrieval.access, request),
             )
         )
 

@@ -1,13 +1,13 @@
-"""Retrieve Imaging Document Set (RAD-69, RAD TF-3 4.69): each requested document is
-one stored instance, named by Study, Series and SOP Instance UID
-(DocumentUniqueId) at this source's RepositoryUniqueId (the Retrieve Location UID
-of the manifest). It goes out through the retrieve service (the coercion step of
-every outgoing object) in the first transfer syntax of the request's list that
-kuva can send it in: as stored when that one is listed, else converted
-(kuva.dicom.transcode, lossless targets only), or an error (RAD TF-3 4.69.4.2.3).
-The outcome follows ITI-43, whose semantics RAD-69 inherits (RAD TF-3 4.69.4.2.2;
-ITI TF-2b 3.43.4.2.3): Success, PartialSuccess with an error per document not
-returned, or Failure.
+"""Retrieve Imaging Document Set (RAD-69, RAD TF-3 4.69), the Imaging Document
+Source's retrieve side: each requested document is one stored instance, named by
+Study, Series and SOP Instance UID (DocumentUniqueId) at this source's
+RepositoryUniqueId (the Retrieve Location UID of the manifest). It goes out
+through the retrieve service (the coercion step of every outgoing object) in the
+first transfer syntax of the request's list that kuva can send it in: as stored
+when that one is listed, else converted (kuva.dicom.codec.transcode, lossless
+targets only), or an error (RAD TF-3 4.69.4.2.3). The outcome follows ITI-43,
+whose semantics RAD-69 inherits (RAD TF-3 4.69.4.2.2; ITI TF-2b 3.43.4.2.3):
+Success, PartialSuccess with an error per document not returned, or Failure.
 
 Error codes: RAD TF-3 4.69.4.2.3 refers to the ITI-43 list (ITI TF-3 Table
 4.2.4.1-2) and names none of its own; the codes below are those the NIST XDS
@@ -49,14 +49,14 @@ from dataclasses import dataclass, field
 from pydicom.uid import UID
 
 from kuva.config import Settings
-from kuva.dicom.outgoing import encoded
-from kuva.dicom.transcode import TranscodeError, choose
+from kuva.dicom.codec.outgoing import encoded
+from kuva.dicom.codec.transcode import TranscodeError, choose
 from kuva.index.instances import StoredInstance
 from kuva.model.access import AccessScope
 from kuva.model.query import QueryLevel
 from kuva.model.uids import uid_problem
 from kuva.model.xds import ErrorCode, RegistryError, ResponseStatus, status_of
-from kuva.services.access import basis_text
+from kuva.services.access import AccessPolicy, basis_text
 from kuva.services.disclosure import UNKNOWN_RECIPIENT, DisclosureLog, Handout, Interface
 from kuva.services.manifest_metadata import DICOM_MIME_TYPE
 from kuva.services.retrieve import MAX_MATCHES, RetrieveService, StoredObject
@@ -168,11 +168,18 @@ class ImagingDocumentSetRetrieval:
     ``[xds] imaging_source_unique_id``; its disclosures go to ``disclosures``."""
 
     def __init__(
-        self, retrieve: RetrieveService, settings: Settings, disclosures: DisclosureLog
+        self,
+        retrieve: RetrieveService,
+        settings: Settings,
+        disclosures: DisclosureLog,
+        *,
+        access: AccessPolicy | None = None,
     ) -> None:
         self._retrieve = retrieve
         self._settings = settings
         self._disclosures = disclosures
+        # The access rules the adapter asks for each requester's scope.
+        self.access = access
 
     @property
     def unique_id(self) -> str:

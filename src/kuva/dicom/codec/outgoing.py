@@ -5,13 +5,17 @@ RAD-69). Three ways out, cheapest first:
 
 * verbatim: no correction applies and the stored transfer syntax is accepted, the
   blob is streamed as it is;
-* spliced: a patient correction applies (services.retrieve): only the header up
+* spliced: a patient correction applies (kuva.model.outgoing): only the header up
   to the pixel data is decoded, corrected and encoded again; the pixel data and
   whatever follows it are streamed from the blob unchanged, so a corrected 2 GB
   object still goes out in constant memory;
 * converted: another transfer syntax is asked for (or the stored one is deflated,
   where the header cannot be re-encoded alone): the object is decoded, corrected
-  and converted (kuva.dicom.transcode), one object in memory at a time.
+  and converted (kuva.dicom.codec.transcode), one object in memory at a time.
+
+An object is anything of the shape ``OutgoingObject`` (services.retrieve's
+StoredObject): this codec reads its bytes and has it apply its correction, and
+knows neither the index nor the blob store.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import io
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from pydicom import dcmread
 from pydicom.charset import convert_encodings
@@ -33,10 +37,48 @@ from pydicom.tag import Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
-from kuva.dicom.transcode import transcode
-from kuva.services.retrieve import CORRECTED_KEYWORDS, StoredObject
+from kuva.dicom.codec.transcode import transcode
+from kuva.model.outgoing import CORRECTED_KEYWORDS
 
 CHUNK = 1024 * 1024
+
+
+class StoredBytes(Protocol):
+    """What the codec needs to know of the stored bytes: their length and the
+    transfer syntax they are in (PS3.5 10)."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def transfer_syntax_uid(self) -> str: ...
+
+
+class OutgoingObject(Protocol):
+    """A stored object on its way out, as the codec sees it.
+
+    ``instance``: its stored bytes' length and transfer syntax. ``path``: the stored
+    Part 10 file when it is a local file. ``verbatim``: no correction applies.
+    ``stream``: the stored Part 10 bytes (the caller closes the stream).
+    ``coerce``: apply the correction to a data set (the whole object or its header
+    up to the pixel data), in place; whether anything changed. ``dataset``: the
+    whole object decoded with its correction applied.
+    """
+
+    @property
+    def instance(self) -> StoredBytes: ...
+
+    @property
+    def path(self) -> Path | None: ...
+
+    @property
+    def verbatim(self) -> bool: ...
+
+    def stream(self) -> BinaryIO: ...
+
+    def coerce(self, dataset: Dataset) -> bool: ...
+
+    def dataset(self) -> Dataset: ...
 
 
 def _chunks(stream: BinaryIO, first: bytes = b"") -> Iterator[bytes]:
@@ -48,7 +90,7 @@ def _chunks(stream: BinaryIO, first: bytes = b"") -> Iterator[bytes]:
 
 
 # Top-level elements a correction writes: the Patient Module attributes of
-# services.retrieve.CORRECTED_KEYWORDS and Original Attributes Sequence.
+# kuva.model.outgoing.CORRECTED_KEYWORDS and Original Attributes Sequence.
 _PATIENT_TAGS = tuple(Tag(keyword) for keyword in CORRECTED_KEYWORDS)
 _ORIGINAL_ATTRIBUTES = Tag("OriginalAttributesSequence")
 _CORRECTED_TAGS = (*_PATIENT_TAGS, _ORIGINAL_ATTRIBUTES)
@@ -133,7 +175,7 @@ def _edited_header(stored: bytes, header: Dataset, edits: list[tuple[int, int, i
     return b"".join(parts)
 
 
-def _spliced(obj: StoredObject) -> tuple[Iterator[bytes], int]:
+def _spliced(obj: OutgoingObject) -> tuple[Iterator[bytes], int]:
     """The corrected header followed by the stored bytes from the pixel data on.
 
     pydicom stops before (7FE0,0010) (or float / double float pixel data) and
@@ -167,7 +209,7 @@ def _spliced(obj: StoredObject) -> tuple[Iterator[bytes], int]:
     return _chunks(stream, data), len(data) + obj.instance.size - rest
 
 
-def encoded(obj: StoredObject, target: UID) -> tuple[Iterator[bytes], int]:
+def encoded(obj: OutgoingObject, target: UID) -> tuple[Iterator[bytes], int]:
     """The Part 10 object as it goes out in ``target``: its chunks and its length.
 
     Raises TranscodeError when it cannot be converted, OSError when the blob
@@ -187,7 +229,7 @@ def encoded(obj: StoredObject, target: UID) -> tuple[Iterator[bytes], int]:
 
 
 @contextlib.contextmanager
-def as_file(obj: StoredObject, target: UID) -> Iterator[Path]:
+def as_file(obj: OutgoingObject, target: UID) -> Iterator[Path]:
     """The object as it goes out in ``target``, as a file (for pynetdicom's C-STORE,
     which streams a file): the stored file itself when it goes out verbatim."""
     if obj.verbatim and target == obj.instance.transfer_syntax_uid and obj.path is not None:
