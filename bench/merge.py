@@ -91,13 +91,13 @@ from pydicom.dataset import Dataset  # noqa: E402
 from pynetdicom import AE, evt  # noqa: E402
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # noqa: E402
 from rich.progress import Progress  # noqa: E402
+from tests.support.peers import set_nodelay_handler  # noqa: E402
 from tests.support.server import KuvaServer  # noqa: E402
 from tests.support.synthetic import FINNISH_PIC_ISSUER, finnish_test_pic  # noqa: E402
 
 from kuva.bench_support import CT_IMAGE_STORAGE, EXPLICIT_VR_LE  # noqa: E402
 from kuva.bench_support import ROOT as BENCH_ROOT  # noqa: E402
 from kuva.config import LOCAL_ORGANIZATION_OID, load_settings  # noqa: E402
-from tests.support.peers import set_nodelay_handler  # noqa: E402
 from kuva.index.bulk import bulk_add  # noqa: E402
 from kuva.index.database import make_engine, migrate  # noqa: E402
 from kuva.index.instances import NewInstance  # noqa: E402

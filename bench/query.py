@@ -102,6 +102,7 @@ from pynetdicom.sop_class import (  # noqa: E402
     Verification,
 )
 from sqlalchemy import Engine, select  # noqa: E402
+from tests.support.peers import set_nodelay_handler  # noqa: E402
 from tests.support.server import KuvaServer  # noqa: E402
 
 from kuva.bench_support import (  # noqa: E402
@@ -112,7 +113,6 @@ from kuva.bench_support import (  # noqa: E402
     synthetic_instance,
 )
 from kuva.config import load_settings  # noqa: E402
-from tests.support.peers import set_nodelay_handler  # noqa: E402
 from kuva.index.bulk import bulk_add  # noqa: E402
 from kuva.index.database import make_engine, migrate  # noqa: E402
 from kuva.index.schema import instance, patient, series, study  # noqa: E402

@@ -103,11 +103,11 @@ from pynetdicom import AE, evt  # noqa: E402
 from pynetdicom.association import Association  # noqa: E402
 from sqlalchemy import Engine  # noqa: E402
 from tests.support.ian import IanReceiver, ReceivedIan  # noqa: E402
+from tests.support.peers import set_nodelay_handler  # noqa: E402
 from tests.support.server import KuvaServer  # noqa: E402
 from tests.support.synthetic import finnish_test_pic, make_ct_series, write_series  # noqa: E402
 
 from kuva.config import TaskSettings, load_settings  # noqa: E402
-from tests.support.peers import set_nodelay_handler  # noqa: E402
 from kuva.index.database import make_engine  # noqa: E402
 from kuva.index.manifests import StudyHoldings  # noqa: E402
 from kuva.index.outbox import DONE, FAILED, PENDING, RUNNING, Task  # noqa: E402

@@ -636,5 +636,3 @@ def test_large_object_streamed(
     assert growth_mib < 100, f"server grew by {growth_mib:.0f} MiB sending {LARGE >> 20} MiB"
     [got] = received
     assert same_data_set(got, path)
-
-

@@ -101,7 +101,7 @@ class StorageCommitmentSCP:
     def handle_n_action(self, assoc: Association, req: Request) -> None:
         code, comment = self._n_action(assoc, req)
         if comment:
-            assoc.respond(req, code, ErrorComment=comment)
+            assoc.respond(req, code, error_comment=comment)
         else:
             assoc.respond(req, code)
 

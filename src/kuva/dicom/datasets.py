@@ -31,9 +31,7 @@ def decode(data: bytes, transfer_syntax: str) -> Dataset:
     try:
         if syntax.is_deflated:
             data = zlib.decompress(data, -zlib.MAX_WBITS)
-        return read_dataset(
-            io.BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian
-        )
+        return read_dataset(io.BytesIO(data), syntax.is_implicit_VR, syntax.is_little_endian)
     except Exception as exc:
         raise DataSetError(f"data set cannot be decoded ({type(exc).__name__})") from exc
 

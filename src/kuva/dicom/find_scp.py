@@ -37,7 +37,7 @@ from kuva.services.query import FindRequest, QueryService
 
 log = logging.getLogger(__name__)
 
-LEVELS = {
+LEVELS: dict[str, set[QueryLevel]] = {
     PATIENT_ROOT_FIND: {QueryLevel.PATIENT, QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE},
     STUDY_ROOT_FIND: {QueryLevel.STUDY, QueryLevel.SERIES, QueryLevel.IMAGE},
 }
@@ -114,7 +114,7 @@ class FindSCP:
             break
         self._audited(assoc, req, ok=code in (st.SUCCESS, CANCEL))
         if comment:
-            assoc.respond(req, code, ErrorComment=comment)
+            assoc.respond(req, code, error_comment=comment)
         else:
             assoc.respond(req, code)
 

@@ -44,7 +44,7 @@ from kuva.dicom.contexts import (
     STUDY_ROOT_GET,
     STUDY_ROOT_MOVE,
 )
-from kuva.dicom.net import Association, CommandField, Request, Response
+from kuva.dicom.net import Association, CommandField, Request, Response, Value
 from kuva.dicom.scu import open_association
 from kuva.dicom.status import SUCCESS
 from kuva.index.instances import StoredInstance
@@ -89,7 +89,7 @@ _UID_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 SEND_QUEUE_BYTES = 8 * 1024 * 1024
 # A presentation context ID is an odd number 1-255 (PS3.8 9.3.2.2).
 MAX_CONTEXTS = 128
-_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+_UNCOMPRESSED: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 # -- results -------------------------------------------------------------------------
@@ -158,19 +158,21 @@ class _Responder:
         self._assoc.respond(
             self._req,
             PENDING,
-            NumberOfRemainingSuboperations=progress.remaining,
-            **self._counts(progress),
+            number_of_remaining_suboperations=progress.remaining,
+            number_of_completed_suboperations=progress.completed,
+            number_of_failed_suboperations=progress.failed,
+            number_of_warning_suboperations=progress.warning,
         )
 
     def final(self, status: int, progress: _Progress | None = None, comment: str = "") -> None:
-        fields: dict[str, int | str] = {}
+        fields: dict[str, Value] = {}
         if comment:
-            fields["ErrorComment"] = comment
+            fields["error_comment"] = comment
         data_set = None
         if progress is not None:
             fields.update(self._counts(progress))
             if status == CANCEL:
-                fields["NumberOfRemainingSuboperations"] = progress.remaining
+                fields["number_of_remaining_suboperations"] = progress.remaining
             if status in (CANCEL, SUB_OPERATIONS_WARNING, UNABLE_TO_PERFORM_SUB_OPERATIONS):
                 identifier = Dataset()
                 identifier.FailedSOPInstanceUIDList = list(progress.failed_uids)
@@ -178,11 +180,11 @@ class _Responder:
         self._assoc.respond(self._req, status, data_set=data_set, **fields)
 
     @staticmethod
-    def _counts(progress: _Progress) -> dict[str, int]:
+    def _counts(progress: _Progress) -> dict[str, Value]:
         return {
-            "NumberOfCompletedSuboperations": progress.completed,
-            "NumberOfFailedSuboperations": progress.failed,
-            "NumberOfWarningSuboperations": progress.warning,
+            "number_of_completed_suboperations": progress.completed,
+            "number_of_failed_suboperations": progress.failed,
+            "number_of_warning_suboperations": progress.warning,
         }
 
 
@@ -507,7 +509,9 @@ class RetrieveSCP:
                 assoc,
                 req,
                 responder,
-                _SubOperations(store_assoc, self._service, originator, as_received=node.as_received),
+                _SubOperations(
+                    store_assoc, self._service, originator, as_received=node.as_received
+                ),
                 instances,
             )
         finally:

@@ -189,7 +189,5 @@ class DicomServer:
         elif field == CommandField.C_ECHO_RQ:
             assoc.respond(req, st.SUCCESS)  # Verification (PS3.4 A.4)
         else:
-            log.warning(
-                "DIMSE command 0x%04X from %s not supported", int(field), assoc.calling_ae
-            )
-            assoc.respond(req, UNRECOGNIZED_OPERATION, ErrorComment="operation not supported")
+            log.warning("DIMSE command 0x%04X from %s not supported", int(field), assoc.calling_ae)
+            assoc.respond(req, UNRECOGNIZED_OPERATION, error_comment="operation not supported")

@@ -147,11 +147,11 @@ class StorageSCP:
         """Answer one C-STORE-RQ whose data set is in its sink."""
         sink = req.sink
         if not isinstance(sink, StoreSink):
-            assoc.respond(req, st.CANNOT_UNDERSTAND, ErrorComment="no data set received")
+            assoc.respond(req, st.CANNOT_UNDERSTAND, error_comment="no data set received")
             return
         code, comment = self._store(assoc, req, sink)
         if comment:
-            assoc.respond(req, code, ErrorComment=comment)
+            assoc.respond(req, code, error_comment=comment)
         else:
             assoc.respond(req, code)
         metrics.cstore_seconds.observe(time.perf_counter() - sink.started)
@@ -161,8 +161,9 @@ class StorageSCP:
         organization = self._settings.organization_of(calling_ae)
         if req.sink_error is not None:
             sink.discard()
-            log.error("C-STORE from %s: the data set could not be written: %s", calling_ae,
-                      req.sink_error)
+            log.error(
+                "C-STORE from %s: the data set could not be written: %s", calling_ae, req.sink_error
+            )
             return st.OUT_OF_RESOURCES, "the data set could not be written"
         if organization is None:  # the association check lets no such AE in
             sink.discard()
