@@ -24,25 +24,30 @@ def open_association(
     roles: Sequence[RoleSelection] = (),
     timeout: float | None = None,
 ) -> Association:
-    """An established association with ``node``; raises AssociationRejected or
-    AssociationFailed (both ConnectionError). ``timeout`` bounds connecting and
-    every wait (default: the ``[dicom]`` timeouts)."""
+    """An established association with ``node``; raises ConnectionError naming the
+    node when it is refused or fails. ``timeout`` bounds connecting and every wait
+    (default: the ``[dicom]`` timeouts)."""
     dicom = settings.dicom
-    return associate(
-        node.host,
-        node.port,
-        calling_ae=dicom.ae_title,
-        called_ae=node.ae_title,
-        contexts=contexts,
-        roles=roles,
-        max_pdu=dicom.max_pdu,
-        connect_timeout=timeout or dicom.acse_timeout,
-        acse_timeout=timeout or dicom.acse_timeout,
-        dimse_timeout=timeout or dicom.dimse_timeout,
-        network_timeout=timeout or dicom.network_timeout,
-        ssl_context=client_context(settings.tls) if node.tls else None,
-        server_hostname=node.host if node.tls else None,
-        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-        observer=NET_METRICS,
-    )
+    try:
+        return associate(
+            node.host,
+            node.port,
+            calling_ae=dicom.ae_title,
+            called_ae=node.ae_title,
+            contexts=contexts,
+            roles=roles,
+            max_pdu=dicom.max_pdu,
+            connect_timeout=timeout or dicom.acse_timeout,
+            acse_timeout=timeout or dicom.acse_timeout,
+            dimse_timeout=timeout or dicom.dimse_timeout,
+            network_timeout=timeout or dicom.network_timeout,
+            ssl_context=client_context(settings.tls) if node.tls else None,
+            server_hostname=node.host if node.tls else None,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            observer=NET_METRICS,
+        )
+    except ConnectionError as exc:
+        raise ConnectionError(
+            f"association to {node.ae_title} at {node.host}:{node.port} failed: {exc}"
+        ) from exc
