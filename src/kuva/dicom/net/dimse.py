@@ -260,8 +260,9 @@ def _element(tag: int, value: Value) -> bytes:
             raw = value.encode("ascii")
             if len(raw) & 1:
                 raw += b"\x00"
-        else:  # AE, LO: the default character repertoire (PS3.7 E.1)
-            raw = value.encode("ascii", "replace")
+        else:  # AE, LO: the default character repertoire (PS3.7 E.1); a backslash would
+            # split the value in two (PS3.5 6.2)
+            raw = value.encode("ascii", "replace").replace(b"\\", b"?")
             if len(raw) & 1:
                 raw += b" "
     return _HEADER.pack(0, element, len(raw)) + raw
