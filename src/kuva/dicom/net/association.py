@@ -83,8 +83,8 @@ RECEIVE_BUFFER = 256 << 10  # one recv_into buffer per association
 COMMAND_LIMIT = 64 << 10  # a command set larger than this is not DICOM
 OTHER_PDU_LIMIT = 64 << 10  # A-ASSOCIATE-RJ, A-RELEASE, A-ABORT bodies are 4 bytes
 ASSOCIATE_LIMIT = 1 << 20  # A-ASSOCIATE-RQ/AC body (pdu.MAX_ASSOCIATE_LENGTH)
-WRITE_HIGH_WATER = 4 << 20  # transport buffer above which writers wait
-THREAD_QUEUE_LIMIT = 4 << 20  # bytes handed over by threads, not yet written
+WRITE_HIGH_WATER = 2 << 20  # transport buffer above which writers wait
+THREAD_QUEUE_LIMIT = 1 << 20  # bytes handed over by threads, not yet written
 BATCH = 256 << 10  # P-DATA PDUs are handed to the loop in batches of about this size
 SEND_PDU_LIMIT = 4 << 20  # largest P-DATA-TF PDU sent, whatever the peer allows
 MAX_QUEUED_REQUESTS = 16  # requests beyond the 1/1 window before the association aborts
@@ -395,6 +395,7 @@ class Association(asyncio.BufferedProtocol):
         self._closed_future: asyncio.Future[None] = self._loop.create_future()
         self._closed_event = threading.Event()
         self._handshake: asyncio.Task[None] | None = None
+        self._handshaking = False
 
         # receiving
         self._buffer = bytearray(RECEIVE_BUFFER)
@@ -445,7 +446,14 @@ class Association(asyncio.BufferedProtocol):
 
     @property
     def state(self) -> State:
+        """The upper layer state (PS3.8 Table 9-10)."""
         return self._state
+
+    @property
+    def released(self) -> bool:
+        """The association ended (or is ending) by A-RELEASE or A-ASSOCIATE-RJ, not by
+        A-ABORT or a lost connection."""
+        return self._released
 
     def context_for(
         self,
@@ -516,6 +524,7 @@ class Association(asyncio.BufferedProtocol):
             self._await_request()
         else:
             transport.pause_reading()  # the TLS layer reads from here on
+            self._handshaking = True
             self._handshake = self._loop.create_task(self._start_tls(transport, tls))
 
     async def _start_tls(self, transport: asyncio.Transport, context: ssl.SSLContext) -> None:
@@ -546,6 +555,9 @@ class Association(asyncio.BufferedProtocol):
         self.peer_certificate = tls.get_extra_info("peercert")
         self._transport_ready(tls)
         self._await_request()
+        self._handshaking = False
+        if self._end > self._start:  # the A-ASSOCIATE-RQ came with the handshake's end
+            self.buffer_updated(0)
 
     def _mark_accepted(self) -> bool:
         """Pool thread: the application accepts; False if the connection already closed."""
@@ -701,6 +713,8 @@ class Association(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
+        if self._handshaking:  # application data right after the TLS handshake: kept
+            return
         self._last_activity = self._loop.time()
         if self._state == State.STA13 or self._state == State.STA1:
             self._start = self._end = 0  # AA-6/AA-7: ignored while awaiting the close
