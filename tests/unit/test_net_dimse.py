@@ -215,6 +215,8 @@ def test_pending(status: int, pending: bool) -> None:
         with_group_length(us(0x0100, 1) + element(0x0901, b"\x10\x00")),  # AT of 2 bytes
         with_group_length(element(0x0002, b"1.2\xff") + us(0x0100, 1)),  # non-ASCII UID
         with_group_length(us(0x0100, 1) + element(0x0600, "KÄÄ".encode())),  # non-ASCII AE
+        with_group_length(us(0x0100, 1) + element(0x0600, b"A\\B ")),  # backslash in an AE
+        with_group_length(us(0x0100, 1) + element(0x0600, b"A" * 18)),  # AE of 18 characters
         us(0x0100, 1) + struct.pack("<HHL", 0, 0x1000, 0xFFFFFFFF),  # length beyond the data
     ],
     ids=lambda data: data.hex()[:48],
