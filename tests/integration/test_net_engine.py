@@ -403,6 +403,7 @@ def pynetdicom_scp() -> Iterator[tuple[int, list[Any]]]:
             (evt.EVT_C_GET, on_get),
         ],
     )
+    assert server is not None
     try:
         yield port, events
     finally:
@@ -415,7 +416,7 @@ def get_object() -> Dataset:
     ds.SOPInstanceUID = "1.2.3.4.5.6.7.99"
     ds.PatientID = "P1"
     ds.file_meta = pydicom.dataset.FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = EXPLICIT
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.UID(EXPLICIT)
     return ds
 
 
@@ -815,7 +816,7 @@ def test_data_set_over_max_dataset_bytes_aborts(serve: Callable[..., Served]) ->
     find = assoc.context_for(FIND)
     assert find is not None
     fields = request(CommandField.C_FIND_RQ, assoc.next_message_id(), affected_sop_class_uid=FIND)
-    answer = assoc.send_request(find, fields, identifier(PatientID="x" * 2000))
+    answer = assoc.send_request(find, fields, identifier(PatientComments="x" * 2000))
     assert answer.status is None
     assert assoc.abort_received == Abort(2, 0)
 
@@ -928,6 +929,157 @@ def test_blocking_calls_refuse_the_loop_thread(serve: Callable[..., Served]) -> 
     assoc._loop.call_soon_threadsafe(on_loop)
     wait_for(lambda: len(errors) == 1)
     assoc.release()
+
+
+def test_data_set_iterable_failing_mid_message_aborts(serve: Callable[..., Served]) -> None:
+    served = serve()
+    assoc = served.associate()
+    ct = assoc.context_for(CT)
+    assert ct is not None
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(8):
+            yield bytes(256 << 10)
+        raise OSError("the file went away")
+
+    with pytest.raises(OSError, match="went away"):
+        assoc.c_store(ct, "1.2.3.4.5.6.7.4", chunks())
+    assert assoc.wait_closed(5) and not assoc.released
+    wait_for(lambda: len(served.app.closed) == 1)
+    sink = served.app.sinks["1.2.3.4.5.6.7.4"]
+    assert isinstance(sink, BytesSink) and sink.discarded and not sink.closed
+
+
+def test_threads_sharing_an_association_do_not_interleave_messages(
+    serve: Callable[..., Served],
+) -> None:
+    served = serve(EngineApp(sink_kind=HashingSink))
+    assoc = served.associate(max_pdu=16384)
+    ct = assoc.context_for(CT)
+    assert ct is not None
+    statuses: list[int | None] = []
+
+    def send(thread: int) -> None:
+        for n in range(5):
+            data = bytes([thread * 16 + n]) * (700 << 10)
+            statuses.append(assoc.c_store(ct, f"1.2.3.{thread}.{n}", data).status)
+
+    threads = [threading.Thread(target=send, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assoc.release()
+    assert statuses == [0] * 20
+    for t in range(4):
+        for n in range(5):
+            sink = served.app.sinks[f"1.2.3.{t}.{n}"]
+            assert isinstance(sink, HashingSink)
+            expected = hashlib.sha256(bytes([t * 16 + n]) * (700 << 10)).hexdigest()
+            assert sink.sha256.hexdigest() == expected
+
+
+@dataclass
+class CountingObserver:
+    opened: int = 0
+    closed: int = 0
+    received: dict[int, int] = field(default_factory=dict)
+    sent: dict[int, int] = field(default_factory=dict)
+
+    def association_opened(self, assoc: Association) -> None:
+        self.opened += 1
+
+    def association_closed(self, assoc: Association) -> None:
+        self.closed += 1
+
+    def pdu_received(self, pdu_type: int, nbytes: int) -> None:
+        self.received[pdu_type] = self.received.get(pdu_type, 0) + 1
+
+    def pdu_sent(self, pdu_type: int, nbytes: int) -> None:
+        self.sent[pdu_type] = self.sent.get(pdu_type, 0) + 1
+
+
+def test_observer_counts_pdus_and_associations(serve: Callable[..., Served]) -> None:
+    observer = CountingObserver()
+    served = serve(observer=observer)
+    assoc = served.associate()
+    assert assoc.c_echo().status == 0x0000
+    assoc.release()
+    wait_for(lambda: observer.closed == 1)
+    assert observer.opened == 1
+    assert observer.received == {
+        PduType.ASSOCIATE_RQ: 1,
+        PduType.P_DATA_TF: 1,
+        PduType.RELEASE_RQ: 1,
+    }
+    assert observer.sent == {PduType.ASSOCIATE_AC: 1, PduType.P_DATA_TF: 1, PduType.RELEASE_RP: 1}
+
+
+def test_acceptor_on_a_shared_listening_socket(serve: Callable[..., Served]) -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    listener.bind((LOOPBACK, free_port()))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    app = EngineApp()
+    acceptor = Acceptor(AcceptorConfig(ae_title="KUVA", supported=SUPPORTED), app)
+    assert acceptor.start("", 0, sock=listener) == (LOOPBACK, port)
+    try:
+        assoc = associate(
+            LOOPBACK, port, calling_ae="A", called_ae="KUVA", contexts=[(VERIFICATION, [IMPLICIT])]
+        )
+        assert assoc.c_echo().status == 0x0000
+        assoc.release()
+    finally:
+        acceptor.stop(timeout=2.0)
+
+
+def test_sender_gives_up_on_a_peer_that_stopped_reading() -> None:
+    listener = socket.create_server((LOOPBACK, 0))
+    port = listener.getsockname()[1]
+    done = threading.Event()
+
+    def peer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            pdu_type, body = read_pdu(conn)
+            rq = decode(pdu_type, body)
+            assert isinstance(rq, AssociateRequest)
+            conn.sendall(
+                encode(
+                    AssociateAccept(
+                        rq.called_ae,
+                        rq.calling_ae,
+                        (ContextResult(1, 0, EXPLICIT),),
+                        UserInformation(max_pdu_length=0, implementation_class_uid="1.2.3"),
+                    )
+                )
+            )
+            done.wait(30)  # reads nothing more
+
+    thread = threading.Thread(target=peer)
+    thread.start()
+    try:
+        assoc = associate(
+            LOOPBACK,
+            port,
+            calling_ae="KUVA",
+            called_ae="RAW",
+            contexts=[(CT, [EXPLICIT])],
+            network_timeout=1.0,
+        )
+        ct = assoc.context_for(CT)
+        assert ct is not None
+        started = time.monotonic()
+        result = assoc.c_store(ct, "1.2.3.4.5.6.7.5", big_object(64 << 20))
+        assert result.status is None
+        assert time.monotonic() - started < 10
+        wait_for(lambda: assoc.state == 13)  # A-ABORT queued, awaiting the close
+    finally:
+        done.set()
+        thread.join(10)
+        listener.close()
 
 
 # --------------------------------------------------------------------------- release collision

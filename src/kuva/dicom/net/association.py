@@ -425,6 +425,7 @@ class Association(asyncio.BufferedProtocol):
 
         # sending: threads hand batches to the loop; both wait on the transport's flow control
         self._flow = threading.Condition(threading.Lock())
+        self._send_lock = threading.Lock()  # one message at a time from threads
         self._in_flight = 0
         self._paused = False
         self._lost = False
@@ -682,23 +683,22 @@ class Association(asyncio.BufferedProtocol):
             self._transport.abort()
 
     def _start_idle_timer(self) -> None:
-        self._idle = self._loop.call_later(self._settings.network_timeout, self._idle_check)
+        if self._settings.network_timeout > 0:  # 0: no network timeout
+            self._idle = self._loop.call_later(self._settings.network_timeout, self._idle_check)
 
     def _idle_check(self) -> None:
         """The network timeout: an established association on which nothing was received
-        or sent for `network_timeout` seconds, with no request in progress either way,
-        is aborted."""
+        or sent for `network_timeout` seconds, and no request is in progress either way,
+        is aborted (a peer stalled in the middle of a message too)."""
         self._idle = None
         if self._state != State.STA6:
             return
         timeout = self._settings.network_timeout
         now = self._loop.time()
-        busy = (
-            self._current is not None
-            or bool(self._outstanding)
-            or self._rx != _IDLE
-            or self._in_flight > 0
-        )
+        # A request in progress either way is not idleness: the DIMSE timeout bounds a wait
+        # for a response, and a sender waiting on a peer that stopped reading gives up
+        # after network_timeout (_post).
+        busy = self._current is not None or bool(self._outstanding)
         if busy or now - self._last_activity < timeout:
             delay = timeout if busy else self._last_activity + timeout - now
             self._idle = self._loop.call_later(max(delay, 0.05), self._idle_check)
@@ -1098,19 +1098,44 @@ class Association(asyncio.BufferedProtocol):
         command: bytes,
         data_set: bytes | bytearray | memoryview | Iterable[bytes] | None,
     ) -> None:
-        for batch in _message_batches(context_id, command, data_set, self._max_pdv()):
-            self._post(batch)
+        """One whole message, its batches handed to the loop in order; messages of
+        different threads are not interleaved (PS3.7 6.3.1). If the data set's iterable
+        raises after part of the message went out, the association is aborted: a message
+        cannot be left unfinished."""
+        batches = _message_batches(context_id, command, data_set, self._max_pdv())
+        posted = False
+        with self._send_lock:
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    return
+                except BaseException:
+                    if posted:
+                        self.abort()
+                    raise
+                self._post(batch)
+                posted = True
 
     def _post(self, batch: bytearray) -> None:
         """Hand a batch to the loop, waiting while too much is queued or the transport's
         buffer is full (its pause_writing/resume_writing)."""
         size = len(batch)
+        timeout = self._settings.network_timeout
+        stalled = False
         with self._flow:
             while (self._in_flight >= THREAD_QUEUE_LIMIT or self._paused) and not self._lost:
-                self._flow.wait()
-            if self._lost:
-                raise _Lost
-            self._in_flight += size
+                if not self._flow.wait(timeout if timeout > 0 else None):
+                    stalled = True  # nothing went out for network_timeout
+                    break
+            if not stalled and not self._lost:
+                self._in_flight += size
+        if stalled:
+            log.warning("%r: the peer read nothing for %g s, aborting", self, timeout)
+            self.abort()
+            raise _Lost
+        if self._lost:
+            raise _Lost
         try:
             self._loop.call_soon_threadsafe(self._write_posted, batch)
         except RuntimeError:
@@ -1128,10 +1153,21 @@ class Association(asyncio.BufferedProtocol):
         command: bytes,
         data_set: bytes | bytearray | memoryview | Iterable[bytes] | None,
     ) -> None:
-        for batch in _message_batches(context_id, command, data_set, self._max_pdv()):
+        batches = _message_batches(context_id, command, data_set, self._max_pdv())
+        posted = False
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except BaseException:
+                if posted:
+                    self._abort(0, 0)
+                raise
             if self._lost:
                 raise _Lost
             self._write_pdata(batch)
+            posted = True
             if self._paused:
                 waiter = self._loop.create_future()
                 self._drain_waiters.append(waiter)
@@ -1569,7 +1605,7 @@ class Association(asyncio.BufferedProtocol):
     def _release_requested(self, state: State) -> None:
         if state == State.STA6:  # AR-2 -> Sta8; our response once no request is in progress
             self._state = State.STA8
-            if self._current is None and not self._queued and self._rx == _IDLE:
+            if self._current is None and not self._queued:
                 self._send_release_response()
             else:
                 self._release_deferred = True
