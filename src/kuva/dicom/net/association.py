@@ -391,7 +391,7 @@ class Association(asyncio.BufferedProtocol):
         self._artim: asyncio.TimerHandle | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
-        self.setup: asyncio.Future[None] = self._loop.create_future()
+        self._setup: asyncio.Future[None] = self._loop.create_future()
         self._closed_future: asyncio.Future[None] = self._loop.create_future()
         self._closed_event = threading.Event()
         self._handshake: asyncio.Task[None] | None = None
@@ -626,8 +626,8 @@ class Association(asyncio.BufferedProtocol):
         for queued in self._queued:
             queued.cancelled.set()
         self._queued.clear()
-        if self.is_requestor and not self.setup.done():
-            self.setup.set_exception(
+        if self.is_requestor and not self._setup.done():
+            self._setup.set_exception(
                 AssociationFailed(f"connection to {self.peer_address} closed during set-up")
             )
         self._closed_event.set()
@@ -670,8 +670,8 @@ class Association(asyncio.BufferedProtocol):
     def _artim_expired(self) -> None:
         """AA-2: ARTIM expired, close the transport connection."""
         self._artim = None
-        if self._state == State.STA5 and not self.setup.done():
-            self.setup.set_exception(
+        if self._state == State.STA5 and not self._setup.done():
+            self._setup.set_exception(
                 AssociationFailed(
                     f"no A-ASSOCIATE-AC/RJ from {self.peer_address} "
                     f"within {self._settings.acse_timeout:g} s"
@@ -1537,8 +1537,8 @@ class Association(asyncio.BufferedProtocol):
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        if self.is_requestor and not self.setup.done():
-            self.setup.set_exception(
+        if self.is_requestor and not self._setup.done():
+            self._setup.set_exception(
                 AssociationFailed(f"association with {self.peer_address} aborted")
             )
         self._start_artim()
@@ -1557,8 +1557,8 @@ class Association(asyncio.BufferedProtocol):
                 "%r: A-ABORT from the peer (source %d, reason %d)", self, pdu.source, pdu.reason
             )
             self._state = State.STA13
-            if self.is_requestor and not self.setup.done():
-                self.setup.set_exception(
+            if self.is_requestor and not self._setup.done():
+                self._setup.set_exception(
                     AssociationFailed(
                         f"A-ABORT from {self.peer_address} (source {pdu.source}, "
                         f"reason {pdu.reason})"
@@ -1584,16 +1584,16 @@ class Association(asyncio.BufferedProtocol):
             self.peer_max_pdu = pdu.user.max_pdu_length
             self._set_contexts(_requestor_contexts(self.request, pdu))
             self._established()
-            if self.is_requestor and not self.setup.done():
-                self.setup.set_result(None)
+            if self.is_requestor and not self._setup.done():
+                self._setup.set_result(None)
         elif isinstance(pdu, AssociateReject):
             if state != State.STA5:
                 raise PduError(AbortReason.UNEXPECTED_PDU, f"A-ASSOCIATE-RJ in {state.name}")
             self._stop_artim()  # AE-4
             self._state = State.STA13
             self._released = True
-            if self.is_requestor and not self.setup.done():
-                self.setup.set_exception(
+            if self.is_requestor and not self._setup.done():
+                self._setup.set_exception(
                     AssociationRejected(Rejection(pdu.result, pdu.source, pdu.reason))
                 )
             self._close()
