@@ -56,6 +56,7 @@ from kuva.dicom.net import (
     SupportedContext,
     UserInformation,
     associate,
+    engine_loop,
     request,
     unrecognized,
 )
@@ -78,6 +79,7 @@ SUPPORTED = {
     CT: SupportedContext((EXPLICIT, IMPLICIT), requestor_may_be_scp=True),
     FIND: SupportedContext((IMPLICIT, EXPLICIT)),
     GET: SupportedContext((IMPLICIT, EXPLICIT)),
+    COMMITMENT: SupportedContext((IMPLICIT,)),
 }
 
 FAILING_SINK_UID = "1.2.3.4.5.6.7.1"
@@ -902,6 +904,80 @@ def test_rejections(serve: Callable[..., Served]) -> None:
         Rejection(1, 1, 3),
         Rejection(2, 3, 2),
     }
+
+
+@pytest.mark.parametrize(
+    ("changes", "rejection"),
+    [
+        pytest.param({"application_context": "1.2.3.4"}, Rejection(1, 1, 2), id="app-context"),
+        pytest.param({"protocol_version": 2}, Rejection(1, 2, 2), id="protocol-version"),
+    ],
+)
+def test_engine_rejects_what_it_cannot_speak(
+    serve: Callable[..., Served], changes: dict[str, Any], rejection: Rejection
+) -> None:
+    served = serve(acse_timeout=0.5)
+    rq = AssociateRequest(
+        called_ae="KUVA",
+        calling_ae="RAW",
+        contexts=(ProposedContext(1, VERIFICATION, (IMPLICIT,)),),
+        user=UserInformation(max_pdu_length=16384, implementation_class_uid="1.2.3.4"),
+        **changes,
+    )
+    with socket.create_connection((LOOPBACK, served.port), timeout=5) as sock:
+        sock.sendall(encode(rq))
+        pdu_type, body = read_pdu(sock)
+        rj = decode(pdu_type, body)
+        assert (rj.result, rj.source, rj.reason) == (  # type: ignore[union-attr]
+            rejection.result,
+            rejection.source,
+            rejection.reason,
+        )
+        assert closed_by_peer(sock, 5)  # ARTIM after the A-ASSOCIATE-RJ (PS3.8 9.1.5)
+
+
+def test_negotiation_results_and_unserved_operations(serve: Callable[..., Served]) -> None:
+    served = serve()
+    assoc = served.associate(
+        contexts=[
+            (VERIFICATION, [EXPLICIT, IMPLICIT]),
+            ("1.2.3.4.5.6", [IMPLICIT]),  # abstract syntax not supported
+            (CT, ["1.2.840.10008.1.2.4.50"]),  # no transfer syntax in common
+            (COMMITMENT, [IMPLICIT]),
+        ],
+        roles=[RoleSelection(COMMITMENT, scu_role=True, scp_role=True)],
+    )
+    try:
+        assert assoc.accept is not None
+        results = {r.id: (r.result, r.transfer_syntax) for r in assoc.accept.contexts}
+        assert results[1] == (0, EXPLICIT)  # the acceptor's preference among those proposed
+        assert results[3][0] == 3 and results[5][0] == 4 and results[7] == (0, IMPLICIT)
+        assert sorted(assoc.contexts) == [1, 7]
+        commitment = assoc.contexts[7]
+        assert (commitment.local_scu, commitment.local_scp) == (True, False)  # SCP not granted
+        answer = assoc.n_action(commitment, COMMITMENT, "1.2.840.10008.1.20.1.1", 1, b"")
+        assert answer.status == 0x0211
+        assert assoc.accept.user.implementation_class_uid
+    finally:
+        assoc.release()
+
+
+def test_async_twins_on_the_loop(serve: Callable[..., Served]) -> None:
+    served = serve()
+    assoc = served.associate()
+    ct = assoc.context_for(CT)
+    assert ct is not None
+
+    async def exchange() -> tuple[int | None, int | None]:
+        echo = await assoc.c_echo_async()
+        store = await assoc.c_store_async(ct, "1.2.3.4.5.6.7.9", [b"\x02" * 1000] * 700)
+        await assoc.release_async()
+        return echo.status, store.status
+
+    assert engine_loop().run(exchange()) == (0x0000, 0x0000)
+    assert assoc.wait_closed(5) and assoc.released
+    sink = served.app.sinks["1.2.3.4.5.6.7.9"]
+    assert isinstance(sink, BytesSink) and sink.buffer.getvalue() == b"\x02" * 700_000
 
 
 def test_connection_refused() -> None:
