@@ -581,7 +581,17 @@ class Association(asyncio.BufferedProtocol):
         elif self._transport is not None:
             self._transport.abort()
 
+    def _free_buffers(self) -> None:
+        """The receive buffer goes with the connection (the object may be kept longer)."""
+        self._view = memoryview(b"")
+        self._buffer = bytearray()
+        self._start = self._end = 0
+        self._body = None
+        self._rx_data = None
+        self._rx_command_bytes = bytearray()
+
     def _closed_after_failure(self) -> None:
+        self._free_buffers()
         self._state = State.STA1
         self._lost = True
         self._closed_event.set()
@@ -612,6 +622,7 @@ class Association(asyncio.BufferedProtocol):
         self._rx_sink = None
         if sink is not None:
             self._call_discard(sink)
+        self._free_buffers()
         with self._flow:
             self._lost = True
             self._flow.notify_all()
