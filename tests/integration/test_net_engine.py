@@ -1002,7 +1002,7 @@ def test_blocking_calls_refuse_the_loop_thread(serve: Callable[..., Served]) -> 
         except RuntimeError as exc:
             errors.append(exc)
 
-    assoc._loop.call_soon_threadsafe(on_loop)
+    engine_loop().call(on_loop)
     wait_for(lambda: len(errors) == 1)
     assoc.release()
 
