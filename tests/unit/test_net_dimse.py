@@ -67,7 +67,7 @@ VR: dict[int, str] = {
     Tag.MOVE_ORIGINATOR_AE_TITLE: "AE",
     Tag.MOVE_ORIGINATOR_MESSAGE_ID: "US",
 }
-_printable = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+_printable = st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="\\")
 VALUES: dict[str, st.SearchStrategy[Value]] = {
     "US": st.integers(0, 0xFFFF),
     "UI": uids,
@@ -151,6 +151,8 @@ def test_error_comment_outside_ascii_is_sent_as_question_marks() -> None:
     fields: dict[int, Value] = {Tag.COMMAND_FIELD: 0x8001, Tag.ERROR_COMMENT: "Potilas ei löydy"}
     command = decode_command(encode_command(fields, has_data_set=False))
     assert command.error_comment == "Potilas ei l?ydy"
+    fields[Tag.ERROR_COMMENT] = "C:\\kuva"  # a backslash would make two values of one
+    assert decode_command(encode_command(fields, has_data_set=False)).error_comment == "C:?kuva"
 
 
 @pytest.mark.parametrize(
@@ -213,6 +215,8 @@ def test_pending(status: int, pending: bool) -> None:
         with_group_length(us(0x0100, 1) + element(0x0901, b"\x10\x00")),  # AT of 2 bytes
         with_group_length(element(0x0002, b"1.2\xff") + us(0x0100, 1)),  # non-ASCII UID
         with_group_length(us(0x0100, 1) + element(0x0600, "KÄÄ".encode())),  # non-ASCII AE
+        with_group_length(us(0x0100, 1) + element(0x0600, b"A\\B ")),  # backslash in an AE
+        with_group_length(us(0x0100, 1) + element(0x0600, b"A" * 18)),  # AE of 18 characters
         us(0x0100, 1) + struct.pack("<HHL", 0, 0x1000, 0xFFFFFFFF),  # length beyond the data
     ],
     ids=lambda data: data.hex()[:48],

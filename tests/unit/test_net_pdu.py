@@ -31,7 +31,7 @@ from kuva.dicom.net.pdu import (
 )
 
 SETTINGS = settings(
-    max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
 CT = "1.2.840.10008.5.1.4.1.1.2"
 IMPLICIT = "1.2.840.10008.1.2"
@@ -40,7 +40,7 @@ EXPLICIT = "1.2.840.10008.1.2.1"
 # --- strategies (also used by test_net_fuzz) ---------------------------------------------
 
 _component = st.one_of(st.just("0"), st.integers(1, 10**15).map(str))
-uids = st.lists(_component, min_size=2, max_size=16).map(".".join).filter(lambda u: len(u) <= 64)
+uids = st.lists(_component, min_size=2, max_size=10).map(".".join).filter(lambda u: len(u) <= 64)
 _printable = st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="\\")
 ae_titles = st.text(_printable, min_size=1, max_size=16).map(str.strip).filter(bool)
 version_names = st.text(_printable, min_size=1, max_size=16).map(str.strip).filter(bool)
@@ -76,7 +76,7 @@ def user_informations(draw: st.DrawFn, *, accept: bool) -> UserInformation:
     )
 
 
-_context_ids = st.lists(st.integers(0, 127), min_size=1, max_size=24, unique=True)
+_context_ids = st.lists(st.integers(0, 127), min_size=1, max_size=12, unique=True)
 
 
 @st.composite
@@ -100,7 +100,7 @@ def associate_requests(draw: st.DrawFn, *, protocol_version: int | None = None) 
 @st.composite
 def associate_accepts(draw: st.DrawFn, *, protocol_version: int | None = None) -> AssociateAccept:
     contexts = []
-    for i in draw(st.lists(st.integers(0, 127), max_size=24, unique=True)):
+    for i in draw(st.lists(st.integers(0, 127), max_size=12, unique=True)):
         result = draw(st.integers(0, 4))
         contexts.append(ContextResult(2 * i + 1, result, draw(uids) if result == 0 else ""))
     return AssociateAccept(

@@ -83,8 +83,8 @@ RECEIVE_BUFFER = 256 << 10  # one recv_into buffer per association
 COMMAND_LIMIT = 64 << 10  # a command set larger than this is not DICOM
 OTHER_PDU_LIMIT = 64 << 10  # A-ASSOCIATE-RJ, A-RELEASE, A-ABORT bodies are 4 bytes
 ASSOCIATE_LIMIT = 1 << 20  # A-ASSOCIATE-RQ/AC body (pdu.MAX_ASSOCIATE_LENGTH)
-WRITE_HIGH_WATER = 4 << 20  # transport buffer above which writers wait
-THREAD_QUEUE_LIMIT = 4 << 20  # bytes handed over by threads, not yet written
+WRITE_HIGH_WATER = 2 << 20  # transport buffer above which writers wait
+THREAD_QUEUE_LIMIT = 1 << 20  # bytes handed over by threads, not yet written
 BATCH = 256 << 10  # P-DATA PDUs are handed to the loop in batches of about this size
 SEND_PDU_LIMIT = 4 << 20  # largest P-DATA-TF PDU sent, whatever the peer allows
 MAX_QUEUED_REQUESTS = 16  # requests beyond the 1/1 window before the association aborts
@@ -391,10 +391,11 @@ class Association(asyncio.BufferedProtocol):
         self._artim: asyncio.TimerHandle | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._last_activity = 0.0
-        self.setup: asyncio.Future[None] = self._loop.create_future()
+        self._setup: asyncio.Future[None] = self._loop.create_future()
         self._closed_future: asyncio.Future[None] = self._loop.create_future()
         self._closed_event = threading.Event()
         self._handshake: asyncio.Task[None] | None = None
+        self._handshaking = False
 
         # receiving
         self._buffer = bytearray(RECEIVE_BUFFER)
@@ -424,6 +425,7 @@ class Association(asyncio.BufferedProtocol):
 
         # sending: threads hand batches to the loop; both wait on the transport's flow control
         self._flow = threading.Condition(threading.Lock())
+        self._send_lock = threading.Lock()  # one message at a time from threads
         self._in_flight = 0
         self._paused = False
         self._lost = False
@@ -445,7 +447,14 @@ class Association(asyncio.BufferedProtocol):
 
     @property
     def state(self) -> State:
+        """The upper layer state (PS3.8 Table 9-10)."""
         return self._state
+
+    @property
+    def released(self) -> bool:
+        """The association ended (or is ending) by A-RELEASE or A-ASSOCIATE-RJ, not by
+        A-ABORT or a lost connection."""
+        return self._released
 
     def context_for(
         self,
@@ -516,6 +525,7 @@ class Association(asyncio.BufferedProtocol):
             self._await_request()
         else:
             transport.pause_reading()  # the TLS layer reads from here on
+            self._handshaking = True
             self._handshake = self._loop.create_task(self._start_tls(transport, tls))
 
     async def _start_tls(self, transport: asyncio.Transport, context: ssl.SSLContext) -> None:
@@ -546,6 +556,9 @@ class Association(asyncio.BufferedProtocol):
         self.peer_certificate = tls.get_extra_info("peercert")
         self._transport_ready(tls)
         self._await_request()
+        self._handshaking = False
+        if self._end > self._start:  # the A-ASSOCIATE-RQ came with the handshake's end
+            self.buffer_updated(0)
 
     def _mark_accepted(self) -> bool:
         """Pool thread: the application accepts; False if the connection already closed."""
@@ -568,7 +581,17 @@ class Association(asyncio.BufferedProtocol):
         elif self._transport is not None:
             self._transport.abort()
 
+    def _free_buffers(self) -> None:
+        """The receive buffer goes with the connection (the object may be kept longer)."""
+        self._view = memoryview(b"")
+        self._buffer = bytearray()
+        self._start = self._end = 0
+        self._body = None
+        self._rx_data = None
+        self._rx_command_bytes = bytearray()
+
     def _closed_after_failure(self) -> None:
+        self._free_buffers()
         self._state = State.STA1
         self._lost = True
         self._closed_event.set()
@@ -599,6 +622,7 @@ class Association(asyncio.BufferedProtocol):
         self._rx_sink = None
         if sink is not None:
             self._call_discard(sink)
+        self._free_buffers()
         with self._flow:
             self._lost = True
             self._flow.notify_all()
@@ -613,8 +637,8 @@ class Association(asyncio.BufferedProtocol):
         for queued in self._queued:
             queued.cancelled.set()
         self._queued.clear()
-        if self.is_requestor and not self.setup.done():
-            self.setup.set_exception(
+        if self.is_requestor and not self._setup.done():
+            self._setup.set_exception(
                 AssociationFailed(f"connection to {self.peer_address} closed during set-up")
             )
         self._closed_event.set()
@@ -657,8 +681,8 @@ class Association(asyncio.BufferedProtocol):
     def _artim_expired(self) -> None:
         """AA-2: ARTIM expired, close the transport connection."""
         self._artim = None
-        if self._state == State.STA5 and not self.setup.done():
-            self.setup.set_exception(
+        if self._state == State.STA5 and not self._setup.done():
+            self._setup.set_exception(
                 AssociationFailed(
                     f"no A-ASSOCIATE-AC/RJ from {self.peer_address} "
                     f"within {self._settings.acse_timeout:g} s"
@@ -670,23 +694,22 @@ class Association(asyncio.BufferedProtocol):
             self._transport.abort()
 
     def _start_idle_timer(self) -> None:
-        self._idle = self._loop.call_later(self._settings.network_timeout, self._idle_check)
+        if self._settings.network_timeout > 0:  # 0: no network timeout
+            self._idle = self._loop.call_later(self._settings.network_timeout, self._idle_check)
 
     def _idle_check(self) -> None:
         """The network timeout: an established association on which nothing was received
-        or sent for `network_timeout` seconds, with no request in progress either way,
-        is aborted."""
+        or sent for `network_timeout` seconds, and no request is in progress either way,
+        is aborted (a peer stalled in the middle of a message too)."""
         self._idle = None
         if self._state != State.STA6:
             return
         timeout = self._settings.network_timeout
         now = self._loop.time()
-        busy = (
-            self._current is not None
-            or bool(self._outstanding)
-            or self._rx != _IDLE
-            or self._in_flight > 0
-        )
+        # A request in progress either way is not idleness: the DIMSE timeout bounds a wait
+        # for a response, and a sender waiting on a peer that stopped reading gives up
+        # after network_timeout (_post).
+        busy = self._current is not None or bool(self._outstanding)
         if busy or now - self._last_activity < timeout:
             delay = timeout if busy else self._last_activity + timeout - now
             self._idle = self._loop.call_later(max(delay, 0.05), self._idle_check)
@@ -701,6 +724,8 @@ class Association(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
+        if self._handshaking:  # application data right after the TLS handshake: kept
+            return
         self._last_activity = self._loop.time()
         if self._state == State.STA13 or self._state == State.STA1:
             self._start = self._end = 0  # AA-6/AA-7: ignored while awaiting the close
@@ -1084,19 +1109,44 @@ class Association(asyncio.BufferedProtocol):
         command: bytes,
         data_set: bytes | bytearray | memoryview | Iterable[bytes] | None,
     ) -> None:
-        for batch in _message_batches(context_id, command, data_set, self._max_pdv()):
-            self._post(batch)
+        """One whole message, its batches handed to the loop in order; messages of
+        different threads are not interleaved (PS3.7 6.3.1). If the data set's iterable
+        raises after part of the message went out, the association is aborted: a message
+        cannot be left unfinished."""
+        batches = _message_batches(context_id, command, data_set, self._max_pdv())
+        posted = False
+        with self._send_lock:
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    return
+                except BaseException:
+                    if posted:
+                        self.abort()
+                    raise
+                self._post(batch)
+                posted = True
 
     def _post(self, batch: bytearray) -> None:
         """Hand a batch to the loop, waiting while too much is queued or the transport's
         buffer is full (its pause_writing/resume_writing)."""
         size = len(batch)
+        timeout = self._settings.network_timeout
+        stalled = False
         with self._flow:
             while (self._in_flight >= THREAD_QUEUE_LIMIT or self._paused) and not self._lost:
-                self._flow.wait()
-            if self._lost:
-                raise _Lost
-            self._in_flight += size
+                if not self._flow.wait(timeout if timeout > 0 else None):
+                    stalled = True  # nothing went out for network_timeout
+                    break
+            if not stalled and not self._lost:
+                self._in_flight += size
+        if stalled:
+            log.warning("%r: the peer read nothing for %g s, aborting", self, timeout)
+            self.abort()
+            raise _Lost
+        if self._lost:
+            raise _Lost
         try:
             self._loop.call_soon_threadsafe(self._write_posted, batch)
         except RuntimeError:
@@ -1114,10 +1164,21 @@ class Association(asyncio.BufferedProtocol):
         command: bytes,
         data_set: bytes | bytearray | memoryview | Iterable[bytes] | None,
     ) -> None:
-        for batch in _message_batches(context_id, command, data_set, self._max_pdv()):
+        batches = _message_batches(context_id, command, data_set, self._max_pdv())
+        posted = False
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except BaseException:
+                if posted:
+                    self._abort(0, 0)
+                raise
             if self._lost:
                 raise _Lost
             self._write_pdata(batch)
+            posted = True
             if self._paused:
                 waiter = self._loop.create_future()
                 self._drain_waiters.append(waiter)
@@ -1487,8 +1548,8 @@ class Association(asyncio.BufferedProtocol):
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        if self.is_requestor and not self.setup.done():
-            self.setup.set_exception(
+        if self.is_requestor and not self._setup.done():
+            self._setup.set_exception(
                 AssociationFailed(f"association with {self.peer_address} aborted")
             )
         self._start_artim()
@@ -1507,8 +1568,8 @@ class Association(asyncio.BufferedProtocol):
                 "%r: A-ABORT from the peer (source %d, reason %d)", self, pdu.source, pdu.reason
             )
             self._state = State.STA13
-            if self.is_requestor and not self.setup.done():
-                self.setup.set_exception(
+            if self.is_requestor and not self._setup.done():
+                self._setup.set_exception(
                     AssociationFailed(
                         f"A-ABORT from {self.peer_address} (source {pdu.source}, "
                         f"reason {pdu.reason})"
@@ -1534,16 +1595,16 @@ class Association(asyncio.BufferedProtocol):
             self.peer_max_pdu = pdu.user.max_pdu_length
             self._set_contexts(_requestor_contexts(self.request, pdu))
             self._established()
-            if self.is_requestor and not self.setup.done():
-                self.setup.set_result(None)
+            if self.is_requestor and not self._setup.done():
+                self._setup.set_result(None)
         elif isinstance(pdu, AssociateReject):
             if state != State.STA5:
                 raise PduError(AbortReason.UNEXPECTED_PDU, f"A-ASSOCIATE-RJ in {state.name}")
             self._stop_artim()  # AE-4
             self._state = State.STA13
             self._released = True
-            if self.is_requestor and not self.setup.done():
-                self.setup.set_exception(
+            if self.is_requestor and not self._setup.done():
+                self._setup.set_exception(
                     AssociationRejected(Rejection(pdu.result, pdu.source, pdu.reason))
                 )
             self._close()
@@ -1555,7 +1616,7 @@ class Association(asyncio.BufferedProtocol):
     def _release_requested(self, state: State) -> None:
         if state == State.STA6:  # AR-2 -> Sta8; our response once no request is in progress
             self._state = State.STA8
-            if self._current is None and not self._queued and self._rx == _IDLE:
+            if self._current is None and not self._queued:
                 self._send_release_response()
             else:
                 self._release_deferred = True

@@ -7,6 +7,7 @@ set that may follow a command is not handled here: it is opaque bytes to the eng
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -112,6 +113,9 @@ _VR: dict[int, int] = {
     Tag.MOVE_ORIGINATOR_MESSAGE_ID: _US,
 }
 
+# An AE title (PS3.5 6.2): at most 16 characters of the default repertoire, no backslash,
+# no control characters
+_AE_TITLE = re.compile(rb"[ -\[\]-~]{0,16}")
 _HEADER = struct.Struct("<HHL")  # group, element, value length (PS3.5 7.1.3, implicit VR)
 _US_ELEMENT = struct.Struct("<HHLH")
 _UL_ELEMENT = struct.Struct("<HHLL")
@@ -260,8 +264,9 @@ def _element(tag: int, value: Value) -> bytes:
             raw = value.encode("ascii")
             if len(raw) & 1:
                 raw += b"\x00"
-        else:  # AE, LO: the default character repertoire (PS3.7 E.1)
-            raw = value.encode("ascii", "replace")
+        else:  # AE, LO: the default character repertoire (PS3.7 E.1); a backslash would
+            # split the value in two (PS3.5 6.2)
+            raw = value.encode("ascii", "replace").replace(b"\\", b"?")
             if len(raw) & 1:
                 raw += b" "
     return _HEADER.pack(0, element, len(raw)) + raw
@@ -274,8 +279,10 @@ def decode_command(data: bytes | memoryview) -> Command:
     """Decode a command set (PS3.7 E.1, implicit VR little endian); raises `DimseError`.
 
     Elements must be of group 0000, in ascending tag order, inside the data, with the
-    lengths of their VRs; a Command Group Length, when present, must say the rest's length.
-    An element of a number VR with an empty value counts as absent.
+    lengths of their VRs; a Command Group Length, when present, must say the rest's length;
+    UIDs ASCII and AE titles of PS3.5 6.2. An element of a number VR with an empty value
+    counts as absent. An Error Comment is read whatever it holds: bytes outside ASCII and a
+    backslash as "?".
     """
     data = bytes(data)
     end = len(data)
@@ -313,14 +320,19 @@ def decode_command(data: bytes | memoryview) -> Command:
             if length & 3:
                 raise DimseError(f"command element (0000,{element:04X}) of length {length}")
             value = tuple((g << 16) | e for g, e in _TAG_VALUE.iter_unpack(data[start:pos]))
-        elif vr == _LO:
-            value = data[start:pos].decode("ascii", "replace").replace("\ufffd", "?").strip(" \x00")
+        elif vr == _LO:  # an Error Comment: read whatever it holds
+            raw = data[start:pos].replace(b"\\", b"?").strip(b" \x00")
+            value = raw.decode("ascii", "replace").replace("\ufffd", "?")
+        elif vr == _AE:
+            raw = data[start:pos].strip(b" \x00")
+            if _AE_TITLE.fullmatch(raw) is None:
+                raise DimseError(f"command element (0000,{element:04X}) is not an AE title")
+            value = raw.decode("ascii")
         else:
             try:
-                text = data[start:pos].decode("ascii")
+                value = data[start:pos].rstrip(b"\x00 ").decode("ascii")
             except UnicodeDecodeError:
                 raise DimseError(f"command element (0000,{element:04X}) is not ASCII") from None
-            value = text.rstrip("\x00 ") if vr == _UI else text.strip(" \x00")
         fields[element] = value
     if Tag.COMMAND_FIELD not in fields:
         raise DimseError("command set without a Command Field (0000,0100)")

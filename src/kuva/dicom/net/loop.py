@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -80,6 +81,16 @@ class EngineLoop:
 
 _engine_loop: EngineLoop | None = None
 _engine_loop_lock = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    """A forked worker has no loop thread: it starts its own on first use."""
+    global _engine_loop, _engine_loop_lock
+    _engine_loop = None
+    _engine_loop_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def engine_loop() -> EngineLoop:

@@ -215,6 +215,11 @@ _UID = re.compile(rb"[0-9.]{1,64}")
 # no control characters.
 _AE = re.compile(rb"[ -\[\]-~]{1,16}")
 
+# Valid UIDs read before, by their bytes: the same SOP classes and transfer syntaxes come in
+# every A-ASSOCIATE-RQ. Filled up to its size, never emptied (a few hundred KiB at most).
+_UID_CACHE: dict[bytes, str] = {}
+_UID_CACHE_SIZE = 4096
+
 _INVALID = AbortReason.INVALID_PDU_PARAMETER_VALUE
 _UNEXPECTED = AbortReason.UNEXPECTED_PDU_PARAMETER
 _UNRECOGNIZED = AbortReason.UNRECOGNIZED_PDU_PARAMETER
@@ -279,10 +284,17 @@ def _items(data: bytes, pos: int, end: int, what: str) -> Iterator[tuple[int, in
 
 def _uid(data: bytes, start: int, end: int, what: str) -> str:
     """A UID of an item (PS3.8 9.3.2.2.1, PS3.5 9.1), trailing NUL/space padding removed."""
-    raw = data[start:end].rstrip(b"\x00 ")
-    if _UID.fullmatch(raw) is None:
-        raise PduError(_INVALID, f"{what} is not a UID: {raw[:80]!r}")
-    return raw.decode("ascii")
+    raw = data[start:end]
+    uid = _UID_CACHE.get(raw)
+    if uid is not None:
+        return uid
+    stripped = raw.rstrip(b"\x00 ")
+    if _UID.fullmatch(stripped) is None:
+        raise PduError(_INVALID, f"{what} is not a UID: {stripped[:80]!r}")
+    uid = stripped.decode("ascii")
+    if len(_UID_CACHE) < _UID_CACHE_SIZE:
+        _UID_CACHE[raw] = uid
+    return uid
 
 
 def _u16_prefixed(data: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
@@ -409,7 +421,15 @@ def _proposed_context(data: bytes, start: int, end: int) -> ProposedContext:
     context_id, _ = _context_id(data, start, end)
     abstract_syntax: str | None = None
     transfer_syntaxes: list[str] = []
-    for item_type, s, e in _items(data, start + 4, end, "presentation context"):
+    pos = start + 4
+    while pos < end:  # the sub-items, as _items() but inline: 128 of these per RQ
+        if end - pos < 4:
+            raise PduError(_INVALID, f"context {context_id}: too few bytes for a sub-item")
+        item_type, length = _ITEM.unpack_from(data, pos)
+        s = pos + 4
+        pos = e = s + length
+        if e > end:
+            raise PduError(_INVALID, f"context {context_id}: a sub-item overruns its item")
         if item_type == _TRANSFER_SYNTAX:
             transfer_syntaxes.append(_uid(data, s, e, "transfer syntax name"))
         elif item_type == _ABSTRACT_SYNTAX:

@@ -108,7 +108,7 @@ async def associate_async(
         )
     except (OSError, TimeoutError) as exc:
         raise AssociationFailed(f"cannot connect to {host}:{port}: {exc or 'timeout'}") from exc
-    await assoc.setup
+    await assoc._setup
     return assoc
 
 
