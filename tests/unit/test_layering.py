@@ -57,7 +57,7 @@ def imports_of(
     ``a.b``; ``from a import b`` gives ``a.b`` when that is a module in ``known``,
     else ``a``; relative imports are resolved against ``module``'s package (itself
     when ``is_package``)."""
-    known = set(known)
+    modules = set(known)
     package = module if is_package else module.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(source)):
@@ -73,7 +73,7 @@ def imports_of(
                 base = node.module or ""
             for alias in node.names:
                 candidate = f"{base}.{alias.name}"
-                found.add(candidate if candidate in known else base)
+                found.add(candidate if candidate in modules else base)
     return found
 
 
