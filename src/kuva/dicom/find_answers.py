@@ -95,10 +95,7 @@ def _asked_character_set(query: Dataset) -> tuple[str, str | None]:
     return UTF_8, None
 
 
-def answer_character_set(query: Dataset, values: list[str]) -> str:
-    """The answer's Specific Character Set: the one asked for when it can carry every
-    value, otherwise ISO_IR 192 (PS3.5 6.1.2.3); "" for the default repertoire."""
-    asked, codec = _asked_character_set(query)
+def _fitting_character_set(asked: str, codec: str | None, values: list[str]) -> str:
     if codec is None:
         return UTF_8
     try:
@@ -107,6 +104,12 @@ def answer_character_set(query: Dataset, values: list[str]) -> str:
     except UnicodeEncodeError:
         return UTF_8
     return asked
+
+
+def answer_character_set(query: Dataset, values: list[str]) -> str:
+    """The answer's Specific Character Set: the one asked for when it can carry every
+    value, otherwise ISO_IR 192 (PS3.5 6.1.2.3); "" for the default repertoire."""
+    return _fitting_character_set(*_asked_character_set(query), values)
 
 
 def answer_dataset(
@@ -171,7 +174,7 @@ class _Key:
     tag: int
     keyword: str
     vr: str
-    json_tag: str  # the key of its element in DICOM JSON (PS3.18 F.2.1)
+    json_tag: str  # the name of its element in DICOM JSON (PS3.18 F.2)
     tag_bytes: bytes
 
 
@@ -246,7 +249,7 @@ class FindAnswers:
             RETRIEVE_AE_TITLE,
             INSTANCE_AVAILABILITY,
         }:
-            return "a key requested twice"
+            return "a key requested twice, or one the answer sets itself"
         for key in self._keys:
             if key.tag & 0xFFFF == 0 and key.tag >> 16 > 6:
                 return f"group length ({key.json_tag}) requested"
@@ -294,23 +297,13 @@ class FindAnswers:
                 planned.append((key, vr, items))
             else:
                 planned.append((key, key.vr, None))
-        charset = self._character_set(texts)
+        charset = _fitting_character_set(self._asked, self._codec, texts)
         codec = "utf-8" if charset == UTF_8 else "latin-1"
         parts = [self._element_of(key, vr, items, codec) for key, vr, items in planned]
         inserted = [self._character_set_element(charset), *self._fixed]
         for position, element in reversed(list(zip(self._positions, inserted, strict=True))):
             parts.insert(position, element)
         return b"".join(parts)
-
-    def _character_set(self, texts: list[str]) -> str:
-        if self._codec is None:
-            return UTF_8
-        try:
-            for text in texts:
-                text.encode(self._codec)
-        except UnicodeEncodeError:
-            return UTF_8
-        return self._asked
 
     def _character_set_element(self, charset: str) -> bytes:
         """(0008,0005), absent for the default repertoire (PS3.5 6.1.2.2)."""
