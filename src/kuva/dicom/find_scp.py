@@ -17,19 +17,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
-from pydicom.sequence import Sequence
+from pydicom.uid import UID
 
 from kuva.config import Settings
 from kuva.dicom import datasets
 from kuva.dicom import status as st
+from kuva.dicom.codec.find_answers import FindAnswers, value_text
 from kuva.dicom.codec.part10 import apply_sender_defaults
 from kuva.dicom.contexts import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
 from kuva.dicom.net import Association, Request
-from kuva.model.availability import ONLINE
-from kuva.model.query import QueryError, QueryLevel, QueryResult
+from kuva.model.query import QueryError, QueryLevel
 from kuva.services.access import AccessPolicy
 from kuva.services.audit import AuditTrail, audit_failed
 from kuva.services.disclosure import Interface
@@ -51,34 +48,6 @@ _NOT_KEYS = {
     "RetrieveAETitle",
     "InstanceAvailability",
 }
-
-
-def _value_text(element: DataElement) -> str:
-    value = element.value
-    if value is None:
-        return ""
-    if isinstance(value, MultiValue | list):
-        return "\\".join(str(v) for v in value)
-    if isinstance(value, bytes):
-        return ""
-    return str(value)
-
-
-def _charset(query: Dataset, values: list[str]) -> str:
-    asked = query.get("SpecificCharacterSet", "")
-    asked = asked[0] if isinstance(asked, MultiValue | list) and asked else asked
-    if asked in ("", "ISO_IR 6"):
-        codec = "ascii"
-    elif asked == "ISO_IR 100":
-        codec = "latin-1"
-    else:
-        return "ISO_IR 192"
-    try:
-        for value in values:
-            value.encode(codec)
-    except UnicodeEncodeError:
-        return "ISO_IR 192"
-    return str(asked) if asked else ""
 
 
 # What ``FindSCP._find`` yields: a status, its Error Comment and, for a Pending
@@ -166,7 +135,7 @@ class FindSCP:
             return
 
         elements = [e for e in identifier if e.keyword and e.keyword not in _NOT_KEYS]
-        keys = {e.keyword: _value_text(e) for e in elements if e.VR != "SQ"}
+        keys = {e.keyword: value_text(e) for e in elements if e.VR != "SQ"}
         find = FindRequest(level=level, keys=keys, return_keys=tuple(e.keyword for e in elements))
         try:
             QueryService.matchers(find)  # refuse malformed keys before the first answer
@@ -174,6 +143,14 @@ class FindSCP:
             if self._access is not None:
                 scope = self._access.scope_of_node(calling_ae)
             results = self._query.find(find, scope=scope, interface=Interface.C_FIND)
+            # Each match's identifier is joined as bytes from its index row.
+            answers = FindAnswers(
+                identifier,
+                elements,
+                level,
+                self._settings.dicom.ae_title,
+                implicit_vr=UID(syntax).is_implicit_VR,
+            )
             count = 0
             for result in results:
                 if req.cancelled.is_set():
@@ -181,8 +158,7 @@ class FindSCP:
                     yield CANCEL, "", None
                     return
                 count += 1
-                answer = self._answer(identifier, elements, level, result)
-                yield PENDING, "", datasets.encode(answer, syntax)
+                yield PENDING, "", answers.encode(result)
         except QueryError as exc:
             yield IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc), None
             return
@@ -191,42 +167,3 @@ class FindSCP:
             yield UNABLE_TO_PROCESS, "query failed", None
             return
         log.info("C-FIND %s from %s: %d match(es)", level.value, calling_ae, count)
-
-    def _answer(
-        self, query: Dataset, elements: list[DataElement], level: QueryLevel, result: QueryResult
-    ) -> Dataset:
-        answer = Dataset()
-        texts: list[str] = []
-        extra: Dataset | None = None
-        if result.dataset_json is not None:
-            wanted = {f"{e.tag:08X}" for e in elements if e.keyword not in result.values}
-            extra = Dataset.from_json(
-                {tag: v for tag, v in result.dataset_json.items() if tag in wanted}
-            )
-        for element in elements:
-            if element.keyword in result.values:
-                value = result.values[element.keyword]
-                if value is None or value == "":
-                    answer.add_new(element.tag, element.VR, None)
-                    continue
-                if element.VR in ("IS", "US", "UL", "SS", "SL"):
-                    answer.add_new(element.tag, element.VR, int(value))
-                    continue
-                text = str(value)
-                texts.append(text)
-                answer.add_new(element.tag, element.VR, text.split("\\") if "\\" in text else text)
-            elif extra is not None and element.tag in extra:
-                answer.add(extra[element.tag])
-                texts.append(_value_text(extra[element.tag]))
-            elif element.VR == "SQ":
-                answer.add_new(element.tag, "SQ", Sequence())
-            else:
-                answer.add_new(element.tag, element.VR, None)
-        charset = _charset(query, texts)
-        if charset:
-            answer.SpecificCharacterSet = charset
-        answer.QueryRetrieveLevel = level.value
-        answer.RetrieveAETitle = self._settings.dicom.ae_title
-        # Every match at every level is on line (PS3.4 C.4.1.1.3.2).
-        answer.InstanceAvailability = ONLINE
-        return answer
