@@ -429,17 +429,16 @@ class RetrieveSCP:
         else:
             progress = self._move(assoc, req, responder, node, instances)
         self._audited(assoc, scope, instances, progress, node)
-        if assoc.is_established:
-            log.info(
-                "%s from %s (%s level)%s: %d completed, %d failed, %d warning",
-                operation,
-                calling_ae,
-                level.value,
-                f" to {node.ae_title}" if node is not None else "",
-                progress.completed,
-                progress.failed,
-                progress.warning,
-            )
+        log.info(
+            "%s from %s (%s level)%s: %d completed, %d failed, %d warning",
+            operation,
+            calling_ae,
+            level.value,
+            f" to {node.ae_title}" if node is not None else "",
+            progress.completed,
+            progress.failed,
+            progress.warning,
+        )
 
     def _audited(
         self,
