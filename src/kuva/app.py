@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from kuva.dicom.ian import IanSender
 from kuva.dicom.retrieve_scp import RetrieveSCP
 from kuva.dicom.server import DicomServer
 from kuva.dicom.storage_scp import StorageSCP
+from kuva.dicom.workers import WorkerProcesses, listening_socket
 from kuva.dicomweb.metadata import metadata_router
 from kuva.dicomweb.qido import qido_router
 from kuva.dicomweb.stow import stow_router
@@ -166,14 +168,20 @@ def build_audit(settings: Settings, engine: Engine) -> AuditTrail:
 class Archive:
     """Every part of a running archive, wired together."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, dicom_worker: bool = False) -> None:
+        """``dicom_worker``: the archive of a DICOM worker process (kuva.dicom.workers),
+        which leaves the schema and the blob stores' leftovers to the main process
+        (it must never remove a partial blob the main process is writing)."""
         self.settings = settings
         settings.archive.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(settings.archive.resolved_database_url())
-        migrate(self.engine)
+        if not dicom_worker:
+            migrate(self.engine)
         self.blobs = build_blob_store(settings)
-        for _name, copy in self.blobs.copies():
-            copy.clean_partial()
+        if not dicom_worker:
+            for _name, copy in self.blobs.copies():
+                copy.clean_partial()
+        self.dicom_workers: WorkerProcesses | None = None
         self.audit = build_audit(settings, self.engine)
         self.committer = GroupCommitter(self.engine)
         # Registration on: what the registry would not take is refused at the door.
@@ -343,14 +351,15 @@ class Archive:
             self.retention_scheduler.start()
         if self.ian_backlog is not None:
             self.ian_backlog.start()
-        host, port = self.dicom.start()
+        host, port = self._start_dicom()
         tls = {name: " over mutual TLS" for name in self.settings.tls_listeners}
         log.info(
-            "ready: DICOM %s on %s:%d%s",
+            "ready: DICOM %s on %s:%d%s, %d process(es)",
             self.settings.dicom.ae_title,
             host,
             port,
             tls.get("dicom", ""),
+            self.settings.dicom.worker_count,
         )
         self._start_http()
         if self.syslog is not None:
@@ -368,6 +377,31 @@ class Archive:
         if not self.settings.audit.enabled:
             log.warning("[audit] enabled = false: nothing is audited - never in production")
         self.audit.application_started()
+
+    def _start_dicom(self) -> tuple[str, int]:
+        dicom = self.settings.dicom
+        count = dicom.worker_count
+        if count <= 1:
+            return self.dicom.start()
+        sock = listening_socket(dicom.host, dicom.port)
+        address = self.dicom.start(sock=sock)
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        self.dicom_workers = WorkerProcesses(self.settings, sock, count - 1, str(level))
+        self.dicom_workers.start()
+        return address
+
+    def start_dicom_worker(self, sock: socket.socket) -> None:
+        """A DICOM worker process's part: its audit writer and the DICOM listener on
+        the main process's socket (kuva.dicom.workers)."""
+        self.audit.start_writer()
+        self.dicom.start(sock=sock)
+
+    def stop_dicom_worker(self) -> None:
+        self.dicom.stop()
+        self.audit.stop_writer()
+        self.committer.close()
+        self.blobs.close()
+        self.engine.dispose()
 
     def _start_http(self) -> None:
         extra: dict[str, Any] = {}
@@ -408,6 +442,8 @@ class Archive:
         """Stop listening, finish in-flight work, close everything."""
         log.info("stopping")
         self.dicom.stop()
+        if self.dicom_workers is not None:
+            self.dicom_workers.stop()
         self.hl7.stop()
         if self.syslog is not None:
             self.syslog.stop()

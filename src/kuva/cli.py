@@ -99,6 +99,21 @@ def serve(
     run(settings)
 
 
+@app.command("dicom-worker", hidden=True)
+def dicom_worker(
+    listen_fd: Annotated[int, typer.Option(help="the listening socket's file descriptor")],
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
+) -> None:
+    """A DICOM worker process of ``kuva serve`` (kuva.dicom.workers): its settings come
+    as JSON on standard input. Not for use by hand."""
+    _logging(log_level)
+    from kuva.config import Settings
+    from kuva.dicom.workers import run_worker
+
+    settings = Settings.model_validate_json(sys.stdin.buffer.read())
+    run_worker(settings, listen_fd)
+
+
 @app.command()
 def verify(
     config: ConfigOption = None,

@@ -7,6 +7,7 @@ default (SQLite + a local folder). The shape follows the outside contract
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -96,6 +97,14 @@ class DicomSettings(BaseModel):
     # over TLS 1.2+ with a client certificate of a configured organisation, and its
     # calling AE title must be a node of that organisation. false = plain TCP.
     tls: bool = False
+    # Processes that accept associations on the one listening socket (every core
+    # serves DICOM; kuva.dicom.workers). 0 = one per core. The first is the main
+    # process itself, which alone runs the background duties.
+    workers: int = Field(default=0, ge=0)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
 
     @field_validator("ae_title")
     @classmethod

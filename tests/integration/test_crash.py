@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -83,3 +85,105 @@ def test_sigkill_mid_ingest(
         assert assoc.send_c_store(ds).Status == 0x0000
     assoc.release()
     assert len(index_rows(database_url)) == 200
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        found.update(int(child) for child in children)
+    return found
+
+
+def _serving(pids: set[int], port: int) -> set[int]:
+    """The processes among ``pids`` holding an established connection on ``port``."""
+    inodes: set[str] = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        if local_port == port and fields[3] == "01":  # TCP_ESTABLISHED
+            inodes.add(fields[9])
+    serving: set[int] = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = fd.readlink().name
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                serving.add(pid)
+    return serving
+
+
+def test_sigkill_of_a_dicom_worker_mid_ingest(
+    kuva_server: Callable[..., KuvaServer], database_url: str, tmp_path: Path
+) -> None:
+    """Two processes accept on one port ([dicom] workers = 2); SIGKILL of the worker
+    mid-transfer loses nothing it acknowledged, the main process starts another, and
+    the associations on the main process carry on."""
+    server = kuva_server(nodes=NODES, extra={"dicom": {"workers": 2}})
+    assert server.process is not None
+    main = server.process.pid
+    deadline = time.monotonic() + 30
+    while not (workers := _children(main)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [worker] = workers
+    datasets = make_ct_series(160, rows=256, cols=256)
+    files = write_series(datasets, tmp_path / "ct")
+    shares = [datasets[i::4] for i in range(4)]
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+    established = threading.Barrier(5, timeout=30)
+
+    def send(share: list) -> None:  # type: ignore[type-arg]
+        ae = AE(ae_title="MODALITY1")
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="KUVA")
+        established.wait()
+        for ds in share:
+            if not assoc.is_established:
+                break
+            status = assoc.send_c_store(ds)
+            if getattr(status, "Status", None) == 0x0000:
+                with lock:
+                    acknowledged.append(ds.SOPInstanceUID)
+        if assoc.is_established:
+            assoc.release()
+
+    senders = [threading.Thread(target=send, args=(share,), daemon=True) for share in shares]
+    for sender in senders:
+        sender.start()
+    established.wait()
+    # Both processes serve: the kernel hands connections to either.
+    assert _serving({main, worker}, server.dicom_port) == {main, worker}
+    deadline = time.monotonic() + 60
+    while len(acknowledged) < 40 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(worker, signal.SIGKILL)
+    for sender in senders:
+        sender.join(120)
+    assert 40 <= len(acknowledged) < 160, "the kill must land mid-transfer"
+
+    rows = index_rows(database_url)
+    by_uid = {ds.SOPInstanceUID: (number, ds) for number, ds in enumerate(datasets)}
+    for uid in acknowledged:
+        number, ds = by_uid[uid]
+        blob = (server.blob_dir / rows[uid].blob_key).read_bytes()
+        assert blob == expected_blob(
+            files[number], ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian
+        )
+    check_blob_integrity(server.blob_dir)
+    # The main process started another worker; the rest of the series goes in.
+    deadline = time.monotonic() + 30
+    while not (_children(main) - {worker}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _children(main) - {worker}
+    remaining = [ds for ds in datasets if ds.SOPInstanceUID not in rows]
+    ae = AE(ae_title="MODALITY1")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", server.dicom_port, ae_title="KUVA")
+    for ds in remaining:
+        assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    assert len(index_rows(database_url)) == 160
+    assert server.stop() == 0

@@ -94,7 +94,14 @@ class KuvaServer:
         self.hl7_port = free_port()
         sections: dict[str, dict[str, Any]] = {
             "archive": {"data_dir": str(self.data_dir), "database_url": self.database_url},
-            "dicom": {"ae_title": self.ae_title, "host": "127.0.0.1", "port": self.dicom_port},
+            # One process unless a test is about the worker processes: tests read the
+            # main process's log and send commitment reports on the same association.
+            "dicom": {
+                "ae_title": self.ae_title,
+                "host": "127.0.0.1",
+                "port": self.dicom_port,
+                "workers": 1,
+            },
             "http": {"host": "127.0.0.1", "port": self.http_port},
             "hl7": {"host": "127.0.0.1", "port": self.hl7_port},
             # A short lease: a task caught running by a SIGKILL is taken again within

@@ -24,6 +24,7 @@ associate and hands each DIMSE request to the SCP of its service
 from __future__ import annotations
 
 import logging
+import socket
 
 from kuva import metrics
 from kuva.config import Settings
@@ -100,10 +101,12 @@ class DicomServer:
         self._acceptor: Acceptor | None = None
 
     # -- life --------------------------------------------------------------------------
-    def start(self) -> tuple[str, int]:
+    def start(self, sock: socket.socket | None = None) -> tuple[str, int]:
+        """Listen on ``[dicom] host/port``, or on ``sock``: a listening socket this
+        process shares with others (kuva.dicom.workers)."""
         dicom = self._settings.dicom
         self._acceptor = Acceptor(self.config, self)
-        return self._acceptor.start(dicom.host, dicom.port)
+        return self._acceptor.start(dicom.host, dicom.port, sock=sock)
 
     def stop(self) -> None:
         """Stop accepting; let running associations finish (bounded), then close."""
