@@ -383,16 +383,15 @@ class Archive:
         count = dicom.worker_count
         if count <= 1:
             return self.dicom.start()
-        sock = listening_socket(dicom.host, dicom.port)
-        address = self.dicom.start(sock=sock)
+        address = self.dicom.start(sock=listening_socket(dicom.host, dicom.port))
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-        self.dicom_workers = WorkerProcesses(self.settings, sock, count - 1, str(level))
+        self.dicom_workers = WorkerProcesses(self.settings, address[1], count - 1, str(level))
         self.dicom_workers.start()
         return address
 
     def start_dicom_worker(self, sock: socket.socket) -> None:
         """A DICOM worker process's part: its audit writer and the DICOM listener on
-        the main process's socket (kuva.dicom.workers)."""
+        the main process's port (kuva.dicom.workers)."""
         self.audit.start_writer()
         self.dicom.start(sock=sock)
 

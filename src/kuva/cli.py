@@ -101,7 +101,6 @@ def serve(
 
 @app.command("dicom-worker", hidden=True)
 def dicom_worker(
-    listen_fd: Annotated[int, typer.Option(help="the listening socket's file descriptor")],
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
 ) -> None:
     """A DICOM worker process of ``kuva serve`` (kuva.dicom.workers): its settings come
@@ -111,7 +110,7 @@ def dicom_worker(
     from kuva.dicom.workers import run_worker
 
     settings = Settings.model_validate_json(sys.stdin.buffer.read())
-    run_worker(settings, listen_fd)
+    run_worker(settings)
 
 
 @app.command()

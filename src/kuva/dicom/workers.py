@@ -40,23 +40,25 @@ RESTART_SECONDS = 1.0
 
 
 def listening_socket(host: str, port: int, backlog: int = 128) -> socket.socket:
-    """The DICOM listener's socket, bound and listening, inheritable by workers."""
+    """A DICOM listening socket on (host, port) that other processes of this user may
+    bind too (SO_REUSEPORT)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(backlog)
     sock.setblocking(False)
-    sock.set_inheritable(True)
     return sock
 
 
 class WorkerProcesses:
     """Starts, watches and stops the DICOM worker processes of the main process."""
 
-    def __init__(self, settings: Settings, sock: socket.socket, count: int, log_level: str) -> None:
-        self._settings = settings
-        self._sock = sock
+    def __init__(self, settings: Settings, port: int, count: int, log_level: str) -> None:
+        # Workers bind the port the main process got (when [dicom] port is 0, too).
+        dicom = settings.dicom.model_copy(update={"port": port})
+        self._settings = settings.model_copy(update={"dicom": dicom})
         self._count = count
         self._log_level = log_level
         self._processes: list[subprocess.Popen[bytes] | None] = [None] * count
@@ -74,20 +76,9 @@ class WorkerProcesses:
         self._thread.start()
 
     def _spawn(self, slot: int) -> None:
-        fd = self._sock.fileno()
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kuva",
-                "dicom-worker",
-                "--listen-fd",
-                str(fd),
-                "--log-level",
-                self._log_level,
-            ],
+            [sys.executable, "-m", "kuva", "dicom-worker", "--log-level", self._log_level],
             stdin=subprocess.PIPE,
-            pass_fds=(fd,),
         )
         assert process.stdin is not None
         process.stdin.write(self._settings.model_dump_json().encode("utf-8"))
@@ -143,9 +134,9 @@ def _terminate_with_parent() -> None:
 _PR_SET_PDEATHSIG = 1
 
 
-def run_worker(settings: Settings, listen_fd: int) -> None:
-    """The body of ``kuva dicom-worker``: serve DICOM on the inherited socket until
-    SIGTERM or until the parent process is gone."""
+def run_worker(settings: Settings) -> None:
+    """The body of ``kuva dicom-worker``: serve DICOM on ``[dicom] host/port`` beside
+    the main process until SIGTERM or until the main process is gone."""
     from kuva.app import Archive
 
     parent = os.getppid()
@@ -153,9 +144,10 @@ def run_worker(settings: Settings, listen_fd: int) -> None:
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     _terminate_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's ^C is the parent's
-    sock = socket.socket(fileno=listen_fd)
     archive = Archive(settings, dicom_worker=True)
-    archive.start_dicom_worker(sock)
+    # Bound only once the archive is built: the kernel routes connections to a
+    # listening socket at once, and they would wait there until the acceptor runs.
+    archive.start_dicom_worker(listening_socket(settings.dicom.host, settings.dicom.port))
     while not stop.wait(1.0):
         if os.getppid() != parent:
             log.warning("DICOM worker: the main process is gone, stopping")
