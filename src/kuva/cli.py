@@ -101,6 +101,7 @@ def serve(
 
 @app.command("dicom-worker", hidden=True)
 def dicom_worker(
+    parent: Annotated[int, typer.Option(help="the main process's pid")],
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
 ) -> None:
     """A DICOM worker process of ``kuva serve`` (kuva.dicom.workers): its settings come
@@ -110,7 +111,7 @@ def dicom_worker(
     from kuva.dicom.workers import run_worker
 
     settings = Settings.model_validate_json(sys.stdin.buffer.read())
-    run_worker(settings)
+    run_worker(settings, parent)
 
 
 @app.command()

@@ -77,7 +77,16 @@ class WorkerProcesses:
 
     def _spawn(self, slot: int) -> None:
         process = subprocess.Popen(
-            [sys.executable, "-m", "kuva", "dicom-worker", "--log-level", self._log_level],
+            [
+                sys.executable,
+                "-m",
+                "kuva",
+                "dicom-worker",
+                "--parent",
+                str(os.getpid()),
+                "--log-level",
+                self._log_level,
+            ],
             stdin=subprocess.PIPE,
         )
         assert process.stdin is not None
@@ -134,15 +143,18 @@ def _terminate_with_parent() -> None:
 _PR_SET_PDEATHSIG = 1
 
 
-def run_worker(settings: Settings) -> None:
+def run_worker(settings: Settings, parent: int) -> None:
     """The body of ``kuva dicom-worker``: serve DICOM on ``[dicom] host/port`` beside
-    the main process until SIGTERM or until the main process is gone."""
+    the main process ``parent`` until SIGTERM or until that process is gone (also
+    when it was gone before this one got this far)."""
     from kuva.app import Archive
 
-    parent = os.getppid()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     _terminate_with_parent()
+    if os.getppid() != parent:
+        log.warning("DICOM worker: the main process is gone, not starting")
+        return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the terminal's ^C is the parent's
     archive = Archive(settings, dicom_worker=True)
     # Bound only once the archive is built: the kernel routes connections to a
