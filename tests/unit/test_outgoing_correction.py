@@ -18,7 +18,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from kuva.dicom.codec.outgoing import as_file, encoded
+from kuva.dicom.codec.outgoing import encoded
 from kuva.index.database import make_engine
 from kuva.index.instances import StoredInstance
 from kuva.services.retrieve import RetrieveService, StoredObject, apply_correction
@@ -198,19 +198,6 @@ def test_converted_objects_are_corrected_too(
     assert back.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].PatientID == (
         "020202-900E"
     )
-
-
-def test_as_file_is_the_stored_file_when_verbatim(service: RetrieveService) -> None:
-    ds = _received()
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    verbatim = _object(service, out.getvalue(), ExplicitVRLittleEndian, corrected=False)
-    with as_file(verbatim, pydicom.uid.UID(ExplicitVRLittleEndian)) as path:
-        assert path == verbatim.path
-    corrected = _object(service, out.getvalue(), ExplicitVRLittleEndian, corrected=True)
-    with as_file(corrected, pydicom.uid.UID(ExplicitVRLittleEndian)) as path:
-        assert path != corrected.path
-        assert pydicom.dcmread(path).PatientID == "010181-900C"
 
 
 def test_header_read_from_bytes_is_re_encoded_whole_in_utf8() -> None:

@@ -91,6 +91,10 @@ class DicomServer:
             network_timeout=dicom.network_timeout,
             dimse_timeout=dicom.dimse_timeout,
             handler_threads=dicom.max_associations,
+            # A data set other than a C-STORE's (which streams to the blob store) is
+            # held in memory to be decoded: identifiers, commitment requests (16 MiB is
+            # a request for about 120,000 instances). A bigger one aborts the association.
+            max_dataset_bytes=16 << 20,
             implementation_class_uid=IMPLEMENTATION_CLASS_UID,
             implementation_version_name=IMPLEMENTATION_VERSION_NAME,
             ssl_context=server_context(settings.tls) if dicom.tls else None,

@@ -59,8 +59,6 @@ class FileBlobWriter(BlobWriter):
         self._size = 0
         self._done = False
         self._sync: Future[None] | None = None
-        # pynetdicom calls ``.file.flush()`` on the temporary file it writes to.
-        self.file = self
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._fd is None:

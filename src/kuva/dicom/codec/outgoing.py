@@ -20,11 +20,8 @@ knows neither the index nor the blob store.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from pydicom import dcmread
@@ -57,8 +54,8 @@ class StoredBytes(Protocol):
 class OutgoingObject(Protocol):
     """A stored object on its way out, as the codec sees it.
 
-    ``instance``: its stored bytes' length and transfer syntax. ``path``: the stored
-    Part 10 file when it is a local file. ``verbatim``: no correction applies.
+    ``instance``: its stored bytes' length and transfer syntax. ``verbatim``: no
+    correction applies.
     ``stream``: the stored Part 10 bytes (the caller closes the stream).
     ``coerce``: apply the correction to a data set (the whole object or its header
     up to the pixel data), in place; whether anything changed. ``dataset``: the
@@ -67,9 +64,6 @@ class OutgoingObject(Protocol):
 
     @property
     def instance(self) -> StoredBytes: ...
-
-    @property
-    def path(self) -> Path | None: ...
 
     @property
     def verbatim(self) -> bool: ...
@@ -226,18 +220,3 @@ def encoded(obj: OutgoingObject, target: UID) -> tuple[Iterator[bytes], int]:
     ds.save_as(out, enforce_file_format=True)
     data = out.getvalue()
     return iter((data,)), len(data)
-
-
-@contextlib.contextmanager
-def as_file(obj: OutgoingObject, target: UID) -> Iterator[Path]:
-    """The object as it goes out in ``target``, as a file (for pynetdicom's C-STORE,
-    which streams a file): the stored file itself when it goes out verbatim."""
-    if obj.verbatim and target == obj.instance.transfer_syntax_uid and obj.path is not None:
-        yield obj.path
-        return
-    chunks, _ = encoded(obj, target)
-    with tempfile.NamedTemporaryFile(prefix="kuva-out-", suffix=".dcm") as spool:
-        for chunk in chunks:
-            spool.write(chunk)
-        spool.flush()
-        yield Path(spool.name)

@@ -89,37 +89,22 @@ def canonical_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_synt
 
 
 class Part10Rewriter:
-    """A file-like that pynetdicom writes a received C-STORE object into.
-
-    pynetdicom writes a preamble, its own file meta and then the data set
-    fragments as they arrive. This writer replaces that file meta with kuva's
-    canonical one and streams everything into a ``BlobWriter``, which hashes on
-    the way: the object is stored in one pass with no copy in memory.
+    """A file-like that a Part 10 object is written into (a STOW-RS part, kuva's own
+    manifests): the sender's File Meta Information is replaced by kuva's canonical
+    one and everything streams into a ``BlobWriter``, which hashes on the way. The
+    object is stored in one pass with no copy in memory. (C-STORE data sets carry no
+    file meta: dicom.storage_scp writes the canonical one before them itself.)
     """
 
     def __init__(self, blob: BlobWriter) -> None:
         self.blob = blob
         self.name = blob.name
-        self.file = self  # pynetdicom calls ``.file.flush()``
         self._head = bytearray()
         self._meta_end: int | None = None  # offset where the data set starts
         self._passthrough = False
         self.sop_class_uid = ""
         self.sop_instance_uid = ""
         self.transfer_syntax_uid = ""
-
-    def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> None:
-        """Start the blob with kuva's file meta; what was written before is dropped.
-
-        The fast path: called in place of pynetdicom's file meta writing (see
-        dicom.storage_scp), so that nothing needs to be parsed back.
-        """
-        self.sop_class_uid = sop_class_uid
-        self.sop_instance_uid = sop_instance_uid
-        self.transfer_syntax_uid = transfer_syntax_uid
-        self.blob.write(canonical_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid))
-        self._head = bytearray()
-        self._passthrough = True
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._passthrough:
