@@ -98,6 +98,7 @@ from bench.shared import (  # noqa: E402
     time_queries,
 )
 from pydicom.dataset import Dataset  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
 from pynetdicom import AE, evt  # noqa: E402
 from pynetdicom.association import Association  # noqa: E402
 from pynetdicom.sop_class import (  # noqa: E402
@@ -116,6 +117,12 @@ from kuva.bench_support import (  # noqa: E402
     synthetic_instance,
 )
 from kuva.config import load_settings  # noqa: E402
+from kuva.dicom.datasets import decode as decode_data_set  # noqa: E402
+from kuva.dicom.datasets import encode as encode_data_set  # noqa: E402
+from kuva.dicom.net import Association as NetAssociation  # noqa: E402
+from kuva.dicom.net import CommandField  # noqa: E402
+from kuva.dicom.net import associate as net_associate  # noqa: E402
+from kuva.dicom.net.dimse import request as dimse_request  # noqa: E402
 from kuva.index.bulk import bulk_add  # noqa: E402
 from kuva.index.database import make_engine, migrate  # noqa: E402
 from kuva.index.schema import instance, patient, series, study  # noqa: E402
@@ -326,6 +333,54 @@ def cfind_runner(assoc: Association, first_ms: list[float] | None = None) -> Run
     return run
 
 
+def kuva_requestor(server: KuvaServer) -> NetAssociation:
+    """An association opened with kuva's own requestor (kuva.dicom.net), the client
+    that costs least per message: the C-FIND rows measured with it show the server."""
+    return net_associate(
+        "127.0.0.1",
+        server.dicom_port,
+        calling_ae=CALLING_AET,
+        called_ae=server.ae_title,
+        contexts=[(str(StudyRootQueryRetrieveInformationModelFind), [ExplicitVRLittleEndian])],
+        dimse_timeout=120,
+    )
+
+
+def kuva_cfind_runner(assoc: NetAssociation) -> Runner:
+    """C-FIND through kuva's requestor; the answers decoded with pydicom."""
+    context = assoc.context_for(str(StudyRootQueryRetrieveInformationModelFind))
+    assert context is not None
+
+    def run(query: Query) -> list[tuple[str, int]]:
+        identifier = encode_data_set(_identifier(query), context.transfer_syntax)
+        fields = dimse_request(
+            CommandField.C_FIND_RQ,
+            assoc.next_message_id(),
+            affected_sop_class_uid=context.abstract_syntax,
+        )
+        response = assoc.send_request(context, fields, identifier)
+        if response.status != 0x0000:
+            raise RuntimeError(f"C-FIND final status {response.status}")
+        matches: list[tuple[str, int]] = []
+        for pending in response.pending:
+            answer = decode_data_set(pending.data_set or b"", context.transfer_syntax)
+            value = answer.get("NumberOfStudyRelatedInstances")
+            uid = str(answer.get("StudyInstanceUID", ""))
+            matches.append((uid, int(value) if value not in (None, "") else 0))
+        return matches
+
+    return run
+
+
+def kuva_association_runner(server: KuvaServer) -> Runner:
+    """Open and release an association with kuva's own requestor."""
+
+    def run(query: Query) -> None:
+        kuva_requestor(server).release()
+
+    return run
+
+
 def cecho_runner(assoc: Association) -> Runner:
     def run(query: Query) -> None:
         status = assoc.send_c_echo()
@@ -510,6 +565,8 @@ def run_database(database: str, options: Options, studies: Sequence[Study]) -> L
                 timeout=120,
             )
         )
+        kuva_assoc = kuva_requestor(server)
+        stack.callback(kuva_assoc.release)
         service = QueryService(engine)
         qido_ok, qido_note = qido_available(client, queries["AccessionNumber"][0])
         if not qido_ok:
@@ -524,6 +581,15 @@ def run_database(database: str, options: Options, studies: Sequence[Study]) -> L
             first = LatencyRow(kind, "C-FIND, to 1st response", targeted=False)
             first.latencies_ms = first_ms[-len(cfind.latencies_ms) :] if cfind.latencies_ms else []
             result.rows.append(first)
+            own = measure(
+                kind,
+                "C-FIND, kuva requestor",
+                queries[kind],
+                warmups[kind],
+                kuva_cfind_runner(kuva_assoc),
+            )
+            own.targeted = False
+            result.rows.append(own)
             if qido_ok:
                 result.rows.append(
                     measure(kind, "QIDO-RS", queries[kind], warmups[kind], qido_runner(client))
@@ -564,15 +630,13 @@ def run_database(database: str, options: Options, studies: Sequence[Study]) -> L
             row.targeted = False
             result.rows.append(row)
         setups = [floor[0]] * ASSOCIATIONS
-        row = measure(
-            "floor",
-            "association open + release",
-            setups,
-            setups[:WARMUP],
-            association_runner(server),
-        )
-        row.targeted = False
-        result.rows.append(row)
+        for interface, runner in (
+            ("association open + release", association_runner(server)),
+            ("association open + release, kuva requestor", kuva_association_runner(server)),
+        ):
+            row = measure("floor", interface, setups, setups[:WARMUP], runner)
+            row.targeted = False
+            result.rows.append(row)
 
         result.server_problems = server_problems(server.log(), expected=("no [[nodes]]",))
         slow = {row.kind for row in result.rows if row.slow}

@@ -214,8 +214,9 @@ def set_nodelay_handler(event: Any) -> None:
     (without it each small DIMSE message waits on Nagle's algorithm and delayed
     ACKs, 40-90 ms a message on loopback)."""
     sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def dcmtk_env() -> dict[str, str]:
