@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -97,6 +98,14 @@ def test_health_metrics_and_sigterm(kuva_server: Callable[..., KuvaServer]) -> N
     assert 'kuva_instances_received_total{outcome="stored"} 3.0' in text
     assert 'kuva_tasks{kind="storage-commitment",status="failed"} 0.0' in text
     assert "kuva_store_seconds_bucket" in text
+    # The engine's counters (kuva.dicom.observer): one association, released.
+    assert "kuva_cstore_seconds_count 3.0" in text
+    assert "kuva_dicom_associations_open 0.0" in text
+    assert 'kuva_dicom_pdus_total{direction="in",type="associate_rq"} 1.0' in text
+    assert 'kuva_dicom_pdus_total{direction="out",type="associate_ac"} 1.0' in text
+    assert 'kuva_dicom_pdus_total{direction="in",type="release_rq"} 1.0' in text
+    received = re.search(r'kuva_dicom_bytes_total\{direction="in"\} ([0-9.e+]+)', text)
+    assert received is not None and float(received.group(1)) > 3 * 32 * 32 * 2
 
     log = server.log()
     assert log.count("ready: ") == 3  # DICOM, HTTP, HL7
