@@ -48,6 +48,7 @@ from tests.support.peers import (
     storescu,
     storescu_propose_args,
 )
+from tests.support.pki import CertificateAuthority, make_mutual_tls_pki
 from tests.support.server import KuvaServer, free_port
 from tests.support.synthetic import (
     DEFAULT_PATIENT_ID,
@@ -636,3 +637,54 @@ def test_large_object_streamed(
     assert growth_mib < 100, f"server grew by {growth_mib:.0f} MiB sending {LARGE >> 20} MiB"
     [got] = received
     assert same_data_set(got, path)
+
+
+# -- TLS to a node ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("destination_ca", ["trusted", "untrusted"])
+def test_move_to_a_tls_node(
+    kuva_server: Callable[..., KuvaServer],
+    study: dict[str, Any],
+    tmp_path: Path,
+    destination_ca: str,
+) -> None:
+    """A node with ``tls = true``: kuva opens its C-MOVE association over TLS with its
+    [tls] certificate (dcmtk storescp requires and verifies it against the CA) and
+    checks the destination's certificate against [tls] ca_file; a destination whose
+    certificate another CA issued gets nothing."""
+    pki = make_mutual_tls_pki(tmp_path / "pki")
+    issuer = (
+        CertificateAuthority(tmp_path / "pki-other", "another CA")
+        if destination_ca == "untrusted"
+        else pki.authority
+    )
+    identity = issuer.issue("dest", server=True, C="FI", CN="localhost")
+    tls_args = [
+        "+tls",
+        str(identity.key),
+        str(identity.cert),
+        "+cf",
+        str(pki.ca),
+        "-rc",  # require kuva's certificate, verified against the test CA
+    ]
+    with StoreSCP(tmp_path / "dest", aet=DESTINATION, extra_args=tls_args) as scp:
+        nodes = [node(SENDER), node(MOVESCU), {**node(DESTINATION, scp.port), "tls": True}]
+        server = kuva_server(nodes=nodes, extra={"tls": pki.tls_section()})
+        store(server, list(study["all"].values()))
+        result = movescu(
+            server,
+            DESTINATION,
+            "-S",
+            QueryRetrieveLevel="STUDY",
+            StudyInstanceUID=study["study_uid"],
+        )
+        output = result.stdout + result.stderr
+        if destination_ca == "trusted":
+            assert result.returncode == 0, output
+            assert_identical(scp.received(), study["all"])
+        else:
+            assert scp.received() == []
+            assert "Refused: OutOfResourcesSubOperations" in output, output  # 0xA702
+            assert "association to STORESCP" in server.log()
+            assert "certificate verify failed" in server.log()

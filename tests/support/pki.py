@@ -93,7 +93,13 @@ class CertificateAuthority:
         server one (for 127.0.0.1 and localhost)."""
         key = ec.generate_private_key(ec.SECP256R1())
         name = _name(**subject)
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        # kuva's certificate is also its client certificate on the associations it
+        # opens to nodes with tls = true.
+        usage = (
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            if server
+            else [ExtendedKeyUsageOID.CLIENT_AUTH]
+        )
         builder = (
             x509.CertificateBuilder()
             .subject_name(name)
@@ -102,7 +108,7 @@ class CertificateAuthority:
             .serial_number(x509.random_serial_number())
             .not_valid_before(self._now - dt.timedelta(minutes=5))
             .not_valid_after(self._now + dt.timedelta(days=1))
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
                 critical=False,
@@ -138,6 +144,7 @@ class MutualTlsPki:
     hospital_b: Identity
     stranger: Identity
     untrusted: Identity
+    authority: CertificateAuthority  # the trusted CA, to issue more certificates
 
     def tls_section(self) -> dict[str, str]:
         """The ``[tls]`` section of kuva's config."""
@@ -164,4 +171,5 @@ def make_mutual_tls_pki(directory: Path) -> MutualTlsPki:
         untrusted=other.issue(
             "untrusted", C="FI", O="Testin sairaanhoitopiiri", CN="pacs.a.example"
         ),
+        authority=trusted,
     )

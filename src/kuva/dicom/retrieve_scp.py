@@ -486,13 +486,7 @@ class RetrieveSCP:
         try:
             store_assoc = open_association(self._settings, node, move_contexts(instances))
         except ConnectionError as exc:
-            log.warning(
-                "C-MOVE: association to %s at %s:%d failed: %s",
-                node.ae_title,
-                node.host,
-                node.port,
-                exc,
-            )
+            log.warning("C-MOVE: %s", exc)  # names the node, its address and why
             progress = _Progress(remaining=len(instances))
             progress.fail_rest([i.sop_instance_uid for i in instances])
             responder.final(
