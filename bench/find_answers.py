@@ -11,7 +11,7 @@ ModalitiesInStudy) and ``--matches`` index rows as the query service gives them
 (``QueryResult``; synthetic values, Finnish names with ä, ö and å in half of
 them). Each row is encoded, in Implicit and in Explicit VR Little Endian:
 
-* **byte path**: ``kuva.dicom.codec.find_answers.FindAnswers.encode``, one encoder per
+* **byte path**: ``kuva.codec.find_answers.FindAnswers.encode``, one encoder per
   request (as the C-FIND SCP makes one), bytes joined per match;
 * **Dataset + pydicom**: the answer as the C-FIND SCP has built it on pynetdicom
   (a pydicom Dataset per match, ``find_answers.answer_dataset``) written by
@@ -43,7 +43,7 @@ for _path in (REPO, REPO / "src"):
 from bench.shared import print_command_and_machine, print_rows  # noqa: E402
 from pydicom.dataset import Dataset  # noqa: E402
 
-from kuva.dicom.codec.find_answers import FindAnswers, answer_dataset, encode_dataset  # noqa: E402
+from kuva.codec.find_answers import FindAnswers, answer_dataset, encode_dataset  # noqa: E402
 from kuva.model.query import QueryLevel, QueryResult  # noqa: E402
 
 AE_TITLE = "KUVA"

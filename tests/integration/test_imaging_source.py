@@ -37,9 +37,9 @@ from pydicom.uid import (
 
 import kuva.services.retrieve_imaging_document_set as rad69
 import kuva.xds
+from kuva.codec.kos import KEY_OBJECT_SELECTION_DOCUMENT_STORAGE
+from kuva.codec.outgoing import encoded
 from kuva.config import LOCAL_ORGANIZATION_OID, Settings
-from kuva.dicom.codec.kos import KEY_OBJECT_SELECTION_DOCUMENT_STORAGE
-from kuva.dicom.codec.outgoing import encoded
 from kuva.index.database import make_engine
 from kuva.model.xds import ResponseStatus
 from kuva.services.disclosure import DisclosureLog

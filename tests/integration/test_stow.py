@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import JPEG2000Lossless, generate_uid
 from sqlalchemy import Engine, create_engine, text
 
-from kuva.dicom.codec.part10 import canonical_file_meta
+from kuva.codec.part10 import canonical_file_meta
 from kuva.dicomweb.stow import stow_router
 from kuva.index.group_commit import GroupCommitter
 from kuva.services.ingest import IncomingInstance, IngestService, StoreOutcome, StoreStatus

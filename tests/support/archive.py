@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from kuva.dicom.codec.part10 import canonical_file_meta
+from kuva.codec.part10 import canonical_file_meta
 from kuva.storage import blob_key
 
 

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
-from kuva.dicom.codec.bulkdata import (
+from kuva.codec.bulkdata import (
     BulkDataError,
     check_frames,
     decoded_frames,

@@ -15,8 +15,8 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 from sqlalchemy import Engine
 
+from kuva.codec.part10 import canonical_file_meta
 from kuva.config import TaskSettings
-from kuva.dicom.codec.part10 import canonical_file_meta
 from kuva.index.database import make_engine, migrate
 from kuva.index.instances import NewInstance
 from kuva.index.outbox import Task

@@ -29,7 +29,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
-from kuva.dicom.codec.find_answers import FindAnswers
+from kuva.codec.find_answers import FindAnswers
 from kuva.index.query import ATTRIBUTES, COMPUTED, LEVEL_ORDER
 from kuva.model.availability import ONLINE
 from kuva.model.query import QueryLevel, QueryResult
@@ -329,7 +329,7 @@ class Records(logging.Handler):
 def fallbacks() -> Iterator[list[logging.LogRecord]]:
     """The records of answers encoded through pydicom while the block runs."""
     handler = Records()
-    logger = logging.getLogger("kuva.dicom.codec.find_answers")
+    logger = logging.getLogger("kuva.codec.find_answers")
     level = logger.level
     logger.setLevel(logging.DEBUG)
     logger.addHandler(handler)
@@ -479,7 +479,7 @@ def test_a_sequence_from_the_instance_is_encoded_by_pydicom_and_logged_at_debug(
     item = {"00081155": {"vr": "UI", "Value": ["1.2.3"]}}
     result = QueryResult({"SOPInstanceUID": "1.2.4"}, {"00081140": {"vr": "SQ", "Value": [item]}})
     answers = FindAnswers(query, elements, QueryLevel.IMAGE, AE_TITLE, implicit_vr=False)
-    with caplog.at_level(logging.DEBUG, logger="kuva.dicom.codec.find_answers"):
+    with caplog.at_level(logging.DEBUG, logger="kuva.codec.find_answers"):
         got = answers.encode(result)
     assert got == reference_bytes(query, elements, QueryLevel.IMAGE, result, implicit_vr=False)
     assert b"1.2.3" in got

@@ -24,7 +24,7 @@ from pydicom.uid import (
     TwelveLeadECGWaveformStorage,
 )
 
-from kuva.dicom.codec.kos import (
+from kuva.codec.kos import (
     KEY_OBJECT_SELECTION_DOCUMENT_STORAGE,
     ManifestError,
     ManifestInstance,

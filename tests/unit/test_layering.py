@@ -5,9 +5,9 @@ import statements, wherever it stands (top level, a function, ``TYPE_CHECKING``)
 is checked against the rules below:
 
 * services (``kuva.services``) import no adapter: nothing of ``kuva.dicom`` but
-  its codecs (``kuva.dicom.codec``), nothing of ``kuva.dicomweb``, ``kuva.xds``,
+  its codecs (``kuva.codec``), nothing of ``kuva.dicomweb``, ``kuva.xds``,
   ``kuva.hl7``, ``kuva.audit``, ``kuva.web``, ``kuva.cli`` or ``kuva.app``;
-* codecs (``kuva.dicom.codec``) turn bytes and data sets into bytes and data sets:
+* codecs (``kuva.codec``) turn bytes and data sets into bytes and data sets:
   of kuva they import ``kuva.model``, the ``kuva.storage`` interface and each
   other only (no service, no index, no network, no adapter); beyond kuva only
   pydicom, numpy and the standard library;
@@ -104,11 +104,11 @@ ADAPTERS = (
 )
 
 RULES = (
-    Rule("kuva.services.*", forbids=ADAPTERS, allows=("kuva.dicom.codec.*",)),
+    Rule("kuva.services.*", forbids=ADAPTERS, allows=("kuva.codec.*",)),
     Rule(
-        "kuva.dicom.codec.*",
+        "kuva.codec.*",
         forbids=("kuva.*",),
-        allows=("kuva.dicom.codec.*", "kuva.model.*", "kuva.storage", "kuva.storage.base"),
+        allows=("kuva.codec.*", "kuva.model.*", "kuva.storage", "kuva.storage.base"),
     ),
     Rule("kuva.dicom.net.*", forbids=("kuva.*",), allows=("kuva.dicom.net.*",)),
     Rule("kuva.model.*", forbids=("kuva.*",), allows=("kuva.model.*",)),
@@ -140,8 +140,8 @@ def test_layer_imports_point_inward(rule: Rule) -> None:
 
 def test_codecs_use_pydicom_numpy_and_the_standard_library_only() -> None:
     """Beyond kuva, a codec imports only pydicom, numpy and the standard library."""
-    codecs = [module for module in MODULES if _matches(module, "kuva.dicom.codec.*")]
-    assert "kuva.dicom.codec.part10" in codecs
+    codecs = [module for module in MODULES if _matches(module, "kuva.codec.*")]
+    assert "kuva.codec.part10" in codecs
     foreign = sorted(
         f"{module} imports {imported}"
         for module in codecs
@@ -156,10 +156,10 @@ def test_codecs_use_pydicom_numpy_and_the_standard_library_only() -> None:
 def test_every_layer_has_modules_and_imports_are_seen() -> None:
     """The walk finds the layers and their imports, so an empty result means
     something (kuva.dicom.net may not exist yet: its rule then holds trivially)."""
-    for layer in ("kuva.services.*", "kuva.dicom.codec.*", "kuva.model.*"):
+    for layer in ("kuva.services.*", "kuva.codec.*", "kuva.model.*"):
         assert any(_matches(module, layer) for module in MODULES), layer
-    assert "kuva.dicom.codec.outgoing" in _imports("kuva.services.retrieve_imaging_document_set")
-    assert "kuva.model.outgoing" in _imports("kuva.dicom.codec.outgoing")
+    assert "kuva.codec.outgoing" in _imports("kuva.services.retrieve_imaging_document_set")
+    assert "kuva.model.outgoing" in _imports("kuva.codec.outgoing")
 
 
 def test_import_forms_are_resolved() -> None:
@@ -185,7 +185,7 @@ def test_import_forms_are_resolved() -> None:
     services = RULES[0]
     assert services.broken_by("kuva.dicom.status")
     assert services.broken_by("kuva.dicom")
-    assert not services.broken_by("kuva.dicom.codec.kos")
+    assert not services.broken_by("kuva.codec.kos")
     assert not services.broken_by("kuva.dicomweb_like")
     assert RULES[1].broken_by("kuva.storage.filesystem")
     assert not RULES[1].broken_by("kuva.storage")

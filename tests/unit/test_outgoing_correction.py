@@ -1,5 +1,5 @@
 """Patient corrections on the way out: the Original Attributes Sequence, the
-character set, and the three ways out of dicom.codec.outgoing (verbatim, a corrected
+character set, and the three ways out of kuva.codec.outgoing (verbatim, a corrected
 header spliced onto the stored pixel data, decoded and converted)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from kuva.dicom.codec.outgoing import encoded
+from kuva.codec.outgoing import encoded
 from kuva.index.database import make_engine
 from kuva.index.instances import StoredInstance
 from kuva.services.retrieve import RetrieveService, StoredObject, apply_correction

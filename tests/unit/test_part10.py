@@ -1,4 +1,4 @@
-"""dicom.codec.part10: kuva's canonical file meta, the streaming rewriter and attributes."""
+"""kuva.codec.part10: kuva's canonical file meta, the streaming rewriter and attributes."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pydicom.uid import (
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
 from pynetdicom.dsutils import create_file_meta
 
-from kuva.dicom.codec.part10 import (
+from kuva.codec.part10 import (
     BULK_DATA_THRESHOLD,
     PREAMBLE,
     Part10Rewriter,

@@ -29,8 +29,8 @@ from pydicom.dataset import Dataset
 from sqlalchemy import Engine, Table, func, select
 
 from kuva.audit.message import render
+from kuva.codec.part10 import Part10Rewriter, extract_attributes
 from kuva.config import LOCAL_ORGANIZATION_OID, Settings
-from kuva.dicom.codec.part10 import Part10Rewriter, extract_attributes
 from kuva.index import schema
 from kuva.index.group_commit import GroupCommitter
 from kuva.index.repository import Disclosure

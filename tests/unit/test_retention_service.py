@@ -20,8 +20,8 @@ from pydicom.dataset import Dataset
 from sqlalchemy import Engine, func, select
 
 from kuva.app import Archive
+from kuva.codec.part10 import Part10Rewriter, extract_attributes
 from kuva.config import load_settings
-from kuva.dicom.codec.part10 import Part10Rewriter, extract_attributes
 from kuva.hl7 import adt
 from kuva.index import schema
 from kuva.index.uow import UnitOfWork

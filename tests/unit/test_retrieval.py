@@ -16,7 +16,7 @@ from pydicom.uid import (
 )
 from sqlalchemy import Engine
 
-from kuva.dicom.codec.transcode import choose
+from kuva.codec.transcode import choose
 from kuva.dicom.retrieve_scp import MAX_CONTEXTS, move_contexts
 from kuva.index.instances import StoredInstance
 from kuva.index.retrieval import RetrieveKeys

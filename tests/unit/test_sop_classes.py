@@ -1,4 +1,4 @@
-"""dicom.codec.sop_classes: the Storage SOP Classes of PS3.4 B.5 as one static tuple."""
+"""kuva.codec.sop_classes: the Storage SOP Classes of PS3.4 B.5 as one static tuple."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from pydicom.uid import (
     XRayRadiationDoseSRStorage,
 )
 
-from kuva.dicom.codec.sop_classes import STORAGE_SOP_CLASSES
+from kuva.codec.sop_classes import STORAGE_SOP_CLASSES
 from kuva.model.uids import uid_problem
 
 

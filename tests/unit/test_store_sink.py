@@ -12,8 +12,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
+from kuva.codec.part10 import canonical_file_meta
 from kuva.dicom import storage_scp
-from kuva.dicom.codec.part10 import canonical_file_meta
 from kuva.dicom.storage_scp import StoreSink
 from kuva.storage.filesystem import FileBlobStore
 from tests.support.synthetic import make_ct_series

@@ -12,7 +12,7 @@ from types import MappingProxyType
 
 from pydicom.uid import UID
 
-from kuva.dicom.codec.sop_classes import STORAGE_SOP_CLASSES
+from kuva.codec.sop_classes import STORAGE_SOP_CLASSES
 from kuva.dicom.net import SupportedContext
 
 # Every transfer syntax a storage SCP is asked to take in; objects are stored in

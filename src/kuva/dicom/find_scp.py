@@ -19,11 +19,11 @@ from collections.abc import Iterator
 
 from pydicom.uid import UID
 
+from kuva.codec.find_answers import FindAnswers, value_text
+from kuva.codec.part10 import apply_sender_defaults
 from kuva.config import Settings
 from kuva.dicom import datasets
 from kuva.dicom import status as st
-from kuva.dicom.codec.find_answers import FindAnswers, value_text
-from kuva.dicom.codec.part10 import apply_sender_defaults
 from kuva.dicom.contexts import PATIENT_ROOT_FIND, STUDY_ROOT_FIND
 from kuva.dicom.net import Association, Request
 from kuva.model.query import QueryError, QueryLevel

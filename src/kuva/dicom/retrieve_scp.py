@@ -11,8 +11,8 @@ stored, without being decoded: the blob is read a chunk at a time in the handler
 thread and the engine sends it with backpressure, so a slow peer does not make the
 file pile up in memory. An object whose patient was corrected (HL7 merge or
 update) goes out with a corrected header spliced onto its stored pixel data
-(dicom.codec.outgoing), unless the node is configured ``as_received``. Otherwise
-the object is converted (dicom.codec.transcode) to a syntax the peer accepted;
+(kuva.codec.outgoing), unless the node is configured ``as_received``. Otherwise
+the object is converted (kuva.codec.transcode) to a syntax the peer accepted;
 when that is impossible the sub-operation fails and the reason is logged.
 
 Statuses (PS3.4 C.4.2.1.5 for C-MOVE, C.4.3.1.4 for C-GET): Pending 0xFF00 after
@@ -34,10 +34,10 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from kuva.codec.outgoing import encoded
+from kuva.codec.transcode import TranscodeError, choose
 from kuva.config import NodeSettings, Settings
 from kuva.dicom import datasets
-from kuva.dicom.codec.outgoing import encoded
-from kuva.dicom.codec.transcode import TranscodeError, choose
 from kuva.dicom.contexts import (
     PATIENT_ROOT_GET,
     PATIENT_ROOT_MOVE,

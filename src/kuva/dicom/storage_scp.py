@@ -4,7 +4,7 @@ The hot path. When a C-STORE-RQ command is complete the engine asks for a
 ``DataSink`` (``StorageSCP.sink``, on the engine's event loop) and streams the data
 set's P-DATA fragments into it as they arrive: a ``StoreSink`` writes kuva's
 canonical File Meta Information (taken straight from the command's SOP Class and
-Instance UIDs and the context's transfer syntax; dicom.codec.part10) and then every
+Instance UIDs and the context's transfer syntax; kuva.codec.part10) and then every
 fragment into a blob writer, which hashes on the way. The object is never held
 whole. The first bytes of the data set are also kept (at most ``HEADER_BYTES``), so
 that the header, up to the pixel data, is parsed from memory rather than read back
@@ -36,14 +36,14 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from kuva import metrics
-from kuva.config import Settings
-from kuva.dicom import status as st
-from kuva.dicom.codec.part10 import (
+from kuva.codec.part10 import (
     apply_sender_defaults,
     canonical_file_meta,
     extract_attributes,
     read_header,
 )
+from kuva.config import Settings
+from kuva.dicom import status as st
 from kuva.dicom.net import Association, Request
 from kuva.model.instance import InstanceAttributes
 from kuva.services.audit import AuditTrail, ReceivedStudy

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from kuva.dicom.codec.transcode import choose
+from kuva.codec.transcode import choose
 
 DICOM = "application/dicom"
 OCTET_STREAM = "application/octet-stream"
@@ -140,7 +140,7 @@ def dicom_transfer_syntax(stored: str, accepted: list[Acceptable]) -> UID:
 
     The first acceptable entry that can be met wins: ``*`` is the stored syntax,
     a missing parameter means Explicit VR Little Endian, a UID means that syntax;
-    anything other than the stored one means converting (kuva.dicom.codec.transcode),
+    anything other than the stored one means converting (kuva.codec.transcode),
     which is possible only where a decoder and a lossless encoder exist.
     """
     for entry in accepted:

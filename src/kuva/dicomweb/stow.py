@@ -96,8 +96,8 @@ from pydicom import dcmread
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from kuva.codec.part10 import Part10Rewriter, extract_attributes, read_header
 from kuva.dicom import status as st
-from kuva.dicom.codec.part10 import Part10Rewriter, extract_attributes, read_header
 from kuva.dicomweb.multipart_parser import (
     MultipartError,
     MultipartParser,

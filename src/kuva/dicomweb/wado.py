@@ -5,12 +5,12 @@ object per part, through the retrieve service like every C-GET or C-MOVE: the
 same resolution from the index, the same coercion step. An object that needs no
 coercion and is wanted in its stored transfer syntax (``transfer-syntax=*``, or
 the syntax it was stored in) is streamed from its blob, however large. Otherwise
-it is decoded, coerced and converted (kuva.dicom.codec.transcode), which holds that
+it is decoded, coerced and converted (kuva.codec.transcode), which holds that
 one object in memory. Without a ``transfer-syntax`` parameter an object goes out
 in Explicit VR Little Endian, the default of PS3.18 8.7.3.5.2.
 
 Frames (PS3.18 10.4.1.1.3) and bulk data (10.4.1.1.4) are read out of the stored
-object at their offsets (kuva.dicom.codec.bulkdata): a frame of a gigabyte multi-frame
+object at their offsets (kuva.codec.bulkdata): a frame of a gigabyte multi-frame
 object costs one frame's bytes. They come from the stored bytes directly: the
 coercion step changes identifying attributes, never pixel data or other bulk data.
 
@@ -34,7 +34,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydicom.uid import UID
 
-from kuva.dicom.codec.bulkdata import (
+from kuva.codec.bulkdata import (
     PIXEL_DATA,
     BulkDataError,
     PixelData,
@@ -45,8 +45,8 @@ from kuva.dicom.codec.bulkdata import (
     read_header,
     stored_frames,
 )
-from kuva.dicom.codec.outgoing import encoded
-from kuva.dicom.codec.transcode import TranscodeError
+from kuva.codec.outgoing import encoded
+from kuva.codec.transcode import TranscodeError
 from kuva.dicomweb.media import (
     DICOM,
     OCTET_STREAM,

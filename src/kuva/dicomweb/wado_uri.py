@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydicom.uid import ExplicitVRLittleEndian
 
-from kuva.dicom.codec.outgoing import encoded
+from kuva.codec.outgoing import encoded
 from kuva.dicomweb.media import AS_STORED, DICOM, Acceptable, NotAcceptable, dicom_transfer_syntax
 from kuva.dicomweb.wado import WadoProblem, answering_problems, resolve
 from kuva.model.query import QueryLevel

@@ -4,7 +4,7 @@ The stored bytes never change (docs/design.md principle 1): a correction recorde
 in the index (an HL7 merge, update or identifier change) is applied to each object
 as it goes out, and sets these Patient Module attributes (PS3.3 C.7.1.1), the values
 as stored being kept in an Original Attributes Sequence item (PS3.3 C.12.1.1.9.2).
-services.retrieve decides the values; kuva.dicom.codec.outgoing writes them into
+services.retrieve decides the values; kuva.codec.outgoing writes them into
 the outgoing bytes.
 """
 

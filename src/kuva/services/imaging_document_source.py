@@ -1,7 +1,7 @@
 """The XDS-I.b Imaging Document Source's manifest of a study (RAD TF-3 4.68.4.1.2.3).
 
 The Imaging Document Source describes each study it holds in one manifest: a Key
-Object Selection Document (kuva.dicom.codec.kos) listing every instance the index
+Object Selection Document (kuva.codec.kos) listing every instance the index
 holds of the study, with the source's unique id as the Retrieve Location UID that
 a RAD-69 request names as its RepositoryUniqueId
 (services.retrieve_imaging_document_set), kuva's AE title for C-MOVE / C-GET and
@@ -17,13 +17,13 @@ from datetime import datetime, timezone
 from pydicom.dataset import Dataset
 from sqlalchemy import Engine
 
-from kuva.config import Settings
-from kuva.dicom.codec.kos import (
+from kuva.codec.kos import (
     KEY_OBJECT_SELECTION_DOCUMENT_STORAGE,
     ManifestInstance,
     ManifestStudy,
     build_manifest,
 )
+from kuva.config import Settings
 from kuva.index.manifests import ListedInstance, StudyListing
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
@@ -72,7 +72,7 @@ class ImagingDocumentSource:
         """The XDS-I.b manifest (KOS) of a study, listing every instance the index holds.
 
         Earlier kuva-made KOS of the study are not listed. Raises UnknownStudy,
-        or kuva.dicom.codec.kos.ManifestError when nothing is left to list. Rejected
+        or kuva.codec.kos.ManifestError when nothing is left to list. Rejected
         instances are to be left out by the caller.
         """
         with UnitOfWork(self._engine, write=False) as uow:
@@ -86,7 +86,7 @@ class ImagingDocumentSource:
     ) -> Dataset:
         """The manifest of the study ``listing`` holds, made at ``now`` (the clock's
         time when None), with ``sop_instance_uid`` when given (else a new UID).
-        Raises kuva.dicom.codec.kos.ManifestError when nothing is left to list."""
+        Raises kuva.codec.kos.ManifestError when nothing is left to list."""
         instances = [
             ManifestInstance(
                 series_instance_uid=listed.series_instance_uid,

@@ -24,9 +24,9 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import Engine
 
+from kuva.codec.kos import ManifestError
+from kuva.codec.part10 import Part10Rewriter, extract_attributes
 from kuva.config import Settings
-from kuva.dicom.codec.kos import ManifestError
-from kuva.dicom.codec.part10 import Part10Rewriter, extract_attributes
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
 from kuva.model.uids import made_by_kuva

@@ -34,7 +34,7 @@ ingest refuses an instance whose patient cannot be an XDS patient id (no OID
 Issuer of Patient ID, a Finnish identity code with a wrong check character;
 model.identity, the rule the manifest's patient id is made by), so that no
 instance is archived that could never be registered, with no word to its sender.
-A node's ``default_issuer`` supplies a missing issuer (kuva.dicom.codec.part10).
+A node's ``default_issuer`` supplies a missing issuer (kuva.codec.part10).
 
 Order: the registrations of a study run one at a time, in order (outbox queue
 ``registration:<study>``), and so do the IANs of a study to one node (queue

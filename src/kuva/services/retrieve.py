@@ -66,7 +66,7 @@ class TooManyMatches(RetrieveError):
 
 @dataclass(frozen=True)
 class StoredObject:
-    """One stored object on its way out (kuva.dicom.codec.outgoing.OutgoingObject).
+    """One stored object on its way out (kuva.codec.outgoing.OutgoingObject).
 
     ``verbatim``: no correction applies, the stored bytes are what goes out.
     ``path``: the stored Part 10 file when the blob store keeps a local file

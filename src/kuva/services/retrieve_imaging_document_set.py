@@ -4,7 +4,7 @@ Study, Series and SOP Instance UID (DocumentUniqueId) at this source's
 RepositoryUniqueId (the Retrieve Location UID of the manifest). It goes out
 through the retrieve service (the coercion step of every outgoing object) in the
 first transfer syntax of the request's list that kuva can send it in: as stored
-when that one is listed, else converted (kuva.dicom.codec.transcode, lossless
+when that one is listed, else converted (kuva.codec.transcode, lossless
 targets only), or an error (RAD TF-3 4.69.4.2.3). The outcome follows ITI-43,
 whose semantics RAD-69 inherits (RAD TF-3 4.69.4.2.2; ITI TF-2b 3.43.4.2.3):
 Success, PartialSuccess with an error per document not returned, or Failure.
@@ -48,9 +48,9 @@ from dataclasses import dataclass, field
 
 from pydicom.uid import UID
 
+from kuva.codec.outgoing import encoded
+from kuva.codec.transcode import TranscodeError, choose
 from kuva.config import Settings
-from kuva.dicom.codec.outgoing import encoded
-from kuva.dicom.codec.transcode import TranscodeError, choose
 from kuva.index.instances import StoredInstance
 from kuva.model.access import AccessScope
 from kuva.model.query import QueryLevel

@@ -11,7 +11,7 @@ RAD-69). Three ways out, cheapest first:
   object still goes out in constant memory;
 * converted: another transfer syntax is asked for (or the stored one is deflated,
   where the header cannot be re-encoded alone): the object is decoded, corrected
-  and converted (kuva.dicom.codec.transcode), one object in memory at a time.
+  and converted (kuva.codec.transcode), one object in memory at a time.
 
 An object is anything of the shape ``OutgoingObject`` (services.retrieve's
 StoredObject): this codec reads its bytes and has it apply its correction, and
@@ -34,7 +34,7 @@ from pydicom.tag import Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
-from kuva.dicom.codec.transcode import transcode
+from kuva.codec.transcode import transcode
 from kuva.model.outgoing import CORRECTED_KEYWORDS
 
 CHUNK = 1024 * 1024
