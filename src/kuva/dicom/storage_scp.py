@@ -53,9 +53,10 @@ from kuva.storage import BlobStore, BlobWriter
 log = logging.getLogger(__name__)
 
 # At most this many bytes of a data set's beginning are kept in memory for its
-# header; a header (everything before the pixel data) longer than this is read back
-# from the blob file instead.
-HEADER_BYTES = 1 << 20
+# header (a CT or MR header is a few KB); a header (everything before the pixel
+# data) longer than this is read back from the blob file instead. Kept small: every
+# C-STORE copies this much of its data set.
+HEADER_BYTES = 64 * 1024
 
 _STATUS_OF = {
     StoreStatus.INVALID: st.CANNOT_UNDERSTAND,
