@@ -1110,4 +1110,8 @@ def retention_list_destroyed(
 
 
 def main() -> None:
+    global console
+    # Sized for the terminal (or COLUMNS) of this run, not of whatever imported the
+    # module first.
+    console = Console()
     app()

@@ -1,4 +1,5 @@
-"""Run ``kuva serve`` as a real subprocess on loopback, the way an operator does."""
+"""Run ``kuva serve`` as a real process on loopback, configured the way an operator
+does it. The process is forked from a warm interpreter (tests.support.forked)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import os
 import signal
 import ssl
 import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.support.forked import ForkedProcess, run_kuva
 
 # Re-exported: the one picker of test ports (tests.support.peers.free_ports).
 from tests.support.peers import free_port as free_port
@@ -83,7 +85,7 @@ class KuvaServer:
         self.data_dir = self.workdir / "data"
         self.config_path = self.workdir / "kuva.toml"
         self.log_path = self.workdir / "kuva.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: ForkedProcess | None = None
         self._started = False  # ports are kept once a start succeeded
         self._configure()
 
@@ -153,12 +155,8 @@ class KuvaServer:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _start(self, timeout: float) -> KuvaServer:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "kuva", "serve", "--config", str(self.config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
+        self.process = ForkedProcess(
+            ["serve", "--config", str(self.config_path)], cwd=self.workdir, stdout=self.log_path
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -205,11 +203,9 @@ class KuvaServer:
 
     def kuva(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run another kuva command (tasks, db ...) against this server's config."""
-        return subprocess.run(
-            [sys.executable, "-m", "kuva", *args, "--config", str(self.config_path)],
-            capture_output=True,
-            text=True,
-            check=check,
+        return run_kuva(
+            [*args, "--config", str(self.config_path)],
             cwd=self.workdir,
             env={**os.environ, "COLUMNS": "200"},
+            check=check,
         )
