@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from kuva.storage import blob_key
+from kuva.storage.base import BlobExistsError
 from kuva.storage.filesystem import FileBlobStore
 
 CHUNKS = [b"\x00" * 128, b"DICM", bytes(range(256)) * 40, b"tail"]
@@ -242,3 +243,71 @@ def test_delete_removes_the_blob_from_every_copy(tmp_path: Path) -> None:
         mirror.close()
     with pytest.raises(ValueError):
         store.delete("../etc/passwd")
+
+
+def test_commit_soon_makes_the_blob_durable_in_the_background(tmp_path: Path) -> None:
+    """``commit_soon`` gives the same result as ``commit``, in both copies of a
+    mirror; a commit that fails (a name taken by other bytes) fails its future."""
+    from kuva.storage.mirror import MirroredBlobStore
+
+    store = FileBlobStore(tmp_path / "one")
+    writer = store.open_writer()
+    writer.write(CONTENT)
+    writer.start_sync()
+    ref = writer.commit_soon().result(timeout=30)
+    assert (ref.key, ref.sha256, ref.size, ref.created) == (
+        blob_key(DIGEST),
+        DIGEST,
+        len(CONTENT),
+        True,
+    )
+    assert store.path_of(ref.key).read_bytes() == CONTENT
+    assert list(store.tmp_dir.iterdir()) == []
+
+    primary, replica = FileBlobStore(tmp_path / "p"), FileBlobStore(tmp_path / "r")
+    mirror = MirroredBlobStore(primary, replica)
+    try:
+        writer = mirror.open_writer()
+        writer.write(CONTENT)
+        ref = writer.commit_soon().result(timeout=30)
+        assert ref.created and primary.exists(ref.key) and replica.exists(ref.key)
+        # The replica's name holds other bytes of the same size: the mirror's
+        # future fails, though the primary's copy was made.
+        other = FileBlobStore(tmp_path / "r2")
+        forged = other.path_of(blob_key(DIGEST))
+        forged.parent.mkdir(parents=True)
+        forged.write_bytes(b"x" * (len(CONTENT) + 1))
+        mirror2 = MirroredBlobStore(FileBlobStore(tmp_path / "p2"), other)
+        try:
+            writer = mirror2.open_writer()
+            writer.write(CONTENT)
+            with pytest.raises(BlobExistsError):
+                writer.commit_soon().result(timeout=30)
+        finally:
+            mirror2.close()
+    finally:
+        mirror.close()
+    store.close()
+
+
+def test_a_new_folder_is_fsynced_in_its_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first blob in a new leaf folder fsyncs that folder's parent as well as
+    the folder, both after the link; the next blob there fsyncs only the folder."""
+    from kuva.storage import filesystem
+
+    store = FileBlobStore(tmp_path)
+    synced: list[Path] = []
+    real = filesystem._fsync_dir
+    monkeypatch.setattr(filesystem, "_fsync_dir", lambda p: (synced.append(p), real(p)))
+    key, _, _ = write_blob(store, CHUNKS)
+    leaf = store.path_of(key).parent
+    assert synced == [leaf, leaf.parent]
+    synced.clear()
+    # Same leaf folder, other content: find one with the same first four hex digits.
+    n = 0
+    while not hashlib.sha256(b"%d" % n).hexdigest().startswith(DIGEST[:4]):
+        n += 1
+    write_blob(store, [b"%d" % n])
+    assert synced == [leaf]

@@ -209,3 +209,48 @@ def test_close_stops_the_thread(engine: Engine) -> None:
     assert not committer._thread.is_alive()
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(task)).scalar_one() == 1
+
+
+def test_rows_wait_for_what_they_name(engine: Engine, committer: GroupCommitter) -> None:
+    """Work with a ``durable`` future runs at once, but commits only after the future
+    succeeded (an object's blob made durable meanwhile)."""
+    durable: Future[None] = Future()
+    ran = threading.Event()
+
+    def work(uow: UnitOfWork) -> int:
+        ran.set()
+        return add_task("names-a-blob")(uow)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        result = pool.submit(committer.run, work, durable=durable)
+        assert ran.wait(30), "the statements did not run before the blob was durable"
+        time.sleep(0.05)
+        assert not result.done()
+        assert subjects(engine) == []
+        durable.set_result(None)
+        assert isinstance(result.result(timeout=30), int)
+    assert subjects(engine) == ["names-a-blob"]
+
+
+def test_failed_durable_undoes_only_its_work(engine: Engine, committer: GroupCommitter) -> None:
+    """When what a piece of work names could not be made durable, its rows are rolled
+    back and its caller gets that error; the rest of the batch commits."""
+    n = 5
+    bad = 1
+    futures_durable: list[Future[None]] = [Future() for _ in range(n)]
+    for i, durable in enumerate(futures_durable):
+        if i == bad:
+            durable.set_exception(OSError(28, "No space left on device"))
+        else:
+            durable.set_result(None)
+    held = HeldBatch(committer, n)
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        futures = [
+            pool.submit(committer.run, add_task(f"s{i}"), durable=futures_durable[i])
+            for i in range(n)
+        ]
+        held.release()
+        errors = [f.exception(timeout=60) for f in futures]
+    assert errors[bad] is futures_durable[bad].exception()
+    assert [e for i, e in enumerate(errors) if i != bad] == [None] * (n - 1)
+    assert subjects(engine) == sorted(f"s{i}" for i in range(n) if i != bad)

@@ -10,9 +10,10 @@ whole. The first bytes of the data set are also kept (at most ``HEADER_BYTES``),
 that the header, up to the pixel data, is parsed from memory rather than read back
 from disk; only a header longer than that is read from the blob file.
 
-Then ``handle_store`` (an engine handler thread) flushes the blob to disk while the
-header is parsed and checked, and hands it to the ingest service, which answers
-only once the blob is durable and its index row committed.
+When the data set is complete its blob starts flushing to disk, in the background;
+``handle_store`` (an engine handler thread) parses and checks the header meanwhile
+and hands it to the ingest service, which answers only once the blob is durable
+and its index row committed.
 
 A node's ``default_character_set`` and ``default_issuer`` ([[nodes]]) fill in what
 its data sets leave out, for the index only (``apply_sender_defaults``); the stored
@@ -92,7 +93,10 @@ class StoreSink:
         self.size += len(data)
 
     def close(self) -> None:
+        """The data set is complete: start flushing it to disk at once (in the
+        background), so the flush runs while the handler parses the header."""
         self.complete = True
+        self.blob.start_sync()
 
     def discard(self) -> None:
         self.blob.discard()
@@ -172,8 +176,6 @@ class StorageSCP:
         if not sink.complete:
             sink.discard()
             return st.CANNOT_UNDERSTAND, "no data set received"
-        # Flush to disk while the header is parsed and checked.
-        sink.blob.start_sync()
         try:
             header = sink.header()
         except Exception as exc:

@@ -6,6 +6,13 @@ its own SAVEPOINT, so one failure does not undo the others), commits once and
 wakes every waiter. Nothing is acknowledged before that commit returned
 (docs/design.md principle 2), yet concurrent associations do not pay one fsync each,
 and SQLite never sees two writers competing for its lock.
+
+A piece of work may come with a ``durable`` future: what its rows reference (an
+object's blob) being made durable meanwhile. Its statements run first, then the
+future is awaited before its savepoint is released; if the future failed, the
+savepoint is rolled back and the caller gets that error. So the index work of an
+object overlaps the fsyncs of its blob, and no row ever commits before the bytes
+it names are durable.
 """
 
 from __future__ import annotations
@@ -37,10 +44,17 @@ class GroupCommitter:
         self._thread = threading.Thread(target=self._run, name="kuva-group-commit", daemon=True)
         self._thread.start()
 
-    def run(self, work: Callable[[UnitOfWork], T], timeout: float | None = 120.0) -> T:
-        """Run ``work`` in a shared transaction; return once it is committed."""
+    def run(
+        self,
+        work: Callable[[UnitOfWork], T],
+        timeout: float | None = 120.0,
+        *,
+        durable: Future[Any] | None = None,
+    ) -> T:
+        """Run ``work`` in a shared transaction; return once it is committed (and
+        ``durable`` has succeeded: it is awaited before ``work``'s rows commit)."""
         future: Future[T] = Future()
-        self._queue.put((work, future))
+        self._queue.put((work, future, durable))
         return future.result(timeout=timeout)
 
     def close(self) -> None:
@@ -67,14 +81,16 @@ class GroupCommitter:
             if stop:
                 return
 
-    def _commit(self, batch: list[tuple[Work, Future[Any]]]) -> None:
+    def _commit(self, batch: list[tuple[Work, Future[Any], Future[Any] | None]]) -> None:
         results: list[tuple[Future[Any], bool, Any]] = []
         try:
             with UnitOfWork(self._engine) as uow:
-                for work, future in batch:
+                for work, future, durable in batch:
                     savepoint = uow.conn.begin_nested()
                     try:
                         value = work(uow)
+                        if durable is not None:
+                            durable.result()
                     except Exception as exc:  # handed to the waiting caller
                         savepoint.rollback()
                         results.append((future, False, exc))
@@ -84,7 +100,7 @@ class GroupCommitter:
                 uow.commit()
         except Exception as exc:
             log.exception("index commit failed for a batch of %d", len(batch))
-            for _work, future in batch:
+            for _work, future, _durable in batch:
                 if not future.done():
                     future.set_exception(exc)
             return

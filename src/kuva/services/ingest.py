@@ -19,8 +19,9 @@ the way). Here the archive decides:
   ignored, a rejection note from another organisation than the register holder is
   refused; a rejection note is applied, and an instance a note named before it
   arrived is marked rejected, in the transaction that indexes it;
-* otherwise the blob is made durable (fsync), then its index row is committed
-  (group commit), and only then is success reported (docs/design.md principle 2).
+* otherwise the blob is made durable (fsync) while its index row is written, the
+  row is committed (group commit) only after the blob is durable, and only then
+  is success reported (docs/design.md principle 2).
 
 ``on_indexed`` runs inside the transaction that indexes a new instance, and
 ``on_changed`` there too when IOCM changed what studies hold, so that the work they
@@ -39,6 +40,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -61,7 +63,7 @@ from kuva.model.clock import Clock, utcnow
 from kuva.model.instance import InstanceAttributes
 from kuva.model.validation import instance_problems
 from kuva.services import iocm
-from kuva.storage import BlobRef, BlobStore, BlobWriter
+from kuva.storage import BlobRef, BlobStore, BlobWriter, blob_key
 
 log = logging.getLogger(__name__)
 
@@ -202,26 +204,24 @@ class IngestService:
             blob.discard()
             return self._resent(incoming, existing, blob.hexdigest())
 
-        try:
-            ref = blob.commit()
-        except OSError as exc:
-            log.error("could not store blob of %s: %s", attrs.sop_instance_uid, exc)
-            return StoreOutcome(StoreStatus.FAILED, f"storage failure: {exc.strerror or exc}")
-
+        # The blob is made durable (fsync, link, folder fsync) while the index
+        # statements run; the index transaction commits only after it succeeded.
+        digest = blob.hexdigest()
+        pending = blob.commit_soon()
         new = NewInstance(
             attributes=attrs,
-            blob_key=ref.key,
-            size=ref.size,
-            sha256=ref.sha256,
+            blob_key=blob_key(digest),
+            size=blob.size,
+            sha256=digest,
             received_at=self._clock(),
             source_ae=incoming.source_ae,
             organization_oid=incoming.organization_oid,
         )
         try:
-            indexed = self._committer.run(lambda uow: self._index(uow, new))
+            indexed = self._committer.run(lambda uow: self._index(uow, new), durable=pending)
         except (TreeConflict, ForeignStudy, StudyDestroyed, StudyDestroying) as exc:
             # The tree refused it: nothing of it is kept (its indexing was undone).
-            self._forget(ref)
+            self._forget_when_stored(pending)
             status = _TREE_REFUSALS[type(exc)]
             log.warning(
                 "refused instance %s from %s (%s): %s",
@@ -234,21 +234,29 @@ class IngestService:
                 return StoreOutcome(status, f"{exc}; corrections go through IOCM")
             return StoreOutcome(status, str(exc))
         except iocm.DestroyedOnArrival as exc:
-            self._forget(ref)
+            self._forget_when_stored(pending)
             log.warning(
                 "ignored instance %s from %s: %s", attrs.sop_instance_uid, incoming.source_ae, exc
             )
             return StoreOutcome(StoreStatus.IGNORED, str(exc))
         except Exception as exc:
+            if pending.done() and pending.exception() is exc and isinstance(exc, OSError):
+                log.error("could not store blob of %s: %s", attrs.sop_instance_uid, exc)
+                return StoreOutcome(StoreStatus.FAILED, f"storage failure: {exc.strerror or exc}")
             log.exception("could not index instance %s", attrs.sop_instance_uid)
+            self._forget_when_stored(pending)
             return StoreOutcome(StoreStatus.FAILED, f"index failure: {type(exc).__name__}")
+        ref = pending.result()
         if indexed is None:
             # Another association indexed the same SOP Instance UID meanwhile.
             with UnitOfWork(self._engine, write=False) as uow:
                 existing = uow.instances.get(attrs.sop_instance_uid)
             if existing is None:  # pragma: no cover - the row cannot vanish
                 return StoreOutcome(StoreStatus.FAILED, "index race, try again")
-            return self._resent(incoming, existing, ref.sha256)
+            outcome = self._resent(incoming, existing, ref.sha256)
+            if outcome.status is StoreStatus.CONFLICT:
+                self._forget_when_stored(pending)  # no row names these bytes
+            return outcome
         if ref.created:
             metrics.bytes_stored.inc(ref.size)
         log.info(
@@ -262,9 +270,14 @@ class IngestService:
             return StoreOutcome(StoreStatus.NOT_DESTROYED, indexed.not_destroyed, ref.sha256)
         return StoreOutcome(StoreStatus.STORED, sha256=ref.sha256)
 
-    def _forget(self, ref: BlobRef) -> None:
-        """Delete a blob this store just made that no row will reference (an instance
-        not kept after all); one that was there before stays."""
+    def _forget_when_stored(self, pending: Future[BlobRef]) -> None:
+        """Delete the blob being committed once it is, as no row references it (an
+        instance not kept after all, or whose index commit failed); one that was
+        there before stays."""
+        try:
+            ref = pending.result()
+        except Exception:
+            return  # never stored
         if not ref.created:
             return
         try:

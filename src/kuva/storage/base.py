@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -67,6 +68,21 @@ class BlobWriter(ABC):
 
     @abstractmethod
     def commit(self) -> BlobRef: ...
+
+    def commit_soon(self) -> Future[BlobRef]:
+        """Begin ``commit`` and return at once; the future holds its outcome.
+
+        Lets the caller index the object while its bytes are made durable
+        (services.ingest): the index transaction waits for the future before it
+        commits, so nothing is acknowledged before both are done. This default
+        commits here and now; a store that can overlap the work overrides it.
+        """
+        future: Future[BlobRef] = Future()
+        try:
+            future.set_result(self.commit())
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
 
     @abstractmethod
     def discard(self) -> None: ...

@@ -90,14 +90,29 @@ class FileBlobWriter(BlobWriter):
     def commit(self) -> BlobRef:
         return self.commit_as(self.hexdigest())
 
+    def commit_soon(self) -> Future[BlobRef]:
+        """``commit`` on the store's sync threads (its fdatasync was queued there
+        first by ``start_sync``, so it is running or done when this runs)."""
+        return self._store.sync_pool.submit(self.commit)
+
+    def commit_as_soon(self, digest: str) -> Future[BlobRef]:
+        """``commit_as`` on the store's sync threads, like ``commit_soon``."""
+        return self._store.sync_pool.submit(self.commit_as, digest)
+
     def commit_as(self, digest: str) -> BlobRef:
-        """Commit under ``digest``, which the caller computed over the same bytes."""
+        """Commit under ``digest``, which the caller computed over the same bytes.
+
+        Every change of names (new folders, the link) is made first and the folders
+        fsynced after: the first fsync then commits them all in one journal
+        transaction (ext4, xfs) and the others find nothing left to write.
+        """
         key = blob_key(digest)
         final = self._store.path_of(key)
         self._sync_and_close()
         created = True
+        changed: list[Path] = []
         try:
-            self._store.ensure_parent(final)
+            changed = self._store.ensure_parent(final)
             os.chmod(self._path, 0o444)
             os.link(self._path, final)
         except FileExistsError:
@@ -107,7 +122,10 @@ class FileBlobWriter(BlobWriter):
         finally:
             self._path.unlink(missing_ok=True)
         if created:
-            _fsync_dir(final.parent)
+            changed.append(final.parent)
+        for folder in reversed(changed):
+            _fsync_dir(folder)
+        self._store.folder_durable(final.parent)
         return BlobRef(key=key, sha256=digest, size=self._size, created=created)
 
     def replace(self) -> None:
@@ -118,7 +136,9 @@ class FileBlobWriter(BlobWriter):
         final = self._store.path_of(key)
         self._sync_and_close()
         try:
-            self._store.ensure_parent(final)
+            for folder in self._store.ensure_parent(final):
+                _fsync_dir(folder)
+            self._store.folder_durable(final.parent)
             os.chmod(self._path, 0o444)
             if final.exists():
                 kept = self._store.quarantine_dir / f"{final.name}.{time.time_ns()}"
@@ -174,8 +194,9 @@ class FileBlobStore(BlobCopy):
         self.quarantine_dir = root / "quarantine"
         self.quarantine_dir.mkdir(exist_ok=True)
         (root / "sha256").mkdir(exist_ok=True)
-        self._known_dirs: set[Path] = set()
         self._prepare_fanout()
+        top = root / "sha256"
+        self._known_dirs: set[Path] = {top / f"{a:02x}" for a in range(256)}
         self.sync_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kuva-fsync")
 
     def _prepare_fanout(self) -> None:
@@ -183,7 +204,8 @@ class FileBlobStore(BlobCopy):
 
         The second level (``ab/cd``, 65,536 folders) is created on first use: creating
         it up front takes seconds, and an object landing in a new folder pays one
-        extra folder fsync only until the archive holds some 100,000 objects.
+        extra folder fsync (made in the journal commit of its link) only until the
+        archive holds some 100,000 objects.
         """
         top = self.root / "sha256"
         if (self.root / ".fanout").exists():
@@ -209,19 +231,28 @@ class FileBlobStore(BlobCopy):
             raise ValueError(f"not a blob key: {key!r}")
         return self.root / key
 
-    def ensure_parent(self, path: Path) -> None:
+    def ensure_parent(self, path: Path) -> list[Path]:
+        """Create ``path``'s folder if missing and return the folders to fsync
+        before the new names may be relied on; ``folder_durable`` afterwards.
+
+        A folder not yet known durable to this process is fsynced in its parent even
+        when it exists: another writer may have just made it, its fsync still
+        running. Each folder pays this once per process.
+        """
         parent = path.parent
         if parent in self._known_dirs:
-            return
-        if not parent.is_dir():
-            # Create level by level and fsync each new folder's parent, so that the
-            # new names survive a crash too.
-            for level in (parent.parent, parent):
-                if not level.is_dir():
-                    with contextlib.suppress(FileExistsError):
-                        level.mkdir()
-                    _fsync_dir(level.parent)
-        self._known_dirs.add(parent)
+            return []
+        changed: list[Path] = []
+        for level in (parent.parent, parent):
+            if level not in self._known_dirs:
+                with contextlib.suppress(FileExistsError):
+                    level.mkdir()
+                changed.append(level.parent)
+        return changed
+
+    def folder_durable(self, folder: Path) -> None:
+        """``folder`` and the folders above it are durable: no more fsyncs for them."""
+        self._known_dirs.update((folder, folder.parent))
 
     def open_writer(self, *, hashing: bool = True) -> FileBlobWriter:
         return FileBlobWriter(self, hashing=hashing)

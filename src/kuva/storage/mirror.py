@@ -10,7 +10,8 @@ repaired from the other (services.integrity), which is why both are kept.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -57,6 +58,27 @@ class MirroredBlobWriter(BlobWriter):
         if replica_error is not None:
             raise replica_error
         return ref
+
+    def commit_soon(self) -> Future[BlobRef]:
+        """Both copies committed on their stores' sync threads; done when both are."""
+        replica = self._replica.commit_as_soon(self._primary.hexdigest())
+        primary = self._primary.commit_soon()
+        both: Future[BlobRef] = Future()
+        lock = threading.Lock()
+
+        def finish(_: Future[BlobRef]) -> None:
+            with lock:
+                if both.done() or not (primary.done() and replica.done()):
+                    return
+                error = primary.exception() or replica.exception()
+                if error is not None:
+                    both.set_exception(error)
+                else:
+                    both.set_result(primary.result())
+
+        primary.add_done_callback(finish)
+        replica.add_done_callback(finish)
+        return both
 
     def discard(self) -> None:
         self.close()
