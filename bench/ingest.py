@@ -181,9 +181,16 @@ class KuvaServer:
     """``kuva serve --config <toml>`` as a subprocess, ready when /healthz answers 200."""
 
     def __init__(
-        self, executable: Path, workdir: Path, *, startup_timeout: float, replica: bool = False
+        self,
+        executable: Path,
+        workdir: Path,
+        *,
+        startup_timeout: float,
+        replica: bool = False,
+        workers: int = 0,
     ) -> None:
         self.replica = replica
+        self.workers = workers
         self.executable = executable
         self.workdir = workdir
         self.startup_timeout = startup_timeout
@@ -204,7 +211,8 @@ class KuvaServer:
             "[dicom]\n"
             f'ae_title = "{KUVA_AET}"\n'
             f'host = "{LOOPBACK}"\n'
-            f"port = {self.dicom_port}\n\n"
+            f"port = {self.dicom_port}\n"
+            f"workers = {self.workers}\n\n"
             "[http]\n"
             f'host = "{LOOPBACK}"\n'
             f"port = {self.http_port}\n\n"
@@ -303,12 +311,17 @@ def kuva_receiver(
     startup_timeout: float,
     before_start: Callable[[Path], None] | None = None,
     replica: bool = False,
+    workers: int = 0,
 ) -> Iterator[Endpoint]:
     """kuva with a fresh data_dir in ``workdir``; ``before_start(config)`` runs first."""
     if not executable.exists():
         raise Unavailable(f"{executable} not found")
     server = KuvaServer(
-        executable, workdir / "kuva-server", startup_timeout=startup_timeout, replica=replica
+        executable,
+        workdir / "kuva-server",
+        startup_timeout=startup_timeout,
+        replica=replica,
+        workers=workers,
     )
     config = server.write_config()
     if before_start is not None:
@@ -678,6 +691,7 @@ class Options:
     targets: frozenset[str]
     kuva: Path
     kuva_timeout: float
+    workers: int = 0
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
@@ -713,6 +727,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         default=120.0,
         help="seconds to wait for kuva's /healthz (120)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="kuva's [dicom] workers, the processes serving DICOM (0: one per core)",
+    )
     parser.add_argument("--quick", action="store_true", help="small run for a smoke test")
     args = parser.parse_args(argv)
 
@@ -734,6 +754,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         targets=targets,
         kuva=args.kuva,
         kuva_timeout=args.kuva_timeout,
+        workers=args.workers,
     )
 
 
@@ -750,7 +771,10 @@ def receivers(options: Options) -> list[tuple[str, ReceiverFactory]]:
             (
                 "kuva",
                 lambda w: kuva_receiver(
-                    w, executable=options.kuva, startup_timeout=options.kuva_timeout
+                    w,
+                    executable=options.kuva,
+                    startup_timeout=options.kuva_timeout,
+                    workers=options.workers,
                 ),
             )
         )
@@ -788,6 +812,7 @@ def grown_index_run(
             executable=options.kuva,
             startup_timeout=options.kuva_timeout,
             before_start=prefill_step(prefill, options.prefill, timings),
+            workers=options.workers,
         )
 
     run = measure_ingest(
@@ -833,9 +858,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs.append(grown_index_run(options, shares, megabytes, scratch, kuva_ran=kuva_ran))
         peers = [run for run in runs if not run.target.startswith("kuva")]
         print()
+        workers = options.workers or "one per core"
         print(
             f"ingest: {options.instances} CT instances, {options.parallel} storescu "
-            f"process(es), loopback"
+            f"process(es), loopback; kuva [dicom] workers: {workers}"
         )
         print_ingest_table(runs, peers)
         if options.multiframe_mb > 0:

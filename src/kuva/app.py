@@ -359,7 +359,7 @@ class Archive:
             host,
             port,
             tls.get("dicom", ""),
-            self.settings.dicom.worker_count,
+            self.settings.dicom_processes,
         )
         self._start_http()
         if self.syslog is not None:
@@ -380,7 +380,7 @@ class Archive:
 
     def _start_dicom(self) -> tuple[str, int]:
         dicom = self.settings.dicom
-        count = dicom.worker_count
+        count = self.settings.dicom_processes
         if count <= 1:
             return self.dicom.start()
         address = self.dicom.start(sock=listening_socket(dicom.host, dicom.port))
