@@ -794,15 +794,16 @@ def receivers(options: Options) -> list[tuple[str, ReceiverFactory]]:
 
 
 def grown_index_run(
-    options: Options, shares: Sequence[Path], megabytes: float, scratch: Path, *, kuva_ran: bool
+    options: Options, shares: Sequence[Path], megabytes: float, scratch: Path, fresh: Run | None
 ) -> Run:
-    """kuva ingest with ``options.prefill`` instances already in its index."""
+    """kuva ingest with ``options.prefill`` instances already in its index (``fresh``:
+    kuva's run on an empty index, to compare with)."""
     label = f"kuva ({options.prefill} indexed)"
     prefill, reason = load_prefill()
     if prefill is None:
         print(f"{label}: skipped, {reason}")
         return Run(label, note=f"skipped: {reason}")
-    if not kuva_ran:
+    if fresh is None or not fresh.measured:
         return Run(label, note="skipped: kuva not available")
     timings: list[float] = []
 
@@ -821,11 +822,13 @@ def grown_index_run(
         shares,
         expected=options.instances,
         megabytes=megabytes,
-        repeat=1,
+        repeat=options.repeat,
         scratch=scratch,
     )
-    if timings:
-        run.note = "; ".join(filter(None, [f"prefill took {timings[0]:.1f} s", run.note]))
+    notes = [f"prefill took {timings[0]:.1f} s" if timings else "", run.note]
+    if fresh is not None and fresh.measured and run.measured and fresh.rate:
+        notes.append(f"{run.rate / fresh.rate:.0%} of kuva's rate on an empty index")
+    run.note = "; ".join(filter(None, notes))
     return run
 
 
@@ -854,8 +857,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
         if "kuva" in options.targets and options.prefill > 0:
-            kuva_ran = any(run.target == "kuva" and run.measured for run in runs)
-            runs.append(grown_index_run(options, shares, megabytes, scratch, kuva_ran=kuva_ran))
+            fresh = next((run for run in runs if run.target == "kuva"), None)
+            runs.append(grown_index_run(options, shares, megabytes, scratch, fresh))
         peers = [run for run in runs if not run.target.startswith("kuva")]
         print()
         workers = options.workers or "one per core"
