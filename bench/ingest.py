@@ -861,7 +861,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs.append(grown_index_run(options, shares, megabytes, scratch, fresh))
         peers = [run for run in runs if not run.target.startswith("kuva")]
         print()
-        workers = options.workers or "one per core"
+        workers = options.workers or "default (SQLite: 1)"
         print(
             f"ingest: {options.instances} CT instances, {options.parallel} storescu "
             f"process(es), loopback; kuva [dicom] workers: {workers}"
