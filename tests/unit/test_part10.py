@@ -25,8 +25,8 @@ from pydicom.uid import (
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID
 from pynetdicom.dsutils import create_file_meta
 
+from kuva.codec.dicom_json import BULK_DATA_THRESHOLD
 from kuva.codec.part10 import (
-    BULK_DATA_THRESHOLD,
     PREAMBLE,
     Part10Rewriter,
     apply_sender_defaults,

@@ -13,14 +13,12 @@ import io
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from pydicom import dcmread
 from pydicom.charset import convert_encodings
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 
+from kuva.codec.dicom_json import dataset_json
 from kuva.model.instance import (
     InstanceAttributes,
     PatientAttributes,
@@ -40,9 +38,6 @@ from kuva.storage import BlobWriter
 log = logging.getLogger(__name__)
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
-# Binary values longer than this are left out of the index's DICOM JSON and
-# referenced instead (PS3.18 F.2.6 BulkDataURI).
-BULK_DATA_THRESHOLD = 1024
 
 
 def _element(group_element: int, vr: bytes, value: bytes) -> bytes:
@@ -212,40 +207,6 @@ def _int(ds: Dataset, keyword: str, problems: list[str]) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
-
-
-def _bulk_uri(element: DataElement) -> str:
-    return f"bulk:{element.tag:08X}"
-
-
-def dataset_json(ds: Dataset) -> str:
-    """DICOM JSON of ``ds`` (PS3.18 F.2) with bulk data as ``bulk:<tag>`` references.
-
-    An element whose value cannot be converted is left out (and logged at DEBUG):
-    the stored bytes keep it; the JSON is the index's copy for metadata responses.
-    """
-    import json
-
-    result: dict[str, Any] = {}
-    for element in ds:
-        key = f"{element.tag:08X}"
-        try:
-            result[key] = element.to_json_dict(
-                bulk_data_element_handler=_bulk_uri, bulk_data_threshold=BULK_DATA_THRESHOLD
-            )
-        except Exception as exc:
-            log.debug("element %s left out of the index JSON: %s", key, exc)
-    if "Rows" in ds and "7FE00010" not in result:
-        # Read with stop_before_pixels: the pixel data is referenced, never copied.
-        vr = "OW" if ds.get("BitsAllocated", 8) > 8 and not _compressed(ds) else "OB"
-        result["7FE00010"] = {"vr": vr, "BulkDataURI": "bulk:7FE00010"}
-    return json.dumps(result, separators=(",", ":"), ensure_ascii=False)
-
-
-def _compressed(ds: Dataset) -> bool:
-    meta = getattr(ds, "file_meta", None)
-    ts = meta.get("TransferSyntaxUID") if meta is not None else None
-    return bool(ts is not None and UID(ts).is_compressed)
 
 
 def extract_attributes(ds: Dataset, transfer_syntax_uid: str) -> InstanceAttributes:
