@@ -194,32 +194,23 @@ def _text(value: bytes, vr: str, little: bool) -> list[Any] | None:
     return [] if values == [""] else values
 
 
-def _is(value: bytes, vr: str, little: bool) -> list[Any] | None:
+def _decimal_strings(value: bytes, vr: str, little: bool) -> list[Any] | None:
+    """IS as ints, DS as floats, when every value is in its plain DICOM form."""
+    if vr == "DS" and (pydicom_config.use_DS_decimal or pydicom_config.use_DS_numpy):
+        return None
     text = _ascii(value)
     if text is None:
         return None
+    if vr == "DS":  # pydicom strips DS at both ends, IS at the end only
+        text = text.strip()
     text = text.rstrip(" \x00")
     if not text:
         return []
     parts = text.split("\\")
-    if not all(_IS.fullmatch(part) for part in parts):
+    pattern, convert = (_IS, int) if vr == "IS" else (_DS, float)
+    if not all(pattern.fullmatch(part) for part in parts):
         return None
-    return [int(part) for part in parts]
-
-
-def _ds(value: bytes, vr: str, little: bool) -> list[Any] | None:
-    if pydicom_config.use_DS_decimal or pydicom_config.use_DS_numpy:
-        return None
-    text = _ascii(value)
-    if text is None:
-        return None
-    text = text.strip().rstrip(" \x00")
-    if not text:
-        return []
-    parts = text.split("\\")
-    if not all(_DS.fullmatch(part) for part in parts):
-        return None
-    return [float(part) for part in parts]
+    return [convert(part) for part in parts]
 
 
 def _numbers(value: bytes, vr: str, little: bool) -> list[Any] | None:
@@ -242,8 +233,8 @@ _HANDLERS: dict[str, _Handler] = {
     "AE": _ae,
     "UR": _ur,
     **dict.fromkeys(("SH", "LO", "UC", "ST", "LT", "UT", "PN"), _text),
-    "IS": _is,
-    "DS": _ds,
+    "IS": _decimal_strings,
+    "DS": _decimal_strings,
     **dict.fromkeys(_STRUCT, _numbers),
     **dict.fromkeys(_BINARY, _binary),
 }
