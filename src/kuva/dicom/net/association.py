@@ -427,6 +427,10 @@ class Association(asyncio.BufferedProtocol):
         self._flow = threading.Condition(threading.Lock())
         self._send_lock = threading.Lock()  # one message at a time from threads
         self._in_flight = 0
+        # batches posted by threads, written by the loop in order; one wake-up of the
+        # loop writes all that were posted before it ran (a C-FIND's pending answers)
+        self._posted: collections.deque[bytearray] = collections.deque()
+        self._write_scheduled = False
         self._paused = False
         self._lost = False
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -1139,23 +1143,34 @@ class Association(asyncio.BufferedProtocol):
                 if not self._flow.wait(timeout if timeout > 0 else None):
                     stalled = True  # nothing went out for network_timeout
                     break
+            schedule = False
             if not stalled and not self._lost:
                 self._in_flight += size
+                self._posted.append(batch)
+                schedule = not self._write_scheduled
+                self._write_scheduled = True
         if stalled:
             log.warning("%r: the peer read nothing for %g s, aborting", self, timeout)
             self.abort()
             raise _Lost
         if self._lost:
             raise _Lost
-        try:
-            self._loop.call_soon_threadsafe(self._write_posted, batch)
-        except RuntimeError:
-            raise _Lost from None
+        if schedule:
+            try:
+                self._loop.call_soon_threadsafe(self._write_posted)
+            except RuntimeError:
+                raise _Lost from None
 
-    def _write_posted(self, batch: bytearray) -> None:
-        self._write_pdata(batch)
+    def _write_posted(self) -> None:
+        """Loop thread: write every batch threads posted so far, in order."""
         with self._flow:
-            self._in_flight -= len(batch)
+            batches = list(self._posted)
+            self._posted.clear()
+            self._write_scheduled = False
+        for batch in batches:
+            self._write_pdata(batch)
+        with self._flow:
+            self._in_flight -= sum(len(batch) for batch in batches)
             self._flow.notify_all()
 
     async def _send_on_loop(
