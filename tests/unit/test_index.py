@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from kuva.model.instance import (
     StudyAttributes,
 )
 from kuva.services.ingest import IncomingInstance, IngestService, StoreStatus
+from kuva.storage import blob_key
 from kuva.storage.filesystem import FileBlobStore
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -353,6 +355,33 @@ def test_integer_beyond_column_range_is_not_an_index_failure(
     finally:
         committer.close()
         engine.dispose()
+
+
+def test_a_blob_that_cannot_be_stored_leaves_no_row(engine: Engine, tmp_path: Path) -> None:
+    """Its name taken by other bytes (a damaged or forged file): the instance is
+    answered as a storage failure, and its index rows (written meanwhile) are undone."""
+    blobs = FileBlobStore(tmp_path / "blobs")
+    committer = GroupCommitter(engine)
+    try:
+        content = b"synthetic object bytes"
+        key = blob_key(hashlib.sha256(content).hexdigest())
+        taken = blobs.path_of(key)
+        taken.parent.mkdir(parents=True, exist_ok=True)
+        taken.write_bytes(b"other bytes, another size")
+        writer = blobs.open_writer()
+        writer.write(content)
+        outcome = IngestService(engine, blobs, committer).store(
+            IncomingInstance(
+                attributes=attributes(1), blob=writer, source_ae="CT1", organization_oid=ORG
+            )
+        )
+        assert outcome.status is StoreStatus.FAILED
+        assert outcome.message == f"storage failure: {key} exists with another size"
+        assert row_counts(engine)["instance"] == 0
+        assert taken.read_bytes() == b"other bytes, another size"
+    finally:
+        committer.close()
+        blobs.close()
 
 
 def test_rolled_back_unit_of_work_leaves_nothing(engine: Engine) -> None:

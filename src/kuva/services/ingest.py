@@ -240,9 +240,11 @@ class IngestService:
             )
             return StoreOutcome(StoreStatus.IGNORED, str(exc))
         except Exception as exc:
-            if pending.done() and pending.exception() is exc and isinstance(exc, OSError):
+            if pending.done() and pending.exception() is exc:
+                # The blob could not be made durable (disk, a name taken by other bytes).
                 log.error("could not store blob of %s: %s", attrs.sop_instance_uid, exc)
-                return StoreOutcome(StoreStatus.FAILED, f"storage failure: {exc.strerror or exc}")
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                return StoreOutcome(StoreStatus.FAILED, f"storage failure: {reason}")
             log.exception("could not index instance %s", attrs.sop_instance_uid)
             self._forget_when_stored(pending)
             return StoreOutcome(StoreStatus.FAILED, f"index failure: {type(exc).__name__}")
