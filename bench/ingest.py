@@ -95,6 +95,9 @@ class Run:
     instances: int = 0
     megabytes: float = 0.0
     seconds: float = 0.0
+    # CPU the receiver's processes spent per stored instance while it was sent (user
+    # + system, children included): steadier than the rate on a shared machine.
+    cpu_ms: float = 0.0
     commands: list[str] = dataclasses.field(default_factory=list)
     note: str = ""
 
@@ -399,12 +402,15 @@ def measure_ingest(
 ) -> Run:
     """Median of ``repeat`` runs, each against a freshly started receiver."""
     timings: list[float] = []
+    cpu: list[float] = []
     run = Run(label, megabytes=megabytes)
     for attempt in range(repeat):
         workdir = Path(tempfile.mkdtemp(prefix=f"run{attempt}-", dir=scratch))
         try:
             with factory(workdir) as endpoint:
+                before = _group_cpu_seconds(endpoint.pid)
                 result = send(shares, endpoint)
+                spent = _group_cpu_seconds(endpoint.pid) - before
                 stored = endpoint.stored_count() if endpoint.stored_count else None
         except (Unavailable, PeerStartError) as reason:
             run.note = _unavailable(label, reason)
@@ -415,7 +421,10 @@ def measure_ingest(
         run.instances = result.statuses.get("Success", 0)
         run.note = _ingest_note(result, expected, stored)
         timings.append(result.seconds)
+        if run.instances:
+            cpu.append(spent * 1000 / run.instances)
     run.seconds = statistics.median(timings)
+    run.cpu_ms = statistics.median(cpu) if cpu else 0.0
     if repeat > 1:
         run.note = f"median of {repeat}; {run.note}".rstrip("; ")
     return run
@@ -456,6 +465,20 @@ def _process_group_members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid:
             members.append(int(entry.name))
     return members
+
+
+def _group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds (user and system, with reaped children's) of a process group's
+    live members (/proc/<pid>/stat fields 14-17)."""
+    ticks = 0
+    for pid in _process_group_members(pgid):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        ticks += sum(int(value) for value in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -620,7 +643,7 @@ def _ratio(kuva: Run, peer: Run) -> str:
 
 def print_ingest_table(runs: Sequence[Run], peers: Sequence[Run]) -> None:
     """Print the ingest table, then every command line used."""
-    header = ["target", "instances", "MB", "seconds", "inst/s", "MB/s"]
+    header = ["target", "instances", "MB", "seconds", "inst/s", "MB/s", "CPU ms/inst"]
     if not any(run.measured and run.target.startswith("kuva") for run in runs):
         peers = []  # no kuva figure to compare
     header += [f"kuva/{peer.target.split()[0]}" for peer in peers]
@@ -636,6 +659,7 @@ def print_ingest_table(runs: Sequence[Run], peers: Sequence[Run]) -> None:
             f"{run.seconds:.2f}",
             f"{run.rate:.1f}",
             f"{run.throughput:.1f}",
+            f"{run.cpu_ms:.2f}",
         ]
         is_kuva = run.target.startswith("kuva")
         row += [_ratio(run, peer) if is_kuva else "" for peer in peers]
