@@ -140,6 +140,15 @@ def getscu(
     )
 
 
+def move_study(
+    server: KuvaServer, destination: str, study_uid: str
+) -> subprocess.CompletedProcess[str]:
+    """movescu: the whole study to ``destination`` (Study Root, STUDY level)."""
+    return movescu(
+        server, destination, "-S", QueryRetrieveLevel="STUDY", StudyInstanceUID=study_uid
+    )
+
+
 def movescu(
     server: KuvaServer, destination: str, model: str, **query: str
 ) -> subprocess.CompletedProcess[str]:
@@ -234,19 +243,11 @@ def test_movescu_to_storescp_byte_identical_and_unknown_destination(
         server = start(kuva_server, scp.port)
         store(server, list(study["all"].values()))
 
-        result = movescu(
-            server,
-            DESTINATION,
-            "-S",
-            QueryRetrieveLevel="STUDY",
-            StudyInstanceUID=study["study_uid"],
-        )
+        result = move_study(server, DESTINATION, study["study_uid"])
         assert result.returncode == 0, result.stdout + result.stderr
         assert_identical(scp.received(), study["all"])
 
-        unknown = movescu(
-            server, "NOWHERE", "-S", QueryRetrieveLevel="STUDY", StudyInstanceUID=study["study_uid"]
-        )
+        unknown = move_study(server, "NOWHERE", study["study_uid"])
         output = unknown.stdout + unknown.stderr
         assert "Refused: MoveDestinationUnknown" in output, output  # 0xA801
         assert len(scp.received()) == len(study["all"])
@@ -545,9 +546,7 @@ def test_move_to_unreachable_destination(
 ) -> None:
     server = start(kuva_server, free_port())
     store(server, list(study["second"].values()))
-    result = movescu(
-        server, DESTINATION, "-S", QueryRetrieveLevel="STUDY", StudyInstanceUID=study["study_uid"]
-    )
+    result = move_study(server, DESTINATION, study["study_uid"])
     output = result.stdout + result.stderr
     assert "Refused: OutOfResourcesSubOperations" in output, output  # 0xA702
 
@@ -561,9 +560,7 @@ def test_move_to_orthanc(
             nodes=[node(SENDER), node(MOVESCU), node("ORTHANC", orthanc.dicom_port)]
         )
         store(server, list(study["all"].values()))
-        result = movescu(
-            server, "ORTHANC", "-S", QueryRetrieveLevel="STUDY", StudyInstanceUID=study["study_uid"]
-        )
+        result = move_study(server, "ORTHANC", study["study_uid"])
         assert result.returncode == 0, result.stdout + result.stderr
         assert orthanc.instance_count() == len(study["all"])
         for instance_id in orthanc.rest_get("/instances"):
@@ -672,13 +669,7 @@ def test_move_to_a_tls_node(
         nodes = [node(SENDER), node(MOVESCU), {**node(DESTINATION, scp.port), "tls": True}]
         server = kuva_server(nodes=nodes, extra={"tls": pki.tls_section()})
         store(server, list(study["all"].values()))
-        result = movescu(
-            server,
-            DESTINATION,
-            "-S",
-            QueryRetrieveLevel="STUDY",
-            StudyInstanceUID=study["study_uid"],
-        )
+        result = move_study(server, DESTINATION, study["study_uid"])
         output = result.stdout + result.stderr
         if destination_ca == "trusted":
             assert result.returncode == 0, output
