@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,12 +22,9 @@ log = logging.getLogger(__name__)
 
 
 class MirroredBlobWriter(BlobWriter):
-    def __init__(
-        self, primary: FileBlobWriter, replica: FileBlobWriter, pool: ThreadPoolExecutor
-    ) -> None:
+    def __init__(self, primary: FileBlobWriter, replica: FileBlobWriter) -> None:
         self._primary = primary
         self._replica = replica
-        self._pool = pool
         self.name = primary.name  # the receive path parses the header from here
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -46,21 +43,12 @@ class MirroredBlobWriter(BlobWriter):
         return self._primary.hexdigest()
 
     def commit(self) -> BlobRef:
-        # The two copies are made durable at once (fdatasync, link, folder fsync):
-        # the replica's in the background while the primary's runs here.
-        replica = self._pool.submit(self._replica.commit_as, self._primary.hexdigest())
-        try:
-            ref = self._primary.commit()
-        finally:
-            # Both done before returning; a replica copy whose primary failed is an
-            # orphan the integrity check reports.
-            replica_error = replica.exception()
-        if replica_error is not None:
-            raise replica_error
-        return ref
+        return self.commit_soon().result()
 
     def commit_soon(self) -> Future[BlobRef]:
-        """Both copies committed on their stores' sync threads; done when both are."""
+        """Both copies made durable at once (fdatasync, link, folder fsync), each on
+        its store's sync threads; done when both are. A replica copy whose primary
+        failed is an orphan the integrity check reports."""
         replica = self._replica.commit_as_soon(self._primary.hexdigest())
         primary = self._primary.commit_soon()
         both: Future[BlobRef] = Future()
@@ -92,13 +80,10 @@ class MirroredBlobStore(BlobStore):
     def __init__(self, primary: FileBlobStore, replica: FileBlobStore) -> None:
         self.primary = primary
         self.replica = replica
-        # Commits of replica copies, next to the primary's (not in the stores' fsync
-        # pools: a commit there would wait on fsyncs queued behind it).
-        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kuva-replica")
 
     def open_writer(self) -> MirroredBlobWriter:
         return MirroredBlobWriter(
-            self.primary.open_writer(), self.replica.open_writer(hashing=False), self._pool
+            self.primary.open_writer(), self.replica.open_writer(hashing=False)
         )
 
     def open(self, key: str) -> BinaryIO:
@@ -134,7 +119,6 @@ class MirroredBlobStore(BlobStore):
         return from_primary or from_replica
 
     def close(self) -> None:
-        self._pool.shutdown()
         self.primary.close()
         self.replica.close()
 
