@@ -63,7 +63,7 @@ from kuva.model.clock import Clock, utcnow
 from kuva.model.instance import InstanceAttributes
 from kuva.model.validation import instance_problems
 from kuva.services import iocm
-from kuva.storage import BlobRef, BlobStore, BlobWriter, blob_key
+from kuva.storage import BlobRef, BlobStore, BlobWriter
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class IngestService:
         pending = blob.commit_soon()
         new = NewInstance(
             attributes=attrs,
-            blob_key=blob_key(digest),
+            blob_key=blob.key,
             size=blob.size,
             sha256=digest,
             received_at=self._clock(),

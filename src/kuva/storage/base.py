@@ -66,6 +66,11 @@ class BlobWriter(ABC):
     @abstractmethod
     def hexdigest(self) -> str: ...
 
+    @property
+    def key(self) -> str:
+        """The key the bytes written so far are committed under (their address)."""
+        return blob_key(self.hexdigest())
+
     @abstractmethod
     def commit(self) -> BlobRef: ...
 
