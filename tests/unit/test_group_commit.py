@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 
-from kuva.index.group_commit import GroupCommitter
+from kuva.index.group_commit import CommitterClosed, GroupCommitter
 from kuva.index.schema import task
 from kuva.index.uow import UnitOfWork
 
@@ -67,7 +67,7 @@ class HeldBatch:
 
     def release(self) -> None:
         deadline = time.monotonic() + 30
-        while self._committer._queue.qsize() < self._waiting and time.monotonic() < deadline:
+        while self._committer.waiting() < self._waiting and time.monotonic() < deadline:
             time.sleep(0.005)
         self._event.set()
         assert self.blocker.result(timeout=60) == "blocker"
@@ -201,14 +201,33 @@ def test_batch_failure_reaches_every_caller(engine: Engine, committer: GroupComm
     assert subjects(engine) == ["c"]
 
 
-def test_close_stops_the_thread(engine: Engine) -> None:
-    """close() ends the committer thread after queued work is done."""
+def test_close_waits_for_work_then_refuses(engine: Engine) -> None:
+    """close() lets the batch under way commit, then refuses new work."""
     committer = GroupCommitter(engine)
-    committer.run(add_task("x"))
-    committer.close()
-    assert not committer._thread.is_alive()
+    held = HeldBatch(committer, 1)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        queued = pool.submit(committer.run, add_task("queued"))
+        closing = pool.submit(committer.close)
+        held.release()
+        assert isinstance(queued.result(timeout=60), int)
+        closing.result(timeout=60)
+    with pytest.raises(CommitterClosed):
+        committer.run(add_task("too-late"))
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(task)).scalar_one() == 1
+
+
+def test_lone_writer_runs_in_its_own_thread(engine: Engine, committer: GroupCommitter) -> None:
+    """With nobody else committing, the caller's thread runs its work: no hand-over
+    to another thread and back on the path of every C-STORE."""
+    threads: list[int] = []
+
+    def work(uow: UnitOfWork) -> int:
+        threads.append(threading.get_ident())
+        return add_task("alone")(uow)
+
+    committer.run(work)
+    assert threads == [threading.get_ident()]
 
 
 def test_rows_wait_for_what_they_name(engine: Engine, committer: GroupCommitter) -> None:
