@@ -23,6 +23,11 @@ the way). Here the archive decides:
   row is committed (group commit) only after the blob is durable, and only then
   is success reported (docs/design.md principle 2).
 
+All of this is decided in the one write transaction that indexes the instance:
+whether the index holds its SOP Instance UID already is answered by the insert
+itself (``Screened`` undoes what was written), so a new instance pays for no
+separate read.
+
 ``on_indexed`` runs inside the transaction that indexes a new instance, and
 ``on_changed`` there too when IOCM changed what studies hold, so that the work they
 cause commits with it (the study's registration, services.registration).
@@ -122,6 +127,17 @@ class StudyDestroyed(Exception):
         super().__init__(f"study destroyed {when} ({how}); needs allow-resend")
 
 
+class Screened(Exception):
+    """Not indexed after all (raised inside the indexing transaction, which is
+    undone): the index holds the SOP Instance UID already (``held``), or IOCM refuses
+    the instance (``screening``), or both."""
+
+    def __init__(self, held: StoredInstance | None, screening: iocm.Screening | None) -> None:
+        super().__init__("instance not indexed")
+        self.held = held
+        self.screening = screening
+
+
 # (unit of work, Study Instance UID, SOP Instance UID, received at)
 IndexedHook = Callable[[UnitOfWork, str, str, datetime], None]
 # (unit of work, the instance, where it went)
@@ -185,25 +201,6 @@ class IngestService:
             )
             return StoreOutcome(StoreStatus.INVALID, "; ".join(problems))
 
-        with UnitOfWork(self._engine, write=False) as uow:
-            existing = uow.instances.get(attrs.sop_instance_uid)
-            screening = iocm.screen(
-                uow, attrs, incoming.organization_oid, held=existing is not None
-            )
-        if screening is not None:
-            blob.discard()
-            log.warning(
-                "%s instance %s from %s: %s",
-                "ignored" if screening.verdict is iocm.Verdict.IGNORED else "refused",
-                attrs.sop_instance_uid,
-                incoming.source_ae,
-                screening.message,
-            )
-            return StoreOutcome(_VERDICTS[screening.verdict], screening.message)
-        if existing is not None:
-            blob.discard()
-            return self._resent(incoming, existing, blob.hexdigest())
-
         # The blob is made durable (fsync, link, folder fsync) while the index
         # statements run; the index transaction commits only after it succeeded.
         digest = blob.hexdigest()
@@ -219,6 +216,9 @@ class IngestService:
         )
         try:
             indexed = self._committer.run(lambda uow: self._index(uow, new), durable=pending)
+        except Screened as exc:
+            # Held already, or refused by IOCM: nothing of it was written.
+            return self._screened(incoming, exc, pending, digest)
         except (TreeConflict, ForeignStudy, StudyDestroyed, StudyDestroying) as exc:
             # The tree refused it: nothing of it is kept (its indexing was undone).
             self._forget_when_stored(pending)
@@ -249,16 +249,6 @@ class IngestService:
             self._forget_when_stored(pending)
             return StoreOutcome(StoreStatus.FAILED, f"index failure: {type(exc).__name__}")
         ref = pending.result()
-        if indexed is None:
-            # Another association indexed the same SOP Instance UID meanwhile.
-            with UnitOfWork(self._engine, write=False) as uow:
-                existing = uow.instances.get(attrs.sop_instance_uid)
-            if existing is None:  # pragma: no cover - the row cannot vanish
-                return StoreOutcome(StoreStatus.FAILED, "index race, try again")
-            outcome = self._resent(incoming, existing, ref.sha256)
-            if outcome.status is StoreStatus.CONFLICT:
-                self._forget_when_stored(pending)  # no row names these bytes
-            return outcome
         if ref.created:
             metrics.bytes_stored.inc(ref.size)
         log.info(
@@ -287,12 +277,30 @@ class IngestService:
         except OSError as exc:  # an orphan then, which kuva verify reports
             log.error("could not delete the unkept blob %s: %s", ref.key, exc)
 
-    def _index(self, uow: UnitOfWork, new: NewInstance) -> iocm.Applied | None:
-        """None: another association indexed the same SOP Instance UID meanwhile."""
-        pk = uow.instances.add(new)
-        if pk is None:
-            return None
+    def _index(self, uow: UnitOfWork, new: NewInstance) -> iocm.Applied:
+        """Index a new instance, with what IOCM and the hooks do with it. Raises
+        ``Screened`` (its savepoint undone) when IOCM refuses it or the index holds
+        its SOP Instance UID already: that question costs a new instance nothing,
+        as the insert itself answers it."""
         attrs = new.attributes
+        organization = new.organization_oid
+        if attrs.rejection_note is not None:
+            screening = iocm.screen(uow, attrs, organization, held=False)
+            if screening is not None:
+                raise Screened(None, screening)
+        try:
+            pk = uow.instances.add(new)
+        except (TreeConflict, ForeignStudy, StudyDestroying):
+            # A SOP Instance UID held already is a resend, whatever its tree says.
+            held = uow.instances.get(attrs.sop_instance_uid)
+            if held is not None:
+                raise Screened(held, iocm.screen(uow, attrs, organization, held=True)) from None
+            raise
+        if pk is None:  # held already (sent before, or by another association meanwhile)
+            held = uow.instances.get(attrs.sop_instance_uid)
+            if held is None:  # pragma: no cover - a row found by the insert cannot vanish
+                raise RuntimeError("instance row vanished while being indexed")
+            raise Screened(held, iocm.screen(uow, attrs, organization, held=True))
         added = uow.instances.last_added
         if added is not None and added.new_study:
             # Only a study the index does not hold can have been destroyed: the
@@ -310,6 +318,28 @@ class IngestService:
         if applied.changed and self.on_changed is not None:
             self.on_changed(uow, applied.changed, new.received_at)
         return applied
+
+    def _screened(
+        self, incoming: IncomingInstance, screened: Screened, pending: Future[BlobRef], digest: str
+    ) -> StoreOutcome:
+        """An instance not indexed: IOCM refused it, or its SOP Instance UID is held."""
+        screening = screened.screening
+        if screening is not None:
+            if screened.held is None or screened.held.sha256 != digest:
+                self._forget_when_stored(pending)  # no row names these bytes
+            log.warning(
+                "%s instance %s from %s: %s",
+                "ignored" if screening.verdict is iocm.Verdict.IGNORED else "refused",
+                incoming.attributes.sop_instance_uid,
+                incoming.source_ae,
+                screening.message,
+            )
+            return StoreOutcome(_VERDICTS[screening.verdict], screening.message)
+        assert screened.held is not None
+        outcome = self._resent(incoming, screened.held, digest)
+        if outcome.status is StoreStatus.CONFLICT:
+            self._forget_when_stored(pending)  # no row names these bytes
+        return outcome
 
     def _resent(
         self, incoming: IncomingInstance, existing: StoredInstance, sha256: str
