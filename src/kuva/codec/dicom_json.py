@@ -74,7 +74,7 @@ def dataset_json(ds: Dataset) -> str:
     An element whose value cannot be converted is left out (and logged at DEBUG):
     the stored bytes keep it; the JSON is the index's copy for metadata responses.
     """
-    plain = _ascii_compatible(ds)
+    plain = ascii_compatible(ds)
     result: Json = {}
     for tag in sorted(ds.keys()):
         key = f"{tag:08X}"
@@ -101,7 +101,7 @@ def _compressed(ds: Dataset) -> bool:
     return bool(ts is not None and UID(ts).is_compressed)
 
 
-def _ascii_compatible(ds: Dataset) -> bool:
+def ascii_compatible(ds: Dataset) -> bool:
     """Whether ASCII text of ``ds`` decodes as ASCII in its character set."""
     try:
         encodings = ds.original_character_set
