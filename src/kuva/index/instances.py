@@ -34,14 +34,35 @@ def _fit(table: Table, values: dict[str, Any]) -> dict[str, Any]:
     Strings are cut to the column's length; an integer outside the 32-bit range of
     an Integer column (malformed IS, PS3.5 6.2) is left out (NULL).
     """
+    limits = _LIMITS.get(table.name)
+    if limits is None:
+        limits = _LIMITS[table.name] = _column_limits(table)
     fitted = dict(values)
     for name, value in values.items():
-        column_type = table.c[name].type
-        if isinstance(value, str) and isinstance(column_type, String) and column_type.length:
-            fitted[name] = value[: column_type.length]
-        elif isinstance(value, int) and type(column_type) is Integer and value not in _INT32:
+        limit = limits.get(name)
+        if limit is None:
+            continue
+        if limit and isinstance(value, str):
+            fitted[name] = value[:limit]
+        elif not limit and isinstance(value, int) and value not in _INT32:
             fitted[name] = None
     return fitted
+
+
+# Per table, what ``_fit`` checks of a column: its length (a String with one) or
+# 0 (an Integer, 32 bits); columns not named need nothing.
+_LIMITS: dict[str, dict[str, int]] = {}
+
+
+def _column_limits(table: Table) -> dict[str, int]:
+    limits: dict[str, int] = {}
+    for column in table.c:
+        column_type = column.type
+        if isinstance(column_type, String) and column_type.length:
+            limits[column.name] = column_type.length
+        elif type(column_type) is Integer:
+            limits[column.name] = 0
+    return limits
 
 
 class TreeConflict(Exception):

@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     and_,
+    bindparam,
     case,
     delete,
     exists,
@@ -66,6 +67,32 @@ class Task:
 
 # Subjects per statement of ``schedule_once_many`` (bound parameters are capped).
 _SUBJECT_CHUNK = 500
+
+
+def _restart(status: str, *, revive: bool) -> Any:
+    """The waiting task of a kind and subject starts over (``schedule_once_many`` of
+    one subject, the debounce every C-STORE runs: built once, not per instance)."""
+    values: dict[str, Any] = {
+        "status": PENDING,
+        "next_attempt_at": bindparam("b_run_at", type_=UtcDateTime()),
+        "payload": bindparam("b_payload"),
+        "updated_at": bindparam("b_now", type_=UtcDateTime()),
+    }
+    if revive:
+        values |= {"attempts": 0, "last_error": None}
+    return (
+        update(task)
+        .where(
+            task.c.kind == bindparam("b_kind"),
+            task.c.status == status,
+            task.c.subject == bindparam("b_subject"),
+        )
+        .values(values)
+        .returning(task.c.subject, task.c.pk)
+    )
+
+
+_RESTART = {PENDING: _restart(PENDING, revive=False), FAILED: _restart(FAILED, revive=True)}
 
 _COLUMNS = (
     task.c.pk,
@@ -350,10 +377,23 @@ class TaskRepository:
                 if not left:
                     break
                 # Only while it is waiting: a worker may have claimed it meanwhile.
+                if len(left) == 1:
+                    moved = self.conn.execute(
+                        _RESTART[status],
+                        {
+                            "b_kind": kind,
+                            "b_subject": left[0],
+                            "b_run_at": run_at,
+                            "b_payload": body,
+                            "b_now": now,
+                        },
+                    )
+                    keys.update({row.subject: int(row.pk) for row in moved})
+                    continue
                 moved = self.conn.execute(
                     update(task)
                     .where(task.c.kind == kind, task.c.status == status)
-                    .where(task.c.subject.in_(left) if len(left) > 1 else task.c.subject == left[0])
+                    .where(task.c.subject.in_(left))
                     .values(**values)
                     .returning(task.c.subject, task.c.pk)
                 )
