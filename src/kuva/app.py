@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -19,7 +20,7 @@ from kuva import metrics
 from kuva.audit import message as audit_message
 from kuva.audit.listener import ExportReceiver, SyslogListener
 from kuva.audit.syslog import SyslogSender
-from kuva.config import Settings
+from kuva.config import S3Endpoint, S3Settings, Settings
 from kuva.dicom.commitment import StorageCommitmentSCP
 from kuva.dicom.find_scp import FindSCP
 from kuva.dicom.ian import IanSender
@@ -58,9 +59,10 @@ from kuva.services.retention import REJECTED_DESTRUCTION_TASK, RetentionSchedule
 from kuva.services.retrieve import RetrieveService
 from kuva.services.retrieve_imaging_document_set import ImagingDocumentSetRetrieval
 from kuva.services.stored_query import StoredQueryService
-from kuva.storage import BlobStore
+from kuva.storage import BlobCopy, BlobStore
 from kuva.storage.filesystem import FileBlobStore
 from kuva.storage.mirror import MirroredBlobStore
+from kuva.storage.s3 import S3BlobStore, S3Location, S3Options
 from kuva.tasks.worker import TaskWorkers
 from kuva.tls import server_context
 from kuva.web.admin import admin_router
@@ -79,12 +81,30 @@ log = logging.getLogger(__name__)
 
 
 def build_blob_store(settings: Settings) -> BlobStore:
-    """The blob store of ``[archive]``: a folder, or two when a replica is configured."""
-    primary = FileBlobStore(settings.archive.resolved_blob_dir())
-    replica_dir = settings.archive.resolved_replica_dir()
-    if replica_dir is None:
+    """The blob store of ``[archive]``: a folder or an S3 bucket, or two of them when
+    a replica is configured (each may be either)."""
+    primary = _blob_copy(settings.archive.resolved_blob_url(), settings.s3)
+    if not settings.archive.replica_url:
         return primary
-    return MirroredBlobStore(primary, FileBlobStore(replica_dir))
+    endpoint = settings.s3.replica or settings.s3
+    return MirroredBlobStore(
+        primary, _blob_copy(settings.archive.replica_url, settings.s3, endpoint)
+    )
+
+
+def _blob_copy(url: str, s3: S3Settings, endpoint: S3Endpoint | None = None) -> BlobCopy:
+    if url.startswith("file://"):
+        return FileBlobStore(Path(url.removeprefix("file://")))
+    endpoint = endpoint or s3
+    options = S3Options(
+        endpoint_url=endpoint.endpoint_url,
+        region=endpoint.region,
+        access_key_id=endpoint.access_key_id,
+        secret_access_key=endpoint.secret_access_key,
+        addressing_style=endpoint.addressing_style,
+        part_size=s3.part_size_mb * 1024 * 1024,
+    )
+    return S3BlobStore(S3Location.parse(url), options)
 
 
 @dataclass(frozen=True)
@@ -179,8 +199,14 @@ class Archive:
             migrate(self.engine)
         self.blobs = build_blob_store(settings)
         if not dicom_worker:
-            for _name, copy in self.blobs.copies():
-                copy.clean_partial()
+            for name, copy in self.blobs.copies():
+                try:
+                    copy.clean_partial()
+                except OSError as exc:
+                    # A store out of reach at start (S3 down, credentials refused):
+                    # the archive starts, /healthz says so, and C-STOREs get a
+                    # failure status until the store is back.
+                    log.error("blob store (%s) not usable at start: %s", name, exc)
         self.dicom_workers: WorkerProcesses | None = None
         self.audit = build_audit(settings, self.engine)
         self.committer = GroupCommitter(self.engine)

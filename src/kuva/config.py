@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -64,23 +64,24 @@ class ArchiveSettings(BaseModel):
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
 
-    def resolved_blob_dir(self) -> Path:
-        if not self.blob_url:
-            return self.data_dir / "blobs"
-        if self.blob_url.startswith("file://"):
-            return Path(self.blob_url.removeprefix("file://"))
-        raise ValueError(
-            f"blob_url {self.blob_url!r}: only local folders (file://) are supported so far"
-        )
+    def resolved_blob_url(self) -> str:
+        """Where the blobs are: ``file:///folder`` (default data_dir/blobs) or
+        ``s3://bucket/prefix``."""
+        return self.blob_url or f"file://{(self.data_dir / 'blobs').resolve()}"
 
-    def resolved_replica_dir(self) -> Path | None:
-        if not self.replica_url:
-            return None
-        if self.replica_url.startswith("file://"):
-            return Path(self.replica_url.removeprefix("file://"))
-        raise ValueError(
-            f"replica_url {self.replica_url!r}: only local folders (file://) are supported so far"
-        )
+    def resolved_blob_dir(self) -> Path:
+        """The blobs' folder, when they are kept in one."""
+        url = self.resolved_blob_url()
+        if not url.startswith("file://"):
+            raise ValueError(f"blob_url {url!r} is not a folder")
+        return Path(url.removeprefix("file://"))
+
+    @field_validator("blob_url", "replica_url")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        if value and not value.startswith(("file://", "s3://")):
+            raise ValueError(f"{value!r}: a blob store is file:///folder or s3://bucket/prefix")
+        return value
 
 
 class DicomSettings(BaseModel):
@@ -432,6 +433,28 @@ class AccessSettings(BaseModel):
         return value
 
 
+class S3Endpoint(BaseModel):
+    """How an S3-compatible store is reached. Empty values come from the standard
+    environment: AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY."""
+
+    endpoint_url: str = ""
+    region: str = ""
+    access_key_id: str = ""
+    # Never logged or shown; better kept in the environment than in the file.
+    secret_access_key: str = Field(default="", repr=False)
+    # "path": endpoint/bucket/key (SeaweedFS, MinIO, Ceph RGW); "virtual": bucket.endpoint/key.
+    addressing_style: Literal["path", "virtual"] = "path"
+
+
+class S3Settings(S3Endpoint):
+    """[s3]: the store of an s3:// blob_url; [s3.replica]: of an s3:// replica_url
+    on another endpoint or account (default: the same as [s3])."""
+
+    # Objects above this go up as multipart uploads of parts this size (S3: >= 5 MiB).
+    part_size_mb: int = Field(default=8, ge=5, le=512)
+    replica: S3Endpoint | None = None
+
+
 class TlsSettings(BaseModel):
     """Mutual TLS of the listeners that have ``tls = true`` (kuva.tls; PS3.15 B.1,
     IHE ATNA node authentication): kuva's certificate and key, and the CAs a client
@@ -538,6 +561,7 @@ class Settings(BaseSettings):
     integrity: IntegritySettings = Field(default_factory=IntegritySettings)
     access: AccessSettings = Field(default_factory=AccessSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
+    s3: S3Settings = Field(default_factory=S3Settings)
     organizations: list[OrganizationSettings] = Field(default_factory=list)
     nodes: list[NodeSettings] = Field(default_factory=list)
 

@@ -7,6 +7,7 @@ from kuva.storage.base import (
     BlobRef,
     BlobStore,
     BlobWriter,
+    CopyWriter,
     blob_key,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "BlobRef",
     "BlobStore",
     "BlobWriter",
+    "CopyWriter",
     "blob_key",
 ]

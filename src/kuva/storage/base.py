@@ -103,6 +103,18 @@ class BlobWriter(ABC):
         self.close()
 
 
+class CopyWriter(BlobWriter):
+    """A writer of one physical copy (BlobCopy), which a mirror can commit under the
+    digest its other copy's writer computed over the same bytes."""
+
+    @abstractmethod
+    def commit_as(self, digest: str) -> BlobRef: ...
+
+    @abstractmethod
+    def commit_as_soon(self, digest: str) -> Future[BlobRef]:
+        """``commit_as`` begun; the future holds its outcome (like ``commit_soon``)."""
+
+
 class BlobStore(ABC):
     @abstractmethod
     def open_writer(self) -> BlobWriter: ...
@@ -152,6 +164,10 @@ class BlobStore(ABC):
 
 class BlobCopy(BlobStore):
     """One physical copy of the blobs, which can be listed and repaired."""
+
+    @abstractmethod
+    def open_writer(self, *, hashing: bool = True) -> CopyWriter:
+        """``hashing=False``: a mirror's second copy, committed with ``commit_as``."""
 
     def copies(self) -> tuple[tuple[str, BlobCopy], ...]:
         return (("primary", self),)

@@ -28,7 +28,7 @@ from kuva.storage.base import (
     BlobEntry,
     BlobExistsError,
     BlobRef,
-    BlobWriter,
+    CopyWriter,
     blob_key,
 )
 
@@ -43,7 +43,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class FileBlobWriter(BlobWriter):
+class FileBlobWriter(CopyWriter):
     """``hashing=False`` is for a mirror's second copy: the same bytes as a hashing
     writer's, committed under its digest (``commit_as``), so they are hashed once."""
 

@@ -15,14 +15,13 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import BinaryIO
 
-from kuva.storage.base import BlobCopy, BlobRef, BlobStore, BlobWriter
-from kuva.storage.filesystem import FileBlobStore, FileBlobWriter
+from kuva.storage.base import BlobCopy, BlobRef, BlobStore, BlobWriter, CopyWriter
 
 log = logging.getLogger(__name__)
 
 
 class MirroredBlobWriter(BlobWriter):
-    def __init__(self, primary: FileBlobWriter, replica: FileBlobWriter) -> None:
+    def __init__(self, primary: CopyWriter, replica: CopyWriter) -> None:
         self._primary = primary
         self._replica = replica
         self.name = primary.name  # the receive path parses the header from here
@@ -77,7 +76,7 @@ class MirroredBlobWriter(BlobWriter):
 
 
 class MirroredBlobStore(BlobStore):
-    def __init__(self, primary: FileBlobStore, replica: FileBlobStore) -> None:
+    def __init__(self, primary: BlobCopy, replica: BlobCopy) -> None:
         self.primary = primary
         self.replica = replica
 
@@ -93,9 +92,11 @@ class MirroredBlobStore(BlobStore):
             log.warning("blob %s: primary copy missing, read from the replica", key)
             return self.replica.open(key)
 
-    def local_path(self, key: str) -> Path:
+    def local_path(self, key: str) -> Path | None:
         path = self.primary.local_path(key)
-        return path if path.is_file() else self.replica.local_path(key)
+        if path is not None and path.is_file():
+            return path
+        return self.replica.local_path(key)
 
     def exists(self, key: str) -> bool:
         return self.primary.exists(key) or self.replica.exists(key)

