@@ -34,7 +34,7 @@ from kuva.dicomweb.stow import stow_router
 from kuva.dicomweb.wado import wado_router
 from kuva.dicomweb.wado_uri import wado_uri_router
 from kuva.hl7.server import Hl7Server
-from kuva.index.database import make_engine, migrate, ping
+from kuva.index.database import make_engine, ping, prepare_schema
 from kuva.index.group_commit import GroupCommitter
 from kuva.index.outbox import STATUSES
 from kuva.index.uow import UnitOfWork
@@ -42,6 +42,7 @@ from kuva.services import audit, commitment, registration
 from kuva.services.access import AccessPolicy, DisclosureProhibitions
 from kuva.services.audit import AuditTrail
 from kuva.services.authentication import NodeAuthentication
+from kuva.services.cluster import Heartbeat
 from kuva.services.commitment import CommitmentService
 from kuva.services.disclosure import DisclosureLog
 from kuva.services.ian_backlog import IanBacklog
@@ -196,7 +197,7 @@ class Archive:
         settings.archive.data_dir.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(settings.archive.resolved_database_url())
         if not dicom_worker:
-            migrate(self.engine)
+            prepare_schema(self.engine)
         self.blobs = build_blob_store(settings)
         if not dicom_worker:
             for name, copy in self.blobs.copies():
@@ -279,6 +280,10 @@ class Archive:
                 REJECTED_DESTRUCTION_TASK: self.retention.run_rejected_task,
             },
             policies=registration.retry_policies(settings),
+            node_name=settings.node_name,
+        )
+        self.heartbeat = Heartbeat(
+            self.engine, settings.node_name, settings.archive.heartbeat_seconds, self.duties
         )
         self.ian_backlog = (
             IanBacklog(self.engine, settings) if settings.registration.enabled else None
@@ -363,6 +368,17 @@ class Archive:
         writer = self.audit.writer
         metrics.audit_queued.set(writer.pending() if writer is not None else 0)
 
+    def duties(self) -> list[str]:
+        """What this node runs (its heartbeat says it; ``kuva cluster status``)."""
+        running = [f"dicom x{self.settings.dicom_processes}", "http", "hl7", "tasks"]
+        if self.scrubber is not None:
+            running.append("integrity")
+        if self.retention_scheduler is not None:
+            running.append("retention")
+        if self.ian_backlog is not None:
+            running.append("ian-backlog")
+        return running
+
     def start(self) -> None:
         if self.settings.open_access:
             log.warning(
@@ -370,6 +386,7 @@ class Archive:
                 "organisation - fine for a first try, never for production"
             )
         self.audit.start_writer()
+        self.heartbeat.start()
         self.workers.start()
         if self.scrubber is not None:
             self.scrubber.start()
@@ -486,6 +503,7 @@ class Archive:
         self.audit.stop_writer()
         self.audit.application_stopped()
         self.workers.stop()
+        self.heartbeat.stop()
         self._deliver_audit()
         self.committer.close()
         self.blobs.close()

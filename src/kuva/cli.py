@@ -17,7 +17,7 @@ from rich.table import Table
 from sqlalchemy import Engine
 
 from kuva.config import Settings, load_settings
-from kuva.index.database import make_engine, migrate
+from kuva.index.database import SchemaMismatch, make_engine, migrate, prepare_schema
 from kuva.index.outbox import STATUSES, Task
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import utcnow
@@ -54,6 +54,10 @@ retention_app = typer.Typer(
     help="Retention: expiry of studies, legal holds, destruction and its records.",
 )
 app.add_typer(retention_app, name="retention")
+cluster_app = typer.Typer(
+    no_args_is_help=True, help="The nodes sharing this index (many nodes, one PostgreSQL)."
+)
+app.add_typer(cluster_app, name="cluster")
 
 ConfigOption = Annotated[
     Path | None,
@@ -64,9 +68,15 @@ T = TypeVar("T")
 
 
 def _index(settings: Settings) -> Engine:
-    """The index of ``settings``, migrated to the current schema (dispose it after)."""
+    """The index of ``settings`` on this kuva's schema (dispose it after):
+    index.database.prepare_schema; a mismatch is reported and exits 2."""
     engine = make_engine(settings.archive.resolved_database_url())
-    migrate(engine)
+    try:
+        prepare_schema(engine)
+    except SchemaMismatch as exc:
+        engine.dispose()
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(2) from None
     return engine
 
 
@@ -96,7 +106,11 @@ def serve(
     settings = _settings(config)
     from kuva.app import serve as run
 
-    run(settings)
+    try:
+        run(settings)
+    except SchemaMismatch as exc:
+        logging.getLogger("kuva").error("not started: %s", exc)
+        raise typer.Exit(2) from None
 
 
 @app.command("dicom-worker", hidden=True)
@@ -231,9 +245,14 @@ def verify(
 
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOption = None) -> None:
-    """Bring the index schema to the newest migration (serve does this at start)."""
+    """Bring the index schema to this kuva's migration. On SQLite serve does this at
+    start; on PostgreSQL (many nodes) run it once, from one node (docs/deployment.md)."""
     settings = _settings(config)
-    _index(settings).dispose()
+    engine = make_engine(settings.archive.resolved_database_url())
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
     console.print("index schema is up to date")
 
 
@@ -964,6 +983,51 @@ def retention_holds(config: ConfigOption = None) -> None:
             hold.held_at.isoformat(timespec="seconds"),
         )
     console.print(table)
+
+
+@cluster_app.command("status")
+def cluster_status(
+    config: ConfigOption = None,
+    plain: Annotated[bool, typer.Option("--plain", help="tab-separated, for scripts")] = False,
+) -> None:
+    """The nodes of this index: name, state (live, or gone after three missed
+    heartbeats), version, process, started, last heartbeat, what each runs.
+
+    ``--plain``: tab-separated name, state, version, pid, started, heartbeat, duties.
+    Exits 1 when a node listed is gone.
+    """
+    settings = _settings(config)
+    engine = _index(settings)
+    try:
+        with UnitOfWork(engine, write=False) as uow:
+            nodes = uow.cluster.nodes()
+    finally:
+        engine.dispose()
+    now = utcnow()
+    rows = [
+        (
+            node.name,
+            "live" if node.alive(now) else "gone",
+            node.version,
+            str(node.pid),
+            node.started_at.isoformat(timespec="seconds"),
+            f"{(now - node.heartbeat_at).total_seconds():.1f} s ago",
+            ",".join(node.duties),
+        )
+        for node in nodes
+    ]
+    if plain:
+        for row in rows:
+            print("\t".join(row))
+    else:
+        table = Table(title=f"cluster: {len(nodes)} node(s)")
+        for column in ("node", "state", "version", "pid", "started (UTC)", "heartbeat", "runs"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row))
+        console.print(table)
+    if any(row[1] == "gone" for row in rows):
+        raise typer.Exit(1)
 
 
 @retention_app.command("run")

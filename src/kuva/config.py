@@ -8,6 +8,7 @@ default (SQLite + a local folder). The shape follows the outside contract
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -33,10 +34,15 @@ DEFAULT_DATA_DIR = "var/kuva"
 class ArchiveSettings(BaseModel):
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     database_url: str = ""  # "" = SQLite in data_dir
-    blob_url: str = ""  # "" = data_dir/blobs
-    # A second copy of every blob (file:///path), written and fsynced with the
-    # first before an object is acknowledged; "" = none (storage.mirror).
+    blob_url: str = ""  # "" = data_dir/blobs; or s3://bucket/prefix
+    # A second copy of every blob (file:///path or s3://bucket/prefix), written and
+    # made durable with the first before an object is acknowledged; "" = none.
     replica_url: str = ""
+    # This node's name in its cluster (services.cluster); "" = host:port of its DICOM
+    # listener. Recorded on the tasks it runs.
+    node_name: str = Field(default="", max_length=128)
+    # How often the node's heartbeat is written; three missed beats and it is gone.
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
     # Patient corrections (HL7 merge, update, identifier change) applied to every
     # outgoing object, with the values as stored in its Original Attributes Sequence.
     # false: every object goes out exactly as received (nodes can ask this alone:
@@ -592,6 +598,11 @@ class Settings(BaseSettings):
     def certificate_organizations(self) -> dict[Subject, str]:
         """Every configured certificate subject, with the OID of its organisation."""
         return {subject: org.oid for org in self.organizations for subject in org.subjects()}
+
+    @property
+    def node_name(self) -> str:
+        """``[archive] node_name``, or this host and its DICOM port."""
+        return self.archive.node_name or f"{socket.gethostname()}:{self.dicom.port}"
 
     @property
     def dicom_processes(self) -> int:

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
-from kuva.index.database import make_engine
+from kuva.index.database import downgrade, make_engine, migrate
 from kuva.index.schema import task
 from kuva.index.uow import UnitOfWork
 from kuva.model.xds import AvailabilityStatus, ObjectKind
@@ -125,3 +125,57 @@ def test_a_study_sent_half_to_each_node_is_registered_once(
         assert time.monotonic() < deadline, "the study was not registered"
         time.sleep(0.3)
     assert len(manifests) == 1, manifests
+
+
+def test_cluster_status_lists_live_nodes_and_a_killed_one_as_gone(
+    kuva_server: Callable[..., KuvaServer], database_url: str
+) -> None:
+    """Each node beats in the shared index; a SIGKILLed node's beat grows old."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("nodes share a PostgreSQL index")
+    extra = {"archive": {"heartbeat_seconds": 0.5}}
+    first = kuva_server(extra={"archive": {**extra["archive"], "node_name": "node-a"}})
+    second = kuva_server(extra={"archive": {**extra["archive"], "node_name": "node-b"}})
+
+    def status() -> dict[str, list[str]]:
+        listed = first.kuva("cluster", "status", "--plain", check=False).stdout
+        return {line.split("\t")[0]: line.split("\t") for line in listed.splitlines()}
+
+    nodes = status()
+    assert sorted(nodes) == ["node-a", "node-b"]
+    assert all(row[1] == "live" for row in nodes.values()), nodes
+    assert "tasks" in nodes["node-a"][6].split(",")
+    second.kill()
+    deadline = time.monotonic() + 20
+    while status()["node-b"][1] != "gone":
+        assert time.monotonic() < deadline, status()
+        time.sleep(0.3)
+    gone = first.kuva("cluster", "status", check=False)
+    assert gone.returncode == 1 and "node-b" in gone.stdout
+    # A node stopped cleanly leaves the list.
+    assert first.stop() == 0
+    assert "node-a" not in status()
+
+
+def test_a_node_refuses_a_schema_not_its_own(database_url: str, tmp_path: Path) -> None:
+    """On PostgreSQL a node migrates only a new, empty index: an older schema waits for
+    ``kuva db upgrade``, a newer one for this node's upgrade; each is said in the log."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite is one node's own index: serve migrates it")
+    engine = make_engine(database_url)
+    migrate(engine)
+    downgrade(engine, "0017")
+    (tmp_path / "node").mkdir()
+    server = KuvaServer(workdir=tmp_path / "node", database_url=database_url)
+    with pytest.raises(RuntimeError, match="kuva db upgrade"):
+        server.start(timeout=20)
+    assert server.process is not None and server.process.wait(timeout=10) == 2
+    upgraded = server.kuva("db", "upgrade")
+    assert "up to date" in upgraded.stdout
+    server.start()
+    assert server.stop() == 0
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    with pytest.raises(RuntimeError, match="newer than this kuva knows"):
+        server.start(timeout=20)
+    engine.dispose()

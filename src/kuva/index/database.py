@@ -13,7 +13,9 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
@@ -84,13 +86,74 @@ def _alembic_config() -> Config:
     return config
 
 
+# The PostgreSQL advisory lock that one migration at a time holds (any number of
+# nodes may start on a new database at once; one creates the schema).
+_MIGRATION_LOCK = 0x6B757661  # "kuva"
+
+
+class SchemaMismatch(RuntimeError):
+    """The index's schema is not the one this kuva was built for (many nodes:
+    ``kuva db upgrade`` migrates, a node never does it on its own)."""
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
-    """Bring the index schema up to ``revision`` (Alembic)."""
+    """Bring the index schema up to ``revision`` (Alembic); on PostgreSQL under an
+    advisory lock, so nodes starting at once migrate one after another."""
     config = _alembic_config()
     with engine.begin() as connection:
+        _lock_migrations(connection)
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
     log.debug("index schema at %s", revision)
+
+
+def prepare_schema(engine: Engine) -> None:
+    """The schema ``kuva serve`` and the CLI work on.
+
+    SQLite (the embedded index of one node): migrated to this kuva's schema, as
+    ever. PostgreSQL (possibly many nodes): a new, empty database gets the schema
+    from the first node (under the migration lock); otherwise the schema must be
+    exactly this kuva's: an older one is upgraded with ``kuva db upgrade`` (once,
+    from one node, during a rolling upgrade: docs/deployment.md), a newer one means
+    this node runs an older kuva than the others. Either raises SchemaMismatch
+    saying what to do.
+    """
+    if engine.dialect.name == "sqlite":
+        migrate(engine)
+        return
+    config = _alembic_config()
+    with engine.begin() as connection:
+        _lock_migrations(connection)
+        current = MigrationContext.configure(connection).get_current_revision()
+        if current is None:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+            log.info("index schema created (%s)", _head())
+            return
+    head = _head()
+    if current == head:
+        return
+    known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+    if current in known:
+        raise SchemaMismatch(
+            f"the index schema is at {current}, this kuva needs {head}: run "
+            f"'kuva db upgrade' once (from one node), then start the nodes"
+        )
+    raise SchemaMismatch(
+        f"the index schema is at {current}, newer than this kuva knows ({head}): "
+        f"run the kuva version the other nodes run"
+    )
+
+
+def _head() -> str:
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def _lock_migrations(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
 
 
 def downgrade(engine: Engine, revision: str) -> None:

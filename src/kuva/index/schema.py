@@ -20,6 +20,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -604,4 +605,20 @@ destruction = Table(
     Column("resend_allowed_by", String(64), nullable=True),
     Column("resend_reason", Text, nullable=True),
     Index(None, "destroyed_at"),
+)
+
+# The nodes of a cluster sharing this index (services.cluster): each kuva serve's main
+# process beats here every [archive] heartbeat_seconds; a node whose beat is older
+# than three intervals is gone (its task leases run out and others finish its work).
+cluster_node = Table(
+    "cluster_node",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("version", String(32), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("heartbeat_at", UtcDateTime(), nullable=False),
+    Column("interval_seconds", Float, nullable=False),
+    # What the node runs, comma-separated (task workers, retention, integrity walk ...).
+    Column("duties", Text, nullable=False, server_default=""),
 )

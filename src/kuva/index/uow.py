@@ -8,6 +8,7 @@ from sqlalchemy import Connection, Engine
 
 from kuva.index.access import ProhibitionRepository
 from kuva.index.audit import AuditRepository
+from kuva.index.cluster import ClusterRepository
 from kuva.index.commitments import CommitmentRepository
 from kuva.index.corrections import CorrectionLog
 from kuva.index.database import WRITE_OPTION
@@ -62,6 +63,7 @@ class UnitOfWork:
         self.audit = AuditRepository(conn)
         self.integrity = IntegrityRepository(conn)
         self.retention = RetentionRepository(conn)
+        self.cluster = ClusterRepository(conn)
         return self
 
     def commit(self) -> None:

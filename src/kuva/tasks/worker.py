@@ -99,13 +99,15 @@ class TaskWorkers:
         *,
         policies: Mapping[str, RetryPolicy] | None = None,
         clock: Clock = utcnow,
+        node_name: str = "",
     ) -> None:
         self._engine = engine
         self._settings = settings
         self._handlers = handlers
         self._policies = dict(policies or {})
         self._clock = clock
-        self._name = f"{socket.gethostname()}:{os.getpid()}"
+        # Who holds a task's lease (task.locked_by): this node and process.
+        self._name = f"{node_name or socket.gethostname()}/{os.getpid()}"[-64:]
         self._wake = threading.Condition()
         self._pending_wakes = 0
         self._stopping = threading.Event()
