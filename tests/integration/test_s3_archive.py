@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pytest
 
 from kuva.storage.s3 import S3BlobStore, S3Location, S3Options
 from tests.support.archive import dataset_bytes
-from tests.support.peers import LOOPBACK, dcmtk_available, storescu
+from tests.support.peers import LOOPBACK, dcmtk_available, store_response_counts, storescu
 from tests.support.seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedS3, weed_executable
 from tests.support.server import KuvaServer
 from tests.support.synthetic import make_ct_series, make_multiframe, write_series
@@ -181,3 +183,40 @@ def test_two_nodes_share_one_index_and_one_bucket(
         )
         assert response.status_code == 200, response.text
         assert response.content.endswith(dataset_bytes(path))
+
+
+def test_store_down_fails_c_stores_then_service_resumes(
+    kuva_server: Callable[..., KuvaServer], tmp_path: Path
+) -> None:
+    """S3 down: a C-STORE gets a failure status within seconds (nothing acknowledged),
+    /healthz is 503; once the store is back the same object is stored."""
+    own = SeaweedS3(tmp_path / "own-store")
+    with own:
+        server = kuva_server(
+            extra={"archive": {"blob_url": f"s3://{BUCKET}/outage"}, "s3": s3_section(own)}
+        )
+        files = write_series(make_ct_series(3, rows=32, cols=32, seed=31), tmp_path / "ct")
+
+        def send(path: Path) -> Counter[str]:
+            result = storescu(
+                [path],
+                LOOPBACK,
+                server.dicom_port,
+                aet="MODALITY1",
+                aec=server.ae_title,
+                extra_args=["-v"],
+            )
+            return store_response_counts(result.stdout + result.stderr)
+
+        assert send(files[0]) == Counter({"Success": 1})
+        own.stop()
+        started = time.monotonic()
+        outcome = send(files[1])
+        assert "Success" not in outcome and sum(outcome.values()) == 1, outcome
+        assert time.monotonic() - started < 60
+        assert "could not store blob" in server.log()
+        health = httpx.get(f"{server.http}/healthz", timeout=60)
+        assert health.status_code == 503
+        own.__enter__()  # the store is back, same data and ports
+        assert send(files[1]) == Counter({"Success": 1})
+        assert httpx.get(f"{server.http}/healthz", timeout=30).status_code == 200

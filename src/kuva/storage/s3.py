@@ -47,6 +47,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import urlsplit
 
@@ -57,7 +58,7 @@ from obstore.store import S3Store
 from kuva.storage.base import BlobCopy, BlobEntry, BlobExistsError, BlobRef, CopyWriter, blob_key
 
 if TYPE_CHECKING:
-    from obstore.store import ClientConfig, S3Config
+    from obstore.store import ClientConfig, RetryConfig, S3Config
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +119,28 @@ def _client(location: S3Location, options: S3Options) -> S3Store:
     endpoint = options.endpoint_url or os.environ.get("AWS_ENDPOINT_URL", "")
     # obstore speaks HTTPS only unless told otherwise; a plain-HTTP endpoint (a test
     # store on loopback) is allowed when it is the one configured.
-    client_options: ClientConfig | None = (
-        {"allow_http": True} if endpoint.startswith("http://") else None
-    )
+    client_options: ClientConfig = {
+        # A store that does not answer is an outage, not a wait: a C-STORE gets its
+        # failure status within seconds, and the sender retries later.
+        "connect_timeout": timedelta(seconds=5),
+        "timeout": timedelta(seconds=120),
+    }
+    if endpoint.startswith("http://"):
+        client_options["allow_http"] = True
+    retry: RetryConfig = {
+        "max_retries": 3,
+        "retry_timeout": timedelta(seconds=15),
+        "backoff": {
+            "init_backoff": timedelta(milliseconds=100),
+            "max_backoff": timedelta(seconds=2),
+            "base": 2,
+        },
+    }
     return S3Store(
         location.bucket,
         prefix=location.prefix or None,
         client_options=client_options,
+        retry_config=retry,
         config=config,
     )
 
@@ -213,6 +229,14 @@ class S3BlobWriter(CopyWriter):
         return self._store.pool.submit(self.commit_as, digest)
 
     def commit_as(self, digest: str) -> BlobRef:
+        try:
+            return self._commit_as(digest)
+        except (BlobExistsError, OSError):
+            raise
+        except Exception as exc:  # the store's own errors: one line, no request dump
+            raise OSError(f"S3 store {self._store.location}: {_reason(exc)}") from None
+
+    def _commit_as(self, digest: str) -> BlobRef:
         if self._done:
             raise ValueError("blob writer already closed")
         self._done = True
