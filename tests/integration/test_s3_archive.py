@@ -220,3 +220,43 @@ def test_store_down_fails_c_stores_then_service_resumes(
         own.__enter__()  # the store is back, same data and ports
         assert send(files[1]) == Counter({"Success": 1})
         assert httpx.get(f"{server.http}/healthz", timeout=30).status_code == 200
+
+
+def test_object_corrupted_in_the_bucket_is_named_and_repaired_from_the_replica(
+    kuva_server: Callable[..., KuvaServer], seaweed: SeaweedS3, tmp_path: Path
+) -> None:
+    prefix = f"repair-{tmp_path.name}"
+    replica = tmp_path / "replica"
+    server = kuva_server(
+        extra={
+            "archive": {"blob_url": f"s3://{BUCKET}/{prefix}", "replica_url": f"file://{replica}"},
+            "s3": s3_section(seaweed),
+        }
+    )
+    ct = make_ct_series(3, rows=32, cols=32, seed=41)
+    files = write_series(ct, tmp_path / "ct")
+    result = storescu(files, LOOPBACK, server.dicom_port, aet="MODALITY1", aec=server.ae_title)
+    assert result.returncode == 0, result.stdout + result.stderr
+    bucket = bucket_view(seaweed, prefix)
+    try:
+        keys = sorted(entry.key for entry in bucket.iter_keys())
+        assert len(keys) == 3
+        good = bucket.open(keys[0]).read()
+        assert (replica / keys[0]).read_bytes() == good
+        damaged = bytearray(good)
+        damaged[-100] ^= 0xFF
+        obstore.put(bucket.client, keys[0], bytes(damaged))  # bit rot in the bucket
+
+        found = server.kuva("verify", check=False)
+        assert found.returncode == 1, found.stdout
+        assert re.search(rf"CORRUPT primary .*{keys[0]}", found.stdout), found.stdout
+        repaired = server.kuva("verify", "--repair", check=False)
+        assert repaired.returncode == 0, repaired.stdout
+        assert bucket.open(keys[0]).read() == good
+        kept = [
+            m["path"] for batch in obstore.list(bucket.client, prefix="quarantine/") for m in batch
+        ]
+        assert len(kept) == 1
+        assert server.kuva("verify", check=False).returncode == 0
+    finally:
+        bucket.close()
