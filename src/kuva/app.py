@@ -315,7 +315,11 @@ class Archive:
             else None
         )
         self.http_app = create_app(
-            {"index": lambda: ping(self.engine), "blobs": self.blobs.check},
+            {
+                "index": lambda: ping(self.engine),
+                "blobs": self.blobs.check,
+                **({"integrity": self.scrubber.health} if self.scrubber is not None else {}),
+            },
             refresh_metrics=self.refresh_task_metrics,
             routers=[
                 ("/dicom-web", qido_router(self.query)),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -311,3 +313,76 @@ def test_scrubber_resumes_where_it_stopped(engine: Engine, primary: FileBlobStor
     assert (position.phase, position.after_pk, position.pass_started_at) == ("instance", 0, None)
     assert position.last_pass_at is not None
     assert [b.blob_key for b in second._claim() or []] == [refs[0].key]
+
+
+def test_a_store_that_is_out_is_one_alert_a_pause_and_a_degraded_health(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Every object missing in a row (a lost mount): one aggregated alert, not one per
+    object; /healthz degraded; the walk pauses, retries the store, and goes on once
+    it is back, finding nothing more."""
+    root = tmp_path / "primary"
+    primary = FileBlobStore(root)
+    for n in range(1, 31):
+        add_instance(engine, primary, 1, n)
+    shutil.copytree(root, tmp_path / "saved")
+    shutil.rmtree(root)  # the mount is gone
+    service = IntegrityService(engine, primary)
+    alerts: list[Finding] = []
+    service.on_problem = alerts.append
+    scrubber = Scrubber(service, engine, bytes_per_second=10**9)
+    scrubber.OUTAGE_SECONDS = 0.1
+    batch = scrubber._claim()
+    assert batch is not None and len(batch) == 30
+    walk = threading.Thread(target=scrubber.check_batch, args=(batch,))
+    walk.start()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            scrubber.health()
+        except OSError as exc:
+            assert "primary store: 20 objects in a row missing" in str(exc)
+            break
+        assert time.monotonic() < deadline and walk.is_alive()
+        time.sleep(0.02)
+    assert len(alerts) == 1 and alerts[0].blob is None and alerts[0].kind is Problem.MISSING
+    time.sleep(0.3)
+    assert walk.is_alive()  # paused while the store is out
+    shutil.copytree(tmp_path / "saved", root)  # it is back
+    walk.join(30)
+    assert not walk.is_alive()
+    scrubber.health()  # healthy again
+    assert len(alerts) == 1
+    primary.close()
+
+
+def test_a_few_missing_objects_are_each_reported(engine: Engine, primary: FileBlobStore) -> None:
+    """Fewer missing in a row than an outage's run are the objects' own problems."""
+    refs = [add_instance(engine, primary, 1, n) for n in range(1, 11)]
+    for ref in refs[2:5]:
+        primary.local_path(ref.key).unlink()
+    service = IntegrityService(engine, primary)
+    alerts: list[Finding] = []
+    service.on_problem = alerts.append
+    scrubber = Scrubber(service, engine, bytes_per_second=10**9)
+    batch = scrubber._claim()
+    assert batch is not None
+    scrubber.check_batch(batch)
+    assert sorted(a.key for a in alerts) == sorted(ref.key for ref in refs[2:5])
+    assert all(a.kind is Problem.MISSING and a.blob is not None for a in alerts)
+    scrubber.health()
+
+
+def test_the_pace_limits_objects_too(engine: Engine, primary: FileBlobStore) -> None:
+    """Missing objects have no bytes to count: each still costs OBJECT_BYTES of the
+    rate (a lower bound on the time taken; load only adds to it)."""
+    refs = [add_instance(engine, primary, 1, n) for n in range(1, 11)]
+    for ref in refs:
+        primary.local_path(ref.key).unlink()
+    service = IntegrityService(engine, primary)
+    scrubber = Scrubber(service, engine, bytes_per_second=Scrubber.OBJECT_BYTES * 50)
+    batch = scrubber._claim()
+    assert batch is not None and len(batch) == 10
+    started = time.monotonic()
+    scrubber.check_batch(batch)
+    assert time.monotonic() - started >= 9 / 50

@@ -177,6 +177,9 @@ class IntegrityService:
     def replicated(self) -> bool:
         return len(self._blobs.copies()) > 1
 
+    def copies(self) -> tuple[tuple[str, BlobCopy], ...]:
+        return self._blobs.copies()
+
     def plan(self, selection: Selection) -> Plan:
         """What a check of ``selection`` reads (a sample is drawn here)."""
         with UnitOfWork(self._engine, write=False) as uow:
@@ -229,9 +232,15 @@ class IntegrityService:
                 after = batch[-1].pk
 
     def check(
-        self, blob: IndexedBlob, *, repair: bool = False, on_read: ReadHook | None = None
+        self,
+        blob: IndexedBlob,
+        *,
+        repair: bool = False,
+        on_read: ReadHook | None = None,
+        report: bool = True,
     ) -> list[Finding]:
-        """Check every copy of one blob; with ``repair``, restore bad copies from a good one."""
+        """Check every copy of one blob; with ``repair``, restore bad copies from a good
+        one. ``report=False``: the caller reports the findings (``report``) itself."""
         bad = copy_problems(self._blobs, blob.blob_key, blob.sha256, blob.size, on_read)
         if not bad:
             return []
@@ -252,8 +261,9 @@ class IntegrityService:
                 except (OSError, ValueError) as exc:
                     detail += f"; repair failed: {exc}"
             findings.append(Finding(problem, name, blob.blob_key, blob, detail, repaired))
-        for finding in findings:
-            self._found(finding)
+        if report:
+            for finding in findings:
+                self.report(finding)
         return findings
 
     def orphans(self) -> Iterator[Finding]:
@@ -282,10 +292,11 @@ class IntegrityService:
         for entry in entries:
             if entry.key not in referenced and entry.modified < cutoff:
                 finding = Finding(Problem.ORPHANED, name, entry.key, None, f"{entry.size} bytes")
-                self._found(finding)
+                self.report(finding)
                 yield finding
 
-    def _found(self, finding: Finding) -> None:
+    def report(self, finding: Finding) -> None:
+        """Count ``finding`` and raise its alert (``on_problem``)."""
         metrics.integrity_failures.labels(finding.kind.value).inc()
         if self.on_problem is not None:
             self.on_problem(finding)
@@ -293,6 +304,13 @@ class IntegrityService:
 
 class _Stopped(Exception):
     """The scrubber is stopping: leave the blob being read."""
+
+
+def _unreachable(finding: Finding) -> bool:
+    """Missing or unreadable: what a store that is out gives for every object."""
+    if finding.repaired:
+        return False  # the store took the good copy: it is there
+    return finding.kind is Problem.MISSING or finding.detail.startswith("unreadable")
 
 
 class Scrubber:
@@ -312,6 +330,14 @@ class Scrubber:
     # Between passes, and after an index error: an archive of a few small objects
     # is not re-read in a busy loop.
     PAUSE_SECONDS = 2.0
+    # Each object costs at least this much of the byte rate, so the pace limits
+    # objects per second too (a missing object has no bytes to count).
+    OBJECT_BYTES = 64 * 1024
+    # This many objects in a row whose copy in one store is missing or unreadable:
+    # that store is out (a lost mount, a bucket gone, S3 down), not the objects bad.
+    # One alert, /healthz degraded, the walk pauses and retries after OUTAGE_SECONDS.
+    OUTAGE_RUN = 20
+    OUTAGE_SECONDS = 60.0
 
     def __init__(
         self,
@@ -331,6 +357,11 @@ class Scrubber:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_read = 0.0
+        # Per copy: the findings of the objects in a row missing or unreadable there,
+        # held back until a good object shows they are the objects' own problems.
+        self._suspect: dict[str, list[Finding]] = {}
+        # Per copy whose store is out: what was found.
+        self._outages: dict[str, str] = {}
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="kuva-integrity", daemon=True)
@@ -353,23 +384,88 @@ class Scrubber:
                 self._walk_orphans()
                 self._stopping.wait(self.PAUSE_SECONDS)
                 continue
-            for blob in batch:
-                try:
-                    findings = self._service.check(blob, repair=True, on_read=self._throttle)
-                except _Stopped:
-                    return
-                except Exception:
-                    log.exception("integrity check of %s failed", blob.blob_key)
-                    continue
-                for finding in findings:
-                    log.error(
-                        "integrity: %s copy of %s is %s (%s)%s",
-                        finding.copy,
-                        finding.subject(),
-                        finding.kind.value,
-                        finding.detail,
-                        ", repaired from the other copy" if finding.repaired else "",
-                    )
+            try:
+                self.check_batch(batch)
+            except _Stopped:
+                return
+
+    def check_batch(self, batch: list[IndexedBlob]) -> None:
+        """Check each blob of a claimed batch at the rate; a store found out pauses
+        the walk (``OUTAGE_SECONDS`` at a time) until it answers again."""
+        for blob in batch:
+            self._throttle(self.OBJECT_BYTES)
+            try:
+                findings = self._service.check(
+                    blob, repair=not self._outages, on_read=self._throttle, report=False
+                )
+            except _Stopped:
+                raise
+            except Exception:
+                log.exception("integrity check of %s failed", blob.blob_key)
+                continue
+            self._sort(findings)
+            while self._outages and not self._stopping.is_set():
+                if self._stopping.wait(self.OUTAGE_SECONDS):
+                    raise _Stopped
+                self._retry_stores()
+
+    def health(self) -> None:
+        """For /healthz: raises while a store is found out by the walk."""
+        if self._outages:
+            raise OSError(
+                "; ".join(f"{copy} store: {what}" for copy, what in self._outages.items())
+            )
+
+    def _sort(self, findings: list[Finding]) -> None:
+        """Report an object's own problems; hold back a copy's missing or unreadable
+        ones until they are known not to be its store's outage."""
+        held = {f.copy for f in findings if _unreachable(f)}
+        for copy in [c for c in self._suspect if c not in held]:
+            for finding in self._suspect.pop(copy):  # a good object came: real findings
+                self._report(finding)
+        for finding in findings:
+            if finding.copy not in held:
+                self._report(finding)
+                continue
+            run = self._suspect.setdefault(finding.copy, [])
+            run.append(finding)
+            if len(run) >= self.OUTAGE_RUN:
+                self._declare_outage(finding.copy, self._suspect.pop(finding.copy))
+
+    def _report(self, finding: Finding) -> None:
+        log.error(
+            "integrity: %s copy of %s is %s (%s)%s",
+            finding.copy,
+            finding.subject(),
+            finding.kind.value,
+            finding.detail,
+            ", repaired from the other copy" if finding.repaired else "",
+        )
+        self._service.report(finding)
+
+    def _declare_outage(self, copy: str, run: list[Finding]) -> None:
+        what = (
+            f"{len(run)} objects in a row missing or unreadable ({run[-1].detail}); "
+            f"the walk pauses and retries every {self.OUTAGE_SECONDS:.0f} s"
+        )
+        self._outages[copy] = what
+        log.error("integrity: the %s copy's store looks unavailable: %s", copy, what)
+        # One alert for the lot, not one per object.
+        self._service.report(
+            Finding(Problem.MISSING, copy, f"{run[0].key} .. {run[-1].key}", None, what)
+        )
+
+    def _retry_stores(self) -> None:
+        for copy_name, copy in self._service.copies():
+            if copy_name not in self._outages:
+                continue
+            try:
+                copy.check()
+            except Exception as exc:
+                log.warning("integrity: the %s copy's store is still out: %s", copy_name, exc)
+                continue
+            log.info("integrity: the %s copy's store answers again: the walk goes on", copy_name)
+            del self._outages[copy_name]
 
     def _walk_orphans(self) -> None:
         """After a pass: the orphan walk, when it is due."""

@@ -327,8 +327,13 @@ class S3BlobStore(BlobCopy):
 
     def open(self, key: str) -> BinaryIO:
         """A seekable reader; each read past its buffer is one ranged GET."""
-        reader = obstore.open_reader(self.client, key, buffer_size=MIB)
-        return cast(BinaryIO, _Reader(reader))
+        try:
+            reader = obstore.open_reader(self.client, key, buffer_size=MIB)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:  # the store out of reach: an OSError like a disk's
+            raise OSError(f"S3 store {self.location}: {_reason(exc)}") from None
+        return cast(BinaryIO, _Reader(reader, str(self.location)))
 
     def exists(self, key: str) -> bool:
         try:
@@ -413,8 +418,9 @@ class S3BlobStore(BlobCopy):
 class _Reader(io.RawIOBase):
     """obstore's buffered ranged reader as a binary file (BinaryIO for callers)."""
 
-    def __init__(self, reader: Any) -> None:
+    def __init__(self, reader: Any, location: str) -> None:
         self._reader = reader
+        self._location = location
 
     def readable(self) -> bool:
         return True
@@ -423,13 +429,21 @@ class _Reader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        data = self._reader.read(len(buffer))
+        data = self._read(len(buffer))
         n = len(data)
         memoryview(buffer).cast("B")[:n] = memoryview(data).cast("B")
         return n
 
-    def read(self, size: int = -1) -> bytes:
-        return bytes(self._reader.read() if size is None or size < 0 else self._reader.read(size))
+    def read(self, size: int | None = -1) -> bytes:
+        return bytes(self._read(None if size is None or size < 0 else size))
+
+    def _read(self, size: int | None) -> Any:
+        try:
+            return self._reader.read() if size is None else self._reader.read(size)
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise OSError(f"S3 store {self._location}: {_reason(exc)}") from None
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         return int(self._reader.seek(offset, whence))
