@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,14 @@ from kuva.index.schema import task
 from kuva.index.uow import UnitOfWork
 from kuva.model.xds import AvailabilityStatus, ObjectKind
 from kuva.services.registration import REGISTRATION_TASK
-from tests.support.peers import LOOPBACK, dcmtk_available, storescu
+from tests.support.peers import (
+    LOOPBACK,
+    dcmtk_available,
+    dcmtk_env,
+    store_response_counts,
+    storescu,
+    storescu_command,
+)
 from tests.support.seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedS3, weed_executable
 from tests.support.server import KuvaServer, free_port
 from tests.support.site import HOLDER, MODALITY, node
@@ -179,3 +187,43 @@ def test_a_node_refuses_a_schema_not_its_own(database_url: str, tmp_path: Path) 
     with pytest.raises(RuntimeError, match="newer than this kuva knows"):
         server.start(timeout=20)
     engine.dispose()
+
+
+def test_a_node_killed_mid_ingest_loses_nothing_acknowledged(
+    nodes: Callable[[int], list[KuvaServer]], database_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL of the node receiving a study: every object it acknowledged is in the
+    index and intact in the bucket, and the other node registers the study (the
+    registration task the dead node's transactions added)."""
+    victim, survivor = nodes(2)
+    datasets = make_ct_series(60, rows=128, cols=128, patient_id=DEFAULT_PATIENT_ID, seed=9)
+    study_uid = str(datasets[0].StudyInstanceUID)
+    paths = write_series(datasets, tmp_path / "study")
+    sending = subprocess.Popen(
+        storescu_command(paths, LOOPBACK, victim.dicom_port, aet=MODALITY, aec="KUVA",
+                         extra_args=["-v"]),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dcmtk_env(),
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while "stored" not in victim.log() or victim.log().count("stored ") < 10:
+        assert time.monotonic() < deadline, victim.log()
+        time.sleep(0.01)
+    victim.kill()
+    output, _ = sending.communicate(timeout=60)
+    acknowledged = store_response_counts(output)["Success"]
+    assert 0 < acknowledged < 60, output[-2000:]
+
+    engine = make_engine(database_url)
+    try:
+        with UnitOfWork(engine, write=False) as uow:
+            held = uow.instances.get_many(str(ds.SOPInstanceUID) for ds in datasets)
+    finally:
+        engine.dispose()
+    assert len(held) >= acknowledged  # one more may have committed, unanswered
+    checked = survivor.kuva("verify", check=False)
+    assert checked.returncode == 0, checked.stdout
+    deadline = time.monotonic() + 60
+    while not approved_manifests(database_url, study_uid) or waiting_registrations(database_url):
+        assert time.monotonic() < deadline, "the surviving node did not register the study"
+        time.sleep(0.3)
+    assert len(approved_manifests(database_url, study_uid)) == 1
