@@ -192,6 +192,7 @@ class S3BlobWriter(CopyWriter):
         self._buffer = bytearray()
         self._size = 0
         self._staging: _Staging | None = None
+        self._pending: Future[BlobRef] | None = None
         self._done = False
         self.name = f"{store.location}/{STAGING}(in memory)"
 
@@ -219,11 +220,20 @@ class S3BlobWriter(CopyWriter):
             raise ValueError("this blob writer does not hash (a mirror's second copy)")
         return self._hash.hexdigest()
 
+    def start_sync(self) -> None:
+        """The data set is complete: its upload starts now, while the receiver parses
+        the header and indexes it (``commit_soon`` then returns this upload). If the
+        object is not kept after all, ``discard`` deletes what the upload created."""
+        if self._hashing and self._pending is None and not self._done:
+            self._pending = self._store.pool.submit(self.commit_as, self.hexdigest())
+
     def commit(self) -> BlobRef:
-        return self.commit_as(self.hexdigest())
+        return self.commit_soon().result()
 
     def commit_soon(self) -> Future[BlobRef]:
-        return self._store.pool.submit(self.commit)
+        if self._pending is None:
+            self._pending = self._store.pool.submit(self.commit_as, self.hexdigest())
+        return self._pending
 
     def commit_as_soon(self, digest: str) -> Future[BlobRef]:
         return self._store.pool.submit(self.commit_as, digest)
@@ -299,6 +309,16 @@ class S3BlobWriter(CopyWriter):
         return BlobRef(key=key, sha256=digest, size=self._size, created=False)
 
     def discard(self) -> None:
+        pending = self._pending
+        if pending is not None:
+            # Uploaded already (start_sync): no row will name it, unless it was there.
+            try:
+                ref = pending.result()
+            except Exception:
+                return
+            if ref.created:
+                self._store.delete_quietly(ref.key)
+            return
         self.close()
 
     def close(self) -> None:
