@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom.uid import CTImageStorage
 from sqlalchemy import func, select, text
 
 from kuva.index.database import downgrade, make_engine, migrate
@@ -18,6 +19,7 @@ from kuva.index.schema import task
 from kuva.index.uow import UnitOfWork
 from kuva.model.xds import AvailabilityStatus, ObjectKind
 from kuva.services.registration import REGISTRATION_TASK
+from tests.support.commitment_scu import CommitmentSCU, committed
 from tests.support.peers import (
     LOOPBACK,
     dcmtk_available,
@@ -227,3 +229,49 @@ def test_a_node_killed_mid_ingest_loses_nothing_acknowledged(
         assert time.monotonic() < deadline, "the surviving node did not register the study"
         time.sleep(0.3)
     assert len(approved_manifests(database_url, study_uid)) == 1
+
+
+def test_a_commitment_asked_of_one_node_is_answered_by_another(
+    kuva_server: Callable[..., KuvaServer], seaweed: SeaweedS3, database_url: str, tmp_path: Path
+) -> None:
+    """The SCU asks node a and is not listening for the report; a dies; node b takes
+    the report task when a's lease runs out and sends it on a new association."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("nodes share a PostgreSQL index")
+    scu_port = free_port()
+    extra: dict[str, dict[str, Any]] = {
+        "archive": {"blob_url": f"s3://{BUCKET}/{tmp_path.name}"},
+        "s3": {
+            "endpoint_url": seaweed.endpoint,
+            "region": "us-east-1",
+            "access_key_id": ACCESS_KEY,
+            "secret_access_key": SECRET_KEY,
+        },
+    }
+    peer = [{"ae_title": "PACS1", "host": LOOPBACK, "port": scu_port, "organization": ""}]
+    first = kuva_server(nodes=peer, extra=extra)
+    second = kuva_server(nodes=peer, extra=extra)
+    scu = CommitmentSCU("PACS1", listen_port=scu_port)
+    datasets = make_ct_series(3, rows=32, cols=32, seed=13)
+    assoc = scu.associate(first.dicom_port, storage=[CTImageStorage])
+    for ds in datasets:
+        assert assoc.send_c_store(ds).Status == 0x0000
+    status, transaction = scu.request(
+        assoc, [(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in datasets]
+    )
+    assoc.release()
+    assert status == 0x0000
+    deadline = time.monotonic() + 30
+    while "could not" not in first.log() and "failed" not in first.log():
+        assert time.monotonic() < deadline, first.log()  # a tried, the SCU was not there
+        time.sleep(0.1)
+    first.kill()
+    scu.start_listening()
+    try:
+        event_type, info, where = scu.wait_report(timeout=90)
+    finally:
+        scu.stop_listening()
+    assert (event_type, where) == (1, "new")
+    assert info.TransactionUID == transaction
+    assert committed(info) == {str(ds.SOPInstanceUID) for ds in datasets}
+    assert "PACS1" in second.log()
