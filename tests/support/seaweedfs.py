@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from tests.support.peers import LOOPBACK, PeerStartError, free_ports, stop_process_group
 
@@ -55,6 +55,16 @@ class SeaweedS3:
     @property
     def endpoint(self) -> str:
         return f"http://{LOOPBACK}:{self.s3_port}"
+
+    def kuva_settings(self, *, secret: str = SECRET_KEY, part_size_mb: int = 5) -> dict[str, Any]:
+        """kuva's ``[s3]`` section for this store."""
+        return {
+            "endpoint_url": self.endpoint,
+            "region": "us-east-1",
+            "access_key_id": ACCESS_KEY,
+            "secret_access_key": secret,
+            "part_size_mb": part_size_mb,
+        }
 
     def environment(self, *, secret: str = SECRET_KEY) -> dict[str, str]:
         """The standard AWS_* variables that point a client at this store."""

@@ -7,6 +7,7 @@ stream in, so storing an object reads it exactly once.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
@@ -105,7 +106,22 @@ class BlobWriter(ABC):
 
 class CopyWriter(BlobWriter):
     """A writer of one physical copy (BlobCopy), which a mirror can commit under the
-    digest its other copy's writer computed over the same bytes."""
+    digest its other copy's writer computed over the same bytes (``hashing=False``:
+    that second copy's writer, which does not hash them again)."""
+
+    def __init__(self, *, hashing: bool = True) -> None:
+        self._hash = hashlib.sha256()
+        self._hashing = hashing
+        self._size = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def hexdigest(self) -> str:
+        if not self._hashing:
+            raise ValueError("this blob writer does not hash (a mirror's second copy)")
+        return self._hash.hexdigest()
 
     @abstractmethod
     def commit_as(self, digest: str) -> BlobRef: ...

@@ -13,7 +13,6 @@ in ``quarantine/``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import time
@@ -48,15 +47,13 @@ class FileBlobWriter(CopyWriter):
     writer's, committed under its digest (``commit_as``), so they are hashed once."""
 
     def __init__(self, store: FileBlobStore, *, hashing: bool = True) -> None:
+        super().__init__(hashing=hashing)
         self._store = store
         self._path = store.tmp_dir / f"{uuid.uuid4().hex}.part"
         self.name = str(self._path)
         self._fd: int | None = os.open(
             self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
         )
-        self._hash = hashlib.sha256()
-        self._hashing = hashing
-        self._size = 0
         self._done = False
         self._sync: Future[None] | None = None
 
@@ -71,15 +68,6 @@ class FileBlobWriter(CopyWriter):
             total += os.write(self._fd, view[total:])
         self._size += total
         return total
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def hexdigest(self) -> str:
-        if not self._hashing:
-            raise ValueError("this blob writer does not hash (a mirror's second copy)")
-        return self._hash.hexdigest()
 
     def start_sync(self) -> None:
         """Begin flushing the bytes to disk in the background (the GIL is released),

@@ -36,7 +36,6 @@ list or abort the latter, so kuva does not sweep them: a bucket lifecycle rule
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -186,11 +185,9 @@ class S3BlobWriter(CopyWriter):
     first copy's writer computed over the same bytes (``commit_as``)."""
 
     def __init__(self, store: S3BlobStore, *, hashing: bool = True) -> None:
+        super().__init__(hashing=hashing)
         self._store = store
-        self._hash = hashlib.sha256()
-        self._hashing = hashing
         self._buffer = bytearray()
-        self._size = 0
         self._staging: _Staging | None = None
         self._pending: Future[BlobRef] | None = None
         self._done = False
@@ -210,15 +207,6 @@ class S3BlobWriter(CopyWriter):
             self._staging.send(bytes(self._buffer))
             self._buffer.clear()
         return len(data)
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def hexdigest(self) -> str:
-        if not self._hashing:
-            raise ValueError("this blob writer does not hash (a mirror's second copy)")
-        return self._hash.hexdigest()
 
     def start_sync(self) -> None:
         """The data set is complete: its upload starts now, while the receiver parses
