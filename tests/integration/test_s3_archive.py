@@ -44,6 +44,22 @@ def bucket_view(seaweed: SeaweedS3, prefix: str) -> S3BlobStore:
     )
 
 
+def assert_returned_as_stored(server: KuvaServer, path: Path) -> None:
+    """WADO-URI of the instance in ``path`` returns its data set byte for byte."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    params = {
+        "requestType": "WADO",
+        "studyUID": ds.StudyInstanceUID,
+        "seriesUID": ds.SeriesInstanceUID,
+        "objectUID": ds.SOPInstanceUID,
+        "contentType": "application/dicom",
+        "transferSyntax": "*",
+    }
+    response = httpx.get(f"{server.http}/wado", params=params, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.content.endswith(dataset_bytes(path))
+
+
 def local_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
@@ -80,18 +96,7 @@ def test_objects_live_in_the_bucket(
     assert local_files(server.blob_dir) == []  # no blob on the node's own disk
 
     for path in [files[0], big]:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        params = {
-            "requestType": "WADO",
-            "studyUID": ds.StudyInstanceUID,
-            "seriesUID": ds.SeriesInstanceUID,
-            "objectUID": ds.SOPInstanceUID,
-            "contentType": "application/dicom",
-            "transferSyntax": "*",
-        }
-        response = httpx.get(f"{server.http}/wado", params=params, timeout=60)
-        assert response.status_code == 200, response.text
-        assert response.content.endswith(dataset_bytes(path))
+        assert_returned_as_stored(server, path)
 
     verify = server.kuva("verify", check=False)
     assert verify.returncode == 0, verify.stdout
@@ -154,22 +159,7 @@ def test_two_nodes_share_one_index_and_one_bucket(
         assert local_files(node.blob_dir) == []
     # Each instance from the node that did not store it, identical.
     for index, path in enumerate(files):
-        other = second if index % 2 == 0 else first
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        response = httpx.get(
-            f"{other.http}/wado",
-            params={
-                "requestType": "WADO",
-                "studyUID": ds.StudyInstanceUID,
-                "seriesUID": ds.SeriesInstanceUID,
-                "objectUID": ds.SOPInstanceUID,
-                "contentType": "application/dicom",
-                "transferSyntax": "*",
-            },
-            timeout=30,
-        )
-        assert response.status_code == 200, response.text
-        assert response.content.endswith(dataset_bytes(path))
+        assert_returned_as_stored(second if index % 2 == 0 else first, path)
 
 
 def test_store_down_fails_c_stores_then_service_resumes(
