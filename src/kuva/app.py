@@ -262,7 +262,15 @@ class Archive:
         self.ingest.on_retention_expired = self.retention
         self.patients.on_retention = self.retention.studies_changed
         hours = settings.retention.run_every_hours
-        self.retention_scheduler = RetentionScheduler(self.retention, hours) if hours > 0 else None
+        self.retention_scheduler = (
+            RetentionScheduler(
+                self.retention,
+                hours,
+                duty=lambda seconds: self.heartbeat.take("retention", seconds),
+            )
+            if hours > 0
+            else None
+        )
         if settings.registration.enabled:
             self.ingest.on_indexed = self.registration.instance_indexed
             self.ingest.on_changed = self.registration.content_changed
@@ -281,6 +289,7 @@ class Archive:
             },
             policies=registration.retry_policies(settings),
             node_name=settings.node_name,
+            purge_duty=lambda seconds: self.heartbeat.take("purge-done-tasks", seconds),
         )
         self.heartbeat = Heartbeat(
             self.engine, settings.node_name, settings.archive.heartbeat_seconds, self.duties

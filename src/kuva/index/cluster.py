@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, delete, or_, select, update
 
-from kuva.index.schema import cluster_node
+from kuva.index.dialect import insert_ignoring_conflict
+from kuva.index.schema import cluster_duty, cluster_node
 
 
 @dataclass(frozen=True)
@@ -78,3 +79,23 @@ class ClusterRepository:
             )
             for row in rows
         ]
+
+    def take_duty(self, duty: str, node: str, *, now: datetime, seconds: float) -> bool:
+        """Hold ``duty`` for ``seconds`` from ``now``: True when ``node`` holds it
+        already (renewed) or its holder's time has passed (taken over), or nobody
+        had it; False while another node holds it."""
+        until = now + timedelta(seconds=seconds)
+        renewed = self.conn.execute(
+            update(cluster_duty)
+            .where(
+                cluster_duty.c.name == duty,
+                or_(cluster_duty.c.node == node, cluster_duty.c.until < now),
+            )
+            .values(node=node, until=until)
+        )
+        if renewed.rowcount:
+            return True
+        added = insert_ignoring_conflict(
+            self.conn, cluster_duty, {"name": duty, "node": node, "until": until}, ["name"]
+        )
+        return added is not None

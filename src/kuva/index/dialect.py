@@ -17,14 +17,15 @@ def _insert_ignoring_conflict(dialect: str, table: Table, conflict_columns: tupl
     return (
         module.insert(table)
         .on_conflict_do_nothing(index_elements=list(conflict_columns))
-        .returning(table.c.pk)
+        .returning(*table.primary_key.columns)
     )
 
 
 def insert_ignoring_conflict(
     conn: Connection, table: Table, values: dict[str, Any], conflict_columns: list[str]
 ) -> Any:
-    """``INSERT ... ON CONFLICT (cols) DO NOTHING RETURNING pk``; None on conflict.
+    """``INSERT ... ON CONFLICT (cols) DO NOTHING RETURNING <primary key>``; None on
+    conflict.
 
     The statement is built once per table; values go as parameters, so the
     compiled form is reused (this runs for every received instance).

@@ -622,3 +622,14 @@ cluster_node = Table(
     # What the node runs, comma-separated (task workers, retention, integrity walk ...).
     Column("duties", Text, nullable=False, server_default=""),
 )
+
+# A duty that runs on one node of the cluster at a time (the retention run, the purge
+# of done tasks): the node holding it until ``until`` runs it; another takes it over
+# only once that has passed (services.cluster).
+cluster_duty = Table(
+    "cluster_duty",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("node", String(128), nullable=False),
+    Column("until", UtcDateTime(), nullable=False),
+)

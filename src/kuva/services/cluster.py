@@ -63,6 +63,21 @@ class Heartbeat:
             )
             uow.commit()
 
+    def take(self, duty: str, seconds: float) -> bool:
+        """Whether this node runs ``duty`` now: it holds it for ``seconds`` (renewed
+        at each of its runs); another node takes it over only once that has passed,
+        so a duty run every N seconds runs once per N across the cluster."""
+        try:
+            with UnitOfWork(self._engine) as uow:
+                taken = uow.cluster.take_duty(duty, self.name, now=self._clock(), seconds=seconds)
+                uow.commit()
+        except Exception:
+            log.exception("could not take the %s duty", duty)
+            return False
+        if not taken:
+            log.debug("%s: another node holds this duty", duty)
+        return taken
+
     def start(self) -> None:
         self.beat()  # listed at once, not an interval later
         self._periodic.start()

@@ -589,16 +589,24 @@ class RetentionService:
 class RetentionScheduler:
     """``kuva serve``'s retention run every ``[retention] run_every_hours``: the first
     a minute after start (sooner when the interval is shorter), then at that
-    interval. Nodes sharing the index may both run; each study is destroyed once
-    (its row is locked and marked first)."""
+    interval. Of the nodes sharing the index, the one holding the "retention" duty
+    runs (``duty``, services.cluster); were two to run all the same, each study is
+    destroyed once (its row is locked and marked first)."""
 
     FIRST_DELAY_SECONDS = 60.0
 
     def __init__(
-        self, service: RetentionService, hours: float, *, first_delay: float | None = None
+        self,
+        service: RetentionService,
+        hours: float,
+        *,
+        first_delay: float | None = None,
+        duty: Callable[[float], bool] | None = None,
     ) -> None:
         self._service = service
+        self._duty = duty
         interval = timedelta(hours=hours).total_seconds()
+        self._interval = interval
         first = min(self.FIRST_DELAY_SECONDS, interval)
         self._periodic = Periodic(
             "kuva-retention",
@@ -615,6 +623,9 @@ class RetentionScheduler:
         self._periodic.stop(timeout)
 
     def _run(self) -> None:
+        # Held a half interval beyond the next run, so the holder renews it in time.
+        if self._duty is not None and not self._duty(self._interval * 1.5):
+            return
         report = self._service.run(by="kuva serve")
         if report.destroyed or report.resumed:
             log.info(

@@ -100,12 +100,15 @@ class TaskWorkers:
         policies: Mapping[str, RetryPolicy] | None = None,
         clock: Clock = utcnow,
         node_name: str = "",
+        purge_duty: Callable[[float], bool] | None = None,
     ) -> None:
         self._engine = engine
         self._settings = settings
         self._handlers = handlers
         self._policies = dict(policies or {})
         self._clock = clock
+        # Whether this node purges done tasks now (one node of a cluster at a time).
+        self._purge_duty = purge_duty
         # Who holds a task's lease (task.locked_by): this node and process.
         self._name = f"{node_name or socket.gethostname()}/{os.getpid()}"[-64:]
         self._wake = threading.Condition()
@@ -170,6 +173,8 @@ class TaskWorkers:
         """Delete the tasks done more than ``keep_done_days`` ago (each worker when
         idle, at most hourly; deleting is idempotent)."""
         if self._settings.keep_done_days <= 0:
+            return 0
+        if self._purge_duty is not None and not self._purge_duty(PURGE_INTERVAL_SECONDS * 1.5):
             return 0
         before = self._clock() - timedelta(days=self._settings.keep_done_days)
         try:

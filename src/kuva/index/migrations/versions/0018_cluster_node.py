@@ -1,4 +1,5 @@
-"""cluster: the nodes sharing this index and their heartbeats (services.cluster)
+"""cluster: the nodes sharing this index, their heartbeats, and the duties one node at
+a time runs (services.cluster)
 
 Revision ID: 0018
 Revises: 0017
@@ -28,7 +29,15 @@ def upgrade() -> None:
         sa.Column("duties", sa.Text(), server_default="", nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_cluster_node")),
     )
+    op.create_table(
+        "cluster_duty",
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("node", sa.String(length=128), nullable=False),
+        sa.Column("until", sa.DateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_cluster_duty")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("cluster_duty")
     op.drop_table("cluster_node")
