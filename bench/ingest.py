@@ -79,9 +79,7 @@ from tests.support.peers import (  # noqa: E402
     store_response_counts,
     storescu_command,
 )
-from tests.support.seaweedfs import ACCESS_KEY as S3_ACCESS_KEY  # noqa: E402
 from tests.support.seaweedfs import BUCKET as S3_BUCKET  # noqa: E402
-from tests.support.seaweedfs import SECRET_KEY as S3_SECRET_KEY  # noqa: E402
 from tests.support.seaweedfs import SeaweedS3, weed_executable  # noqa: E402
 from tests.support.synthetic import make_ct_series, make_multiframe, write_series  # noqa: E402
 
@@ -222,11 +220,23 @@ class KuvaServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         data_dir = json.dumps(str(self.workdir / "kuva"))  # a valid TOML basic string
         replica = json.dumps(f"file://{self.workdir / 'replica'}") if self.replica else '""'
+        blob_url = json.dumps(f"s3://{S3_BUCKET}/bench" if self.s3 is not None else "")
+        s3 = (
+            "[s3]\n"
+            + "".join(
+                f"{key} = {json.dumps(value)}\n" for key, value in self.s3.kuva_settings().items()
+            )
+            + "\n"
+            if self.s3 is not None
+            else ""
+        )
         self.config_path.write_text(
             "[archive]\n"
             f"data_dir = {data_dir}\n"
             f"database_url = {json.dumps(self.database_url)}\n"
+            f"blob_url = {blob_url}\n"
             f"replica_url = {replica}\n\n"
+            f"{s3}"
             "[dicom]\n"
             f'ae_title = "{KUVA_AET}"\n'
             f'host = "{LOOPBACK}"\n'
@@ -243,19 +253,6 @@ class KuvaServer:
             "[integrity]\n"
             "scrub_bytes_per_second = 0\n"
         )
-        if self.s3 is not None:
-            with self.config_path.open("a") as config:
-                config.write(
-                    "\n[s3]\n"
-                    f'endpoint_url = "{self.s3.endpoint}"\n'
-                    'region = "us-east-1"\n'
-                    f'access_key_id = "{S3_ACCESS_KEY}"\n'
-                    f'secret_access_key = "{S3_SECRET_KEY}"\n'
-                )
-            text = self.config_path.read_text()
-            self.config_path.write_text(
-                text.replace("[archive]\n", f'[archive]\nblob_url = "s3://{S3_BUCKET}/bench"\n', 1)
-            )
         return self.config_path
 
     @property
@@ -896,31 +893,26 @@ def receivers(options: Options) -> list[tuple[str, ReceiverFactory]]:
         chosen.append(("storescp", lambda w: storescp_receiver(w, fork=fork)))
     if "orthanc" in options.targets:
         chosen.append((f"Orthanc {orthanc_version()}".strip(), orthanc_receiver))
-    if "kuva" in options.targets:
-        chosen.append(
-            (
-                "kuva",
-                lambda w: kuva_receiver(
-                    w,
-                    executable=options.kuva,
-                    startup_timeout=options.kuva_timeout,
-                    workers=options.workers,
-                ),
+    # kuva on one machine: target, label, what differs from the default.
+    single: list[tuple[str, str, dict[str, bool]]] = [
+        ("kuva", "kuva", {}),
+        ("kuva-s3", "kuva (S3, SeaweedFS)", {"s3": True}),
+        ("kuva-replica", "kuva (replica)", {"replica": True}),
+    ]
+    for target, label, variant in single:
+        if target in options.targets:
+            chosen.append(
+                (
+                    label,
+                    lambda w, variant=variant: kuva_receiver(
+                        w,
+                        executable=options.kuva,
+                        startup_timeout=options.kuva_timeout,
+                        workers=options.workers,
+                        **variant,
+                    ),
+                )
             )
-        )
-    if "kuva-s3" in options.targets:
-        chosen.append(
-            (
-                "kuva (S3, SeaweedFS)",
-                lambda w: kuva_receiver(
-                    w,
-                    executable=options.kuva,
-                    startup_timeout=options.kuva_timeout,
-                    workers=options.workers,
-                    s3=True,
-                ),
-            )
-        )
     for count in (1, 2):
         if f"kuva-pg-s3-x{count}" in options.targets:
             chosen.append(
@@ -935,18 +927,6 @@ def receivers(options: Options) -> list[tuple[str, ReceiverFactory]]:
                     ),
                 )
             )
-    if "kuva-replica" in options.targets:
-        chosen.append(
-            (
-                "kuva (replica)",
-                lambda w: kuva_receiver(
-                    w,
-                    executable=options.kuva,
-                    startup_timeout=options.kuva_timeout,
-                    replica=True,
-                ),
-            )
-        )
     return chosen
 
 

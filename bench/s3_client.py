@@ -41,8 +41,6 @@ from bench.shared import print_rows  # noqa: E402
 from botocore.config import Config  # noqa: E402
 from tests.support.seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedS3  # noqa: E402
 
-from kuva.storage.s3 import S3BlobStore, S3Location, S3Options  # noqa: E402
-
 
 def timed(fn: Callable[[], object], n: int) -> tuple[float, float]:
     """(wall ms, CPU ms) per call over ``n`` calls."""
@@ -62,15 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tempfile.TemporaryDirectory(prefix="kuva-s3-bench-") as scratch,
         SeaweedS3(Path(scratch)) as s3,
     ):
-        store = S3BlobStore(
-            S3Location(BUCKET, "bench"),
-            S3Options(
-                endpoint_url=s3.endpoint,
-                region="us-east-1",
-                access_key_id=ACCESS_KEY,
-                secret_access_key=SECRET_KEY,
-            ),
-        )
+        store = s3.blob_store("bench")
         ob = store.client
         boto = boto3.client(
             "s3",

@@ -213,7 +213,6 @@ class Archive:
         self.committer = GroupCommitter(self.engine)
         # Registration on: what the registry would not take is refused at the door.
         self.ingest = IngestService(
-            self.engine,
             self.blobs,
             self.committer,
             for_registry=settings.registration.enabled,

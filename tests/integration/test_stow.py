@@ -617,7 +617,7 @@ def test_archive_failures_are_reported(
     committer = GroupCommitter(engine)
     ingest: IngestService
     if case == "disk full":
-        ingest = IngestService(engine, blobs, committer)
+        ingest = IngestService(blobs, committer)
     else:
         ingest = _FailingIngest(engine, blobs, committer, crash=case == "unexpected error")
     app = create_app({}, routers=[("/dicom-web", stow_router(ingest, blobs))])

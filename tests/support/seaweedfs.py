@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from kuva.storage.s3 import S3BlobStore, S3Location, S3Options
 from tests.support.peers import LOOPBACK, PeerStartError, free_ports, stop_process_group
 
 ACCESS_KEY = "kuvatest"
@@ -65,6 +66,21 @@ class SeaweedS3:
             "secret_access_key": secret,
             "part_size_mb": part_size_mb,
         }
+
+    def blob_store(
+        self, prefix: str, *, secret: str = SECRET_KEY, part_size: int = 8 * 1024 * 1024
+    ) -> S3BlobStore:
+        """kuva's S3 blob store on ``kuva/<prefix>`` of this store (close it after)."""
+        return S3BlobStore(
+            S3Location(BUCKET, prefix),
+            S3Options(
+                endpoint_url=self.endpoint,
+                region="us-east-1",
+                access_key_id=ACCESS_KEY,
+                secret_access_key=secret,
+                part_size=part_size,
+            ),
+        )
 
     def environment(self, *, secret: str = SECRET_KEY) -> dict[str, str]:
         """The standard AWS_* variables that point a client at this store."""

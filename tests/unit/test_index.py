@@ -347,7 +347,7 @@ def test_integer_beyond_column_range_is_not_an_index_failure(
             attrs = InstanceAttributes(**{**attrs.__dict__, field: 99_999_999_999})
         writer = blobs.open_writer()
         writer.write(b"synthetic object bytes")
-        outcome = IngestService(engine, blobs, committer).store(
+        outcome = IngestService(blobs, committer).store(
             IncomingInstance(attributes=attrs, blob=writer, source_ae="CT1", organization_oid=ORG)
         )
         # Stored; the out-of-range value is left out of the index (the blob keeps it).
@@ -370,7 +370,7 @@ def test_a_blob_that_cannot_be_stored_leaves_no_row(engine: Engine, tmp_path: Pa
         taken.write_bytes(b"other bytes, another size")
         writer = blobs.open_writer()
         writer.write(content)
-        outcome = IngestService(engine, blobs, committer).store(
+        outcome = IngestService(blobs, committer).store(
             IncomingInstance(
                 attributes=attributes(1), blob=writer, source_ae="CT1", organization_oid=ORG
             )

@@ -868,7 +868,7 @@ class Imaging:
 @pytest.fixture
 def imaging(engine: Engine, blobs: FileBlobStore) -> Iterator[Imaging]:
     committer = GroupCommitter(engine)
-    ingest = IngestService(engine, blobs, committer)
+    ingest = IngestService(blobs, committer)
     repository = repository_service(engine, blobs)
     publisher = ManifestPublisher(
         engine, ImagingDocumentSource(engine, SETTINGS), ingest, repository, blobs, SETTINGS

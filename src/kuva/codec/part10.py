@@ -253,7 +253,7 @@ class _HeaderReader:
                 return match.group(1).decode("ascii").strip()
         return _text(self._ds, keyword)
 
-    def int(self, keyword: str, problems: list[str]) -> int | None:
+    def integer(self, keyword: str, problems: list[str]) -> int | None:
         raw = self._raw(keyword)
         if raw is not None and raw.value:
             vr = raw.VR or dictionary_VR(raw.tag)
@@ -302,7 +302,7 @@ def extract_attributes(ds: Dataset, transfer_syntax_uid: str) -> InstanceAttribu
         series=SeriesAttributes(
             series_instance_uid=text("SeriesInstanceUID"),
             modality=text("Modality"),
-            series_number=reader.int("SeriesNumber", problems),
+            series_number=reader.integer("SeriesNumber", problems),
             description=text("SeriesDescription"),
             body_part_examined=text("BodyPartExamined"),
             series_date=text("SeriesDate"),
@@ -310,12 +310,12 @@ def extract_attributes(ds: Dataset, transfer_syntax_uid: str) -> InstanceAttribu
             institution_name=text("InstitutionName"),
             station_name=text("StationName"),
         ),
-        instance_number=reader.int("InstanceNumber", problems),
+        instance_number=reader.integer("InstanceNumber", problems),
         content_date=text("ContentDate"),
         content_time=text("ContentTime"),
-        number_of_frames=reader.int("NumberOfFrames", problems),
-        rows=reader.int("Rows", problems),
-        columns=reader.int("Columns", problems),
+        number_of_frames=reader.integer("NumberOfFrames", problems),
+        rows=reader.integer("Rows", problems),
+        columns=reader.integer("Columns", problems),
         dataset_json=json_text,
         parse_problems=tuple(problems),
         rejection_note=rejection_note(ds, problems),

@@ -70,8 +70,9 @@ _SUBJECT_CHUNK = 500
 
 
 def _restart(status: str, *, revive: bool) -> Any:
-    """The waiting task of a kind and subject starts over (``schedule_once_many`` of
-    one subject, the debounce every C-STORE runs: built once, not per instance)."""
+    """The waiting tasks of a kind and subjects start over (``schedule_once_many``,
+    whose one-subject case every C-STORE runs: built once, not per instance; the
+    subjects are an expanding IN parameter)."""
     values: dict[str, Any] = {
         "status": PENDING,
         "next_attempt_at": bindparam("b_run_at", type_=UtcDateTime()),
@@ -85,7 +86,7 @@ def _restart(status: str, *, revive: bool) -> Any:
         .where(
             task.c.kind == bindparam("b_kind"),
             task.c.status == status,
-            task.c.subject == bindparam("b_subject"),
+            task.c.subject.in_(bindparam("b_subjects", expanding=True)),
         )
         .values(values)
         .returning(task.c.subject, task.c.pk)
@@ -363,39 +364,25 @@ class TaskRepository:
         Returns each subject's task key.
         """
         body = json.dumps(payload, separators=(",", ":"))
-        restart = {"status": PENDING, "next_attempt_at": run_at, "payload": body, "updated_at": now}
         keys: dict[str, int] = {}
         unique = list(dict.fromkeys(subjects))
         for i in range(0, len(unique), _SUBJECT_CHUNK):
             chunk = unique[i : i + _SUBJECT_CHUNK]
             # At most one task of a kind and subject is pending or failed.
-            for status, values in (
-                (PENDING, restart),
-                (FAILED, {**restart, "attempts": 0, "last_error": None}),
-            ):
+            for status in (PENDING, FAILED):  # a failed one from its first attempt
                 left = [subject for subject in chunk if subject not in keys]
                 if not left:
                     break
                 # Only while it is waiting: a worker may have claimed it meanwhile.
-                if len(left) == 1:
-                    moved = self.conn.execute(
-                        _RESTART[status],
-                        {
-                            "b_kind": kind,
-                            "b_subject": left[0],
-                            "b_run_at": run_at,
-                            "b_payload": body,
-                            "b_now": now,
-                        },
-                    )
-                    keys.update({row.subject: int(row.pk) for row in moved})
-                    continue
                 moved = self.conn.execute(
-                    update(task)
-                    .where(task.c.kind == kind, task.c.status == status)
-                    .where(task.c.subject.in_(left))
-                    .values(**values)
-                    .returning(task.c.subject, task.c.pk)
+                    _RESTART[status],
+                    {
+                        "b_kind": kind,
+                        "b_subjects": left,
+                        "b_run_at": run_at,
+                        "b_payload": body,
+                        "b_now": now,
+                    },
                 )
                 keys.update({row.subject: int(row.pk) for row in moved})
             new = [subject for subject in chunk if subject not in keys]

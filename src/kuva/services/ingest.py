@@ -50,8 +50,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
-from sqlalchemy import Engine
-
 from kuva import metrics
 from kuva.index.group_commit import GroupCommitter
 from kuva.index.instances import (
@@ -162,14 +160,12 @@ _TREE_REFUSALS: dict[type[Exception], StoreStatus] = {
 class IngestService:
     def __init__(
         self,
-        engine: Engine,
         blobs: BlobStore,
         committer: GroupCommitter,
         clock: Clock = utcnow,
         *,
         for_registry: bool = False,
     ) -> None:
-        self._engine = engine
         self._blobs = blobs
         self._committer = committer
         self._clock = clock

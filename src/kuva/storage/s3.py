@@ -39,7 +39,6 @@ import contextlib
 import io
 import logging
 import os
-import threading
 import time
 import uuid
 from collections import deque
@@ -155,7 +154,7 @@ class _Staging:
         self._last: Future[None] | None = None
         self._in_flight: deque[Future[None]] = deque()
 
-    def send(self, part: bytes) -> None:
+    def send(self, part: bytearray) -> None:
         while len(self._in_flight) >= 2:
             self._in_flight.popleft().result()
         previous = self._last
@@ -204,16 +203,16 @@ class S3BlobWriter(CopyWriter):
             if self._staging is None:
                 self._staging = _Staging(self._store)
                 self.name = f"{self._store.location}/{self._staging.path}"
-            self._staging.send(bytes(self._buffer))
-            self._buffer.clear()
+            part, self._buffer = self._buffer, bytearray()
+            self._staging.send(part)
         return len(data)
 
     def start_sync(self) -> None:
         """The data set is complete: its upload starts now, while the receiver parses
         the header and indexes it (``commit_soon`` then returns this upload). If the
         object is not kept after all, ``discard`` deletes what the upload created."""
-        if self._hashing and self._pending is None and not self._done:
-            self._pending = self._store.pool.submit(self.commit_as, self.hexdigest())
+        if self._hashing and not self._done:
+            self.commit_soon()
 
     def commit(self) -> BlobRef:
         return self.commit_soon().result()
@@ -232,7 +231,7 @@ class S3BlobWriter(CopyWriter):
         except (BlobExistsError, OSError):
             raise
         except Exception as exc:  # the store's own errors: one line, no request dump
-            raise OSError(f"S3 store {self._store.location}: {_reason(exc)}") from None
+            raise _store_error(self._store.location, exc) from None
 
     def _commit_as(self, digest: str) -> BlobRef:
         if self._done:
@@ -242,18 +241,13 @@ class S3BlobWriter(CopyWriter):
         client = self._store.client
         staging = self._staging
         if staging is None:
-            body = bytes(self._buffer)
-            self._buffer = bytearray()
+            body, self._buffer = self._buffer, bytearray()
             try:
                 obstore.put(client, key, body, mode="create")
             except AlreadyExistsError:
                 return self._existing(key, digest)
             return BlobRef(key=key, sha256=digest, size=self._size, created=True)
-        try:
-            if self._buffer:
-                staging.send(bytes(self._buffer))
-                self._buffer = bytearray()
-            staging.finish()
+        with self._staged(staging):
             if self._size > MAX_COPY_BYTES:
                 raise OSError(
                     27, "object larger than 5 GiB: not supported on S3 storage (CopyObject)"
@@ -262,6 +256,17 @@ class S3BlobWriter(CopyWriter):
                 return self._existing(key, digest)
             obstore.copy(client, staging.path, key)
             return BlobRef(key=key, sha256=digest, size=self._size, created=True)
+
+    @contextlib.contextmanager
+    def _staged(self, staging: _Staging) -> Iterator[None]:
+        """The staging upload completed with the last bytes, for the caller to copy
+        from; deleted afterwards, whatever happened."""
+        try:
+            if self._buffer:
+                part, self._buffer = self._buffer, bytearray()
+                staging.send(part)
+            staging.finish()
+            yield
         except BaseException:
             staging.abandon()
             raise
@@ -276,20 +281,11 @@ class S3BlobWriter(CopyWriter):
         self._done = True
         staging = self._staging
         if staging is None:
-            obstore.put(self._store.client, key, bytes(self._buffer), mode="overwrite")
-            self._buffer = bytearray()
+            body, self._buffer = self._buffer, bytearray()
+            obstore.put(self._store.client, key, body, mode="overwrite")
             return
-        try:
-            if self._buffer:
-                staging.send(bytes(self._buffer))
-                self._buffer = bytearray()
-            staging.finish()
+        with self._staged(staging):
             obstore.copy(self._store.client, staging.path, key)
-        except BaseException:
-            staging.abandon()
-            raise
-        finally:
-            self._store.delete_quietly(staging.path)
 
     def _existing(self, key: str, digest: str) -> BlobRef:
         if self._store.size(key) != self._size:
@@ -328,7 +324,6 @@ class S3BlobStore(BlobCopy):
         self.part_size = options.part_size
         self.client = _client(location, options)
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="kuva-s3")
-        self._lock = threading.Lock()
 
     def open_writer(self, *, hashing: bool = True) -> S3BlobWriter:
         return S3BlobWriter(self, hashing=hashing)
@@ -340,7 +335,7 @@ class S3BlobStore(BlobCopy):
         except FileNotFoundError:
             raise
         except Exception as exc:  # the store out of reach: an OSError like a disk's
-            raise OSError(f"S3 store {self.location}: {_reason(exc)}") from None
+            raise _store_error(self.location, exc) from None
         return cast(BinaryIO, _Reader(reader, str(self.location)))
 
     def exists(self, key: str) -> bool:
@@ -362,7 +357,7 @@ class S3BlobStore(BlobCopy):
             obstore.put(self.client, probe, b"kuva")
             obstore.delete(self.client, probe)
         except Exception as exc:
-            raise OSError(f"S3 store {self.location}: {_reason(exc)}") from None
+            raise _store_error(self.location, exc) from None
 
     def delete(self, key: str) -> bool:
         """S3 acknowledges a DELETE once it is durable."""
@@ -391,7 +386,7 @@ class S3BlobStore(BlobCopy):
                         self.delete_quietly(meta["path"])
                         removed += 1
         except Exception as exc:
-            raise OSError(f"S3 store {self.location}: {_reason(exc)}") from None
+            raise _store_error(self.location, exc) from None
         return removed
 
     def iter_keys(self) -> Iterator[BlobEntry]:
@@ -451,7 +446,7 @@ class _Reader(io.RawIOBase):
         except FileNotFoundError:
             raise
         except Exception as exc:
-            raise OSError(f"S3 store {self._location}: {_reason(exc)}") from None
+            raise _store_error(self._location, exc) from None
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         return int(self._reader.seek(offset, whence))
@@ -469,3 +464,9 @@ def _reason(exc: BaseException) -> str:
     """The first line of a store error, without request details."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return f"{type(exc).__name__}: {text[:200]}"
+
+
+def _store_error(location: object, exc: BaseException) -> OSError:
+    """A store's error as an OSError like a disk's: one line naming the store, never
+    the request (or a secret)."""
+    return OSError(f"S3 store {location}: {_reason(exc)}")
