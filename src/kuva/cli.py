@@ -294,10 +294,11 @@ def tasks_list(
     plain: Annotated[bool, typer.Option("--plain", help="tab-separated, for scripts")] = False,
 ) -> None:
     """Show tasks: kind, subject (study / transaction UID), the node they deliver to,
-    status, attempts, age, next attempt, last error; then totals by kind and status.
+    status, attempts, age, next attempt, last error, and the node (``node/pid``) that
+    runs or last ran it; then totals by kind and status.
 
     ``--plain``: tab-separated id, kind, subject, status, attempts, created, next
-    attempt, last error, node.
+    attempt, last error, node delivered to, node/pid that ran it.
     """
     settings = _settings(config)
     if failed:
@@ -326,12 +327,24 @@ def tasks_list(
                         t.next_attempt_at.isoformat(timespec="seconds"),
                         (t.last_error or "").replace("\t", " ").replace("\n", " "),
                         _peer(t),
+                        t.run_by or "",
                     )
                 )
             )
         return
     table = Table(title="tasks")
-    columns = ("id", "kind", "subject", "to", "status", "attempts", "age", "next", "last error")
+    columns = (
+        "id",
+        "kind",
+        "subject",
+        "to",
+        "status",
+        "attempts",
+        "age",
+        "next",
+        "last error",
+        "run by",
+    )
     for column in columns:
         table.add_column(column)
     for t in rows:
@@ -345,6 +358,7 @@ def tasks_list(
             _age(t.created_at, now),
             t.next_attempt_at.isoformat(timespec="seconds") if t.status == "pending" else "",
             (t.last_error or "")[:80],
+            t.run_by or "",
         )
     console.print(table)
     summary = ", ".join(f"{k} {s}: {n}" for (k, s), n in sorted(counts.items())) or "none"

@@ -306,7 +306,9 @@ class AuditSettings(BaseModel):
     # The audit record repository: "" = the local trail only; "udp://host:port"
     # (syslog over UDP, RFC 5426) or "tls://host:port" (syslog over TLS, RFC 5425).
     repository: str = ""
-    # AuditSourceID of every message; "" = the DICOM AE title.
+    # AuditSourceID of every message; "" = this node's name ([archive] node_name,
+    # default host:port), so that each node of a cluster is its own audit source
+    # (as dcm4chee names each device).
     source_id: str = ""
     # AuditEnterpriseSiteID of every message; "" = none given.
     enterprise_site_id: str = ""

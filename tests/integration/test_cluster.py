@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -144,6 +145,10 @@ def test_cluster_status_lists_live_nodes_and_a_killed_one_as_gone(
     assert sorted(nodes) == ["node-a", "node-b"]
     assert all(row[1] == "live" for row in nodes.values()), nodes
     assert "tasks" in nodes["node-a"][6].split(",")
+    # Each node is its own audit source: its start is recorded under its name.
+    started = first.kuva("audit", "list", "--event", "110100", "--xml").stdout
+    for name in ("node-a", "node-b"):
+        assert f'AuditSourceID="{name}"' in started, started[-3000:]
     second.kill()
     deadline = time.monotonic() + 20
     while status()["node-b"][1] != "gone":
@@ -258,4 +263,13 @@ def test_a_commitment_asked_of_one_node_is_answered_by_another(
     assert (event_type, where) == (1, "new")
     assert info.TransactionUID == transaction
     assert committed(info) == {str(ds.SOPInstanceUID) for ds in datasets}
+    # The task names the node that delivered it (node/pid).
+    deadline = time.monotonic() + 30
+    while "\tdone\t" not in (
+        listed := second.kuva("tasks", "list", "--subject", transaction, "--plain").stdout
+    ):
+        assert time.monotonic() < deadline, listed
+        time.sleep(0.2)
+    ran_by = f"{socket.gethostname()}:{second.dicom_port}/{second.process.pid}"
+    assert listed.rstrip("\n").split("\t")[-1] == ran_by, listed
     assert "PACS1" in second.log()

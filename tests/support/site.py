@@ -115,7 +115,18 @@ class Site:
 
     def tasks(self, kind: str) -> list[dict[str, str]]:
         listed = self.server.kuva("tasks", "list", "--plain", "--kind", kind).stdout
-        keys = ("pk", "kind", "subject", "status", "attempts", "created", "next", "error", "to")
+        keys = (
+            "pk",
+            "kind",
+            "subject",
+            "status",
+            "attempts",
+            "created",
+            "next",
+            "error",
+            "to",
+            "run_by",
+        )
         return [dict(zip(keys, line.split("\t"), strict=True)) for line in listed.splitlines()]
 
     def wait_tasks(self, kind: str, test: Callable[[list[dict[str, str]]], bool]) -> None:

@@ -63,6 +63,9 @@ class Task:
     updated_at: datetime
     retry_until: datetime | None = None
     destination: str | None = None
+    # The node and process (``node/pid``) that holds the task's lease or last ran
+    # it: kept when it completes or fails, so each task names who did it.
+    run_by: str | None = None
 
 
 # Subjects per statement of ``schedule_once_many`` (bound parameters are capped).
@@ -109,6 +112,7 @@ _COLUMNS = (
     task.c.updated_at,
     task.c.retry_until,
     task.c.destination,
+    task.c.locked_by,
 )
 
 
@@ -232,9 +236,7 @@ class TaskRepository:
         if worker is not None:
             query = query.where(task.c.locked_by == worker)
         result = self.conn.execute(
-            query.values(
-                status=DONE, locked_by=None, locked_until=None, last_error=None, updated_at=now
-            )
+            query.values(status=DONE, locked_until=None, last_error=None, updated_at=now)
         )
         return bool(result.rowcount)
 
@@ -270,7 +272,6 @@ class TaskRepository:
         waiting: the task is superseded. The status recorded, or None when
         ``worker`` no longer held the task."""
         values: dict[str, Any] = {
-            "locked_by": None,
             "locked_until": None,
             "last_error": error[:4000],
             "updated_at": now,

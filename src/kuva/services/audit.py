@@ -174,7 +174,7 @@ class AuditTrail:
         self._deliver = bool(settings.audit.repository)
         self.on_enqueued: Callable[[int | None], None] | None = None
         self.source = a.AuditSource(
-            source_id=settings.audit.source_id or settings.dicom.ae_title,
+            source_id=settings.audit.source_id or settings.node_name,
             enterprise_site_id=settings.audit.enterprise_site_id,
         )
         self._host = socket.gethostname()
