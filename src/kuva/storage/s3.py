@@ -27,10 +27,12 @@ boto3's extra 2.4 ms of CPU per object would cost a third of it. obstore takes t
 standard AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL and AWS_REGION
 from the environment; ``[s3]`` settings override them.
 
-Left by a process killed mid-upload: a staging object (deleted at start once an hour
-old, ``clean_partial``) or an incomplete multipart upload. obstore has no call to
-list or abort the latter, so kuva does not sweep them: a bucket lifecycle rule
-(AbortIncompleteMultipartUpload) does (docs/operations.md).
+Left by a process killed mid-upload: a staging object or an incomplete multipart
+upload. At start (``clean_partial``) both are removed once an hour old: the objects
+through obstore, the uploads by ListMultipartUploads and AbortMultipartUpload, which
+obstore lacks (``storage.s3_uploads``). A bucket lifecycle rule
+(AbortIncompleteMultipartUpload, docs/deployment.md) does it too, also where kuva
+holds no static keys to sign those requests with.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from obstore.exceptions import AlreadyExistsError
 from obstore.store import S3Store
 
 from kuva.storage.base import BlobCopy, BlobEntry, BlobExistsError, BlobRef, CopyWriter, blob_key
+from kuva.storage.s3_uploads import MultipartUploads
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig, S3Config
@@ -324,6 +327,14 @@ class S3BlobStore(BlobCopy):
         self.part_size = options.part_size
         self.client = _client(location, options)
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="kuva-s3")
+        self.uploads = MultipartUploads.from_settings(
+            location.bucket,
+            endpoint_url=options.endpoint_url,
+            region=options.region,
+            access_key_id=options.access_key_id,
+            secret_access_key=options.secret_access_key,
+            virtual_hosted=options.addressing_style == "virtual",
+        )
 
     def open_writer(self, *, hashing: bool = True) -> S3BlobWriter:
         return S3BlobWriter(self, hashing=hashing)
@@ -374,10 +385,11 @@ class S3BlobStore(BlobCopy):
     def close(self) -> None:
         self.pool.shutdown(wait=True)
 
-    def clean_partial(self) -> int:
-        """Delete staging objects left by a process that died mid-upload (older than
-        an hour: another node may be writing the younger ones)."""
-        cutoff = time.time() - STALE_STAGING_SECONDS
+    def clean_partial(self, older_than: float = STALE_STAGING_SECONDS) -> int:
+        """Delete staging objects and abort multipart uploads left by a process that
+        died mid-upload, once ``older_than`` seconds old (an hour: another node may
+        be writing the younger ones); how many."""
+        cutoff = time.time() - older_than
         removed = 0
         try:
             for batch in obstore.list(self.client, prefix=STAGING):
@@ -387,7 +399,22 @@ class S3BlobStore(BlobCopy):
                         removed += 1
         except Exception as exc:
             raise _store_error(self.location, exc) from None
-        return removed
+        if self.uploads is None:
+            log.info(
+                "%s: no static S3 keys to list incomplete multipart uploads with; "
+                "the bucket's lifecycle rule must abort them",
+                self.location,
+            )
+            return removed
+        prefix = f"{self.location.prefix}/{STAGING}" if self.location.prefix else STAGING
+        try:
+            aborted = self.uploads.sweep(prefix, older_than=older_than)
+        except OSError as exc:  # a store without ListMultipartUploads: its lifecycle rule
+            log.warning("%s: incomplete multipart uploads not swept: %s", self.location, exc)
+            return removed
+        if aborted:
+            log.info("%s: aborted %d incomplete multipart upload(s)", self.location, aborted)
+        return removed + aborted
 
     def iter_keys(self) -> Iterator[BlobEntry]:
         """Every blob, in key order (S3 lists keys in UTF-8 byte order)."""
