@@ -118,24 +118,32 @@ def test_wrong_secret_is_unhealthy_and_not_logged(
         server.kill()
 
 
-def test_two_nodes_share_one_index_and_one_bucket(
-    kuva_server: Callable[..., KuvaServer], seaweed: SeaweedS3, database_url: str, tmp_path: Path
+@pytest.mark.parametrize("count", [2, 3])
+def test_nodes_share_one_index_and_one_bucket(
+    kuva_server: Callable[..., KuvaServer],
+    seaweed: SeaweedS3,
+    database_url: str,
+    tmp_path: Path,
+    count: int,
 ) -> None:
-    """Two kuva processes on one PostgreSQL database and one bucket: what each stored,
-    the other finds and returns byte-identical; neither keeps a blob on its disk."""
+    """Two, then three kuva processes on one PostgreSQL database and one bucket: what
+    each stored, another finds and returns byte-identical; none keeps a blob on its
+    disk."""
     if database_url.startswith("sqlite"):
         pytest.skip("nodes share a PostgreSQL index")
-    extra = {"archive": {"blob_url": f"s3://{BUCKET}/shared"}, "s3": seaweed.kuva_settings()}
-    first = kuva_server(public_url=True, extra=extra)
-    second = kuva_server(public_url=True, extra=extra)
+    extra = {
+        "archive": {"blob_url": f"s3://{BUCKET}/{tmp_path.name}"},
+        "s3": seaweed.kuva_settings(),
+    }
+    nodes = [kuva_server(public_url=True, extra=extra) for _ in range(count)]
     ct = make_ct_series(8, rows=64, cols=64, seed=21)
     files = write_series(ct, tmp_path / "ct")
     for index, path in enumerate(files):
-        node = first if index % 2 == 0 else second
+        node = nodes[index % count]
         result = storescu([path], LOOPBACK, node.dicom_port, aet="MODALITY1", aec=node.ae_title)
         assert result.returncode == 0, result.stdout + result.stderr
     study = str(ct[0].StudyInstanceUID)
-    for node in (first, second):
+    for node in nodes:
         found = httpx.get(
             f"{node.http}/dicom-web/studies",
             params={"StudyInstanceUID": study, "includefield": "00201208"},
@@ -144,9 +152,9 @@ def test_two_nodes_share_one_index_and_one_bucket(
         assert found.status_code == 200, found.text
         assert found.json()[0]["00201208"]["Value"] == [8]
         assert local_files(node.blob_dir) == []
-    # Each instance from the node that did not store it, identical.
+    # Each instance from a node that did not store it, identical.
     for index, path in enumerate(files):
-        assert_returned_as_stored(second if index % 2 == 0 else first, path)
+        assert_returned_as_stored(nodes[(index + 1) % count], path)
 
 
 def test_store_down_fails_c_stores_then_service_resumes(
