@@ -103,6 +103,8 @@ class Run:
     # CPU the receiver's processes spent per stored instance while it was sent (user
     # + system, children included): steadier than the rate on a shared machine.
     cpu_ms: float = 0.0
+    # The same of the object store's processes (SeaweedFS), on the same cores.
+    store_cpu_ms: float = 0.0
     commands: list[str] = dataclasses.field(default_factory=list)
     note: str = ""
 
@@ -148,6 +150,8 @@ class Endpoint:
     # ports[i % len(ports)]; CPU is counted over every pid's process group.
     ports: tuple[int, ...] = ()
     pids: tuple[int, ...] = ()
+    # The object store's process group, when kuva keeps its blobs in one.
+    store_pid: int | None = None
 
 
 class Unavailable(Exception):
@@ -391,6 +395,7 @@ def kuva_cluster_receiver(
             server_command=" ; ".join(shlex.join(s.command) for s in servers),
             ports=tuple(s.dicom_port for s in servers),
             pids=tuple(s.pid for s in servers[1:]),
+            store_pid=store.pid,
         )
 
 
@@ -420,6 +425,7 @@ def _kuva_endpoint(
             aet=KUVA_AET,
             pid=server.pid,
             server_command=shlex.join(server.command),
+            store_pid=s3.pid if s3 is not None else None,
         )
 
 
@@ -491,14 +497,17 @@ def measure_ingest(
     """Median of ``repeat`` runs, each against a freshly started receiver."""
     timings: list[float] = []
     cpu: list[float] = []
+    store_cpu: list[float] = []
     run = Run(label, megabytes=megabytes)
     for attempt in range(repeat):
         workdir = Path(tempfile.mkdtemp(prefix=f"run{attempt}-", dir=scratch))
         try:
             with factory(workdir) as endpoint:
                 before = _endpoint_cpu_seconds(endpoint)
+                store_before = _store_cpu_seconds(endpoint)
                 result = send(shares, endpoint)
                 spent = _endpoint_cpu_seconds(endpoint) - before
+                store_spent = _store_cpu_seconds(endpoint) - store_before
                 stored = endpoint.stored_count() if endpoint.stored_count else None
         except (Unavailable, PeerStartError) as reason:
             run.note = _unavailable(label, reason)
@@ -511,8 +520,10 @@ def measure_ingest(
         timings.append(result.seconds)
         if run.instances:
             cpu.append(spent * 1000 / run.instances)
+            store_cpu.append(store_spent * 1000 / run.instances)
     run.seconds = statistics.median(timings)
     run.cpu_ms = statistics.median(cpu) if cpu else 0.0
+    run.store_cpu_ms = statistics.median(store_cpu) if store_cpu else 0.0
     if repeat > 1:
         run.note = f"median of {repeat}; {run.note}".rstrip("; ")
     return run
@@ -558,6 +569,11 @@ def _process_group_members(pgid: int) -> list[int]:
 def _endpoint_cpu_seconds(endpoint: Endpoint) -> float:
     """User + system CPU of every process group of ``endpoint``'s receivers."""
     return sum(_group_cpu_seconds(pid) for pid in (endpoint.pid, *endpoint.pids))
+
+
+def _store_cpu_seconds(endpoint: Endpoint) -> float:
+    """User + system CPU of the endpoint's object store (0 without one)."""
+    return _group_cpu_seconds(endpoint.store_pid) if endpoint.store_pid is not None else 0.0
 
 
 def _group_cpu_seconds(pgid: int) -> float:
@@ -736,7 +752,7 @@ def _ratio(kuva: Run, peer: Run) -> str:
 
 def print_ingest_table(runs: Sequence[Run], peers: Sequence[Run]) -> None:
     """Print the ingest table, then every command line used."""
-    header = ["target", "instances", "MB", "seconds", "inst/s", "MB/s", "CPU ms/inst"]
+    header = ["target", "instances", "MB", "seconds", "inst/s", "MB/s", "CPU ms/inst", "store CPU"]
     if not any(run.measured and run.target.startswith("kuva") for run in runs):
         peers = []  # no kuva figure to compare
     header += [f"kuva/{peer.target.split()[0]}" for peer in peers]
@@ -753,6 +769,7 @@ def print_ingest_table(runs: Sequence[Run], peers: Sequence[Run]) -> None:
             f"{run.rate:.1f}",
             f"{run.throughput:.1f}",
             f"{run.cpu_ms:.2f}",
+            f"{run.store_cpu_ms:.2f}" if run.store_cpu_ms else "",
         ]
         is_kuva = run.target.startswith("kuva")
         row += [_ratio(run, peer) if is_kuva else "" for peer in peers]
@@ -764,7 +781,8 @@ def print_ingest_table(runs: Sequence[Run], peers: Sequence[Run]) -> None:
     if folder is not None and on_s3 is not None:
         notes.append(
             f"  kuva on S3 / kuva on a folder: {on_s3.rate / folder.rate:.2f}x (target >= 0.8x); "
-            "CPU ms/inst counts kuva's processes, not SeaweedFS's"
+            "CPU ms/inst counts kuva's processes; store CPU, SeaweedFS's (ms per instance) "
+            "on the same cores"
         )
     if notes:
         print("notes:\n" + "\n".join(notes))

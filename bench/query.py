@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/query.py [--instances N] [--database sqlite|postgresql|both]
-                                    [--queries Q] [--quick] [--explain]
+                                    [--queries Q] [--quick] [--explain] [--nodes N]
 
 For each database (SQLite in a temporary folder; PostgreSQL at 127.0.0.1:5432 in a
 fresh ``kuva_bench_<random>`` database, dropped at the end):
@@ -51,6 +51,13 @@ fresh ``kuva_bench_<random>`` database, dropped at the end):
    and releasing it, 50 times one after another after 10 warm-up ones (its p50
    is the median of the 50).
 
+With ``--nodes N`` (N > 1; PostgreSQL only, SQLite is one node's own index), N-1
+more ``kuva serve`` processes run on the same index (the many-node set-up of
+docs/deployment.md), and two more rows per kind ask the same queries from N clients
+at once, one association or connection each: all N on the first node, then client i
+on node i, each client a process of its own. Their label gives the aggregate rate
+(queries/s from the first client's start to the last one's end).
+
 The target is p95 < 20 ms for each query kind (C-FIND and QIDO-RS rows). The plan
 (SQLite ``EXPLAIN QUERY PLAN``, PostgreSQL ``EXPLAIN (ANALYZE, BUFFERS)``) of the
 C-FIND statement is printed for every kind that misses it, or for all with
@@ -64,6 +71,7 @@ import argparse
 import contextlib
 import dataclasses
 import logging
+import multiprocessing
 import random
 import re
 import statistics
@@ -294,7 +302,7 @@ def requestor() -> AE:
 
 
 def open_association(
-    server: KuvaServer, *, nodelay: bool, ae: AE | None = None
+    server: KuvaServer | Target, *, nodelay: bool, ae: AE | None = None
 ) -> Association | None:
     """An association for C-FIND and C-ECHO; ``nodelay``: TCP_NODELAY on our socket,
     as kuva sets it on its own (kuva.dicom.network)."""
@@ -552,6 +560,17 @@ def run_database(database: str, options: Options, studies: Sequence[Study]) -> L
         server.start(timeout=options.server_timeout)
         stack.callback(server.stop)
         result.server_command = SERVER_COMMAND
+        others: list[KuvaServer] = []
+        if options.nodes > 1 and url:
+            for _ in range(1, options.nodes):
+                node_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kuva-q-")))
+                other = KuvaServer(node_dir, database_url=url)
+                other.start(timeout=options.server_timeout)
+                stack.callback(other.stop)
+                others.append(other)
+            print(f"[{database}] {options.nodes} nodes on the one index", flush=True)
+        elif options.nodes > 1:
+            print(f"[{database}] --nodes: one node (SQLite is one node's own index)", flush=True)
 
         assoc = open_association(server, nodelay=True)
         if assoc is None:
@@ -596,6 +615,8 @@ def run_database(database: str, options: Options, studies: Sequence[Study]) -> L
                 )
             else:
                 result.rows.append(LatencyRow(kind, "QIDO-RS", note=qido_note))
+            if others:
+                result.rows.extend(at_once(kind, [server, *others], queries[kind], warmups[kind]))
             service_row = measure(
                 kind, "service", queries[kind], warmups[kind], service_runner(service)
             )
@@ -649,6 +670,103 @@ def run_database(database: str, options: Options, studies: Sequence[Study]) -> L
     return result
 
 
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A node as a client process reaches it (picklable)."""
+
+    dicom_port: int
+    ae_title: str
+    http: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientJob:
+    kind: str
+    interface: str  # "C-FIND" or "QIDO-RS"
+    target: Target
+    queries: tuple[Query, ...]
+    warmup: tuple[Query, ...]
+
+
+def _client_process(job: ClientJob, ready: Any, results: Any) -> None:
+    """One client of the at-once rows, in a process of its own (the clients must not
+    share one interpreter's lock): warm up, wait for the others, time its queries."""
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    with contextlib.ExitStack() as stack:
+        runner: Runner
+        if job.interface == "C-FIND":
+            assoc = open_association(job.target, nodelay=True)
+            if assoc is None:
+                results.put((LatencyRow(job.kind, job.interface, note="association refused"), 0, 0))
+                ready.wait()
+                return
+            stack.callback(assoc.release)
+            runner = cfind_runner(assoc)
+        else:
+            client = stack.enter_context(
+                httpx.Client(
+                    base_url=job.target.http,
+                    headers={"Accept": "application/dicom+json"},
+                    timeout=120,
+                )
+            )
+            runner = qido_runner(client)
+        for query in job.warmup:
+            runner(query)
+        ready.wait()
+        started = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
+        row = measure(job.kind, job.interface, job.queries, [], runner)
+        results.put((row, started, time.perf_counter()))
+
+
+def _together(kind: str, label: str, jobs: Sequence[ClientJob]) -> LatencyRow:
+    """The jobs' clients run at once, a process each; one row of all their latencies,
+    its label with the aggregate rate (queries over the span from the first start to
+    the last end)."""
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(len(jobs))
+    results = context.Queue()
+    processes = [
+        context.Process(target=_client_process, args=(job, ready, results)) for job in jobs
+    ]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=600) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+    span = max(end for _, _, end in outcomes) - min(start for _, start, _ in outcomes)
+    asked = sum(len(job.queries) for job in jobs)
+    rate = f"{asked / span:.0f} queries/s" if span > 0 else "no rate"
+    merged = LatencyRow(kind, f"{label} ({rate})", targeted=False)
+    for row, _, _ in outcomes:
+        merged.latencies_ms += row.latencies_ms
+        merged.matches += row.matches
+        merged.wrong += row.wrong
+    merged.note = "; ".join(row.note for row, _, _ in outcomes if row.note)
+    return merged
+
+
+def at_once(
+    kind: str, nodes: Sequence[KuvaServer], queries: Sequence[Query], warmup: Sequence[Query]
+) -> list[LatencyRow]:
+    """C-FIND and QIDO-RS from one client per node at once, each client a process of
+    its own: all on the first node, then each on its own node."""
+    rows: list[LatencyRow] = []
+    count = len(nodes)
+    targets = [Target(n.dicom_port, n.ae_title, n.http) for n in nodes]
+    for label, chosen in (
+        (f"{count} clients at once, 1 node", [targets[0]] * count),
+        (f"{count} clients at once, {count} nodes", targets),
+    ):
+        for interface in ("C-FIND", "QIDO-RS"):
+            jobs = [
+                ClientJob(kind, interface, target, tuple(queries[i::count]), tuple(warmup))
+                for i, target in enumerate(chosen)
+            ]
+            rows.append(_together(kind, f"{interface}, {label}", jobs))
+    return rows
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -692,6 +810,7 @@ class Options:
     explain: bool
     pg_admin_url: str
     server_timeout: float
+    nodes: int = 1
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
@@ -711,6 +830,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "--study-interval-hours", type=float, default=6.0, help="between synthetic studies (6)"
     )
     parser.add_argument("--explain", action="store_true", help="print every kind's query plan")
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="kuva nodes on the one PostgreSQL index, asked at once (1)",
+    )
     add_connection_arguments(parser, kuva_server=True)
     parser.add_argument("--quick", action="store_true", help="small run for a smoke test")
     args = parser.parse_args(argv)
@@ -722,6 +847,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     queries = pick(args.queries, 200, 40)
     if instances < INSTANCES_PER_STUDY or queries < 1:
         parser.error(f"--instances must be at least {INSTANCES_PER_STUDY}, --queries at least 1")
+    if args.nodes < 1:
+        parser.error("--nodes must be at least 1")
     return Options(
         instances=instances,
         databases=chosen_databases(args.database),
@@ -731,6 +858,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         explain=args.explain,
         pg_admin_url=args.pg_admin_url,
         server_timeout=args.server_timeout,
+        nodes=args.nodes,
     )
 
 

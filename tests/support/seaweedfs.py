@@ -180,6 +180,12 @@ class SeaweedS3:
             time.sleep(0.5)
         raise PeerStartError(f"could not create bucket {name}: {output[-500:]}")
 
+    @property
+    def pid(self) -> int:
+        """The weed server's process id (its own process group's leader)."""
+        assert self._process is not None, "SeaweedFS is not running"
+        return self._process.pid
+
     def log_tail(self) -> str:
         path = self.workdir / "seaweedfs" / "weed.log"
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
