@@ -44,6 +44,7 @@ from kuva.services.audit import AuditTrail
 from kuva.services.authentication import NodeAuthentication
 from kuva.services.cluster import Heartbeat
 from kuva.services.commitment import CommitmentService
+from kuva.services.directory import DirectoryService, DirectoryWatcher
 from kuva.services.disclosure import DisclosureLog
 from kuva.services.ian_backlog import IanBacklog
 from kuva.services.imaging_document_source import ImagingDocumentSource
@@ -66,9 +67,11 @@ from kuva.storage.mirror import MirroredBlobStore
 from kuva.storage.s3 import S3BlobStore, S3Location, S3Options
 from kuva.tasks.worker import TaskWorkers
 from kuva.tls import server_context
-from kuva.web.admin import admin_router
+from kuva.web.admin import admin_router, operator_check
 from kuva.web.app import create_app
+from kuva.web.directory_admin import directory_router
 from kuva.web.disclosures import disclosures_router
+from kuva.web.organization_state import OrganizationStateGuard
 from kuva.web.tls import protocol_class
 from kuva.xds import ebrim
 from kuva.xds.endpoint import soap_router
@@ -134,7 +137,8 @@ def build_xds(
     registry = RegistryService(
         engine,
         trusted_assigning_authorities=settings.xds.trusted_assigning_authorities,
-        organizations=[org.oid for org in settings.organizations],
+        organizations=lambda: [org.oid for org in settings.directory.organizations],
+        organization_state=settings.organization_state,
         render=ebrim.render,
     )
     repository = RepositoryService(
@@ -210,12 +214,18 @@ class Archive:
                     log.error("blob store (%s) not usable at start: %s", name, exc)
         self.dicom_workers: WorkerProcesses | None = None
         self.audit = build_audit(settings, self.engine)
+        self.directory = DirectoryService(self.engine, audit=self.audit)
+        if not dicom_worker:
+            self.directory.seed(settings.organizations, settings.nodes)
+        self.directory_watcher = DirectoryWatcher(self.directory, settings)
+        self.directory_watcher.refresh()  # the index's directory in force before listening
         self.committer = GroupCommitter(self.engine)
         # Registration on: what the registry would not take is refused at the door.
         self.ingest = IngestService(
             self.blobs,
             self.committer,
             for_registry=settings.registration.enabled,
+            organization_state=settings.organization_state,
         )
         self.commitment = CommitmentService(
             self.engine, self.blobs, max_attempts=settings.tasks.max_attempts
@@ -241,7 +251,7 @@ class Archive:
             self.engine,
             strict=settings.hl7.strict_merge,
             audit=self.audit,
-            senders=Senders(settings.organization_oids(), settings.open_access),
+            senders=lambda: Senders.of(settings),
         )
         self.integrity = IntegrityService(self.engine, self.blobs)
         self.integrity.on_problem = self.audit.integrity_finding
@@ -317,11 +327,15 @@ class Archive:
         self.syslog = (
             SyslogListener(
                 settings.audit,
-                ExportReceiver(self.notices, [org.oid for org in settings.organizations]).receive,
+                ExportReceiver(
+                    self.notices,
+                    lambda: [org.oid for org in settings.directory.organizations],
+                ).receive,
             )
             if settings.audit.listen
             else None
         )
+        operators = operator_check(settings.access.operators, lambda: settings.open_access)
         self.http_app = create_app(
             {
                 "index": lambda: ping(self.engine),
@@ -338,12 +352,9 @@ class Archive:
                 ("", xds_router(settings, self.xds, self.audit)),
                 (
                     "",
-                    admin_router(
-                        DisclosureProhibitions(self.engine, audit=self.audit),
-                        settings.access.operators,
-                        open_access=settings.open_access,
-                    ),
+                    admin_router(DisclosureProhibitions(self.engine, audit=self.audit), operators),
                 ),
+                ("", directory_router(self.directory, operators)),
                 (
                     "",
                     disclosures_router(
@@ -357,6 +368,7 @@ class Archive:
         self.http_app.state.public_base_url = settings.http.base_url
         self.http_app.state.default_organization = settings.http_organization()
         self.http_app.state.access = self.access
+        self.http_app.add_middleware(OrganizationStateGuard, state_of=settings.organization_state)
         self.http_app.state.audit = self.audit
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None
@@ -398,6 +410,7 @@ class Archive:
                 "organisation - fine for a first try, never for production"
             )
         self.audit.start_writer()
+        self.directory_watcher.start()
         self.heartbeat.start()
         self.workers.start()
         if self.scrubber is not None:
@@ -448,10 +461,12 @@ class Archive:
         """A DICOM worker process's part: its audit writer and the DICOM listener on
         the main process's port (kuva.dicom.workers)."""
         self.audit.start_writer()
+        self.directory_watcher.start()
         self.dicom.start(sock=sock)
 
     def stop_dicom_worker(self) -> None:
         self.dicom.stop()
+        self.directory_watcher.stop()
         self.audit.stop_writer()
         self.committer.close()
         self.blobs.close()
@@ -516,6 +531,7 @@ class Archive:
         self.audit.application_stopped()
         self.workers.stop()
         self.heartbeat.stop()
+        self.directory_watcher.stop()
         self._deliver_audit()
         self.committer.close()
         self.blobs.close()

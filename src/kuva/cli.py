@@ -1187,6 +1187,13 @@ def retention_list_destroyed(
     console.print(table)
 
 
+# The directory's commands live in their own module, which uses the helpers above.
+from kuva.cli_directory import nodes_app, orgs_app  # noqa: E402
+
+app.add_typer(orgs_app, name="orgs")
+app.add_typer(nodes_app, name="nodes")
+
+
 def main() -> None:
     global console
     # Sized for the terminal (or COLUMNS) of this run, not of whatever imported the

@@ -20,12 +20,12 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
-from pydicom.charset import python_encoding
 
+from kuva.model.directory import Directory, NodeSettings, OrganizationSettings, OrganizationState
 from kuva.model.retention import Anchor, Period, RetentionPolicy
-from kuva.model.subject import Subject, SubjectError
+from kuva.model.subject import Subject
 from kuva.model.uids import is_valid_uid
-from kuva.model.xds import Code, oid_problem
+from kuva.model.xds import Code
 from kuva.tls import server_context
 
 DEFAULT_DATA_DIR = "var/kuva"
@@ -477,78 +477,6 @@ class TlsSettings(BaseModel):
     handshake_seconds: float = Field(default=30.0, gt=0)
 
 
-class OrganizationSettings(BaseModel):
-    oid: str
-    name: str
-    # The subjects of the client certificates this organisation owns, as RFC 4514
-    # strings ("CN=pacs.example.fi,O=Example Hospital District"), matched exactly
-    # (kuva.model.subject).
-    certificates: list[str] = Field(default_factory=list)
-
-    @field_validator("certificates")
-    @classmethod
-    def _certificates(cls, value: list[str]) -> list[str]:
-        for text in value:
-            try:
-                Subject.parse(text)
-            except SubjectError as exc:
-                raise ValueError(f"certificate subject: {exc}") from exc
-        return value
-
-    def subjects(self) -> list[Subject]:
-        return [Subject.parse(text) for text in self.certificates]
-
-    @field_validator("oid")
-    @classmethod
-    def _oid(cls, value: str) -> str:
-        if not is_valid_uid(value):
-            raise ValueError(f"organization oid {value!r} is not a valid OID")
-        return value
-
-
-class NodeSettings(BaseModel):
-    ae_title: str
-    host: str = "127.0.0.1"
-    port: int = 104
-    organization: str = ""
-    ian: bool = False
-    # Objects this node retrieves (as C-MOVE destination or C-GET requester) go out
-    # exactly as received, without the patient corrections of the index.
-    as_received: bool = False
-    # Issuer of Patient ID (an OID) of the objects this node stores without one: the
-    # index takes it as their issuer; the stored bytes stay as received. "" = none
-    # (such an object is refused while registration is on: model.identity).
-    default_issuer: str = ""
-    # Specific Character Set (0008,0005) of what this node sends without one (its
-    # objects and C-FIND identifiers), e.g. "ISO_IR 100" or "ISO_IR 192". "" = the
-    # DICOM default repertoire (PS3.5 6.1.2.2).
-    default_character_set: str = ""
-    # Associations kuva opens to this node (C-MOVE sub-operations, storage commitment
-    # reports, IANs) run over TLS 1.2+ with kuva's [tls] certificate as the client
-    # certificate; the node's certificate must chain to [tls] ca_file and name its
-    # host (PS3.15 B.1). false = plain TCP.
-    tls: bool = False
-
-    @field_validator("default_issuer")
-    @classmethod
-    def _default_issuer(cls, value: str) -> str:
-        problem = oid_problem(value) if value else None
-        if problem is not None:
-            raise ValueError(f"default_issuer {value!r} is {problem}")
-        return value
-
-    @field_validator("default_character_set")
-    @classmethod
-    def _default_character_set(cls, value: str) -> str:
-        value = value.strip()
-        if value and value not in python_encoding:
-            raise ValueError(
-                f"default_character_set {value!r} is not a Defined Term of Specific "
-                "Character Set (PS3.3 C.12.1.1.2), e.g. ISO_IR 100 or ISO_IR 192"
-            )
-        return value
-
-
 LOCAL_ORGANIZATION_OID = "1.2.246.10.0.10"
 
 
@@ -574,7 +502,7 @@ class Settings(BaseSettings):
     nodes: list[NodeSettings] = Field(default_factory=list)
 
     _toml_file: Path | None = None
-    _nodes_by_title: dict[str, NodeSettings] = {}
+    _directory: Directory | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -598,8 +526,8 @@ class Settings(BaseSettings):
         return [name for name, on in switches if on]
 
     def certificate_organizations(self) -> dict[Subject, str]:
-        """Every configured certificate subject, with the OID of its organisation."""
-        return {subject: org.oid for org in self.organizations for subject in org.subjects()}
+        """Every certificate subject in the directory, with the OID of its organisation."""
+        return self.directory.owners()
 
     @property
     def node_name(self) -> str:
@@ -620,15 +548,33 @@ class Settings(BaseSettings):
 
     @property
     def open_access(self) -> bool:
-        """True on the embedded default: no nodes configured, any calling AE accepted."""
-        return not self.nodes
+        """True on the embedded default: no nodes in the directory, any calling AE
+        accepted."""
+        return not self.directory.nodes
 
     def model_post_init(self, context: Any, /) -> None:
-        # Looked up on every association and every C-STORE: a dict, not a scan.
-        self._nodes_by_title = {node.ae_title: node for node in self.nodes}
+        self._directory = Directory(self.organizations, self.nodes)
+
+    @property
+    def directory(self) -> Directory:
+        """The organisations and nodes in force (``[[organizations]]`` and ``[[nodes]]``
+        seed it; services.directory keeps it in step with the index)."""
+        assert self._directory is not None
+        return self._directory
+
+    def use_directory(self, directory: Directory) -> None:
+        """Put ``directory`` in force (one assignment: readers see the old snapshot
+        or the new one, never a mix)."""
+        self._directory = directory
 
     def node(self, ae_title: str) -> NodeSettings | None:
-        return self._nodes_by_title.get(ae_title)
+        return self.directory.node(ae_title)
+
+    def organization_state(self, oid: str | None) -> OrganizationState:
+        """The state of an organisation; one not in the directory (the local
+        organisation of the embedded default) is active."""
+        org = self.directory.organization(oid) if oid else None
+        return org.state if org is not None else OrganizationState.ACTIVE
 
     def organization_of(self, ae_title: str) -> str | None:
         """The OID of the organisation (register holder) a calling AE belongs to."""
@@ -642,8 +588,8 @@ class Settings(BaseSettings):
     def organization_oids(self) -> frozenset[str]:
         """The organisations (register holders) the archive knows: ``[[organizations]]``
         and the local one when a node belongs to it (or on the embedded default)."""
-        oids = {org.oid for org in self.organizations}
-        if self.open_access or any(not node.organization for node in self.nodes):
+        oids = {org.oid for org in self.directory.organizations}
+        if self.open_access or any(not node.organization for node in self.directory.nodes):
             oids.add(LOCAL_ORGANIZATION_OID)
         return frozenset(oids)
 
@@ -651,7 +597,7 @@ class Settings(BaseSettings):
         """The nodes of an organisation that want Instance Availability Notifications."""
         return [
             node
-            for node in self.nodes
+            for node in self.directory.nodes
             if node.ian and (node.organization or LOCAL_ORGANIZATION_OID) == organization_oid
         ]
 

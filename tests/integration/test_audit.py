@@ -153,6 +153,8 @@ def test_a_running_archive_audits_over_udp(
     assert started.root.find("EventIdentification/EventTypeCode").get("csd-code") == "110120"  # type: ignore[union-attr]
     assert started.root.find("AuditSourceIdentification").get("AuditSourceID") == "KUVA-TEST"  # type: ignore[union-attr]
     assert started.timestamp.endswith("Z")
+    # The directory the file seeded at start (services.directory): its nodes added.
+    assert udp.wait_for("110113", len(NODES), event_type="110128")
 
     # C-STORE: one message per study and association, at its release.
     kept = site.store(SURVIVOR, n=3)
@@ -180,7 +182,7 @@ def test_a_running_archive_audits_over_udp(
 
     # A calling AE title that is not a node: refused and alerted.
     assert echoscu(LOOPBACK, server.dicom_port, aet="INTRUDER", aec="KUVA").returncode != 0
-    (alert,) = udp.wait_for("110113")
+    (alert,) = udp.wait_for("110113", event_type="110126")
     assert alert.root.find("EventIdentification/EventTypeCode").get("csd-code") == "110126"  # type: ignore[union-attr]
     assert alert.root.find("EventIdentification").get("EventOutcomeIndicator") == "4"  # type: ignore[union-attr]
     assert _participant_ids(alert)[0] == "INTRUDER"
@@ -200,7 +202,7 @@ def test_a_running_archive_audits_over_udp(
     ]
     assert len(stops) == 1
     result = server.kuva("audit", "verify")
-    assert "audit trail intact: 7 record(s)" in result.stdout
+    assert f"audit trail intact: {7 + len(NODES)} record(s)" in result.stdout
     # No names and no identity codes in the log.
     log = server.log()
     assert "Testinen" not in log and SURVIVOR not in log

@@ -235,7 +235,7 @@ def test_atna_export_by_syslog_tls(engine: Engine, tmp_path: Path) -> None:
         key_file=pki.server_key,
     )
     service = NoticeService(engine)
-    listener = SyslogListener(settings, ExportReceiver(service, []).receive)
+    listener = SyslogListener(settings, ExportReceiver(service, tuple).receive)
     ((_, host, port),) = listener.start()
     try:
         repository = f"tls://{host}:{port}"

@@ -31,11 +31,12 @@ from pydicom.uid import CTImageStorage
 from sqlalchemy import Engine
 
 from kuva.app import build_xds
-from kuva.config import NodeSettings, Settings
+from kuva.config import Settings
 from kuva.dicom.ian import IanSender
 from kuva.index.group_commit import GroupCommitter
 from kuva.index.outbox import Task
 from kuva.index.uow import UnitOfWork
+from kuva.model.directory import NodeSettings
 from kuva.model.local_time import parse_offset
 from kuva.model.uids import new_uid
 from kuva.model.xds import AvailabilityStatus, DocumentEntryScheme

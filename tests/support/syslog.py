@@ -53,6 +53,10 @@ class SyslogMessage:
     def event_id(self) -> str:
         return str(self.root.find("EventIdentification/EventID").get("csd-code"))  # type: ignore[union-attr]
 
+    def event_types(self) -> list[str]:
+        """The csd-code of each EventTypeCode."""
+        return [str(c.get("csd-code")) for c in self.root.iter("EventTypeCode")]
+
 
 class _Receiver:
     def __init__(self) -> None:
@@ -66,12 +70,25 @@ class _Receiver:
         with self._lock:
             self.messages.append(message)
 
-    def wait_for(self, event_id: str, count: int = 1, timeout: float = 20.0) -> list[SyslogMessage]:
-        """The messages of ``event_id`` once there are ``count`` of them."""
+    def wait_for(
+        self,
+        event_id: str,
+        count: int = 1,
+        timeout: float = 20.0,
+        *,
+        event_type: str | None = None,
+    ) -> list[SyslogMessage]:
+        """The messages of ``event_id`` (and EventTypeCode ``event_type``, when
+        given) once there are ``count`` of them."""
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
-                found = [m for m in self.messages if m.event_id == event_id]
+                found = [
+                    m
+                    for m in self.messages
+                    if m.event_id == event_id
+                    and (event_type is None or event_type in m.event_types())
+                ]
             if len(found) >= count or time.monotonic() > deadline:
                 assert len(found) >= count, (
                     f"{len(found)} of {count} {event_id} message(s); have "

@@ -305,7 +305,7 @@ def test_who_sees_what_and_merges(engine: Engine) -> None:
 
 def test_syslog_receiver(engine: Engine) -> None:
     service = NoticeService(engine, clock=lambda: NOW)
-    receiver = ExportReceiver(service, [REPORTER], clock=lambda: NOW)
+    receiver = ExportReceiver(service, lambda: [REPORTER], clock=lambda: NOW)
     xml = kuva_export(PATIENT, [STUDY], NOW - timedelta(minutes=1))
     message = syslog_message(xml.decode(), timestamp=NOW)
     assert receiver.receive(message, "test") == 1

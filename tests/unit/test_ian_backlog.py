@@ -10,8 +10,9 @@ import pytest
 from sqlalchemy import Engine
 
 from kuva import metrics
-from kuva.config import NodeSettings, Settings
+from kuva.config import Settings
 from kuva.index.uow import UnitOfWork
+from kuva.model.directory import NodeSettings
 from kuva.services.ian_backlog import IanBacklog
 from kuva.services.registration import add_ian
 from tests.unit.test_outbox import FakeClock, get

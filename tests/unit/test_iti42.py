@@ -13,8 +13,9 @@ from lxml.etree import _Element as Element
 from sqlalchemy import Engine
 
 from kuva.audit.message import render
-from kuva.config import LOCAL_ORGANIZATION_OID, NodeSettings, Settings
+from kuva.config import LOCAL_ORGANIZATION_OID, Settings
 from kuva.index.uow import UnitOfWork
+from kuva.model.directory import NodeSettings
 from kuva.model.xds import AvailabilityStatus, ErrorCode, ResponseStatus, Submission
 from kuva.services.audit import AuditTrail
 from kuva.services.registry import RegistryOutcome, RegistryService

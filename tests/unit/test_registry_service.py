@@ -20,6 +20,8 @@ from sqlalchemy import Engine, func, insert, select
 from kuva.index import schema
 from kuva.index.registry import RegistryConflict
 from kuva.index.uow import UnitOfWork
+from kuva.model.directory import OrganizationState
+from kuva.model.identity import TESTING_RULE
 from kuva.model.xds import (
     ORIGINAL,
     REFERENCE,
@@ -882,3 +884,30 @@ def test_entry_uuid_stored_meanwhile(engine: Engine) -> None:
         uow.commit()
     with UnitOfWork(engine) as uow, pytest.raises(RegistryConflict):
         uow.registry.add([entry], organization_oid=ORG, created_at=NOW, last_update_time="2026")
+
+
+@pytest.mark.parametrize(
+    ("state", "refusal"),
+    [
+        (OrganizationState.TESTING, TESTING_RULE),
+        (OrganizationState.SUSPENDED, f"organisation {ORG} suspended"),
+        (OrganizationState.TERMINATED, f"organisation {ORG} terminated"),
+    ],
+)
+def test_the_submitting_organisations_state_is_enforced(
+    engine: Engine, state: OrganizationState, refusal: str
+) -> None:
+    """services.directory: testing submits test identity codes only; suspended and
+    terminated nothing."""
+    registry = RegistryService(
+        engine,
+        trusted_assigning_authorities=["1.2.246.21", "1.2.246.10.1234567.22.2026"],
+        render=ebrim.render,
+        organization_state=lambda oid: state if oid == ORG else OrganizationState.ACTIVE,
+    )
+    local = PatientId("POTILAS123", "1.2.246.10.1234567.22.2026")
+    refused = register(registry, submission(new_entry(patient=local), patient=local))
+    assert refused.status is ResponseStatus.FAILURE
+    assert [e.context for e in refused.errors] == [refusal]
+    accepted = register(registry, submission(new_entry()))  # 010181-900C: a test code
+    assert (accepted.status is ResponseStatus.SUCCESS) is (state is OrganizationState.TESTING)

@@ -27,7 +27,7 @@ import logging
 import socket
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -94,10 +94,15 @@ class ExportReceiver:
     """Records the Export messages that arrive by syslog."""
 
     def __init__(
-        self, service: NoticeService, organizations: list[str], *, clock: Clock = utcnow
+        self,
+        service: NoticeService,
+        organizations: Callable[[], Iterable[str]],
+        *,
+        clock: Clock = utcnow,
     ) -> None:
+        """``organizations``: the OIDs in the directory now (none: any reporter)."""
         self._service = service
-        self._organizations = frozenset(organizations)
+        self._organizations = organizations
         self._clock = clock
 
     def receive(self, data: bytes, peer: str) -> int:
@@ -120,9 +125,8 @@ class ExportReceiver:
             log.debug("syslog message from %s ignored: %s", peer, parsed.reason)
             return 0
         reporter = export.strip_urn_oid(parsed.enterprise_site_id)
-        if not is_valid_uid(reporter) or (
-            self._organizations and reporter not in self._organizations
-        ):
+        known = frozenset(self._organizations())
+        if not is_valid_uid(reporter) or (known and reporter not in known):
             log.warning(
                 "Export from %s dropped: AuditEnterpriseSiteID %r is not a configured "
                 "organisation's OID",

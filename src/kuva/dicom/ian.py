@@ -20,12 +20,13 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID
 
-from kuva.config import NodeSettings, Settings
+from kuva.config import Settings
 from kuva.dicom import datasets
 from kuva.dicom.contexts import BASIC_TRANSFER_SYNTAXES
 from kuva.dicom.net import associate
 from kuva.dicom.observer import NET_METRICS
 from kuva.model.availability import AVAILABILITIES, AvailableInstance
+from kuva.model.directory import NodeSettings
 from kuva.model.uids import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,

@@ -36,7 +36,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from kuva.codec.outgoing import encoded
 from kuva.codec.transcode import TranscodeError, choose
-from kuva.config import NodeSettings, Settings
+from kuva.config import Settings
 from kuva.dicom import datasets
 from kuva.dicom.contexts import (
     PATIENT_ROOT_GET,
@@ -50,6 +50,7 @@ from kuva.dicom.status import SUCCESS
 from kuva.index.instances import StoredInstance
 from kuva.model.access import AccessScope
 from kuva.model.audit import Outcome
+from kuva.model.directory import NodeSettings
 from kuva.model.query import QueryLevel
 from kuva.services.access import AccessPolicy
 from kuva.services.audit import AuditTrail, audit_failed

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kuva.config import NodeSettings, Settings
+from kuva.config import Settings
 from kuva.dicom.net import Association, ProposedContext, RoleSelection, associate
 from kuva.dicom.observer import NET_METRICS
+from kuva.model.directory import NodeSettings
 from kuva.model.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from kuva.tls import client_context
 

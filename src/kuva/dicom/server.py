@@ -44,6 +44,7 @@ from kuva.dicom.net import (
 from kuva.dicom.observer import NET_METRICS
 from kuva.dicom.retrieve_scp import RetrieveSCP
 from kuva.dicom.storage_scp import StorageSCP
+from kuva.model.directory import OrganizationState
 from kuva.model.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from kuva.services.audit import AuditTrail
 from kuva.services.authentication import NodeAuthentication
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 
 # A-ASSOCIATE-RJ (PS3.8 Table 9-21): rejected permanent by the service user.
 _REJECTED_PERMANENT = 1
+_REJECTED_TRANSIENT = 2
 _SERVICE_USER = 1
 _NO_REASON = 1
 _CALLING_AE_NOT_RECOGNIZED = 3
@@ -138,10 +140,35 @@ class DicomServer:
             if not self._authentication.ae_title_allowed(calling, address, subject, organization):
                 assoc.info["audited"] = True
                 return Rejection(_REJECTED_PERMANENT, _SERVICE_USER, _CALLING_AE_NOT_RECOGNIZED)
-            return None
-        if self._settings.nodes and self._settings.node(calling) is None:
+            return self._organization_refusal(assoc, organization)
+        if not self._settings.open_access and self._settings.node(calling) is None:
             return Rejection(_REJECTED_PERMANENT, _SERVICE_USER, _CALLING_AE_NOT_RECOGNIZED)
-        return None
+        return self._organization_refusal(assoc, self._settings.organization_of(calling))
+
+    def _organization_refusal(
+        self, assoc: Association, organization: str | None
+    ) -> Rejection | None:
+        """A suspended organisation's association is rejected transient (it may come
+        back), a terminated one's permanent (services.directory); audited."""
+        state = self._settings.organization_state(organization)
+        if state is OrganizationState.SUSPENDED:
+            rejection = Rejection(_REJECTED_TRANSIENT, _SERVICE_USER, _NO_REASON)
+        elif state is OrganizationState.TERMINATED:
+            rejection = Rejection(_REJECTED_PERMANENT, _SERVICE_USER, _CALLING_AE_NOT_RECOGNIZED)
+        else:
+            return None
+        reason = f"organisation {organization} {state}"
+        log.warning("association from %s refused: %s", assoc.calling_ae, reason)
+        assoc.info["audited"] = True
+        if self._audit is not None:
+            try:
+                # The node is known; its organisation may not use the archive now.
+                self._audit.access_refused(
+                    f"{assoc.calling_ae}@{assoc.peer_address[0]}", assoc.calling_ae, reason
+                )
+            except Exception:
+                log.exception("the refused association could not be audited")
+        return rejection
 
     def on_accepted(self, assoc: Association) -> None:
         metrics.associations.labels("accepted").inc()

@@ -34,6 +34,10 @@ ELEMENTS_DISCARDED = 0xB006
 # them (a legal hold, or the archive's own expiry still ahead); the Error Comment
 # says which. PS3.4 B.2.3 names no warning for this.
 NOT_DESTROYED = 0xB410
+# Refused: Not Authorized (PS3.7 C.5.x general status): what the calling
+# organisation's state forbids (services.directory: testing takes test identity
+# codes only); the Error Comment names the rule.
+NOT_AUTHORIZED = 0x0124
 # N-ACTION (PS3.7 C.4.2.1.x / PS3.4 J.3.2.1.2)
 PROCESSING_FAILURE = 0x0110
 NO_SUCH_ACTION_TYPE = 0x0123

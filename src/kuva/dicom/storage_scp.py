@@ -67,6 +67,7 @@ _STATUS_OF = {
     StoreStatus.IGNORED: st.ELEMENTS_DISCARDED,
     StoreStatus.FOREIGN: st.NOT_REGISTER_HOLDER,
     StoreStatus.DESTROYED: st.STUDY_DESTROYED,
+    StoreStatus.NOT_AUTHORIZED: st.NOT_AUTHORIZED,
 }
 
 

@@ -140,6 +140,7 @@ _OUTCOME_REASONS = {
     StoreStatus.REJECTED: st.REJECTED_INSTANCE,
     StoreStatus.FOREIGN: st.NOT_REGISTER_HOLDER,
     StoreStatus.DESTROYED: st.STUDY_DESTROYED,
+    StoreStatus.NOT_AUTHORIZED: st.NOT_AUTHORIZED,
 }
 # Stored, or not stored again, with a warning (Warning Reason, PS3.18 I.2.2).
 _WARNINGS = {

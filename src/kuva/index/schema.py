@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Date,
     DateTime,
@@ -632,4 +633,50 @@ cluster_duty = Table(
     Column("name", String(64), primary_key=True),
     Column("node", String(128), nullable=False),
     Column("until", UtcDateTime(), nullable=False),
+)
+
+# The directory: the customer organisations and their DICOM nodes (services.directory).
+# ``[[organizations]]`` and ``[[nodes]]`` seed it at start (origin "config": kept in
+# step with the file); a change by CLI or admin API makes a row "runtime" (the file
+# no longer touches it). Every change bumps directory_version, which every node polls
+# to put the new directory in force within seconds.
+directory_organization = Table(
+    "directory_organization",
+    metadata,
+    Column("oid", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("business_id", String(32), nullable=False, server_default=""),
+    Column("state", String(16), nullable=False),
+    Column("contacts", Text, nullable=False, server_default="[]"),  # JSON list
+    Column("certificates", Text, nullable=False, server_default="[]"),  # JSON list
+    Column("notice_date", Date, nullable=True),
+    Column("termination_date", Date, nullable=True),
+    Column("origin", String(16), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+directory_node = Table(
+    "directory_node",
+    metadata,
+    Column("ae_title", String(16), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("organization", String(64), nullable=False, server_default=""),
+    Column("ian", Boolean, nullable=False),
+    Column("as_received", Boolean, nullable=False),
+    Column("tls", Boolean, nullable=False),
+    Column("default_issuer", String(64), nullable=False, server_default=""),
+    Column("default_character_set", String(64), nullable=False, server_default=""),
+    Column("origin", String(16), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Index(None, "organization"),
+)
+
+directory_version = Table(
+    "directory_version",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1
+    Column("version", BigInteger, nullable=False),
 )

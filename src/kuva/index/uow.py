@@ -12,6 +12,7 @@ from kuva.index.cluster import ClusterRepository
 from kuva.index.commitments import CommitmentRepository
 from kuva.index.corrections import CorrectionLog
 from kuva.index.database import WRITE_OPTION
+from kuva.index.directory import DirectoryRepository
 from kuva.index.instances import InstanceRepository
 from kuva.index.integrity import IntegrityRepository
 from kuva.index.manifests import ManifestRepository
@@ -64,6 +65,7 @@ class UnitOfWork:
         self.integrity = IntegrityRepository(conn)
         self.retention = RetentionRepository(conn)
         self.cluster = ClusterRepository(conn)
+        self.directory = DirectoryRepository(conn)
         return self
 
     def commit(self) -> None:

@@ -84,6 +84,9 @@ REPORT_NUMBER = Code("9", RFC_3881, "Report Number")
 STUDY_INSTANCE_UID = Code("110180", DCM, "Study Instance UID")
 SOP_CLASS_UID = Code("110181", DCM, "SOP Class UID")
 NODE_ID = Code("110182", DCM, "Node ID")
+# An organisation by its OID: CID 404 has no code for it and is extensible (PS3.16
+# 8.2, a private "99" designator).
+ORGANIZATION_OID = Code("ORGANIZATION", "99KUVA", "Organization OID")
 # The submission set of an XDS submission (IHE ITI TF-2b 3.41.5.1.2): its
 # classification node.
 SUBMISSION_SET = Code(
@@ -552,6 +555,11 @@ ALERT_INTEGRITY = Code("INTEGRITY", "99KUVA", "Stored Object Integrity Failure")
 # allow-resend``): the study's protection against being archived again is a
 # security attribute of it, changed (CID 401 110135). Informative: outcome 0.
 ALERT_RESEND_ALLOWED = Code("110135", DCM, "Object Security Attributes Changed")
+# The directory changed (services.directory): a DICOM node added, changed or removed
+# is the archive's network configuration (110128); an organisation, whose state
+# decides who may do what, its security configuration (110129). Informative.
+ALERT_NETWORK_CONFIGURATION = Code("110128", DCM, "Network Configuration")
+ALERT_SECURITY_CONFIGURATION = Code("110129", DCM, "Security Configuration")
 
 
 def security_alert(

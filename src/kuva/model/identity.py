@@ -62,6 +62,17 @@ def pic_problem(code: str) -> str | None:
     return None
 
 
+# An organisation in testing (its acceptance test) archives test identity codes only:
+# valid personal identity codes whose individual number is 900-999, its 8th
+# character 9 (DVV). Fits a DICOM Error Comment (64 characters).
+TESTING_RULE = "organisation in testing: test identity codes only (8th char 9)"
+
+
+def is_test_identity_code(code: str) -> bool:
+    """A valid Finnish personal identity code of the test range (DDMMYYC9NNX)."""
+    return pic_problem(code) is None and code[7] == "9"
+
+
 def registry_patient_id(patient_id: str, issuer: str) -> PatientId:
     """The patient as the XDS registry takes it (CX with an OID assigning authority).
     Raises ValueError naming the attribute at fault."""

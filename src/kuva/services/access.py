@@ -65,7 +65,6 @@ class Read:
 class AccessPolicy:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._open = settings.open_access
         self._rules = [
             AccessRule(
                 rule.register_holder,
@@ -78,7 +77,7 @@ class AccessPolicy:
 
     def scope(self, organization: str | None) -> AccessScope:
         """What ``organization`` (None = an unknown requester) may read."""
-        if self._open:
+        if self._settings.open_access:
             # The embedded default: one local organisation holds everything.
             return UNRESTRICTED
         found = self._scopes.get(organization)

@@ -642,6 +642,24 @@ class AuditTrail:
             outcome=a.Outcome.SUCCESS,
         )
 
+    def directory_changed(
+        self, operator: str, entry: str, key: str, before: str, after: str
+    ) -> a.AuditEvent:
+        """110113 / 110128 (a node) or 110129 (an organisation), informative: who
+        changed which directory entry, from what to what (JSON; "" when added or
+        removed). Recorded in the change's transaction (services.directory)."""
+        return a.security_alert(
+            a.ALERT_NETWORK_CONFIGURATION if entry == "node" else a.ALERT_SECURITY_CONFIGURATION,
+            source=self.source,
+            reporter=self.archive(),
+            offender=a.ActiveParticipant(user_id=operator or "operator", requestor=True),
+            subject=key,
+            subject_type=a.NODE_ID if entry == "node" else a.ORGANIZATION_OID,
+            description=f"directory {entry} {key}: before {before or '-'}; after {after or '-'}",
+            occurred_at=self._clock(),
+            outcome=a.Outcome.SUCCESS,
+        )
+
     def integrity_finding(self, finding: Finding) -> None:
         """A problem the integrity check found (services.integrity), as a Security
         Alert: the ``on_problem`` hook of IntegrityService."""

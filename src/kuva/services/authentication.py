@@ -23,14 +23,13 @@ log = logging.getLogger(__name__)
 class NodeAuthentication:
     def __init__(self, settings: Settings, audit: AuditTrail | None = None) -> None:
         self._settings = settings
-        self._owners = settings.certificate_organizations()
         self._audit = audit
 
     def organization_of(self, subject: Subject | None) -> str | None:
         """The OID of the organisation that owns a certificate subject, or None."""
         if subject is None:
             return None
-        return self._owners.get(subject)
+        return self._settings.directory.owner(subject)
 
     def authenticate(self, listener: str, address: str, subject: Subject | None) -> str | None:
         """The organisation of a peer that finished its TLS handshake with a verified

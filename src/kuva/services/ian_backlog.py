@@ -63,7 +63,7 @@ class IanBacklog:
         now = self._clock()
         with UnitOfWork(self._engine, write=False) as uow:
             oldest = uow.tasks.oldest_undelivered(IAN_TASK)
-        ages = {node.ae_title: timedelta(0) for node in self._settings.nodes if node.ian}
+        ages = {node.ae_title: timedelta(0) for node in self._settings.directory.nodes if node.ian}
         ages.update({node: max(now - added, timedelta(0)) for node, added in oldest.items()})
         with self._lock:
             for gone in set(self._levels) - set(ages):

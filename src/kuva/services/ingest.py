@@ -63,6 +63,8 @@ from kuva.index.instances import (
 from kuva.index.retention import DestructionRecord
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
+from kuva.model.directory import OrganizationState
+from kuva.model.identity import TESTING_RULE, is_test_identity_code
 from kuva.model.instance import InstanceAttributes
 from kuva.model.validation import instance_problems
 from kuva.services import iocm
@@ -88,6 +90,8 @@ class StoreStatus(Enum):
     # (legal hold, expiry ahead): rejected, not destroyed; a warning
     NOT_DESTROYED = "not-destroyed"
     FAILED = "failed"  # the archive could not store it (disk, database)
+    # the sending organisation's state forbids it (testing: test identity codes only)
+    NOT_AUTHORIZED = "not-authorized"
 
 
 @dataclass(frozen=True)
@@ -165,7 +169,11 @@ class IngestService:
         clock: Clock = utcnow,
         *,
         for_registry: bool = False,
+        organization_state: Callable[[str | None], OrganizationState] | None = None,
     ) -> None:
+        """``organization_state``: the state of a sending organisation now
+        (Settings.organization_state); None: every organisation is active."""
+        self._organization_state = organization_state
         self._blobs = blobs
         self._committer = committer
         self._clock = clock
@@ -183,9 +191,33 @@ class IngestService:
             metrics.store_seconds.observe(time.perf_counter() - started)
         return outcome
 
+    def state_refusal(self, organization: str, patient_id: str) -> str | None:
+        """Why the organisation's state forbids archiving this patient's instance, or
+        None: suspended and terminated organisations archive nothing, one in
+        testing test identity codes only (services.directory)."""
+        if self._organization_state is None:
+            return None
+        state = self._organization_state(organization)
+        if state is OrganizationState.TESTING and not is_test_identity_code(patient_id):
+            return TESTING_RULE
+        if state in (OrganizationState.SUSPENDED, OrganizationState.TERMINATED):
+            return f"organisation {state}"
+        return None
+
     def _store(self, incoming: IncomingInstance) -> StoreOutcome:
         attrs = incoming.attributes
         blob = incoming.blob
+        refusal = self.state_refusal(incoming.organization_oid, attrs.patient.patient_id)
+        if refusal is not None:
+            blob.discard()
+            log.warning(
+                "refused instance %s from %s (%s): %s",
+                attrs.sop_instance_uid or "(no SOP Instance UID)",
+                incoming.source_ae,
+                incoming.organization_oid,
+                refusal,
+            )
+            return StoreOutcome(StoreStatus.NOT_AUTHORIZED, refusal)
         problems = instance_problems(attrs, for_registry=self._for_registry)
         if problems:
             blob.discard()

@@ -167,6 +167,6 @@ def manifest_submission(
 
 def _institution(settings: Settings, organization_oid: str) -> str:
     """The register holder as an XON (ITI TF-3 4.2.3.1.7): name and OID (XON.10)."""
-    names = {org.oid: org.name for org in settings.organizations}
+    names = {org.oid: org.name for org in settings.directory.organizations}
     name = names.get(organization_oid, organization_oid).replace("^", " ").replace("&", " ")
     return f"{name}^^^^^^^^^{organization_oid}"

@@ -61,18 +61,20 @@ organisation sends later for the patient joins it as corrected.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import Engine
 
-from kuva.config import LOCAL_ORGANIZATION_OID
+from kuva.config import LOCAL_ORGANIZATION_OID, Settings
 from kuva.index.corrections import Correction
 from kuva.index.patients import PatientRow, PatientStudy
 from kuva.index.uow import UnitOfWork
 from kuva.model import audit as a
 from kuva.model.clock import Clock, utcnow
+from kuva.model.directory import OrganizationState
+from kuva.model.identity import TESTING_RULE, is_test_identity_code
 from kuva.model.patient import (
     ChangeIdentifier,
     Demographics,
@@ -136,6 +138,37 @@ class Senders:
 
     organizations: frozenset[str]
     open_access: bool = False
+    # Organisations whose state refuses their messages (suspended, terminated), with
+    # the reason; those in testing, whose messages name test identity codes only.
+    refused: Mapping[str, str] = field(default_factory=dict)
+    testing: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, settings: Settings) -> Senders:
+        """The senders of the directory now (services.directory)."""
+        states = {org.oid: org.state for org in settings.directory.organizations}
+        return cls(
+            settings.organization_oids(),
+            settings.open_access,
+            refused={
+                oid: f"organisation {oid} {state}"
+                for oid, state in states.items()
+                if state in (OrganizationState.SUSPENDED, OrganizationState.TERMINATED)
+            },
+            testing=frozenset(o for o, s in states.items() if s is OrganizationState.TESTING),
+        )
+
+    def check(self, organization: str, commands: Sequence[PatientCommand]) -> None:
+        """SenderRefused when ``organization``'s state refuses these commands: it is
+        suspended or terminated, or in testing and a patient is not named by a test
+        identity code (model.identity)."""
+        if organization in self.refused:
+            raise SenderRefused(self.refused[organization], field="MSH-4", code=APPLICATION_ERROR)
+        if organization in self.testing:
+            for command in commands:
+                for key in vars(command).values():
+                    if isinstance(key, PatientKey) and not is_test_identity_code(key.patient_id):
+                        raise SenderRefused(TESTING_RULE, field="PID-3", code=APPLICATION_ERROR)
 
     def organization(self, universal_id: str, certified: str | None = None) -> str:
         """The organisation a message whose MSH-4 universal id is ``universal_id``
@@ -203,10 +236,11 @@ class PatientService:
         on_changed: ChangedHook | None = None,
         audit: AuditTrail | None = None,
         on_retention: ChangedHook | None = None,
-        senders: Senders | None = None,
+        senders: Senders | Callable[[], Senders] | None = None,
     ) -> None:
         """``senders`` None: HL7 messages act for every organisation, as the
-        operator's commands do (tools and tests, never ``kuva serve``)."""
+        operator's commands do (tools and tests, never ``kuva serve``); a callable:
+        asked at each message, so that the directory's changes count at once."""
         self._engine = engine
         self._senders = senders
         self._strict = strict
@@ -229,9 +263,11 @@ class PatientService:
         message was seen; its ACK. ``certified``: the organisation of the
         connection's client certificate (``[hl7] tls``)."""
         organization: str | None = None
-        if self._senders is not None:
+        senders = self._senders() if callable(self._senders) else self._senders
+        if senders is not None:
             try:
-                organization = self._senders.organization(ref.sending_organization, certified)
+                organization = senders.organization(ref.sending_organization, certified)
+                senders.check(organization, commands)
             except SenderRefused as refused:
                 return self._refuse_sender(ref, commands, render_ack, refused)
         seen = self._seen(ref)

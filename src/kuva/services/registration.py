@@ -74,12 +74,13 @@ from typing import Any, Protocol
 from sqlalchemy import Engine
 
 from kuva import metrics
-from kuva.config import NodeSettings, Settings
+from kuva.config import Settings
 from kuva.index.manifests import HeldInstance, StudyHoldings
 from kuva.index.outbox import Task
 from kuva.index.uow import UnitOfWork
 from kuva.model.availability import ONLINE, UNAVAILABLE, AvailableInstance
 from kuva.model.clock import Clock, utcnow
+from kuva.model.directory import NodeSettings
 from kuva.model.uids import made_by_kuva, new_uid
 from kuva.services.imaging_document_source import UnknownStudy
 from kuva.services.manifest_metadata import ManifestPublishError

@@ -88,7 +88,8 @@ from sqlalchemy import Engine
 from kuva.index.registry import RegistryConflict, RegistryRepository
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
-from kuva.model.identity import KnownAuthorities
+from kuva.model.directory import OrganizationState
+from kuva.model.identity import TESTING_RULE, KnownAuthorities, is_test_identity_code
 from kuva.model.xds import (
     DOCUMENT_UNIQUE_ID_LENGTH,
     LONG_NAME_LENGTH,
@@ -164,7 +165,8 @@ def _patient(obj: RegistryObject) -> PatientId | None:
 class RegistryService:
     """``trusted_assigning_authorities``: OIDs whose patients are known without a
     row in the patient table (settings.xds.trusted_assigning_authorities); so are
-    the temporary ids of the ``organizations`` (their OIDs; model.identity).
+    the temporary ids of the ``organizations`` (their OIDs; model.identity), asked
+    at each submission so that an organisation added at runtime counts at once.
     ``render``: writes the stored ebRIM XML of objects that have none (made in code,
     or by the registry itself) - kuva.xds.ebrim.render."""
 
@@ -174,11 +176,16 @@ class RegistryService:
         *,
         trusted_assigning_authorities: Iterable[str],
         render: Callable[[RegistryObject], str],
-        organizations: Iterable[str] = (),
+        organizations: Callable[[], Iterable[str]] = tuple,
+        organization_state: Callable[[str | None], OrganizationState] | None = None,
         clock: Clock = utcnow,
     ) -> None:
+        """``organization_state``: a submitting organisation's state now
+        (Settings.organization_state); None: every one is active."""
+        self._organization_state = organization_state
         self._engine = engine
-        self._trusted = KnownAuthorities.of(trusted_assigning_authorities, organizations)
+        self._trusted_authorities = tuple(trusted_assigning_authorities)
+        self._organizations = organizations
         self._render = render
         self._clock = clock
 
@@ -199,7 +206,13 @@ class RegistryService:
         """As ``register``, inside the caller's unit of work (ITI-41: the repository's
         own rows in the same transaction). On Failure nothing was written that the
         caller must keep: it rolls back."""
-        check = _Checks(submission, uow.registry, self._trusted, uow.registry_query.survivors)
+        refusal = self._state_refusal(submission, organization_oid)
+        if refusal is not None:
+            log.warning("registration refused for %s: %s", organization_oid, refusal)
+            error = RegistryError(ErrorCode.REGISTRY_ERROR, refusal)
+            return RegistryOutcome(ResponseStatus.FAILURE, (error,))
+        known = KnownAuthorities.of(self._trusted_authorities, self._organizations())
+        check = _Checks(submission, uow.registry, known, uow.registry_query.survivors)
         check.run()
         if check.errors:
             log.info("registration refused: %d error(s)", len(check.errors))
@@ -221,6 +234,22 @@ class RegistryService:
             len(deprecated),
         )
         return RegistryOutcome(ResponseStatus.SUCCESS, (), registered, deprecated)
+
+    def _state_refusal(self, submission: Submission, organization: str) -> str | None:
+        """Why the submitting organisation's state refuses the submission, or None
+        (services.directory): suspended and terminated submit nothing, testing test
+        identity codes only."""
+        if self._organization_state is None:
+            return None
+        state = self._organization_state(organization)
+        if state in (OrganizationState.SUSPENDED, OrganizationState.TERMINATED):
+            return f"organisation {organization} {state}"
+        if state is OrganizationState.TESTING:
+            patients = [entry.patient for entry in submission.document_entries]
+            patients += [subset.patient for subset in submission.submission_sets]
+            if any(p is not None and not is_test_identity_code(p.id) for p in patients):
+                return TESTING_RULE
+        return None
 
     def _with_xml(self, obj: RegistryObject) -> RegistryObject:
         return obj if obj.ebxml else replace(obj, ebxml=self._render(obj))

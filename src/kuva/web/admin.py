@@ -13,6 +13,7 @@ Only requests acting for an organisation of ``[access] operators`` may use it
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -35,18 +36,27 @@ class ProhibitionRequest(BaseModel):
     by: str = Field(default="", max_length=256)
 
 
-def admin_router(
-    prohibitions: DisclosureProhibitions, operators: list[str], *, open_access: bool
-) -> APIRouter:
-    router = APIRouter()
+OperatorCheck = Callable[[Request], Response | None]
+
+
+def operator_check(operators: list[str], open_access: Callable[[], bool]) -> OperatorCheck:
+    """None when ``request`` may use the admin API (it acts for an organisation of
+    ``[access] operators``, or any local client while the directory has no nodes);
+    else the 403 problem to answer."""
     allowed = frozenset(operators)
 
     def refused(request: Request) -> Response | None:
         organization = client_organization(request)
-        if open_access or (organization is not None and organization in allowed):
+        if open_access() or (organization is not None and organization in allowed):
             return None
         log.warning("admin API refused to %s", organization or "an unknown organisation")
         return problem(403, "Forbidden", "this organisation may not use the admin API")
+
+    return refused
+
+
+def admin_router(prohibitions: DisclosureProhibitions, refused: OperatorCheck) -> APIRouter:
+    router = APIRouter()
 
     def key_of(patient: str) -> PatientKey | Response:
         try:
