@@ -52,6 +52,7 @@ from kuva.services.ingest import IngestService
 from kuva.services.integrity import IntegrityService, Scrubber
 from kuva.services.manifest_publishing import ManifestPublisher
 from kuva.services.notices import NoticeService
+from kuva.services.onboarding import OnboardingService
 from kuva.services.patients import PatientService, Senders
 from kuva.services.query import QueryService
 from kuva.services.registration import RegistrationService
@@ -214,7 +215,10 @@ class Archive:
                     log.error("blob store (%s) not usable at start: %s", name, exc)
         self.dicom_workers: WorkerProcesses | None = None
         self.audit = build_audit(settings, self.engine)
-        self.directory = DirectoryService(self.engine, audit=self.audit)
+        self.onboarding = OnboardingService(self.engine, settings)
+        self.directory = DirectoryService(
+            self.engine, audit=self.audit, acceptance=self.onboarding.missing
+        )
         if not dicom_worker:
             self.directory.seed(settings.organizations, settings.nodes)
         self.directory_watcher = DirectoryWatcher(self.directory, settings)
@@ -354,7 +358,7 @@ class Archive:
                     "",
                     admin_router(DisclosureProhibitions(self.engine, audit=self.audit), operators),
                 ),
-                ("", directory_router(self.directory, operators)),
+                ("", directory_router(self.directory, self.onboarding, operators)),
                 (
                     "",
                     disclosures_router(

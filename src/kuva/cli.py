@@ -1188,10 +1188,11 @@ def retention_list_destroyed(
 
 
 # The directory's commands live in their own module, which uses the helpers above.
-from kuva.cli_directory import nodes_app, orgs_app  # noqa: E402
+from kuva.cli_directory import nodes_app, onboarding_app, orgs_app  # noqa: E402
 
 app.add_typer(orgs_app, name="orgs")
 app.add_typer(nodes_app, name="nodes")
+app.add_typer(onboarding_app, name="onboarding")
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from datetime import date
 from typing import Annotated, Any, TypeVar
 
+import jinja2
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -19,6 +20,7 @@ from rich.table import Table
 from kuva import cli
 from kuva.model.directory import NodeSettings, OrganizationSettings, OrganizationState
 from kuva.services.directory import DirectoryError, DirectoryService
+from kuva.services.onboarding import OnboardingService, UnknownOrganization
 
 orgs_app = typer.Typer(
     no_args_is_help=True,
@@ -45,14 +47,22 @@ def _operator(by: str) -> str:
 
 
 @contextmanager
-def _directory(config: cli.ConfigOption) -> Iterator[DirectoryService]:
-    """The directory of this configuration's index, the file's entries seeded."""
+def _directory(
+    config: cli.ConfigOption, report: list[OnboardingService] | None = None
+) -> Iterator[DirectoryService]:
+    """The directory of this configuration's index, the file's entries seeded (and
+    in ``report``, when given, the acceptance reports' service)."""
     from kuva.app import build_audit
 
     settings = cli._settings(config)
     engine = cli._index(settings)
     try:
-        service = DirectoryService(engine, audit=build_audit(settings, engine))
+        onboarding = OnboardingService(engine, settings)
+        if report is not None:
+            report.append(onboarding)
+        service = DirectoryService(
+            engine, audit=build_audit(settings, engine), acceptance=onboarding.missing
+        )
         service.seed(settings.organizations, settings.nodes)
         yield service
     except DirectoryError as exc:
@@ -183,9 +193,18 @@ def _set_state(
 
 
 @orgs_app.command("activate")
-def orgs_activate(oid: str, config: cli.ConfigOption = None, by: ByOption = "") -> None:
-    """Take the organisation into use (from testing or suspended)."""
-    _set_state(config, oid, OrganizationState.ACTIVE, by)
+def orgs_activate(
+    oid: str,
+    force: Annotated[
+        bool, typer.Option("--force", help="activate before the acceptance test passed")
+    ] = False,
+    config: cli.ConfigOption = None,
+    by: ByOption = "",
+) -> None:
+    """Take the organisation into use (from testing or suspended). From testing it is
+    refused while a required function of the acceptance test has not passed
+    (``kuva onboarding report``) unless ``--force`` (audited)."""
+    _set_state(config, oid, OrganizationState.ACTIVE, by, force=force)
 
 
 @orgs_app.command("suspend")
@@ -284,3 +303,70 @@ def nodes_remove(ae_title: str, config: cli.ConfigOption = None, by: ByOption = 
     with _directory(config) as directory:
         directory.remove_node(ae_title, by=_operator(by))
     cli.console.print(f"node {ae_title} removed")
+
+
+# ---------------------------------------------------------------------- onboarding
+
+onboarding_app = typer.Typer(
+    no_args_is_help=True, help="A customer's acceptance test, from what its systems did."
+)
+
+_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Acceptance test: {{ r.name }}</title>
+<style>body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse}
+td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
+.passed{color:#060}.failed{color:#a00}.not-run{color:#666}</style></head><body>
+<h1>Acceptance test: {{ r.name }}</h1>
+<p>{{ r.organization }}, {{ r.state }}; evidence since {{ r.since }}.
+{% if r.missing %}Not passed yet: {{ r.missing | join(", ") }}.{% else %}Every required
+function has passed.{% endif %}</p>
+<table><tr><th>function</th><th>status</th><th>required</th><th>evidence</th>
+<th>reason</th></tr>
+{% for f in r.functions %}<tr><td>{{ f.id }}</td><td class="{{ f.status }}">{{ f.status }}</td>
+<td>{{ "yes" if f.required else "no" }}</td><td>{% for e in f.evidence %}{{ e.source }}
+{{ e.id }} at {{ e.time }}{% if not loop.last %}<br>{% endif %}{% endfor %}</td>
+<td>{{ f.reason }}</td></tr>
+{% endfor %}</table></body></html>
+"""
+
+
+@onboarding_app.command("report")
+def onboarding_report(
+    oid: str,
+    output: Annotated[str, typer.Option("--format", help="text, json or html")] = "text",
+    config: cli.ConfigOption = None,
+) -> None:
+    """For every function of the acceptance test: passed, failed or not-run, with the
+    evidence (audit record ids, commitments, tasks, rejection notes, notices, and
+    their UTC times) and why one failed. Exits 1 while a required one has not
+    passed."""
+    if output not in ("text", "json", "html"):
+        cli.console.print("[red]--format is text, json or html[/red]")
+        raise typer.Exit(2)
+    services: list[OnboardingService] = []
+    with _directory(config, services):
+        try:
+            report = services[0].report(oid)
+        except UnknownOrganization as exc:
+            raise DirectoryError(str(exc)) from None
+    shown = report.to_json()
+    if output == "json":
+        print(json.dumps(shown, ensure_ascii=False, indent=2))
+    elif output == "html":
+        print(jinja2.Environment(autoescape=True).from_string(_HTML).render(r=shown))
+    else:
+        rows = [
+            [
+                f.id,
+                f.status,
+                "yes" if f.required else "no",
+                ", ".join(f"{e.source} {e.id} {e.at:%Y-%m-%dT%H:%M:%SZ}" for e in f.shown()),
+                f.reason,
+            ]
+            for f in report.functions
+        ]
+        columns = ("function", "status", "required", "evidence", "reason")
+        _print_rows(f"acceptance test of {oid} ({report.state})", columns, rows, plain=False)
+    if report.missing:
+        raise typer.Exit(1)

@@ -418,6 +418,40 @@ class AccessRuleSettings(BaseModel):
         return value
 
 
+# The functions of a customer's acceptance test (services.onboarding).
+ONBOARDING_FUNCTIONS = (
+    "archive",
+    "commitment",
+    "ian",
+    "retrieve",
+    "query",
+    "metadata-correction",
+    "content-correction",
+    "report-search",
+    "image-search",
+    "image-retrieve",
+    "patient-merge",
+    "name-update",
+    "disclosure-notice",
+)
+
+
+class OnboardingSettings(BaseModel):
+    """[onboarding]: the acceptance test (docs/onboarding.md)."""
+
+    # The functions that must pass before ``kuva orgs activate`` takes an organisation
+    # in testing into use (``ian`` only when one of its nodes takes IANs).
+    required: list[str] = Field(default_factory=lambda: list(ONBOARDING_FUNCTIONS))
+
+    @field_validator("required")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(ONBOARDING_FUNCTIONS))
+        if unknown:
+            raise ValueError(f"unknown acceptance functions {unknown}: {ONBOARDING_FUNCTIONS}")
+        return value
+
+
 class AccessSettings(BaseModel):
     """Access control by register holder (``[[access.rules]]``). Without rules an
     organisation reads only its own organisation's material (with no [[nodes]]
@@ -496,6 +530,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = Field(default_factory=AuditSettings)
     integrity: IntegritySettings = Field(default_factory=IntegritySettings)
     access: AccessSettings = Field(default_factory=AccessSettings)
+    onboarding: OnboardingSettings = Field(default_factory=OnboardingSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     s3: S3Settings = Field(default_factory=S3Settings)
     organizations: list[OrganizationSettings] = Field(default_factory=list)

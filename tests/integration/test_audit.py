@@ -26,7 +26,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import Engine, select
 
 from kuva.audit.syslog import PRI, SyslogSender, syslog_message
-from kuva.config import AuditSettings
+from kuva.config import LOCAL_ORGANIZATION_OID, AuditSettings
 from kuva.index.database import make_engine
 from kuva.index.schema import audit_record
 from kuva.xds.namespaces import REGISTRY_STORED_QUERY, q
@@ -192,7 +192,8 @@ def test_a_running_archive_audits_over_udp(
     assert msa(ack) == ("AA", "AUDIT-1")
     (record,) = udp.wait_for("110110")
     assert record.root.find("EventIdentification").get("EventActionCode") == "U"  # type: ignore[union-attr]
-    assert _participant_ids(record)[0] == "RIS|TESTSAIRAALA"
+    # MSH-3 and MSH-4 (namespace and universal id: the organisation).
+    assert _participant_ids(record)[0] == f"RIS|TESTSAIRAALA^{LOCAL_ORGANIZATION_OID}"
 
     assert server.stop() == 0
     stops = [

@@ -10,7 +10,7 @@ is best the last write of that transaction: the lock is held until its commit.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -102,6 +102,19 @@ class AuditRepository:
             if len(rows) < batch:
                 return
             after = int(rows[-1].seq)
+
+    def of_events_since(
+        self, since: datetime, event_ids: Sequence[str], *, limit: int
+    ) -> list[AuditRecord]:
+        """The records of ``event_ids`` since ``since``, oldest first; at most
+        ``limit``, the newest kept when there are more (by ``recorded_at``'s index)."""
+        query = (
+            select(*_COLUMNS)
+            .where(audit_record.c.recorded_at >= since, audit_record.c.event_id.in_(event_ids))
+            .order_by(audit_record.c.seq.desc())
+            .limit(limit)
+        )
+        return [AuditRecord(*row) for row in reversed(list(self.conn.execute(query)))]
 
     def list(
         self,

@@ -16,6 +16,7 @@ from kuva.index.directory import DirectoryRepository
 from kuva.index.instances import InstanceRepository
 from kuva.index.integrity import IntegrityRepository
 from kuva.index.manifests import ManifestRepository
+from kuva.index.onboarding import OnboardingEvidence
 from kuva.index.outbox import TaskRepository
 from kuva.index.patients import PatientRepository
 from kuva.index.query import QueryRepository
@@ -66,6 +67,7 @@ class UnitOfWork:
         self.retention = RetentionRepository(conn)
         self.cluster = ClusterRepository(conn)
         self.directory = DirectoryRepository(conn)
+        self.onboarding = OnboardingEvidence(conn)
         return self
 
     def commit(self) -> None:

@@ -18,8 +18,9 @@ within ``POLL_SECONDS``, without a restart.
 
 Organisation states (model.directory.OrganizationState) and their rules:
 
-* testing -> active: ``activate``; the acceptance report's check is the onboarding
-  service's (not built yet: activation is not checked, docs/onboarding.md).
+* testing -> active: ``activate``, refused while a required function of the
+  acceptance test has not passed (services.onboarding) unless forced; the force is
+  audited.
 * any -> suspended -> active: ``suspend`` and ``activate``.
 * any -> terminated: ``terminate`` with the date written notice was given; the
   termination is refused before one month has passed since it (the service
@@ -108,10 +109,18 @@ def _seeded(
 
 class DirectoryService:
     def __init__(
-        self, engine: Engine, *, audit: AuditTrail | None = None, clock: Clock = utcnow
+        self,
+        engine: Engine,
+        *,
+        audit: AuditTrail | None = None,
+        acceptance: Callable[[str], list[str]] | None = None,
+        clock: Clock = utcnow,
     ) -> None:
+        """``acceptance``: the required functions an organisation in testing has not
+        passed (OnboardingService.missing); None: activation is not checked."""
         self._engine = engine
         self._audit = audit
+        self._acceptance = acceptance
         self._clock = clock
 
     # ------------------------------------------------------------------ reads
@@ -196,6 +205,9 @@ class DirectoryService:
     ) -> OrganizationSettings:
         """Move an organisation to ``state`` (module docstring); the entry after."""
         today = self._clock().date()
+        # Read before the write transaction (the report reads the audit trail).
+        active = state is OrganizationState.ACTIVE
+        missing = self._acceptance(oid) if active and self._acceptance is not None else []
         with UnitOfWork(self._engine) as uow:
             before = uow.directory.organization(oid)
             if before is None:
@@ -219,6 +231,13 @@ class DirectoryService:
                 changes |= {"notice_date": notice, "termination_date": today}
             elif before.state is OrganizationState.TERMINATED:
                 raise DirectoryError(f"organisation {oid} is terminated: it cannot be {state}")
+            elif before.state is OrganizationState.TESTING and missing:
+                if not force:
+                    raise DirectoryError(
+                        f"acceptance test not passed: {', '.join(missing)} (kuva onboarding "
+                        f"report {oid}); --force activates all the same"
+                    )
+                forced = f"; forced without passing {', '.join(missing)}"
             after = before.model_copy(update=changes)
             uow.directory.put_organization(after, origin=RUNTIME, now=self._clock())
             uow.directory.bump()

@@ -281,7 +281,7 @@ class PatientService:
                         uow,
                         commands,
                         f"HL7 {ref.message_type} {ref.sending_application}",
-                        requestor=f"{ref.sending_application}|{ref.sending_facility}",
+                        requestor=f"{ref.sending_application}|{ref.facility_key}",
                         control_id=ref.control_id,
                         organization=organization,
                     )
@@ -481,7 +481,7 @@ class PatientService:
         patient, a forbidden merge...): the patients it names, the refusal as the
         description (IHE ITI TF-2b 3.8.5 read with PS3.15 A.5.3.9)."""
         who = a.ActiveParticipant(
-            user_id=f"{ref.sending_application}|{ref.sending_facility}",
+            user_id=f"{ref.sending_application}|{ref.facility_key}",
             requestor=True,
             roles=(a.SOURCE,),
         )

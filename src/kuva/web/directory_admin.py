@@ -10,6 +10,8 @@ operators only, 403 problem otherwise). In force on every node within seconds.
 * ``POST /admin/organizations/{oid}/state``: body ``{"state": "active" | "suspended"
   | "terminated", "notice_date": "YYYY-MM-DD", "force": false}``; 200 with the
   entry, 404, or 409 with the reason (the notice period, a terminated one).
+* ``GET /admin/onboarding/{oid}``: the organisation's acceptance report
+  (services.onboarding), as JSON; 404 when unknown.
 * ``GET /admin/nodes``; ``POST /admin/nodes`` (body: a node as ``[[nodes]]``, 201 or
   409); ``DELETE /admin/nodes/{ae_title}`` (204 or 404).
 
@@ -29,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 from kuva.model.directory import NodeSettings, OrganizationSettings, OrganizationState
 from kuva.services.directory import DirectoryError, DirectoryService, NotFound
+from kuva.services.onboarding import OnboardingService, UnknownOrganization
 from kuva.web.admin import OperatorCheck
 from kuva.web.identity import client_organization
 from kuva.web.problem import problem
@@ -73,7 +76,9 @@ def _json(entry: BaseModel, status: int = 200, **extra: Any) -> JSONResponse:
     return JSONResponse({**entry.model_dump(mode="json"), **extra}, status_code=status)
 
 
-def directory_router(directory: DirectoryService, refused: OperatorCheck) -> APIRouter:
+def directory_router(
+    directory: DirectoryService, onboarding: OnboardingService, refused: OperatorCheck
+) -> APIRouter:
     router = APIRouter()
 
     def operator(request: Request, by: str) -> str:
@@ -141,6 +146,16 @@ def directory_router(directory: DirectoryService, refused: OperatorCheck) -> API
         except DirectoryError as exc:
             return _refusal(exc)
         return _json(after)
+
+    @router.get("/admin/onboarding/{oid}")
+    async def acceptance_report(request: Request, oid: str) -> Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        try:
+            report = await run_in_threadpool(onboarding.report, oid)
+        except UnknownOrganization as exc:
+            return problem(404, "Not Found", str(exc))
+        return JSONResponse(report.to_json())
 
     @router.get("/admin/nodes")
     async def nodes(request: Request) -> Response:
