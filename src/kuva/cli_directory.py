@@ -236,6 +236,27 @@ def orgs_terminate(
     _set_state(config, oid, OrganizationState.TERMINATED, by, notice_date=notice, force=force)
 
 
+@orgs_app.command("purge-test")
+def orgs_purge_test(oid: str, config: cli.ConfigOption = None, by: ByOption = "") -> None:
+    """Destroy the test data of an organisation in testing: every study it holds,
+    with a destruction record each (``kuva retention list-destroyed``). Refused for an
+    organisation in any other state."""
+    settings = cli._settings(config)
+    with _directory(config) as directory:
+        org = directory.organization(oid)
+        if org.state is not OrganizationState.TESTING:
+            raise DirectoryError(f"organisation {oid} is {org.state}: only test data is purged")
+        engine, retention = cli._retention(settings)
+        try:
+            destroyed = retention.purge_test_data(oid, by=_operator(by))
+        finally:
+            engine.dispose()
+    cli.console.print(
+        f"{len(destroyed)} stud(y/ies) of {oid} destroyed: "
+        + (", ".join(d.study_instance_uid for d in destroyed) or "none")
+    )
+
+
 # ---------------------------------------------------------------------- nodes
 
 

@@ -258,3 +258,72 @@ def test_a_change_through_one_node_is_in_force_on_the_other(
     _until(lambda: _store(second, DEFAULT_PATIENT_ID) is not None, "not in force on the other")
     second.kuva("orgs", "suspend", CLINIC_ORG)
     _until(lambda: _store(first, DEFAULT_PATIENT_ID) is None, "suspension not in force")
+
+
+def _two_holders(kuva_server: Callable[..., KuvaServer], clinic: str) -> KuvaServer:
+    """The holder's FINDSCU/GETSCU read every other holder's material on a rule."""
+    return kuva_server(
+        organizations=[
+            {"oid": HOLDER, "name": "Testin sairaala"},
+            {"oid": CLINIC_ORG, "name": "Test Clinic", "state": clinic},
+        ],
+        nodes=[
+            {"ae_title": "FINDSCU", "organization": HOLDER},
+            {"ae_title": "GETSCU", "organization": HOLDER},
+            {"ae_title": CLINIC, "organization": CLINIC_ORG},
+        ],
+        arrays={"access.rules": [{"register_holder": "*", "recipient": HOLDER, "basis": "care"}]},
+    )
+
+
+def _found(site: Hl7Site, study: str) -> bool:
+    try:
+        site.find_study(study)
+    except ValueError:  # no match: nothing to unpack
+        return False
+    return True
+
+
+def test_test_data_is_kept_apart_until_activation(
+    kuva_server: Callable[..., KuvaServer], database_url: str, tmp_path: Path
+) -> None:
+    """A rule for every holder does not reach an organisation in testing."""
+    server = _two_holders(kuva_server, "testing")
+    site = Hl7Site(server, database_url, tmp_path)
+    study = site.store(DEFAULT_PATIENT_ID, aet=CLINIC)
+    assert not _found(site, study)
+    assert site.getscu(study) == []
+    server.kuva("orgs", "activate", CLINIC_ORG, "--force")
+    _until(lambda: _found(site, study), "activated material not readable on the rule")
+
+
+def test_termination_keeps_the_material_for_others(
+    kuva_server: Callable[..., KuvaServer], database_url: str, tmp_path: Path
+) -> None:
+    """Terminated: the organisation is shut out, what it archived stays readable on
+    the rules."""
+    server = _two_holders(kuva_server, "active")
+    site = Hl7Site(server, database_url, tmp_path)
+    study = site.store(DEFAULT_PATIENT_ID, n=2, aet=CLINIC)
+    server.kuva(
+        "orgs", "terminate", CLINIC_ORG, "--notice-date", "2026-01-01", "--force", "--by", "op"
+    )
+    _until(lambda: _store(server, DEFAULT_PATIENT_ID) is None, "termination not in force")
+    assert _found(site, study)
+    assert len(site.getscu(study)) == 2
+
+
+def test_purge_test_destroys_the_test_data_with_records(
+    kuva_server: Callable[..., KuvaServer], database_url: str, tmp_path: Path
+) -> None:
+    server = _two_holders(kuva_server, "testing")
+    site = Hl7Site(server, database_url, tmp_path)
+    study = site.store(DEFAULT_PATIENT_ID, n=2, aet=CLINIC)
+    purged = server.kuva("orgs", "purge-test", CLINIC_ORG, "--by", "operator1")
+    assert f"1 stud(y/ies) of {CLINIC_ORG} destroyed: {study}" in purged.stdout
+    records = server.kuva("retention", "list-destroyed", "--study", study, "--plain").stdout
+    assert "test data" in records and "operator1" in records
+    assert _store(server, DEFAULT_PATIENT_ID) is not None  # the clinic goes on testing
+    server.kuva("orgs", "activate", CLINIC_ORG, "--force")
+    refused = server.kuva("orgs", "purge-test", CLINIC_ORG, check=False)
+    assert refused.returncode == 1 and "only test data is purged" in refused.stdout

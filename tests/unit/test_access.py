@@ -37,6 +37,16 @@ def test_scope_most_specific_rule_wins() -> None:
     assert scope.holders(honouring=False) == (frozenset({A}), False)
 
 
+def test_holders_in_testing_are_kept_apart() -> None:
+    """No rule discloses a testing organisation's material; it reads its own."""
+    rules = [AccessRule(ANY, ANY, NATIONAL), AccessRule(A, B, STATUTORY)]
+    scope = scope_of(B, rules, apart=frozenset({A, C}))
+    assert scope.basis_for(A) is None and scope.basis_for(C) is None
+    assert not scope.readable(A, prohibited=False)
+    assert scope.holders(honouring=False) == (frozenset(), False)
+    assert scope_of(A, rules, apart=frozenset({A})).readable(A, prohibited=True)
+
+
 def test_scope_without_rules_reads_only_its_own() -> None:
     scope = scope_of(C, [AccessRule(A, B, NATIONAL)])
     assert scope.bases == {}

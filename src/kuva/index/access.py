@@ -78,6 +78,7 @@ def _visible(
         if any_other:
             # Every other holder, less those named with a basis of the other kind.
             others, _ = scope.holders(honouring=not honouring)
+            others |= scope.apart
             other: ColumnElement[bool] = holder.not_in(sorted(others)) if others else true()
         elif named:
             other = holder.in_(sorted(named))

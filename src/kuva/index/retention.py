@@ -376,6 +376,13 @@ class RetentionRepository:
 
     # ------------------------------------------------------------------ destruction
 
+    def studies_of(self, organization: str) -> list[str]:
+        """The Study Instance UIDs the organisation holds (not being destroyed)."""
+        query = select(study.c.study_instance_uid).where(
+            study.c.organization_oid == organization, study.c.destroying_at.is_(None)
+        )
+        return list(self.conn.execute(query.order_by(study.c.pk)).scalars())
+
     def lock_study(self, study_uid: str) -> Any:
         """The study's row (pk, patient, holder, expiry, destroying_at), locked until
         the transaction ends; None when it is not held."""

@@ -50,11 +50,14 @@ class AccessScope:
     ``organization``: the requester's own organisation (None = unknown: only what a
     rule for ``ANY`` recipient allows). ``bases``: the other register holders
     readable and on what basis; the key ``ANY`` stands for every other holder.
+    ``apart``: holders whose material no rule discloses to another organisation
+    (those in testing, services.directory: their test data is kept apart).
     """
 
     organization: str | None
     bases: Mapping[str, Basis] = field(default_factory=dict)
     unrestricted: bool = False
+    apart: frozenset[str] = frozenset()
 
     def is_own(self, register_holder: str) -> bool:
         return self.unrestricted or (
@@ -64,7 +67,7 @@ class AccessScope:
     def basis_for(self, register_holder: str) -> Basis | None:
         """The basis of reading ``register_holder``'s material; None when there is
         none (or it is the requester's own)."""
-        if self.is_own(register_holder):
+        if self.is_own(register_holder) or register_holder in self.apart:
             return None
         return self.bases.get(register_holder) or self.bases.get(ANY)
 
@@ -80,7 +83,7 @@ class AccessScope:
         named = frozenset(
             holder
             for holder, basis in self.bases.items()
-            if holder != ANY and basis.honour_prohibition == honouring
+            if holder != ANY and holder not in self.apart and basis.honour_prohibition == honouring
         )
         wildcard = self.bases.get(ANY)
         return named, wildcard is not None and wildcard.honour_prohibition == honouring
@@ -93,6 +96,7 @@ def _specificity(rule: AccessRule) -> int:
 def scope_of(
     organization: str | None,
     rules: Iterable[AccessRule],
+    apart: frozenset[str] = frozenset(),
 ) -> AccessScope:
     """The scope of ``organization`` under ``rules``: for each known register holder
     other than itself, and for ANY other, the most specific rule that covers it
@@ -113,4 +117,4 @@ def scope_of(
         basis = next((r.basis for r in ordered if r.covers(holder, recipient)), None)
         if basis is not None and basis != wildcard:
             bases[holder] = basis
-    return AccessScope(organization, bases)
+    return AccessScope(organization, bases, apart=apart - {organization or ""})

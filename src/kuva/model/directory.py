@@ -123,6 +123,10 @@ class Directory:
         self._owners = {
             subject: org.oid for org in self.organizations for subject in org.subjects()
         }
+        # In testing: their material is kept from other organisations (services.access).
+        self.testing = frozenset(
+            org.oid for org in self.organizations if org.state is OrganizationState.TESTING
+        )
 
     def node(self, ae_title: str) -> NodeSettings | None:
         return self._nodes.get(ae_title)

@@ -73,17 +73,19 @@ class AccessPolicy:
             )
             for rule in settings.access.rules
         ]
-        self._scopes: dict[str | None, AccessScope] = {}
+        self._scopes: dict[tuple[str | None, frozenset[str]], AccessScope] = {}
 
     def scope(self, organization: str | None) -> AccessScope:
         """What ``organization`` (None = an unknown requester) may read."""
         if self._settings.open_access:
             # The embedded default: one local organisation holds everything.
             return UNRESTRICTED
-        found = self._scopes.get(organization)
+        # Organisations in testing keep their material apart (services.directory).
+        apart = self._settings.directory.testing
+        found = self._scopes.get((organization, apart))
         if found is None:
-            found = scope_of(organization, self._rules)
-            self._scopes[organization] = found
+            found = scope_of(organization, self._rules, apart)
+            self._scopes[(organization, apart)] = found
         return found
 
     def scope_of_node(self, ae_title: str) -> AccessScope:

@@ -58,6 +58,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -329,24 +330,57 @@ class RetentionService:
     def destroy_study(self, study: ExpiredStudy, *, by: str, reason: str) -> Destroyed | None:
         """Destroy one expired study (None: it is no longer due: held, destroyed
         meanwhile by another node, or its expiry moved)."""
+        today = self._clock().date()
+        return self._destroy(
+            study.study_instance_uid,
+            by=by,
+            reason=reason,
+            due=lambda row: row.expires_on is not None and row.expires_on <= today,
+        )
+
+    def purge_test_data(self, organization: str, *, by: str) -> list[Destroyed]:
+        """Destroy every study ``organization`` holds, with a destruction record each:
+        the test data of an organisation in testing (``kuva orgs purge-test``; the
+        caller checks the state). A study under a legal hold is kept."""
+        with UnitOfWork(self._engine, write=False) as uow:
+            studies = uow.retention.studies_of(organization)
+        reason = f"test data of organisation {organization} purged"
+        destroyed = []
+        for study_uid in studies:
+            done = self._destroy(study_uid, by=by, reason=reason, policy="test data")
+            if done is not None:
+                destroyed.append(done)
+        return destroyed
+
+    def _destroy(
+        self,
+        study_uid: str,
+        *,
+        by: str,
+        reason: str,
+        due: Callable[[Any], bool] = lambda row: True,
+        policy: str | None = None,
+    ) -> Destroyed | None:
+        """Destroy one study: its destruction record and the first step in one
+        transaction, then the rest (``_finish``). None when it is held, being
+        destroyed already, or not ``due``."""
         now = self._clock()
         with UnitOfWork(self._engine) as uow:
-            row = uow.retention.lock_study(study.study_instance_uid)
+            row = uow.retention.lock_study(study_uid)
             if (
                 row is None
                 or row.destroying_at is not None
-                or row.expires_on is None
-                or row.expires_on > now.date()
+                or not due(row)
                 or uow.retention.is_held(row.pk)
             ):
                 return None
             record_pk = uow.retention.begin_record(
                 {
-                    "study_instance_uid": study.study_instance_uid,
+                    "study_instance_uid": study_uid,
                     "organization_oid": row.organization_oid,
                     "patient_id": row.patient_id,
                     "patient_issuer": row.issuer,
-                    "policy": row.retention_policy or "",
+                    "policy": policy or row.retention_policy or "",
                     "expires_on": row.expires_on,
                     "reason": reason,
                     "destroyed_by": by[:64],
@@ -354,13 +388,12 @@ class RetentionService:
                 }
             )
             uow.retention.mark_destroying(row.pk, now)
-            deprecated = deprecate_manifests(uow, study.study_instance_uid)
+            deprecated = deprecate_manifests(uow, study_uid)
             uow.commit()
         log.info(
-            "destroying study %s (policy %s, expired %s; %d manifest(s) deprecated)",
-            study.study_instance_uid,
-            study.policy,
-            study.expires_on.isoformat(),
+            "destroying study %s (%s; %d manifest(s) deprecated)",
+            study_uid,
+            reason,
             len(deprecated),
         )
         return self._finish(record_pk)
