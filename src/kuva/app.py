@@ -175,7 +175,7 @@ def xds_router(
                 provide_and_register(xds.repository, settings, audit_trail),
                 retrieve_document_set(xds.repository, settings),
             ],
-            "/xds/imaging": [retrieve_imaging_document_set(xds.rad69, settings)],
+            "/xds/imaging": [retrieve_imaging_document_set(xds.rad69, settings, audit_trail)],
         },
         settings.xds.max_request_bytes,
     )

@@ -23,10 +23,22 @@ from pynetdicom.sop_class import CTImageStorage
 from requests.exceptions import HTTPError
 
 from kuva.model.identity import TESTING_RULE
+from kuva.model.xds import PatientId
+from kuva.xds.namespaces import PROVIDE_AND_REGISTER
 from tests.support.hl7 import Hl7Site, adt, err, msa, pid
 from tests.support.peers import LOOPBACK, dcmtk_available, storescu
 from tests.support.server import KuvaServer
 from tests.support.synthetic import DEFAULT_PATIENT_ID, make_ct_series, write_series
+from tests.unit.test_ebrim import sample_payload
+from tests.unit.test_registry_service import fill
+from tests.unit.test_repository import (
+    CDA,
+    SUBMISSION_SAMPLE,
+    entry_ids,
+    soap_envelope,
+    with_documents,
+    wrapped,
+)
 
 pytestmark = pytest.mark.skipif(not dcmtk_available(), reason="dcmtk not installed")
 
@@ -126,7 +138,7 @@ def test_a_node_added_at_runtime_associates_and_testing_takes_test_codes_only(
 
 
 def test_suspension_refuses_at_once_and_activation_restores(
-    kuva_server: Callable[..., KuvaServer], tmp_path: Path
+    kuva_server: Callable[..., KuvaServer], database_url: str, tmp_path: Path
 ) -> None:
     server = _archive(kuva_server, clinic="active", extra={"http": {"organization": CLINIC_ORG}})
     assert _store(server, DEFAULT_PATIENT_ID) is not None
@@ -148,6 +160,10 @@ def test_suspension_refuses_at_once_and_activation_restores(
     )
     assert fault.status_code == 400 and b"suspended" in fault.content
     assert httpx.get(f"{server.http}/healthz", timeout=10).status_code == 200
+    # HL7 from the suspended organisation: AR, naming the state.
+    hl7 = Hl7Site(server, database_url, tmp_path)
+    ack = hl7.mllp_send(adt("A08", pid(DEFAULT_PATIENT_ID), organization=CLINIC_ORG))
+    assert msa(ack)[0] == "AR" and "suspended" in err(ack), ack
     server.kuva("orgs", "activate", CLINIC_ORG)
     _until(lambda: _store(server, DEFAULT_PATIENT_ID) is not None, "activation not in force")
     assert httpx.get(f"{server.http}/dicom-web/studies", timeout=10).status_code in (200, 204)
@@ -175,6 +191,20 @@ def test_stow_and_hl7_in_testing_take_test_codes_only(
     [failed] = refused.value.response.json()["00081198"]["Value"]  # Failed SOP Sequence
     assert failed["00081197"]["Value"] == [NOT_AUTHORIZED]  # Failure Reason
     assert failed["00000902"]["Value"] == [TESTING_RULE]
+
+    # ITI-41 of a patient by the clinic's temporary id (not a test identity code).
+    temporary = PatientId(NOT_A_TEST_CODE, f"{CLINIC_ORG[:-3]}.22.2026")
+    payload = wrapped(fill(sample_payload(SUBMISSION_SAMPLE), temporary))
+    with_documents(payload, dict.fromkeys(entry_ids(payload), CDA))
+    response = httpx.post(
+        f"{server.http}/xds/repository",
+        content=soap_envelope(PROVIDE_AND_REGISTER, payload, CLINIC_ORG),
+        headers={"Content-Type": "application/soap+xml; charset=utf-8"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert b"ResponseStatusType:Failure" in response.content
+    assert TESTING_RULE.encode() in response.content
 
     hl7 = Hl7Site(server, database_url, tmp_path)
     ack = hl7.mllp_send(adt("A08", pid(NOT_A_TEST_CODE), organization=CLINIC_ORG))

@@ -1,9 +1,10 @@
 """The acceptance test of a customer in testing (services.onboarding), SQLite and
 PostgreSQL: its systems work against a running archive with real clients - dcmtk's
-storescu, findscu and getscu, pynetdicom's storage commitment, python-hl7's MLLP
-client - and the report shows each of those functions passed, with audit record
-ids and times; its IAN receiver is down, so ``ian`` failed and says why; what it
-never did is not-run. Activation is refused until the required functions pass, and
+storescu, findscu and getscu, pynetdicom's storage commitment, IOCM rejection notes
+made with highdicom, python-hl7's MLLP client, ITI-18 and RAD-69 SOAP requests
+built from the NIST samples, a disclosure notice over HTTP - and the report shows
+each function passed, with its evidence; its IAN receiver is down, so ``ian``
+failed and says why. Activation is refused until the required functions pass, and
 ``--force`` is audited."""
 
 from __future__ import annotations
@@ -16,13 +17,21 @@ from typing import Any
 
 import httpx
 import pytest
-from pydicom.uid import CTImageStorage
+from lxml import etree
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage, generate_uid
 
+from kuva.xds.namespaces import NSMAP, REGISTRY_STORED_QUERY, RETRIEVE_IMAGING_DOCUMENT_SET, q
+from tests.integration.test_xds import rad69_request
 from tests.support.commitment_scu import CommitmentSCU
+from tests.support.disclosures import notice
 from tests.support.hl7 import MERGED, SURVIVOR, Hl7Site, adt, mrg, msa, pid
-from tests.support.peers import dcmtk_available
+from tests.support.iocm import INCORRECT_WORKLIST_ENTRY, QUALITY, rejection_note
+from tests.support.peers import LOOPBACK, dcmtk_available, storescu
 from tests.support.server import KuvaServer, free_port
-from tests.support.synthetic import make_ct_series
+from tests.support.synthetic import FINNISH_PIC_ISSUER, make_ct_series, write_series
+from tests.unit.test_ebrim import sample_payload
+from tests.unit.test_repository import answer_of, soap_envelope
 
 pytestmark = pytest.mark.skipif(not dcmtk_available(), reason="dcmtk not installed")
 
@@ -30,7 +39,48 @@ HOLDER = "1.2.246.10.12345678.10"
 CLINIC_ORG = "1.2.246.10.55555555.10"
 DONE_BY_THE_CLINIC = (
     "archive", "query", "retrieve", "commitment", "name-update", "patient-merge",
+    "metadata-correction", "content-correction", "report-search", "image-search",
+    "image-retrieve", "disclosure-notice",
 )  # fmt: skip
+KOS_FORMAT = "1.2.840.10008.5.1.4.1.1.88.59^^1.2.840.10008.2.6.1"
+
+
+def _soap(server: KuvaServer, path: str, action: str, payload: Any) -> Any:
+    response = httpx.post(
+        server.http + path,
+        content=soap_envelope(action, payload, CLINIC_ORG),
+        headers={"content-type": "application/soap+xml; charset=UTF-8"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    return answer_of(response)[0]
+
+
+def _find_documents(server: KuvaServer, *, manifests: bool) -> None:
+    """ITI-18 FindDocuments of the clinic's patient; for manifests, by the KOS format
+    code (XDS-I.b)."""
+    payload = sample_payload("iti18-FindDocuments-request.xml")
+    for value in payload.iter("{*}Value"):
+        if value.text and "$patient_id$" in value.text:
+            value.text = value.text.replace(
+                "$patient_id$", f"{SURVIVOR}^^^&{FINNISH_PIC_ISSUER}&ISO"
+            )
+    if manifests:
+        query = payload.find(".//rim:AdhocQuery", NSMAP)
+        assert query is not None
+        slot = etree.SubElement(query, q("rim", "Slot"), name="$XDSDocumentEntryFormatCode")
+        values = etree.SubElement(slot, q("rim", "ValueList"))
+        etree.SubElement(values, q("rim", "Value")).text = f"('{KOS_FORMAT}')"
+    answer = _soap(server, "/xds/registry", REGISTRY_STORED_QUERY, payload)
+    assert "Success" in str(answer.get("status")), etree.tostring(answer)
+
+
+def _reject(server: KuvaServer, tmp_path: Path, title: Any, rejected: list[Dataset]) -> None:
+    """An IOCM rejection note sent by the clinic's node with storescu."""
+    note = rejection_note(title, rejected)
+    paths = write_series([note], tmp_path / f"note-{generate_uid()[-8:]}")
+    result = storescu(paths, LOOPBACK, server.dicom_port, aet="CLINIC", aec="KUVA")
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def _report(server: KuvaServer) -> dict[str, Any]:
@@ -66,8 +116,9 @@ def test_an_acceptance_run_with_real_clients(
         ],
         extra={
             "registration": {"enabled": True, "stable_seconds": 1},
-            "access": {"operators": [HOLDER]},
-            "http": {"organization": HOLDER},
+            # The clinic's HTTP clients (XDS, notices); it may read its own report.
+            "access": {"operators": [HOLDER, CLINIC_ORG]},
+            "http": {"organization": CLINIC_ORG},
         },
     )
     before = _functions(_report(server))
@@ -92,6 +143,30 @@ def test_an_acceptance_run_with_real_clients(
     ack = site.mllp_send(adt("A40", pid(SURVIVOR), mrg(MERGED), organization=CLINIC_ORG))
     assert msa(ack)[0] == "AA", ack  # patient-merge
 
+    # IOCM: a 113038 note (metadata) and a 113001 note (content) of a study of its own.
+    corrected = make_ct_series(2, rows=16, cols=16, patient_id=SURVIVOR)
+    paths = write_series(corrected, tmp_path / "corrected")
+    assert storescu(paths, LOOPBACK, server.dicom_port, aet="CLINIC", aec="KUVA").returncode == 0
+    _reject(server, tmp_path, INCORRECT_WORKLIST_ENTRY, [corrected[0]])
+    _reject(server, tmp_path, QUALITY, [corrected[1]])
+    # XDS: report and image searches (ITI-18), an image retrieve (RAD-69).
+    _find_documents(server, manifests=False)
+    _find_documents(server, manifests=True)
+    series, sop = str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)
+    _soap(
+        server,
+        "/xds/imaging",
+        RETRIEVE_IMAGING_DOCUMENT_SET,
+        rad69_request([(str(ds.StudyInstanceUID), series, sop)]),
+    )
+    # A disclosure the clinic made itself, told to the archive.
+    told = httpx.post(
+        f"{server.http}/disclosures/notices",
+        json=notice(SURVIVOR, "2026-12-01T10:00:00Z", studies=[study], recipient=HOLDER),
+        timeout=30,
+    )
+    assert told.status_code == 201, told.text
+
     deadline = time.monotonic() + 60
     while (report := _report(server)) and _functions(report)["ian"]["status"] != "failed":
         assert time.monotonic() < deadline, _functions(report)["ian"]
@@ -103,10 +178,7 @@ def test_an_acceptance_run_with_real_clients(
         assert evidence and all(e["ok"] and e["time"].endswith("Z") for e in evidence)
     assert functions["archive"]["evidence"][0]["source"] == "audit"
     assert "CLINIC_IAN" in functions["ian"]["reason"], functions["ian"]
-    for name in ("metadata-correction", "content-correction", "report-search", "image-search",
-                 "image-retrieve", "disclosure-notice"):  # fmt: skip
-        assert functions[name]["status"] == "not-run", functions[name]
-    assert report["state"] == "testing" and "ian" in report["missing"]
+    assert report["state"] == "testing" and report["missing"] == ["ian"]
 
     # The admin API gives the same; the HTML page names every function.
     served = httpx.get(f"{server.http}/admin/onboarding/{CLINIC_ORG}", timeout=30).json()

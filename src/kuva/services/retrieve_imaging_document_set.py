@@ -57,6 +57,7 @@ from kuva.model.query import QueryLevel
 from kuva.model.uids import uid_problem
 from kuva.model.xds import ErrorCode, RegistryError, ResponseStatus, status_of
 from kuva.services.access import AccessPolicy, basis_text
+from kuva.services.audit import SentStudy
 from kuva.services.disclosure import UNKNOWN_RECIPIENT, DisclosureLog, Handout, Interface
 from kuva.services.manifest_metadata import DICOM_MIME_TYPE
 from kuva.services.retrieve import MAX_MATCHES, RetrieveService, StoredObject
@@ -100,6 +101,7 @@ class ImagingDocument:
     chunks: Callable[[], Iterator[bytes]]
     length: int | None = None
     mime_type: str = DICOM_MIME_TYPE
+    sop_class_uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,17 @@ def _chunks(obj: StoredObject, target: UID) -> Iterator[bytes]:
             exc,
         )
         raise
+
+
+def own_studies(result: ImagingDocumentSetResult, organization: str) -> list[SentStudy]:
+    """What the result hands ``organization`` of its own (not disclosures), by study:
+    the register holder's retrieve, audited as 110104 (services.audit)."""
+    studies: dict[str, dict[str, int]] = {}
+    for document in result.documents:
+        if organization and document.register_holder == organization:
+            counts = studies.setdefault(document.study_instance_uid, {})
+            counts[document.sop_class_uid] = counts.get(document.sop_class_uid, 0) + 1
+    return [SentStudy(uid, counts) for uid, counts in studies.items()]
 
 
 class ImagingDocumentSetRetrieval:
@@ -343,4 +356,5 @@ class ImagingDocumentSetRetrieval:
             register_holder=stored.organization_oid,
             chunks=lambda: _chunks(obj, target),
             length=stored.size if as_stored else None,
+            sop_class_uid=stored.sop_class_uid,
         )

@@ -18,6 +18,7 @@ a SOAP fault.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from urllib.parse import quote
 
@@ -25,13 +26,16 @@ from lxml import etree
 from lxml.etree import _Element as Element
 
 from kuva.config import Settings
+from kuva.model import audit as a
 from kuva.model.xds import ErrorCode, RegistryError, ResponseStatus
+from kuva.services.audit import AuditTrail, Requester, audit_failed
 from kuva.services.retrieve_imaging_document_set import (
     DocumentRequest,
     ImagingDocument,
     ImagingDocumentSetRequest,
     ImagingDocumentSetResult,
     ImagingDocumentSetRetrieval,
+    own_studies,
 )
 from kuva.xds.messages import Attachment, SoapRequest, SoapResponse, Transaction
 from kuva.xds.namespaces import (
@@ -43,6 +47,8 @@ from kuva.xds.namespaces import (
 )
 from kuva.xds.repository import requesting_organization, requesting_scope
 from kuva.xds.rs import registry_response
+
+log = logging.getLogger(__name__)
 
 PAYLOAD = q("xdsi", "RetrieveImagingDocumentSetRequest")
 RESPONSE_ACTION = RESPONSE_ACTIONS[RETRIEVE_IMAGING_DOCUMENT_SET]
@@ -122,22 +128,32 @@ def response_for(result: ImagingDocumentSetResult) -> SoapResponse:
 
 
 def retrieve_imaging_document_set(
-    retrieval: ImagingDocumentSetRetrieval, settings: Settings
+    retrieval: ImagingDocumentSetRetrieval, settings: Settings, audit: AuditTrail | None = None
 ) -> Transaction:
     """The RAD-69 transaction an Imaging Document Source endpoint serves.
 
     ``settings`` is taken for the shape every XDS transaction factory shares;
-    ``retrieval`` holds the ids it answers for and the access rules.
+    ``retrieval`` holds the ids it answers for and the access rules. What the
+    register holder retrieves of its own is audited (110104, RAD-69); what goes to
+    another organisation is a disclosure, audited as Export by the disclosure log.
     """
 
     def handle(request: SoapRequest) -> SoapResponse:
-        return response_for(
-            retrieval.retrieve(
-                parse_request(request.body),
-                recipient=requesting_organization(request),
-                scope=requesting_scope(retrieval.access, request),
-            )
+        recipient = requesting_organization(request)
+        result = retrieval.retrieve(
+            parse_request(request.body),
+            recipient=recipient,
+            scope=requesting_scope(retrieval.access, request),
         )
+        own = own_studies(result, recipient)
+        if audit is not None and own:
+            try:
+                audit.web_retrieved(
+                    Requester(recipient, request.client_address), own, transaction=a.RAD_69
+                )
+            except Exception as exc:
+                audit_failed(log, "a RAD-69 retrieve", exc)
+        return response_for(result)
 
     def invalid(request: SoapRequest, messages: list[str]) -> SoapResponse:
         errors = [
