@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 from fastapi import APIRouter
 from sqlalchemy import Engine
+from starlette.middleware.cors import CORSMiddleware
 
 from kuva import metrics
 from kuva.audit import message as audit_message
@@ -30,6 +31,7 @@ from kuva.dicom.storage_scp import StorageSCP
 from kuva.dicom.workers import WorkerProcesses, listening_socket
 from kuva.dicomweb.metadata import metadata_router
 from kuva.dicomweb.qido import qido_router
+from kuva.dicomweb.rendered import ThumbnailCache, rendered_router
 from kuva.dicomweb.stow import stow_router
 from kuva.dicomweb.wado import wado_router
 from kuva.dicomweb.wado_uri import wado_uri_router
@@ -352,6 +354,13 @@ class Archive:
                 ("/dicom-web", metadata_router(self.query)),
                 ("/dicom-web", stow_router(self.ingest, self.blobs)),
                 ("/dicom-web", wado_router(self.retrieve)),
+                (
+                    "/dicom-web",
+                    rendered_router(
+                        self.retrieve,
+                        ThumbnailCache(settings.archive.data_dir / "cache" / "thumbnails"),
+                    ),
+                ),
                 ("", wado_uri_router(self.retrieve)),
                 ("", xds_router(settings, self.xds, self.audit)),
                 (
@@ -373,6 +382,15 @@ class Archive:
         self.http_app.state.default_organization = settings.http_organization()
         self.http_app.state.access = self.access
         self.http_app.add_middleware(OrganizationStateGuard, state_of=settings.organization_state)
+        if settings.http.cors_origins:
+            # Outermost: a browser's preflight is answered before anything else.
+            self.http_app.add_middleware(
+                CORSMiddleware,
+                allow_origins=settings.http.cors_origins,
+                allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+                allow_headers=["*"],
+                expose_headers=["Content-Type", "Content-Location", "Warning"],
+            )
         self.http_app.state.audit = self.audit
         self._http: uvicorn.Server | None = None
         self._http_thread: threading.Thread | None = None

@@ -133,6 +133,9 @@ class HttpSettings(BaseModel):
     # Mutual TLS on this listener ([tls]): HTTPS, a client certificate required,
     # its organisation the one every request acts for. false = plain HTTP.
     tls: bool = False
+    # Origins whose browser pages may call this listener (CORS, e.g. a separately
+    # hosted OHIF viewer: "https://viewer.example.fi"); [] = none, "*" = any.
+    cors_origins: list[str] = Field(default_factory=list)
 
 
 class Hl7Settings(BaseModel):
