@@ -55,6 +55,7 @@ from kuva.services.integrity import IntegrityService, Scrubber
 from kuva.services.manifest_publishing import ManifestPublisher
 from kuva.services.notices import NoticeService
 from kuva.services.onboarding import OnboardingService
+from kuva.services.operations import Operations
 from kuva.services.patients import PatientService, Senders
 from kuva.services.query import QueryService
 from kuva.services.registration import RegistrationService
@@ -72,6 +73,7 @@ from kuva.tasks.worker import TaskWorkers
 from kuva.tls import server_context
 from kuva.web.admin import admin_router, operator_check
 from kuva.web.app import create_app
+from kuva.web.console import console_router
 from kuva.web.directory_admin import directory_router
 from kuva.web.disclosures import disclosures_router
 from kuva.web.organization_state import OrganizationStateGuard
@@ -368,6 +370,15 @@ class Archive:
                     admin_router(DisclosureProhibitions(self.engine, audit=self.audit), operators),
                 ),
                 ("", directory_router(self.directory, self.onboarding, operators)),
+                (
+                    "",
+                    console_router(
+                        self.query,
+                        Operations(self.engine, settings),
+                        operators,
+                        self.retention.expiry_of,
+                    ),
+                ),
                 (
                     "",
                     disclosures_router(

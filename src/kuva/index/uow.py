@@ -18,6 +18,7 @@ from kuva.index.integrity import IntegrityRepository
 from kuva.index.manifests import ManifestRepository
 from kuva.index.onboarding import OnboardingEvidence
 from kuva.index.outbox import TaskRepository
+from kuva.index.overview import OverviewRepository
 from kuva.index.patients import PatientRepository
 from kuva.index.query import QueryRepository
 from kuva.index.registry import RegistryRepository
@@ -68,6 +69,7 @@ class UnitOfWork:
         self.cluster = ClusterRepository(conn)
         self.directory = DirectoryRepository(conn)
         self.onboarding = OnboardingEvidence(conn)
+        self.overview = OverviewRepository(conn)
         return self
 
     def commit(self) -> None:

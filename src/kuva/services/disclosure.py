@@ -63,6 +63,7 @@ class Interface(Enum):
     WADO_URI = "WADO-URI"
     ITI_43 = "ITI-43"
     RAD_69 = "RAD-69"
+    CONSOLE = "console"  # the operator console's study pages (web.console)
 
 
 # The EventTypeCode of the Export audit message of each interface that hands out

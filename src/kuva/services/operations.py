@@ -1,0 +1,66 @@
+"""What the operator console shows and does beyond the other services: the
+overview's figures, the outbox's failed and pending tasks, and their retry (as
+``kuva tasks retry``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine
+
+from kuva.config import Settings
+from kuva.index.cluster import ClusterNode
+from kuva.index.outbox import Task
+from kuva.index.uow import UnitOfWork
+from kuva.model.clock import Clock, utcnow
+from kuva.services.registration import IAN_TASK, retry_policies
+
+
+@dataclass(frozen=True)
+class Overview:
+    now: datetime
+    received_last_hour: int
+    received_last_day: int
+    tasks: dict[tuple[str, str], int]  # (kind, status) -> count
+    oldest_undelivered_ian: datetime | None
+    nodes: list[ClusterNode] = field(default_factory=list)
+
+    @property
+    def failed_tasks(self) -> int:
+        return sum(n for (_, status), n in self.tasks.items() if status == "failed")
+
+
+class Operations:
+    def __init__(self, engine: Engine, settings: Settings, clock: Clock = utcnow) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._clock = clock
+
+    def overview(self) -> Overview:
+        now = self._clock()
+        with UnitOfWork(self._engine, write=False) as uow:
+            undelivered = uow.tasks.oldest_undelivered(IAN_TASK)
+            return Overview(
+                now=now,
+                received_last_hour=uow.overview.received_since(now - timedelta(hours=1)),
+                received_last_day=uow.overview.received_since(now - timedelta(days=1)),
+                tasks=uow.tasks.counts(),
+                oldest_undelivered_ian=min(undelivered.values()) if undelivered else None,
+                nodes=list(uow.cluster.nodes()),
+            )
+
+    def tasks(self, status: str, *, limit: int = 100, kind: str | None = None) -> list[Task]:
+        with UnitOfWork(self._engine, write=False) as uow:
+            return uow.tasks.list(status=status, kind=kind, limit=limit)
+
+    def retry(self, *, pks: list[int] | None = None, node: str | None = None) -> int:
+        """Failed tasks (these, or all) due again now; with ``node`` every undelivered
+        task to that AE title (``kuva tasks retry``)."""
+        windows = {name: p.window for name, p in retry_policies(self._settings).items()}
+        with UnitOfWork(self._engine) as uow:
+            count = uow.tasks.retry(
+                now=self._clock(), pks=pks or None, destination=node, windows=windows
+            )
+            uow.commit()
+        return count
