@@ -73,7 +73,8 @@ from kuva.tasks.worker import TaskWorkers
 from kuva.tls import server_context
 from kuva.web.admin import admin_router, operator_check
 from kuva.web.app import create_app
-from kuva.web.console import console_router
+from kuva.web.console import Console, console_router
+from kuva.web.console_records import records_router
 from kuva.web.directory_admin import directory_router
 from kuva.web.disclosures import disclosures_router
 from kuva.web.organization_state import OrganizationStateGuard
@@ -344,6 +345,9 @@ class Archive:
             else None
         )
         operators = operator_check(settings.access.operators, lambda: settings.open_access)
+        console = Console(
+            self.query, Operations(self.engine, settings), operators, self.retention.expiry_of
+        )
         self.http_app = create_app(
             {
                 "index": lambda: ping(self.engine),
@@ -370,13 +374,11 @@ class Archive:
                     admin_router(DisclosureProhibitions(self.engine, audit=self.audit), operators),
                 ),
                 ("", directory_router(self.directory, self.onboarding, operators)),
+                ("", console_router(console)),
                 (
                     "",
-                    console_router(
-                        self.query,
-                        Operations(self.engine, settings),
-                        operators,
-                        self.retention.expiry_of,
+                    records_router(
+                        console, self.directory, self.onboarding, self.notices, self.retention
                     ),
                 ),
                 (

@@ -1,8 +1,10 @@
 """The operator console in a real browser: Playwright for Python driving Debian's
 chromium, against a running kuva on SQLite and PostgreSQL. It searches a study (by
 accession number, and by a name with ä/ö typed in lower case), opens it, sees the
-series' thumbnail, opens an image, changes the window and pages frames, retries an
-undelivered IAN from the tasks page; a form without its CSRF token and an
+series' thumbnail, opens an image, changes the window and pages the frames of a
+multi-frame object, retries an undelivered IAN from the tasks page, sets and
+releases a legal hold, filters the disclosure log and exports it as CSV, and reads
+an organisation's acceptance report; a form without its CSRF token and an
 organisation that is no operator get 403. Screenshots are kept beside the test's
 temporary files (``console-*.png``)."""
 
@@ -14,11 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pydicom
 import pytest
 
+from tests.support.disclosures import cx, notice
 from tests.support.peers import LOOPBACK, dcmtk_available, storescu
 from tests.support.server import KuvaServer, free_port
-from tests.support.synthetic import FINNISH_LETTERS_PATIENT_NAME, make_ct_series, write_series
+from tests.support.synthetic import (
+    DEFAULT_PATIENT_ID,
+    FINNISH_LETTERS_PATIENT_NAME,
+    make_ct_series,
+    make_multiframe,
+    write_series,
+)
 
 playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -110,10 +120,77 @@ def test_an_operator_searches_opens_pages_and_retries(
     finally:
         page.close()
 
-    # A form without its token is refused.
-    assert (
-        httpx.post(f"{server.http}/console/tasks/retry", content=b"node=RIS_IAN").status_code == 403
-    )
+    # Frames of a multi-frame object, paged with the keyboard.
+    multiframe = make_multiframe(tmp_path / "mf.dcm", 4 * 32 * 32 * 2, rows=32, cols=32)
+    result = storescu([multiframe], LOOPBACK, server.dicom_port, aet="STORESCU", aec="KUVA")
+    assert result.returncode == 0, result.stdout + result.stderr
+    mf = pydicom.dcmread(multiframe, stop_before_pixels=True)
+    page = browser.new_page()
+    try:
+        page.goto(
+            f"{server.http}/console/studies/{mf.StudyInstanceUID}/series/"
+            f"{mf.SeriesInstanceUID}/instances/{mf.SOPInstanceUID}"
+        )
+        label = page.locator("[data-frame-label]")
+        assert label.inner_text() == f"1 / {mf.NumberOfFrames}"
+        page.keyboard.press("ArrowRight")
+        page.keyboard.press("ArrowRight")
+        assert label.inner_text() == f"3 / {mf.NumberOfFrames}"
+        image = page.locator(".viewer img")
+        assert "/frames/3/rendered" in (image.get_attribute("src") or "")
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth > 0", arg=image.element_handle()
+        )
+
+        # A legal hold set and released from the retention page.
+        study = str(datasets[0].StudyInstanceUID)
+        page.goto(f"{server.http}/console/retention")
+        page.fill("input[name=study]", study)
+        page.fill("input[name=reason]", "court order 123")
+        page.get_by_role("button", name="Set hold").click()
+        assert "held" in page.get_by_role("status").inner_text()
+        assert page.get_by_role("cell", name="court order 123").count() == 1
+        page.get_by_role("button", name="Release").click()
+        assert "1 hold(s)" in page.get_by_role("status").inner_text()
+        page.screenshot(path=str(tmp_path / "console-retention.png"))
+
+        # The disclosure log of a patient, filtered and exported.
+        told = httpx.post(
+            f"{server.http}/disclosures/notices",
+            json=notice(
+                DEFAULT_PATIENT_ID, "2026-11-30T10:00:00Z", studies=[study], recipient=OTHER
+            ),
+            timeout=30,
+        )
+        assert told.status_code == 201, told.text
+        page.goto(f"{server.http}/console/disclosures")
+        page.fill("input[name=patient]", cx(DEFAULT_PATIENT_ID))
+        page.fill("input[name=from]", "2026-11-01")
+        page.get_by_role("button", name="Show").click()
+        assert page.get_by_role("cell", name=OTHER).count() == 1
+        with page.expect_download() as download:
+            page.get_by_role("link", name="Export as CSV").click()
+        exported = Path(download.value.path()).read_text()
+        assert exported.startswith("disclosed_at,recipient_organization")
+        assert OTHER in exported and DEFAULT_PATIENT_ID in exported
+        page.fill("input[name=from]", "2026-12-01")  # after the disclosure: none
+        page.get_by_role("button", name="Show").click()
+        assert page.get_by_text("no disclosures in this period").count() == 1
+        page.screenshot(path=str(tmp_path / "console-disclosures.png"))
+
+        # The directory and an organisation's acceptance report.
+        page.goto(f"{server.http}/console/organisations")
+        page.get_by_role("link", name=HOLDER).click()
+        assert page.locator("tbody tr").count() == 13
+        page.screenshot(path=str(tmp_path / "console-organisation.png"))
+    finally:
+        page.close()
+
+    # A form without its token is refused; an unknown study is a 404 page.
+    retried = httpx.post(f"{server.http}/console/tasks/retry", content=b"node=RIS_IAN")
+    assert retried.status_code == 403
+    missing = httpx.get(f"{server.http}/console/studies/1.2.3", timeout=10)
+    assert missing.status_code == 404 and "No such study" in missing.text
 
 
 def test_an_organisation_that_is_no_operator_gets_403(

@@ -285,6 +285,12 @@ class RetentionService:
         with UnitOfWork(self._engine, write=False) as uow:
             return uow.retention.expired(self._clock().date(), limit)
 
+    def upcoming(self, days: int, limit: int) -> list[ExpiredStudy]:
+        """Studies expiring within ``days`` (or expired), no hold keeping them,
+        soonest first."""
+        with UnitOfWork(self._engine, write=False) as uow:
+            return uow.retention.expired(self._clock().date() + timedelta(days=days), limit)
+
     def run(
         self, *, by: str, dry_run: bool = False, limit: int | None = None, reason: str = ""
     ) -> RunReport:

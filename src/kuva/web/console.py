@@ -174,14 +174,12 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def console_router(
-    query: QueryService,
-    operations: Operations,
-    refused: OperatorCheck,
-    expiry_of: Callable[[str], tuple[date | None, str | None] | None] | None = None,
-) -> APIRouter:
+def console_router(console: Console) -> APIRouter:
+    """The console's framework, overview, study and task pages (the record pages
+    are web.console_records')."""
     router = APIRouter()
-    console = Console(query, operations, refused, expiry_of)
+    operations = console.operations
+    expiry_of = console.expiry_of
 
     @router.get("/", include_in_schema=False)
     def root() -> Response:

@@ -1,0 +1,197 @@
+"""The operator console's record pages (web.console has the framework and the study
+and task pages):
+
+* ``/console/organisations``: the directory; ``/console/organisations/{oid}``: one
+  organisation's acceptance report (services.onboarding).
+* ``/console/disclosures``: a patient's disclosure log across merges, by period;
+  ``/console/disclosures.csv``: the same as CSV (RFC 4180).
+* ``/console/retention``: legal holds (set and release with a reason), studies
+  expiring within 90 days, the latest destruction records.
+
+Same rules as every console page: operators only, patient data pages audited,
+forms with the CSRF token.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from datetime import UTC, datetime, time
+from typing import Any
+from urllib.parse import parse_qs, urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from kuva.model.patient import PatientKey
+from kuva.services.directory import DirectoryService
+from kuva.services.notices import DisclosurePage, NoticeService
+from kuva.services.onboarding import OnboardingService, UnknownOrganization
+from kuva.services.retention import RetentionError, RetentionService
+from kuva.web.console import Console
+from kuva.web.identity import client_organization
+
+log = logging.getLogger(__name__)
+
+UPCOMING_DAYS = 90
+LIMIT = 100
+CSV_COLUMNS = (
+    "disclosed_at", "recipient_organization", "recipient_person", "register_holder",
+    "patient_id", "patient_authority", "study_instance_uid", "document_unique_id",
+    "interface", "basis", "source", "channel",
+)  # fmt: skip
+
+
+def _instant(text: str, *, end: bool = False) -> datetime | None:
+    """A date input's YYYY-MM-DD as the start (or, for ``end``, the end) of that UTC day."""
+    if not text:
+        return None
+    day = datetime.fromisoformat(text).date()
+    return datetime.combine(day, time.max if end else time.min, tzinfo=UTC)
+
+
+def records_router(
+    console: Console,
+    directory: DirectoryService,
+    onboarding: OnboardingService,
+    notices: NoticeService,
+    retention: RetentionService,
+) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/console/organisations")
+    async def organisations(request: Request) -> Response:
+        if (refusal := console.forbidden(request)) is not None:
+            return refusal
+        _, snapshot = await run_in_threadpool(directory.load)
+        nodes: dict[str, list[str]] = {}
+        for node in snapshot.nodes:
+            nodes.setdefault(node.organization, []).append(node.ae_title)
+        return console.page(
+            request, "organisations.html", title="Organisations", section="Organisations",
+            organisations=snapshot.organizations, nodes=nodes,
+        )  # fmt: skip
+
+    @router.get("/console/organisations/{oid}")
+    async def organisation(request: Request, oid: str) -> Response:
+        if (refusal := console.forbidden(request)) is not None:
+            return refusal
+        try:
+            report = await run_in_threadpool(onboarding.report, oid)
+        except UnknownOrganization as exc:
+            return console.error(request, 404, str(exc), "Organisations")
+        return console.page(
+            request, "organisation.html", title=report.name, section="Organisations",
+            report=report.to_json(),
+        )  # fmt: skip
+
+    def disclosures_of(request: Request) -> tuple[DisclosurePage | None, str]:
+        """The page the query string asks for, or None with why."""
+        params = request.query_params
+        if not params.get("patient"):
+            return None, ""
+        try:
+            patient = PatientKey.parse(params["patient"])
+            start = _instant(params.get("from", ""))
+            end = _instant(params.get("to", ""), end=True)
+        except ValueError as exc:
+            return None, str(exc)
+        page = notices.disclosures(patient, start=start, end=end, limit=LIMIT)
+        console.audited(request)
+        return page, ""
+
+    @router.get("/console/disclosures")
+    async def disclosures(request: Request) -> Response:
+        if (refusal := console.forbidden(request)) is not None:
+            return refusal
+        page, problem = await run_in_threadpool(disclosures_of, request)
+        params = request.query_params
+        query = urlencode({k: params[k] for k in ("patient", "from", "to") if params.get(k)})
+        return console.page(
+            request, "disclosures.html", title="Disclosure log", section="Disclosures",
+            patient=params.get("patient", ""), date_from=params.get("from", ""),
+            date_to=params.get("to", ""), page=page, problem=problem, query=query,
+        )  # fmt: skip
+
+    @router.get("/console/disclosures.csv")
+    async def disclosures_csv(request: Request) -> Response:
+        if (refusal := console.forbidden(request)) is not None:
+            return refusal
+        page, problem = await run_in_threadpool(disclosures_of, request)
+        if page is None:
+            return console.error(request, 400, problem or "patient is required", "Disclosures")
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\r\n")
+        writer.writerow(CSV_COLUMNS)
+        for record in page.records:
+            values: dict[str, Any] = vars(record)
+            writer.writerow(
+                [
+                    values["disclosed_at"].isoformat().replace("+00:00", "Z")
+                    if column == "disclosed_at"
+                    else values[column] or ""
+                    for column in CSV_COLUMNS
+                ]
+            )
+        return Response(
+            out.getvalue(),
+            media_type="text/csv; charset=utf-8",
+            headers={
+                "Content-Disposition": 'attachment; filename="disclosures.csv"',
+                "Cache-Control": "no-store",
+            },
+        )
+
+    @router.get("/console/retention")
+    async def retention_page(request: Request) -> Response:
+        if (refusal := console.forbidden(request)) is not None:
+            return refusal
+        holds = await run_in_threadpool(retention.holds)
+        upcoming = await run_in_threadpool(retention.upcoming, UPCOMING_DAYS, LIMIT)
+        destroyed = await run_in_threadpool(lambda: retention.destroyed(limit=LIMIT))
+        return console.page(
+            request, "retention.html", title="Retention", section="Retention",
+            holds=holds, upcoming=upcoming, destroyed=destroyed, days=UPCOMING_DAYS,
+            limit=LIMIT, message=request.query_params.get("message", ""),
+        )  # fmt: skip
+
+    async def form_of(request: Request) -> dict[str, list[str]] | Response:
+        if (refusal := console.forbidden(request)) is not None:
+            return refusal
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        return console.csrf_refusal(request, form) or form
+
+    def done(message: str) -> Response:
+        return RedirectResponse(
+            "/console/retention?" + urlencode({"message": message}), status_code=303
+        )
+
+    @router.post("/console/retention/hold")
+    async def hold(request: Request) -> Response:
+        form = await form_of(request)
+        if isinstance(form, Response):
+            return form
+        study = (form.get("study") or [""])[0].strip()
+        reason = (form.get("reason") or [""])[0].strip()
+        if not study or not reason:
+            return done("a hold needs a Study Instance UID and a reason")
+        by = client_organization(request) or "console"
+        try:
+            await run_in_threadpool(lambda: retention.hold(study_uid=study, reason=reason, by=by))
+        except RetentionError as exc:
+            return done(str(exc))
+        return done(f"study {study} held")
+
+    @router.post("/console/retention/release")
+    async def release(request: Request) -> Response:
+        form = await form_of(request)
+        if isinstance(form, Response):
+            return form
+        study = (form.get("study") or [""])[0].strip()
+        by = client_organization(request) or "console"
+        count = await run_in_threadpool(lambda: retention.release(study_uid=study, by=by))
+        return done(f"{count} hold(s) of study {study} released")
+
+    return router
