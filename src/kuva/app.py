@@ -345,9 +345,7 @@ class Archive:
             else None
         )
         operators = operator_check(settings.access.operators, lambda: settings.open_access)
-        console = Console(
-            self.query, Operations(self.engine, settings), operators, self.retention.expiry_of
-        )
+        console = Console(self.query, Operations(self.engine, settings), operators)
         self.http_app = create_app(
             {
                 "index": lambda: ping(self.engine),
@@ -378,7 +376,12 @@ class Archive:
                 (
                     "",
                     records_router(
-                        console, self.directory, self.onboarding, self.notices, self.retention
+                        console,
+                        self.directory,
+                        self.onboarding,
+                        self.notices,
+                        self.retention,
+                        self.audit,
                     ),
                 ),
                 (

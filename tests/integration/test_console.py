@@ -3,10 +3,10 @@ chromium, against a running kuva on SQLite and PostgreSQL. It searches a study (
 accession number, and by a name with ä/ö typed in lower case), opens it, sees the
 series' thumbnail, opens an image, changes the window and pages the frames of a
 multi-frame object, retries an undelivered IAN from the tasks page, sets and
-releases a legal hold, filters the disclosure log and exports it as CSV, and reads
-an organisation's acceptance report; a form without its CSRF token and an
-organisation that is no operator get 403. Screenshots are kept beside the test's
-temporary files (``console-*.png``)."""
+releases a legal hold, filters the disclosure log and exports it as CSV, reads an
+organisation's acceptance report, and filters and verifies the audit trail; a form
+without its CSRF token and an organisation that is no operator get 403. Screenshots
+are kept beside the test's temporary files (``console-*.png``)."""
 
 from __future__ import annotations
 
@@ -93,6 +93,9 @@ def test_an_operator_searches_opens_pages_and_retries(
         page.wait_for_function(
             "img => img.complete && img.naturalWidth > 0", arg=thumbnail.element_handle()
         )
+        # The study's register holder and its registration task.
+        assert page.get_by_role("cell", name=HOLDER).count() == 1
+        assert page.get_by_role("cell", name="study-registration").count() >= 1
         page.screenshot(path=str(tmp_path / "console-study.png"))
         page.locator(".thumbs a").first.click()
         image = page.locator(".viewer img")
@@ -183,6 +186,16 @@ def test_an_operator_searches_opens_pages_and_retries(
         page.get_by_role("link", name=HOLDER).click()
         assert page.locator("tbody tr").count() == 13
         page.screenshot(path=str(tmp_path / "console-organisation.png"))
+
+        # The audit trail, filtered by who, and its chain verified on demand.
+        page.goto(f"{server.http}/console/audit")
+        page.fill("input[name=who]", "STORESCU")
+        page.get_by_role("button", name="Filter").click()
+        assert page.locator("tbody tr").count() >= 1
+        assert all("STORESCU" in row for row in page.locator("tbody tr").all_inner_texts())
+        page.get_by_role("button", name="Verify the chain").click()
+        assert "audit trail intact" in page.get_by_role("status").inner_text()
+        page.screenshot(path=str(tmp_path / "console-audit.png"))
     finally:
         page.close()
 

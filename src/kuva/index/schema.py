@@ -498,6 +498,8 @@ disclosure = Table(
     Column("notice_pk", ForeignKey("disclosure_notice.pk"), nullable=True, index=True),
     Index("ix_disclosure_patient", "patient_id", "patient_authority", "disclosed_at"),
     Index("ix_disclosure_disclosed_at", "disclosed_at"),
+    # A study's disclosures (the console's study page).
+    Index("ix_disclosure_study", "study_instance_uid"),
 )
 
 # Disclosure prohibitions (services.access): a patient's material stays with the

@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from kuva.config import Settings
 from kuva.index.cluster import ClusterNode
 from kuva.index.outbox import Task
+from kuva.index.overview import StudyFacts
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
 from kuva.services.registration import IAN_TASK, retry_policies
@@ -49,6 +50,12 @@ class Operations:
                 oldest_undelivered_ian=min(undelivered.values()) if undelivered else None,
                 nodes=list(uow.cluster.nodes()),
             )
+
+    def study(self, study_uid: str) -> tuple[StudyFacts | None, list[Task]]:
+        """The study's facts (holder, expiry, holds, rejections, disclosures) and its
+        tasks: registration, IAN deliveries (by the task's subject)."""
+        with UnitOfWork(self._engine, write=False) as uow:
+            return uow.overview.study_facts(study_uid), uow.tasks.list(subject=study_uid)
 
     def tasks(self, status: str, *, limit: int = 100, kind: str | None = None) -> list[Task]:
         with UnitOfWork(self._engine, write=False) as uow:

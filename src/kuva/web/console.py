@@ -23,7 +23,7 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import date, datetime
 from importlib import resources
 from typing import Any
@@ -92,12 +92,10 @@ class Console:
         query: QueryService,
         operations: Operations,
         refused: OperatorCheck,
-        expiry_of: Callable[[str], tuple[date | None, str | None] | None] | None = None,
     ) -> None:
         self.query = query
         self.operations = operations
         self.refused = refused
-        self.expiry_of = expiry_of
 
     # ------------------------------------------------------------------ pages
 
@@ -179,7 +177,6 @@ def console_router(console: Console) -> APIRouter:
     are web.console_records')."""
     router = APIRouter()
     operations = console.operations
-    expiry_of = console.expiry_of
 
     @router.get("/", include_in_schema=False)
     def root() -> Response:
@@ -263,11 +260,11 @@ def console_router(console: Console) -> APIRouter:
                 ("SOPInstanceUID",),
             )
             row["first"] = first[0]["SOPInstanceUID"] if first else ""
-        expiry = await run_in_threadpool(expiry_of, study) if expiry_of is not None else None
+        facts, tasks = await run_in_threadpool(operations.study, study)
         console.audited(request)
         return console.page(
             request, "study.html", title="Study", section="Studies",
-            study=found[0], series=series, expiry=expiry,
+            study=found[0], series=series, facts=facts, tasks=tasks,
         )  # fmt: skip
 
     @router.get("/console/studies/{study}/series/{series}/instances/{instance}")

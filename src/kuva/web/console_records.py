@@ -7,6 +7,9 @@ and task pages):
   ``/console/disclosures.csv``: the same as CSV (RFC 4180).
 * ``/console/retention``: legal holds (set and release with a reason), studies
   expiring within 90 days, the latest destruction records.
+* ``/console/audit``: the audit trail by event and time (indexed), and by user or
+  organisation among the newest ``AUDIT_SCAN`` records of those; verification of
+  the hash chain on demand (a POST: it reads the whole trail).
 
 Same rules as every console page: operators only, patient data pages audited,
 forms with the CSRF token.
@@ -23,9 +26,11 @@ from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
+from lxml import etree
 from starlette.concurrency import run_in_threadpool
 
 from kuva.model.patient import PatientKey
+from kuva.services.audit import AuditTrail
 from kuva.services.directory import DirectoryService
 from kuva.services.notices import DisclosurePage, NoticeService
 from kuva.services.onboarding import OnboardingService, UnknownOrganization
@@ -37,6 +42,7 @@ log = logging.getLogger(__name__)
 
 UPCOMING_DAYS = 90
 LIMIT = 100
+AUDIT_SCAN = 5000
 CSV_COLUMNS = (
     "disclosed_at", "recipient_organization", "recipient_person", "register_holder",
     "patient_id", "patient_authority", "study_instance_uid", "document_unique_id",
@@ -52,14 +58,78 @@ def _instant(text: str, *, end: bool = False) -> datetime | None:
     return datetime.combine(day, time.max if end else time.min, tzinfo=UTC)
 
 
+def _who(message: str) -> list[str]:
+    """The UserIDs of an audit message's active participants."""
+    try:
+        root = etree.fromstring(message.encode())
+    except etree.XMLSyntaxError:
+        return []
+    return [str(p.get("UserID", "")) for p in root.iter("ActiveParticipant")]
+
+
 def records_router(
     console: Console,
     directory: DirectoryService,
     onboarding: OnboardingService,
     notices: NoticeService,
     retention: RetentionService,
+    audit: AuditTrail,
 ) -> APIRouter:
     router = APIRouter()
+
+    def audit_page(request: Request, verified: dict[str, Any] | None = None) -> Response:
+        params = request.query_params
+        event = params.get("event", "").strip()
+        who = params.get("who", "").strip()
+        since = params.get("since", "")
+        try:
+            start = _instant(since)
+        except ValueError:
+            start = None
+        records = audit.list(
+            since=start, event_id=event or None, limit=AUDIT_SCAN if who else LIMIT
+        )
+        shown = []
+        for record in records:
+            participants = _who(record.message)
+            if who and not any(who in p for p in participants):
+                continue
+            shown.append(
+                {
+                    "seq": record.seq,
+                    "recorded_at": record.recorded_at,
+                    "event": record.event_id,
+                    "outcome": record.outcome,
+                    "who": participants,
+                }
+            )
+            if len(shown) == LIMIT:
+                break
+        return console.page(
+            request, "audit.html", title="Audit trail", section="Audit", event=event,
+            who=who, since=since, records=shown, limit=LIMIT, verified=verified,
+        )  # fmt: skip
+
+    @router.get("/console/audit")
+    async def audit_trail(request: Request) -> Response:
+        if (refusal := console.forbidden(request)) is not None:
+            return refusal
+        return await run_in_threadpool(audit_page, request)
+
+    @router.post("/console/audit/verify")
+    async def audit_verify(request: Request) -> Response:
+        form = await form_of(request)
+        if isinstance(form, Response):
+            return form
+        count, breaks = await run_in_threadpool(audit.verify)
+        text = (
+            f"audit trail intact: {count} record(s)"
+            if not breaks
+            else f"audit trail broken: {len(breaks)} break(s) in {count} record(s), the first "
+            f"at record {breaks[0].seq} ({breaks[0].kind}: {breaks[0].detail})"
+        )
+        log.info("console: %s (verified for %s)", text, client_organization(request))
+        return await run_in_threadpool(audit_page, request, {"text": text, "breaks": len(breaks)})
 
     @router.get("/console/organisations")
     async def organisations(request: Request) -> Response:

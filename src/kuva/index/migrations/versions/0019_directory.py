@@ -1,5 +1,6 @@
 """directory: customer organisations and their DICOM nodes in the index, changed at
-runtime and put in force on every node (services.directory)
+runtime and put in force on every node (services.directory); an index of a study's
+disclosures (the operator console)
 
 Revision ID: 0019
 Revises: 0018
@@ -57,9 +58,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_directory_version")),
     )
     op.execute("INSERT INTO directory_version (id, version) VALUES (1, 0)")
+    # The console's study page lists a study's disclosures.
+    op.create_index("ix_disclosure_study", "disclosure", ["study_instance_uid"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_disclosure_study", table_name="disclosure")
     op.drop_table("directory_version")
     op.drop_index(op.f("ix_directory_node_organization"), table_name="directory_node")
     op.drop_table("directory_node")
