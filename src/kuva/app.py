@@ -345,7 +345,13 @@ class Archive:
             else None
         )
         operators = operator_check(settings.access.operators, lambda: settings.open_access)
-        console = Console(self.query, Operations(self.engine, settings), operators)
+        operations = Operations(
+            self.engine,
+            settings,
+            associations=lambda: len(self.dicom.associations),
+            integrity=self.scrubber.health if self.scrubber is not None else None,
+        )
+        console = Console(self.query, operations, operators)
         self.http_app = create_app(
             {
                 "index": lambda: ping(self.engine),

@@ -77,7 +77,8 @@ def test_an_operator_searches_opens_pages_and_retries(
     result = storescu(write_series(datasets, tmp_path / "ct"), LOOPBACK, server.dicom_port,
                       aet="STORESCU", aec="KUVA")  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "<!doctype html>" in httpx.get(f"{server.http}/", follow_redirects=True).text
+    overview = httpx.get(f"{server.http}/", follow_redirects=True).text
+    assert "<!doctype html>" in overview and "DICOM associations open" in overview
 
     page = browser.new_page()
     try:
@@ -176,6 +177,12 @@ def test_an_operator_searches_opens_pages_and_retries(
         exported = Path(download.value.path()).read_text()
         assert exported.startswith("disclosed_at,recipient_organization")
         assert OTHER in exported and DEFAULT_PATIENT_ID in exported
+        page.fill("input[name=organization]", "1.2.246.10.11111111.10")  # neither party
+        page.get_by_role("button", name="Show").click()
+        assert page.get_by_text("no disclosures in this period").count() == 1
+        page.fill("input[name=organization]", OTHER)
+        page.get_by_role("button", name="Show").click()
+        assert page.get_by_role("cell", name=OTHER).count() == 1
         page.fill("input[name=from]", "2026-12-01")  # after the disclosure: none
         page.get_by_role("button", name="Show").click()
         assert page.get_by_text("no disclosures in this period").count() == 1

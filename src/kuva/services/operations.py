@@ -4,6 +4,7 @@ overview's figures, the outbox's failed and pending tasks, and their retry (as
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -26,6 +27,8 @@ class Overview:
     tasks: dict[tuple[str, str], int]  # (kind, status) -> count
     oldest_undelivered_ian: datetime | None
     nodes: list[ClusterNode] = field(default_factory=list)
+    associations_open: int | None = None  # this process's DICOM associations
+    integrity: str = ""  # the continuous check: "" off, "ok", or why it is paused
 
     @property
     def failed_tasks(self) -> int:
@@ -33,10 +36,31 @@ class Overview:
 
 
 class Operations:
-    def __init__(self, engine: Engine, settings: Settings, clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        clock: Clock = utcnow,
+        *,
+        associations: Callable[[], int] | None = None,
+        integrity: Callable[[], None] | None = None,
+    ) -> None:
+        """``associations``: how many DICOM associations this process has open;
+        ``integrity``: the continuous check's health (raises while it is paused)."""
         self._engine = engine
         self._settings = settings
         self._clock = clock
+        self._associations = associations
+        self._integrity = integrity
+
+    def _integrity_state(self) -> str:
+        if self._integrity is None:
+            return ""
+        try:
+            self._integrity()
+        except Exception as exc:
+            return str(exc) or type(exc).__name__
+        return "ok"
 
     def overview(self) -> Overview:
         now = self._clock()
@@ -49,6 +73,8 @@ class Operations:
                 tasks=uow.tasks.counts(),
                 oldest_undelivered_ian=min(undelivered.values()) if undelivered else None,
                 nodes=list(uow.cluster.nodes()),
+                associations_open=self._associations() if self._associations else None,
+                integrity=self._integrity_state(),
             )
 
     def study(self, study_uid: str) -> tuple[StudyFacts | None, list[Task]]:

@@ -3,8 +3,9 @@ and task pages):
 
 * ``/console/organisations``: the directory; ``/console/organisations/{oid}``: one
   organisation's acceptance report (services.onboarding).
-* ``/console/disclosures``: a patient's disclosure log across merges, by period;
-  ``/console/disclosures.csv``: the same as CSV (RFC 4180).
+* ``/console/disclosures``: a patient's disclosure log across merges, by period and
+  organisation (as holder or recipient), a page of 100 at a time;
+  ``/console/disclosures.csv``: the same as CSV (RFC 4180), up to 1,000 records.
 * ``/console/retention``: legal holds (set and release with a reason), studies
   expiring within 90 days, the latest destruction records.
 * ``/console/audit``: the audit trail by event and time (indexed), and by user or
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 UPCOMING_DAYS = 90
 LIMIT = 100
 AUDIT_SCAN = 5000
+CSV_LIMIT = 1000
 CSV_COLUMNS = (
     "disclosed_at", "recipient_organization", "recipient_person", "register_holder",
     "patient_id", "patient_authority", "study_instance_uid", "document_unique_id",
@@ -157,8 +159,11 @@ def records_router(
             report=report.to_json(),
         )  # fmt: skip
 
-    def disclosures_of(request: Request) -> tuple[DisclosurePage | None, str]:
-        """The page the query string asks for, or None with why."""
+    def disclosures_of(
+        request: Request, *, limit: int = LIMIT, offset: int | None = None
+    ) -> tuple[DisclosurePage | None, str]:
+        """The page the query string asks for (``page``, from 0), or None with why.
+        ``organization``: only records where it is the holder or the recipient."""
         params = request.query_params
         if not params.get("patient"):
             return None, ""
@@ -166,9 +171,17 @@ def records_router(
             patient = PatientKey.parse(params["patient"])
             start = _instant(params.get("from", ""))
             end = _instant(params.get("to", ""), end=True)
+            number = int(params.get("page", "0") or 0)
         except ValueError as exc:
             return None, str(exc)
-        page = notices.disclosures(patient, start=start, end=end, limit=LIMIT)
+        page = notices.disclosures(
+            patient,
+            start=start,
+            end=end,
+            viewer=params.get("organization", "").strip() or None,
+            limit=limit,
+            offset=offset if offset is not None else max(0, number) * LIMIT,
+        )
         console.audited(request)
         return page, ""
 
@@ -178,18 +191,25 @@ def records_router(
             return refusal
         page, problem = await run_in_threadpool(disclosures_of, request)
         params = request.query_params
-        query = urlencode({k: params[k] for k in ("patient", "from", "to") if params.get(k)})
+        kept = {k: params[k] for k in ("patient", "organization", "from", "to") if params.get(k)}
+        number = int(params["page"]) if params.get("page", "").isdigit() else 0
         return console.page(
             request, "disclosures.html", title="Disclosure log", section="Disclosures",
-            patient=params.get("patient", ""), date_from=params.get("from", ""),
-            date_to=params.get("to", ""), page=page, problem=problem, query=query,
+            patient=params.get("patient", ""), organization=params.get("organization", ""),
+            date_from=params.get("from", ""), date_to=params.get("to", ""), page=page,
+            problem=problem, query=urlencode(kept), number=number, limit=LIMIT,
+            next_page=urlencode({**kept, "page": number + 1}),
+            previous_page=urlencode({**kept, "page": number - 1}),
         )  # fmt: skip
 
     @router.get("/console/disclosures.csv")
     async def disclosures_csv(request: Request) -> Response:
         if (refusal := console.forbidden(request)) is not None:
             return refusal
-        page, problem = await run_in_threadpool(disclosures_of, request)
+        # The whole log of the query, up to CSV_LIMIT records.
+        page, problem = await run_in_threadpool(
+            lambda: disclosures_of(request, limit=CSV_LIMIT, offset=0)
+        )
         if page is None:
             return console.error(request, 400, problem or "patient is required", "Disclosures")
         out = io.StringIO()
