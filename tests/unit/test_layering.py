@@ -10,7 +10,7 @@ is checked against the rules below:
 * codecs (``kuva.codec``) turn bytes and data sets into bytes and data sets:
   of kuva they import ``kuva.model``, the ``kuva.storage`` interface and each
   other only (no service, no index, no network, no adapter); beyond kuva only
-  pydicom, numpy and the standard library;
+  pydicom, numpy, Pillow (rendered images) and the standard library;
 * the DICOM engine (``kuva.dicom.net``) knows the protocol, not the archive: it
   imports nothing of kuva outside itself;
 * the model (``kuva.model``) is the pure domain: it imports nothing of kuva
@@ -115,7 +115,9 @@ RULES = (
 )
 
 # What a codec may import from outside kuva.
-CODEC_LIBRARIES = frozenset({"pydicom", "numpy"})
+# Pillow (PIL) writes the consumer-format images of the rendered resources
+# (kuva.codec.rendered): bytes in, bytes out, like every codec.
+CODEC_LIBRARIES = frozenset({"pydicom", "numpy", "PIL"})
 
 
 def _imports(module: str) -> set[str]:
@@ -139,7 +141,8 @@ def test_layer_imports_point_inward(rule: Rule) -> None:
 
 
 def test_codecs_use_pydicom_numpy_and_the_standard_library_only() -> None:
-    """Beyond kuva, a codec imports only pydicom, numpy and the standard library."""
+    """Beyond kuva, a codec imports only pydicom, numpy, Pillow and the standard
+    library."""
     codecs = [module for module in MODULES if _matches(module, "kuva.codec.*")]
     assert "kuva.codec.part10" in codecs
     foreign = sorted(
