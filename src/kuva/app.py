@@ -352,6 +352,7 @@ class Archive:
             integrity=self.scrubber.health if self.scrubber is not None else None,
         )
         console = Console(self.query, operations, operators)
+        prohibitions = DisclosureProhibitions(self.engine, audit=self.audit)
         self.http_app = create_app(
             {
                 "index": lambda: ping(self.engine),
@@ -373,10 +374,7 @@ class Archive:
                 ),
                 ("", wado_uri_router(self.retrieve)),
                 ("", xds_router(settings, self.xds, self.audit)),
-                (
-                    "",
-                    admin_router(DisclosureProhibitions(self.engine, audit=self.audit), operators),
-                ),
+                ("", admin_router(prohibitions, operators)),
                 ("", directory_router(self.directory, self.onboarding, operators)),
                 ("", console_router(console)),
                 (
@@ -388,6 +386,7 @@ class Archive:
                         self.notices,
                         self.retention,
                         self.audit,
+                        prohibitions,
                     ),
                 ),
                 (

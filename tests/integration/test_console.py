@@ -4,7 +4,8 @@ accession number, and by a name with ä/ö typed in lower case), opens it, sees 
 series' thumbnail, opens an image, changes the window and pages the frames of a
 multi-frame object, retries an undelivered IAN from the tasks page, sets and
 releases a legal hold, filters the disclosure log and exports it as CSV, reads an
-organisation's acceptance report, and filters and verifies the audit trail; a form
+organisation's acceptance report, sets and lifts a disclosure prohibition, and
+filters and verifies the audit trail; a form
 without its CSRF token and an organisation that is no operator get 403. Screenshots
 are kept beside the test's temporary files (``console-*.png``)."""
 
@@ -187,6 +188,18 @@ def test_an_operator_searches_opens_pages_and_retries(
         page.get_by_role("button", name="Show").click()
         assert page.get_by_text("no disclosures in this period").count() == 1
         page.screenshot(path=str(tmp_path / "console-disclosures.png"))
+
+        # A patient's disclosure prohibition set and lifted.
+        page.goto(f"{server.http}/console/prohibitions")
+        page.fill("input[name=patient]", cx(DEFAULT_PATIENT_ID))
+        page.get_by_role("button", name="Look up").click()
+        page.fill("input[name=reason]", "patient's request")
+        page.get_by_role("button", name="Prohibit disclosure").click()
+        assert page.get_by_role("status").inner_text() == "prohibition set"
+        assert "patient's request" in page.inner_text("main")
+        page.get_by_role("button", name="Lift the prohibition").click()
+        assert page.get_by_role("status").inner_text() == "prohibition lifted"
+        page.screenshot(path=str(tmp_path / "console-prohibitions.png"))
 
         # The directory and an organisation's acceptance report.
         page.goto(f"{server.http}/console/organisations")

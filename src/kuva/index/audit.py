@@ -122,9 +122,12 @@ class AuditRepository:
         since: datetime | None = None,
         event_id: str | None = None,
         limit: int = 100,
+        before: int | None = None,
     ) -> list[AuditRecord]:
-        """The newest records first."""
+        """The newest records first; ``before``: only records of a lower ``seq``."""
         query = select(*_COLUMNS)
+        if before is not None:
+            query = query.where(audit_record.c.seq < before)
         if since is not None:
             query = query.where(audit_record.c.recorded_at >= since)
         if event_id is not None:

@@ -495,8 +495,12 @@ class TaskRepository:
         subject: str | None = None,
         destination: str | None = None,
         limit: int = 100,
+        before: int | None = None,
     ) -> list[Task]:
+        """Newest first; ``before``: only tasks with a lower key (the next page)."""
         query = select(*_COLUMNS)
+        if before is not None:
+            query = query.where(task.c.pk < before)
         if status is not None:
             query = query.where(task.c.status == status)
         if kind is not None:

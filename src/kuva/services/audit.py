@@ -706,10 +706,15 @@ class AuditTrail:
             return count_and_breaks(records)
 
     def list(
-        self, *, since: datetime | None, event_id: str | None, limit: int
+        self,
+        *,
+        since: datetime | None,
+        event_id: str | None,
+        limit: int,
+        before: int | None = None,
     ) -> list[AuditRecord]:
         with UnitOfWork(self._engine, write=False) as uow:
-            return uow.audit.list(since=since, event_id=event_id, limit=limit)
+            return uow.audit.list(since=since, event_id=event_id, limit=limit, before=before)
 
 
 def count_and_breaks(records: Iterator[AuditRecord]) -> tuple[int, list[ChainBreak]]:

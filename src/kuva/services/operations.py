@@ -16,6 +16,7 @@ from kuva.index.outbox import Task
 from kuva.index.overview import StudyFacts
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
+from kuva.model.xds import ObjectKind
 from kuva.services.registration import IAN_TASK, retry_policies
 
 
@@ -33,6 +34,13 @@ class Overview:
     @property
     def failed_tasks(self) -> int:
         return sum(n for (_, status), n in self.tasks.items() if status == "failed")
+
+
+@dataclass(frozen=True)
+class StudyView:
+    facts: StudyFacts | None
+    tasks: list[Task]
+    manifests: list[tuple[str, str]]  # uniqueId, registry status (approved, deprecated)
 
 
 class Operations:
@@ -77,15 +85,27 @@ class Operations:
                 integrity=self._integrity_state(),
             )
 
-    def study(self, study_uid: str) -> tuple[StudyFacts | None, list[Task]]:
-        """The study's facts (holder, expiry, holds, rejections, disclosures) and its
-        tasks: registration, IAN deliveries (by the task's subject)."""
+    def study(self, study_uid: str) -> StudyView:
+        """The study's facts (holder, expiry, holds, rejections, disclosures), its
+        tasks (registration, IAN deliveries: by the task's subject) and its XDS-I.b
+        manifests with their registry status."""
         with UnitOfWork(self._engine, write=False) as uow:
-            return uow.overview.study_facts(study_uid), uow.tasks.list(subject=study_uid)
+            ours = [d.unique_id for d in uow.documents.of_study(study_uid, "application/dicom")]
+            manifests = [
+                (found.unique_id or "", found.status.name.lower())
+                for found in uow.registry.find_by_unique_ids(ours)
+                if found.kind is ObjectKind.DOCUMENT_ENTRY
+            ]
+            return StudyView(
+                uow.overview.study_facts(study_uid), uow.tasks.list(subject=study_uid), manifests
+            )
 
-    def tasks(self, status: str, *, limit: int = 100, kind: str | None = None) -> list[Task]:
+    def tasks(
+        self, status: str, *, limit: int = 100, kind: str | None = None, before: int | None = None
+    ) -> list[Task]:
+        """Tasks of ``status``, newest first; ``before``: the page after that key."""
         with UnitOfWork(self._engine, write=False) as uow:
-            return uow.tasks.list(status=status, kind=kind, limit=limit)
+            return uow.tasks.list(status=status, kind=kind, limit=limit, before=before)
 
     def retry(self, *, pks: list[int] | None = None, node: str | None = None) -> int:
         """Failed tasks (these, or all) due again now; with ``node`` every undelivered

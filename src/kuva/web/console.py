@@ -25,9 +25,10 @@ import logging
 import secrets
 from collections.abc import Iterable
 from datetime import date, datetime
+from functools import partial
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jinja2
 from fastapi import APIRouter, Request
@@ -260,11 +261,11 @@ def console_router(console: Console) -> APIRouter:
                 ("SOPInstanceUID",),
             )
             row["first"] = first[0]["SOPInstanceUID"] if first else ""
-        facts, tasks = await run_in_threadpool(operations.study, study)
+        view = await run_in_threadpool(operations.study, study)
         console.audited(request)
         return console.page(
-            request, "study.html", title="Study", section="Studies",
-            study=found[0], series=series, facts=facts, tasks=tasks,
+            request, "study.html", title="Study", section="Studies", study=found[0],
+            series=series, facts=view.facts, tasks=view.tasks, manifests=view.manifests,
         )  # fmt: skip
 
     @router.get("/console/studies/{study}/series/{series}/instances/{instance}")
@@ -290,12 +291,25 @@ def console_router(console: Console) -> APIRouter:
     async def tasks(request: Request) -> Response:
         if (refusal := console.forbidden(request)) is not None:
             return refusal
-        failed = await run_in_threadpool(operations.tasks, "failed", limit=TASK_LIMIT)
-        pending = await run_in_threadpool(operations.tasks, "pending", limit=TASK_LIMIT)
-        retried = request.query_params.get("retried")
+        params = request.query_params
+        pages = {}
+        for status in ("failed", "pending"):
+            text = params.get(f"{status}_before", "")
+            before = int(text) if text.isdigit() else None
+            rows = await run_in_threadpool(
+                partial(operations.tasks, status, limit=TASK_LIMIT, before=before)
+            )
+            older = (
+                urlencode({**params, f"{status}_before": rows[-1].pk})
+                if len(rows) == TASK_LIMIT
+                else ""
+            )
+            pages[status] = (rows, older)
+        retried = params.get("retried")
         return console.page(
             request, "tasks.html", title="Tasks", section="Tasks",
-            failed=failed, pending=pending, limit=TASK_LIMIT,
+            failed=pages["failed"][0], pending=pages["pending"][0], limit=TASK_LIMIT,
+            older={"Failed": pages["failed"][1], "Pending": pages["pending"][1]},
             message=f"{retried} task(s) scheduled again" if retried is not None else "",
         )  # fmt: skip
 

@@ -8,6 +8,9 @@ and task pages):
   ``/console/disclosures.csv``: the same as CSV (RFC 4180), up to 1,000 records.
 * ``/console/retention``: legal holds (set and release with a reason), studies
   expiring within 90 days, the latest destruction records.
+* ``/console/prohibitions``: a patient's disclosure prohibition, looked up, set
+  with a reason and lifted (services.access; audited as the CLI's and the admin
+  API's are).
 * ``/console/audit``: the audit trail by event and time (indexed), and by user or
   organisation among the newest ``AUDIT_SCAN`` records of those; verification of
   the hash chain on demand (a POST: it reads the whole trail).
@@ -31,6 +34,7 @@ from lxml import etree
 from starlette.concurrency import run_in_threadpool
 
 from kuva.model.patient import PatientKey
+from kuva.services.access import DisclosureProhibitions
 from kuva.services.audit import AuditTrail
 from kuva.services.directory import DirectoryService
 from kuva.services.notices import DisclosurePage, NoticeService
@@ -76,8 +80,59 @@ def records_router(
     notices: NoticeService,
     retention: RetentionService,
     audit: AuditTrail,
+    prohibitions: DisclosureProhibitions,
 ) -> APIRouter:
     router = APIRouter()
+
+    @router.get("/console/prohibitions")
+    async def prohibition(request: Request) -> Response:
+        if (refusal := console.forbidden(request)) is not None:
+            return refusal
+        text = request.query_params.get("patient", "").strip()
+        current, problem = None, ""
+        if text:
+            try:
+                current = await run_in_threadpool(prohibitions.current, PatientKey.parse(text))
+            except ValueError as exc:
+                problem = f"patient: {exc}"
+            console.audited(request)
+        return console.page(
+            request, "prohibitions.html", title="Disclosure prohibitions",
+            section="Prohibitions", patient=text, current=current, problem=problem,
+            message=request.query_params.get("message", ""),
+        )  # fmt: skip
+
+    async def change_prohibition(request: Request, prohibit: bool) -> Response:
+        form = await form_of(request)
+        if isinstance(form, Response):
+            return form
+        text = (form.get("patient") or [""])[0].strip()
+        reason = (form.get("reason") or [""])[0].strip()
+        try:
+            key = PatientKey.parse(text)
+        except ValueError as exc:
+            return console.error(request, 400, f"patient: {exc}", "Prohibitions")
+        by = client_organization(request) or "console"
+        if prohibit:
+            changed = await run_in_threadpool(
+                lambda: prohibitions.prohibit(key, by=by, reason=reason)
+            )
+            message = "prohibition set" if changed else "a prohibition was in force already"
+        else:
+            changed = await run_in_threadpool(lambda: prohibitions.permit(key, by=by))
+            message = "prohibition lifted" if changed else "there was no prohibition"
+        return RedirectResponse(
+            "/console/prohibitions?" + urlencode({"patient": text, "message": message}),
+            status_code=303,
+        )
+
+    @router.post("/console/prohibitions/set")
+    async def prohibit(request: Request) -> Response:
+        return await change_prohibition(request, True)
+
+    @router.post("/console/prohibitions/lift")
+    async def lift(request: Request) -> Response:
+        return await change_prohibition(request, False)
 
     def audit_page(request: Request, verified: dict[str, Any] | None = None) -> Response:
         params = request.query_params
@@ -88,8 +143,10 @@ def records_router(
             start = _instant(since)
         except ValueError:
             start = None
+        text = params.get("before", "")
+        before = int(text) if text.isdigit() else None
         records = audit.list(
-            since=start, event_id=event or None, limit=AUDIT_SCAN if who else LIMIT
+            since=start, event_id=event or None, limit=AUDIT_SCAN if who else LIMIT, before=before
         )
         shown = []
         for record in records:
@@ -107,9 +164,10 @@ def records_router(
             )
             if len(shown) == LIMIT:
                 break
+        older = urlencode({**params, "before": shown[-1]["seq"]}) if len(shown) == LIMIT else ""
         return console.page(
             request, "audit.html", title="Audit trail", section="Audit", event=event,
-            who=who, since=since, records=shown, limit=LIMIT, verified=verified,
+            who=who, since=since, records=shown, limit=LIMIT, verified=verified, older=older,
         )  # fmt: skip
 
     @router.get("/console/audit")
