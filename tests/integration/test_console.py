@@ -184,6 +184,11 @@ def test_an_operator_searches_opens_pages_and_retries(
         page.fill("input[name=organization]", OTHER)
         page.get_by_role("button", name="Show").click()
         assert page.get_by_role("cell", name=OTHER).count() == 1
+        # Without a patient: the organisation's disclosures over the period.
+        page.fill("input[name=patient]", "")
+        page.get_by_role("button", name="Show").click()
+        assert page.get_by_role("cell", name=OTHER).count() == 1
+        page.fill("input[name=patient]", cx(DEFAULT_PATIENT_ID))
         page.fill("input[name=from]", "2026-12-01")  # after the disclosure: none
         page.get_by_role("button", name="Show").click()
         assert page.get_by_text("no disclosures in this period").count() == 1

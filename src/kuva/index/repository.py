@@ -298,6 +298,35 @@ class DisclosureRepository:
         )
         return [_disclosure(row) for row in self.conn.execute(statement)]
 
+    def of_organization(
+        self,
+        organization: str,
+        *,
+        start: datetime,
+        end: datetime,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Disclosure]:
+        """The records where ``organization`` is the register holder or the recipient,
+        disclosed in [start, end), newest first: a range of ``ix_disclosure_disclosed_at``
+        (the period bounds what is read)."""
+        statement = (
+            select(*_DISCLOSURE_COLUMNS)
+            .select_from(_DISCLOSURE_FROM)
+            .where(
+                disclosure.c.disclosed_at >= start,
+                disclosure.c.disclosed_at < end,
+                or_(
+                    disclosure.c.register_holder == organization,
+                    disclosure.c.recipient_organization == organization,
+                ),
+            )
+            .order_by(disclosure.c.disclosed_at.desc(), disclosure.c.pk.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        return [_disclosure(row) for row in self.conn.execute(statement)]
+
     def list(
         self,
         *,

@@ -133,6 +133,23 @@ class NoticeService:
             )
         return outcomes
 
+    def of_organization(
+        self,
+        organization: str,
+        *,
+        start: datetime,
+        end: datetime,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Disclosure]:
+        """The disclosures where ``organization`` is the register holder or the
+        recipient, in [start, end), newest first."""
+        limit = max(1, min(limit, MAX_PAGE))
+        with UnitOfWork(self._engine, write=False) as uow:
+            return uow.disclosures.of_organization(
+                organization, start=start, end=end, limit=limit, offset=offset
+            )
+
     def disclosures(
         self,
         patient: PatientKey,

@@ -4,7 +4,8 @@ and task pages):
 * ``/console/organisations``: the directory; ``/console/organisations/{oid}``: one
   organisation's acceptance report (services.onboarding).
 * ``/console/disclosures``: a patient's disclosure log across merges, by period and
-  organisation (as holder or recipient), a page of 100 at a time;
+  organisation (as holder or recipient), or an organisation's over a period (the
+  last 30 days unless given), a page of 100 at a time;
   ``/console/disclosures.csv``: the same as CSV (RFC 4180), up to 1,000 records.
 * ``/console/retention``: legal holds (set and release with a reason), studies
   expiring within 90 days, the latest destruction records.
@@ -24,7 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 UPCOMING_DAYS = 90
 LIMIT = 100
 AUDIT_SCAN = 5000
+ORGANIZATION_DAYS = 30
 CSV_LIMIT = 1000
 CSV_COLUMNS = (
     "disclosed_at", "recipient_organization", "recipient_person", "register_holder",
@@ -223,22 +225,37 @@ def records_router(
         """The page the query string asks for (``page``, from 0), or None with why.
         ``organization``: only records where it is the holder or the recipient."""
         params = request.query_params
-        if not params.get("patient"):
+        organization = params.get("organization", "").strip()
+        if not params.get("patient") and not organization:
             return None, ""
         try:
-            patient = PatientKey.parse(params["patient"])
+            patient = PatientKey.parse(params["patient"]) if params.get("patient") else None
             start = _instant(params.get("from", ""))
             end = _instant(params.get("to", ""), end=True)
             number = int(params.get("page", "0") or 0)
         except ValueError as exc:
             return None, str(exc)
+        skip = offset if offset is not None else max(0, number) * LIMIT
+        if patient is None:
+            # An organisation's disclosures over a period (the last 30 days unless
+            # given): a range of the disclosed_at index.
+            until = end or datetime.now(UTC)
+            records = notices.of_organization(
+                organization,
+                start=start or until - timedelta(days=ORGANIZATION_DAYS),
+                end=until,
+                limit=limit,
+                offset=skip,
+            )
+            console.audited(request)
+            return DisclosurePage(records, []), ""
         page = notices.disclosures(
             patient,
             start=start,
             end=end,
-            viewer=params.get("organization", "").strip() or None,
+            viewer=organization or None,
             limit=limit,
-            offset=offset if offset is not None else max(0, number) * LIMIT,
+            offset=skip,
         )
         console.audited(request)
         return page, ""
