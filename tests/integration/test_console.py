@@ -224,6 +224,14 @@ def test_an_operator_searches_opens_pages_and_retries(
     finally:
         page.close()
 
+    # An integrity problem on the overview: a blob gone, found by kuva verify.
+    blob = next(path for path in server.blob_dir.rglob("sha256/*/*/*") if path.is_file())
+    blob.unlink()
+    assert server.kuva("verify", check=False).returncode == 1
+    overview = httpx.get(f"{server.http}/console/", timeout=30).text
+    section = overview.split("Integrity problems")[1].split("Outbox")[0]
+    assert "the latest 1" in section and "missing" in section.lower(), section
+
     # A form without its token is refused; an unknown study is a 404 page.
     retried = httpx.post(f"{server.http}/console/tasks/retry", content=b"node=RIS_IAN")
     assert retried.status_code == 403

@@ -20,6 +20,7 @@ log (uvicorn's is off), so search terms in the URL reach no log.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import logging
 import secrets
@@ -33,10 +34,12 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from lxml import etree
 from starlette.concurrency import run_in_threadpool
 
+from kuva.model import audit as a
 from kuva.model.query import QueryLevel
-from kuva.services.audit import audit_failed
+from kuva.services.audit import AuditTrail, audit_failed
 from kuva.services.disclosure import Interface
 from kuva.services.operations import Operations
 from kuva.services.query import FindRequest, QueryService
@@ -49,6 +52,8 @@ log = logging.getLogger(__name__)
 CSRF_COOKIE = "kuva_csrf"
 SEARCH_LIMIT = 100
 TASK_LIMIT = 200
+FINDINGS = 10
+FINDINGS_SCAN = 500
 STATIC = {"console.css": "text/css", "console.js": "text/javascript"}
 STUDY_KEYS = (
     "StudyInstanceUID",
@@ -165,6 +170,29 @@ class Console:
         )
 
 
+def integrity_findings(trail: AuditTrail, limit: int = FINDINGS) -> list[dict[str, Any]]:
+    """The latest integrity problems (Security Alerts of type INTEGRITY) among the
+    newest ``FINDINGS_SCAN`` Security Alerts: seq, time, the alert's description."""
+    found: list[dict[str, Any]] = []
+    for record in trail.list(since=None, event_id=a.SECURITY_ALERT.code, limit=FINDINGS_SCAN):
+        try:
+            root = etree.fromstring(record.message.encode())
+        except etree.XMLSyntaxError:
+            continue
+        types = {c.get("csd-code") for c in root.iter("EventTypeCode")}
+        if a.ALERT_INTEGRITY.code not in types:
+            continue
+        details = [
+            base64.b64decode(d.get("value", "")).decode("utf-8", "replace")
+            for d in root.iter("ParticipantObjectDetail")
+            if d.get("type") == a.ALERT_DESCRIPTION
+        ]
+        found.append({"seq": record.seq, "at": record.recorded_at, "what": "; ".join(details)})
+        if len(found) == limit:
+            break
+    return found
+
+
 def _text(value: Any) -> str:
     if value is None:
         return ""
@@ -195,7 +223,12 @@ def console_router(console: Console) -> APIRouter:
         if (refusal := console.forbidden(request)) is not None:
             return refusal
         o = await run_in_threadpool(operations.overview)
-        return console.page(request, "overview.html", title="Overview", section="Overview", o=o)
+        trail = audit_of(request)
+        findings = await run_in_threadpool(integrity_findings, trail) if trail else []
+        return console.page(
+            request, "overview.html", title="Overview", section="Overview", o=o,
+            findings=findings,
+        )  # fmt: skip
 
     @router.get("/console/studies")
     async def studies(request: Request) -> Response:
