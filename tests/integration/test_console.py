@@ -80,6 +80,7 @@ def test_an_operator_searches_opens_pages_and_retries(
     assert result.returncode == 0, result.stdout + result.stderr
     overview = httpx.get(f"{server.http}/", follow_redirects=True).text
     assert "<!doctype html>" in overview and "DICOM associations open" in overview
+    assert "continuous integrity check" in overview
 
     page = browser.new_page()
     try:
@@ -158,6 +159,15 @@ def test_an_operator_searches_opens_pages_and_retries(
         page.get_by_role("button", name="Release").click()
         assert "1 hold(s)" in page.get_by_role("status").inner_text()
         page.screenshot(path=str(tmp_path / "console-retention.png"))
+        # The study's page keeps the hold's history among its corrections.
+        page.goto(f"{server.http}/console/studies/{study}")
+        assert page.get_by_role("cell", name="legal-hold", exact=True).count() == 1
+        assert page.get_by_role("cell", name="legal-hold-release").count() == 1
+        # The search by register holder.
+        page.goto(f"{server.http}/console/studies?q={ACCESSION}&organization={OTHER}")
+        assert page.get_by_text("no study matches").count() == 1
+        page.goto(f"{server.http}/console/studies?q={ACCESSION}&organization={HOLDER}")
+        assert page.get_by_role("link", name="Äijälä^Öljy").count() == 1
 
         # The disclosure log of a patient, filtered and exported.
         told = httpx.post(

@@ -174,18 +174,16 @@ class IntegrityRepository:
         )
         return {row[0] for row in self.conn.execute(statement)}
 
-    def scrub_position(self) -> ScrubPosition:
-        """The continuous check's position, locked until the transaction ends."""
-        row = self.conn.execute(
-            select(
-                integrity_scrub.c.phase,
-                integrity_scrub.c.after_pk,
-                integrity_scrub.c.pass_started_at,
-                integrity_scrub.c.last_pass_at,
-            )
-            .where(integrity_scrub.c.pk == 1)
-            .with_for_update()
-        ).one()
+    def scrub_position(self, *, lock: bool = True) -> ScrubPosition:
+        """The continuous check's position, locked until the transaction ends (unless
+        ``lock`` is false: a look, as the console takes, in a read transaction)."""
+        statement = select(
+            integrity_scrub.c.phase,
+            integrity_scrub.c.after_pk,
+            integrity_scrub.c.pass_started_at,
+            integrity_scrub.c.last_pass_at,
+        ).where(integrity_scrub.c.pk == 1)
+        row = self.conn.execute(statement.with_for_update() if lock else statement).one()
         return ScrubPosition(row.phase, row.after_pk, row.pass_started_at, row.last_pass_at)
 
     def move_scrub(self, position: ScrubPosition) -> None:

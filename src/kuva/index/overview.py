@@ -32,6 +32,10 @@ class OverviewRepository:
         query = select(func.count()).select_from(instance).where(instance.c.received_at >= since)
         return int(self.conn.execute(query).scalar_one())
 
+    def last_instance_pk(self) -> int:
+        """The highest instance key (the primary key index's last entry)."""
+        return int(self.conn.execute(select(func.max(instance.c.pk))).scalar_one() or 0)
+
     def study_facts(self, study_uid: str, *, limit: int = 100) -> StudyFacts | None:
         """The study's holder, expiry, holds, rejections and disclosures (each by an
         index on the study's UID; at most ``limit`` of each)."""

@@ -268,7 +268,10 @@ class QueryRepository:
         limit: int | None = None,
         offset: int = 0,
         scope: AccessScope | None = None,
+        holder: str | None = None,
     ) -> Select[Any]:
+        """``holder``: only the studies (and their series and instances) of that
+        register holder (the ``organization_oid`` index)."""
         entity = _ENTITY[level]
         columns: list[Any] = [entity.c.pk]
         for keyword in dict.fromkeys(return_keys):
@@ -290,6 +293,8 @@ class QueryRepository:
         query = select(*columns).select_from(_from_clause(level)).where(_current(level, scope))
         if visible is not None:
             query = query.where(visible)
+        if holder is not None and level is not P:
+            query = query.where(study.c.organization_oid == holder)
         for keyword, matcher in filters.items():
             condition = self._filter(level, keyword, matcher)
             if condition is not None:
@@ -332,6 +337,7 @@ class QueryRepository:
         limit: int | None = None,
         offset: int = 0,
         scope: AccessScope | None = None,
+        holder: str | None = None,
     ) -> Iterator[QueryResult]:
         query = self.statement(
             level,
@@ -341,6 +347,7 @@ class QueryRepository:
             limit=limit,
             offset=offset,
             scope=scope,
+            holder=holder,
         )
         for row in self.conn.execute(query):
             values = dict(row._mapping)

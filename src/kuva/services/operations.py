@@ -12,6 +12,8 @@ from sqlalchemy import Engine
 
 from kuva.config import Settings
 from kuva.index.cluster import ClusterNode
+from kuva.index.corrections import Correction
+from kuva.index.integrity import INSTANCE
 from kuva.index.outbox import Task
 from kuva.index.overview import StudyFacts
 from kuva.index.uow import UnitOfWork
@@ -30,6 +32,11 @@ class Overview:
     nodes: list[ClusterNode] = field(default_factory=list)
     associations_open: int | None = None  # this process's DICOM associations
     integrity: str = ""  # the continuous check: "" off, "ok", or why it is paused
+    # The integrity walk: its phase (instances, then documents), how far through the
+    # instances' keys it is (0-1), when its last whole pass ended.
+    walk_phase: str = ""
+    walk_progress: float | None = None
+    last_pass_at: datetime | None = None
 
     @property
     def failed_tasks(self) -> int:
@@ -41,6 +48,7 @@ class StudyView:
     facts: StudyFacts | None
     tasks: list[Task]
     manifests: list[tuple[str, str]]  # uniqueId, registry status (approved, deprecated)
+    corrections: list[Correction]  # the study's history: rejections, holds, revocations
 
 
 class Operations:
@@ -74,6 +82,13 @@ class Operations:
         now = self._clock()
         with UnitOfWork(self._engine, write=False) as uow:
             undelivered = uow.tasks.oldest_undelivered(IAN_TASK)
+            position = uow.integrity.scrub_position(lock=False)
+            last_pk = uow.overview.last_instance_pk()
+            progress = (
+                min(1.0, position.after_pk / last_pk)
+                if position.phase == INSTANCE and last_pk
+                else None
+            )
             return Overview(
                 now=now,
                 received_last_hour=uow.overview.received_since(now - timedelta(hours=1)),
@@ -83,6 +98,9 @@ class Operations:
                 nodes=list(uow.cluster.nodes()),
                 associations_open=self._associations() if self._associations else None,
                 integrity=self._integrity_state(),
+                walk_phase=position.phase,
+                walk_progress=progress,
+                last_pass_at=position.last_pass_at,
             )
 
     def study(self, study_uid: str) -> StudyView:
@@ -97,7 +115,10 @@ class Operations:
                 if found.kind is ObjectKind.DOCUMENT_ENTRY
             ]
             return StudyView(
-                uow.overview.study_facts(study_uid), uow.tasks.list(subject=study_uid), manifests
+                uow.overview.study_facts(study_uid),
+                uow.tasks.list(subject=study_uid),
+                manifests,
+                uow.corrections.of_subject(study_uid),
             )
 
     def tasks(

@@ -28,6 +28,8 @@ class FindRequest:
     return_keys: tuple[str, ...]  # every keyword to answer, in the asked order
     limit: int | None = None
     offset: int = 0
+    # Only this register holder's studies (the console's organisation filter).
+    register_holder: str | None = None
 
 
 def vr_of(keyword: str) -> str | None:
@@ -142,6 +144,7 @@ class QueryService:
                 limit=request.limit,
                 offset=request.offset,
                 scope=scope,
+                holder=request.register_holder,
             ):
                 if result.dataset_json is not None:
                     with_current_patient(result.dataset_json, result.values)

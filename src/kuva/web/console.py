@@ -134,15 +134,22 @@ class Console:
         )
 
     def find(
-        self, request: Request, level: QueryLevel, keys: dict[str, str], returned: Iterable[str]
+        self,
+        request: Request,
+        level: QueryLevel,
+        keys: dict[str, str],
+        returned: Iterable[str],
+        holder: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Matches of one query, read with the requester's access scope (its
-        disclosures logged); values as text."""
+        """Matches of one query (``holder``: of that register holder's studies only),
+        read with the requester's access scope (its disclosures logged); values as
+        text."""
         ask = FindRequest(
             level=level,
             keys={**dict.fromkeys(returned, ""), **keys},
             return_keys=tuple(dict.fromkeys([*returned, *keys])),
             limit=SEARCH_LIMIT,
+            register_holder=holder,
         )
         found = self.query.find(ask, scope=request_scope(request), interface=Interface.CONSOLE)
         return [{k: _text(v) for k, v in result.values.items()} for result in found]
@@ -238,12 +245,13 @@ def console_router(console: Console) -> APIRouter:
         q = params.get("q", "").strip()
         date_from, date_to = params.get("from", ""), params.get("to", "")
         modality = params.get("modality", "").strip().upper()
+        holder = params.get("organization", "").strip()
         filters: dict[str, str] = {}
         if _dicom_date(date_from) or _dicom_date(date_to):
             filters["StudyDate"] = f"{_dicom_date(date_from)}-{_dicom_date(date_to)}"
         if modality:
             filters["ModalitiesInStudy"] = modality
-        searched = bool(q or filters)
+        searched = bool(q or filters or holder)
         found: dict[str, dict[str, Any]] = {}
         if searched:
             # The text as a patient id, as the start of a name, as an accession
@@ -253,7 +261,12 @@ def console_router(console: Console) -> APIRouter:
             )
             for keys in asks:
                 rows = await run_in_threadpool(
-                    console.find, request, QueryLevel.STUDY, {**keys, **filters}, STUDY_KEYS
+                    console.find,
+                    request,
+                    QueryLevel.STUDY,
+                    {**keys, **filters},
+                    STUDY_KEYS,
+                    holder or None,
                 )
                 for row in rows:
                     found.setdefault(row["StudyInstanceUID"], row)
@@ -267,6 +280,7 @@ def console_router(console: Console) -> APIRouter:
             date_from=date_from,
             date_to=date_to,
             modality=modality,
+            organization=holder,
             searched=searched,
             studies=list(found.values())[:SEARCH_LIMIT],
             more=len(found) > SEARCH_LIMIT,
@@ -299,6 +313,7 @@ def console_router(console: Console) -> APIRouter:
         return console.page(
             request, "study.html", title="Study", section="Studies", study=found[0],
             series=series, facts=view.facts, tasks=view.tasks, manifests=view.manifests,
+            corrections=view.corrections,
         )  # fmt: skip
 
     @router.get("/console/studies/{study}/series/{series}/instances/{instance}")
