@@ -48,6 +48,7 @@ from kuva.services.cluster import Heartbeat
 from kuva.services.commitment import CommitmentService
 from kuva.services.directory import DirectoryService, DirectoryWatcher
 from kuva.services.disclosure import DisclosureLog
+from kuva.services.figures import FiguresJob
 from kuva.services.ian_backlog import IanBacklog
 from kuva.services.imaging_document_source import ImagingDocumentSource
 from kuva.services.ingest import IngestService
@@ -312,6 +313,9 @@ class Archive:
         self.heartbeat = Heartbeat(
             self.engine, settings.node_name, settings.archive.heartbeat_seconds, self.duties
         )
+        self.figures = FiguresJob(
+            self.engine, self.audit, duty=lambda seconds: self.heartbeat.take("figures", seconds)
+        )
         self.ian_backlog = (
             IanBacklog(self.engine, settings) if settings.registration.enabled else None
         )
@@ -385,7 +389,7 @@ class Archive:
                         self.onboarding,
                         self.notices,
                         self.retention,
-                        self.audit,
+                        self.figures,
                         prohibitions,
                     ),
                 ),
@@ -437,7 +441,7 @@ class Archive:
 
     def duties(self) -> list[str]:
         """What this node runs (its heartbeat says it; ``kuva cluster status``)."""
-        running = [f"dicom x{self.settings.dicom_processes}", "http", "hl7", "tasks"]
+        running = [f"dicom x{self.settings.dicom_processes}", "http", "hl7", "tasks", "figures"]
         if self.scrubber is not None:
             running.append("integrity")
         if self.retention_scheduler is not None:
@@ -455,6 +459,7 @@ class Archive:
         self.audit.start_writer()
         self.directory_watcher.start()
         self.heartbeat.start()
+        self.figures.start()
         self.workers.start()
         if self.scrubber is not None:
             self.scrubber.start()
@@ -573,6 +578,7 @@ class Archive:
         self.audit.stop_writer()
         self.audit.application_stopped()
         self.workers.stop()
+        self.figures.stop()
         self.heartbeat.stop()
         self.directory_watcher.stop()
         self._deliver_audit()

@@ -231,6 +231,10 @@ def test_an_operator_searches_opens_pages_and_retries(
         page.get_by_role("button", name="Verify the chain").click()
         assert "audit trail intact" in page.get_by_role("status").inner_text()
         page.screenshot(path=str(tmp_path / "console-audit.png"))
+        # The verification is kept: the overview says when the chain was found intact.
+        page.goto(f"{server.http}/console/")
+        assert "intact" in page.locator("#audit-chain").inner_text()
+        page.screenshot(path=str(tmp_path / "console-overview.png"))
     finally:
         page.close()
 

@@ -3,12 +3,22 @@ by an indexed column (no scan of a whole table)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, select, update
 
-from kuva.index.schema import disclosure, instance, legal_hold, rejection, study
+from kuva.index.dialect import insert_ignoring_conflict
+from kuva.index.schema import (
+    archive_figure,
+    disclosure,
+    instance,
+    legal_hold,
+    rejection,
+    study,
+)
 
 
 @dataclass(frozen=True)
@@ -76,3 +86,27 @@ class OverviewRepository:
             [tuple(r) for r in rejected],
             [tuple(r) for r in disclosed],
         )
+
+    def storage_used(self) -> tuple[int, int]:
+        """Instances and their bytes: a read of the whole instance table (the
+        background figures job only, never a request)."""
+        count, size = self.conn.execute(
+            select(func.count(), func.coalesce(func.sum(instance.c.size), 0))
+        ).one()
+        return int(count), int(size)
+
+    def put_figure(self, name: str, value: dict[str, Any], at: datetime) -> None:
+        text = json.dumps(value, sort_keys=True)
+        inserted = insert_ignoring_conflict(
+            self.conn, archive_figure, {"name": name, "value": text, "computed_at": at}, ["name"]
+        )
+        if inserted is None:
+            self.conn.execute(
+                update(archive_figure)
+                .where(archive_figure.c.name == name)
+                .values(value=text, computed_at=at)
+            )
+
+    def figures(self) -> dict[str, tuple[dict[str, Any], datetime]]:
+        rows = self.conn.execute(select(archive_figure))
+        return {row.name: (json.loads(row.value), row.computed_at) for row in rows}

@@ -682,3 +682,14 @@ directory_version = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),  # always 1
     Column("version", BigInteger, nullable=False),
 )
+
+# Figures the operator console shows that no request may compute (each a read of a
+# whole table): the storage used and the audit chain's last verification, computed
+# in the background by one node at a time (services.figures) and kept here by name.
+archive_figure = Table(
+    "archive_figure",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),  # JSON
+    Column("computed_at", UtcDateTime(), nullable=False),
+)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -37,6 +38,8 @@ class Overview:
     walk_phase: str = ""
     walk_progress: float | None = None
     last_pass_at: datetime | None = None
+    # Computed in the background (services.figures): name -> (value, computed at).
+    figures: dict[str, tuple[dict[str, Any], datetime]] = field(default_factory=dict)
 
     @property
     def failed_tasks(self) -> int:
@@ -98,6 +101,7 @@ class Operations:
                 nodes=list(uow.cluster.nodes()),
                 associations_open=self._associations() if self._associations else None,
                 integrity=self._integrity_state(),
+                figures=uow.overview.figures(),
                 walk_phase=position.phase,
                 walk_progress=progress,
                 last_pass_at=position.last_pass_at,

@@ -36,8 +36,8 @@ from starlette.concurrency import run_in_threadpool
 
 from kuva.model.patient import PatientKey
 from kuva.services.access import DisclosureProhibitions
-from kuva.services.audit import AuditTrail
 from kuva.services.directory import DirectoryService
+from kuva.services.figures import FiguresJob
 from kuva.services.notices import DisclosurePage, NoticeService
 from kuva.services.onboarding import OnboardingService, UnknownOrganization
 from kuva.services.retention import RetentionError, RetentionService
@@ -81,9 +81,10 @@ def records_router(
     onboarding: OnboardingService,
     notices: NoticeService,
     retention: RetentionService,
-    audit: AuditTrail,
+    figures: FiguresJob,
     prohibitions: DisclosureProhibitions,
 ) -> APIRouter:
+    audit = figures.audit
     router = APIRouter()
 
     @router.get("/console/prohibitions")
@@ -183,7 +184,7 @@ def records_router(
         form = await form_of(request)
         if isinstance(form, Response):
             return form
-        count, breaks = await run_in_threadpool(audit.verify)
+        count, breaks = await run_in_threadpool(figures.verify_chain)
         text = (
             f"audit trail intact: {count} record(s)"
             if not breaks

@@ -1,6 +1,6 @@
 """directory: customer organisations and their DICOM nodes in the index, changed at
 runtime and put in force on every node (services.directory); an index of a study's
-disclosures (the operator console)
+disclosures and the background figures of the operator console
 
 Revision ID: 0019
 Revises: 0018
@@ -60,9 +60,18 @@ def upgrade() -> None:
     op.execute("INSERT INTO directory_version (id, version) VALUES (1, 0)")
     # The console's study page lists a study's disclosures.
     op.create_index("ix_disclosure_study", "disclosure", ["study_instance_uid"])
+    # Figures the console shows, computed in the background (services.figures).
+    op.create_table(
+        "archive_figure",
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.Text(), nullable=False),
+        sa.Column("computed_at", sa.DateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_archive_figure")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("archive_figure")
     op.drop_index("ix_disclosure_study", table_name="disclosure")
     op.drop_table("directory_version")
     op.drop_index(op.f("ix_directory_node_organization"), table_name="directory_node")
