@@ -249,6 +249,11 @@ def test_an_operator_searches_opens_pages_and_retries(
     # A form without its token is refused; an unknown study is a 404 page.
     retried = httpx.post(f"{server.http}/console/tasks/retry", content=b"node=RIS_IAN")
     assert retried.status_code == 403
+    second = httpx.get(
+        f"{server.http}/console/studies", params={"q": ACCESSION, "page": "1"}, timeout=10
+    ).text
+    assert "0 studies on page 2" in second and "Previous page" in second
+    assert "Next page" not in second
     missing = httpx.get(f"{server.http}/console/studies/1.2.3", timeout=10)
     assert missing.status_code == 404 and "No such study" in missing.text
 

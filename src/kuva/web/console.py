@@ -140,6 +140,7 @@ class Console:
         keys: dict[str, str],
         returned: Iterable[str],
         holder: str | None = None,
+        limit: int = SEARCH_LIMIT,
     ) -> list[dict[str, Any]]:
         """Matches of one query (``holder``: of that register holder's studies only),
         read with the requester's access scope (its disclosures logged); values as
@@ -148,7 +149,7 @@ class Console:
             level=level,
             keys={**dict.fromkeys(returned, ""), **keys},
             return_keys=tuple(dict.fromkeys([*returned, *keys])),
-            limit=SEARCH_LIMIT,
+            limit=limit,
             register_holder=holder,
         )
         found = self.query.find(ask, scope=request_scope(request), interface=Interface.CONSOLE)
@@ -252,6 +253,10 @@ def console_router(console: Console) -> APIRouter:
         if modality:
             filters["ModalitiesInStudy"] = modality
         searched = bool(q or filters or holder)
+        number = int(params["page"]) if params.get("page", "").isdigit() else 0
+        # Each query reads up to the end of the page asked for (and one more, to
+        # know whether there is a next page): a few pages deep at most in practice.
+        wanted = (number + 1) * SEARCH_LIMIT + 1
         found: dict[str, dict[str, Any]] = {}
         if searched:
             # The text as a patient id, as the start of a name, as an accession
@@ -267,6 +272,7 @@ def console_router(console: Console) -> APIRouter:
                     {**keys, **filters},
                     STUDY_KEYS,
                     holder or None,
+                    wanted,
                 )
                 for row in rows:
                     found.setdefault(row["StudyInstanceUID"], row)
@@ -282,8 +288,14 @@ def console_router(console: Console) -> APIRouter:
             modality=modality,
             organization=holder,
             searched=searched,
-            studies=list(found.values())[:SEARCH_LIMIT],
-            more=len(found) > SEARCH_LIMIT,
+            studies=list(found.values())[number * SEARCH_LIMIT : (number + 1) * SEARCH_LIMIT],
+            number=number,
+            next_page=(
+                urlencode({**params, "page": number + 1})
+                if len(found) > (number + 1) * SEARCH_LIMIT
+                else ""
+            ),
+            previous_page=urlencode({**params, "page": number - 1}) if number else "",
         )
 
     @router.get("/console/studies/{study}")
