@@ -23,6 +23,7 @@ from kuva.audit.listener import ExportReceiver, SyslogListener
 from kuva.audit.syslog import SyslogSender
 from kuva.config import S3Endpoint, S3Settings, Settings
 from kuva.dicom.commitment import StorageCommitmentSCP
+from kuva.dicom.connections import established_connections
 from kuva.dicom.find_scp import FindSCP
 from kuva.dicom.ian import IanSender
 from kuva.dicom.retrieve_scp import RetrieveSCP
@@ -220,6 +221,7 @@ class Archive:
                     # failure status until the store is back.
                     log.error("blob store (%s) not usable at start: %s", name, exc)
         self.dicom_workers: WorkerProcesses | None = None
+        self._dicom_port: int | None = None  # the DICOM port bound, once listening
         self.audit = build_audit(settings, self.engine)
         self.onboarding = OnboardingService(self.engine, settings)
         self.directory = DirectoryService(
@@ -352,7 +354,7 @@ class Archive:
         operations = Operations(
             self.engine,
             settings,
-            associations=lambda: len(self.dicom.associations),
+            associations=self.associations_open,
             integrity=self.scrubber.health if self.scrubber is not None else None,
         )
         console = Console(self.query, operations, operators)
@@ -494,12 +496,24 @@ class Archive:
             log.warning("[audit] enabled = false: nothing is audited - never in production")
         self.audit.application_started()
 
+    def associations_open(self) -> int:
+        """DICOM associations open on the archive's port, in every process serving it
+        (the kernel's connection table; this process's own count where there is none)."""
+        if self._dicom_port is not None:
+            counted = established_connections(self._dicom_port)
+            if counted is not None:
+                return counted
+        return len(self.dicom.associations)
+
     def _start_dicom(self) -> tuple[str, int]:
         dicom = self.settings.dicom
         count = self.settings.dicom_processes
         if count <= 1:
-            return self.dicom.start()
+            address = self.dicom.start()
+            self._dicom_port = address[1]
+            return address
         address = self.dicom.start(sock=listening_socket(dicom.host, dicom.port))
+        self._dicom_port = address[1]
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         self.dicom_workers = WorkerProcesses(self.settings, address[1], count - 1, str(level))
         self.dicom_workers.start()

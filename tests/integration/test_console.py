@@ -7,10 +7,13 @@ releases a legal hold, filters the disclosure log and exports it as CSV, reads a
 organisation's acceptance report, sets and lifts a disclosure prohibition, and
 filters and verifies the audit trail; a form
 without its CSRF token and an organisation that is no operator get 403. Screenshots
-are kept beside the test's temporary files (``console-*.png``)."""
+(``console-*.png``) are kept in the test's folder, and in ``$KUVA_TEST_ARTEFACTS``
+when that names a folder."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +22,8 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
 from tests.support.disclosures import cx, notice
 from tests.support.peers import LOOPBACK, dcmtk_available, storescu
@@ -41,6 +46,16 @@ pytestmark = [
 HOLDER = "1.2.246.10.12345678.10"
 OTHER = "1.2.246.10.87654321.10"
 ACCESSION = "ACC-CONSOLE-1"
+
+
+def shot(page: Any, tmp_path: Path, name: str) -> None:
+    """A screenshot in the test's folder and, when KUVA_TEST_ARTEFACTS names a
+    folder, there too (kept after the run)."""
+    page.screenshot(path=str(tmp_path / name))
+    folder = os.environ.get("KUVA_TEST_ARTEFACTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / name, Path(folder) / f"{tmp_path.name}-{name}")
 
 
 @pytest.fixture(scope="module")
@@ -78,15 +93,24 @@ def test_an_operator_searches_opens_pages_and_retries(
     result = storescu(write_series(datasets, tmp_path / "ct"), LOOPBACK, server.dicom_port,
                       aet="STORESCU", aec="KUVA")  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    overview = httpx.get(f"{server.http}/", follow_redirects=True).text
-    assert "<!doctype html>" in overview and "DICOM associations open" in overview
-    assert "continuous integrity check" in overview
+    # An association held open is counted on the overview.
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(LOOPBACK, server.dicom_port, ae_title="KUVA")
+    assert assoc.is_established
+    try:
+        overview = httpx.get(f"{server.http}/", follow_redirects=True).text
+    finally:
+        assoc.release()
+    assert "<!doctype html>" in overview and "continuous integrity check" in overview
+    counted = re.search(r"<b>(\d+)</b>DICOM associations open", overview)
+    assert counted is not None and int(counted.group(1)) >= 1, overview
 
     page = browser.new_page()
     try:
         page.goto(f"{server.http}/console/studies?q={ACCESSION}")
         page.get_by_role("link", name="Äijälä^Öljy").wait_for()
-        page.screenshot(path=str(tmp_path / "console-search.png"))
+        shot(page, tmp_path, "console-search.png")
         # The same study by the start of the name, typed in lower case.
         page.fill("input[name=q]", "äijälä")
         page.keyboard.press("Enter")
@@ -99,7 +123,7 @@ def test_an_operator_searches_opens_pages_and_retries(
         # The study's register holder and its registration task.
         assert page.get_by_role("cell", name=HOLDER).count() == 1
         assert page.get_by_role("cell", name="study-registration").count() >= 1
-        page.screenshot(path=str(tmp_path / "console-study.png"))
+        shot(page, tmp_path, "console-study.png")
         page.locator(".thumbs a").first.click()
         image = page.locator(".viewer img")
         page.wait_for_function(
@@ -109,7 +133,7 @@ def test_an_operator_searches_opens_pages_and_retries(
         assert "window=-600,1500" in (image.get_attribute("src") or "")
         page.keyboard.press("ArrowRight")  # one frame: paging stays on it
         assert page.locator("[data-frame-label]").inner_text() == "1 / 1"
-        page.screenshot(path=str(tmp_path / "console-image.png"))
+        shot(page, tmp_path, "console-image.png")
 
         # The study's registration queued an IAN to a node that is down.
         page.goto(f"{server.http}/console/tasks")
@@ -122,7 +146,7 @@ def test_an_operator_searches_opens_pages_and_retries(
         retry.click()
         page.get_by_role("status").wait_for()
         assert "scheduled again" in page.get_by_role("status").inner_text()
-        page.screenshot(path=str(tmp_path / "console-tasks.png"))
+        shot(page, tmp_path, "console-tasks.png")
     finally:
         page.close()
 
@@ -158,7 +182,7 @@ def test_an_operator_searches_opens_pages_and_retries(
         assert page.get_by_role("cell", name="court order 123").count() == 1
         page.get_by_role("button", name="Release").click()
         assert "1 hold(s)" in page.get_by_role("status").inner_text()
-        page.screenshot(path=str(tmp_path / "console-retention.png"))
+        shot(page, tmp_path, "console-retention.png")
         # The study's page keeps the hold's history among its corrections.
         page.goto(f"{server.http}/console/studies/{study}")
         assert page.get_by_role("cell", name="legal-hold", exact=True).count() == 1
@@ -202,7 +226,7 @@ def test_an_operator_searches_opens_pages_and_retries(
         page.fill("input[name=from]", "2026-12-01")  # after the disclosure: none
         page.get_by_role("button", name="Show").click()
         assert page.get_by_text("no disclosures in this period").count() == 1
-        page.screenshot(path=str(tmp_path / "console-disclosures.png"))
+        shot(page, tmp_path, "console-disclosures.png")
 
         # A patient's disclosure prohibition set and lifted.
         page.goto(f"{server.http}/console/prohibitions")
@@ -214,13 +238,13 @@ def test_an_operator_searches_opens_pages_and_retries(
         assert "patient's request" in page.inner_text("main")
         page.get_by_role("button", name="Lift the prohibition").click()
         assert page.get_by_role("status").inner_text() == "prohibition lifted"
-        page.screenshot(path=str(tmp_path / "console-prohibitions.png"))
+        shot(page, tmp_path, "console-prohibitions.png")
 
         # The directory and an organisation's acceptance report.
         page.goto(f"{server.http}/console/organisations")
         page.get_by_role("link", name=HOLDER).click()
         assert page.locator("tbody tr").count() == 13
-        page.screenshot(path=str(tmp_path / "console-organisation.png"))
+        shot(page, tmp_path, "console-organisation.png")
 
         # The audit trail, filtered by who, and its chain verified on demand.
         page.goto(f"{server.http}/console/audit")
@@ -230,11 +254,11 @@ def test_an_operator_searches_opens_pages_and_retries(
         assert all("STORESCU" in row for row in page.locator("tbody tr").all_inner_texts())
         page.get_by_role("button", name="Verify the chain").click()
         assert "audit trail intact" in page.get_by_role("status").inner_text()
-        page.screenshot(path=str(tmp_path / "console-audit.png"))
+        shot(page, tmp_path, "console-audit.png")
         # The verification is kept: the overview says when the chain was found intact.
         page.goto(f"{server.http}/console/")
         assert "intact" in page.locator("#audit-chain").inner_text()
-        page.screenshot(path=str(tmp_path / "console-overview.png"))
+        shot(page, tmp_path, "console-overview.png")
     finally:
         page.close()
 
@@ -267,6 +291,6 @@ def test_an_organisation_that_is_no_operator_gets_403(
         response = page.goto(f"{server.http}/console/")
         assert response is not None and response.status == 403
         assert "may not use the operator console" in page.inner_text("main")
-        page.screenshot(path=str(tmp_path / "console-403.png"))
+        shot(page, tmp_path, "console-403.png")
     finally:
         page.close()

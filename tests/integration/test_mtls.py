@@ -114,6 +114,8 @@ def site(
                 "dicom": {"tls": True},
                 "http": {"tls": True},
                 "hl7": {"tls": True},
+                # The operator console and admin API: organisation A's certificate.
+                "access": {"operators": [ORG_A]},
             },
             client_tls=pki.hospital_a.client_context(pki.ca),
         )  # fmt: skip
@@ -259,6 +261,16 @@ def test_xds_submission_for_the_certificate_organisation(site: Site) -> None:
         f"'{unique_id_of(payload, entry)}'"
     )
     assert owners == [(ORG_B,)]
+
+
+def test_the_console_is_for_the_operator_certificate(site: Site) -> None:
+    """Operators are the organisations of [access] operators, by their certificate."""
+    with _client(site, site.pki.hospital_a) as client:
+        operator = client.get("/console/")
+    assert operator.status_code == 200 and "<!doctype html>" in operator.text
+    with _client(site, site.pki.hospital_b) as client:
+        other = client.get("/console/")
+    assert other.status_code == 403 and "may not use the operator console" in other.text
 
 
 def test_http_certificate_of_no_organisation(site: Site) -> None:

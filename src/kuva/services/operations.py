@@ -31,7 +31,7 @@ class Overview:
     tasks: dict[tuple[str, str], int]  # (kind, status) -> count
     oldest_undelivered_ian: datetime | None
     nodes: list[ClusterNode] = field(default_factory=list)
-    associations_open: int | None = None  # this process's DICOM associations
+    associations_open: int | None = None  # on the DICOM port, every process serving it
     integrity: str = ""  # the continuous check: "" off, "ok", or why it is paused
     # The integrity walk: its phase (instances, then documents), how far through the
     # instances' keys it is (0-1), when its last whole pass ended.
@@ -64,7 +64,7 @@ class Operations:
         associations: Callable[[], int] | None = None,
         integrity: Callable[[], None] | None = None,
     ) -> None:
-        """``associations``: how many DICOM associations this process has open;
+        """``associations``: how many DICOM associations are open (all processes);
         ``integrity``: the continuous check's health (raises while it is paused)."""
         self._engine = engine
         self._settings = settings
