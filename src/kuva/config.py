@@ -7,6 +7,7 @@ default (SQLite + a local folder). The shape follows the outside contract
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -138,6 +139,26 @@ class HttpSettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)
 
 
+class Hl7SenderSettings(BaseModel):
+    """``[[hl7.senders]]``: an organisation's HL7 senders on the plain MLLP listener,
+    by the addresses they connect from (IP addresses or CIDR networks)."""
+
+    model_config = {"extra": "forbid"}
+
+    organization: str
+    addresses: list[str] = Field(min_length=1)
+
+    @field_validator("addresses")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for text in value:
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"hl7.senders address {text!r}: {exc}") from None
+        return value
+
+
 class Hl7Settings(BaseModel):
     """The MLLP listener of HL7 v2 ADT (kuva.hl7)."""
 
@@ -153,6 +174,10 @@ class Hl7Settings(BaseModel):
     # Mutual TLS on this listener ([tls]): MLLP over TLS 1.2+, a client certificate
     # of a configured organisation required. false = plain TCP.
     tls: bool = False
+    # On the plain listener: who may send for which organisation, by source address.
+    # Listed: a message whose MSH-4 organisation has no entry covering the
+    # connection's address is refused (AR). None listed: MSH-4 is taken as sent.
+    senders: list[Hl7SenderSettings] = Field(default_factory=list)
 
 
 class XdsSettings(BaseModel):

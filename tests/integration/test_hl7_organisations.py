@@ -170,3 +170,40 @@ def test_a_message_of_no_configured_organisation_is_refused(
     again = adt("A08", pid(SURVIVOR, name=A_NAME), control="NO-ORG", organization=ORG_A)
     assert msa(site.mllp_send(again)) == ("AA", "NO-ORG")
     assert _name(site, a_study, "A") == A_NAME
+
+
+def test_hl7_senders_decide_on_plain_mllp(
+    kuva_server: Callable[..., KuvaServer], database_url: str, tmp_path: Path
+) -> None:
+    """[[hl7.senders]]: organisation A may send from loopback, B only from 10.0.0.0/8;
+    B's message over loopback is answered AR naming the rule and audited."""
+    server = kuva_server(
+        organizations=[
+            {"oid": ORG_A, "name": "Testin sairaanhoitopiiri"},
+            {"oid": ORG_B, "name": "Toinen sairaanhoitopiiri"},
+        ],
+        nodes=[*_nodes(ORG_A, "A"), *_nodes(ORG_B, "B")],
+        arrays={
+            "hl7.senders": [
+                {"organization": ORG_A, "addresses": ["127.0.0.1/32"]},
+                {"organization": ORG_B, "addresses": ["10.0.0.0/8"]},
+            ]
+        },
+    )
+    site = Hl7Site(server, database_url, tmp_path)
+    allowed = site.mllp_send(adt("A08", pid(SURVIVOR, name=A_NAME), organization=ORG_A))
+    assert msa(allowed)[0] == "AA", allowed
+    refused = site.mllp_send(adt("A08", pid(SURVIVOR, name=B_NAME), organization=ORG_B))
+    assert msa(refused)[0] == "AR", refused
+    assert "may not send from 127.0.0.1" in err(refused)
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            messages = list(
+                conn.execute(
+                    select(audit_record.c.message).where(audit_record.c.event_id == "110110")
+                ).scalars()
+            )
+    finally:
+        engine.dispose()
+    assert any("hl7.senders" in m for m in messages)  # the refusal, audited

@@ -5,6 +5,8 @@ unlinks and identifier changes that move the sender's studies only."""
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from sqlalchemy import Engine, select
 
@@ -208,3 +210,20 @@ def test_the_operator_acts_for_every_organisation(engine: Engine) -> None:
     service.merge(MERGED, SURVIVOR, by="operator")
     assert {patient_of(engine, uid)[0].key for uid in (a_study, b_study)} == {SURVIVOR}
     assert set(records(engine, MERGED)) == {""}
+
+
+def test_senders_by_source_address() -> None:
+    """[[hl7.senders]]: an organisation sends from its networks only; none listed:
+    MSH-4 is taken as sent."""
+    senders = Senders(
+        frozenset({ORG_A, ORG_B}),
+        networks={
+            ORG_A: (ipaddress.ip_network("192.0.2.0/24"), ipaddress.ip_network("2001:db8::/32")),
+        },
+    )
+    senders.check_address(ORG_A, "192.0.2.7")
+    senders.check_address(ORG_A, "2001:db8::1")
+    for organization, address in ((ORG_A, "198.51.100.1"), (ORG_B, "192.0.2.7"), (ORG_A, "")):
+        with pytest.raises(SenderRefused, match=r"\[\[hl7\.senders\]\]"):
+            senders.check_address(organization, address)
+    Senders(frozenset({ORG_A})).check_address(ORG_A, "198.51.100.1")  # none listed

@@ -105,7 +105,12 @@ class _Connection(socketserver.BaseRequestHandler):
     def _answer(self, message: bytes) -> bytes:
         try:
             return adt.handle(
-                message, partial(self.server.service.handle, certified=self.organization)
+                message,
+                partial(
+                    self.server.service.handle,
+                    certified=self.organization,
+                    address=str(self.client_address[0]),
+                ),
             )
         except Exception:
             log.exception("HL7: could not handle a message")

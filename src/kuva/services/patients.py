@@ -60,6 +60,7 @@ organisation sends later for the patient joins it as corrected.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -132,6 +133,19 @@ class MessageRef:
 AckRenderer = Callable[..., str]
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(settings: Settings) -> dict[str, tuple[IPNetwork, ...]]:
+    networks: dict[str, list[IPNetwork]] = {}
+    for sender in settings.hl7.senders:
+        for text in sender.addresses:
+            networks.setdefault(sender.organization, []).append(
+                ipaddress.ip_network(text, strict=False)
+            )
+    return {org: tuple(found) for org, found in networks.items()}
+
+
 @dataclass(frozen=True)
 class Senders:
     """The organisations HL7 messages may act for (module docstring)."""
@@ -142,6 +156,9 @@ class Senders:
     # the reason; those in testing, whose messages name test identity codes only.
     refused: Mapping[str, str] = field(default_factory=dict)
     testing: frozenset[str] = frozenset()
+    # [[hl7.senders]]: the networks each organisation may send from on plain MLLP;
+    # empty: MSH-4 is taken as sent.
+    networks: Mapping[str, tuple[IPNetwork, ...]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, settings: Settings) -> Senders:
@@ -156,6 +173,7 @@ class Senders:
                 if state in (OrganizationState.SUSPENDED, OrganizationState.TERMINATED)
             },
             testing=frozenset(o for o, s in states.items() if s is OrganizationState.TESTING),
+            networks=_networks(settings),
         )
 
     def check(self, organization: str, commands: Sequence[PatientCommand]) -> None:
@@ -169,6 +187,24 @@ class Senders:
                 for key in vars(command).values():
                     if isinstance(key, PatientKey) and not is_test_identity_code(key.patient_id):
                         raise SenderRefused(TESTING_RULE, field="PID-3", code=APPLICATION_ERROR)
+
+    def check_address(self, organization: str, address: str) -> None:
+        """SenderRefused when ``[[hl7.senders]]`` lists senders and none of
+        ``organization``'s covers ``address`` (a plain MLLP connection's peer)."""
+        if not self.networks:
+            return
+        try:
+            peer = ipaddress.ip_address(address)
+        except ValueError:
+            peer = None
+        allowed = self.networks.get(organization, ())
+        if peer is None or not any(peer in network for network in allowed):
+            raise SenderRefused(
+                f"MSH-4 organisation {organization} may not send from {address or 'here'} "
+                "([[hl7.senders]])",
+                field="MSH-4",
+                code=UNKNOWN_KEY,
+            )
 
     def organization(self, universal_id: str, certified: str | None = None) -> str:
         """The organisation a message whose MSH-4 universal id is ``universal_id``
@@ -258,15 +294,19 @@ class PatientService:
         render_ack: AckRenderer,
         *,
         certified: str | None = None,
+        address: str = "",
     ) -> str:
         """Apply ``commands`` (all or nothing) for the sending organisation unless the
         message was seen; its ACK. ``certified``: the organisation of the
-        connection's client certificate (``[hl7] tls``)."""
+        connection's client certificate (``[hl7] tls``); ``address``: the peer's IP
+        address on a plain connection (``[[hl7.senders]]``)."""
         organization: str | None = None
         senders = self._senders() if callable(self._senders) else self._senders
         if senders is not None:
             try:
                 organization = senders.organization(ref.sending_organization, certified)
+                if certified is None:
+                    senders.check_address(organization, address)
                 senders.check(organization, commands)
             except SenderRefused as refused:
                 return self._refuse_sender(ref, commands, render_ack, refused)
