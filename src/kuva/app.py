@@ -58,7 +58,7 @@ from kuva.services.manifest_publishing import ManifestPublisher
 from kuva.services.notices import NoticeService
 from kuva.services.onboarding import OnboardingService
 from kuva.services.operations import Operations
-from kuva.services.patients import PatientService, Senders
+from kuva.services.patients import PatientService, Senders, sender_networks
 from kuva.services.query import QueryService
 from kuva.services.registration import RegistrationService
 from kuva.services.registry import RegistryService
@@ -259,11 +259,12 @@ class Archive:
         self.registration = RegistrationService(
             self.engine, settings, self.xds.manifests, IanSender(settings)
         )
+        networks = sender_networks(settings)  # [[hl7.senders]], parsed once
         self.patients = PatientService(
             self.engine,
             strict=settings.hl7.strict_merge,
             audit=self.audit,
-            senders=lambda: Senders.of(settings),
+            senders=lambda: Senders.of(settings, networks),
         )
         self.integrity = IntegrityService(self.engine, self.blobs)
         self.integrity.on_problem = self.audit.integrity_finding

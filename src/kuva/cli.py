@@ -24,8 +24,8 @@ from kuva.model.clock import utcnow
 from kuva.model.patient import PatientCorrectionError, PatientKey
 from kuva.services.access import DisclosureProhibitions
 from kuva.services.audit import EVENT_IDS, OUTCOMES, AuditTrail
+from kuva.services.operations import Operations
 from kuva.services.patients import Corrected, PatientService
-from kuva.services.registration import retry_policies
 from kuva.tasks.worker import purge_done
 
 if TYPE_CHECKING:
@@ -382,12 +382,10 @@ def tasks_retry(
     everything undelivered to it (IANs, storage commitment reports) is due now."""
     settings = _settings(config)
     engine = _index(settings)
-    windows = {name: policy.window for name, policy in retry_policies(settings).items()}
-    with UnitOfWork(engine) as uow:
-        count = uow.tasks.retry(
-            now=utcnow(), pks=ids or None, kind=kind, destination=node, windows=windows
-        )
-        uow.commit()
+    try:
+        count = Operations(engine, settings).retry(pks=ids or None, node=node, kind=kind)
+    finally:
+        engine.dispose()
     console.print(f"{count} task(s) scheduled again" + (f" to {node}" if node else ""))
     if ids and count < len(ids):
         console.print("[yellow]some ids were not failed tasks and were left alone[/yellow]")

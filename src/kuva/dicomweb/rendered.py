@@ -41,7 +41,13 @@ from kuva.codec.rendered import (
     parse_quality,
     render,
 )
-from kuva.dicomweb.wado import WadoProblem, answering_problems, parse_frame_list, resolve
+from kuva.dicomweb.wado import (
+    WadoProblem,
+    accepted,
+    answering_problems,
+    parse_frame_list,
+    resolve,
+)
 from kuva.index.instances import StoredInstance
 from kuva.model.query import QueryLevel
 from kuva.services.retrieve import RetrieveService
@@ -81,27 +87,13 @@ class ThumbnailCache:
 
 
 def _media_type(request: Request) -> str:
-    """image/jpeg or image/png by Accept (PS3.18 8.3.3.1); WadoProblem 406 else."""
-    accept = request.headers.get("accept", "")
-    if not accept.strip():
-        return JPEG
-    wanted = []
-    for item in accept.split(","):
-        media, _, params = item.strip().partition(";")
-        quality = 1.0
-        for param in params.split(";"):
-            name, _, value = param.strip().partition("=")
-            if name == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        if quality > 0:
-            wanted.append((quality, media.strip().lower()))
-    for _, media in sorted(wanted, key=lambda item: -item[0]):
-        if media in MEDIA_TYPES:
-            return media
-        if media in ("*/*", "image/*"):
+    """image/jpeg or image/png by Accept (PS3.18 8.3.3.1; parsed as every WADO-RS
+    Accept is, dicomweb.media); WadoProblem 400 for a header that cannot be read,
+    406 when neither is acceptable."""
+    for entry in accepted(request, JPEG):
+        if entry.part_type in MEDIA_TYPES:
+            return entry.part_type
+        if entry.part_type == "image/*":
             return JPEG
     raise WadoProblem(406, "Not Acceptable", f"rendered resources are {' or '.join(MEDIA_TYPES)}")
 

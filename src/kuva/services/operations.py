@@ -132,13 +132,19 @@ class Operations:
         with UnitOfWork(self._engine, write=False) as uow:
             return uow.tasks.list(status=status, kind=kind, limit=limit, before=before)
 
-    def retry(self, *, pks: list[int] | None = None, node: str | None = None) -> int:
-        """Failed tasks (these, or all) due again now; with ``node`` every undelivered
-        task to that AE title (``kuva tasks retry``)."""
+    def retry(
+        self,
+        *,
+        pks: list[int] | None = None,
+        node: str | None = None,
+        kind: str | None = None,
+    ) -> int:
+        """Failed tasks (these, of ``kind``, or all) due again now; with ``node`` every
+        undelivered task to that AE title (``kuva tasks retry`` and the console)."""
         windows = {name: p.window for name, p in retry_policies(self._settings).items()}
         with UnitOfWork(self._engine) as uow:
             count = uow.tasks.retry(
-                now=self._clock(), pks=pks or None, destination=node, windows=windows
+                now=self._clock(), pks=pks or None, kind=kind, destination=node, windows=windows
             )
             uow.commit()
         return count

@@ -136,7 +136,8 @@ AckRenderer = Callable[..., str]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _networks(settings: Settings) -> dict[str, tuple[IPNetwork, ...]]:
+def sender_networks(settings: Settings) -> dict[str, tuple[IPNetwork, ...]]:
+    """``[[hl7.senders]]`` as networks by organisation (read once: the file's)."""
     networks: dict[str, list[IPNetwork]] = {}
     for sender in settings.hl7.senders:
         for text in sender.addresses:
@@ -161,7 +162,9 @@ class Senders:
     networks: Mapping[str, tuple[IPNetwork, ...]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, settings: Settings) -> Senders:
+    def of(
+        cls, settings: Settings, networks: Mapping[str, tuple[IPNetwork, ...]] | None = None
+    ) -> Senders:
         """The senders of the directory now (services.directory)."""
         states = {org.oid: org.state for org in settings.directory.organizations}
         return cls(
@@ -173,7 +176,7 @@ class Senders:
                 if state in (OrganizationState.SUSPENDED, OrganizationState.TERMINATED)
             },
             testing=frozenset(o for o, s in states.items() if s is OrganizationState.TESTING),
-            networks=_networks(settings),
+            networks=sender_networks(settings) if networks is None else networks,
         )
 
     def check(self, organization: str, commands: Sequence[PatientCommand]) -> None:

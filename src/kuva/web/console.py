@@ -165,6 +165,14 @@ class Console:
         except Exception as exc:
             audit_failed(log, "a console read", exc)
 
+    async def form(self, request: Request) -> dict[str, list[str]] | Response:
+        """A console form's fields, or the 403 page: the requester is no operator, or
+        the form lacks its CSRF token."""
+        if (refusal := self.forbidden(request)) is not None:
+            return refusal
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        return self.csrf_refusal(request, form) or form
+
     def csrf_refusal(self, request: Request, form: dict[str, list[str]]) -> HTMLResponse | None:
         cookie = request.cookies.get(CSRF_COOKIE, "")
         given = (form.get("csrf") or [""])[0]
@@ -375,11 +383,9 @@ def console_router(console: Console) -> APIRouter:
 
     @router.post("/console/tasks/retry")
     async def retry(request: Request) -> Response:
-        if (refusal := console.forbidden(request)) is not None:
-            return refusal
-        form = parse_qs((await request.body()).decode("utf-8", "replace"))
-        if (refusal := console.csrf_refusal(request, form)) is not None:
-            return refusal
+        form = await console.form(request)
+        if isinstance(form, Response):
+            return form
         pks = [int(v) for v in form.get("task", []) if v.isdigit()]
         node = (form.get("node") or [""])[0] or None
         if not pks and node is None:

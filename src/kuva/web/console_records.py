@@ -27,7 +27,7 @@ import io
 import logging
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
@@ -106,7 +106,7 @@ def records_router(
         )  # fmt: skip
 
     async def change_prohibition(request: Request, prohibit: bool) -> Response:
-        form = await form_of(request)
+        form = await console.form(request)
         if isinstance(form, Response):
             return form
         text = (form.get("patient") or [""])[0].strip()
@@ -181,7 +181,7 @@ def records_router(
 
     @router.post("/console/audit/verify")
     async def audit_verify(request: Request) -> Response:
-        form = await form_of(request)
+        form = await console.form(request)
         if isinstance(form, Response):
             return form
         count, breaks = await run_in_threadpool(figures.verify_chain)
@@ -323,12 +323,6 @@ def records_router(
             limit=LIMIT, message=request.query_params.get("message", ""),
         )  # fmt: skip
 
-    async def form_of(request: Request) -> dict[str, list[str]] | Response:
-        if (refusal := console.forbidden(request)) is not None:
-            return refusal
-        form = parse_qs((await request.body()).decode("utf-8", "replace"))
-        return console.csrf_refusal(request, form) or form
-
     def done(message: str) -> Response:
         return RedirectResponse(
             "/console/retention?" + urlencode({"message": message}), status_code=303
@@ -336,7 +330,7 @@ def records_router(
 
     @router.post("/console/retention/hold")
     async def hold(request: Request) -> Response:
-        form = await form_of(request)
+        form = await console.form(request)
         if isinstance(form, Response):
             return form
         study = (form.get("study") or [""])[0].strip()
@@ -352,7 +346,7 @@ def records_router(
 
     @router.post("/console/retention/release")
     async def release(request: Request) -> Response:
-        form = await form_of(request)
+        form = await console.form(request)
         if isinstance(form, Response):
             return form
         study = (form.get("study") or [""])[0].strip()
