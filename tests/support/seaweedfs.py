@@ -19,7 +19,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from lxml import etree
+
 from kuva.storage.s3 import S3BlobStore, S3Location, S3Options
+from kuva.storage.s3_uploads import S3_NS, MultipartUploads
 from tests.support.peers import LOOPBACK, PeerStartError, free_ports, stop_process_group
 
 ACCESS_KEY = "kuvatest"
@@ -202,3 +205,10 @@ class SeaweedS3:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def start_upload(uploads: MultipartUploads, key: str) -> str:
+    """CreateMultipartUpload of ``key`` (left open, as a killed writer leaves it);
+    its upload id."""
+    root = etree.fromstring(uploads.request("POST", key, {"uploads": ""}))
+    return root.findtext(f"{S3_NS}UploadId") or ""

@@ -307,12 +307,10 @@ class DirectoryWatcher:
         settings: Settings,
         *,
         interval: float = POLL_SECONDS,
-        on_change: Callable[[Directory], None] | None = None,
     ) -> None:
         self._service = service
         self._settings = settings
         self._version: int | None = None
-        self._on_change = on_change
         self._periodic = Periodic(
             "kuva-directory",
             self.refresh,
@@ -335,8 +333,6 @@ class DirectoryWatcher:
                 len(directory.organizations),
                 len(directory.nodes),
             )
-        if self._on_change is not None:
-            self._on_change(directory)
         return True
 
     def start(self) -> None:

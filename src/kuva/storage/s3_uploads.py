@@ -110,7 +110,8 @@ def sign(
 
 
 class MultipartUploads:
-    """The multipart uploads of one bucket: list, create (tests), abort."""
+    """The multipart uploads of one bucket: list and abort (``request`` signs and
+    sends any other request of the S3 API on the bucket)."""
 
     def __init__(
         self,
@@ -161,7 +162,7 @@ class MultipartUploads:
             virtual_hosted=virtual_hosted,
         )
 
-    def _request(self, method: str, key: str, query: Mapping[str, str], body: bytes = b"") -> bytes:
+    def request(self, method: str, key: str, query: Mapping[str, str], body: bytes = b"") -> bytes:
         path = f"{self._base}/{_encode(key, safe='/')}" if key else f"{self._base}/"
         headers = sign(
             method,
@@ -200,7 +201,7 @@ class MultipartUploads:
         markers: dict[str, str] = {}
         while True:
             root = etree.fromstring(
-                self._request("GET", "", {"uploads": "", "prefix": prefix, **markers})
+                self.request("GET", "", {"uploads": "", "prefix": prefix, **markers})
             )
             for upload in root.iter(f"{S3_NS}Upload"):
                 yield MultipartUpload(
@@ -215,14 +216,9 @@ class MultipartUploads:
                 "upload-id-marker": root.findtext(f"{S3_NS}NextUploadIdMarker") or "",
             }
 
-    def create(self, key: str) -> str:
-        """Start an upload (CreateMultipartUpload); its upload id."""
-        root = etree.fromstring(self._request("POST", key, {"uploads": ""}))
-        return root.findtext(f"{S3_NS}UploadId") or ""
-
     def abort(self, upload: MultipartUpload) -> None:
         """AbortMultipartUpload: its parts are freed."""
-        self._request("DELETE", upload.key, {"uploadId": upload.upload_id})
+        self.request("DELETE", upload.key, {"uploadId": upload.upload_id})
 
     def sweep(self, prefix: str, *, older_than: float, now: datetime | None = None) -> int:
         """Abort the uploads under ``prefix`` started more than ``older_than``
