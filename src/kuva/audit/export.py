@@ -170,7 +170,8 @@ def strip_urn_oid(value: str) -> str:
 
 def _local(element: etree._Element) -> str:
     tag = element.tag
-    return etree.QName(tag).localname if isinstance(tag, str) else ""
+    # Not etree.QName, which raises ValueError on a prefix libxml2 let through undeclared.
+    return tag.rpartition("}")[2] if isinstance(tag, str) else ""
 
 
 def _children(parent: etree._Element, name: str) -> Iterator[etree._Element]:
@@ -202,6 +203,8 @@ def _when(text: str, now: datetime) -> datetime:
         return check_not_future(instant, now)
     except ValueError as exc:
         raise UnusableExport(f"EventDateTime: {exc}") from None
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00: before the year 1 in UTC
+        raise UnusableExport("EventDateTime is not a time of the years 1-9999 in UTC") from None
 
 
 def _destination(root: etree._Element) -> tuple[str, str | None]:

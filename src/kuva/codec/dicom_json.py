@@ -90,8 +90,11 @@ def dataset_json(ds: Dataset) -> str:
             log.debug("element %s left out of the index JSON: %s", key, exc)
     if "Rows" in ds and "7FE00010" not in result:
         # Read with stop_before_pixels: the pixel data is referenced, never copied.
-        vr = "OW" if ds.get("BitsAllocated", 8) > 8 and not _compressed(ds) else "OB"
-        result["7FE00010"] = {"vr": vr, "BulkDataURI": "bulk:7FE00010"}
+        try:
+            wide = ds.get("BitsAllocated", 8) > 8 and not _compressed(ds)
+        except Exception:  # an unreadable Bits Allocated or transfer syntax
+            wide = False
+        result["7FE00010"] = {"vr": "OW" if wide else "OB", "BulkDataURI": "bulk:7FE00010"}
     return json.dumps(result, separators=(",", ":"), ensure_ascii=False)
 
 

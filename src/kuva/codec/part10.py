@@ -191,10 +191,12 @@ def apply_sender_defaults(ds: Dataset, *, issuer: str = "", character_set: str =
     Specific Character Set (PS3.5 6.1.2.2), and ``issuer`` is its Issuer of Patient
     ID when it has none (``patient_issuer``). The received bytes stay as they are."""
     if character_set and undeclared_character_set(ds):
+        ds.pop(0x00080005, None)  # an empty one, perhaps of another VR: replaced whole
         ds.SpecificCharacterSet = character_set
         implicit, little = ds.original_encoding
         ds.set_original_encoding(implicit, little, convert_encodings([character_set]))
     if issuer and not patient_issuer(ds):
+        ds.pop(0x00100021, None)  # one that cannot be read counts as none (not converted)
         ds.IssuerOfPatientID = issuer
 
 

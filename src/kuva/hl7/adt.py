@@ -77,6 +77,13 @@ _SEX = {"M": "M", "F": "F", "O": "O", "U": "O", "A": "O", "N": "O"}
 Handler = Callable[[MessageRef, list[PatientCommand], Callable[..., str]], str]
 
 WARNING = "W"  # ERR-4 severity (HL7 v2.5 table 0516)
+# The longest MSH-3, MSH-4 (HD.1) and MSH-10 a message is told apart by: what the
+# index keeps of each (index.schema hl7_message); a longer one is answered AE.
+_MAX_SENDING_APPLICATION = 180
+_MAX_SENDING_FACILITY = 180
+_MAX_CONTROL_ID = 199
+# The longest patient name (PID-5 as DICOM PN) the index keeps: five components of 64.
+_MAX_NAME = 324
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,12 @@ def _person_name(segment: hl7.Segment) -> str | None:
     parts = [_value(segment, 5, 1, n) for n in (1, 2, 3, 5, 4)]
     if not any(parts):
         return None
-    return "^".join(parts).rstrip("^")
+    name = "^".join(parts).rstrip("^")
+    if max(len(name), len(name.upper())) > _MAX_NAME:  # the index keeps it upper-cased too
+        raise PatientCorrectionError(
+            f"PID-5 (patient name) longer than {_MAX_NAME} characters", field="PID-5", code="102"
+        )
+    return name
 
 
 def _death_date(pid: hl7.Segment) -> str | None:
@@ -167,7 +179,7 @@ def _demographics(pid: hl7.Segment) -> Demographics:
 
 def commands(message: hl7.Message, event: str) -> list[PatientCommand]:
     """The corrections an ADT message asks for (PatientCorrectionError: it is wrong)."""
-    pids = list(message.segments("PID")) if _has(message, "PID") else []
+    pids = _segments(message, "PID")
     if not pids:
         raise PatientCorrectionError("PID segment missing", field="PID", code="100")
     if event in ("A08", "A31"):
@@ -176,7 +188,7 @@ def commands(message: hl7.Message, event: str) -> list[PatientCommand]:
         if len(pids) < 2:
             raise PatientCorrectionError("A37 needs two PID segments", field="PID", code="100")
         return [UnlinkPatients(_key(pids[0], 3, "PID-3"), _key(pids[1], 3, "PID-3"))]
-    mrgs = list(message.segments("MRG")) if _has(message, "MRG") else []
+    mrgs = _segments(message, "MRG")
     if not mrgs or len(mrgs) != len(pids):
         raise PatientCorrectionError("each PID needs its MRG segment", field="MRG", code="100")
     if event == "A47":
@@ -190,8 +202,11 @@ def commands(message: hl7.Message, event: str) -> list[PatientCommand]:
     ]
 
 
-def _has(message: hl7.Message, name: str) -> bool:
-    return any(str(segment[0]) == name for segment in message)
+def _segments(message: hl7.Message, name: str) -> list[hl7.Segment]:
+    """The segments called ``name``, read as the text of their first field (python-hl7's
+    own ``segments`` compares otherwise when MSH-2 makes a letter of the name a
+    delimiter, and raises KeyError)."""
+    return [segment for segment in message if str(segment[0]) == name]
 
 
 def _location(field: str) -> str:
@@ -279,6 +294,18 @@ def handle(frame: bytes, apply: Handler) -> bytes:
     )
     if not ref.control_id:
         reply = ack(message, "AE", error=("101", "MSH^1^10", "MSH-10 (message control id) missing"))
+        return reply.encode(codec, "replace")
+    for field, value, limit in (
+        ("MSH-3", ref.sending_application, _MAX_SENDING_APPLICATION),
+        ("MSH-4", ref.sending_facility, _MAX_SENDING_FACILITY),
+        ("MSH-10", ref.control_id, _MAX_CONTROL_ID),
+    ):
+        if len(value) > limit:
+            reason = f"{field} longer than {limit} characters"
+            reply = ack(message, "AE", error=("102", _location(field), reason))
+            return reply.encode(codec, "replace")
+    if "\x00" in text:  # no HL7 data type holds one, and the index cannot keep one
+        reply = ack(message, "AE", error=("102", "MSH^1", "the message contains a NUL character"))
         return reply.encode(codec, "replace")
     try:
         asked = commands(message, event)

@@ -138,7 +138,10 @@ class Notice(_Strict):
         now = context.get("now")
         if not isinstance(now, datetime):
             raise ValueError("no clock to check the time against")  # a programming error
-        return check_not_future(value, now)
+        try:
+            return check_not_future(value, now)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00: before the year 1 in UTC
+            raise ValueError("not a time of the years 1-9999 in UTC") from None
 
     @model_validator(mode="after")
     def _something(self) -> Notice:

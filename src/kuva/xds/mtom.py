@@ -247,7 +247,7 @@ class MtomReader:
                     root_index = index
                     break
             else:
-                raise MtomError(f"no MIME part has the start Content-ID <{self._start}>")
+                raise MtomError(f"no MIME part has the start Content-ID {self._start!r}")
         root_headers, root_content = parts[root_index]
         try:
             root_type = parse_content_type(root_headers.get("content-type") or "")
@@ -267,7 +267,7 @@ class MtomReader:
                 raise MtomError(f"MIME part {index + 1} has no Content-ID")
             content_id = strip_angle_brackets(raw_id)
             if content_id in found:
-                raise MtomError(f"two MIME parts have the Content-ID <{content_id}>")
+                raise MtomError(f"two MIME parts have the Content-ID {content_id!r}")
             found[content_id] = _decode(headers, content)
             types[content_id] = headers.get("content-type") or "application/octet-stream"
         return MtomMessage(_decode(root_headers, root_content), root_type, found, types)

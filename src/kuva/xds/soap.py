@@ -214,6 +214,11 @@ def parse_xml(data: bytes) -> Element:
             "Sender",
             "a SOAP message must not contain processing instructions (SOAP 1.2 Part 1, 5)",
         )
+    # libxml2 does not always fail on a prefix never declared; such a name is no QName.
+    if any(":" in e.tag for e in root.iter() if isinstance(e.tag, str) and e.tag[:1] != "{"):
+        raise SoapFault(
+            "Sender", "the message is not namespace-well-formed: a prefix is undeclared"
+        )
     return root
 
 
@@ -544,9 +549,12 @@ def fault_reply(fault: SoapFault, relates_to: str | None = None) -> FaultReply:
     if details is not None:
         for name in details.not_understood:
             qname = etree.QName(name)
-            element = etree.SubElement(
-                header, _soap("NotUnderstood"), nsmap={"nu": qname.namespace or ""}
-            )
+            try:
+                element = etree.SubElement(
+                    header, _soap("NotUnderstood"), nsmap={"nu": qname.namespace or ""}
+                )
+            except ValueError:  # a namespace name libxml2 read but lxml cannot declare
+                continue  # (the Reason names the header still)
             element.set("qname", f"nu:{qname.localname}" if qname.namespace else qname.localname)
     body = envelope[1]
     element = etree.SubElement(body, _soap("Fault"))
