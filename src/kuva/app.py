@@ -43,6 +43,7 @@ from kuva.index.outbox import STATUSES
 from kuva.index.uow import UnitOfWork
 from kuva.services import audit, commitment, registration
 from kuva.services.access import AccessPolicy, DisclosureProhibitions
+from kuva.services.assertions import AssertionReplay
 from kuva.services.audit import AuditTrail
 from kuva.services.authentication import NodeAuthentication
 from kuva.services.cluster import Heartbeat
@@ -54,6 +55,7 @@ from kuva.services.ian_backlog import IanBacklog
 from kuva.services.imaging_document_source import ImagingDocumentSource
 from kuva.services.ingest import IngestService
 from kuva.services.integrity import IntegrityService, Scrubber
+from kuva.services.limits import OrganizationLimiter
 from kuva.services.manifest_publishing import ManifestPublisher
 from kuva.services.notices import NoticeService
 from kuva.services.onboarding import OnboardingService
@@ -79,9 +81,10 @@ from kuva.web.console import Console, console_router
 from kuva.web.console_records import records_router
 from kuva.web.directory_admin import directory_router
 from kuva.web.disclosures import disclosures_router
+from kuva.web.limits import OrganizationLimitGuard
 from kuva.web.organization_state import OrganizationStateGuard
 from kuva.web.tls import protocol_class
-from kuva.xds import ebrim
+from kuva.xds import ebrim, xua
 from kuva.xds.endpoint import soap_router
 from kuva.xds.iti18 import registry_stored_query
 from kuva.xds.iti42 import register_document_set
@@ -129,6 +132,7 @@ class XdsServices:
     repository: RepositoryService
     manifests: ManifestPublisher
     rad69: ImagingDocumentSetRetrieval
+    replays: AssertionReplay
 
 
 def build_xds(
@@ -165,7 +169,8 @@ def build_xds(
     )
     rad69 = ImagingDocumentSetRetrieval(retrieve, settings, disclosures, access=access)
     stored_query = StoredQueryService(engine, disclosures=disclosures, access=access)
-    return XdsServices(registry, stored_query, repository, manifests, rad69)
+    replays = AssertionReplay(engine, reuse=settings.xds.xua_assertion_reuse)
+    return XdsServices(registry, stored_query, repository, manifests, rad69, replays)
 
 
 def xds_router(
@@ -185,6 +190,7 @@ def xds_router(
             "/xds/imaging": [retrieve_imaging_document_set(xds.rad69, settings, audit_trail)],
         },
         settings.xds.max_request_bytes,
+        xua.authentication(xua.XuaVerifier(settings.xds, xds.replays), audit_trail),
     )
 
 
@@ -260,11 +266,16 @@ class Archive:
             self.engine, settings, self.xds.manifests, IanSender(settings)
         )
         networks = sender_networks(settings)  # [[hl7.senders]], parsed once
+        # Every DICOM process of this node takes association slots from one folder.
+        self.limiter = OrganizationLimiter(
+            settings, settings.archive.data_dir / "run" / "associations"
+        )
         self.patients = PatientService(
             self.engine,
             strict=settings.hl7.strict_merge,
             audit=self.audit,
             senders=lambda: Senders.of(settings, networks),
+            rate_limit=lambda organization: self.limiter.request(organization, "hl7"),
         )
         self.integrity = IntegrityService(self.engine, self.blobs)
         self.integrity.on_problem = self.audit.integrity_finding
@@ -337,6 +348,7 @@ class Archive:
             RetrieveSCP(settings, self.retrieve, self.access, self.audit),
             self.audit,
             self.authentication,
+            self.limiter,
         )
         self.hl7 = Hl7Server(settings, self.patients, self.authentication)
         self.notices = NoticeService(self.engine)
@@ -409,6 +421,8 @@ class Archive:
         self.http_app.state.public_base_url = settings.http.base_url
         self.http_app.state.default_organization = settings.http_organization()
         self.http_app.state.access = self.access
+        # Inner to outer: the limits count requests the state guard let through.
+        self.http_app.add_middleware(OrganizationLimitGuard, limiter=self.limiter)
         self.http_app.add_middleware(OrganizationStateGuard, state_of=settings.organization_state)
         if settings.http.cors_origins:
             # Outermost: a browser's preflight is answered before anything else.

@@ -18,7 +18,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from kuva import cli
-from kuva.model.directory import NodeSettings, OrganizationSettings, OrganizationState
+from kuva.model.directory import (
+    NodeSettings,
+    OrganizationLimits,
+    OrganizationSettings,
+    OrganizationState,
+)
 from kuva.services.directory import DirectoryError, DirectoryService
 from kuva.services.onboarding import OnboardingService, UnknownOrganization
 
@@ -29,7 +34,7 @@ orgs_app = typer.Typer(
 )
 nodes_app = typer.Typer(no_args_is_help=True, help="The organisations' DICOM nodes.")
 
-EntryT = TypeVar("EntryT", OrganizationSettings, NodeSettings)
+EntryT = TypeVar("EntryT", OrganizationSettings, NodeSettings, OrganizationLimits)
 
 ByOption = Annotated[
     str, typer.Option("--by", help="who makes the change (audited; default: login name)")
@@ -234,6 +239,45 @@ def orgs_terminate(
         cli.console.print(f"[red]--notice-date {escape(notice_date or '')}: not YYYY-MM-DD[/red]")
         raise typer.Exit(2) from None
     _set_state(config, oid, OrganizationState.TERMINATED, by, notice_date=notice, force=force)
+
+
+@orgs_app.command("limits")
+def orgs_limits(
+    oid: str,
+    associations: Annotated[
+        int | None, typer.Option("--associations", help="DICOM associations open at once")
+    ] = None,
+    requests_per_second: Annotated[
+        float | None,
+        typer.Option("--requests-per-second", help="HTTP, DIMSE and HL7 requests per second"),
+    ] = None,
+    request_bytes: Annotated[
+        int | None, typer.Option("--request-bytes", help="bytes of one STOW-RS or ITI-41 body")
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="no limits at all")] = False,
+    config: cli.ConfigOption = None,
+    by: ByOption = "",
+) -> None:
+    """Show or set what the organisation may use of each node at once (services.limits):
+    the options given replace those limits, the others stay; ``--clear`` lifts all.
+    In force on every node within a second (audited)."""
+    with _directory(config) as directory:
+        org = directory.organization(oid)
+        given = {
+            "associations": associations,
+            "requests_per_second": requests_per_second,
+            "request_bytes": request_bytes,
+        }
+        values = {} if clear else org.limits.model_dump()
+        values |= {key: value for key, value in given.items() if value is not None}
+        if clear or any(value is not None for value in given.values()):
+            limits = _entry(OrganizationLimits, **values)
+            org = directory.set_limits(oid, limits, by=_operator(by))
+    shown = {key: value for key, value in org.limits.model_dump().items() if value is not None}
+    cli.console.print(
+        f"organisation {oid} limits: "
+        + (", ".join(f"{key} {value}" for key, value in shown.items()) or "none")
+    )
 
 
 @orgs_app.command("purge-test")

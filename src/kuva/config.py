@@ -180,6 +180,17 @@ class Hl7Settings(BaseModel):
     senders: list[Hl7SenderSettings] = Field(default_factory=list)
 
 
+class XuaIssuerSettings(BaseModel):
+    """``[[xds.xua_issuers]]``: an identity provider whose XUA assertions kuva trusts:
+    its Issuer name, exactly as the assertion's ``saml2:Issuer`` gives it, and its
+    signing certificate (PEM)."""
+
+    model_config = {"extra": "forbid"}
+
+    name: str = Field(min_length=1)
+    certificate: Path
+
+
 class XdsSettings(BaseModel):
     """XDS.b registry/repository and XDS-I.b imaging document source (kuva.xds)."""
 
@@ -197,6 +208,33 @@ class XdsSettings(BaseModel):
     trusted_assigning_authorities: list[str] = Field(default_factory=lambda: ["1.2.246.21"])
     # Largest SOAP request accepted (bytes); larger ones get a SOAP fault.
     max_request_bytes: int = 64 * 1024 * 1024
+    # XUA (IHE ITI-40, kuva.xds.xua): the identity providers whose signed SAML 2.0
+    # assertions are trusted. A request's assertion must verify against one of
+    # them, else the request gets a wsse fault; the user it names then acts. With
+    # none listed an assertion is never trusted: its claims are ignored and the
+    # request acts for the HTTP organisation (kuva.web.identity).
+    xua_issuers: list[XuaIssuerSettings] = Field(default_factory=list)
+    # true: every XDS request must carry a verified assertion (needs xua_issuers).
+    require_xua: bool = False
+    # The audience an assertion must be addressed to (its AudienceRestriction,
+    # SAML 2.0 Core 2.5.1.4), e.g. this endpoint's URL; "" = not checked.
+    xua_audience: str = ""
+    # How far the clocks of kuva and an identity provider may differ (NotBefore,
+    # NotOnOrAfter).
+    xua_clock_skew_seconds: int = Field(default=60, ge=0, le=3600)
+    # false: an assertion is accepted once within its lifetime (a second request
+    # with it is a replay). true: it may be reused for several requests, each
+    # with its own wsa:MessageID; the same assertion and MessageID twice is a replay.
+    xua_assertion_reuse: bool = False
+
+    @model_validator(mode="after")
+    def _xua_needs_issuers(self) -> XdsSettings:
+        if self.require_xua and not self.xua_issuers:
+            raise ValueError("[xds] require_xua = true needs [[xds.xua_issuers]] to verify with")
+        names = [issuer.name for issuer in self.xua_issuers]
+        if len(set(names)) != len(names):
+            raise ValueError("[[xds.xua_issuers]]: an issuer name is listed twice")
+        return self
 
 
 class CodeSettings(BaseModel):

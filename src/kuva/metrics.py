@@ -123,3 +123,24 @@ audit_lost = Counter(
     "Queued audit records given up after the index refused their batch repeatedly",
     registry=REGISTRY,
 )
+
+# Per organisation (services.limits): what each one asks of this process, and what
+# its limits refused.
+organization_requests = Counter(
+    "kuva_organization_requests",
+    "Requests of each organisation, by protocol (http, dimse, hl7)",
+    ["organization", "protocol"],
+    registry=REGISTRY,
+)
+organization_limited = Counter(
+    "kuva_organization_limited",
+    "Requests and associations refused by an organisation's limits, by limit",
+    ["organization", "limit"],
+    registry=REGISTRY,
+)
+organization_associations = Gauge(
+    "kuva_organization_associations",
+    "DICOM associations of each organisation open now in this process",
+    ["organization"],
+    registry=REGISTRY,
+)

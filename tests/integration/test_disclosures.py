@@ -109,7 +109,13 @@ def test_notices_recorded_found_and_retried(http: httpx.Client) -> None:
     records = _disclosures(http, patient)
     assert len(records) == 3
     newest = records[0]
-    assert newest["recipient"] == {"organization": RECIPIENT, "person": "Dr. Virtanen"}
+    assert newest["recipient"] == {
+        "organization": RECIPIENT,
+        "person": "Dr. Virtanen",
+        "user": None,
+        "role": None,
+        "purpose_of_use": None,
+    }
     assert newest["register_holder"] == REPORTER
     assert (newest["source"], newest["interface"]) == ("notice", "notice")
     assert newest["channel"].startswith("Kanta")
@@ -158,7 +164,8 @@ def test_atna_export_over_http(http: httpx.Client) -> None:
     assert response.status_code == 201, response.text
     records = _disclosures(http, patient)
     assert [(r["source"], r["interface"]) for r in records] == [("atna", "ATNA-Export")] * 2
-    assert records[0]["recipient"] == {"organization": OTHER_RECIPIENT, "person": "ylilääkäri"}
+    assert records[0]["recipient"]["organization"] == OTHER_RECIPIENT
+    assert records[0]["recipient"]["person"] == "ylilääkäri"
     assert records[0]["document_unique_id"] == "1.2.246.10.99.1.78"
     assert records[0]["basis"] == "Hoito (potilaan suostumus)"
     assert records[1]["study_instance_uid"] == STUDY

@@ -37,6 +37,7 @@ from fastapi import FastAPI
 from lxml import etree
 from lxml.etree import _Element as Element
 
+from kuva.config import XdsSettings
 from kuva.dicomweb.multipart_parser import (
     MultipartParser,
     PartData,
@@ -62,8 +63,10 @@ from kuva.xds.namespaces import (
     q,
 )
 from kuva.xds.schema import validate
-from kuva.xds.soap import SAML2, WSSE
+from kuva.xds.xua import XuaVerifier, authentication
 from tests.support.server import free_port
+from tests.support.xua import IdentityProvider, security_header
+from tests.unit.test_xua import Remembered
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "xds"
 SAMPLES = DATA / "samples"
@@ -585,24 +588,44 @@ def test_duplicate_actions_on_a_path_are_a_configuration_error(echo: Echo) -> No
 # ------------------------------------------------------------------ XUA
 
 
-def test_the_xua_attributes_reach_the_handler(app: FastAPI, echo: Echo) -> None:
-    security = f"""<wsse:Security xmlns:wsse="{WSSE}" soap:mustUnderstand="true">
-      <saml2:Assertion xmlns:saml2="{SAML2}" ID="_x" Version="2.0"
-          IssueInstant="2025-01-01T00:00:00Z">
-        <saml2:Issuer>idp</saml2:Issuer>
-        <saml2:AttributeStatement>
-          <saml2:Attribute Name="urn:oasis:names:tc:xspa:1.0:subject:organization-id">
-            <saml2:AttributeValue>1.2.246.10.12345678.10</saml2:AttributeValue>
-          </saml2:Attribute>
-        </saml2:AttributeStatement>
-      </saml2:Assertion></wsse:Security>"""
+def xua_app(echo: Echo, idp: IdentityProvider, **settings: object) -> FastAPI:
+    """The echo endpoints behind XUA verification (kuva.xds.xua) trusting ``idp``."""
+    xds = XdsSettings.model_validate({"xua_issuers": [idp.settings()], **settings})
+    verify = authentication(XuaVerifier(xds, Remembered()), None)
+    app = FastAPI()
+    app.include_router(soap_router(endpoints(echo), 1 << 20, verify))
+    return app
+
+
+def test_a_verified_user_reaches_the_handler(echo: Echo, tmp_path: Path) -> None:
+    idp = IdentityProvider(tmp_path)
+    header = etree.tostring(security_header(idp.assertion())).decode()
     payload = payload_bytes("iti18-GetAll-request.xml")
-    response = post(app, REGISTRY, envelope(REGISTRY_STORED_QUERY, payload, security))
+    response = post(xua_app(echo, idp), REGISTRY, envelope(REGISTRY_STORED_QUERY, payload, header))
     assert response.status_code == 200
     (seen,) = echo.seen
-    assert seen.request.assertion_attributes == {
-        "urn:oasis:names:tc:xspa:1.0:subject:organization-id": "1.2.246.10.12345678.10"
-    }
+    assert seen.request.user is not None
+    assert seen.request.user.organization == "1.2.246.10.55555555.10"
+
+
+@pytest.mark.parametrize("case", ["missing", "unsigned", "replayed"])
+def test_a_refused_assertion_is_a_wsse_fault_and_no_handler_runs(
+    echo: Echo, tmp_path: Path, case: str
+) -> None:
+    idp = IdentityProvider(tmp_path)
+    app = xua_app(echo, idp, require_xua=True)
+    payload = payload_bytes("iti18-GetAll-request.xml")
+    assertion = idp.assertion(signed=case != "unsigned")
+    header = "" if case == "missing" else etree.tostring(security_header(assertion)).decode()
+    if case == "replayed":
+        assert post(app, REGISTRY, envelope(REGISTRY_STORED_QUERY, payload, header)).is_success
+        echo.seen.clear()
+    response = post(app, REGISTRY, envelope(REGISTRY_STORED_QUERY, payload, header))
+    assert response.status_code == 400
+    tree = soap_tree(response)
+    expected = "wsse:FailedAuthentication" if case == "replayed" else "wsse:InvalidSecurityToken"
+    assert fault_codes(tree) == ["soap:Sender", expected]
+    assert echo.seen == []
 
 
 # ------------------------------------------------------------------ MTOM responses

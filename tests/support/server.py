@@ -18,6 +18,7 @@ from tests.support.forked import ForkedProcess, run_kuva
 
 # Re-exported: the one picker of test ports (tests.support.peers.free_ports).
 from tests.support.peers import free_port as free_port
+from tests.support.xua import site_idp
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -126,7 +127,9 @@ class KuvaServer:
             sections["http"]["base_url"] = self.http
         for name, values in self.extra.items():
             sections.setdefault(name, {}).update(values)
-        write_config(self.config_path, sections, self.nodes, self.organizations, self.arrays)
+        # Every test site trusts the tests' identity provider for XUA (tests.support.xua).
+        arrays = {"xds.xua_issuers": [site_idp().settings()], **self.arrays}
+        write_config(self.config_path, sections, self.nodes, self.organizations, arrays)
 
     @property
     def blob_dir(self) -> Path:

@@ -120,7 +120,7 @@ def test_migrate_creates_schema(database_url: str) -> None:
         assert "alembic_version" in tables
         migrate(engine)  # a second run is a no-op
         with engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_revision() == "0019"
+            assert MigrationContext.configure(conn).get_current_revision() == "0021"
     finally:
         engine.dispose()
 

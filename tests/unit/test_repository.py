@@ -69,14 +69,13 @@ from kuva.xds.namespaces import (
     q,
 )
 from kuva.xds.repository import (
-    XUA_ORGANIZATION_ID,
     provide_and_register,
     requesting_organization,
     retrieve_document_set,
 )
 from kuva.xds.schema import validate
-from kuva.xds.soap import SAML2, WSSE
 from tests.support.synthetic import make_ct_series
+from tests.support.xua import User, security_header, site_idp, verified
 from tests.unit.test_ebrim import sample_payload
 from tests.unit.test_registry_service import PATIENT, fill, new_oid
 
@@ -102,15 +101,10 @@ SOAP_XML = "application/soap+xml; charset=UTF-8"
 
 
 def saml_security(organization: str) -> str:
-    """A wsse:Security header with an XUA assertion naming ``organization``."""
-    return (
-        f'<wsse:Security xmlns:wsse="{WSSE}">'
-        f'<saml2:Assertion xmlns:saml2="{SAML2}" ID="_a" Version="2.0" '
-        'IssueInstant="2026-01-01T00:00:00Z"><saml2:Issuer>idp</saml2:Issuer>'
-        f'<saml2:AttributeStatement><saml2:Attribute Name="{XUA_ORGANIZATION_ID}">'
-        f"<saml2:AttributeValue>{organization}</saml2:AttributeValue></saml2:Attribute>"
-        "</saml2:AttributeStatement></saml2:Assertion></wsse:Security>"
-    )
+    """A wsse:Security header with an XUA assertion naming ``organization``, signed
+    by the identity provider every test server trusts (tests.support.xua)."""
+    assertion = site_idp().assertion(User(organization_id=organization))
+    return etree.tostring(security_header(assertion)).decode()
 
 
 def soap_envelope(action: str, payload: Element | bytes, organization: str | None = None) -> bytes:
@@ -320,13 +314,12 @@ class Repo:
         self, *documents: tuple[str, str] | tuple[str, str, str], organization: str | None = None
     ) -> SoapResponse:
         body = retrieve_request(*documents)
-        attributes = {XUA_ORGANIZATION_ID: organization} if organization is not None else {}
         response = self.retrieve.handle(
             SoapRequest(
                 action=RETRIEVE_DOCUMENT_SET,
                 message_id="urn:uuid:2",
                 body=body,
-                assertion_attributes=attributes,
+                user=verified(organization) if organization is not None else None,
             )
         )
         assert response.action == RESPONSE_ACTIONS[RETRIEVE_DOCUMENT_SET]
@@ -810,12 +803,19 @@ def test_the_disclosure_rule() -> None:
     assert recipient_of(f" URN:OID:{HOLDER} ") == HOLDER
     assert len(recipient_of("1." * 100)) == 64
     request = SoapRequest(
+        RETRIEVE_DOCUMENT_SET, "urn:uuid:1", etree.Element("x"), user=verified(OTHER_ORGANIZATION)
+    )
+    assert requesting_organization(request) == OTHER_ORGANIZATION
+    # An assertion that was not verified (no user) is never taken.
+    claimed = site_idp().assertion(User(organization_id=OTHER_ORGANIZATION))
+    unverified = SoapRequest(
         RETRIEVE_DOCUMENT_SET,
         "urn:uuid:1",
         etree.Element("x"),
-        assertion_attributes={XUA_ORGANIZATION_ID: f"urn:oid:{OTHER_ORGANIZATION}"},
+        security=security_header(claimed),
+        client_organization=HOLDER,
     )
-    assert requesting_organization(request) == OTHER_ORGANIZATION
+    assert requesting_organization(unverified) == HOLDER
 
 
 def test_disclosure_records_look_up_the_patient_of_an_image(engine: Engine) -> None:

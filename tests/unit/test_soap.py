@@ -16,7 +16,6 @@ from kuva.xds.soap import (
     SOAP11,
     WSSE,
     DetailedFault,
-    assertion_attributes,
     build_envelope,
     fault_reply,
     new_message_id,
@@ -95,7 +94,7 @@ def test_a_plain_request_is_read() -> None:
     assert request.body.tag == q("xdsb", "RetrieveDocumentSetRequest")
     assert not request.mtom
     assert request.attachments == {}
-    assert request.assertion_attributes == {}
+    assert request.security is None and request.user is None
 
 
 def test_the_sample_with_addressing_headers_is_read() -> None:
@@ -126,42 +125,19 @@ def test_headers_that_need_no_understanding_are_accepted(block: str) -> None:
     assert parse_envelope(envelope(addressing(block))).action == ACTION
 
 
-def test_the_xua_assertion_attributes_are_collected() -> None:
+def test_the_security_header_is_handed_on_unverified() -> None:
+    """parse_envelope does not judge the XUA assertion (kuva.xds.xua does, in the
+    endpoint): it hands the wsse:Security block on, and no user is set."""
     security = f"""
       <wsse:Security xmlns:wsse="{WSSE}" soap:mustUnderstand="true">
         <saml2:Assertion xmlns:saml2="{SAML2}" ID="_a1" IssueInstant="2025-01-01T00:00:00Z"
-            Version="2.0">
-          <saml2:Issuer>https://idp.example.org</saml2:Issuer>
-          <saml2:AttributeStatement>
-            <saml2:Attribute Name="urn:oasis:names:tc:xspa:1.0:subject:organization-id">
-              <saml2:AttributeValue> 1.2.246.10.12345678.10 </saml2:AttributeValue>
-              <saml2:AttributeValue>second value, ignored</saml2:AttributeValue>
-            </saml2:Attribute>
-            <saml2:Attribute Name="urn:oasis:names:tc:xspa:1.0:subject:subject-id">
-              <saml2:AttributeValue>Dr. Example</saml2:AttributeValue>
-            </saml2:Attribute>
-            <saml2:Attribute Name="urn:oasis:names:tc:xacml:2.0:subject:role">
-              <saml2:AttributeValue><Role xmlns="urn:hl7-org:v3" code="x"/></saml2:AttributeValue>
-            </saml2:Attribute>
-          </saml2:AttributeStatement>
-          <saml2:AttributeStatement>
-            <saml2:Attribute Name="urn:oasis:names:tc:xspa:1.0:subject:organization-id">
-              <saml2:AttributeValue>later statement, ignored</saml2:AttributeValue>
-            </saml2:Attribute>
-          </saml2:AttributeStatement>
-        </saml2:Assertion>
+            Version="2.0"><saml2:Issuer>https://idp.example.org</saml2:Issuer></saml2:Assertion>
       </wsse:Security>"""
     request = parse_envelope(envelope(addressing(security)))
-    assert request.assertion_attributes == {
-        "urn:oasis:names:tc:xspa:1.0:subject:organization-id": "1.2.246.10.12345678.10",
-        "urn:oasis:names:tc:xspa:1.0:subject:subject-id": "Dr. Example",
-        "urn:oasis:names:tc:xacml:2.0:subject:role": "",
-    }
-
-
-def test_a_security_header_without_an_assertion_gives_no_attributes() -> None:
-    security = etree.fromstring(f'<wsse:Security xmlns:wsse="{WSSE}"/>')
-    assert assertion_attributes(security) == {}
+    assert request.security is not None
+    assert request.security.find(f"{{{SAML2}}}Assertion") is not None
+    assert request.user is None
+    assert parse_envelope(envelope(addressing(""))).security is None
 
 
 def test_xop_includes_resolve_in_an_mtom_request() -> None:

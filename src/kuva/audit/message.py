@@ -37,6 +37,8 @@ def render(event: AuditEvent) -> str:
     _coded(identification, "EventID", event.event_id)
     for event_type in event.event_types:
         _coded(identification, "EventTypeCode", event_type)
+    for purpose in event.purposes:
+        _coded(identification, "PurposeOfUse", purpose)
     for participant in event.participants:
         _participant(root, participant)
     _source(root, event.source)
@@ -67,6 +69,8 @@ def _participant(root: etree._Element, participant: ActiveParticipant) -> None:
     }
     if participant.alternative_user_id:
         attributes["AlternativeUserID"] = participant.alternative_user_id
+    if participant.user_name:
+        attributes["UserName"] = participant.user_name
     if participant.network_access_point:
         attributes["NetworkAccessPointID"] = participant.network_access_point
         attributes["NetworkAccessPointTypeCode"] = str(int(participant.access_point_type))

@@ -43,11 +43,12 @@ from kuva.dicom.net import (
 )
 from kuva.dicom.observer import NET_METRICS
 from kuva.dicom.retrieve_scp import RetrieveSCP
-from kuva.dicom.storage_scp import StorageSCP
+from kuva.dicom.storage_scp import StorageSCP, StoreSink
 from kuva.model.directory import OrganizationState
 from kuva.model.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from kuva.services.audit import AuditTrail
 from kuva.services.authentication import NodeAuthentication
+from kuva.services.limits import AssociationSlot, OrganizationLimiter
 from kuva.tls import failure_reason, peer_subject, server_context
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,21 @@ _SERVICE_USER = 1
 _NO_REASON = 1
 _CALLING_AE_NOT_RECOGNIZED = 3
 _CALLED_AE_NOT_RECOGNIZED = 7
+# Source 3, the service provider (presentation related function), reason 2.
+_SERVICE_PROVIDER_PRESENTATION = 3
+_LOCAL_LIMIT_EXCEEDED = 2
+# PS3.7 C.4.2 general status, and the Out of Resources statuses of C.4.1-C.4.3.
+RESOURCE_LIMITATION = 0x0213
+OUT_OF_RESOURCES_RETRIEVE = 0xA701  # C-MOVE/C-GET: unable to calculate number of matches
+# The busy status of each request refused for its organisation's rate.
+_BUSY: dict[int, int] = {
+    CommandField.C_STORE_RQ: st.OUT_OF_RESOURCES,
+    CommandField.C_FIND_RQ: st.OUT_OF_RESOURCES,
+    CommandField.C_MOVE_RQ: OUT_OF_RESOURCES_RETRIEVE,
+    CommandField.C_GET_RQ: OUT_OF_RESOURCES_RETRIEVE,
+}
+_SLOT = "limit slot"
+_ORGANIZATION = "organization"
 
 UNRECOGNIZED_OPERATION = 0x0211  # PS3.7 C.4.2 (general DIMSE status)
 
@@ -75,8 +91,10 @@ class DicomServer:
         retrieve: RetrieveSCP,
         audit: AuditTrail | None = None,
         authentication: NodeAuthentication | None = None,
+        limiter: OrganizationLimiter | None = None,
     ) -> None:
         self._settings = settings
+        self._limiter = limiter
         self._audit = audit
         self._authentication = authentication or NodeAuthentication(settings, audit)
         self._storage = storage
@@ -140,10 +158,27 @@ class DicomServer:
             if not self._authentication.ae_title_allowed(calling, address, subject, organization):
                 assoc.info["audited"] = True
                 return Rejection(_REJECTED_PERMANENT, _SERVICE_USER, _CALLING_AE_NOT_RECOGNIZED)
-            return self._organization_refusal(assoc, organization)
-        if not self._settings.open_access and self._settings.node(calling) is None:
-            return Rejection(_REJECTED_PERMANENT, _SERVICE_USER, _CALLING_AE_NOT_RECOGNIZED)
-        return self._organization_refusal(assoc, self._settings.organization_of(calling))
+        else:
+            if not self._settings.open_access and self._settings.node(calling) is None:
+                return Rejection(_REJECTED_PERMANENT, _SERVICE_USER, _CALLING_AE_NOT_RECOGNIZED)
+            organization = self._settings.organization_of(calling)
+        return self._organization_refusal(assoc, organization) or self._over_limit(
+            assoc, organization
+        )
+
+    def _over_limit(self, assoc: Association, organization: str | None) -> Rejection | None:
+        """The organisation's associations are all open (services.limits): rejected
+        transient, "local-limit-exceeded" (PS3.8 9.3.4); it may try again later."""
+        assoc.info[_ORGANIZATION] = organization
+        if self._limiter is None:
+            return None
+        slot = self._limiter.open_association(organization)
+        if slot is None:
+            return Rejection(
+                _REJECTED_TRANSIENT, _SERVICE_PROVIDER_PRESENTATION, _LOCAL_LIMIT_EXCEEDED
+            )
+        assoc.info[_SLOT] = slot
+        return None
 
     def _organization_refusal(
         self, assoc: Association, organization: str | None
@@ -199,6 +234,9 @@ class DicomServer:
             log.exception("the refused association could not be audited")
 
     def on_closed(self, assoc: Association, *, aborted: bool) -> None:
+        slot = assoc.info.pop(_SLOT, None)
+        if isinstance(slot, AssociationSlot):
+            slot.release()
         self._commitment.forget_association(assoc)
         self._storage.association_closed(assoc)
 
@@ -206,12 +244,43 @@ class DicomServer:
         metrics.associations.labels("rejected").inc()
         self._authentication.refused("dicom", host, failure_reason(exc))
 
+    def _over_rate(self, assoc: Association, req: Request) -> bool:
+        """Whether the request is refused for its organisation's requests per second
+        (services.limits): answered Out of Resources (C-STORE, C-FIND 0xA700; C-MOVE,
+        C-GET 0xA701) or Resource limitation (0x0213, N-ACTION) naming the limit."""
+        if self._limiter is None:
+            return False
+        organization = assoc.info.get(_ORGANIZATION)
+        wait = self._limiter.request(
+            organization if isinstance(organization, str) else None, "dimse"
+        )
+        if not wait:
+            return False
+        field = req.command.command_field
+        if isinstance(req.sink, StoreSink):
+            req.sink.discard()
+        status = _BUSY.get(int(field), RESOURCE_LIMITATION)
+        log.warning(
+            "DIMSE 0x%04X from %s refused: organisation %s over its requests per second",
+            int(field),
+            assoc.calling_ae,
+            organization,
+        )
+        assoc.respond(
+            req,
+            status,
+            error_comment=f"organisation request rate limit exceeded; retry in {wait:.1f} s",
+        )
+        return True
+
     # -- AssociationHandler: requests ---------------------------------------------------
     def store_sink(self, assoc: Association, req: Request) -> DataSink:
         return self._storage.sink(assoc, req)
 
     def handle(self, assoc: Association, req: Request) -> None:
         field = req.command.command_field
+        if field != CommandField.C_ECHO_RQ and self._over_rate(assoc, req):
+            return
         if field == CommandField.C_STORE_RQ:
             self._storage.handle_store(assoc, req)
         elif field == CommandField.C_FIND_RQ:

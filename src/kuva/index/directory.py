@@ -17,7 +17,8 @@ Origin = Literal["config", "runtime"]
 CONFIG: Origin = "config"
 RUNTIME: Origin = "runtime"
 
-_ORGANIZATION_LISTS = ("contacts", "certificates")
+# Kept as JSON text: the lists, and the limits (model.directory.OrganizationLimits).
+_ORGANIZATION_LISTS = ("contacts", "certificates", "limits")
 _BOOKKEEPING = ("origin", "created_at", "updated_at")
 
 

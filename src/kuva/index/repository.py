@@ -143,6 +143,10 @@ class NewDisclosure:
     channel: str | None = None
     recipient_person: str | None = None
     notice_pk: int | None = None
+    # The user of a verified XUA assertion (model.xua): NameID, role and purpose codes.
+    recipient_user: str | None = None
+    recipient_role: str | None = None
+    purpose_of_use: str | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,9 @@ _DISCLOSURE_COLUMNS = (
     disclosure.c.channel,
     disclosure.c.recipient_person,
     disclosure.c.notice_pk,
+    disclosure.c.recipient_user,
+    disclosure.c.recipient_role,
+    disclosure.c.purpose_of_use,
     disclosure.c.pk,
     disclosure_notice.c.notice_id,
 )

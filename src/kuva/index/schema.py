@@ -496,10 +496,25 @@ disclosure = Table(
     Column("channel", String(128), nullable=True),
     Column("recipient_person", String(128), nullable=True),
     Column("notice_pk", ForeignKey("disclosure_notice.pk"), nullable=True, index=True),
+    # The user of a verified XUA assertion (kuva.xds.xua): Subject NameID, the XSPA
+    # role code and purpose-of-use code; recipient_person holds their name.
+    Column("recipient_user", String(256), nullable=True),
+    Column("recipient_role", String(64), nullable=True),
+    Column("purpose_of_use", String(64), nullable=True),
     Index("ix_disclosure_patient", "patient_id", "patient_authority", "disclosed_at"),
     Index("ix_disclosure_disclosed_at", "disclosed_at"),
     # A study's disclosures (the console's study page).
     Index("ix_disclosure_study", "study_instance_uid"),
+)
+
+# XUA assertions seen (services.assertions): the SHA-256 of an assertion's ID (with
+# the request's wsa:MessageID when [xds] xua_assertion_reuse), kept until the
+# assertion expires, so that a replay is refused on every node of the index.
+xua_assertion = Table(
+    "xua_assertion",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("expires_at", UtcDateTime(), nullable=False, index=True),
 )
 
 # Disclosure prohibitions (services.access): a patient's material stays with the
@@ -651,6 +666,8 @@ directory_organization = Table(
     Column("state", String(16), nullable=False),
     Column("contacts", Text, nullable=False, server_default="[]"),  # JSON list
     Column("certificates", Text, nullable=False, server_default="[]"),  # JSON list
+    # model.directory.OrganizationLimits as JSON ({} = none).
+    Column("limits", Text, nullable=False, server_default="{}"),
     Column("notice_date", Date, nullable=True),
     Column("termination_date", Date, nullable=True),
     Column("origin", String(16), nullable=False),

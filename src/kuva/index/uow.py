@@ -7,6 +7,7 @@ from types import TracebackType
 from sqlalchemy import Connection, Engine
 
 from kuva.index.access import ProhibitionRepository
+from kuva.index.assertions import AssertionRepository
 from kuva.index.audit import AuditRepository
 from kuva.index.cluster import ClusterRepository
 from kuva.index.commitments import CommitmentRepository
@@ -70,6 +71,7 @@ class UnitOfWork:
         self.directory = DirectoryRepository(conn)
         self.onboarding = OnboardingEvidence(conn)
         self.overview = OverviewRepository(conn)
+        self.assertions = AssertionRepository(conn)
         return self
 
     def commit(self) -> None:

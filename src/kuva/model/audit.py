@@ -81,6 +81,7 @@ SOURCE = Code("110153", DCM, "Source Role ID")
 # ParticipantObjectIDTypeCode (RFC 3881 5.5.4; PS3.16 CID 404).
 PATIENT_NUMBER = Code("2", RFC_3881, "Patient Number")
 REPORT_NUMBER = Code("9", RFC_3881, "Report Number")
+USER_IDENTIFIER = Code("11", RFC_3881, "User Identifier")
 STUDY_INSTANCE_UID = Code("110180", DCM, "Study Instance UID")
 SOP_CLASS_UID = Code("110181", DCM, "SOP Class UID")
 NODE_ID = Code("110182", DCM, "Node ID")
@@ -168,6 +169,7 @@ class ActiveParticipant:
     requestor: bool
     roles: tuple[Code, ...] = ()
     alternative_user_id: str = ""
+    user_name: str = ""  # UserName: e.g. a verified XUA user's alias<user@issuer>
     network_access_point: str = ""
     access_point_type: AccessPointType = AccessPointType.IP_ADDRESS
 
@@ -216,6 +218,8 @@ class AuditEvent:
     source: AuditSource
     event_types: tuple[Code, ...] = ()
     objects: tuple[ParticipantObject, ...] = ()
+    # PurposeOfUse of EventIdentification (PS3.15 A.5.1): a verified XUA user's.
+    purposes: tuple[Code, ...] = ()
 
 
 # ---------------------------------------------------------------------- objects
@@ -591,6 +595,40 @@ def security_alert(
                 object_id=subject,
                 id_type=subject_type,
                 type_code=ObjectType.SYSTEM_OBJECT,
+                role=ObjectRole.SECURITY_RESOURCE,
+                details=((ALERT_DESCRIPTION, description.encode()),),
+            ),
+        ),
+    )
+
+
+USER_AUTHENTICATION = Code("110114", DCM, "User Authentication")
+LOGIN = Code("110122", DCM, "Login")
+
+
+def user_authentication(
+    *,
+    source: AuditSource,
+    user: ActiveParticipant,
+    node: ActiveParticipant,
+    description: str,
+    occurred_at: datetime,
+) -> AuditEvent:
+    """PS3.15 A.5.3.12: a user's authentication (a Login) that failed, outcome 4; the
+    reason as the Alert Description detail of the user object."""
+    return AuditEvent(
+        event_id=USER_AUTHENTICATION,
+        action=Action.EXECUTE,
+        occurred_at=occurred_at,
+        outcome=Outcome.MINOR_FAILURE,
+        participants=(user, node),
+        source=source,
+        event_types=(LOGIN,),
+        objects=(
+            ParticipantObject(
+                object_id=user.user_id,
+                id_type=USER_IDENTIFIER,
+                type_code=ObjectType.PERSON,
                 role=ObjectRole.SECURITY_RESOURCE,
                 details=((ALERT_DESCRIPTION, description.encode()),),
             ),

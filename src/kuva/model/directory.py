@@ -29,6 +29,25 @@ class OrganizationState(StrEnum):
     TERMINATED = "terminated"  # no new material, no own reads; kept for its retention
 
 
+class OrganizationLimits(BaseModel):
+    """What one organisation may use of a node at once (services.limits), so that
+    one customer's runaway system cannot starve the others. None = no limit.
+
+    ``associations``: DICOM associations open at once on a node; ``requests_per_second``:
+    HTTP requests, DIMSE requests (but C-ECHO) and HL7 messages per second, in each
+    process that serves them (a burst of one second's worth is allowed);
+    ``request_bytes``: the body of one STOW-RS or ITI-41 request."""
+
+    model_config = {"extra": "forbid"}
+
+    associations: int | None = Field(default=None, ge=1)
+    requests_per_second: float | None = Field(default=None, gt=0)
+    request_bytes: int | None = Field(default=None, ge=1024)
+
+    def any(self) -> bool:
+        return any(v is not None for v in self.model_dump().values())
+
+
 class OrganizationSettings(BaseModel):
     oid: str
     name: str
@@ -41,6 +60,7 @@ class OrganizationSettings(BaseModel):
     # strings ("CN=pacs.example.fi,O=Example Hospital District"), matched exactly
     # (kuva.model.subject).
     certificates: list[str] = Field(default_factory=list)
+    limits: OrganizationLimits = Field(default_factory=OrganizationLimits)
 
     @field_validator("certificates")
     @classmethod

@@ -51,7 +51,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
@@ -63,6 +63,7 @@ from kuva.index.outbox import Task
 from kuva.index.uow import UnitOfWork
 from kuva.model import audit as a
 from kuva.model.clock import Clock, utcnow
+from kuva.model.xua import RequestingUser
 from kuva.services.audit_writer import Pending, QueuedWriter
 from kuva.tasks.worker import PermanentFailure
 
@@ -136,6 +137,32 @@ class Requester:
 
     organization: str | None
     address: str
+    # The person, when a verified XUA assertion named one (kuva.xds.xua).
+    user: RequestingUser | None = None
+
+
+def human_requestor(user: RequestingUser) -> a.ActiveParticipant:
+    """The person a verified XUA assertion names, as the human requestor (ITI TF-2b
+    3.40.4.2): UserID its NameID, UserName ``alias<user@issuer>``, RoleIDCode its
+    XSPA role."""
+    return a.ActiveParticipant(
+        user_id=user.name_id,
+        requestor=True,
+        roles=(user.role,) if user.role is not None else (),
+        user_name=user.user_name(),
+    )
+
+
+def by_user(event: a.AuditEvent, user: RequestingUser | None) -> a.AuditEvent:
+    """``event`` with the human requestor and the purpose of use of ``user`` (if any)."""
+    if user is None:
+        return event
+    purposes = (user.purpose_of_use,) if user.purpose_of_use is not None else ()
+    return replace(
+        event,
+        participants=(*event.participants, human_requestor(user)),
+        purposes=event.purposes + purposes,
+    )
 
 
 @dataclass(frozen=True)
@@ -394,6 +421,7 @@ class AuditTrail:
         transaction: a.Code,
         outcome: a.Outcome = a.Outcome.SUCCESS,
         others: tuple[a.ActiveParticipant, ...] = (),
+        user: RequestingUser | None = None,
     ) -> None:
         """110104, action R, for each study of its own that the register holder
         retrieved (disclosures to other organisations are Export messages,
@@ -409,20 +437,24 @@ class AuditTrail:
                 [study.study_instance_uid for study in studies]
             )
             return [
-                a.instances_transferred(
-                    source=self.source,
-                    sender=source,
-                    receiver=destination,
-                    study_instance_uid=study.study_instance_uid,
-                    sop_classes=tuple(
-                        a.SopClass(uid, count) for uid, count in sorted(study.sop_classes.items())
+                by_user(
+                    a.instances_transferred(
+                        source=self.source,
+                        sender=source,
+                        receiver=destination,
+                        study_instance_uid=study.study_instance_uid,
+                        sop_classes=tuple(
+                            a.SopClass(uid, count)
+                            for uid, count in sorted(study.sop_classes.items())
+                        ),
+                        patient=patients.get(study.study_instance_uid),
+                        outcome=outcome,
+                        occurred_at=now,
+                        action=a.Action.READ,
+                        others=others,
+                        transaction=transaction,
                     ),
-                    patient=patients.get(study.study_instance_uid),
-                    outcome=outcome,
-                    occurred_at=now,
-                    action=a.Action.READ,
-                    others=others,
-                    transaction=transaction,
+                    user,
                 )
                 for study in studies
             ]
@@ -470,6 +502,7 @@ class AuditTrail:
             destination=self.client(requester, roles=(a.DESTINATION,)),
             studies=studies,
             transaction=transaction,
+            user=requester.user,
         )
 
     def queried(
@@ -527,15 +560,18 @@ class AuditTrail:
         """110112 / ITI-18 for one Registry Stored Query (queued)."""
         self.record_later(
             [
-                a.stored_query(
-                    source=self.source,
-                    consumer=self.client(requester, roles=(a.SOURCE,)),
-                    registry=self.endpoint(endpoint, roles=(a.DESTINATION,)),
-                    query_id=query_id,
-                    request=request,
-                    patient=patient,
-                    outcome=a.Outcome.of(ok),
-                    occurred_at=self._clock(),
+                by_user(
+                    a.stored_query(
+                        source=self.source,
+                        consumer=self.client(requester, roles=(a.SOURCE,)),
+                        registry=self.endpoint(endpoint, roles=(a.DESTINATION,)),
+                        query_id=query_id,
+                        request=request,
+                        patient=patient,
+                        outcome=a.Outcome.of(ok),
+                        occurred_at=self._clock(),
+                    ),
+                    requester.user,
                 )
             ]
         )
@@ -554,15 +590,18 @@ class AuditTrail:
         response: outcome 0 when it was stored, 4 when it was refused."""
         self.record_now(
             [
-                a.imported(
-                    source=self.source,
-                    document_source=self.client(requester, roles=(a.SOURCE,)),
-                    recipient=self.endpoint(endpoint, roles=(a.DESTINATION,)),
-                    transaction=transaction,
-                    submission_set=submission_set,
-                    patient=patient,
-                    outcome=a.Outcome.of(ok),
-                    occurred_at=self._clock(),
+                by_user(
+                    a.imported(
+                        source=self.source,
+                        document_source=self.client(requester, roles=(a.SOURCE,)),
+                        recipient=self.endpoint(endpoint, roles=(a.DESTINATION,)),
+                        transaction=transaction,
+                        submission_set=submission_set,
+                        patient=patient,
+                        outcome=a.Outcome.of(ok),
+                        occurred_at=self._clock(),
+                    ),
+                    requester.user,
                 )
             ]
         )
@@ -578,6 +617,26 @@ class AuditTrail:
                     offender=self.node(calling_ae, address, roles=(), requestor=True),
                     subject=f"{calling_ae}@{address}",
                     subject_type=a.NODE_ID,
+                    description=reason,
+                    occurred_at=self._clock(),
+                )
+            ]
+        )
+
+    def user_authentication_failed(self, address: str, claimed: str, reason: str) -> None:
+        """110114 User Authentication / 110122 Login, failed (PS3.15 A.5.3.12): an XDS
+        request refused for its XUA assertion (kuva.xds.xua) from IP ``address``;
+        ``claimed``: the issuer and NameID the assertion claimed, if readable."""
+        self.record_now(
+            [
+                a.user_authentication(
+                    source=self.source,
+                    user=a.ActiveParticipant(
+                        user_id=claimed or "unknown",
+                        requestor=True,
+                        network_access_point=address,
+                    ),
+                    node=self.archive(),
                     description=reason,
                     occurred_at=self._clock(),
                 )

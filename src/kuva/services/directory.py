@@ -42,7 +42,13 @@ from kuva.config import Settings
 from kuva.index.directory import CONFIG, RUNTIME, organization_values
 from kuva.index.uow import UnitOfWork
 from kuva.model.clock import Clock, utcnow
-from kuva.model.directory import Directory, NodeSettings, OrganizationSettings, OrganizationState
+from kuva.model.directory import (
+    Directory,
+    NodeSettings,
+    OrganizationLimits,
+    OrganizationSettings,
+    OrganizationState,
+)
 from kuva.services.audit import AuditTrail
 from kuva.tasks.periodic import Periodic
 
@@ -244,6 +250,21 @@ class DirectoryService:
             self._record(uow, by + forced, [("organization", oid, before, after)])
             uow.commit()
         log.info("directory: organisation %s now %s (by %s%s)", oid, state, by, forced)
+        return after
+
+    def set_limits(self, oid: str, limits: OrganizationLimits, *, by: str) -> OrganizationSettings:
+        """Put ``limits`` (services.limits) on an organisation, in force on every node
+        within a second; audited with the entry before and after."""
+        with UnitOfWork(self._engine) as uow:
+            before = uow.directory.organization(oid)
+            if before is None:
+                raise NotFound(f"no organisation {oid} in the directory")
+            after = before.model_copy(update={"limits": limits})
+            uow.directory.put_organization(after, origin=RUNTIME, now=self._clock())
+            uow.directory.bump()
+            self._record(uow, by, [("organization", oid, before, after)])
+            uow.commit()
+        log.info("directory: limits of organisation %s now %s (by %s)", oid, limits, by)
         return after
 
     def add_node(self, node: NodeSettings, *, by: str) -> None:

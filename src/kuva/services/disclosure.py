@@ -40,7 +40,8 @@ from kuva.index.repository import NewDisclosure
 from kuva.index.uow import UnitOfWork
 from kuva.model import audit as a
 from kuva.model.clock import Clock, utcnow
-from kuva.services.audit import AuditTrail
+from kuva.model.xua import RequestingUser
+from kuva.services.audit import AuditTrail, by_user
 
 log = logging.getLogger(__name__)
 
@@ -125,17 +126,27 @@ class DisclosureLog:
         self._clock = clock
         self._audit = audit
 
-    def record(self, recipient: str, handouts: Iterable[Handout], interface: Interface) -> int:
+    def record(
+        self,
+        recipient: str,
+        handouts: Iterable[Handout],
+        interface: Interface,
+        *,
+        user: RequestingUser | None = None,
+    ) -> int:
         """Record the disclosures among ``handouts`` in a transaction of its own,
-        committed when this returns; the number of records. Raises on a database
-        failure: the caller must then hand nothing out."""
+        committed when this returns; the number of records. ``user``: the person of
+        a verified XUA assertion (model.xua), recorded with each disclosure and in
+        its audit message. Raises on a database failure: the caller must then hand
+        nothing out."""
         due = [h for h in handouts if is_disclosure(recipient, h.register_holder)]
         if not due:
             return 0  # no transaction (and no write lock) for a register holder's own reads
         with UnitOfWork(self._engine) as uow:
-            records = self._add(uow, recipient, due, interface)
+            records = self._add(uow, recipient, due, interface, user)
             if self._audit is not None and interface in _TRANSACTIONS:
-                self._audit.record(uow, self._exports(self._audit, recipient, records, interface))
+                exports = self._exports(self._audit, recipient, records, interface)
+                self._audit.record(uow, [by_user(event, user) for event in exports])
             uow.commit()
         count = len(records)
         log.info(
@@ -147,7 +158,12 @@ class DisclosureLog:
         return count
 
     def _add(
-        self, uow: UnitOfWork, recipient: str, due: list[Handout], interface: Interface
+        self,
+        uow: UnitOfWork,
+        recipient: str,
+        due: list[Handout],
+        interface: Interface,
+        user: RequestingUser | None,
     ) -> list[NewDisclosure]:
         missing = {h.study_instance_uid for h in due if h.patient is None and h.study_instance_uid}
         patients = uow.disclosures.patients_of_studies(missing) if missing else {}
@@ -173,6 +189,12 @@ class DisclosureLog:
                     document_unique_id=handout.document_unique_id,
                     interface=interface.value,
                     basis=handout.basis or BASIS_NO_ACCESS_RULES,
+                    recipient_person=(user.name or None) if user else None,
+                    recipient_user=user.name_id if user else None,
+                    recipient_role=user.role.code if user and user.role else None,
+                    purpose_of_use=(
+                        user.purpose_of_use.code if user and user.purpose_of_use else None
+                    ),
                 )
             )
         uow.disclosures.add(records)

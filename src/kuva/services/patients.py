@@ -276,12 +276,16 @@ class PatientService:
         audit: AuditTrail | None = None,
         on_retention: ChangedHook | None = None,
         senders: Senders | Callable[[], Senders] | None = None,
+        rate_limit: Callable[[str | None], float] | None = None,
     ) -> None:
         """``senders`` None: HL7 messages act for every organisation, as the
         operator's commands do (tools and tests, never ``kuva serve``); a callable:
-        asked at each message, so that the directory's changes count at once."""
+        asked at each message, so that the directory's changes count at once.
+        ``rate_limit``: counts a message of an organisation against its requests per
+        second (services.limits): 0.0, or the seconds to wait when it is over."""
         self._engine = engine
         self._senders = senders
+        self._rate_limit = rate_limit
         self._strict = strict
         self._clock = clock
         self.on_changed = on_changed
@@ -313,6 +317,17 @@ class PatientService:
                 senders.check(organization, commands)
             except SenderRefused as refused:
                 return self._refuse_sender(ref, commands, render_ack, refused)
+        wait = self._rate_limit(organization) if self._rate_limit is not None else 0.0
+        if wait:
+            # Not recorded as seen: the same message sent again later is applied.
+            log.warning(
+                "HL7 %s %s refused: organisation %s over its requests per second",
+                ref.message_type,
+                ref.control_id,
+                organization,
+            )
+            busy = f"organisation message rate limit exceeded; retry in {wait:.1f} s"
+            return render_ack(PatientCorrectionError(busy, field="MSH-4", code="207"))
         seen = self._seen(ref)
         if seen is not None:
             log.info("HL7 message %s seen before: answered again, not applied", ref.control_id)

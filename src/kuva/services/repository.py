@@ -81,6 +81,7 @@ from kuva.model.xds import (
     Submission,
     status_of,
 )
+from kuva.model.xua import RequestingUser
 from kuva.services.access import AccessPolicy, basis_text
 from kuva.services.audit import AuditTrail
 from kuva.services.disclosure import DisclosureLog, Handout, Interface
@@ -301,9 +302,11 @@ class RepositoryService:
         *,
         recipient: str,
         scope: AccessScope | None = None,
+        user: RequestingUser | None = None,
     ) -> DocumentSetResult:
         """Retrieve Document Set (ITI TF-2b 3.43.4.2.3) for ``recipient`` (the
-        requesting organisation, "" = unknown), its disclosures recorded.
+        requesting organisation, "" = unknown) and ``user`` (a verified XUA
+        assertion's person, model.xua), its disclosures recorded.
 
         ``scope``: what the requester may read (services.access; None = all); a
         document it may not read is answered as unknown (XDSDocumentUniqueIdError)
@@ -340,7 +343,7 @@ class RepositoryService:
             )
         if documents:
             try:
-                self._disclosures.record(recipient, handouts, Interface.ITI_43)
+                self._disclosures.record(recipient, handouts, Interface.ITI_43, user=user)
             except Exception as exc:
                 # Database errors quote their parameters (patient ids): DEBUG only.
                 log.error("ITI-43: the disclosure log could not be written: %s", type(exc).__name__)

@@ -56,6 +56,7 @@ from kuva.model.access import AccessScope
 from kuva.model.query import QueryLevel
 from kuva.model.uids import uid_problem
 from kuva.model.xds import ErrorCode, RegistryError, ResponseStatus, status_of
+from kuva.model.xua import RequestingUser
 from kuva.services.access import AccessPolicy, basis_text
 from kuva.services.audit import SentStudy
 from kuva.services.disclosure import UNKNOWN_RECIPIENT, DisclosureLog, Handout, Interface
@@ -205,11 +206,13 @@ class ImagingDocumentSetRetrieval:
         *,
         recipient: str = UNKNOWN_RECIPIENT,
         scope: AccessScope | None = None,
+        user: RequestingUser | None = None,
     ) -> ImagingDocumentSetResult:
         """Answer a Retrieve Imaging Document Set request (RAD TF-3 4.69.4.2) for
-        ``recipient`` (the requesting organisation, "" = unknown), its disclosures
-        recorded. ``scope``: what the requester may read (services.access; None =
-        all); an instance it may not read is answered as not found."""
+        ``recipient`` (the requesting organisation, "" = unknown) and ``user`` (a
+        verified XUA assertion's person, model.xua), its disclosures recorded.
+        ``scope``: what the requester may read (services.access; None = all); an
+        instance it may not read is answered as not found."""
         problems = request_errors(request)
         if problems:
             return ImagingDocumentSetResult(ResponseStatus.FAILURE, tuple(problems))
@@ -232,7 +235,7 @@ class ImagingDocumentSetRetrieval:
                 errors.append(outcome)
             else:
                 documents.append(outcome)
-        if documents and not self._disclosed(recipient, documents, scope):
+        if documents and not self._disclosed(recipient, documents, scope, user):
             errors.extend(
                 RegistryError(
                     ErrorCode.REPOSITORY_ERROR,
@@ -252,7 +255,11 @@ class ImagingDocumentSetRetrieval:
         return ImagingDocumentSetResult(status, tuple(errors), tuple(documents))
 
     def _disclosed(
-        self, recipient: str, documents: list[ImagingDocument], scope: AccessScope | None
+        self,
+        recipient: str,
+        documents: list[ImagingDocument],
+        scope: AccessScope | None,
+        user: RequestingUser | None,
     ) -> bool:
         """Record the disclosures among ``documents``; False when that failed."""
         try:
@@ -268,6 +275,7 @@ class ImagingDocumentSetRetrieval:
                     for document in documents
                 ],
                 Interface.RAD_69,
+                user=user,
             )
         except Exception as exc:
             # Database errors quote their parameters (patient ids): DEBUG only.

@@ -154,6 +154,7 @@ from kuva.model.xds import (
     dtm_problem,
     is_uuid_urn,
 )
+from kuva.model.xua import RequestingUser
 from kuva.services.access import AccessPolicy, Read, recipient
 from kuva.services.disclosure import DisclosureLog, Interface
 
@@ -995,13 +996,18 @@ class StoredQueryService:
         self.object_ref_limit = object_ref_limit
 
     def query(
-        self, request: StoredQueryRequest, *, scope: AccessScope | None = None
+        self,
+        request: StoredQueryRequest,
+        *,
+        scope: AccessScope | None = None,
+        user: RequestingUser | None = None,
     ) -> StoredQueryResult:
         """Run the stored query ``request`` names (ITI TF-2a 3.18.4.1.3).
 
         ``scope``: what the requester may read (services.access; None = all): other
         organisations' entries it may not read do not match, and the DocumentEntries
-        of another organisation in the answer are recorded as disclosures first."""
+        of another organisation in the answer are recorded as disclosures first,
+        with ``user`` (a verified XUA assertion's person, model.xua)."""
         errors: list[RegistryError] = []
         return_type = _return_type(request, errors)
         query = QUERIES.get(request.query_id.strip().lower())
@@ -1057,7 +1063,7 @@ class StoredQueryService:
             )
             return StoredQueryResult(ResponseStatus.FAILURE, return_type, (error,))
         log.debug("ITI-18 %s: %d object(s)", query.name, len(found))
-        if scope is not None and not self._disclosed(scope, found):
+        if scope is not None and not self._disclosed(scope, found, user):
             error = RegistryError(
                 ErrorCode.REGISTRY_ERROR, "the query cannot be answered now (internal error)"
             )
@@ -1078,7 +1084,9 @@ class StoredQueryService:
             ResponseStatus.SUCCESS, return_type, references=tuple(f.entry_uuid for f in found)
         )
 
-    def _disclosed(self, scope: AccessScope, found: Sequence[Found]) -> bool:
+    def _disclosed(
+        self, scope: AccessScope, found: Sequence[Found], user: RequestingUser | None
+    ) -> bool:
         """Record the DocumentEntries of another organisation among ``found``; False
         when that failed (then nothing is answered)."""
         handouts = AccessPolicy.disclosures(
@@ -1096,7 +1104,7 @@ class StoredQueryService:
         if not handouts or self._disclosures is None:
             return True
         try:
-            self._disclosures.record(recipient(scope), handouts, Interface.ITI_18)
+            self._disclosures.record(recipient(scope), handouts, Interface.ITI_18, user=user)
         except Exception as exc:
             log.error("ITI-18: the disclosure log could not be written: %s", type(exc).__name__)
             log.debug("ITI-18 disclosure failure", exc_info=True)

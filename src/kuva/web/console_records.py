@@ -54,7 +54,8 @@ CSV_LIMIT = 1000
 CSV_COLUMNS = (
     "disclosed_at", "recipient_organization", "recipient_person", "register_holder",
     "patient_id", "patient_authority", "study_instance_uid", "document_unique_id",
-    "interface", "basis", "source", "channel",
+    "interface", "basis", "source", "channel", "recipient_user", "recipient_role",
+    "purpose_of_use",
 )  # fmt: skip
 
 

@@ -10,6 +10,9 @@ operators only, 403 problem otherwise). In force on every node within seconds.
 * ``POST /admin/organizations/{oid}/state``: body ``{"state": "active" | "suspended"
   | "terminated", "notice_date": "YYYY-MM-DD", "force": false}``; 200 with the
   entry, 404, or 409 with the reason (the notice period, a terminated one).
+* ``PUT /admin/organizations/{oid}/limits``: body ``{"associations": 4,
+  "requests_per_second": 50, "request_bytes": 1073741824}`` (each optional, null or
+  absent = no limit; services.limits); 200 with the entry, 404 when unknown.
 * ``GET /admin/onboarding/{oid}``: the organisation's acceptance report
   (services.onboarding), as JSON; 404 when unknown.
 * ``GET /admin/nodes``; ``POST /admin/nodes`` (body: a node as ``[[nodes]]``, 201 or
@@ -29,7 +32,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from kuva.model.directory import NodeSettings, OrganizationSettings, OrganizationState
+from kuva.model.directory import (
+    NodeSettings,
+    OrganizationLimits,
+    OrganizationSettings,
+    OrganizationState,
+)
 from kuva.services.directory import DirectoryError, DirectoryService, NotFound
 from kuva.services.onboarding import OnboardingService, UnknownOrganization
 from kuva.web.admin import OperatorCheck
@@ -44,6 +52,12 @@ class NewOrganization(OrganizationSettings):
 
 
 class NewNode(NodeSettings):
+    model_config = {"extra": "forbid"}
+
+    by: str = Field(default="", max_length=256, exclude=True)
+
+
+class LimitsChange(OrganizationLimits):
     model_config = {"extra": "forbid"}
 
     by: str = Field(default="", max_length=256, exclude=True)
@@ -142,6 +156,23 @@ def directory_router(
                     notice_date=change.notice_date,
                     force=change.force,
                 )
+            )
+        except DirectoryError as exc:
+            return _refusal(exc)
+        return _json(after)
+
+    @router.put("/admin/organizations/{oid}/limits")
+    async def change_limits(request: Request, oid: str) -> Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        change = await body(request, LimitsChange)
+        if isinstance(change, Response):
+            return change
+        assert isinstance(change, LimitsChange)
+        limits = OrganizationLimits.model_validate(change.model_dump())
+        try:
+            after = await run_in_threadpool(
+                lambda: directory.set_limits(oid, limits, by=operator(request, change.by))
             )
         except DirectoryError as exc:
             return _refusal(exc)

@@ -123,6 +123,11 @@ def disclosure_json(record: Disclosure) -> dict[str, Any]:
         "recipient": {
             "organization": record.recipient_organization or None,
             "person": record.recipient_person,
+            # The user of a verified XUA assertion (kuva.xds.xua): NameID and the
+            # XSPA role and purpose-of-use codes; null otherwise.
+            "user": record.recipient_user,
+            "role": record.recipient_role,
+            "purpose_of_use": record.purpose_of_use,
         },
         "register_holder": record.register_holder,
         "patient": {"id": record.patient_id, "issuer": record.patient_authority},

@@ -53,7 +53,7 @@ def audited_submission(
             submission_set, patient = submission_of(request.body)
             try:
                 audit.submission_imported(
-                    Requester(request.client_organization, request.client_address),
+                    Requester(request.client_organization, request.client_address, request.user),
                     request.endpoint,
                     transaction=transaction,
                     submission_set=submission_set,

@@ -15,12 +15,14 @@ worker thread (handlers do blocking database and disk work):
 1. the envelope is read and checked (:func:`kuva.xds.soap.parse_envelope`);
 2. the action picks the transaction; an action the path does not serve is a
    ``wsa:ActionNotSupported`` fault (WS-Addressing SOAP Binding 6.4.4);
-3. the payload must be the transaction's payload element (else a Sender fault);
-4. the payload is validated against the XDS schemas (:mod:`kuva.xds.schema`): a
+3. the XUA assertion is verified (``authenticate``, kuva.xds.xua): a refused one is
+   a wsse fault and no transaction sees the request;
+4. the payload must be the transaction's payload element (else a Sender fault);
+5. the payload is validated against the XDS schemas (:mod:`kuva.xds.schema`): a
    valid one goes to ``transaction.handle``, an invalid one to
    ``transaction.invalid`` with the problems (the transaction answers with its own
    error response, e.g. a RegistryResponse, not a fault);
-5. the answer is a SOAP 1.2 envelope with ``wsa:Action``, a new ``wsa:MessageID``
+6. the answer is a SOAP 1.2 envelope with ``wsa:Action``, a new ``wsa:MessageID``
    and ``wsa:RelatesTo``; written as MTOM when the request was MTOM or the answer
    has attachments (streamed part by part), else as ``application/soap+xml``.
 
@@ -70,13 +72,16 @@ Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
 def soap_router(
-    endpoints: Mapping[str, Sequence[Transaction]], max_request_bytes: int
+    endpoints: Mapping[str, Sequence[Transaction]],
+    max_request_bytes: int,
+    authenticate: Callable[[SoapRequest], None] | None = None,
 ) -> APIRouter:
     """A router with one SOAP 1.2 POST endpoint per path, dispatching by wsa:Action.
 
     ``endpoints``: path (e.g. ``"/xds/registry"``) → the transactions served there;
     two transactions with the same action on one path are a ValueError.
-    ``max_request_bytes``: the largest request body accepted.
+    ``max_request_bytes``: the largest request body accepted. ``authenticate``:
+    verifies a request's XUA assertion and sets its user (kuva.xds.xua.authentication).
     """
     if max_request_bytes <= 0:
         raise ValueError("max_request_bytes must be positive")
@@ -89,7 +94,7 @@ def soap_router(
             table[transaction.action] = transaction
         router.add_api_route(
             path,
-            _endpoint(path, table, max_request_bytes),
+            _endpoint(path, table, max_request_bytes, authenticate),
             methods=["POST"],
             include_in_schema=False,
             response_class=Response,
@@ -132,7 +137,12 @@ class _Body:
             raise SoapFault("Sender", f"malformed MTOM/XOP request: {exc}") from exc
 
 
-def _endpoint(path: str, table: Mapping[str, Transaction], limit: int) -> Endpoint:
+def _endpoint(
+    path: str,
+    table: Mapping[str, Transaction],
+    limit: int,
+    authenticate: Callable[[SoapRequest], None] | None,
+) -> Endpoint:
     async def endpoint(request: Request) -> Response:
         started = time.perf_counter()
         try:
@@ -155,7 +165,9 @@ def _endpoint(path: str, table: Mapping[str, Transaction], limit: int) -> Endpoi
             return response
         identity = (client_organization(request), SCOPE_KEY in request.scope)
         origin = (request.client.host if request.client is not None else "", str(request.url))
-        return await run_in_threadpool(_process, path, table, body, started, identity, origin)
+        return await run_in_threadpool(
+            _process, path, table, body, started, identity, origin, authenticate
+        )
 
     return endpoint
 
@@ -194,11 +206,13 @@ def _process(
     started: float,
     identity: tuple[str | None, bool] = (None, False),
     origin: tuple[str, str] = ("", ""),
+    authenticate: Callable[[SoapRequest], None] | None = None,
 ) -> Response:
     """Everything after the body was read; runs in a worker thread. ``identity``: the
     organisation the HTTP request acts for (``SoapRequest.client_organization``) and
     whether a client certificate proved it; ``origin``: the client's IP address and
-    the request URL (for the audit)."""
+    the request URL (for the audit); ``authenticate``: verifies the request's XUA
+    assertion (kuva.xds.xua) before any transaction sees it."""
     request: SoapRequest | None = None
     try:
         actions = list(body.actions)
@@ -235,6 +249,8 @@ def _process(
                 "wsa:ActionNotSupported",
                 problem_action=request.action,
             )
+        if authenticate is not None:
+            authenticate(request)
         if request.body.tag != transaction.payload:
             raise SoapFault(
                 "Sender",

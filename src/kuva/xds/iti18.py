@@ -26,7 +26,7 @@ from lxml.etree import _Element as Element
 
 from kuva.config import Settings
 from kuva.model.xds import ErrorCode, RegistryError, ResponseStatus
-from kuva.services.audit import AuditTrail, Requester, audit_failed
+from kuva.services.audit import AuditTrail, audit_failed
 from kuva.services.stored_query import (
     QueryParameter,
     ReturnType,
@@ -37,7 +37,7 @@ from kuva.services.stored_query import (
 from kuva.xds import ebrim
 from kuva.xds.messages import SoapRequest, SoapResponse, Transaction
 from kuva.xds.namespaces import QUERY, REGISTRY_STORED_QUERY, RESPONSE_ACTIONS, RIM, RS, q
-from kuva.xds.repository import requesting_scope
+from kuva.xds.repository import requester_of, requesting_scope
 from kuva.xds.rs import error_list
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ def registry_stored_query(
             if audit is not None:
                 try:
                     audit.stored_queried(
-                        Requester(request.client_organization, request.client_address),
+                        requester_of(request),
                         request.endpoint,
                         query_id=query.query_id if query is not None else "",
                         request=etree.tostring(request.body),
@@ -172,7 +172,9 @@ def registry_stored_query(
 
     def answer(request: SoapRequest, query: StoredQueryRequest) -> tuple[SoapResponse, bool]:
         try:
-            result = service.query(query, scope=requesting_scope(service.access, request))
+            result = service.query(
+                query, scope=requesting_scope(service.access, request), user=request.user
+            )
             return (
                 _answer(response_body(result, home)),
                 result.status is not ResponseStatus.FAILURE,

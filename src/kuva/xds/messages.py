@@ -17,6 +17,7 @@ from urllib.parse import unquote
 
 from lxml.etree import _Element as Element
 
+from kuva.model.xua import RequestingUser
 from kuva.xds.namespaces import XOP
 
 
@@ -56,9 +57,10 @@ class SoapRequest:
     body: Element  # the payload: the first child element of soap:Body
     mtom: bool = False  # the request came as MTOM/XOP (multipart/related)
     attachments: Mapping[str, bytes] = field(default_factory=dict)  # by Content-ID
-    # Attributes of a SAML assertion in the security header (XUA), e.g. the
-    # organization id (urn:oasis:names:tc:xspa:1.0:subject:organization-id).
-    assertion_attributes: Mapping[str, str] = field(default_factory=dict)
+    # The wsse:Security header block, if any (its XUA assertion is verified by the
+    # endpoint, kuva.xds.xua), and the user that assertion names once verified.
+    security: Element | None = None
+    user: RequestingUser | None = None
     # The organisation the HTTP request acts for (kuva.web.identity: the client
     # certificate's with mutual TLS, else [http] organization), set by the endpoint;
     # None = unknown. Submissions (ITI-41, ITI-42) are stored for it. ``authenticated``:

@@ -28,7 +28,7 @@ from lxml.etree import _Element as Element
 from kuva.config import Settings
 from kuva.model import audit as a
 from kuva.model.xds import ErrorCode, RegistryError, ResponseStatus
-from kuva.services.audit import AuditTrail, Requester, audit_failed
+from kuva.services.audit import AuditTrail, audit_failed
 from kuva.services.retrieve_imaging_document_set import (
     DocumentRequest,
     ImagingDocument,
@@ -45,7 +45,7 @@ from kuva.xds.namespaces import (
     XOP,
     q,
 )
-from kuva.xds.repository import requesting_organization, requesting_scope
+from kuva.xds.repository import requester_of, requesting_organization, requesting_scope
 from kuva.xds.rs import registry_response
 
 log = logging.getLogger(__name__)
@@ -144,13 +144,12 @@ def retrieve_imaging_document_set(
             parse_request(request.body),
             recipient=recipient,
             scope=requesting_scope(retrieval.access, request),
+            user=request.user,
         )
         own = own_studies(result, recipient)
         if audit is not None and own:
             try:
-                audit.web_retrieved(
-                    Requester(recipient, request.client_address), own, transaction=a.RAD_69
-                )
+                audit.web_retrieved(requester_of(request), own, transaction=a.RAD_69)
             except Exception as exc:
                 audit_failed(log, "a RAD-69 retrieve", exc)
         return response_for(result)

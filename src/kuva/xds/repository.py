@@ -22,9 +22,10 @@ V.3.6: MTOM for the response of ITI-43). A payload that breaks the schemas is
 answered Failure with XDSRepositoryError per schema problem (ITI-43 has no code
 for a malformed request of its own; a SOAP fault is not sent for it).
 
-The requesting organisation, for the disclosure log, is the organization id of the
-request's XUA assertion (``requesting_organization``), else unknown: RAD-69
-(kuva.xds.rad69) takes it from here too.
+The requesting organisation, for access rules and the disclosure log, is the
+client certificate's, else the verified XUA assertion's (kuva.xds.xua), else the
+HTTP organisation (``requesting_organization``): RAD-69 (kuva.xds.rad69) and ITI-18
+take it from here too.
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ from kuva.model import audit as a
 from kuva.model.access import AccessScope
 from kuva.model.xds import ErrorCode, RegistryError, ResponseStatus
 from kuva.services.access import AccessPolicy
-from kuva.services.audit import AuditTrail
-from kuva.services.disclosure import recipient_of
+from kuva.services.audit import AuditTrail, Requester
 from kuva.services.repository import (
     DocumentRequest,
     DocumentSetResult,
@@ -67,24 +67,28 @@ log = logging.getLogger(__name__)
 
 PROVIDE_PAYLOAD = q("xdsb", "ProvideAndRegisterDocumentSetRequest")
 RETRIEVE_PAYLOAD = q("xdsb", "RetrieveDocumentSetRequest")
-# XUA (ITI TF-2b 3.40; OASIS XSPA profile of SAML): the subject's organization id.
-XUA_ORGANIZATION_ID = "urn:oasis:names:tc:xspa:1.0:subject:organization-id"
 
 
 def requesting_organization(request: SoapRequest) -> str:
     """The organisation a request comes from, as access rules and the disclosure log
     see it ("" = unknown):
 
-    - over mutual TLS, the organisation of the client certificate (an XUA claim
-      does not override what the certificate proved);
-    - otherwise the XUA assertion's organization id when there is one (its
-      signature is not verified: on plain HTTP the claim is taken as made);
+    - over mutual TLS, the organisation of the client certificate (a verified
+      assertion must name the same one, kuva.xds.xua);
+    - otherwise the organization id of the request's verified XUA assertion, when
+      it names one (an unverified assertion is never taken);
     - otherwise the organisation configured for HTTP clients (kuva.web.identity).
     """
     if request.authenticated and request.client_organization:
         return request.client_organization
-    claimed = recipient_of(request.assertion_attributes.get(XUA_ORGANIZATION_ID))
-    return claimed or request.client_organization or ""
+    if request.user is not None and request.user.organization:
+        return request.user.organization
+    return request.client_organization or ""
+
+
+def requester_of(request: SoapRequest) -> Requester:
+    """Who made the request, for its audit message."""
+    return Requester(requesting_organization(request), request.client_address, request.user)
 
 
 def requesting_scope(access: AccessPolicy | None, request: SoapRequest) -> AccessScope | None:
@@ -236,6 +240,7 @@ def retrieve_document_set(service: RepositoryService, settings: Settings) -> Tra
             parse_retrieve(request.body),
             recipient=requesting_organization(request),
             scope=requesting_scope(service.access, request),
+            user=request.user,
         )
         return retrieve_response(result)
 

@@ -25,10 +25,9 @@ What is checked on the way in, in this order (each failure is a fault):
 5. The Body holds exactly one element, the payload. ``xop:Include`` elements are
    allowed only in an XOP package and must name one of its parts (XOP 1.0, 3.2).
 
-XUA (ITI TF-2b 3.40): the attributes of a SAML 2.0 assertion in ``wsse:Security``
-are handed to the transaction. Its signature is NOT verified yet: authentication
-of organisations comes with issue 7; until then the attributes are the sender's
-claims, good for recording, not for granting access.
+XUA (ITI TF-2b 3.40): the ``wsse:Security`` header block is handed on as it is;
+the endpoint verifies its SAML 2.0 assertion (kuva.xds.xua) before any transaction
+sees the request.
 
 Faults are written per SOAP 1.2 Part 1, 5.4 (Code/Value, Subcode/Value, Reason/Text
 ``xml:lang="en"``, Detail) with WS-Addressing headers (the fault action of the
@@ -58,7 +57,6 @@ __all__ = [
     "WSSE",
     "DetailedFault",
     "FaultReply",
-    "assertion_attributes",
     "build_envelope",
     "fault_reply",
     "new_message_id",
@@ -237,9 +235,8 @@ def parse_envelope(
     ``http_action``: the ``action`` parameter of the request's media type, if any.
     ``attachments``: the other parts of an XOP package by Content-ID (``mtom``).
     Raises :class:`SoapFault` (often a :class:`DetailedFault`) as the module
-    docstring lists. The XUA assertion's attributes are collected but its
-    signature is NOT checked: authentication of organisations comes with issue 7;
-    until then the attributes are claims of the sender.
+    docstring lists. The ``wsse:Security`` block is handed on unverified
+    (``SoapRequest.security``; kuva.xds.xua verifies it).
     """
     root = parse_xml(data)
     _check_version(root)
@@ -341,7 +338,7 @@ def parse_envelope(
         body=payload,
         mtom=mtom,
         attachments=parts,
-        assertion_attributes=assertion_attributes(security) if security is not None else {},
+        security=security,
     )
 
 
@@ -416,29 +413,6 @@ def _clark_to_prefixed(tag: str) -> str:
     if prefix:
         return f"{prefix}:{qname.localname}"
     return tag
-
-
-def assertion_attributes(security: Element) -> dict[str, str]:
-    """XUA (ITI TF-2b 3.40): the attributes of the SAML 2.0 assertion in ``wsse:Security``.
-
-    Each ``saml2:Attribute`` of the assertion's ``AttributeStatement`` elements
-    gives ``Name`` → the text of its first ``AttributeValue`` (the first attribute
-    of a name wins). The assertion's signature is not verified (authentication
-    comes with issue 7): these are the sender's claims.
-    """
-    assertion = security.find(f"{{{SAML2}}}Assertion")
-    if assertion is None:
-        return {}
-    attributes: dict[str, str] = {}
-    for statement in assertion.iterfind(f"{{{SAML2}}}AttributeStatement"):
-        for attribute in statement.iterfind(f"{{{SAML2}}}Attribute"):
-            name = (attribute.get("Name") or "").strip()
-            if not name or name in attributes:
-                continue
-            value = attribute.find(f"{{{SAML2}}}AttributeValue")
-            text = "".join(str(piece) for piece in value.itertext()) if value is not None else ""
-            attributes[name] = text.strip()
-    return attributes
 
 
 # --------------------------------------------------------------------- writing

@@ -214,7 +214,10 @@ class Acceptor:
         assoc.accept = accept
         assoc._set_contexts(contexts)
         if not assoc._mark_accepted():
-            return  # the connection closed meanwhile
+            # The connection closed meanwhile: on_closed all the same, so that what
+            # on_request took for the association (a limit's slot) is given back.
+            self._closed(assoc, True)
+            return
         try:
             self.handler.on_accepted(assoc)
         except Exception:

@@ -208,7 +208,8 @@ class AssociationHandler(Protocol):
         """Executor thread, the A-ASSOCIATE-RQ was rejected (by the engine or on_request)."""
 
     def on_closed(self, assoc: Association, *, aborted: bool) -> None:
-        """Executor thread, an accepted association ended (released, or aborted)."""
+        """Executor thread, an association ``on_request`` admitted ended: released,
+        aborted, or closed by the peer before the A-ASSOCIATE-AC (``aborted``)."""
 
     def store_sink(self, assoc: Association, req: Request) -> DataSink:
         """Loop thread, fast: where the data set of C-STORE-RQ `req` goes."""
