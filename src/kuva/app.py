@@ -74,7 +74,7 @@ from kuva.storage.filesystem import FileBlobStore
 from kuva.storage.mirror import MirroredBlobStore
 from kuva.storage.s3 import S3BlobStore, S3Location, S3Options
 from kuva.tasks.worker import TaskWorkers
-from kuva.tls import server_context
+from kuva.tls import CrlWatcher, server_context
 from kuva.web.admin import admin_router, operator_check
 from kuva.web.app import create_app
 from kuva.web.console import Console, console_router
@@ -236,6 +236,11 @@ class Archive:
         if not dicom_worker:
             self.directory.seed(settings.organizations, settings.nodes)
         self.directory_watcher = DirectoryWatcher(self.directory, settings)
+        # [tls] crl_file read again when it changes, in this process's TLS contexts.
+        tls = settings.tls
+        self.crl_watcher = (
+            CrlWatcher(tls.crl_file, tls.crl_check_seconds) if tls.crl_file is not None else None
+        )
         self.directory_watcher.refresh()  # the index's directory in force before listening
         self.committer = GroupCommitter(self.engine)
         # Registration on: what the registry would not take is refused at the door.
@@ -475,6 +480,8 @@ class Archive:
             )
         self.audit.start_writer()
         self.directory_watcher.start()
+        if self.crl_watcher is not None:
+            self.crl_watcher.start()
         self.heartbeat.start()
         self.figures.start()
         self.workers.start()
@@ -539,11 +546,15 @@ class Archive:
         the main process's port (kuva.dicom.workers)."""
         self.audit.start_writer()
         self.directory_watcher.start()
+        if self.crl_watcher is not None:
+            self.crl_watcher.start()
         self.dicom.start(sock=sock)
 
     def stop_dicom_worker(self) -> None:
         self.dicom.stop()
         self.directory_watcher.stop()
+        if self.crl_watcher is not None:
+            self.crl_watcher.stop()
         self.audit.stop_writer()
         self.committer.close()
         self.blobs.close()
@@ -610,6 +621,8 @@ class Archive:
         self.figures.stop()
         self.heartbeat.stop()
         self.directory_watcher.stop()
+        if self.crl_watcher is not None:
+            self.crl_watcher.stop()
         self._deliver_audit()
         self.committer.close()
         self.blobs.close()

@@ -572,6 +572,12 @@ class TlsSettings(BaseModel):
     cert_file: Path | None = None  # PEM: kuva's certificate (and any intermediates)
     key_file: Path | None = None  # PEM: its private key (unencrypted)
     ca_file: Path | None = None  # PEM: the CAs trusted to issue client certificates
+    # PEM: a CRL of every CA in ca_file (concatenated). A client certificate it
+    # revokes is refused at the handshake; read again when the file changes (checked
+    # every crl_check_seconds). A CRL past its nextUpdate refuses every client of
+    # its CA (fail closed): publish a new one before. None = no revocation check.
+    crl_file: Path | None = None
+    crl_check_seconds: float = Field(default=10.0, gt=0)
     # A client that has not finished its TLS handshake this long after connecting
     # is disconnected (and audited).
     handshake_seconds: float = Field(default=30.0, gt=0)

@@ -9,14 +9,24 @@ services.authentication; this module only reads it off the connection.
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 import ssl
+import threading
+import weakref
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kuva.model.subject import Subject
 
 if TYPE_CHECKING:
     from kuva.config import TlsSettings
+
+log = logging.getLogger(__name__)
+
+# The server contexts that check revocation, for CrlWatcher to load a changed CRL into.
+_CHECKING: weakref.WeakSet[ssl.SSLContext] = weakref.WeakSet()
 
 
 def server_context(tls: TlsSettings) -> ssl.SSLContext:
@@ -40,7 +50,71 @@ def server_context(tls: TlsSettings) -> ssl.SSLContext:
         context.load_verify_locations(cafile=str(tls.ca_file))
     except ssl.SSLError as exc:
         raise ValueError(f"[tls] ca_file {tls.ca_file}: {_reason(exc)}") from exc
+    if tls.crl_file is not None:
+        load_crl(context, tls.crl_file)
+        # The client's (leaf) certificate is checked against its CA's CRL; with no
+        # CRL of that CA the handshake fails (fail closed).
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+        _CHECKING.add(context)
     return context
+
+
+def load_crl(context: ssl.SSLContext, path: Path) -> None:
+    """Add the CRLs of ``path`` (PEM) to ``context``'s store. OpenSSL keeps the CRLs
+    loaded before and uses the newest of an issuer (latest thisUpdate), so loading a
+    newer CRL replaces the older one's verdicts, revocations lifted included."""
+    try:
+        context.load_verify_locations(cafile=str(path))
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"[tls] crl_file {path}: {_reason(exc)}") from exc
+
+
+class CrlWatcher:
+    """Reads ``[tls] crl_file`` again when it changes (its modification time or
+    size), into every server context of this process that checks revocation; a file
+    that cannot be read is logged and the CRLs loaded before stay in force."""
+
+    def __init__(self, path: Path, interval: float) -> None:
+        self._path = path
+        self._interval = interval
+        self._seen = self._stamp()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            status = os.stat(self._path)
+        except OSError:
+            return None
+        return status.st_mtime_ns, status.st_size
+
+    def check(self) -> bool:
+        """Load the file when it changed; whether it was loaded."""
+        stamp = self._stamp()
+        if stamp is None or stamp == self._seen:
+            return False
+        try:
+            for context in list(_CHECKING):
+                load_crl(context, self._path)
+        except ValueError as exc:
+            log.error("the changed CRL was not loaded (the previous stays in force): %s", exc)
+            return False
+        self._seen = stamp
+        log.warning("CRL %s read again: revocations in force for new connections", self._path)
+        return True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="kuva-crl", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _loop(self) -> None:
+        while not self._stopping.wait(self._interval):
+            self.check()
 
 
 def client_context(tls: TlsSettings) -> ssl.SSLContext:
@@ -102,5 +176,5 @@ def failure_reason(exc: BaseException) -> str:
     return f"TLS handshake failed: {type(exc).__name__}: {exc}"
 
 
-def _reason(exc: ssl.SSLError) -> str:
-    return str(exc.reason or exc.strerror or exc)
+def _reason(exc: OSError) -> str:
+    return str(getattr(exc, "reason", None) or exc.strerror or exc)

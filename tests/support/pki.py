@@ -131,6 +131,31 @@ class CertificateAuthority:
         _write_key(key, identity.key)
         return identity
 
+    def write_crl(
+        self, path: Path, revoked: list[Identity], *, age: dt.timedelta = dt.timedelta(0)
+    ) -> None:
+        """A CRL (PEM) revoking ``revoked``, issued ``age`` ago (a CRL issued later
+        supersedes an earlier one of this CA), valid for a day after."""
+        issued = dt.datetime.now(dt.UTC) - age
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.name)
+            .last_update(issued)
+            .next_update(issued + dt.timedelta(days=1))
+        )
+        for identity in revoked:
+            cert = x509.load_pem_x509_certificate(identity.cert.read_bytes())
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(cert.serial_number)
+                .revocation_date(issued)
+                .build()
+            )
+        crl = builder.sign(self._key, hashes.SHA256())
+        staged = path.with_suffix(".tmp")
+        staged.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        staged.replace(path)  # whole, as an operator's deployment would
+
 
 @dataclass(frozen=True)
 class MutualTlsPki:
