@@ -13,6 +13,8 @@ from lxml import etree
 
 from kuva.audit.message import render, xml_datetime
 from kuva.model import audit as a
+from kuva.services.audit import by_user
+from tests.support.xua import verified
 
 WHEN = datetime(2026, 11, 28, 9, 30, 15, 123456, tzinfo=UTC)
 SOURCE = a.AuditSource("KUVA", enterprise_site_id="1.2.246.10.0.10")
@@ -62,10 +64,15 @@ def _check_schema_rules(root: etree._Element) -> None:
     assert instant.endswith("Z")
     assert datetime.fromisoformat(instant).utcoffset() == timedelta(0)
     assert event[0].tag == "EventID"
-    assert {child.tag for child in event} <= {"EventID", "EventTypeCode"}
+    # EventID, EventTypeCode*, PurposeOfUse* (in that order).
+    kinds = ["EventID", "EventTypeCode", "PurposeOfUse"]
+    assert {child.tag for child in event} <= set(kinds)
+    ranked = [kinds.index(child.tag) for child in event]
+    assert ranked == sorted(ranked)
     for coded in root.iter(
         "EventID",
         "EventTypeCode",
+        "PurposeOfUse",
         "RoleIDCode",
         "AuditSourceTypeCode",
         "ParticipantObjectIDTypeCode",
@@ -293,6 +300,53 @@ def test_security_alert(alert: a.Code, code: str) -> None:
     detail = item.find("ParticipantObjectDetail")
     assert detail is not None and detail.get("type") == "Alert Description"
     assert base64.b64decode(detail.get("value") or "") == b"calling AE title not recognized"
+
+
+def test_user_authentication_failed() -> None:
+    root = _xml(
+        a.user_authentication(
+            source=SOURCE,
+            user=a.ActiveParticipant("dr<idp>", requestor=True, network_access_point="10.9.9.9"),
+            node=ARCHIVE,
+            description="the assertion has expired (NotOnOrAfter)",
+            occurred_at=WHEN,
+        )
+    )
+    _check_schema_rules(root)
+    event = root.find("EventIdentification")
+    assert event is not None and event.get("EventOutcomeIndicator") == "4"
+    assert event.find("EventID").get("csd-code") == "110114"  # type: ignore[union-attr]
+    assert event.find("EventTypeCode").get("csd-code") == "110122"  # type: ignore[union-attr]
+    (item,) = root.findall("ParticipantObjectIdentification")
+    assert item.get("ParticipantObjectTypeCode") == "1"  # a person
+    assert item.find("ParticipantObjectIDTypeCode").get("csd-code") == "11"  # type: ignore[union-attr]
+
+
+def test_an_event_by_a_verified_user() -> None:
+    """The human requestor of a verified XUA assertion (ITI TF-2b 3.40.4.2) and its
+    purpose of use in EventIdentification."""
+    user = verified("1.2.246.10.55555555.10")
+    event = by_user(
+        a.export(
+            source=SOURCE,
+            exporter=ARCHIVE,
+            recipient=a.ActiveParticipant("1.2.246.10.55555555.10", requestor=True),
+            transaction=a.ITI_43,
+            patient=None,
+            handed_out=(a.document_object("1.2.3.4"),),
+            occurred_at=WHEN,
+        ),
+        user,
+    )
+    root = _xml(event)
+    _check_schema_rules(root)
+    purpose = root.find("EventIdentification/PurposeOfUse")
+    assert purpose is not None and purpose.get("csd-code") == "TREAT"
+    human = root.findall("ActiveParticipant")[-1]
+    assert human.get("UserID") == user.name_id
+    assert human.get("UserName") == user.user_name()
+    assert human.find("RoleIDCode").get("csd-code") == "309343006"  # type: ignore[union-attr]
+    assert by_user(event, None) is event
 
 
 def test_study_deleted() -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import Enum, IntEnum
 
@@ -615,24 +615,23 @@ def user_authentication(
     occurred_at: datetime,
 ) -> AuditEvent:
     """PS3.15 A.5.3.12: a user's authentication (a Login) that failed, outcome 4; the
-    reason as the Alert Description detail of the user object."""
-    return AuditEvent(
-        event_id=USER_AUTHENTICATION,
-        action=Action.EXECUTE,
-        occurred_at=occurred_at,
-        outcome=Outcome.MINOR_FAILURE,
-        participants=(user, node),
+    reason as the Alert Description detail of the user object. Shaped as a security
+    alert, with the user (a person) as the object."""
+    alert = security_alert(
+        LOGIN,
         source=source,
-        event_types=(LOGIN,),
-        objects=(
-            ParticipantObject(
-                object_id=user.user_id,
-                id_type=USER_IDENTIFIER,
-                type_code=ObjectType.PERSON,
-                role=ObjectRole.SECURITY_RESOURCE,
-                details=((ALERT_DESCRIPTION, description.encode()),),
-            ),
-        ),
+        reporter=node,
+        offender=user,
+        subject=user.user_id,
+        subject_type=USER_IDENTIFIER,
+        description=description,
+        occurred_at=occurred_at,
+    )
+    (subject,) = alert.objects
+    return replace(
+        alert,
+        event_id=USER_AUTHENTICATION,
+        objects=(replace(subject, type_code=ObjectType.PERSON),),
     )
 
 
