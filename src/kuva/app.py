@@ -190,7 +190,11 @@ def xds_router(
             "/xds/imaging": [retrieve_imaging_document_set(xds.rad69, settings, audit_trail)],
         },
         settings.xds.max_request_bytes,
-        xua.authentication(xua.XuaVerifier(settings.xds, xds.replays), audit_trail),
+        xua.authentication(
+            xua.XuaVerifier(settings.xds, xds.replays),
+            audit_trail,
+            state_of=settings.organization_state,
+        ),
     )
 
 
@@ -428,7 +432,9 @@ class Archive:
         self.http_app.state.access = self.access
         # Inner to outer: the limits count requests the state guard let through.
         self.http_app.add_middleware(OrganizationLimitGuard, limiter=self.limiter)
-        self.http_app.add_middleware(OrganizationStateGuard, state_of=settings.organization_state)
+        self.http_app.add_middleware(
+            OrganizationStateGuard, state_of=settings.organization_state, audit=self.audit
+        )
         if settings.http.cors_origins:
             # Outermost: a browser's preflight is answered before anything else.
             self.http_app.add_middleware(

@@ -596,45 +596,11 @@ PATHS: dict[str, Path_] = {
     "RAD-69": Path_(_rad69, _one("sop"), "RAD-69", "XDS", True),
 }  # fmt: skip
 
-# Cells where kuva leaks today (to be fixed in kuva, not here): (path, requester)
-# -> what leaks. Strict: a fix makes the cell pass, and the entry must go.
-SUSPENDED_XDS = (
-    "a suspended organisation reads over XDS: the organisation-state guard "
-    "(kuva.web.organization_state) judges the HTTP node's [http] organization, not "
-    "the organisation of the request's verified XUA assertion, so D's signed "
-    "assertion posted to A's node is served P1's material (and no Security Alert)"
-)
-SUSPENDED_HTTP = (
-    "refusal with no audit record: a request of the suspended organisation is "
-    "answered 403 by the organisation-state guard (kuva.web.organization_state) "
-    "with no Security Alert (110113 / 110132), as a DICOM association of it is"
-)
-METADATA_UNAUDITED = (
-    "refusal with no audit record: WADO-RS metadata of a study the access rules "
-    "withhold answers 404 with no Security Alert (110113 / 110132), unlike the "
-    "WADO-RS instance, frames and rendered resources"
-)
-RAD69_UNAUDITED = (
-    "refusal with no audit record: RAD-69 of an instance the access rules "
-    "withhold returns no document and records no Security Alert (110113 / 110132), "
-    "unlike ITI-43"
-)
-LEAKS: dict[tuple[str, str], str] = {
-    **{(path, "D-suspended"): SUSPENDED_XDS for path, p in PATHS.items() if p.protocol == "XDS"},
-    **{(path, "D-suspended"): SUSPENDED_HTTP for path, p in PATHS.items() if p.protocol == "HTTP"},
-    ("WADO-RS-metadata", "B-P2-prohibited"): METADATA_UNAUDITED,
-    ("WADO-RS-metadata", "C-no-rule"): METADATA_UNAUDITED,
-    ("RAD-69", "B-P2-prohibited"): RAD69_UNAUDITED,
-    ("RAD-69", "C-no-rule"): RAD69_UNAUDITED,
-}
 CELLS = [
     pytest.param(
         path,
         requester,
         id=f"{path}-{requester}",
-        marks=[pytest.mark.xfail(strict=True, reason=LEAKS[path, requester])]
-        if (path, requester) in LEAKS
-        else [],
     )
     for path, p in PATHS.items()
     for requester, r in REQUESTERS.items()

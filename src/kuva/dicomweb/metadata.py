@@ -9,6 +9,7 @@ BulkDataURI under the instance (``.../bulk/<tag>``).
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,11 +18,16 @@ from fastapi.responses import Response, StreamingResponse
 
 from kuva.dicomweb.qido import DICOM_JSON
 from kuva.dicomweb.urls import dicomweb_root
+from kuva.model.access import AccessScope
 from kuva.model.query import QueryLevel, QueryResult
+from kuva.services.audit import audit_failed
 from kuva.services.disclosure import Interface
 from kuva.services.query import FindRequest, QueryService
+from kuva.web.auditing import audit_of
 from kuva.web.identity import request_scope
 from kuva.web.problem import problem
+
+log = logging.getLogger(__name__)
 
 _KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
@@ -51,17 +57,42 @@ def _with_bulk_urls(dataset: dict[str, Any], url: str) -> dict[str, Any]:
     return out
 
 
+def _audit_if_withheld(
+    request: Request, query: QueryService, find: FindRequest, scope: AccessScope
+) -> None:
+    """A 404 for instances that exist but the access rules withhold: audited as a
+    refused access (110113 / 110132), as the WADO-RS resources are."""
+    probe = query.find(find, interface=None)  # no interface: nothing is handed out
+    try:
+        exists = next(probe, None) is not None
+    finally:
+        probe.close()
+    audit = audit_of(request)
+    if not exists or audit is None:
+        return
+    what = "/".join(value for value in find.keys.values() if isinstance(value, str))
+    try:
+        audit.access_refused(
+            scope.organization or "",
+            what[:256],
+            "WADO-RS: the access rules do not allow these objects to be read",
+        )
+    except Exception as exc:
+        audit_failed(log, "a refused WADO-RS metadata request", exc)
+
+
 def metadata_router(query: QueryService) -> APIRouter:
     router = APIRouter()
 
     def answer(request: Request, keys: dict[str, str]) -> Response:
         find = FindRequest(level=QueryLevel.IMAGE, keys=keys, return_keys=_KEYS)
-        results = query.find(
-            find, with_json=True, scope=request_scope(request), interface=Interface.WADO_RS
-        )
+        scope = request_scope(request)
+        results = query.find(find, with_json=True, scope=scope, interface=Interface.WADO_RS)
         first = next(results, None)
         if first is None:
             results.close()
+            if scope is not None and not scope.unrestricted:
+                _audit_if_withheld(request, query, find, scope)
             return problem(404, "Not Found", "no such instances")
         base = dicomweb_root(request)
 

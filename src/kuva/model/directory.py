@@ -28,6 +28,11 @@ class OrganizationState(StrEnum):
     SUSPENDED = "suspended"  # refused everywhere; nothing deleted, duties go on
     TERMINATED = "terminated"  # no new material, no own reads; kept for its retention
 
+    @property
+    def refused(self) -> bool:
+        """Whether requests acting for an organisation in this state are refused."""
+        return self in (OrganizationState.SUSPENDED, OrganizationState.TERMINATED)
+
 
 class OrganizationLimits(BaseModel):
     """What one organisation may use of a node at once (services.limits), so that

@@ -283,6 +283,11 @@ class RetrieveService:
             for uids in (keys.study_uids, keys.series_uids, keys.sop_instance_uids)
             if uids
         )
+        self.access_refused(scope, what, interface)
+
+    def access_refused(self, scope: AccessScope, what: str, interface: Interface) -> None:
+        """Audit a read of objects ``what`` names (by UIDs) that exist but that the
+        access rules do not let ``scope`` read (110113 / 110132)."""
         log.warning("%s: a retrieve refused by the access rules", interface.value)
         if self.audit is not None:
             try:

@@ -313,6 +313,17 @@ class ImagingDocumentSetRetrieval:
                 QueryLevel.IMAGE, {"SOPInstanceUID": chunk}, scope=scope
             ):
                 found[stored.sop_instance_uid] = stored
+        missing = [uid for uid in ordered if uid not in found]
+        if missing and scope is not None and not scope.unrestricted:
+            # Answered as not found; audited when they exist (the rules withheld them).
+            withheld = self._retrieve.resolve(
+                QueryLevel.IMAGE, {"SOPInstanceUID": missing[:MAX_MATCHES]}
+            )
+            if withheld:
+                what = withheld[0].sop_instance_uid + (
+                    f" (+{len(withheld) - 1})" if len(withheld) > 1 else ""
+                )
+                self._retrieve.access_refused(scope, what, Interface.RAD_69)
         return found
 
     def _document(

@@ -49,6 +49,7 @@ from signxml.verifier import SignatureConfiguration, XMLVerifier
 from kuva.config import XdsSettings
 from kuva.model.audit import Code
 from kuva.model.clock import Clock, utcnow
+from kuva.model.directory import OrganizationState
 from kuva.model.xua import RequestingUser
 from kuva.services.audit import AuditTrail, audit_failed
 from kuva.xds.messages import SoapFault, SoapRequest
@@ -299,11 +300,32 @@ def _user(signed: Element, name_id: str, issuer: str, assertion_id: str) -> Requ
 
 
 def authentication(
-    verifier: XuaVerifier, audit: AuditTrail | None
+    verifier: XuaVerifier,
+    audit: AuditTrail | None,
+    state_of: Callable[[str | None], OrganizationState] | None = None,
 ) -> Callable[[SoapRequest], None]:
     """The endpoint's step (kuva.xds.endpoint) that verifies a request's assertion:
     sets ``request.user``, or raises :class:`XuaRefused` once the refusal is
-    logged and audited (110114 User Authentication, failed)."""
+    logged and audited (110114 User Authentication, failed). ``state_of``: the
+    state of the user's organisation (services.directory); a suspended or
+    terminated one is refused with a Sender fault and audited (110113 / 110132),
+    as the HTTP organisation's is (kuva.web.organization_state)."""
+
+    def in_service(request: SoapRequest) -> None:
+        user = request.user
+        if user is None or not user.organization or state_of is None:
+            return
+        state = state_of(user.organization)
+        if not state.refused:
+            return
+        reason = f"organisation {user.organization} {state}"
+        log.warning("XUA: a request of %s refused: %s", request.client_address, reason)
+        if audit is not None:
+            try:
+                audit.access_refused(user.organization, request.endpoint[:256], f"XDS: {reason}")
+            except Exception as exc:
+                audit_failed(log, "a refused XDS request", exc)
+        raise SoapFault("Sender", reason)
 
     def authenticate(request: SoapRequest) -> None:
         try:
@@ -327,6 +349,7 @@ def authentication(
                 except Exception as exc:
                     audit_failed(log, "an XUA refusal", exc)
             raise
+        in_service(request)
 
     return authenticate
 
