@@ -132,16 +132,20 @@ def test_adt_messages_are_applied_or_refused_on_each_database(
 
 def test_every_field_too_long_on_each_database(seeded_service: adt.Handler) -> None:
     """Each field of each seed in turn 400 characters long (past every column the
-    index has for what HL7 sets): an ACK each time, on SQLite and PostgreSQL."""
+    index has for what HL7 sets), and each MSH field 150 (within some columns, past
+    others: an MSH-3 that long once overflowed the correction log's source), an ACK
+    each time, on SQLite and PostgreSQL."""
     for seed in f.HL7_SEEDS:
         segments = [segment.split("|") for segment in seed.decode("latin-1").split("\r") if segment]
         for number, fields in enumerate(segments):
             for index in range(1, len(fields) + 2):
-                changed = [list(s) for s in segments]
-                changed[number].extend([""] * (index + 1 - len(fields)))
-                changed[number][index] = "A" * 200 + "^" + "B" * 200
-                text = "\r".join("|".join(s) for s in changed) + "\r"
-                f.check_hl7(text.encode("latin-1"), seeded_service)
+                long = ["A" * 200 + "^" + "B" * 200] + (["C" * 150] if number == 0 else [])
+                for value in long:
+                    changed = [list(s) for s in segments]
+                    changed[number].extend([""] * (index + 1 - len(fields)))
+                    changed[number][index] = value
+                    text = "\r".join("|".join(s) for s in changed) + "\r"
+                    f.check_hl7(text.encode("latin-1"), seeded_service)
 
 
 @FUZZ

@@ -23,6 +23,9 @@ class Correction:
     applied_at: datetime
 
 
+_SOURCE_LENGTH = 64  # the width of correction.source (index.schema)
+
+
 class CorrectionLog:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -35,7 +38,9 @@ class CorrectionLog:
                 kind=kind,
                 subject=subject,
                 detail=json.dumps(detail, separators=(",", ":"), sort_keys=True),
-                source=source,
+                # Where it came from, as told (e.g. "HL7 ADT^A08 <MSH-3>"): cut to the
+                # column, a long sending application is no reason to refuse it.
+                source=source[:_SOURCE_LENGTH],
                 applied_at=at,
             )
         )
