@@ -13,12 +13,12 @@ import logging
 import os
 import socket
 import ssl
-import threading
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kuva.model.subject import Subject
+from kuva.tasks.periodic import Periodic
 
 if TYPE_CHECKING:
     from kuva.config import TlsSettings
@@ -76,10 +76,10 @@ class CrlWatcher:
 
     def __init__(self, path: Path, interval: float) -> None:
         self._path = path
-        self._interval = interval
         self._seen = self._stamp()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = Periodic(
+            "kuva-crl", self.check, interval, failure="the CRL could not be checked"
+        )
 
     def _stamp(self) -> tuple[int, int] | None:
         try:
@@ -104,17 +104,10 @@ class CrlWatcher:
         return True
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="kuva-crl", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def _loop(self) -> None:
-        while not self._stopping.wait(self._interval):
-            self.check()
+        self._periodic.stop(5.0)
 
 
 def client_context(tls: TlsSettings) -> ssl.SSLContext:

@@ -49,9 +49,6 @@ class OrganizationLimits(BaseModel):
     requests_per_second: float | None = Field(default=None, gt=0)
     request_bytes: int | None = Field(default=None, ge=1024)
 
-    def any(self) -> bool:
-        return any(v is not None for v in self.model_dump().values())
-
 
 class OrganizationSettings(BaseModel):
     oid: str

@@ -52,6 +52,7 @@ from kuva.model.clock import Clock, utcnow
 from kuva.model.directory import OrganizationState
 from kuva.model.xua import RequestingUser
 from kuva.services.audit import AuditTrail, audit_failed
+from kuva.services.disclosure import recipient_of
 from kuva.xds.messages import SoapFault, SoapRequest
 from kuva.xds.soap import SAML2, WSSE
 
@@ -67,7 +68,6 @@ PURPOSE_OF_USE = "urn:oasis:names:tc:xspa:1.0:subject:purposeofuse"
 
 INVALID_TOKEN = f"{{{WSSE}}}InvalidSecurityToken"
 FAILED_AUTHENTICATION = f"{{{WSSE}}}FailedAuthentication"
-_URN_OID = "urn:oid:"
 
 
 class XuaRefused(SoapFault):
@@ -284,13 +284,11 @@ def _coded(value: Element | None) -> Code | None:
 
 def _user(signed: Element, name_id: str, issuer: str, assertion_id: str) -> RequestingUser:
     values = _attributes(signed)
-    organization = _text(values.get(ORGANIZATION_ID))
-    if organization[: len(_URN_OID)].lower() == _URN_OID:
-        organization = organization[len(_URN_OID) :]
+    organization = recipient_of(_text(values.get(ORGANIZATION_ID)))
     return RequestingUser(
         name_id=name_id[:256],
         name=_text(values.get(SUBJECT_ID))[:128],
-        organization=organization[:64],
+        organization=organization,
         organization_name=_text(values.get(ORGANIZATION))[:200],
         role=_coded(values.get(ROLE)),
         purpose_of_use=_coded(values.get(PURPOSE_OF_USE)),
